@@ -1,0 +1,50 @@
+//! Serde types that travel between agent and collector.
+
+mod control;
+mod host;
+mod process;
+
+pub use control::{Command, CommandAck, DesiredState, Heartbeat, RegisterRequest};
+pub use host::{Inventory, VmSample};
+pub use process::{ProcessKey, ProcessSample};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Most samples one batch may carry; larger batches are refused as invalid.
+pub const MAX_SAMPLES_PER_BATCH: usize = 1_000;
+/// Most process records one sample may carry.
+pub const MAX_PROCESSES_PER_SAMPLE: usize = 100_000;
+
+/// One sampling tick: the whole-VM figures, plus every process while monitoring is on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Whole-VM figures; always present.
+    pub vm: VmSample,
+    /// `None` while monitoring is off; otherwise every process (and one final record per exit).
+    pub processes: Option<Vec<ProcessSample>>,
+}
+
+/// The unit of delivery: written to the agent's spool, sent, stored at most once, acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportBatch {
+    /// Unique id; the collector ignores a batch whose id it has stored before.
+    pub batch_id: Uuid,
+    /// The reporting instance; must have registered on this connection's token.
+    pub instance_id: String,
+    /// Per-agent sequence number, increasing; for ordering and diagnostics.
+    pub seq: u64,
+    /// Samples in time order.
+    pub samples: Vec<Sample>,
+    /// Samples the agent has dropped since its state began (spool full or damaged): cumulative.
+    pub dropped_samples_total: u64,
+}
+
+/// The collector's answer to [`ReportBatch`]: the agent may delete the batch from its spool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportAck {
+    /// The acknowledged batch.
+    pub batch_id: Uuid,
+    /// True when the batch had been stored before and this copy was ignored.
+    pub duplicate: bool,
+}

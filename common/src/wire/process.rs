@@ -1,0 +1,38 @@
+//! Per-process sample.
+
+use serde::{Deserialize, Serialize};
+
+/// A process's identity: a reused PID with another start time is another process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessKey {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): exact, unlike a float.
+    pub start_ticks: u64,
+}
+
+/// One process in one tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSample {
+    /// Process id.
+    pub pid: u32,
+    /// Start time, Unix epoch seconds (the API's `running_time`).
+    pub start_time: f64,
+    /// Process name (the API's `cmd`).
+    pub cmd: String,
+    /// Share of the whole VM's CPU since the previous sample, 0–100; processes sum to the VM's.
+    pub cpu_pct: f64,
+    /// RSS / MemTotal, 0–100.
+    pub mem_pct: f64,
+    /// From `/proc/PID/io` `read_bytes` deltas, KB/s.
+    pub disk_read_kib_per_sec: f64,
+    /// From `/proc/PID/io` `write_bytes` deltas, KB/s.
+    pub disk_write_kib_per_sec: f64,
+    /// The process's own received traffic, KB/s (0 until per-process network attribution lands).
+    pub net_in_kib_per_sec: f64,
+    /// The process's own sent traffic, KB/s (0 until per-process network attribution lands).
+    pub net_out_kib_per_sec: f64,
+    /// `None` while alive; on the one final record of an exited process, when it was seen gone
+    /// (Unix epoch seconds).
+    pub shutdown_time: Option<f64>,
+}
