@@ -1,0 +1,203 @@
+//! Registered instances: inventory, ownership and the persisted desired state.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use vmmon_common::wire::{DesiredState, Inventory};
+
+use super::{AgentTokenRow, Result};
+
+/// A registered instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRow {
+    /// Instance id.
+    pub instance_id: String,
+    /// Owning project (from the registering agent's token).
+    pub project: String,
+    /// Region (from the token).
+    pub region: String,
+    /// Vendor (from the token).
+    pub party: String,
+    /// Last inventory.
+    pub inventory: Inventory,
+    /// First registration, epoch ms.
+    pub created_at_ms: i64,
+    /// Last inventory change, epoch ms.
+    pub updated_at_ms: i64,
+    /// Last register, heartbeat or report, epoch ms.
+    pub last_seen_ms: i64,
+    /// Persisted desired state.
+    pub desired: DesiredState,
+    /// Samples the agent reports it dropped (cumulative).
+    pub dropped_samples: i64,
+    /// Batches waiting in the agent's spool at its last heartbeat.
+    pub spooled_batches: i64,
+}
+
+/// Result of a registration attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegisterOutcome {
+    /// Registered or updated; the state the agent must apply.
+    Registered(DesiredState),
+    /// The instance id belongs to another project; nothing changed.
+    ForeignProject,
+}
+
+const COLUMNS: &str = "instance_id, project, region, party, hostname, cpu_count, mem_total_bytes,
+    disk_total_bytes, lan_ips, wan_ips, agent_version, os, created_at_ms, updated_at_ms,
+    last_seen_ms, monitoring, interval_secs, dropped_samples, spooled_batches";
+
+fn split_ips(s: String) -> Vec<String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
+    Ok(InstanceRow {
+        instance_id: r.get(0)?,
+        project: r.get(1)?,
+        region: r.get(2)?,
+        party: r.get(3)?,
+        inventory: Inventory {
+            hostname: r.get(4)?,
+            cpu_count: r.get(5)?,
+            mem_total_bytes: r.get::<_, i64>(6)? as u64,
+            disk_total_bytes: r.get::<_, i64>(7)? as u64,
+            lan_ips: split_ips(r.get(8)?),
+            wan_ips: split_ips(r.get(9)?),
+            agent_version: r.get(10)?,
+            os: r.get(11)?,
+        },
+        created_at_ms: r.get(12)?,
+        updated_at_ms: r.get(13)?,
+        last_seen_ms: r.get(14)?,
+        desired: DesiredState {
+            monitoring: r.get(15)?,
+            interval_secs: r.get(16)?,
+        },
+        dropped_samples: r.get(17)?,
+        spooled_batches: r.get(18)?,
+    })
+}
+
+/// Registers `instance_id` for the token's project, or refreshes its inventory.
+pub fn register(
+    conn: &Connection,
+    instance_id: &str,
+    token: &AgentTokenRow,
+    inventory: &Inventory,
+    default_interval_secs: u32,
+    now_ms: i64,
+) -> Result<RegisterOutcome> {
+    let existing = get(conn, instance_id)?;
+    let lan = inventory.lan_ips.join(",");
+    let wan = inventory.wan_ips.join(",");
+    match existing {
+        Some(row) if row.project != token.project => Ok(RegisterOutcome::ForeignProject),
+        Some(row) => {
+            let changed = row.inventory != *inventory
+                || row.region != token.region
+                || row.party != token.party;
+            conn.execute(
+                "UPDATE instances SET region = ?2, party = ?3, token_id = ?4, hostname = ?5,
+                     cpu_count = ?6, mem_total_bytes = ?7, disk_total_bytes = ?8, lan_ips = ?9,
+                     wan_ips = ?10, agent_version = ?11, os = ?12, last_seen_ms = ?13,
+                     updated_at_ms = CASE WHEN ?14 THEN ?13 ELSE updated_at_ms END
+                 WHERE instance_id = ?1",
+                params![
+                    instance_id,
+                    token.region,
+                    token.party,
+                    token.id,
+                    inventory.hostname,
+                    inventory.cpu_count,
+                    inventory.mem_total_bytes as i64,
+                    inventory.disk_total_bytes as i64,
+                    lan,
+                    wan,
+                    inventory.agent_version,
+                    inventory.os,
+                    now_ms,
+                    changed,
+                ],
+            )?;
+            Ok(RegisterOutcome::Registered(row.desired))
+        }
+        None => {
+            conn.execute(
+                "INSERT INTO instances (instance_id, project, region, party, token_id, hostname,
+                     cpu_count, mem_total_bytes, disk_total_bytes, lan_ips, wan_ips, agent_version,
+                     os, created_at_ms, updated_at_ms, last_seen_ms, monitoring, interval_secs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?14, 0, ?15)",
+                params![
+                    instance_id,
+                    token.project,
+                    token.region,
+                    token.party,
+                    token.id,
+                    inventory.hostname,
+                    inventory.cpu_count,
+                    inventory.mem_total_bytes as i64,
+                    inventory.disk_total_bytes as i64,
+                    lan,
+                    wan,
+                    inventory.agent_version,
+                    inventory.os,
+                    now_ms,
+                    default_interval_secs,
+                ],
+            )?;
+            Ok(RegisterOutcome::Registered(DesiredState {
+                monitoring: false,
+                interval_secs: default_interval_secs,
+            }))
+        }
+    }
+}
+
+/// One instance.
+pub fn get(conn: &Connection, instance_id: &str) -> Result<Option<InstanceRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM instances WHERE instance_id = ?1");
+    Ok(conn.query_row(&sql, [instance_id], from_row).optional()?)
+}
+
+/// Instances of one project (all projects when `project` is None), by instance id.
+pub fn list(conn: &Connection, project: Option<&str>) -> Result<Vec<InstanceRow>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM instances WHERE (?1 IS NULL OR project = ?1) ORDER BY instance_id"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([project], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Persists a new desired state; false when the instance does not exist.
+pub fn set_desired(conn: &Connection, instance_id: &str, desired: DesiredState) -> Result<bool> {
+    Ok(conn.execute(
+        "UPDATE instances SET monitoring = ?2, interval_secs = ?3 WHERE instance_id = ?1",
+        params![instance_id, desired.monitoring, desired.interval_secs],
+    )? > 0)
+}
+
+/// Records liveness and the agent's delivery counters.
+pub fn record_seen(
+    conn: &Connection,
+    instance_id: &str,
+    now_ms: i64,
+    dropped_samples_total: Option<u64>,
+    spooled_batches: Option<u64>,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE instances SET last_seen_ms = MAX(last_seen_ms, ?2),
+             dropped_samples = COALESCE(?3, dropped_samples),
+             spooled_batches = COALESCE(?4, spooled_batches)
+         WHERE instance_id = ?1",
+        params![
+            instance_id,
+            now_ms,
+            dropped_samples_total.map(|v| v as i64),
+            spooled_batches.map(|v| v as i64)
+        ],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Embedded schema, versioned with `PRAGMA user_version` and migrated on open.
+
+/// Each entry upgrades the schema from version `index` to `index + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // v1: users, sessions, agent tokens, instances, samples, batch dedup.
+    r#"
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        is_admin      INTEGER NOT NULL,
+        project       TEXT,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        id             TEXT PRIMARY KEY,
+        user_id        INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at_ms  INTEGER NOT NULL,
+        last_seen_ms   INTEGER NOT NULL
+    );
+    CREATE TABLE agent_tokens (
+        id            INTEGER PRIMARY KEY,
+        token_sha256  TEXT NOT NULL UNIQUE,
+        project       TEXT NOT NULL,
+        region        TEXT NOT NULL,
+        party         TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    );
+    CREATE TABLE instances (
+        instance_id       TEXT PRIMARY KEY,
+        project           TEXT NOT NULL,
+        region            TEXT NOT NULL,
+        party             TEXT NOT NULL,
+        token_id          INTEGER NOT NULL,
+        hostname          TEXT NOT NULL,
+        cpu_count         INTEGER NOT NULL,
+        mem_total_bytes   INTEGER NOT NULL,
+        disk_total_bytes  INTEGER NOT NULL,
+        lan_ips           TEXT NOT NULL,
+        wan_ips           TEXT NOT NULL,
+        agent_version     TEXT NOT NULL,
+        os                TEXT NOT NULL,
+        created_at_ms     INTEGER NOT NULL,
+        updated_at_ms     INTEGER NOT NULL,
+        last_seen_ms      INTEGER NOT NULL,
+        monitoring        INTEGER NOT NULL DEFAULT 0,
+        interval_secs     INTEGER NOT NULL,
+        dropped_samples   INTEGER NOT NULL DEFAULT 0,
+        spooled_batches   INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX instances_project ON instances(project, region);
+    CREATE TABLE batches (
+        batch_id       TEXT PRIMARY KEY,
+        instance_id    TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE vm_samples (
+        id                INTEGER PRIMARY KEY,
+        instance_id       TEXT NOT NULL,
+        sampled_at_ms     INTEGER NOT NULL,
+        elapsed_ms        INTEGER NOT NULL,
+        cpu_pct           REAL NOT NULL,
+        mem_pct           REAL NOT NULL,
+        disk_read         REAL NOT NULL,
+        disk_write        REAL NOT NULL,
+        net_in            REAL NOT NULL,
+        net_out           REAL NOT NULL,
+        rx_bytes_total    INTEGER NOT NULL,
+        tx_bytes_total    INTEGER NOT NULL,
+        proc_count        INTEGER NOT NULL
+    );
+    CREATE INDEX vm_samples_instance_time ON vm_samples(instance_id, sampled_at_ms);
+    CREATE TABLE process_samples (
+        id             INTEGER PRIMARY KEY,
+        instance_id    TEXT NOT NULL,
+        sampled_at_ms  INTEGER NOT NULL,
+        pid            INTEGER NOT NULL,
+        start_time     REAL NOT NULL,
+        cmd            TEXT NOT NULL,
+        cpu_pct        REAL NOT NULL,
+        mem_pct        REAL NOT NULL,
+        disk_read      REAL NOT NULL,
+        disk_write     REAL NOT NULL,
+        net_in         REAL NOT NULL,
+        net_out        REAL NOT NULL,
+        shutdown_time  REAL
+    );
+    CREATE INDEX process_samples_instance_time ON process_samples(instance_id, sampled_at_ms);
+    CREATE INDEX process_samples_instance_cmd ON process_samples(instance_id, cmd, sampled_at_ms);
+    "#,
+];

@@ -1,0 +1,239 @@
+//! VM and process samples: deduplicated batch inserts and the legacy API's queries.
+
+use rusqlite::{Connection, params};
+use vmmon_common::wire::ReportBatch;
+
+use super::Result;
+
+/// A stored VM sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRow {
+    /// Row id (feeds the ObjectId-style `_id`).
+    pub id: i64,
+    /// Instance id.
+    pub instance_id: String,
+    /// Sample time, epoch ms.
+    pub sampled_at_ms: i64,
+    /// Busy share of all CPUs, %.
+    pub cpu_pct: f64,
+    /// Memory used, %.
+    pub mem_pct: f64,
+    /// KB/s.
+    pub disk_read: f64,
+    /// KB/s.
+    pub disk_write: f64,
+    /// KB/s.
+    pub net_in: f64,
+    /// KB/s.
+    pub net_out: f64,
+    /// Cumulative bytes.
+    pub rx_bytes_total: i64,
+    /// Cumulative bytes.
+    pub tx_bytes_total: i64,
+    /// Process count.
+    pub proc_count: i64,
+}
+
+/// A stored process sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessRow {
+    /// Row id (feeds the ObjectId-style `_id`).
+    pub id: i64,
+    /// Instance id.
+    pub instance_id: String,
+    /// Sample time, epoch ms.
+    pub sampled_at_ms: i64,
+    /// Process id.
+    pub pid: i64,
+    /// Start time, epoch seconds.
+    pub start_time: f64,
+    /// Process name.
+    pub cmd: String,
+    /// Share of the VM's CPU, %.
+    pub cpu_pct: f64,
+    /// RSS share of MemTotal, %.
+    pub mem_pct: f64,
+    /// KB/s.
+    pub disk_read: f64,
+    /// KB/s.
+    pub disk_write: f64,
+    /// KB/s.
+    pub net_in: f64,
+    /// KB/s.
+    pub net_out: f64,
+    /// Epoch seconds on an exited process's final record.
+    pub shutdown_time: Option<f64>,
+}
+
+/// Stores a batch unless its id was stored before; true when stored, false for a duplicate.
+pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms) VALUES (?1, ?2, ?3)",
+        params![batch.batch_id.to_string(), batch.instance_id, now_ms],
+    )?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    let mut vm_stmt = conn.prepare_cached(
+        "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
+             disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    let mut proc_stmt = conn.prepare_cached(
+        "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
+             mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    for sample in &batch.samples {
+        let vm = &sample.vm;
+        vm_stmt.execute(params![
+            batch.instance_id,
+            vm.sampled_at_ms,
+            vm.elapsed_ms as i64,
+            vm.cpu_pct,
+            vm.mem_pct,
+            vm.disk_read_kib_per_sec,
+            vm.disk_write_kib_per_sec,
+            vm.net_in_kib_per_sec,
+            vm.net_out_kib_per_sec,
+            vm.rx_bytes_total as i64,
+            vm.tx_bytes_total as i64,
+            vm.proc_count,
+        ])?;
+        for p in sample.processes.iter().flatten() {
+            proc_stmt.execute(params![
+                batch.instance_id,
+                vm.sampled_at_ms,
+                p.pid,
+                p.start_time,
+                p.cmd,
+                p.cpu_pct,
+                p.mem_pct,
+                p.disk_read_kib_per_sec,
+                p.disk_write_kib_per_sec,
+                p.net_in_kib_per_sec,
+                p.net_out_kib_per_sec,
+                p.shutdown_time,
+            ])?;
+        }
+    }
+    Ok(true)
+}
+
+/// Whether a batch id has been stored.
+pub fn batch_seen(conn: &Connection, batch_id: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM batches WHERE batch_id = ?1", [batch_id], |_| Ok(()))
+        .map(|_| true)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(false),
+            e => Err(e),
+        })?)
+}
+
+const VM_COLUMNS: &str = "id, instance_id, sampled_at_ms, cpu_pct, mem_pct, disk_read, disk_write,
+    net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count";
+
+fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
+    Ok(VmRow {
+        id: r.get(0)?,
+        instance_id: r.get(1)?,
+        sampled_at_ms: r.get(2)?,
+        cpu_pct: r.get(3)?,
+        mem_pct: r.get(4)?,
+        disk_read: r.get(5)?,
+        disk_write: r.get(6)?,
+        net_in: r.get(7)?,
+        net_out: r.get(8)?,
+        rx_bytes_total: r.get(9)?,
+        tx_bytes_total: r.get(10)?,
+        proc_count: r.get(11)?,
+    })
+}
+
+const PROC_COLUMNS: &str = "id, instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct, mem_pct,
+    disk_read, disk_write, net_in, net_out, shutdown_time";
+
+fn proc_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProcessRow> {
+    Ok(ProcessRow {
+        id: r.get(0)?,
+        instance_id: r.get(1)?,
+        sampled_at_ms: r.get(2)?,
+        pid: r.get(3)?,
+        start_time: r.get(4)?,
+        cmd: r.get(5)?,
+        cpu_pct: r.get(6)?,
+        mem_pct: r.get(7)?,
+        disk_read: r.get(8)?,
+        disk_write: r.get(9)?,
+        net_in: r.get(10)?,
+        net_out: r.get(11)?,
+        shutdown_time: r.get(12)?,
+    })
+}
+
+/// The newest `limit` VM samples of an instance, newest first.
+pub fn latest_vm(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec<VmRow>> {
+    let sql = format!(
+        "SELECT {VM_COLUMNS} FROM vm_samples WHERE instance_id = ?1
+         ORDER BY sampled_at_ms DESC, id DESC LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![instance_id, limit], vm_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// VM samples of an instance in `[from_ms, to_ms)`, oldest first.
+pub fn vm_range(conn: &Connection, instance_id: &str, from_ms: i64, to_ms: i64) -> Result<Vec<VmRow>> {
+    let sql = format!(
+        "SELECT {VM_COLUMNS} FROM vm_samples WHERE instance_id = ?1
+         AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3 ORDER BY sampled_at_ms, id"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![instance_id, from_ms, to_ms], vm_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The processes of an instance's newest process sample, busiest first, at most `limit`.
+pub fn latest_processes(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec<ProcessRow>> {
+    let newest: Option<i64> = conn.query_row(
+        "SELECT MAX(sampled_at_ms) FROM process_samples WHERE instance_id = ?1",
+        [instance_id],
+        |r| r.get(0),
+    )?;
+    let Some(newest) = newest else {
+        return Ok(Vec::new());
+    };
+    let sql = format!(
+        "SELECT {PROC_COLUMNS} FROM process_samples WHERE instance_id = ?1 AND sampled_at_ms = ?2
+         ORDER BY cpu_pct DESC, pid LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![instance_id, newest, limit], proc_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The newest `limit` records of processes named `cmd` on an instance, newest first.
+pub fn process_history(
+    conn: &Connection,
+    instance_id: &str,
+    cmd: &str,
+    limit: u32,
+) -> Result<Vec<ProcessRow>> {
+    let sql = format!(
+        "SELECT {PROC_COLUMNS} FROM process_samples WHERE instance_id = ?1 AND cmd = ?2
+         ORDER BY sampled_at_ms DESC, id DESC LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![instance_id, cmd, limit], proc_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Count of VM samples of an instance (diagnostics and tests).
+pub fn vm_sample_count(conn: &Connection, instance_id: &str) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM vm_samples WHERE instance_id = ?1",
+        [instance_id],
+        |r| r.get(0),
+    )?)
+}

@@ -1,0 +1,127 @@
+use super::*;
+use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
+
+fn token() -> AgentTokenRow {
+    AgentTokenRow {
+        id: 1,
+        project: "p1".into(),
+        region: "r1".into(),
+        party: "x".into(),
+        created_at_ms: 0,
+        revoked_at_ms: None,
+    }
+}
+
+fn vm(ms: i64) -> VmSample {
+    VmSample {
+        sampled_at_ms: ms,
+        elapsed_ms: 1000,
+        cpu_pct: 1.0,
+        mem_pct: 2.0,
+        disk_read_kib_per_sec: 0.0,
+        disk_write_kib_per_sec: 0.0,
+        net_in_kib_per_sec: 0.0,
+        net_out_kib_per_sec: 0.0,
+        rx_bytes_total: 10,
+        tx_bytes_total: 20,
+        proc_count: 3,
+    }
+}
+
+#[tokio::test]
+async fn migrates_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let v: usize = store
+        .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(v, migrations::MIGRATIONS.len());
+    drop(store);
+    // Reopening an up-to-date store is a no-op.
+    Store::open(dir.path()).unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_batch_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .write(|c| {
+            instances::register(c, "i-1", &token(), &Inventory::default(), 30, 0)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let batch = ReportBatch {
+        batch_id: uuid::Uuid::new_v4(),
+        instance_id: "i-1".into(),
+        seq: 1,
+        samples: vec![Sample { vm: vm(1000), processes: None }],
+        dropped_samples_total: 0,
+    };
+    let b1 = batch.clone();
+    assert!(store.write(move |c| samples::insert_batch(c, &b1, 1)).await.unwrap());
+    let b2 = batch.clone();
+    assert!(!store.write(move |c| samples::insert_batch(c, &b2, 2)).await.unwrap());
+    let n = store.read(|c| samples::vm_sample_count(c, "i-1")).await.unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn failed_job_rolls_back_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let s1 = store.clone();
+    let bad = tokio::spawn(async move {
+        s1.write(|c| {
+            users::upsert_user(c, "a", "h", true, None, 0)?;
+            Err::<(), _>(StoreError::Corrupt("boom".into()))
+        })
+        .await
+    });
+    let good = store.write(|c| users::upsert_user(c, "b", "h", false, Some("p"), 0));
+    let (bad, good) = (bad.await.unwrap(), good.await);
+    assert!(bad.is_err());
+    assert!(good.is_ok());
+    let names: Vec<String> = store
+        .read(|c| Ok(users::list_users(c)?.into_iter().map(|u| u.name).collect()))
+        .await
+        .unwrap();
+    assert_eq!(names, vec!["b".to_string()]);
+}
+
+#[tokio::test]
+async fn foreign_project_cannot_take_over_an_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut other = token();
+    other.project = "p2".into();
+    let out = store
+        .write(move |c| {
+            instances::register(c, "i-1", &token(), &Inventory::default(), 30, 0)?;
+            instances::register(c, "i-1", &other, &Inventory::default(), 30, 0)
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, RegisterOutcome::ForeignProject);
+    let row = store.read(|c| instances::get(c, "i-1")).await.unwrap().unwrap();
+    assert_eq!(row.project, "p1");
+}
+
+#[tokio::test]
+async fn sessions_expire_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .write(|c| {
+            let id = users::upsert_user(c, "u", "h", false, Some("p"), 0)?;
+            users::create_session(c, "s1", id, 1_000)
+        })
+        .await
+        .unwrap();
+    let live = store.read(|c| users::session_user(c, "s1", 1_500, 1_000)).await.unwrap();
+    assert!(live.is_some());
+    let dead = store.read(|c| users::session_user(c, "s1", 2_000, 1_000)).await.unwrap();
+    assert!(dead.is_none());
+}
