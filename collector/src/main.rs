@@ -1,1 +1,166 @@
-fn main(){}
+//! `vmmon-collector`: parses the command line and hands over to the library.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use vmmon_collector::{App, CollectorConfig, admin, server, store::Store};
+
+use cli::{Cli, Command, ServeArgs, TokenCommand, UserCommand};
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMMON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(run(cli))
+}
+
+async fn open(data: &std::path::Path) -> Result<Store> {
+    Store::open(data).with_context(|| format!("cannot open the store in {}", data.display()))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(d) => {
+            let store = open(&d.data).await?;
+            println!("store {} is up to date", store.path().display());
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create { data, project, region, party }) => {
+            let store = open(&data).await?;
+            let (id, token) = admin::create_token(&store, &project, &region, &party).await?;
+            println!("agent token {id} for project {project:?} region {region:?} (shown once):");
+            println!("{token}");
+            Ok(())
+        }
+        Command::Token(TokenCommand::List(d)) => {
+            let store = open(&d.data).await?;
+            println!("id\tproject\tregion\tparty\trevoked");
+            for t in admin::list_tokens(&store).await? {
+                let revoked = if t.revoked_at_ms.is_some() { "yes" } else { "no" };
+                println!("{}\t{}\t{}\t{}\t{}", t.id, t.project, t.region, t.party, revoked);
+            }
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke { data, id }) => {
+            let store = open(&data).await?;
+            if !admin::revoke_token(&store, id).await? {
+                bail!("no active agent token with id {id}");
+            }
+            println!("agent token {id} revoked");
+            Ok(())
+        }
+        Command::User(UserCommand::Add { data, name, project, admin: is_admin }) => {
+            let store = open(&data).await?;
+            let password = read_password()?;
+            let project = if is_admin { None } else { project };
+            admin::add_user(&store, &name, &password, project.as_deref()).await?;
+            match project {
+                Some(p) => println!("user {name:?} of project {p:?} saved"),
+                None => println!("admin user {name:?} saved"),
+            }
+            Ok(())
+        }
+        Command::User(UserCommand::List(d)) => {
+            let store = open(&d.data).await?;
+            println!("name\trole\tproject");
+            for u in admin::list_users(&store).await? {
+                let role = if u.is_admin { "admin" } else { "tenant" };
+                println!("{}\t{}\t{}", u.name, role, u.project.unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::User(UserCommand::Remove { data, name }) => {
+            let store = open(&data).await?;
+            if !admin::remove_user(&store, &name).await? {
+                bail!("no user named {name:?}");
+            }
+            println!("user {name:?} removed");
+            Ok(())
+        }
+    }
+}
+
+fn read_password() -> Result<String> {
+    if let Ok(p) = std::env::var("VMMON_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("password: ").context("cannot read the password");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = CollectorConfig::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data) = args.data {
+        config.data_dir = data;
+    } else if args.config.is_none()
+        && let Ok(dir) = std::env::var("STATE_DIRECTORY")
+    {
+        config.data_dir = PathBuf::from(dir);
+    }
+    config.validate()?;
+    if args.check_config {
+        println!("config ok");
+        return Ok(());
+    }
+    let store = open(&config.data_dir).await?;
+    if let Some(admin) = admin::bootstrap_admin(&store, std::env::var("VMMON_ADMIN_PASSWORD").ok()).await? {
+        if admin.generated {
+            println!("created admin user {:?} with generated password (shown once): {}", admin.name, admin.password);
+        } else {
+            println!("created admin user {:?} with the password from VMMON_ADMIN_PASSWORD", admin.name);
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let app: Arc<App> = App::new(config, store);
+    let running = server::start(app.clone(), listener).await?;
+    println!("vmmon-collector listening on {}", running.local_addr);
+    tracing::info!(addr = %running.local_addr, data = %app.config.data_dir.display(), "Collector ready.");
+    vmmon_collector::spawn_housekeeping(app.clone());
+    shutdown_signal().await;
+    tracing::info!("Shutting down.");
+    running.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

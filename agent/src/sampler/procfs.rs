@@ -1,0 +1,417 @@
+//! Raw `/proc` and `/sys` readers: one reusable buffer and byte-level parsers, so a tick costs
+//! the `open` + `read` system calls and nothing per file on the heap.
+//!
+//! Why not `std::fs::read`: it `statx`es every file to size its buffer (and `read_to_end` on a
+//! `File` does the same plus an `lseek`); on procfs the size is always 0, so that call is pure
+//! overhead, paid twice per process per tick.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::rates::CpuTimes;
+
+/// Longest name the kernel keeps in `comm` (TASK_COMM_LEN − 1); a name this long may be cut.
+pub const COMM_TRUNCATED_LEN: usize = 15;
+
+/// A buffer reused for every file a tick reads.
+#[derive(Debug)]
+pub struct ReadBuf {
+    buf: Vec<u8>,
+}
+
+impl Default for ReadBuf {
+    fn default() -> Self {
+        Self { buf: vec![0; 4096] }
+    }
+}
+
+impl ReadBuf {
+    /// Reads the whole file, looping until `read` returns 0. Needed for multi-record files
+    /// (`/proc/stat`, `/proc/net/dev`, `cmdline`…), which the kernel may hand out a page at a time.
+    pub fn read_all(&mut self, path: &Path) -> io::Result<&[u8]> {
+        self.read(path, false)
+    }
+
+    /// Reads a single-record `/proc/PID` file (`stat`, `io`). The kernel renders these whole
+    /// (`seq_file` `single_open`) before copying out, so a read shorter than the space offered is
+    /// the end of the file: this saves the second `read` that would only return 0.
+    pub fn read_single(&mut self, path: &Path) -> io::Result<&[u8]> {
+        self.read(path, true)
+    }
+
+    fn read(&mut self, path: &Path, short_read_is_eof: bool) -> io::Result<&[u8]> {
+        let mut file = File::open(path)?;
+        let mut filled = 0;
+        loop {
+            if filled == self.buf.len() {
+                let grown = (self.buf.len() * 2).max(4096);
+                self.buf.resize(grown, 0);
+            }
+            let space = self.buf.len() - filled;
+            let n = match file.read(&mut self.buf[filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            filled += n;
+            if n == 0 || (short_read_is_eof && n < space) {
+                break;
+            }
+        }
+        Ok(&self.buf[..filled])
+    }
+}
+
+/// `ROOT/PID/FILE` built in place, so per-process paths cost no allocation.
+#[derive(Debug)]
+pub struct PidPath {
+    bytes: Vec<u8>,
+    root_len: usize,
+}
+
+impl PidPath {
+    /// Paths under `proc_root`.
+    pub fn new(proc_root: &Path) -> Self {
+        let mut bytes = proc_root.as_os_str().as_bytes().to_vec();
+        if bytes.last() != Some(&b'/') {
+            bytes.push(b'/');
+        }
+        let root_len = bytes.len();
+        bytes.reserve(32);
+        Self { bytes, root_len }
+    }
+
+    /// `ROOT/PID/FILE`.
+    pub fn get(&mut self, pid: u32, file: &[u8]) -> &Path {
+        self.bytes.truncate(self.root_len);
+        push_decimal(&mut self.bytes, u64::from(pid));
+        self.bytes.push(b'/');
+        self.bytes.extend_from_slice(file);
+        Path::new(OsStr::from_bytes(&self.bytes))
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// True for errors meaning the process is gone (`ENOENT` on open, `ESRCH` on read).
+pub fn is_vanished(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// A decimal `u64`; `None` on anything else (empty, sign, overflow).
+#[must_use]
+pub fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(v)
+}
+
+/// A `/proc` directory entry name that is a pid.
+#[must_use]
+pub fn parse_pid(name: &[u8]) -> Option<u32> {
+    parse_u64(name).and_then(|v| u32::try_from(v).ok())
+}
+
+fn fields(s: &[u8]) -> impl Iterator<Item = &[u8]> {
+    s.split(u8::is_ascii_whitespace).filter(|f| !f.is_empty())
+}
+
+fn lines(s: &[u8]) -> impl Iterator<Item = &[u8]> {
+    s.split(|&b| b == b'\n')
+}
+
+/// What a tick needs from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidStat<'a> {
+    /// Between the first `(` and the last `)`: may hold spaces and parentheses.
+    pub comm: &'a [u8],
+    /// Field 14 + field 15, clock ticks.
+    pub cpu_ticks: u64,
+    /// Field 22, clock ticks since boot.
+    pub start_ticks: u64,
+    /// Field 24, pages.
+    pub rss_pages: u64,
+}
+
+/// Parses `/proc/PID/stat`. `comm` is found between the first `(` and the **last** `)`, since a
+/// process may name itself `a) (b`; fields are then counted from after that `)`.
+#[must_use]
+pub fn parse_pid_stat(data: &[u8]) -> Option<PidStat<'_>> {
+    let open = data.iter().position(|&b| b == b'(')?;
+    let close = data.iter().rposition(|&b| b == b')')?;
+    if close < open {
+        return None;
+    }
+    let comm = &data[open + 1..close];
+    // Field 3 (state) is index 0 here; field N is index N − 3.
+    let mut utime = None;
+    let mut stime = None;
+    let mut start_ticks = None;
+    let mut rss_pages = None;
+    for (i, f) in fields(&data[close + 1..]).enumerate() {
+        match i {
+            11 => utime = parse_u64(f),
+            12 => stime = parse_u64(f),
+            19 => start_ticks = parse_u64(f),
+            21 => {
+                // Printed as a signed long; never negative in practice, but do not fail on it.
+                rss_pages = if f.first() == Some(&b'-') { Some(0) } else { parse_u64(f) };
+                break;
+            }
+            _ => {}
+        }
+    }
+    Some(PidStat {
+        comm,
+        cpu_ticks: utime?.saturating_add(stime?),
+        start_ticks: start_ticks?,
+        rss_pages: rss_pages?,
+    })
+}
+
+/// Storage I/O counters of `/proc/PID/io`, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IoCounters {
+    /// `read_bytes`: bytes fetched from storage.
+    pub read_bytes: u64,
+    /// `write_bytes`: bytes sent to storage.
+    pub write_bytes: u64,
+}
+
+/// Parses `/proc/PID/io`; `None` unless both `read_bytes` and `write_bytes` are there.
+#[must_use]
+pub fn parse_pid_io(data: &[u8]) -> Option<IoCounters> {
+    let mut read_bytes = None;
+    let mut write_bytes = None;
+    for line in lines(data) {
+        if let Some(v) = line.strip_prefix(b"read_bytes:") {
+            read_bytes = parse_u64(v.trim_ascii());
+        } else if let Some(v) = line.strip_prefix(b"write_bytes:") {
+            write_bytes = parse_u64(v.trim_ascii());
+        }
+    }
+    Some(IoCounters {
+        read_bytes: read_bytes?,
+        write_bytes: write_bytes?,
+    })
+}
+
+/// The untruncated name from `cmdline` for a `comm` the kernel may have cut: the basename of
+/// `argv[0]` when it starts with `comm`. `None` for an empty `cmdline` (kernel threads, zombies)
+/// or an `argv[0]` that does not match (a process that rewrote its title).
+#[must_use]
+pub fn name_from_cmdline<'a>(comm: &[u8], cmdline: &'a [u8]) -> Option<&'a [u8]> {
+    let argv0 = cmdline.split(|&b| b == 0).next()?;
+    let base = argv0.rsplit(|&b| b == b'/').next()?;
+    (!base.is_empty() && base.starts_with(comm)).then_some(base)
+}
+
+/// What a tick needs from `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatSummary {
+    /// The aggregate `cpu ` line.
+    pub cpu: CpuTimes,
+    /// Number of `cpuN` lines: the kernel lists online CPUs only.
+    pub online_cpus: u32,
+    /// Boot time, Unix epoch seconds.
+    pub btime: Option<u64>,
+}
+
+/// Parses `/proc/stat`; `None` without a well-formed aggregate `cpu ` line.
+#[must_use]
+pub fn parse_stat(data: &[u8]) -> Option<StatSummary> {
+    let mut cpu = None;
+    let mut online_cpus = 0u32;
+    let mut btime = None;
+    for line in lines(data) {
+        if let Some(rest) = line.strip_prefix(b"cpu") {
+            if rest.first() == Some(&b' ') {
+                cpu = parse_cpu_line(rest);
+            } else if rest.first().is_some_and(u8::is_ascii_digit) {
+                online_cpus += 1;
+            }
+        } else if let Some(rest) = line.strip_prefix(b"btime ") {
+            btime = parse_u64(rest.trim_ascii());
+        }
+    }
+    Some(StatSummary {
+        cpu: cpu?,
+        online_cpus,
+        btime,
+    })
+}
+
+fn parse_cpu_line(rest: &[u8]) -> Option<CpuTimes> {
+    // user nice system idle iowait irq softirq steal guest guest_nice; older kernels print fewer.
+    let mut v = [0u64; 8];
+    let mut n = 0;
+    for (slot, f) in v.iter_mut().zip(fields(rest)) {
+        *slot = parse_u64(f)?;
+        n += 1;
+    }
+    if n < 4 {
+        return None;
+    }
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v;
+    let total = [user, nice, system, idle, iowait, irq, softirq, steal]
+        .iter()
+        .fold(0u64, |a, &b| a.saturating_add(b));
+    Some(CpuTimes {
+        total,
+        idle: idle.saturating_add(iowait),
+    })
+}
+
+/// What a tick needs from `/proc/meminfo`, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemInfo {
+    /// `MemTotal`.
+    pub total_bytes: u64,
+    /// `MemAvailable`, or `MemFree + Buffers + Cached` on kernels before 3.14.
+    pub available_bytes: u64,
+}
+
+/// Parses `/proc/meminfo`; `None` without `MemTotal`.
+#[must_use]
+pub fn parse_meminfo(data: &[u8]) -> Option<MemInfo> {
+    let (mut total, mut available, mut free, mut buffers, mut cached) = (None, None, 0, 0, 0);
+    for line in lines(data) {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (key, rest) = (&line[..colon], &line[colon + 1..]);
+        let kib = || fields(rest).next().and_then(parse_u64);
+        match key {
+            b"MemTotal" => total = kib(),
+            b"MemAvailable" => available = kib(),
+            b"MemFree" => free = kib().unwrap_or(0),
+            b"Buffers" => buffers = kib().unwrap_or(0),
+            b"Cached" => cached = kib().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let total = total?;
+    let available = available.unwrap_or_else(|| free + buffers + cached).min(total);
+    Some(MemInfo {
+        total_bytes: total.saturating_mul(1024),
+        available_bytes: available.saturating_mul(1024),
+    })
+}
+
+/// Parses `/proc/uptime` (first field, seconds with a fraction) as time since boot.
+#[must_use]
+pub fn parse_uptime(data: &[u8]) -> Option<Duration> {
+    let first = fields(data).next()?;
+    let (secs, frac) = match first.iter().position(|&b| b == b'.') {
+        Some(dot) => (&first[..dot], &first[dot + 1..]),
+        None => (first, &b""[..]),
+    };
+    let secs = parse_u64(secs)?;
+    let mut nanos: u32 = 0;
+    let mut scale: u32 = 100_000_000;
+    for &c in frac.iter().take(9) {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        nanos += u32::from(c - b'0') * scale;
+        scale /= 10;
+    }
+    Some(Duration::new(secs, nanos))
+}
+
+/// `(name, sectors_read, sectors_written)` of each `/proc/diskstats` line. Sectors are always
+/// 512 bytes here, whatever the device's own sector size.
+pub fn diskstats(data: &[u8]) -> impl Iterator<Item = (&[u8], u64, u64)> {
+    lines(data).filter_map(|line| {
+        let mut f = fields(line);
+        let name = f.nth(2)?;
+        let sectors_read = parse_u64(f.nth(2)?)?;
+        let sectors_written = parse_u64(f.nth(3)?)?;
+        Some((name, sectors_read, sectors_written))
+    })
+}
+
+/// `(interface, rx_bytes, tx_bytes)` of each `/proc/net/dev` line.
+pub fn net_dev(data: &[u8]) -> impl Iterator<Item = (&[u8], u64, u64)> {
+    lines(data).filter_map(|line| {
+        // Interface names cannot hold ':'; old kernels print no space after it.
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = line[..colon].trim_ascii();
+        let mut f = fields(&line[colon + 1..]);
+        let rx = parse_u64(f.next()?)?;
+        let tx = parse_u64(f.nth(7)?)?;
+        Some((name, rx, tx))
+    })
+}
+
+/// Online CPUs from a `/sys/devices/system/cpu/online` list such as `0-3,5,7-8`.
+#[must_use]
+pub fn parse_cpu_list(data: &[u8]) -> Option<u32> {
+    let mut n = 0u32;
+    for part in data.trim_ascii().split(|&b| b == b',') {
+        if part.is_empty() {
+            continue;
+        }
+        match part.iter().position(|&b| b == b'-') {
+            Some(dash) => {
+                let lo = parse_u64(&part[..dash])?;
+                let hi = parse_u64(&part[dash + 1..])?;
+                n += u32::try_from(hi.checked_sub(lo)? + 1).ok()?;
+            }
+            None => {
+                parse_u64(part)?;
+                n += 1;
+            }
+        }
+    }
+    (n > 0).then_some(n)
+}
+
+/// `PRETTY_NAME` of an os-release file, unquoted.
+#[must_use]
+pub fn os_pretty_name(text: &str) -> Option<String> {
+    let value = text.lines().find_map(|l| l.trim().strip_prefix("PRETTY_NAME="))?.trim();
+    let unquoted = ['"', '\'']
+        .iter()
+        .find_map(|&q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
+        .unwrap_or(value);
+    let mut out = String::with_capacity(unquoted.len());
+    let mut escaped = false;
+    for c in unquoted.chars() {
+        if escaped || c != '\\' {
+            out.push(c);
+            escaped = false;
+        } else {
+            escaped = true;
+        }
+    }
+    let out = out.trim().to_owned();
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests;

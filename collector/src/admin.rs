@@ -1,0 +1,117 @@
+//! Administrative actions behind the CLI: users, agent tokens, the bootstrap admin.
+
+use crate::auth;
+use crate::store::{self, AgentTokenRow, Store, StoreError, UserRow};
+
+/// Name of the admin created on first start.
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+
+/// Admin-side failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Hashing failed.
+    #[error("cannot hash password: {0}")]
+    Hash(String),
+    /// Invalid input.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The bootstrap admin created on first start, if any (its password is shown once).
+pub struct Bootstrapped {
+    /// Login name.
+    pub name: String,
+    /// The password (from `VMMON_ADMIN_PASSWORD` or generated).
+    pub password: String,
+    /// Whether the password was generated (and must be printed).
+    pub generated: bool,
+}
+
+fn check_name(kind: &str, s: &str) -> Result<(), AdminError> {
+    if s.is_empty() || s.len() > 128 || s.chars().any(|c| c.is_control() || c == ',') {
+        return Err(AdminError::Invalid(format!("{kind} must be 1–128 printable characters without commas")));
+    }
+    Ok(())
+}
+
+/// Creates the admin user when no admin exists yet.
+pub async fn bootstrap_admin(store: &Store, env_password: Option<String>) -> Result<Option<Bootstrapped>, AdminError> {
+    let admins = store.read(store::users::admin_count).await?;
+    if admins > 0 {
+        return Ok(None);
+    }
+    let (password, generated) = match env_password.filter(|p| !p.is_empty()) {
+        Some(p) => (p, false),
+        None => (auth::generate_password(), true),
+    };
+    add_user(store, BOOTSTRAP_ADMIN, &password, None).await?;
+    Ok(Some(Bootstrapped {
+        name: BOOTSTRAP_ADMIN.into(),
+        password,
+        generated,
+    }))
+}
+
+/// Adds or replaces a user: an admin when `project` is None, else a tenant of `project`.
+pub async fn add_user(store: &Store, name: &str, password: &str, project: Option<&str>) -> Result<i64, AdminError> {
+    check_name("user name", name)?;
+    if let Some(p) = project {
+        check_name("project", p)?;
+    }
+    if password.len() < 8 {
+        return Err(AdminError::Invalid("password must be at least 8 characters".into()));
+    }
+    let pw = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&pw))
+        .await
+        .map_err(|e| AdminError::Hash(e.to_string()))?
+        .map_err(|e| AdminError::Hash(e.to_string()))?;
+    let (name, project) = (name.to_string(), project.map(str::to_string));
+    Ok(store
+        .write(move |c| {
+            store::users::upsert_user(c, &name, &hash, project.is_none(), project.as_deref(), store::now_ms())
+        })
+        .await?)
+}
+
+/// All users.
+pub async fn list_users(store: &Store) -> Result<Vec<UserRow>, AdminError> {
+    Ok(store.read(store::users::list_users).await?)
+}
+
+/// Removes a user; false when there was none.
+pub async fn remove_user(store: &Store, name: &str) -> Result<bool, AdminError> {
+    let name = name.to_string();
+    Ok(store.write(move |c| store::users::delete_user(c, &name)).await?)
+}
+
+/// Creates an agent token for a project and region; returns (id, token). The token is shown once.
+pub async fn create_token(store: &Store, project: &str, region: &str, party: &str) -> Result<(i64, String), AdminError> {
+    check_name("project", project)?;
+    check_name("region", region)?;
+    if !party.is_empty() {
+        check_name("party", party)?;
+    }
+    let token = auth::new_agent_token();
+    let hash = auth::token_sha256(&token);
+    let (p, r, x) = (project.to_string(), region.to_string(), party.to_string());
+    let id = store
+        .write(move |c| store::users::create_agent_token(c, &hash, &p, &r, &x, store::now_ms()))
+        .await?;
+    Ok((id, token))
+}
+
+/// All agent tokens (without secrets).
+pub async fn list_tokens(store: &Store) -> Result<Vec<AgentTokenRow>, AdminError> {
+    Ok(store.read(store::users::list_agent_tokens).await?)
+}
+
+/// Revokes an agent token; false when unknown or already revoked.
+pub async fn revoke_token(store: &Store, id: i64) -> Result<bool, AdminError> {
+    Ok(store
+        .write(move |c| store::users::revoke_agent_token(c, id, store::now_ms()))
+        .await?)
+}

@@ -1,0 +1,467 @@
+//! `POST /wsgi_app.py`: the method-coded API of seed 001 (SPEC §3.1).
+//!
+//! Every answer is HTTP 200 with `{"status_code","message","method","session_id","message_id","data"}`;
+//! every bad request answers `status_code` 3 with a message naming the problem and changes nothing.
+//! A tenant user sees only its own project's instances: another project's id answers exactly like
+//! an unknown one, so ids cannot be probed.
+
+use std::collections::HashSet;
+
+use chrono::TimeZone;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::{Map, Value, json};
+use vmmon_common::legacy::*;
+
+use super::repr::{self, Field, Record};
+use super::{Response, json_response, read_body, validate_instance_id};
+use crate::App;
+use crate::auth;
+use crate::control::{self, Change};
+use crate::rpc::hub::PushOutcome;
+use crate::store::{self, InstanceRow, ProcessRow, SessionUser, VmRow};
+
+/// Most instance ids one request may name.
+const MAX_INSTANCES_PER_REQUEST: usize = 100;
+/// Sessions are marked used at most this often (each mark is a write).
+const SESSION_TOUCH_EVERY_MS: i64 = 60_000;
+/// Table tags in `_id`.
+const TAG_VM: u8 = 0x01;
+const TAG_PROC: u8 = 0x02;
+
+/// A finished answer.
+struct Reply {
+    status_code: i64,
+    message: String,
+    session_id: String,
+    data: Value,
+}
+
+impl Reply {
+    fn fail(message: impl Into<String>) -> Reply {
+        Reply {
+            status_code: STATUS_FAILURE,
+            message: message.into(),
+            session_id: String::new(),
+            data: Value::Null,
+        }
+    }
+}
+
+type Outcome = Result<Reply, Reply>;
+
+/// Handles one request.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response {
+    let body = match read_body(req.into_body(), app.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return render(Value::Null, Reply::fail(e.to_string())),
+    };
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return render(Value::Null, Reply::fail(format!("malformed JSON body: {e}"))),
+    };
+    let Value::Object(obj) = parsed else {
+        return render(Value::Null, Reply::fail("request body must be a JSON object"));
+    };
+    let method_echo = obj.get("method").cloned().unwrap_or(Value::Null);
+    let reply = match dispatch(app, &obj).await {
+        Ok(r) | Err(r) => r,
+    };
+    // Echo the session the caller sent unless the reply carries a new one.
+    let reply = if reply.session_id.is_empty() {
+        let sid = obj.get("session_id").and_then(Value::as_str).unwrap_or("").to_string();
+        Reply { session_id: sid, ..reply }
+    } else {
+        reply
+    };
+    render(method_echo, reply)
+}
+
+fn render(method: Value, reply: Reply) -> Response {
+    let method = match &method {
+        Value::String(s) => s.trim().parse::<i64>().map(Value::from).unwrap_or(method),
+        _ => method,
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status_code": reply.status_code,
+            "message": reply.message,
+            "method": method,
+            "session_id": reply.session_id,
+            "message_id": "",
+            "data": reply.data,
+        }),
+    )
+}
+
+fn parse_method(obj: &Map<String, Value>) -> Result<i64, Reply> {
+    match obj.get("method") {
+        None | Some(Value::Null) => Err(Reply::fail("missing \"method\": give a method code such as 458753")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| Reply::fail(format!("\"method\" must be an integer code, got {n}"))),
+        // The seed documents method as a String; accept a numeric string too.
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| Reply::fail(format!("\"method\" must be an integer code, got {s:?}"))),
+        Some(other) => Err(Reply::fail(format!("\"method\" must be an integer code, got {other}"))),
+    }
+}
+
+async fn dispatch(app: &App, obj: &Map<String, Value>) -> Outcome {
+    let method = parse_method(obj)?;
+    let legacy_repr = match obj.get("legacy_repr") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Reply::fail("\"legacy_repr\" must be true or false")),
+    };
+    let known = [
+        METHOD_LOGIN,
+        METHOD_VM_DATA,
+        METHOD_PROC_DATA,
+        METHOD_PROC_BY_NAME,
+        METHOD_START_MONITOR,
+        METHOD_STOP_MONITOR,
+        METHOD_SET_INTERVAL,
+    ];
+    if !known.contains(&method) {
+        return Err(Reply::fail(format!(
+            "unknown method code {method}; known codes: 458753 login, 611611 getVMMonitoringData, \
+             611711 getVMMonitoringProcData, 611712 getVMMonitoringProcByNameData, \
+             32523 startmonitor, 32524 stopmonitor, 32525 setinterval"
+        )));
+    }
+    let data = match obj.get("data") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err(Reply::fail("\"data\" must be a JSON object")),
+    };
+    if method == METHOD_LOGIN {
+        return login(app, &data).await;
+    }
+    let user = session(app, obj).await?;
+    let instances = resolve_instances(app, &user, &data).await?;
+    match method {
+        METHOD_VM_DATA => vm_data(app, obj, &instances, legacy_repr).await,
+        METHOD_PROC_DATA => proc_data(app, obj, &instances, legacy_repr).await,
+        METHOD_PROC_BY_NAME => proc_by_name(app, obj, &data, &instances, legacy_repr).await,
+        METHOD_START_MONITOR => command(app, &instances, Change::Monitoring(true)).await,
+        METHOD_STOP_MONITOR => command(app, &instances, Change::Monitoring(false)).await,
+        _ => {
+            if !user.is_admin {
+                return Err(Reply::fail("setinterval (32525) needs an admin session"));
+            }
+            let secs = match data.get("interval_secs") {
+                Some(Value::Number(n)) => n.as_u64().filter(|s| (1..=86_400).contains(s)),
+                _ => None,
+            }
+            .ok_or_else(|| Reply::fail("data.interval_secs must be an integer number of seconds within 1..=86400"))?;
+            command(app, &instances, Change::Interval(secs as u32)).await
+        }
+    }
+}
+
+fn store_failure(e: store::StoreError) -> Reply {
+    tracing::error!(error = %e, "Legacy API store failure.");
+    Reply::fail("internal error: the store is unavailable, try again")
+}
+
+async fn login(app: &App, data: &Map<String, Value>) -> Outcome {
+    let (Some(Value::String(name)), Some(Value::String(password))) = (data.get("user_name"), data.get("password")) else {
+        return Err(Reply::fail("login needs data.user_name and data.password as strings"));
+    };
+    let lookup = name.clone();
+    let user = app
+        .store
+        .read(move |c| store::users::user_by_name(c, &lookup))
+        .await
+        .map_err(store_failure)?;
+    // Verify against a dummy hash for unknown users so timing does not reveal which names exist.
+    let (hash, user) = match user {
+        Some(u) => (u.password_hash.clone(), Some(u)),
+        None => (dummy_hash().to_string(), None),
+    };
+    let pw = password.clone();
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&pw, &hash))
+        .await
+        .unwrap_or(false);
+    let Some(user) = user.filter(|_| ok) else {
+        tracing::info!(user = %name, "Login refused.");
+        return Err(Reply::fail("'authentication failed: wrong user name or password'"));
+    };
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let sid = session_id.clone();
+    app.store
+        .write(move |c| store::users::create_session(c, &sid, user.id, store::now_ms()))
+        .await
+        .map_err(store_failure)?;
+    Ok(Reply {
+        status_code: STATUS_CREATED,
+        message: "'User authenticated sucessfully...'".into(),
+        session_id,
+        data: Value::Null,
+    })
+}
+
+/// An argon2id hash of a random password, so unknown users cost the same to refuse.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| auth::hash_password(&auth::generate_password()).unwrap_or_default())
+}
+
+/// The session's user, or a failure naming what is wrong with the session.
+async fn session(app: &App, obj: &Map<String, Value>) -> Result<SessionUser, Reply> {
+    let sid = match obj.get("session_id") {
+        None | Some(Value::Null) => return Err(Reply::fail("missing session_id: log in first (method 458753)")),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => return Err(Reply::fail("session_id must be the string returned by login (method 458753)")),
+    };
+    let idle_ms = (app.config.session_idle_secs as i64).saturating_mul(1000);
+    let now = store::now_ms();
+    let lookup = sid.clone();
+    let user = app
+        .store
+        .read(move |c| store::users::session_user(c, &lookup, now, idle_ms))
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(|| Reply::fail("session expired or unknown: log in again (method 458753)"))?;
+    if now - user.last_seen_ms > SESSION_TOUCH_EVERY_MS {
+        let touch = sid.clone();
+        app.store
+            .write(move |c| store::users::touch_session(c, &touch, now))
+            .await
+            .map_err(store_failure)?;
+    }
+    Ok(user)
+}
+
+async fn resolve_instances(app: &App, user: &SessionUser, data: &Map<String, Value>) -> Result<Vec<InstanceRow>, Reply> {
+    let raw = match data.get("instance_id") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => return Err(Reply::fail("missing data.instance_id")),
+        Some(_) => return Err(Reply::fail("data.instance_id must be a string of ids separated by ';'")),
+    };
+    let mut seen = HashSet::new();
+    let ids: Vec<String> = raw
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter(|s| seen.insert(s.to_string()))
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() {
+        return Err(Reply::fail("data.instance_id names no instance"));
+    }
+    if ids.len() > MAX_INSTANCES_PER_REQUEST {
+        return Err(Reply::fail(format!("data.instance_id names more than {MAX_INSTANCES_PER_REQUEST} instances")));
+    }
+    for id in &ids {
+        validate_instance_id(id).map_err(Reply::fail)?;
+    }
+    let lookup = ids.clone();
+    let rows = app
+        .store
+        .read(move |c| lookup.iter().map(|id| store::instances::get(c, id)).collect::<Result<Vec<_>, _>>())
+        .await
+        .map_err(store_failure)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, row) in ids.iter().zip(rows) {
+        match row {
+            Some(row) if user.is_admin || user.project.as_deref() == Some(row.project.as_str()) => out.push(row),
+            _ => return Err(Reply::fail(format!("unknown instance_id {id:?}"))),
+        }
+    }
+    Ok(out)
+}
+
+fn limit(app: &App, obj: &Map<String, Value>, default: u32) -> Result<u32, Reply> {
+    let n = match obj.get("limit") {
+        None | Some(Value::Null) => return Ok(default.min(app.config.max_limit)),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    };
+    match n {
+        Some(n) if n >= 1 => Ok(n.min(app.config.max_limit as u64) as u32),
+        _ => Err(Reply::fail("limit must be a positive integer")),
+    }
+}
+
+fn create_date(app: &App, ms: i64) -> String {
+    match app.tz.timestamp_millis_opt(ms) {
+        chrono::LocalResult::Single(t) => t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        _ => String::new(),
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn vm_record(app: &App, r: &VmRow, dropped: i64) -> Record {
+    vec![
+        ("net_incoming", Field::Float(round2(r.net_in))),
+        ("disk_write", Field::Float(round2(r.disk_write))),
+        ("mem", Field::Float(round2(r.mem_pct))),
+        ("net_outgoing", Field::Float(round2(r.net_out))),
+        ("instance_id", Field::Str(r.instance_id.clone())),
+        ("cpu_util", Field::Float(round2(r.cpu_pct))),
+        ("disk_read", Field::Float(round2(r.disk_read))),
+        ("create_date", Field::Str(create_date(app, r.sampled_at_ms))),
+        ("_id", Field::ObjectId(repr::object_id(r.sampled_at_ms / 1000, TAG_VM, r.id))),
+        ("proc", Field::Int(r.proc_count)),
+        ("rx_bytes", Field::Int(r.rx_bytes_total)),
+        ("tx_bytes", Field::Int(r.tx_bytes_total)),
+        ("dropped_samples", Field::Int(dropped)),
+    ]
+}
+
+fn proc_record(app: &App, r: &ProcessRow) -> Record {
+    vec![
+        ("net_incoming", Field::Float(round2(r.net_in))),
+        ("shutdown_time", r.shutdown_time.map(|t| Field::Float(round2(t))).unwrap_or(Field::Null)),
+        ("mem", Field::Float(round2(r.mem_pct))),
+        ("net_outgoing", Field::Float(round2(r.net_out))),
+        ("cmd", Field::Str(r.cmd.clone())),
+        ("pid", Field::Int(r.pid)),
+        ("instance_id", Field::Str(r.instance_id.clone())),
+        ("disk_write", Field::Float(round2(r.disk_write))),
+        ("disk_read", Field::Float(round2(r.disk_read))),
+        ("create_date", Field::Str(create_date(app, r.sampled_at_ms))),
+        ("_id", Field::ObjectId(repr::object_id(r.sampled_at_ms / 1000, TAG_PROC, r.id))),
+        ("cpu_util", Field::Float(round2(r.cpu_pct))),
+        ("running_time", Field::Float(round2(r.start_time))),
+    ]
+}
+
+fn records(records: Vec<Record>, legacy_repr: bool) -> Value {
+    Value::Array(
+        records
+            .iter()
+            .map(|r| if legacy_repr { Value::String(repr::to_python_repr(r)) } else { repr::to_json(r) })
+            .collect(),
+    )
+}
+
+fn success(message: &str, data: Value) -> Reply {
+    Reply {
+        status_code: STATUS_CREATED,
+        message: message.into(),
+        session_id: String::new(),
+        data,
+    }
+}
+
+async fn vm_data(app: &App, obj: &Map<String, Value>, instances: &[InstanceRow], legacy_repr: bool) -> Outcome {
+    let limit = limit(app, obj, 1)?;
+    let ids: Vec<(String, i64)> = instances.iter().map(|i| (i.instance_id.clone(), i.dropped_samples)).collect();
+    let rows = app
+        .store
+        .read(move |c| {
+            let mut out = Vec::new();
+            for (id, dropped) in &ids {
+                out.extend(store::samples::latest_vm(c, id, limit)?.into_iter().map(|r| (r, *dropped)));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(store_failure)?;
+    let recs = rows.iter().map(|(r, d)| vm_record(app, r, *d)).collect();
+    Ok(success("'success query vm information'", records(recs, legacy_repr)))
+}
+
+async fn proc_data(app: &App, obj: &Map<String, Value>, instances: &[InstanceRow], legacy_repr: bool) -> Outcome {
+    // Without a limit: every process of the newest sample.
+    let limit = limit(app, obj, u32::MAX)?;
+    let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+    let rows = app
+        .store
+        .read(move |c| {
+            let mut out = Vec::new();
+            for id in &ids {
+                out.extend(store::samples::latest_processes(c, id, limit)?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(store_failure)?;
+    let recs = rows.iter().map(|r| proc_record(app, r)).collect();
+    Ok(success("'success query proc information'", records(recs, legacy_repr)))
+}
+
+async fn proc_by_name(
+    app: &App,
+    obj: &Map<String, Value>,
+    data: &Map<String, Value>,
+    instances: &[InstanceRow],
+    legacy_repr: bool,
+) -> Outcome {
+    // The seed sends proc_name at the top level; accept it inside data as well.
+    let name = match obj.get("proc_name").or_else(|| data.get("proc_name")) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        None | Some(Value::Null) => return Err(Reply::fail("missing proc_name (the process name to look up)")),
+        Some(_) => return Err(Reply::fail("proc_name must be a non-empty string")),
+    };
+    if name.len() > 4096 {
+        return Err(Reply::fail("proc_name is too long"));
+    }
+    let limit = limit(app, obj, 1)?;
+    let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+    let rows = app
+        .store
+        .read(move |c| {
+            let mut out = Vec::new();
+            for id in &ids {
+                out.extend(store::samples::process_history(c, id, &name, limit)?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(store_failure)?;
+    let recs = rows.iter().map(|r| proc_record(app, r)).collect();
+    Ok(success("'success query proc information'", records(recs, legacy_repr)))
+}
+
+async fn command(app: &App, instances: &[InstanceRow], change: Change) -> Outcome {
+    // All ids were resolved and authorised before anything changes; now apply them concurrently so
+    // one silent agent does not add its timeout to the others.
+    let futures = instances.iter().map(|i| control::apply(app, &i.instance_id, change));
+    let outcomes = futures::future::join_all(futures).await;
+    let mut parts = Vec::with_capacity(instances.len());
+    let mut status = STATUS_SUCCESS;
+    for (inst, outcome) in instances.iter().zip(outcomes) {
+        let outcome = outcome.map_err(store_failure)?;
+        let (code, text) = match outcome {
+            Some(PushOutcome::Acked) => (STATUS_SUCCESS, "agent confirmed"),
+            Some(PushOutcome::NotConnected) => (STATUS_CREATED, "queued: agent not connected, applied when it connects"),
+            Some(PushOutcome::TimedOut) => (STATUS_TIMEOUT, "agent connected but did not confirm in time; applied when it does"),
+            None => (STATUS_FAILURE, "instance vanished"),
+        };
+        // Worst outcome wins: failure > timeout > queued > confirmed.
+        status = worst(status, code);
+        parts.push(format!("{}: {text}", inst.instance_id));
+    }
+    let what = match change {
+        Change::Monitoring(true) => "startmonitor".to_string(),
+        Change::Monitoring(false) => "stopmonitor".to_string(),
+        Change::Interval(s) => format!("setinterval {s}s"),
+    };
+    Ok(Reply {
+        status_code: status,
+        message: format!("'{what}: {}'", parts.join("; ")),
+        session_id: String::new(),
+        data: Value::Null,
+    })
+}
+
+fn worst(a: i64, b: i64) -> i64 {
+    let rank = |s: i64| match s {
+        STATUS_FAILURE => 3,
+        STATUS_TIMEOUT => 2,
+        STATUS_CREATED => 1,
+        _ => 0,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}

@@ -1,0 +1,73 @@
+//! Credentials: argon2 password hashes, session ids, agent tokens.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// Prefix that makes agent tokens recognisable in logs and config files.
+pub const AGENT_TOKEN_PREFIX: &str = "vmt_";
+
+/// Hashes a password with argon2id and a random salt (PHC string).
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// Checks a password against a stored PHC hash; false on any mismatch or bad hash.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A fresh random secret of `bytes` bytes, lower hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// A new agent token (shown once; only its SHA-256 is stored).
+pub fn new_agent_token() -> String {
+    format!("{AGENT_TOKEN_PREFIX}{}", random_hex(24))
+}
+
+/// SHA-256 of a token, lower hex: the stored form.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A generated password for the bootstrap admin.
+pub fn generate_password() -> String {
+    random_hex(12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_roundtrip() {
+        let h = hash_password("s3cret").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("s3cret", &h));
+        assert!(!verify_password("S3cret", &h));
+        assert!(!verify_password("s3cret", "not a hash"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let a = new_agent_token();
+        let b = new_agent_token();
+        assert_ne!(a, b);
+        assert!(a.starts_with(AGENT_TOKEN_PREFIX));
+        assert_eq!(token_sha256(&a).len(), 64);
+        assert_ne!(token_sha256(&a), token_sha256(&b));
+    }
+}

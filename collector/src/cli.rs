@@ -1,0 +1,120 @@
+//! Command line of `vmmon-collector` (SPEC §5).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// vmmon collector: receives agent reports, stores them in SQLite and serves the operator APIs.
+#[derive(Debug, Parser)]
+#[command(name = "vmmon-collector", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the collector: agents' JSON-RPC at /rpc plus the HTTP APIs on one address.
+    /// On first start an admin user "admin" is created with the password from
+    /// VMMON_ADMIN_PASSWORD, else a generated one printed once.
+    Serve(ServeArgs),
+    /// Create the store or bring its schema up to date, then exit.
+    Migrate(DataArg),
+    /// Agent tokens (bound to a project and region).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Portal users (admins, or tenants of one project).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides the config file; default 127.0.0.1:8086).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory holding the SQLite store (overrides the config file; default /var/lib/vmmon,
+    /// or $STATE_DIRECTORY under systemd).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// TOML config file (see packaging/collector.example.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration and exit (0 when valid).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Just a data directory.
+#[derive(Debug, Args)]
+pub struct DataArg {
+    /// Data directory holding the SQLite store.
+    #[arg(long)]
+    pub data: PathBuf,
+}
+
+/// `token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an agent token; prints the token alone on the last line.
+    Create {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        data: PathBuf,
+        /// Project (tenant) the agents report into.
+        #[arg(long)]
+        project: String,
+        /// Region of the agents.
+        #[arg(long)]
+        region: String,
+        /// Vendor ("party") shown in the VM list.
+        #[arg(long, default_value = "")]
+        party: String,
+    },
+    /// List agent tokens (ids, scopes, revocation; never the secrets).
+    List(DataArg),
+    /// Revoke an agent token by id: its agents are refused from then on.
+    Revoke {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        data: PathBuf,
+        /// Token id (from `token list`).
+        #[arg(long)]
+        id: i64,
+    },
+}
+
+/// `user …`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add or replace a user. Password from VMMON_PASSWORD, else prompted.
+    Add {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        data: PathBuf,
+        /// Login name.
+        #[arg(long)]
+        name: String,
+        /// The tenant's project: the user sees only this project.
+        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+        project: Option<String>,
+        /// Make an admin (sees every project, may change intervals).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    List(DataArg),
+    /// Remove a user (and end its sessions).
+    Remove {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        data: PathBuf,
+        /// Login name.
+        #[arg(long)]
+        name: String,
+    },
+}

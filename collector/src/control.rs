@@ -1,0 +1,46 @@
+//! Changing what agents do: persist the desired state first, then push it to a connected agent.
+
+use std::time::Duration;
+
+use vmmon_common::wire::DesiredState;
+
+use crate::App;
+use crate::rpc::hub::PushOutcome;
+use crate::store::{self, StoreError};
+
+/// A change an operator asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Turn per-process sampling on or off.
+    Monitoring(bool),
+    /// Set the sampling interval in seconds.
+    Interval(u32),
+}
+
+/// Persists `change` for `instance_id` (which must exist) and delivers it if the agent is
+/// connected. `Ok(None)` when the instance is unknown.
+pub async fn apply(app: &App, instance_id: &str, change: Change) -> Result<Option<PushOutcome>, StoreError> {
+    let id = instance_id.to_string();
+    let desired = app
+        .store
+        .write(move |c| {
+            let Some(row) = store::instances::get(c, &id)? else {
+                return Ok(None);
+            };
+            let mut desired = row.desired;
+            match change {
+                Change::Monitoring(on) => desired.monitoring = on,
+                Change::Interval(secs) => desired.interval_secs = secs,
+            }
+            store::instances::set_desired(c, &id, desired)?;
+            Ok(Some(desired))
+        })
+        .await?;
+    let Some(desired): Option<DesiredState> = desired else {
+        return Ok(None);
+    };
+    let timeout = Duration::from_millis(app.config.command_timeout_ms);
+    let outcome = app.hub.push(instance_id, desired, timeout).await;
+    tracing::info!(instance_id, ?change, ?outcome, "Applied control change.");
+    Ok(Some(outcome))
+}

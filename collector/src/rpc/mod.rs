@@ -1,0 +1,274 @@
+//! The agents' JSON-RPC endpoint: `impl MonitorApiServer`, one handler per WebSocket connection.
+//!
+//! The connection's agent token is checked once at the upgrade (see [`crate::server`]) and the
+//! result travels in the handler, so every method knows which project it may touch.
+
+pub mod hub;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use jsonrpsee::PendingSubscriptionSink;
+use jsonrpsee::core::{SubscriptionResult, async_trait};
+use jsonrpsee::types::ErrorObjectOwned;
+use vmmon_common::PROTOCOL_VERSION;
+use vmmon_common::rpc::MonitorApiServer;
+use vmmon_common::wire::{
+    CommandAck, DesiredState, Heartbeat, MAX_PROCESSES_PER_SAMPLE, MAX_SAMPLES_PER_BATCH,
+    RegisterRequest, ReportAck, ReportBatch,
+};
+
+use crate::error::CollectorError;
+use crate::store::{self, AgentTokenRow, RegisterOutcome};
+use crate::{App, api};
+
+/// How the connection's token checked out.
+#[derive(Debug, Clone)]
+pub enum AgentAuth {
+    /// A valid token.
+    Token(AgentTokenRow),
+    /// Why the token was refused (shown to the agent).
+    Refused(String),
+}
+
+/// Serves one agent connection.
+pub struct RpcHandler {
+    app: Arc<App>,
+    auth: AgentAuth,
+    conn_id: u64,
+    /// Instances registered on this connection: reports for others are refused.
+    registered: Mutex<HashSet<String>>,
+}
+
+impl RpcHandler {
+    /// A handler for a connection authenticated as `auth`.
+    pub fn new(app: Arc<App>, auth: AgentAuth) -> RpcHandler {
+        let conn_id = app.hub.next_conn_id();
+        RpcHandler {
+            app,
+            auth,
+            conn_id,
+            registered: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn token(&self) -> Result<&AgentTokenRow, CollectorError> {
+        match &self.auth {
+            AgentAuth::Token(t) => Ok(t),
+            AgentAuth::Refused(why) => Err(CollectorError::Unauthorized(why.clone())),
+        }
+    }
+
+    fn ensure_registered(&self, instance_id: &str) -> Result<(), CollectorError> {
+        let ok = self
+            .registered
+            .lock()
+            .map(|set| set.contains(instance_id))
+            .unwrap_or(false);
+        if ok {
+            Ok(())
+        } else {
+            Err(CollectorError::NotRegistered(format!(
+                "instance {instance_id:?} has not registered on this connection"
+            )))
+        }
+    }
+
+    /// Re-reads the token so a revocation takes effect on a live connection.
+    async fn ensure_token_live(&self) -> Result<(), CollectorError> {
+        let id = self.token()?.id;
+        let row = self
+            .app
+            .store
+            .read(move |c| store::users::agent_token_by_id(c, id))
+            .await?;
+        match row {
+            Some(t) if t.revoked_at_ms.is_none() => Ok(()),
+            _ => Err(CollectorError::Unauthorized("agent token has been revoked".into())),
+        }
+    }
+}
+
+fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
+    if batch.samples.is_empty() {
+        return Err("no samples".into());
+    }
+    if batch.samples.len() > MAX_SAMPLES_PER_BATCH {
+        return Err(format!("more than {MAX_SAMPLES_PER_BATCH} samples"));
+    }
+    for s in &batch.samples {
+        let vm = &s.vm;
+        let figures = [
+            vm.cpu_pct,
+            vm.mem_pct,
+            vm.disk_read_kib_per_sec,
+            vm.disk_write_kib_per_sec,
+            vm.net_in_kib_per_sec,
+            vm.net_out_kib_per_sec,
+        ];
+        if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(format!("VM sample at {} has a negative or non-finite figure", vm.sampled_at_ms));
+        }
+        if vm.sampled_at_ms <= 0 {
+            return Err("sample time must be positive epoch milliseconds".into());
+        }
+        let Some(procs) = &s.processes else { continue };
+        if procs.len() > MAX_PROCESSES_PER_SAMPLE {
+            return Err(format!("more than {MAX_PROCESSES_PER_SAMPLE} processes in one sample"));
+        }
+        for p in procs {
+            let figures = [
+                p.cpu_pct,
+                p.mem_pct,
+                p.disk_read_kib_per_sec,
+                p.disk_write_kib_per_sec,
+                p.net_in_kib_per_sec,
+                p.net_out_kib_per_sec,
+                p.start_time,
+            ];
+            if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
+                return Err(format!("process {} has a negative or non-finite figure", p.pid));
+            }
+            if p.cmd.len() > 4096 {
+                return Err(format!("process {} has an oversized cmd", p.pid));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MonitorApiServer for RpcHandler {
+    async fn register(&self, request: RegisterRequest) -> Result<DesiredState, ErrorObjectOwned> {
+        let token = self.token()?.clone();
+        self.ensure_token_live().await?;
+        if request.protocol_version != PROTOCOL_VERSION {
+            return Err(CollectorError::InvalidBatch(format!(
+                "protocol version {} is not supported (collector speaks {PROTOCOL_VERSION})",
+                request.protocol_version
+            ))
+            .into());
+        }
+        if let Err(why) = api::validate_instance_id(&request.instance_id) {
+            return Err(CollectorError::Forbidden(why).into());
+        }
+        let default_interval = self.app.config.default_interval_secs;
+        let id = request.instance_id.clone();
+        let tok = token.clone();
+        let outcome = self
+            .app
+            .store
+            .write(move |c| {
+                store::instances::register(c, &id, &tok, &request.inventory, default_interval, store::now_ms())
+            })
+            .await
+            .map_err(CollectorError::from)?;
+        match outcome {
+            RegisterOutcome::ForeignProject => {
+                tracing::warn!(instance_id = %request.instance_id, project = %token.project,
+                    "Refused registration of an instance owned by another project.");
+                Err(CollectorError::Forbidden(format!(
+                    "instance {:?} is registered to another project; token of project {:?} may not report it",
+                    request.instance_id, token.project
+                ))
+                .into())
+            }
+            RegisterOutcome::Registered(desired) => {
+                if let Ok(mut set) = self.registered.lock() {
+                    set.insert(request.instance_id.clone());
+                }
+                tracing::info!(instance_id = %request.instance_id, project = %token.project,
+                    monitoring = desired.monitoring, interval_secs = desired.interval_secs,
+                    "Agent registered.");
+                Ok(desired)
+            }
+        }
+    }
+
+    async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<DesiredState, ErrorObjectOwned> {
+        self.token()?;
+        self.ensure_registered(&heartbeat.instance_id)?;
+        self.ensure_token_live().await?;
+        let id = heartbeat.instance_id.clone();
+        let row = self
+            .app
+            .store
+            .write(move |c| {
+                store::instances::record_seen(
+                    c,
+                    &id,
+                    store::now_ms(),
+                    Some(heartbeat.dropped_samples_total),
+                    Some(heartbeat.spooled_batches),
+                )?;
+                store::instances::get(c, &id)
+            })
+            .await
+            .map_err(CollectorError::from)?;
+        match row {
+            Some(row) => Ok(row.desired),
+            None => Err(CollectorError::NotRegistered("instance no longer exists".into()).into()),
+        }
+    }
+
+    async fn report(&self, batch: ReportBatch) -> Result<ReportAck, ErrorObjectOwned> {
+        self.token()?;
+        self.ensure_registered(&batch.instance_id)?;
+        validate_batch(&batch).map_err(CollectorError::InvalidBatch)?;
+        let batch_id = batch.batch_id;
+        let stored = self
+            .app
+            .store
+            .write(move |c| {
+                let now = store::now_ms();
+                let stored = store::samples::insert_batch(c, &batch, now)?;
+                let newest = batch.samples.iter().map(|s| s.vm.sampled_at_ms).max().unwrap_or(now);
+                store::instances::record_seen(c, &batch.instance_id, newest.min(now), Some(batch.dropped_samples_total), None)?;
+                Ok(stored)
+            })
+            .await
+            .map_err(CollectorError::from)?;
+        Ok(ReportAck {
+            batch_id,
+            duplicate: !stored,
+        })
+    }
+
+    async fn ack_command(&self, ack: CommandAck) -> Result<(), ErrorObjectOwned> {
+        self.token()?;
+        self.ensure_registered(&ack.instance_id)?;
+        if !self.app.hub.ack(&ack.instance_id, ack.id) {
+            tracing::debug!(instance_id = %ack.instance_id, id = ack.id, "Late or unknown command ack.");
+        }
+        Ok(())
+    }
+
+    async fn subscribe_commands(&self, pending: PendingSubscriptionSink, instance_id: String) -> SubscriptionResult {
+        if let Err(e) = self.token().and_then(|_| self.ensure_registered(&instance_id)) {
+            pending.reject(ErrorObjectOwned::from(e)).await;
+            return Ok(());
+        }
+        let sink = pending.accept().await?;
+        let app = self.app.clone();
+        let conn_id = self.conn_id;
+        let mut rx = app.hub.attach(&instance_id, conn_id);
+        tracing::debug!(%instance_id, conn_id, "Agent command subscription attached.");
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => {
+                        let Some(cmd) = cmd else { break };
+                        let Ok(msg) = serde_json::value::to_raw_value(&cmd) else { break };
+                        if sink.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = sink.closed() => break,
+                }
+            }
+            app.hub.detach(&instance_id, conn_id);
+            tracing::debug!(%instance_id, conn_id, "Agent command subscription detached.");
+        });
+        Ok(())
+    }
+}

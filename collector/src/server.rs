@@ -1,0 +1,138 @@
+//! The listener: one accept loop, routed by path.
+//!
+//! Choice: a single address serves both the agents' WebSocket JSON-RPC (`/rpc`, handed to a
+//! jsonrpsee tower service built per request) and the HTTP APIs (everything else, see
+//! [`crate::api`]), following jsonrpsee's `jsonrpsee_as_service` example. One port keeps firewall
+//! rules and the agents' config simple. The agent token is read from the upgrade request and
+//! checked once per connection; the result is baked into that connection's [`RpcHandler`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use hyper::Request;
+use hyper::body::Incoming;
+use jsonrpsee::server::{ServerConfig, StopHandle, TowerServiceBuilder, stop_channel};
+use tokio::net::TcpListener;
+use tower::Service;
+use vmmon_common::RPC_PATH;
+use vmmon_common::rpc::MonitorApiServer;
+
+use crate::App;
+use crate::api;
+use crate::auth;
+use crate::rpc::{AgentAuth, RpcHandler};
+use crate::store;
+
+/// Largest JSON-RPC message from an agent (a batch of a full process table).
+const MAX_RPC_MESSAGE_BYTES: u32 = 64 * 1024 * 1024;
+
+/// A running server.
+pub struct Running {
+    /// The bound address (useful with port 0).
+    pub local_addr: SocketAddr,
+    stop: jsonrpsee::server::ServerHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting and waits for the accept loop to end.
+    pub async fn stop(self) {
+        let _ = self.stop.stop();
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `addr` and serves until stopped.
+pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Running> {
+    let local_addr = listener.local_addr()?;
+    let (stop_handle, server_handle) = stop_channel();
+    let config = ServerConfig::builder()
+        .max_request_body_size(MAX_RPC_MESSAGE_BYTES)
+        .max_response_body_size(MAX_RPC_MESSAGE_BYTES)
+        .build();
+    let builder = jsonrpsee::server::Server::builder()
+        .set_config(config)
+        .to_service_builder();
+    let task = tokio::spawn(accept_loop(app, listener, stop_handle, builder));
+    Ok(Running {
+        local_addr,
+        stop: server_handle,
+        task,
+    })
+}
+
+async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    stop_handle: StopHandle,
+    builder: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
+) {
+    loop {
+        let sock = tokio::select! {
+            res = listener.accept() => match res {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop_handle.clone().shutdown() => break,
+        };
+        let app = app.clone();
+        let stop = stop_handle.clone();
+        let builder = builder.clone();
+        let svc = tower::service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            let stop = stop.clone();
+            let builder = builder.clone();
+            async move {
+                if req.uri().path() == RPC_PATH {
+                    let auth = authenticate(&app, &req).await;
+                    let methods = RpcHandler::new(app, auth).into_rpc();
+                    let mut rpc = builder.build(methods, stop);
+                    rpc.call(req).await.map_err(|e| anyhow_box(e.to_string()))
+                } else {
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(api::route(app, req).await)
+                }
+            }
+            .boxed()
+        });
+        tokio::spawn(jsonrpsee::server::serve_with_graceful_shutdown(
+            sock,
+            svc,
+            stop_handle.clone().shutdown(),
+        ));
+    }
+}
+
+fn anyhow_box(msg: String) -> Box<dyn std::error::Error + Send + Sync> {
+    msg.into()
+}
+
+/// Checks `Authorization: Bearer <agent token>` on the upgrade request.
+async fn authenticate(app: &App, req: &Request<Incoming>) -> AgentAuth {
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(token) = header.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()) else {
+        return AgentAuth::Refused("missing agent token: send Authorization: Bearer <token>".into());
+    };
+    let hash = auth::token_sha256(token);
+    match app.store.read(move |c| store::users::agent_token_by_hash(c, &hash)).await {
+        Ok(Some(row)) if row.revoked_at_ms.is_none() => AgentAuth::Token(row),
+        Ok(Some(_)) => AgentAuth::Refused("agent token has been revoked".into()),
+        Ok(None) => AgentAuth::Refused("unknown agent token".into()),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot check an agent token.");
+            AgentAuth::Refused("collector cannot check tokens right now".into())
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_infallible(_: Infallible) {}
