@@ -1,2 +1,208 @@
-//! placeholder
+//! vmmon agent: samples the whole VM (always) and every process (while monitoring is on), spools
+//! each tick as a report batch on disk, and delivers the spool to the collector.
+//!
+//! Data flow: [`sampler`] → [`spool`] (durable, bounded) → [`reporter`] ⇢ collector `/rpc`;
+//! commands come back on the reporter's subscription and land in [`Shared::desired`], which the
+//! sampling loop follows.
+
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod reporter;
 pub mod sampler;
+pub mod spool;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use vmmon_common::wire::DesiredState;
+
+use config::AgentConfig;
+use sampler::{ProcRoots, Sampler};
+use spool::Spool;
+
+/// After start and after monitoring turns on, the first reported tick comes this soon after the
+/// (unreported) priming sample, so rates are available at once instead of one interval later.
+const FIRST_TICK_AFTER: Duration = Duration::from_secs(1);
+
+/// Agent failures that stop it.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The spool cannot be opened or written.
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    /// /proc cannot be read at all.
+    #[error(transparent)]
+    Sampler(#[from] sampler::SamplerError),
+    /// No instance id configured and none found on the system.
+    #[error("no instance id: set --instance-id (none found in cloud-init, DMI or /etc/machine-id)")]
+    NoIdentity,
+}
+
+/// State shared by the sampling loop and the reporter.
+pub struct Shared {
+    /// The spool (std mutex: held only for short file operations, never across an await).
+    pub spool: Mutex<Spool>,
+    /// The desired state; the sampling loop follows it.
+    pub desired: watch::Sender<DesiredState>,
+    /// Signalled when a batch was spooled.
+    pub new_batch: Notify,
+    connected: AtomicBool,
+}
+
+impl Shared {
+    /// Runs `f` on the spool.
+    pub fn with_spool<T>(&self, f: impl FnOnce(&mut Spool) -> T) -> T {
+        let mut guard = match self.spool.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// (batches waiting, samples dropped so far).
+    pub fn spool_counts(&self) -> (u64, u64) {
+        self.with_spool(|s| (s.len() as u64, s.dropped_samples_total()))
+    }
+
+    /// Applies and persists a desired state from the collector.
+    pub fn apply_desired(&self, desired: DesiredState) {
+        self.desired.send_if_modified(|cur| {
+            let changed = *cur != desired;
+            *cur = desired;
+            changed
+        });
+        if let Err(e) = self.with_spool(|s| s.set_desired(desired)) {
+            tracing::warn!(error = %e, "Cannot persist the desired state.");
+        }
+    }
+
+    /// Whether a session with the collector is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+}
+
+fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the agent until `shutdown` flips to true.
+pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    config.validate()?;
+    let token = config.resolve_token()?;
+    let instance_id = identity::resolve_instance_id(config.instance_id.as_deref(), &identity::IdentitySources::default())
+        .ok_or(AgentError::NoIdentity)?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| spool::SpoolError::Io {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let (spool, report) = Spool::open(&config.state_dir, config.spool_max_bytes)?;
+    if report.moved_aside > 0 {
+        tracing::warn!(moved_aside = report.moved_aside, corrupt_files_total = spool.corrupt_files_total(),
+            dropped_samples_total = spool.dropped_samples_total(), "Damaged spool files were moved aside.");
+    }
+    let desired = reporter::initial_desired(spool.desired(), config.interval_secs);
+    tracing::info!(%instance_id, collector = %config.collector, spooled = report.batches,
+        monitoring = desired.monitoring, interval_secs = desired.interval_secs, "Agent starting.");
+    let (desired_tx, _) = watch::channel(desired);
+    let shared = Arc::new(Shared {
+        spool: Mutex::new(spool),
+        desired: desired_tx,
+        new_batch: Notify::new(),
+        connected: AtomicBool::new(false),
+    });
+    let mut sampler = Sampler::new(ProcRoots::default())?;
+    let wan = config.wan_ips.clone();
+
+    let rcfg = reporter::ReporterConfig {
+        url: config.collector.clone(),
+        token,
+        instance_id: instance_id.clone(),
+        configured_interval_secs: config.interval_secs,
+        max_backoff: Duration::from_secs(config.max_backoff_secs),
+    };
+    // Inventory is read fresh on every (re)connect.
+    let inv_sampler = Sampler::new(ProcRoots::default())?;
+    let reporter = tokio::spawn(reporter::run(
+        rcfg,
+        shared.clone(),
+        move || inv_sampler.inventory(&wan),
+        shutdown.clone(),
+    ));
+
+    sampling_loop(&mut sampler, &shared, &instance_id, shutdown).await;
+    let _ = reporter.await;
+    tracing::info!("Agent stopped.");
+    Ok(())
+}
+
+async fn sampling_loop(sampler: &mut Sampler, shared: &Shared, instance_id: &str, mut shutdown: watch::Receiver<bool>) {
+    let mut desired_rx = shared.desired.subscribe();
+    let mut applied = *desired_rx.borrow_and_update();
+    prime(sampler, applied.monitoring);
+    let mut next = tokio::time::Instant::now() + FIRST_TICK_AFTER;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            changed = desired_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let new = *desired_rx.borrow_and_update();
+                if new.monitoring && !applied.monitoring {
+                    // Baseline now so the first process tick has real rates.
+                    prime(sampler, true);
+                    next = tokio::time::Instant::now() + FIRST_TICK_AFTER;
+                } else if new.interval_secs != applied.interval_secs {
+                    next = tokio::time::Instant::now() + Duration::from_secs(u64::from(new.interval_secs));
+                }
+                tracing::info!(monitoring = new.monitoring, interval_secs = new.interval_secs, "Applying desired state.");
+                applied = new;
+                continue;
+            }
+            _ = shutdown.changed() => return,
+        }
+        let now = SystemTime::now();
+        let sample = tokio::task::block_in_place(|| sampler.sample(now, applied.monitoring));
+        next += Duration::from_secs(u64::from(applied.interval_secs));
+        let catch_up = tokio::time::Instant::now();
+        if next < catch_up {
+            // Fell behind (suspend, overload): do not burst, restart the cadence.
+            next = catch_up + Duration::from_secs(u64::from(applied.interval_secs));
+        }
+        let sample = match sample {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "Sampling failed; skipping this tick.");
+                continue;
+            }
+        };
+        let pushed = tokio::task::block_in_place(|| shared.with_spool(|s| s.push(instance_id, vec![sample])));
+        match pushed {
+            Ok(seq) => {
+                tracing::debug!(seq, at_ms = epoch_ms(now), "Spooled a sample.");
+                shared.new_batch.notify_one();
+            }
+            Err(e) => tracing::error!(error = %e, "Cannot write the spool; this sample is lost."),
+        }
+    }
+}
+
+fn prime(sampler: &mut Sampler, with_processes: bool) {
+    if let Err(e) = tokio::task::block_in_place(|| sampler.sample(SystemTime::now(), with_processes)) {
+        tracing::warn!(error = %e, "Priming sample failed.");
+    }
+}

@@ -32,7 +32,7 @@ pub async fn apply(app: &App, instance_id: &str, change: Change) -> Result<Optio
                 Change::Monitoring(on) => desired.monitoring = on,
                 Change::Interval(secs) => desired.interval_secs = secs,
             }
-            store::instances::set_desired(c, &id, desired)?;
+            store::instances::set_desired(c, &id, desired, matches!(change, Change::Interval(_)))?;
             Ok(Some(desired))
         })
         .await?;

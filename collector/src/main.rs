@@ -19,6 +19,7 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("VMMON_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

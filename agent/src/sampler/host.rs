@@ -271,8 +271,8 @@ pub fn interface_addresses() -> Vec<(String, bool, IpAddr)> {
         .map(|ifs| {
             ifs.into_iter()
                 .map(|i| {
-                    let lo = i.is_loopback();
-                    (i.name, lo, i.ip())
+                    let (lo, ip) = (i.is_loopback(), i.ip());
+                    (i.name, lo, ip)
                 })
                 .collect()
         })

@@ -152,14 +152,18 @@ impl MonitorApiServer for RpcHandler {
         if let Err(why) = api::validate_instance_id(&request.instance_id) {
             return Err(CollectorError::Forbidden(why).into());
         }
-        let default_interval = self.app.config.default_interval_secs;
+        let interval = if (1..=86_400).contains(&request.configured_interval_secs) {
+            request.configured_interval_secs
+        } else {
+            self.app.config.default_interval_secs
+        };
         let id = request.instance_id.clone();
         let tok = token.clone();
         let outcome = self
             .app
             .store
             .write(move |c| {
-                store::instances::register(c, &id, &tok, &request.inventory, default_interval, store::now_ms())
+                store::instances::register(c, &id, &tok, &request.inventory, interval, store::now_ms())
             })
             .await
             .map_err(CollectorError::from)?;

@@ -86,7 +86,7 @@ pub fn register(
     instance_id: &str,
     token: &AgentTokenRow,
     inventory: &Inventory,
-    default_interval_secs: u32,
+    configured_interval_secs: u32,
     now_ms: i64,
 ) -> Result<RegisterOutcome> {
     let existing = get(conn, instance_id)?;
@@ -102,7 +102,8 @@ pub fn register(
                 "UPDATE instances SET region = ?2, party = ?3, token_id = ?4, hostname = ?5,
                      cpu_count = ?6, mem_total_bytes = ?7, disk_total_bytes = ?8, lan_ips = ?9,
                      wan_ips = ?10, agent_version = ?11, os = ?12, last_seen_ms = ?13,
-                     updated_at_ms = CASE WHEN ?14 THEN ?13 ELSE updated_at_ms END
+                     updated_at_ms = CASE WHEN ?14 THEN ?13 ELSE updated_at_ms END,
+                     interval_secs = CASE WHEN interval_by_admin THEN interval_secs ELSE ?15 END
                  WHERE instance_id = ?1",
                 params![
                     instance_id,
@@ -119,9 +120,10 @@ pub fn register(
                     inventory.os,
                     now_ms,
                     changed,
+                    configured_interval_secs,
                 ],
             )?;
-            Ok(RegisterOutcome::Registered(row.desired))
+            Ok(RegisterOutcome::Registered(get(conn, instance_id)?.map(|r| r.desired).unwrap_or(row.desired)))
         }
         None => {
             conn.execute(
@@ -144,12 +146,12 @@ pub fn register(
                     inventory.agent_version,
                     inventory.os,
                     now_ms,
-                    default_interval_secs,
+                    configured_interval_secs,
                 ],
             )?;
             Ok(RegisterOutcome::Registered(DesiredState {
                 monitoring: false,
-                interval_secs: default_interval_secs,
+                interval_secs: configured_interval_secs,
             }))
         }
     }
@@ -171,11 +173,14 @@ pub fn list(conn: &Connection, project: Option<&str>) -> Result<Vec<InstanceRow>
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Persists a new desired state; false when the instance does not exist.
-pub fn set_desired(conn: &Connection, instance_id: &str, desired: DesiredState) -> Result<bool> {
+/// Persists a new desired state; false when the instance does not exist. `interval_by_admin`
+/// pins the interval against the agent's own configuration on later registrations.
+pub fn set_desired(conn: &Connection, instance_id: &str, desired: DesiredState, interval_by_admin: bool) -> Result<bool> {
     Ok(conn.execute(
-        "UPDATE instances SET monitoring = ?2, interval_secs = ?3 WHERE instance_id = ?1",
-        params![instance_id, desired.monitoring, desired.interval_secs],
+        "UPDATE instances SET monitoring = ?2, interval_secs = ?3,
+             interval_by_admin = interval_by_admin OR ?4
+         WHERE instance_id = ?1",
+        params![instance_id, desired.monitoring, desired.interval_secs, interval_by_admin],
     )? > 0)
 }
 
@@ -189,7 +194,7 @@ pub fn record_seen(
 ) -> Result<()> {
     conn.execute(
         "UPDATE instances SET last_seen_ms = MAX(last_seen_ms, ?2),
-             dropped_samples = COALESCE(?3, dropped_samples),
+             dropped_samples = MAX(dropped_samples, COALESCE(?3, 0)),
              spooled_batches = COALESCE(?4, spooled_batches)
          WHERE instance_id = ?1",
         params![

@@ -46,6 +46,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         last_seen_ms      INTEGER NOT NULL,
         monitoring        INTEGER NOT NULL DEFAULT 0,
         interval_secs     INTEGER NOT NULL,
+        interval_by_admin INTEGER NOT NULL DEFAULT 0,
         dropped_samples   INTEGER NOT NULL DEFAULT 0,
         spooled_batches   INTEGER NOT NULL DEFAULT 0
     );

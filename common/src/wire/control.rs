@@ -13,6 +13,9 @@ pub struct RegisterRequest {
     pub inventory: Inventory,
     /// The agent's [`crate::PROTOCOL_VERSION`].
     pub protocol_version: u32,
+    /// The interval the agent was configured with; the collector adopts it unless an admin has
+    /// set one for this instance.
+    pub configured_interval_secs: u32,
 }
 
 /// What the collector wants the agent to do; persisted by the collector.

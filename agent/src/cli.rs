@@ -1,0 +1,74 @@
+//! Command line of `vmmon-agent` (SPEC §5).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::AgentConfig;
+
+/// vmmon agent: samples every process and the whole VM and reports to the collector.
+#[derive(Debug, Parser)]
+#[command(name = "vmmon-agent", version, about, long_about = None)]
+pub struct Cli {
+    /// Collector's WebSocket JSON-RPC URL, e.g. ws://127.0.0.1:8086/rpc.
+    #[arg(long)]
+    pub collector: Option<String>,
+    /// Agent token from `vmmon-collector token create` (visible in `ps`; prefer --token-file).
+    #[arg(long, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// File holding the agent token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Sampling interval in seconds (until the collector changes it).
+    #[arg(long)]
+    pub interval: Option<u32>,
+    /// State directory for the spool and agent state (default /var/lib/vmmon, or
+    /// $STATE_DIRECTORY under systemd).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Instance id (default: cloud-init's instance id, DMI product uuid, then /etc/machine-id).
+    #[arg(long)]
+    pub instance_id: Option<String>,
+    /// TOML config file (default /etc/vmmon/agent.toml if present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Spool bound in bytes; past it the oldest batches are dropped and counted.
+    #[arg(long)]
+    pub spool_max_bytes: Option<u64>,
+    /// Validate the configuration and exit (0 when valid).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl Cli {
+    /// Applies the flags given on top of `cfg`.
+    pub fn apply(&self, cfg: &mut AgentConfig) {
+        if let Some(c) = &self.collector {
+            cfg.collector = c.clone();
+        }
+        if let Some(t) = &self.token {
+            cfg.token = Some(t.clone());
+            cfg.token_file = None;
+        }
+        if let Some(f) = &self.token_file {
+            cfg.token_file = Some(f.clone());
+            cfg.token = None;
+        }
+        if let Some(i) = self.interval {
+            cfg.interval_secs = i;
+        }
+        if let Some(d) = &self.state_dir {
+            cfg.state_dir = d.clone();
+        } else if self.config.is_none()
+            && let Ok(dir) = std::env::var("STATE_DIRECTORY")
+        {
+            cfg.state_dir = PathBuf::from(dir);
+        }
+        if let Some(i) = &self.instance_id {
+            cfg.instance_id = Some(i.clone());
+        }
+        if let Some(b) = self.spool_max_bytes {
+            cfg.spool_max_bytes = b;
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Agent configuration: `/etc/vmmon/agent.toml` (or `--config FILE`), overridden by CLI flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default config file; a missing default file means "all defaults".
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmmon/agent.toml";
+
+/// Everything the agent can be told.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Collector's WebSocket JSON-RPC URL, e.g. `ws://collector:8086/rpc`.
+    pub collector: String,
+    /// Agent token (prefer `token_file` in production).
+    pub token: Option<String>,
+    /// File holding the agent token.
+    pub token_file: Option<PathBuf>,
+    /// Sampling interval until the collector says otherwise.
+    pub interval_secs: u32,
+    /// State directory: spool and agent state.
+    pub state_dir: PathBuf,
+    /// Instance id; else cloud-init's, DMI product uuid, or machine-id.
+    pub instance_id: Option<String>,
+    /// Public addresses to report when the guest's interfaces carry none (NAT'd clouds).
+    pub wan_ips: Vec<String>,
+    /// Spool bound in bytes: past it the oldest batches are dropped and counted.
+    pub spool_max_bytes: u64,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            collector: String::new(),
+            token: None,
+            token_file: None,
+            interval_secs: 30,
+            state_dir: PathBuf::from("/var/lib/vmmon"),
+            instance_id: None,
+            wan_ips: Vec::new(),
+            spool_max_bytes: 64 * 1024 * 1024,
+            max_backoff_secs: 60,
+        }
+    }
+}
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this struct.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// Values that make no sense; all problems are listed.
+    #[error("invalid config: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl AgentConfig {
+    /// Loads `path`; `None` reads [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults.
+    pub fn load(path: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(AgentConfig::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every value; reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if self.collector.is_empty() {
+            errors.push("collector URL is required (--collector ws://HOST:PORT/rpc)".to_string());
+        } else if !(self.collector.starts_with("ws://") || self.collector.starts_with("wss://")) {
+            errors.push(format!("collector URL {:?} must start with ws:// or wss://", self.collector));
+        }
+        match (&self.token, &self.token_file) {
+            (None, None) => errors.push("an agent token is required (--token or --token-file)".into()),
+            (Some(_), Some(_)) => errors.push("give either token or token_file, not both".into()),
+            (Some(t), None) if t.trim().is_empty() => errors.push("token is empty".into()),
+            _ => {}
+        }
+        if !(1..=86_400).contains(&self.interval_secs) {
+            errors.push("interval_secs must be within 1..=86400".into());
+        }
+        if self.spool_max_bytes < 64 * 1024 {
+            errors.push("spool_max_bytes must be at least 65536".into());
+        }
+        if self.max_backoff_secs == 0 {
+            errors.push("max_backoff_secs must be at least 1".into());
+        }
+        if let Some(id) = &self.instance_id
+            && (id.is_empty() || id.len() > 128)
+        {
+            errors.push("instance_id must be 1–128 characters".into());
+        }
+        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+    }
+
+    /// The token, reading `token_file` if that is how it was given.
+    pub fn resolve_token(&self) -> Result<String, ConfigError> {
+        if let Some(t) = &self.token {
+            return Ok(t.trim().to_string());
+        }
+        let Some(path) = &self.token_file else {
+            return Err(ConfigError::Invalid(vec!["an agent token is required".into()]));
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let t = text.trim().to_string();
+        if t.is_empty() {
+            return Err(ConfigError::Invalid(vec![format!("token file {} is empty", path.display())]));
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_validates() {
+        let text = include_str!("../../packaging/agent.example.toml");
+        let cfg: AgentConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_reported() {
+        assert!(toml::from_str::<AgentConfig>("colector = 'x'").is_err());
+        let cfg = AgentConfig {
+            collector: "http://x".into(),
+            interval_secs: 0,
+            ..AgentConfig::default()
+        };
+        let Err(ConfigError::Invalid(errs)) = cfg.validate() else { panic!("must be invalid") };
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
+        assert!(AgentConfig::load(Some(Path::new("/nonexistent/agent.toml"))).is_err());
+    }
+}

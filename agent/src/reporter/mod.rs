@@ -1,0 +1,237 @@
+//! The delivery side: one WebSocket session at a time to the collector, sending the spool oldest
+//! first, applying pushed commands, and heartbeating; reconnects with backoff on any failure.
+
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonrpsee::core::client::Error as ClientError;
+use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClient, WsClientBuilder};
+use tokio::sync::watch;
+use vmmon_common::PROTOCOL_VERSION;
+use vmmon_common::rpc::MonitorApiClient;
+use vmmon_common::wire::{CommandAck, DesiredState, Heartbeat, Inventory, RegisterRequest};
+
+use crate::Shared;
+use retry::{Backoff, RetryAction, classify};
+
+/// Batches sent before the session loop looks at commands again.
+const BATCHES_PER_TURN: usize = 16;
+/// First reconnect wait ceiling.
+const BASE_BACKOFF: Duration = Duration::from_millis(500);
+
+/// How to reach the collector.
+#[derive(Debug, Clone)]
+pub struct ReporterConfig {
+    /// `ws://host:port/rpc`.
+    pub url: String,
+    /// Agent token.
+    pub token: String,
+    /// This instance.
+    pub instance_id: String,
+    /// The interval from the agent's own configuration.
+    pub configured_interval_secs: u32,
+    /// Longest reconnect wait.
+    pub max_backoff: Duration,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+struct SessionEnd {
+    action: RetryAction,
+    reason: String,
+    /// Whether the session got as far as a successful registration.
+    registered: bool,
+}
+
+fn ended(action: RetryAction, reason: impl Into<String>, registered: bool) -> SessionEnd {
+    SessionEnd {
+        action,
+        reason: reason.into(),
+        registered,
+    }
+}
+
+fn from_client(err: &ClientError, registered: bool) -> SessionEnd {
+    ended(classify(err), err.to_string(), registered)
+}
+
+/// Runs sessions until `shutdown` flips to true.
+pub async fn run(
+    cfg: ReporterConfig,
+    shared: Arc<Shared>,
+    inventory: impl Fn() -> Inventory,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(BASE_BACKOFF, cfg.max_backoff);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let end = tokio::select! {
+            end = session(&cfg, &shared, inventory(), &mut backoff) => end,
+            _ = shutdown.changed() => return,
+        };
+        shared.set_connected(false);
+        let delay = match end.action {
+            RetryAction::AuthRefused => {
+                tracing::error!(collector = %cfg.url, reason = %end.reason,
+                    "Collector refused this agent's token; fix the token or its project. Backing off.");
+                backoff.refused_delay()
+            }
+            _ => {
+                if end.registered {
+                    tracing::warn!(reason = %end.reason, "Connection to the collector lost; reconnecting.");
+                } else {
+                    tracing::warn!(collector = %cfg.url, reason = %end.reason, "Cannot reach the collector; will retry.");
+                }
+                backoff.next_delay()
+            }
+        };
+        tracing::debug!(delay_ms = delay.as_millis() as u64, "Reconnect backoff.");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {},
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn connect(cfg: &ReporterConfig) -> Result<WsClient, SessionEnd> {
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::from_str(&format!("Bearer {}", cfg.token))
+        .map_err(|_| ended(RetryAction::AuthRefused, "agent token contains characters not allowed in a header", false))?;
+    headers.insert("authorization", value);
+    WsClientBuilder::default()
+        .set_headers(headers)
+        .connection_timeout(Duration::from_secs(10))
+        .request_timeout(Duration::from_secs(30))
+        .max_request_size(64 * 1024 * 1024)
+        .build(&cfg.url)
+        .await
+        .map_err(|e| from_client(&e, false))
+}
+
+async fn session(cfg: &ReporterConfig, shared: &Shared, inventory: Inventory, backoff: &mut Backoff) -> SessionEnd {
+    let client = match connect(cfg).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let request = RegisterRequest {
+        instance_id: cfg.instance_id.clone(),
+        inventory,
+        protocol_version: PROTOCOL_VERSION,
+        configured_interval_secs: cfg.configured_interval_secs,
+    };
+    let desired = match client.register(request).await {
+        Ok(d) => d,
+        Err(e) => return from_client(&e, false),
+    };
+    shared.apply_desired(desired);
+    let mut commands = match client.subscribe_commands(cfg.instance_id.clone()).await {
+        Ok(s) => s,
+        Err(e) => return from_client(&e, true),
+    };
+    backoff.reset();
+    shared.set_connected(true);
+    tracing::info!(collector = %cfg.url, instance_id = %cfg.instance_id,
+        monitoring = desired.monitoring, interval_secs = desired.interval_secs, "Connected to the collector.");
+
+    let mut desired_rx = shared.desired.subscribe();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(desired.interval_secs)));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Start by draining whatever the spool holds from before.
+    shared.new_batch.notify_one();
+    loop {
+        tokio::select! {
+            biased;
+            cmd = commands.next() => {
+                let cmd = match cmd {
+                    Some(Ok(cmd)) => cmd,
+                    Some(Err(e)) => return ended(RetryAction::Reconnect, format!("bad command from collector: {e}"), true),
+                    None => return ended(RetryAction::Reconnect, "command subscription closed", true),
+                };
+                tracing::info!(id = cmd.id, monitoring = cmd.state.monitoring, interval_secs = cmd.state.interval_secs, "Command from the collector.");
+                shared.apply_desired(cmd.state);
+                let ack = CommandAck { instance_id: cfg.instance_id.clone(), id: cmd.id };
+                if let Err(e) = client.ack_command(ack).await {
+                    return from_client(&e, true);
+                }
+            }
+            _ = client.on_disconnect() => {
+                return ended(RetryAction::Reconnect, "collector closed the connection", true);
+            }
+            _ = shared.new_batch.notified() => {
+                if let Err(end) = drain(cfg, shared, &client).await {
+                    return end;
+                }
+            }
+            _ = heartbeat.tick() => {
+                let (spooled, dropped) = shared.spool_counts();
+                let hb = Heartbeat {
+                    instance_id: cfg.instance_id.clone(),
+                    applied: *shared.desired.borrow(),
+                    spooled_batches: spooled,
+                    dropped_samples_total: dropped,
+                };
+                match client.heartbeat(hb).await {
+                    Ok(d) => shared.apply_desired(d),
+                    Err(e) => return from_client(&e, true),
+                }
+            }
+            changed = desired_rx.changed() => {
+                if changed.is_ok() {
+                    let secs = desired_rx.borrow_and_update().interval_secs;
+                    heartbeat = tokio::time::interval(Duration::from_secs(u64::from(secs)));
+                    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    heartbeat.reset();
+                }
+            }
+        }
+    }
+}
+
+/// Sends up to [`BATCHES_PER_TURN`] batches oldest first; re-arms itself when more remain.
+async fn drain(_cfg: &ReporterConfig, shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
+    for _ in 0..BATCHES_PER_TURN {
+        let batch = match shared.with_spool(|s| s.oldest()) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read the spool.");
+                return Ok(());
+            }
+        };
+        let seq = batch.seq;
+        match client.report(batch).await {
+            Ok(ack) => {
+                if ack.duplicate {
+                    tracing::debug!(seq, "Collector already had this batch.");
+                }
+                if let Err(e) = shared.with_spool(|s| s.remove(seq)) {
+                    tracing::error!(error = %e, seq, "Cannot delete an acknowledged batch.");
+                }
+            }
+            Err(e) => match classify(&e) {
+                RetryAction::DropBatch => {
+                    tracing::warn!(seq, error = %e, "Collector refused a batch as invalid; dropped and counted.");
+                    if let Err(e) = shared.with_spool(|s| s.discard(seq)) {
+                        tracing::error!(error = %e, seq, "Cannot discard a refused batch.");
+                    }
+                }
+                _ => return Err(from_client(&e, true)),
+            },
+        }
+    }
+    // More may remain: come back after looking at commands.
+    shared.new_batch.notify_one();
+    Ok(())
+}
+
+/// The desired state a fresh agent applies before the collector says otherwise.
+pub fn initial_desired(persisted: Option<DesiredState>, configured_interval_secs: u32) -> DesiredState {
+    persisted.unwrap_or(DesiredState {
+        monitoring: false,
+        interval_secs: configured_interval_secs,
+    })
+}

@@ -1,0 +1,335 @@
+//! The agent's sampler: a hand-written `/proc` reader producing one [`Sample`] per tick.
+//!
+//! Not sysinfo: cost matters on every guest, and a tick here is close to the floor of reading
+//! `/proc/PID/stat` and `/proc/PID/io` for every pid (see `vmmon-sample-bench`).
+
+mod host;
+mod process;
+mod procfs;
+pub mod rates;
+
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[cfg(test)]
+use vmmon_common::wire::ProcessKey;
+use vmmon_common::wire::{Inventory, ProcessSample, Sample, VmSample};
+
+use self::host::{DiskFilter, HostPaths, HostReading};
+use self::process::{ProcessTable, TickCtx};
+use self::procfs::{PidPath, ReadBuf};
+
+/// Where procfs and sysfs are mounted: a seam so tests can point at a fake tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcRoots {
+    /// procfs, normally `/proc`.
+    pub proc: PathBuf,
+    /// sysfs, normally `/sys`.
+    pub sys: PathBuf,
+}
+
+impl Default for ProcRoots {
+    fn default() -> Self {
+        Self {
+            proc: PathBuf::from("/proc"),
+            sys: PathBuf::from("/sys"),
+        }
+    }
+}
+
+/// Why a sample or the sampler could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    /// A file every tick needs (`/proc/stat`, `/proc/meminfo`, `/proc/uptime`, the `/proc`
+    /// directory itself) could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Such a file did not hold what it should.
+    #[error("cannot parse {}: {what}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was missing or malformed.
+        what: &'static str,
+    },
+    /// `sysconf` gave no usable value.
+    #[error("sysconf({name}) gave no usable value")]
+    Sysconf {
+        /// The `sysconf` name.
+        name: &'static str,
+    },
+}
+
+/// Samples the VM and, on request, every process.
+///
+/// Per tick it reads `/proc/{uptime,stat,meminfo,diskstats,net/dev}`, lists `/proc`, and — only
+/// while processes are requested — `/proc/PID/stat` and `/proc/PID/io` of every pid, plus
+/// `/proc/PID/cmdline` once for a process whose `comm` may have been truncated. All reads go
+/// through one reused buffer; per-process paths are built in place.
+///
+/// Rates:
+/// * Elapsed time is measured on `/proc/uptime` (CLOCK_BOOTTIME, monotonic), not on the `now`
+///   passed in, so a wall-clock step cannot make a rate jump; `now` only stamps the sample.
+/// * The first sample has `elapsed_ms` 0 and every rate 0 (no previous counters).
+/// * A counter that goes backwards yields rate 0 for that tick and restarts its delta. Disk and
+///   network rates are summed per device over devices present in both ticks, so a device that
+///   resets, appears or vanishes does not disturb the others.
+/// * Processes are keyed by [`ProcessKey`](vmmon_common::wire::ProcessKey) (pid, start ticks). The first tick after process
+///   sampling is turned on reports every process with rates 0 (no baseline; `mem_pct` is
+///   real). From then on, a process first seen in a tick started after the previous one, so
+///   its rates are its counters over its age, which is exact. An exited process gets one final
+///   record (`shutdown_time` = now, rates and memory 0) and is forgotten.
+/// * Turning process sampling off forgets the table without exit records; turning it on starts
+///   a fresh one, so nothing that exited in between is reported.
+#[derive(Debug)]
+pub struct Sampler {
+    roots: ProcRoots,
+    paths: HostPaths,
+    clk_tck: u64,
+    page_size: u64,
+    buf: ReadBuf,
+    pid_path: PidPath,
+    disk_filter: DiskFilter,
+    /// The previous tick's VM counters; `None` before the first sample.
+    prev: Option<HostReading>,
+    /// The reading being filled; swapped with `prev` so device lists keep their allocations.
+    scratch: HostReading,
+    /// `Some` while process sampling is on.
+    procs: Option<ProcessTable>,
+    /// Records in the last process tick, to size the next one's vector.
+    last_records: usize,
+}
+
+impl Sampler {
+    /// A sampler over `root`; fails when `/proc/stat` cannot be read and parsed there.
+    pub fn new(root: ProcRoots) -> Result<Sampler, SamplerError> {
+        let clk_tck = sysconf(libc::_SC_CLK_TCK).ok_or(SamplerError::Sysconf { name: "_SC_CLK_TCK" })?;
+        let page_size = sysconf(libc::_SC_PAGESIZE).ok_or(SamplerError::Sysconf { name: "_SC_PAGESIZE" })?;
+        let paths = HostPaths::new(&root.proc);
+        let mut buf = ReadBuf::default();
+        read_required(&mut buf, &paths.stat, procfs::parse_stat, "no aggregate cpu line")?;
+        Ok(Sampler {
+            pid_path: PidPath::new(&root.proc),
+            disk_filter: DiskFilter::new(&root.sys),
+            roots: root,
+            paths,
+            clk_tck,
+            page_size,
+            buf,
+            prev: None,
+            scratch: HostReading::default(),
+            procs: None,
+            last_records: 0,
+        })
+    }
+
+    /// One tick: VM figures always, process records only when `with_processes`.
+    pub fn sample(&mut self, now: SystemTime, with_processes: bool) -> Result<Sample, SamplerError> {
+        // Everything that can fail comes first, so a failed tick changes no state.
+        let mut cur = std::mem::take(&mut self.scratch);
+        let read = self.read_host(&mut cur).and_then(|()| {
+            fs::read_dir(&self.roots.proc).map_err(|source| SamplerError::Read {
+                path: self.roots.proc.clone(),
+                source,
+            })
+        });
+        let dir = match read {
+            Ok(dir) => dir,
+            Err(e) => {
+                self.scratch = cur;
+                return Err(e);
+            }
+        };
+
+        if !with_processes {
+            self.procs = None;
+        } else if self.procs.is_none() {
+            self.procs = Some(ProcessTable::default());
+        }
+
+        let elapsed = self
+            .prev
+            .as_ref()
+            .and_then(|p| cur.uptime.checked_sub(p.uptime))
+            .filter(|d| !d.is_zero());
+        let now_secs = epoch_secs(now);
+        let ctx = TickCtx {
+            uptime: cur.uptime,
+            elapsed,
+            now_secs,
+            btime_secs: cur
+                .stat
+                .btime
+                .map_or_else(|| now_secs - cur.uptime.as_secs_f64(), |b| b as f64),
+            clk_tck: self.clk_tck,
+            page_size: self.page_size,
+            ncpu: cur.stat.online_cpus.max(1),
+            mem_total_bytes: cur.mem.total_bytes,
+        };
+
+        let mut records: Option<Vec<ProcessSample>> =
+            with_processes.then(|| Vec::with_capacity(self.last_records + self.last_records / 8 + 16));
+        if let Some(table) = self.procs.as_mut() {
+            table.begin_tick();
+        }
+        let mut proc_count: u32 = 0;
+        for entry in dir {
+            let Ok(entry) = entry else {
+                continue;
+            };
+            let Some(pid) = procfs::parse_pid(entry.file_name().as_bytes()) else {
+                continue;
+            };
+            proc_count = proc_count.saturating_add(1);
+            if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
+                table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out);
+            }
+        }
+        if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
+            table.end_tick(&ctx, out);
+            self.last_records = out.len();
+        }
+
+        let vm = self.vm_figures(&cur, elapsed, now, proc_count);
+        self.scratch = self.prev.replace(cur).unwrap_or_default();
+        Ok(Sample {
+            vm,
+            processes: records,
+        })
+    }
+
+    /// What the collector's inventory shows for this VM. `wan_ips_override`, when not empty,
+    /// replaces the public addresses found on the interfaces (for VMs behind 1:1 NAT).
+    pub fn inventory(&self, wan_ips_override: &[String]) -> Inventory {
+        let mut buf = ReadBuf::default();
+        let hostname = fs::read_to_string(self.roots.proc.join("sys/kernel/hostname"))
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        let stat = buf.read_all(&self.paths.stat).ok().and_then(procfs::parse_stat);
+        let cpu_count = buf
+            .read_all(&self.roots.sys.join("devices/system/cpu/online"))
+            .ok()
+            .and_then(procfs::parse_cpu_list)
+            .or_else(|| stat.map(|s| s.online_cpus).filter(|&n| n > 0))
+            .unwrap_or(1);
+        let mem_total_bytes = buf
+            .read_all(&self.paths.meminfo)
+            .ok()
+            .and_then(procfs::parse_meminfo)
+            .map_or(0, |m| m.total_bytes);
+        let disk_total_bytes = host::disk_total_bytes(&mut buf, &self.roots.sys);
+        let addrs = host::interface_addresses();
+        let (lan_ips, wan_ips) = host::classify_addresses(addrs.iter().map(|(n, lo, ip)| (n.as_str(), *lo, *ip)));
+        Inventory {
+            hostname,
+            cpu_count,
+            mem_total_bytes,
+            disk_total_bytes,
+            lan_ips,
+            wan_ips: if wan_ips_override.is_empty() {
+                wan_ips
+            } else {
+                wan_ips_override.to_vec()
+            },
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            os: host::os_name(),
+        }
+    }
+
+    /// Processes in the table now (0 while process sampling is off).
+    pub fn process_count_tracked(&self) -> usize {
+        self.procs.as_ref().map_or(0, ProcessTable::len)
+    }
+
+    /// Identities in the table now, sorted.
+    #[cfg(test)]
+    fn tracked_processes(&self) -> Vec<ProcessKey> {
+        let mut keys: Vec<ProcessKey> = self.procs.iter().flat_map(ProcessTable::keys).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    fn read_host(&mut self, cur: &mut HostReading) -> Result<(), SamplerError> {
+        cur.uptime = read_required(&mut self.buf, &self.paths.uptime, procfs::parse_uptime, "no uptime")?;
+        cur.stat = read_required(&mut self.buf, &self.paths.stat, procfs::parse_stat, "no aggregate cpu line")?;
+        cur.mem = read_required(&mut self.buf, &self.paths.meminfo, procfs::parse_meminfo, "no MemTotal")?;
+        host::read_disks(&mut self.buf, &self.paths.diskstats, &mut self.disk_filter, &mut cur.disks);
+        host::read_nets(&mut self.buf, &self.paths.net_dev, &mut cur.nets);
+        Ok(())
+    }
+
+    fn vm_figures(&self, cur: &HostReading, elapsed: Option<Duration>, now: SystemTime, proc_count: u32) -> VmSample {
+        let (mut cpu_pct, mut disk, mut net) = (0.0, (0.0, 0.0), (0.0, 0.0));
+        if let Some(prev) = &self.prev {
+            cpu_pct = rates::vm_cpu_pct(prev.stat.cpu, cur.stat.cpu).unwrap_or(0.0);
+            disk = host::device_kib_per_sec(&prev.disks, &cur.disks, host::SECTOR_BYTES, elapsed);
+            net = host::device_kib_per_sec(&prev.nets, &cur.nets, 1, elapsed);
+        }
+        let (rx_bytes_total, tx_bytes_total) = cur.net_totals();
+        let used = cur.mem.total_bytes.saturating_sub(cur.mem.available_bytes);
+        VmSample {
+            sampled_at_ms: epoch_millis(now),
+            elapsed_ms: elapsed.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            cpu_pct,
+            mem_pct: rates::pct(used, cur.mem.total_bytes),
+            disk_read_kib_per_sec: disk.0,
+            disk_write_kib_per_sec: disk.1,
+            net_in_kib_per_sec: net.0,
+            net_out_kib_per_sec: net.1,
+            rx_bytes_total,
+            tx_bytes_total,
+            proc_count,
+        }
+    }
+}
+
+/// Reads and parses a file a tick cannot do without.
+fn read_required<T>(
+    buf: &mut ReadBuf,
+    path: &Path,
+    parse: impl FnOnce(&[u8]) -> Option<T>,
+    what: &'static str,
+) -> Result<T, SamplerError> {
+    let data = buf.read_all(path).map_err(|source| SamplerError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(data).ok_or_else(|| SamplerError::Parse {
+        path: path.to_path_buf(),
+        what,
+    })
+}
+
+fn epoch_secs(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+fn epoch_millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+/// A positive `sysconf` value.
+#[allow(unsafe_code)]
+fn sysconf(name: libc::c_int) -> Option<u64> {
+    // SAFETY: sysconf reads a configuration value; it takes no pointers and has no
+    // preconditions, and an unknown name only yields -1.
+    let v = unsafe { libc::sysconf(name) };
+    u64::try_from(v).ok().filter(|&v| v > 0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,601 @@
+//! The sampler over a fake `/proc` + `/sys` tree in a tempdir, and once over the real `/proc`.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use vmmon_common::wire::{ProcessKey, ProcessSample, Sample};
+
+use super::*;
+
+const BTIME: u64 = 1_700_000_000;
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-6
+}
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(BTIME + secs)
+}
+
+/// One fake process.
+#[derive(Clone)]
+struct FakeProc {
+    pid: u32,
+    comm: String,
+    utime: u64,
+    stime: u64,
+    start_ticks: u64,
+    rss_pages: u64,
+    /// `None`: `io` is a directory, so reading it fails like EACCES would.
+    io: Option<(u64, u64)>,
+    cmdline: Vec<u8>,
+}
+
+impl FakeProc {
+    fn new(pid: u32, comm: &str, start_ticks: u64) -> Self {
+        Self {
+            pid,
+            comm: comm.to_owned(),
+            utime: 0,
+            stime: 0,
+            start_ticks,
+            rss_pages: 0,
+            io: Some((0, 0)),
+            cmdline: format!("/usr/bin/{comm}\0").into_bytes(),
+        }
+    }
+}
+
+/// A `/proc` + `/sys` tree whose counters the test sets between samples.
+struct Fake {
+    dir: tempfile::TempDir,
+}
+
+impl Fake {
+    /// Two CPUs, 4 GiB of memory, one physical disk `vda`, one interface `eth0`, uptime 1000 s.
+    fn new() -> Self {
+        let fake = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        fs::create_dir_all(fake.proc().join("net")).expect("mkdir");
+        fs::create_dir_all(fake.proc().join("sys/kernel")).expect("mkdir");
+        fs::create_dir_all(fake.sys().join("devices/system/cpu")).expect("mkdir");
+        fake.write("proc/sys/kernel/hostname", b"vm-1\n");
+        fake.write("sys/devices/system/cpu/online", b"0-1\n");
+        fake.set_uptime(1000.0);
+        fake.set_cpu(0, 0);
+        fake.set_mem(4 * 1024 * 1024, 1024 * 1024);
+        fake.add_block("vda", true, 2_000_000);
+        fake.set_disks(&[("vda", 0, 0)]);
+        fake.set_net(&[("eth0", 0, 0)]);
+        fake
+    }
+
+    fn proc(&self) -> PathBuf {
+        self.dir.path().join("proc")
+    }
+
+    fn sys(&self) -> PathBuf {
+        self.dir.path().join("sys")
+    }
+
+    fn roots(&self) -> ProcRoots {
+        ProcRoots {
+            proc: self.proc(),
+            sys: self.sys(),
+        }
+    }
+
+    fn write(&self, rel: &str, data: &[u8]) {
+        let path = self.dir.path().join(rel);
+        fs::write(&path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    fn set_uptime(&self, secs: f64) {
+        self.write("proc/uptime", format!("{secs:.2} 0.00\n").as_bytes());
+    }
+
+    /// Aggregate busy and idle ticks (split over user and idle); two online CPUs.
+    fn set_cpu(&self, busy: u64, idle: u64) {
+        let text = format!(
+            "cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\ncpu1 0 0 0 0 0 0 0 0 0 0\n\
+             intr 1 2 3\nctxt 4\nbtime {BTIME}\nprocesses 9\n"
+        );
+        self.write("proc/stat", text.as_bytes());
+    }
+
+    fn set_mem(&self, total_kib: u64, available_kib: u64) {
+        let text = format!("MemTotal: {total_kib} kB\nMemFree: 1 kB\nMemAvailable: {available_kib} kB\n");
+        self.write("proc/meminfo", text.as_bytes());
+    }
+
+    fn add_block(&self, name: &str, physical: bool, size_sectors: u64) {
+        let dir = self.sys().join("block").join(name);
+        fs::create_dir_all(&dir).expect("mkdir");
+        if physical {
+            fs::create_dir_all(dir.join("device")).expect("mkdir");
+        }
+        fs::write(dir.join("size"), format!("{size_sectors}\n")).expect("write");
+    }
+
+    /// `(name, sectors read, sectors written)`.
+    fn set_disks(&self, disks: &[(&str, u64, u64)]) {
+        let mut text = String::new();
+        for (i, (name, r, w)) in disks.iter().enumerate() {
+            text.push_str(&format!("   8 {i} {name} 10 0 {r} 5 20 0 {w} 7 0 9 12 0 0 0 0 0 0\n"));
+        }
+        self.write("proc/diskstats", text.as_bytes());
+    }
+
+    /// `(interface, rx bytes, tx bytes)`.
+    fn set_net(&self, ifaces: &[(&str, u64, u64)]) {
+        let mut text = String::from(
+            "Inter-|   Receive                                                |  Transmit\n \
+             face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n",
+        );
+        for (name, rx, tx) in ifaces {
+            text.push_str(&format!("{name:>6}: {rx} 1 0 0 0 0 0 0 {tx} 1 0 0 0 0 0 0\n"));
+        }
+        self.write("proc/net/dev", text.as_bytes());
+    }
+
+    fn set_proc(&self, p: &FakeProc) {
+        let dir = self.proc().join(p.pid.to_string());
+        fs::create_dir_all(&dir).expect("mkdir");
+        let stat = format!(
+            "{} ({}) S 1 1 1 0 -1 4194304 0 0 0 0 {} {} 0 0 20 0 1 0 {} 1000000 {} 18446744073709551615 1 1 0 0 0\n",
+            p.pid, p.comm, p.utime, p.stime, p.start_ticks, p.rss_pages
+        );
+        fs::write(dir.join("stat"), stat).expect("write");
+        let io = dir.join("io");
+        match p.io {
+            Some((r, w)) => {
+                if io.is_dir() {
+                    fs::remove_dir(&io).expect("rmdir");
+                }
+                fs::write(
+                    &io,
+                    format!("rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: {r}\nwrite_bytes: {w}\ncancelled_write_bytes: 0\n"),
+                )
+                .expect("write");
+            }
+            None => {
+                let _ = fs::remove_file(&io);
+                fs::create_dir_all(&io).expect("mkdir");
+            }
+        }
+        fs::write(dir.join("cmdline"), &p.cmdline).expect("write");
+    }
+
+    fn remove_proc(&self, pid: u32) {
+        fs::remove_dir_all(self.proc().join(pid.to_string())).expect("rm");
+    }
+}
+
+fn sampler(fake: &Fake) -> Sampler {
+    Sampler::new(fake.roots()).expect("sampler")
+}
+
+fn procs(s: &Sample) -> &[ProcessSample] {
+    s.processes.as_deref().expect("process records")
+}
+
+fn live(s: &Sample, pid: u32) -> &ProcessSample {
+    let mut found = procs(s).iter().filter(|p| p.pid == pid && p.shutdown_time.is_none());
+    let p = found.next().unwrap_or_else(|| panic!("pid {pid} live in {:#?}", s.processes));
+    assert!(found.next().is_none(), "pid {pid} reported twice");
+    p
+}
+
+fn exits(s: &Sample) -> Vec<&ProcessSample> {
+    procs(s).iter().filter(|p| p.shutdown_time.is_some()).collect()
+}
+
+#[test]
+fn first_sample_has_no_rates() {
+    let fake = Fake::new();
+    fake.set_cpu(500, 500);
+    fake.set_disks(&[("vda", 1000, 2000)]);
+    fake.set_net(&[("lo", 7777, 7777), ("eth0", 100, 200)]);
+    let mut p = FakeProc::new(100, "nginx", 100);
+    (p.utime, p.stime, p.rss_pages, p.io) = (50, 50, 10, Some((4096, 4096)));
+    fake.set_proc(&p);
+    fake.set_proc(&FakeProc::new(101, "sshd", 100));
+
+    let mut s = sampler(&fake);
+    let sample = s.sample(at(1000), true).expect("sample");
+    let vm = &sample.vm;
+    assert_eq!(vm.sampled_at_ms, i64::try_from((BTIME + 1000) * 1000).expect("fits"));
+    assert_eq!(vm.elapsed_ms, 0);
+    assert_eq!(
+        (vm.cpu_pct, vm.disk_read_kib_per_sec, vm.disk_write_kib_per_sec, vm.net_in_kib_per_sec, vm.net_out_kib_per_sec),
+        (0.0, 0.0, 0.0, 0.0, 0.0)
+    );
+    assert!(close(vm.mem_pct, 75.0), "{}", vm.mem_pct);
+    assert_eq!((vm.rx_bytes_total, vm.tx_bytes_total), (100, 200), "lo excluded");
+    assert_eq!(vm.proc_count, 2);
+
+    assert_eq!(procs(&sample).len(), 2);
+    let nginx = live(&sample, 100);
+    assert_eq!(nginx.cmd, "nginx");
+    assert_eq!(
+        (nginx.cpu_pct, nginx.disk_read_kib_per_sec, nginx.disk_write_kib_per_sec, nginx.net_in_kib_per_sec),
+        (0.0, 0.0, 0.0, 0.0)
+    );
+    let want_mem = 10.0 * s.page_size as f64 / (4.0 * 1024.0 * 1024.0 * 1024.0) * 100.0;
+    assert!(close(nginx.mem_pct, want_mem), "{} != {want_mem}", nginx.mem_pct);
+    assert!(close(nginx.start_time, BTIME as f64 + 100.0 / s.clk_tck as f64));
+    assert_eq!(s.process_count_tracked(), 2);
+}
+
+#[test]
+fn vm_rates_physical_disks_only_and_lo_excluded() {
+    let fake = Fake::new();
+    for (name, physical) in [("sda", true), ("loop0", false), ("dm-0", false), ("zram0", false)] {
+        fake.add_block(name, physical, 1000);
+    }
+    // vda1 is a partition: not in /sys/block at all.
+    let disks = |k: u64| {
+        [
+            ("vda", 100 * k, 200 * k),
+            ("vda1", 100 * k, 200 * k),
+            ("sda", 20 * k, 0),
+            ("loop0", 999 * k, 999 * k),
+            ("dm-0", 50 * k, 50 * k),
+            ("zram0", 7 * k, 7 * k),
+        ]
+    };
+    let nets = |k: u64| [("lo", 1_000_000 * k, 1_000_000 * k), ("eth0", 10_240 * k, 2048 * k), ("eth1", 1024 * k, 0)];
+    fake.set_cpu(1000, 3000);
+    fake.set_disks(&disks(1));
+    fake.set_net(&nets(1));
+    let mut s = sampler(&fake);
+    s.sample(at(1000), false).expect("first");
+
+    fake.set_uptime(1010.0);
+    fake.set_cpu(1500, 4500); // 500 busy of 2000 ticks: 25 %.
+    fake.set_disks(&disks(3));
+    fake.set_net(&nets(3));
+    let sample = s.sample(at(1010), false).expect("second");
+    let vm = &sample.vm;
+    assert_eq!(vm.elapsed_ms, 10_000);
+    assert!(close(vm.cpu_pct, 25.0), "{}", vm.cpu_pct);
+    // vda + sda: read (100 + 20) × 2 sectors × 512 B over 10 s; write 200 × 2 × 512 B.
+    assert!(close(vm.disk_read_kib_per_sec, 120.0 * 2.0 * 512.0 / 1024.0 / 10.0), "{}", vm.disk_read_kib_per_sec);
+    assert!(close(vm.disk_write_kib_per_sec, 200.0 * 2.0 * 512.0 / 1024.0 / 10.0), "{}", vm.disk_write_kib_per_sec);
+    // eth0 + eth1, lo excluded.
+    assert!(close(vm.net_in_kib_per_sec, (10_240.0 + 1024.0) * 2.0 / 1024.0 / 10.0), "{}", vm.net_in_kib_per_sec);
+    assert!(close(vm.net_out_kib_per_sec, 2048.0 * 2.0 / 1024.0 / 10.0), "{}", vm.net_out_kib_per_sec);
+    assert_eq!((vm.rx_bytes_total, vm.tx_bytes_total), ((10_240 + 1024) * 3, 2048 * 3));
+    assert!(sample.processes.is_none());
+    assert_eq!(s.process_count_tracked(), 0);
+}
+
+#[test]
+fn counters_going_backwards_give_zero_then_resume() {
+    let fake = Fake::new();
+    let mut p = FakeProc::new(100, "worker", 0);
+    (p.utime, p.io) = (1000, Some((1 << 20, 1 << 20)));
+    fake.set_proc(&p);
+    fake.set_cpu(1000, 1000);
+    fake.set_disks(&[("vda", 1000, 1000)]);
+    fake.set_net(&[("eth0", 1 << 20, 1 << 20)]);
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("first");
+
+    // Everything goes backwards (wrap, reset).
+    fake.set_uptime(1010.0);
+    fake.set_cpu(10, 10);
+    fake.set_disks(&[("vda", 10, 10)]);
+    fake.set_net(&[("eth0", 10, 10)]);
+    (p.utime, p.io) = (10, Some((10, 10)));
+    fake.set_proc(&p);
+    let sample = s.sample(at(1010), true).expect("second");
+    let vm = &sample.vm;
+    assert_eq!(
+        (vm.cpu_pct, vm.disk_read_kib_per_sec, vm.disk_write_kib_per_sec, vm.net_in_kib_per_sec, vm.net_out_kib_per_sec),
+        (0.0, 0.0, 0.0, 0.0, 0.0)
+    );
+    let w = live(&sample, 100);
+    assert_eq!((w.cpu_pct, w.disk_read_kib_per_sec, w.disk_write_kib_per_sec), (0.0, 0.0, 0.0));
+
+    // The next tick measures from the new baseline.
+    fake.set_uptime(1020.0);
+    fake.set_cpu(10 + 1000, 10 + 1000);
+    fake.set_disks(&[("vda", 10 + 20, 10)]);
+    fake.set_net(&[("eth0", 10 + 10_240, 10)]);
+    (p.utime, p.io) = (10 + s.clk_tck * 10, Some((10 + 10_240, 10)));
+    fake.set_proc(&p);
+    let sample = s.sample(at(1020), true).expect("third");
+    let vm = &sample.vm;
+    assert!(close(vm.cpu_pct, 50.0), "{}", vm.cpu_pct);
+    assert!(close(vm.disk_read_kib_per_sec, 20.0 * 512.0 / 1024.0 / 10.0));
+    assert!(close(vm.net_in_kib_per_sec, 1.0));
+    let w = live(&sample, 100);
+    // One CPU busy for 10 s on a 2-CPU VM.
+    assert!(close(w.cpu_pct, 50.0), "{}", w.cpu_pct);
+    assert!(close(w.disk_read_kib_per_sec, 1.0));
+}
+
+#[test]
+fn process_cpu_is_a_share_of_the_whole_vm() {
+    let fake = Fake::new();
+    let hz = sampler(&fake).clk_tck;
+    let mut a = FakeProc::new(100, "a", 0);
+    let mut b = FakeProc::new(200, "b", 0);
+    a.rss_pages = 1024;
+    fake.set_proc(&a);
+    fake.set_proc(&b);
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("first");
+
+    // Over 10 s on 2 CPUs (20 CPU-seconds): a used 5 CPU-s, b used 10 CPU-s (utime + stime).
+    fake.set_uptime(1010.0);
+    (a.utime, a.stime) = (3 * hz, 2 * hz);
+    (b.utime, b.stime) = (hz, 9 * hz);
+    a.io = Some((100 * 1024, 50 * 1024));
+    fake.set_proc(&a);
+    fake.set_proc(&b);
+    let sample = s.sample(at(1010), true).expect("second");
+    let (pa, pb) = (live(&sample, 100), live(&sample, 200));
+    assert!(close(pa.cpu_pct, 25.0), "{}", pa.cpu_pct);
+    assert!(close(pb.cpu_pct, 50.0), "{}", pb.cpu_pct);
+    assert!(close(pa.disk_read_kib_per_sec, 10.0));
+    assert!(close(pa.disk_write_kib_per_sec, 5.0));
+    let want_mem = 1024.0 * s.page_size as f64 / (4.0 * 1024.0 * 1024.0 * 1024.0) * 100.0;
+    assert!(close(pa.mem_pct, want_mem));
+    assert_eq!((pa.net_in_kib_per_sec, pa.net_out_kib_per_sec), (0.0, 0.0));
+}
+
+#[test]
+fn new_process_rates_are_since_its_start() {
+    let fake = Fake::new();
+    let hz = sampler(&fake).clk_tck;
+    fake.set_proc(&FakeProc::new(100, "old", 0));
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("first");
+
+    // Started at uptime 1005 s, seen at 1010 s: 5 s old, used 1 CPU-s and read 50 KiB.
+    fake.set_uptime(1010.0);
+    let mut n = FakeProc::new(300, "new", 1005 * hz);
+    (n.utime, n.io) = (hz, Some((50 * 1024, 0)));
+    fake.set_proc(&n);
+    let sample = s.sample(at(1010), true).expect("second");
+    let p = live(&sample, 300);
+    assert!(close(p.cpu_pct, 10.0), "{}", p.cpu_pct);
+    assert!(close(p.disk_read_kib_per_sec, 10.0), "{}", p.disk_read_kib_per_sec);
+    assert!(close(p.start_time, (BTIME + 1005) as f64));
+}
+
+#[test]
+fn reused_pid_with_new_start_time_is_a_new_process() {
+    let fake = Fake::new();
+    let hz = sampler(&fake).clk_tck;
+    let mut first = FakeProc::new(100, "first", 10 * hz);
+    first.utime = 500 * hz;
+    fake.set_proc(&first);
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("first");
+    assert_eq!(s.tracked_processes(), [ProcessKey { pid: 100, start_ticks: 10 * hz }]);
+
+    // pid 100 now belongs to a process that started at 1008 s and used 1 CPU-s in 2 s. A
+    // same-pid delta would be hugely negative; it must not be taken.
+    fake.set_uptime(1010.0);
+    let mut second = FakeProc::new(100, "second", 1008 * hz);
+    second.utime = hz;
+    fake.set_proc(&second);
+    let sample = s.sample(at(1010), true).expect("second");
+    assert_eq!(procs(&sample).len(), 2, "{:#?}", sample.processes);
+    let gone = exits(&sample);
+    assert_eq!(gone.len(), 1);
+    assert_eq!((gone[0].pid, gone[0].cmd.as_str()), (100, "first"));
+    assert!(close(gone[0].start_time, (BTIME + 10) as f64));
+    assert_eq!(gone[0].shutdown_time, Some((BTIME + 1010) as f64));
+    let now = live(&sample, 100);
+    assert_eq!(now.cmd, "second");
+    assert!(close(now.start_time, (BTIME + 1008) as f64));
+    assert!(close(now.cpu_pct, 25.0), "{}", now.cpu_pct);
+    assert_eq!(s.tracked_processes(), [ProcessKey { pid: 100, start_ticks: 1008 * hz }]);
+}
+
+#[test]
+fn exit_gives_exactly_one_final_record() {
+    let fake = Fake::new();
+    let mut a = FakeProc::new(100, "stays", 0);
+    let mut b = FakeProc::new(101, "leaves", 7);
+    (a.rss_pages, b.rss_pages, b.utime) = (10, 10, 100);
+    fake.set_proc(&a);
+    fake.set_proc(&b);
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("first");
+
+    fake.remove_proc(101);
+    fake.set_uptime(1010.0);
+    let sample = s.sample(at(1010), true).expect("second");
+    let gone = exits(&sample);
+    assert_eq!(gone.len(), 1);
+    let g = gone[0];
+    assert_eq!((g.pid, g.cmd.as_str(), g.shutdown_time), (101, "leaves", Some((BTIME + 1010) as f64)));
+    assert!(close(g.start_time, BTIME as f64 + 7.0 / s.clk_tck as f64));
+    assert_eq!((g.cpu_pct, g.mem_pct, g.disk_read_kib_per_sec, g.disk_write_kib_per_sec), (0.0, 0.0, 0.0, 0.0));
+    live(&sample, 100);
+    assert_eq!(sample.vm.proc_count, 1);
+    assert_eq!(s.process_count_tracked(), 1);
+
+    fake.set_uptime(1020.0);
+    let sample = s.sample(at(1020), true).expect("third");
+    assert!(exits(&sample).is_empty());
+    assert_eq!(procs(&sample).len(), 1);
+}
+
+#[test]
+fn toggling_process_sampling_starts_fresh() {
+    let fake = Fake::new();
+    let mut a = FakeProc::new(100, "a", 0);
+    fake.set_proc(&a);
+    fake.set_proc(&FakeProc::new(101, "b", 0));
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("on");
+    assert_eq!(s.process_count_tracked(), 2);
+
+    // Off: no records, table forgotten, nothing reported for what exits meanwhile.
+    fake.set_uptime(1010.0);
+    let off = s.sample(at(1010), false).expect("off");
+    assert!(off.processes.is_none());
+    assert_eq!(off.vm.proc_count, 2);
+    assert_eq!(s.process_count_tracked(), 0);
+    fake.remove_proc(101);
+
+    // On again: fresh table, no stale exit, no baseline yet.
+    fake.set_uptime(1020.0);
+    a.utime = 1000;
+    fake.set_proc(&a);
+    let on = s.sample(at(1020), true).expect("on again");
+    assert_eq!(procs(&on).len(), 1);
+    assert!(exits(&on).is_empty());
+    assert_eq!(live(&on, 100).cpu_pct, 0.0);
+    // The VM figures keep their baseline across the toggle.
+    assert_eq!(on.vm.elapsed_ms, 10_000);
+
+    fake.set_uptime(1030.0);
+    a.utime = 1000 + s.clk_tck * 10;
+    fake.set_proc(&a);
+    let next = s.sample(at(1030), true).expect("next");
+    assert!(close(live(&next, 100).cpu_pct, 50.0));
+}
+
+#[test]
+fn truncated_comm_takes_the_name_from_cmdline_once() {
+    let fake = Fake::new();
+    let mut journald = FakeProc::new(100, "systemd-journal", 0);
+    journald.cmdline = b"/lib/systemd/systemd-journald\0".to_vec();
+    let mut kthread = FakeProc::new(101, "kworker/0:1-eve", 0);
+    kthread.cmdline = Vec::new();
+    let mut retitled = FakeProc::new(102, "sshd-session-xy", 0);
+    retitled.cmdline = b"sshd: root@pts/0".to_vec();
+    let mut short = FakeProc::new(103, "bash", 0);
+    short.cmdline = b"/usr/bin/bash-wrapper\0".to_vec();
+    let odd = FakeProc::new(104, "a) (b", 0);
+    for p in [&journald, &kthread, &retitled, &short, &odd] {
+        fake.set_proc(p);
+    }
+    let mut s = sampler(&fake);
+    let sample = s.sample(at(1000), true).expect("first");
+    let cmd = |sample: &Sample, pid| live(sample, pid).cmd.clone();
+    assert_eq!(cmd(&sample, 100), "systemd-journald");
+    assert_eq!(cmd(&sample, 101), "kworker/0:1-eve");
+    assert_eq!(cmd(&sample, 102), "sshd-session-xy");
+    assert_eq!(cmd(&sample, 103), "bash");
+    assert_eq!(cmd(&sample, 104), "a) (b");
+
+    // cmdline is not read again while comm stays the same.
+    journald.cmdline = b"/somewhere/else\0".to_vec();
+    fake.set_proc(&journald);
+    fake.set_uptime(1010.0);
+    let sample = s.sample(at(1010), true).expect("second");
+    assert_eq!(cmd(&sample, 100), "systemd-journald");
+
+    // After an exec (comm changed, same pid and start), the name follows the new program.
+    short.comm = "python3".to_owned();
+    fake.set_proc(&short);
+    fake.set_uptime(1020.0);
+    let sample = s.sample(at(1020), true).expect("third");
+    assert_eq!(cmd(&sample, 103), "python3");
+    assert!(exits(&sample).is_empty());
+}
+
+#[test]
+fn unreadable_io_and_vanishing_pids_do_not_fail_the_sample() {
+    let fake = Fake::new();
+    let mut denied = FakeProc::new(100, "secret", 0);
+    denied.io = None;
+    denied.rss_pages = 100;
+    fake.set_proc(&denied);
+    // A pid directory whose files are gone (exited between readdir and open).
+    fs::create_dir_all(fake.proc().join("555")).expect("mkdir");
+    // A process whose io is gone but stat is not (exited between the two reads).
+    let half = FakeProc::new(556, "half", 0);
+    fake.set_proc(&half);
+    fs::remove_file(fake.proc().join("556/io")).expect("rm");
+    // Not pids.
+    fs::create_dir_all(fake.proc().join("self")).expect("mkdir");
+
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("first");
+    fake.set_uptime(1010.0);
+    denied.utime = s.clk_tck * 10;
+    fake.set_proc(&denied);
+    let sample = s.sample(at(1010), true).expect("second");
+    assert_eq!(sample.vm.proc_count, 3);
+    assert_eq!(procs(&sample).len(), 1, "{:#?}", sample.processes);
+    let p = live(&sample, 100);
+    assert_eq!((p.disk_read_kib_per_sec, p.disk_write_kib_per_sec), (0.0, 0.0));
+    assert!(close(p.cpu_pct, 50.0));
+    assert!(p.mem_pct > 0.0);
+}
+
+#[test]
+fn missing_files_are_typed_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let roots = ProcRoots {
+        proc: dir.path().join("proc"),
+        sys: dir.path().join("sys"),
+    };
+    assert!(matches!(Sampler::new(roots), Err(SamplerError::Read { .. })));
+
+    let fake = Fake::new();
+    let mut s = sampler(&fake);
+    fake.write("proc/meminfo", b"nothing useful\n");
+    let err = s.sample(at(1000), false).expect_err("no MemTotal");
+    assert!(matches!(err, SamplerError::Parse { what: "no MemTotal", .. }), "{err}");
+    fs::remove_file(fake.proc().join("uptime")).expect("rm");
+    assert!(matches!(s.sample(at(1000), false), Err(SamplerError::Read { .. })));
+}
+
+#[test]
+fn inventory_from_the_fake_tree() {
+    let fake = Fake::new();
+    fake.add_block("sdb", true, 1000);
+    fake.add_block("loop0", false, 5000);
+    let s = sampler(&fake);
+    let inv = s.inventory(&[]);
+    assert_eq!(inv.hostname, "vm-1");
+    assert_eq!(inv.cpu_count, 2);
+    assert_eq!(inv.mem_total_bytes, 4 * 1024 * 1024 * 1024);
+    assert_eq!(inv.disk_total_bytes, (2_000_000 + 1000) * 512);
+    assert_eq!(inv.agent_version, env!("CARGO_PKG_VERSION"));
+    assert!(!inv.os.is_empty());
+    let pinned = s.inventory(&["198.51.100.10".to_owned()]);
+    assert_eq!(pinned.wan_ips, ["198.51.100.10"]);
+}
+
+#[test]
+fn real_proc_finds_this_process() {
+    let mut s = Sampler::new(ProcRoots::default()).expect("sampler over /proc");
+    s.sample(SystemTime::now(), true).expect("first");
+    std::thread::sleep(Duration::from_millis(20));
+    let sample = s.sample(SystemTime::now(), true).expect("second");
+    let me = std::process::id();
+    let p = live(&sample, me);
+    let comm = fs::read_to_string("/proc/self/comm").expect("comm");
+    let comm = comm.trim_end_matches('\n');
+    assert!(!p.cmd.is_empty());
+    assert!(p.cmd.starts_with(comm), "cmd {:?} vs comm {comm:?}", p.cmd);
+    if comm.len() < 15 {
+        assert_eq!(p.cmd, comm);
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after epoch").as_secs_f64();
+    assert!(p.start_time > 1e9 && p.start_time <= now + 2.0, "{}", p.start_time);
+    assert!(p.mem_pct > 0.0 && p.mem_pct < 100.0);
+    let vm = &sample.vm;
+    assert!(vm.proc_count >= 1);
+    assert!((0.0..=100.0).contains(&vm.cpu_pct) && (0.0..=100.0).contains(&vm.mem_pct));
+    assert!(s.process_count_tracked() >= 1);
+    let total_cpu: f64 = procs(&sample).iter().map(|p| p.cpu_pct).sum();
+    assert!(total_cpu <= 100.0 + 1e-6, "{total_cpu}");
+
+    let inv = s.inventory(&[]);
+    assert!(inv.cpu_count >= 1 && inv.mem_total_bytes > 0);
+    assert!(!inv.hostname.is_empty());
+}

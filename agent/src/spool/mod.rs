@@ -1,0 +1,394 @@
+//! The bounded on-disk spool: every report batch is written here before it is sent, and deleted
+//! only after the collector acknowledged it.
+//!
+//! Layout under the state directory:
+//! * `spool/NNNNNNNNNNNNNNNNNNNN.batch` — one JSON [`ReportBatch`] per file, named by its sequence
+//!   number, written to a temp file, fsynced and renamed, so a crash leaves either the whole batch
+//!   or nothing under the final name.
+//! * `spool/corrupt/` — anything unreadable found at open or read time is moved here (kept for
+//!   inspection, never resent) and counted.
+//! * `agent-state.json` — next sequence number, cumulative drop counters and the last desired
+//!   state, written atomically the same way.
+//!
+//! Full policy: drop oldest. Monitoring data is most useful fresh, so when the spool exceeds its
+//! byte bound the oldest batches are deleted and their samples added to `dropped_samples_total`,
+//! which every batch and heartbeat carries to the collector. Memory use is the index only
+//! (a few dozen bytes per batch), whatever the outage length.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use vmmon_common::wire::{DesiredState, ReportBatch, Sample};
+
+const SPOOL_DIR: &str = "spool";
+const CORRUPT_DIR: &str = "corrupt";
+const STATE_FILE: &str = "agent-state.json";
+const BATCH_EXT: &str = "batch";
+
+/// Spool failures (I/O on the state directory).
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// File system error with the path involved.
+    #[error("spool I/O on {path}: {source}")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A batch could not be encoded.
+    #[error("cannot encode batch: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Counters and state that survive agent restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PersistedState {
+    /// Sequence number of the next batch.
+    pub next_seq: u64,
+    /// Samples dropped (spool full, corrupt files, batches the collector refused), cumulative.
+    pub dropped_samples_total: u64,
+    /// Files found damaged and moved aside, cumulative.
+    pub corrupt_files_total: u64,
+    /// The last desired state the collector sent.
+    pub desired: Option<DesiredState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    seq: u64,
+    bytes: u64,
+    samples: u64,
+}
+
+/// What `open` found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Intact batches waiting to be sent.
+    pub batches: usize,
+    /// Damaged files moved aside now.
+    pub moved_aside: usize,
+}
+
+/// The spool.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    corrupt_dir: PathBuf,
+    state_path: PathBuf,
+    max_bytes: u64,
+    index: VecDeque<Entry>,
+    total_bytes: u64,
+    state: PersistedState,
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `state_dir`, moving anything damaged aside.
+    pub fn open(state_dir: &Path, max_bytes: u64) -> Result<(Spool, OpenReport), SpoolError> {
+        let dir = state_dir.join(SPOOL_DIR);
+        let corrupt_dir = dir.join(CORRUPT_DIR);
+        fs::create_dir_all(&corrupt_dir).map_err(io(&corrupt_dir))?;
+        let state_path = state_dir.join(STATE_FILE);
+        let mut report = OpenReport::default();
+        let mut state = match fs::read(&state_path) {
+            Ok(bytes) => match serde_json::from_slice::<PersistedState>(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(path = %state_path.display(), error = %e, "Agent state file is damaged; moved aside.");
+                    move_aside(&state_path, &corrupt_dir)?;
+                    report.moved_aside += 1;
+                    PersistedState::default()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistedState::default(),
+            Err(e) => return Err(io(&state_path)(e)),
+        };
+
+        let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let path = entry.path();
+            if path == corrupt_dir {
+                continue;
+            }
+            match parse_name(&path) {
+                Some(seq) => found.push((seq, path)),
+                None => {
+                    // Leftover temp files (crash mid-write) and strangers.
+                    tracing::warn!(path = %path.display(), "Unexpected file in spool; moved aside.");
+                    let half_written = path.extension().is_some_and(|e| e == "tmp");
+                    move_aside(&path, &corrupt_dir)?;
+                    report.moved_aside += 1;
+                    state.corrupt_files_total += 1;
+                    if half_written {
+                        // A batch that never finished writing: its one sample is lost.
+                        state.dropped_samples_total += 1;
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|(seq, _)| *seq);
+        let mut index = VecDeque::with_capacity(found.len());
+        let mut total_bytes = 0;
+        for (seq, path) in found {
+            match read_batch(&path) {
+                Ok((batch, bytes)) if batch.seq == seq => {
+                    index.push_back(Entry {
+                        seq,
+                        bytes,
+                        samples: batch.samples.len() as u64,
+                    });
+                    total_bytes += bytes;
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), "Damaged spool batch; moved aside and counted as dropped.");
+                    move_aside(&path, &corrupt_dir)?;
+                    report.moved_aside += 1;
+                    state.corrupt_files_total += 1;
+                    // The agent writes one sample per batch; a damaged batch counts as one.
+                    state.dropped_samples_total += 1;
+                }
+            }
+        }
+        if let Some(last) = index.back() {
+            state.next_seq = state.next_seq.max(last.seq + 1);
+        }
+        report.batches = index.len();
+        let mut spool = Spool {
+            dir,
+            corrupt_dir,
+            state_path,
+            max_bytes,
+            index,
+            total_bytes,
+            state,
+        };
+        spool.save_state()?;
+        spool.enforce_bound(0)?;
+        Ok((spool, report))
+    }
+
+    /// Wraps `samples` in a new batch, writes it durably, then drops the oldest batches while the
+    /// spool is over its bound. Returns the new batch's sequence number.
+    pub fn push(&mut self, instance_id: &str, samples: Vec<Sample>) -> Result<u64, SpoolError> {
+        let seq = self.state.next_seq;
+        let batch = ReportBatch {
+            batch_id: Uuid::new_v4(),
+            instance_id: instance_id.to_string(),
+            seq,
+            samples,
+            dropped_samples_total: self.state.dropped_samples_total,
+        };
+        let bytes = serde_json::to_vec(&batch)?;
+        let path = self.batch_path(seq);
+        write_atomically(&path, &bytes)?;
+        self.state.next_seq = seq + 1;
+        self.index.push_back(Entry {
+            seq,
+            bytes: bytes.len() as u64,
+            samples: batch.samples.len() as u64,
+        });
+        self.total_bytes += bytes.len() as u64;
+        self.enforce_bound(1)?;
+        self.save_state()?;
+        Ok(seq)
+    }
+
+    /// The oldest batch, read from disk; damaged files are moved aside and skipped.
+    pub fn oldest(&mut self) -> Result<Option<ReportBatch>, SpoolError> {
+        while let Some(entry) = self.index.front().copied() {
+            let path = self.batch_path(entry.seq);
+            match read_batch(&path) {
+                Ok((mut batch, _)) => {
+                    // Send the freshest drop count, not the one frozen at write time.
+                    batch.dropped_samples_total = batch.dropped_samples_total.max(self.state.dropped_samples_total);
+                    return Ok(Some(batch));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "Spool batch became unreadable; moved aside.");
+                    if path.exists() {
+                        move_aside(&path, &self.corrupt_dir)?;
+                    }
+                    self.forget_front(entry);
+                    self.state.corrupt_files_total += 1;
+                    self.state.dropped_samples_total += entry.samples;
+                    self.save_state()?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes an acknowledged batch.
+    pub fn remove(&mut self, seq: u64) -> Result<(), SpoolError> {
+        let Some(pos) = self.index.iter().position(|e| e.seq == seq) else {
+            return Ok(());
+        };
+        let path = self.batch_path(seq);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+        if let Some(entry) = self.index.remove(pos) {
+            self.total_bytes -= entry.bytes;
+        }
+        Ok(())
+    }
+
+    /// Deletes a batch the collector will never accept, counting its samples as dropped.
+    pub fn discard(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if let Some(entry) = self.index.iter().find(|e| e.seq == seq).copied() {
+            self.state.dropped_samples_total += entry.samples;
+            self.remove(seq)?;
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    /// Batches waiting.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Bytes waiting.
+    pub fn bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Cumulative dropped samples.
+    pub fn dropped_samples_total(&self) -> u64 {
+        self.state.dropped_samples_total
+    }
+
+    /// Cumulative damaged files moved aside.
+    pub fn corrupt_files_total(&self) -> u64 {
+        self.state.corrupt_files_total
+    }
+
+    /// The last desired state persisted.
+    pub fn desired(&self) -> Option<DesiredState> {
+        self.state.desired
+    }
+
+    /// Persists the desired state (so a restarted agent resumes it before reconnecting).
+    pub fn set_desired(&mut self, desired: DesiredState) -> Result<(), SpoolError> {
+        if self.state.desired != Some(desired) {
+            self.state.desired = Some(desired);
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    fn forget_front(&mut self, entry: Entry) {
+        self.index.pop_front();
+        self.total_bytes -= entry.bytes;
+    }
+
+    /// Drops oldest batches while over the bound, keeping at least `keep_newest` batches.
+    fn enforce_bound(&mut self, keep_newest: usize) -> Result<(), SpoolError> {
+        let mut dropped_batches = 0u64;
+        let mut dropped_samples = 0u64;
+        while self.total_bytes > self.max_bytes && self.index.len() > keep_newest {
+            let Some(entry) = self.index.front().copied() else { break };
+            let path = self.batch_path(entry.seq);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+            self.forget_front(entry);
+            dropped_batches += 1;
+            dropped_samples += entry.samples;
+        }
+        if dropped_batches > 0 {
+            self.state.dropped_samples_total += dropped_samples;
+            tracing::warn!(
+                dropped_batches,
+                dropped_samples,
+                dropped_samples_total = self.state.dropped_samples_total,
+                max_bytes = self.max_bytes,
+                "Spool full, dropped oldest batches."
+            );
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    fn batch_path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.{BATCH_EXT}"))
+    }
+
+    fn save_state(&self) -> Result<(), SpoolError> {
+        let bytes = serde_json::to_vec(&self.state)?;
+        write_atomically(&self.state_path, &bytes)
+    }
+}
+
+fn parse_name(path: &Path) -> Option<u64> {
+    if path.extension()?.to_str()? != BATCH_EXT {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+fn read_batch(path: &Path) -> Result<(ReportBatch, u64), String> {
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    let batch = serde_json::from_slice::<ReportBatch>(&bytes).map_err(|e| e.to_string())?;
+    Ok((batch, bytes.len() as u64))
+}
+
+fn move_aside(path: &Path, corrupt_dir: &Path) -> Result<(), SpoolError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unnamed".into());
+    let target = corrupt_dir.join(format!("{}-{name}", Uuid::new_v4().simple()));
+    fs::rename(path, &target).map_err(io(path))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(parent) = path.parent()
+        && let Ok(d) = File::open(parent)
+    {
+        // Make the rename itself durable.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
