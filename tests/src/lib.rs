@@ -1,1 +1,338 @@
-//! placeholder
+//! Helpers for end-to-end tests: start the real `vmmon-collector` and `vmmon-agent` binaries on
+//! free ports and temp dirs, talk to them over real sockets, and wait on readiness.
+//!
+//! The binaries are the ones `cargo build --workspace` put next to this test binary; the README's
+//! test command builds them first.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Admin password every test collector starts with.
+pub const ADMIN_PASSWORD: &str = "admin-test-pw";
+
+/// Path of a workspace binary built next to the running test.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/it-<hash> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` every 50 ms until it is true or `timeout` passes; returns whether it became true.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `f` until it returns `Some`, panicking with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill(child: &mut Child, signal: i32) {
+    // SAFETY: plain kill(2) on a child we own.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    let _ = child.wait();
+}
+
+/// A running collector with its own data directory.
+pub struct Collector {
+    /// Data directory (kept across restarts).
+    pub data: tempfile::TempDir,
+    /// Bound address.
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Collector {
+    /// Starts a collector on a free port.
+    pub fn start() -> Collector {
+        Self::start_with(&[])
+    }
+
+    /// Starts a collector with extra `serve` arguments (e.g. `--config FILE`).
+    pub fn start_with(extra: &[&str]) -> Collector {
+        let data = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn_collector(data.path(), "127.0.0.1:0", &extra);
+        Collector { data, addr, child: Some(child), extra }
+    }
+
+    /// SIGKILLs the collector (no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, libc::SIGKILL);
+        }
+    }
+
+    /// Starts it again on the same address and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.addr.to_string();
+        let (child, addr) = wait_for(Duration::from_secs(20), "collector restart on the same port", || {
+            std::panic::catch_unwind(|| spawn_collector(self.data.path(), &listen, &self.extra)).ok()
+        });
+        self.addr = addr;
+        self.child = Some(child);
+    }
+
+    /// `http://addr` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The agents' endpoint.
+    pub fn rpc_url(&self) -> String {
+        format!("ws://{}/rpc", self.addr)
+    }
+
+    /// Runs a `vmmon-collector` admin subcommand against this data dir; returns stdout.
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let mut cmd = Command::new(bin_path("vmmon-collector"));
+        cmd.args(args).arg("--data").arg(self.data.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "collector {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Creates an agent token for `project`/`region`.
+    pub fn create_token(&self, project: &str, region: &str) -> String {
+        let out = self.cli(&["token", "create", "--project", project, "--region", region, "--party", "acme"], &[]);
+        out.lines().last().unwrap().trim().to_string()
+    }
+
+    /// Adds a tenant user of `project` (password `name` + "-pw").
+    pub fn add_tenant(&self, name: &str, project: &str) -> String {
+        let pw = format!("{name}-password");
+        self.cli(&["user", "add", "--name", name, "--project", project], &[("VMMON_PASSWORD", &pw)]);
+        pw
+    }
+
+    /// Logs in; returns the session id.
+    pub fn login(&self, user: &str, password: &str) -> String {
+        let r = self.legacy(&json!({"method": 458753, "data": {"user_name": user, "password": password}}));
+        assert_eq!(r["status_code"], 1, "login failed: {r}");
+        r["session_id"].as_str().unwrap().to_string()
+    }
+
+    /// Logs in as the admin.
+    pub fn admin_session(&self) -> String {
+        self.login("admin", ADMIN_PASSWORD)
+    }
+
+    /// POSTs a raw body to /wsgi_app.py; returns the JSON answer (the API always answers 200).
+    pub fn legacy_raw(&self, body: &str) -> Value {
+        let resp = ureq::post(&self.url("/wsgi_app.py"))
+            .set("Content-Type", "application/json")
+            .send_string(body)
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_json().unwrap()
+    }
+
+    /// POSTs a JSON request to /wsgi_app.py.
+    pub fn legacy(&self, req: &Value) -> Value {
+        self.legacy_raw(&req.to_string())
+    }
+
+    /// GET with headers; returns (status, JSON body).
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = ureq::get(&self.url(path));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET {path}: {e}"),
+        };
+        let status = resp.status();
+        let body = resp.into_string().unwrap();
+        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_collector(data: &Path, listen: &str, extra: &[String]) -> (Child, SocketAddr) {
+    let mut child = Command::new(bin_path("vmmon-collector"))
+        .args(["serve", "--listen", listen, "--data"])
+        .arg(data)
+        .args(extra)
+        .env("VMMON_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("VMMON_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.strip_prefix("vmmon-collector listening on ") {
+                    break rest.trim().parse::<SocketAddr>().unwrap();
+                }
+            }
+            _ => {
+                let status = child.wait();
+                panic!("collector exited before listening: {status:?}");
+            }
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// A running agent.
+pub struct Agent {
+    /// State directory (kept across restarts).
+    pub state: tempfile::TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Agent {
+    /// Starts an agent reporting to `collector` as `instance_id` every `interval_secs`.
+    pub fn start(collector: &Collector, token: &str, instance_id: &str, interval_secs: u32, extra: &[&str]) -> Agent {
+        let state = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec![
+            "--collector".into(),
+            collector.rpc_url(),
+            "--token".into(),
+            token.into(),
+            "--instance-id".into(),
+            instance_id.into(),
+            "--interval".into(),
+            interval_secs.to_string(),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut agent = Agent { state, child: None, args };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(bin_path("vmmon-agent"))
+            .args(&self.args)
+            .env("VMMON_LOG", std::env::var("VMMON_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILLs the agent.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, libc::SIGKILL);
+        }
+    }
+
+    /// Starts it again on the same state directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A child process that is killed when dropped.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        kill(&mut self.0, libc::SIGKILL);
+    }
+}
+
+/// Starts `vmmon-test-load NAME burn`: one core busy under the process name `name` (≤ 15 chars).
+pub fn spawn_burner(name: &str) -> ChildGuard {
+    spawn_load(&[name, "burn"])
+}
+
+/// Starts `vmmon-test-load NAME write MB DIR`: writes `mb` MB with fsync over ~mb/10 seconds.
+pub fn spawn_writer(name: &str, dir: &Path, mb: u32) -> ChildGuard {
+    spawn_load(&[name, "write", &mb.to_string(), &dir.display().to_string()])
+}
+
+/// Starts `vmmon-test-load NAME idle`.
+pub fn spawn_idle(name: &str) -> ChildGuard {
+    spawn_load(&[name, "idle"])
+}
+
+fn spawn_load(args: &[&str]) -> ChildGuard {
+    let child = Command::new(bin_path("vmmon-test-load"))
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    ChildGuard(child)
+}

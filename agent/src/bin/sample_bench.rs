@@ -1,1 +1,206 @@
-fn main(){}
+//! `vmmon-sample-bench`: CPU time of one sampler tick with every process, against the floor of
+//! merely reading `/proc/PID/stat` and `/proc/PID/io` for every pid.
+//!
+//! It spawns `--procs` idle children (`sleep`), primes a [`Sampler`], then takes `--samples`
+//! ticks and measures this process's own CPU time (`getrusage`, not wall time) per tick. Without
+//! `--floor`/`--agent` it interleaves floor passes and sampler ticks, so both see the same
+//! system, and prints their ratio. It asserts nothing: it only prints.
+//!
+//! The floor uses the sampler's own system-call pattern (`open`, one `read` into a reused
+//! buffer, `close`), so the ratio is the sampler's overhead: the VM-level files, parsing, the
+//! process table and building the records.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use vmmon_agent::sampler::{ProcRoots, Sampler};
+
+/// Measure the sampler's CPU cost per tick against the /proc reading floor.
+#[derive(Debug, Parser)]
+#[command(name = "vmmon-sample-bench")]
+struct Args {
+    /// Extra idle processes (`sleep`) to spawn for the run; they are killed on exit.
+    #[arg(long, default_value_t = 500)]
+    procs: usize,
+    /// Measured ticks (after one priming tick).
+    #[arg(long, default_value_t = 20)]
+    samples: usize,
+    /// Measure only the floor: read /proc/PID/stat and /proc/PID/io of every pid.
+    #[arg(long, conflicts_with = "agent")]
+    floor: bool,
+    /// Measure only the sampler.
+    #[arg(long)]
+    agent: bool,
+}
+
+/// Kills and reaps the children however `main` ends, panics included. (Ctrl-C reaches them
+/// too: they share the terminal's process group. They also end by themselves after 10 minutes.)
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_idle(n: usize) -> Result<Children> {
+    let mut children = Children(Vec::with_capacity(n));
+    for i in 0..n {
+        let child = Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning idle child {i} of {n}"))?;
+        children.0.push(child);
+    }
+    Ok(children)
+}
+
+/// User and system CPU time of this process so far.
+#[allow(unsafe_code)]
+fn cpu_times() -> (Duration, Duration) {
+    // SAFETY: getrusage writes one `rusage` into the zeroed value we own; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    (tv(usage.ru_utime), tv(usage.ru_stime))
+}
+
+/// Accumulated CPU time of one kind of pass.
+#[derive(Debug, Default)]
+struct Cost {
+    user: Duration,
+    sys: Duration,
+    runs: u32,
+}
+
+impl Cost {
+    fn measure<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let (u0, s0) = cpu_times();
+        let out = f();
+        let (u1, s1) = cpu_times();
+        self.user += u1.saturating_sub(u0);
+        self.sys += s1.saturating_sub(s0);
+        self.runs += 1;
+        out
+    }
+
+    fn ms_per_run(&self, d: Duration) -> f64 {
+        d.as_secs_f64() * 1000.0 / f64::from(self.runs.max(1))
+    }
+
+    fn total_ms(&self) -> f64 {
+        self.ms_per_run(self.user + self.sys)
+    }
+
+    fn print(&self, mode: &str, procs_present: usize, extra: &str) {
+        println!(
+            "mode={mode} procs_present={procs_present} samples={} cpu_ms_per_sample={:.3} user_ms={:.3} sys_ms={:.3}{extra}",
+            self.runs,
+            self.total_ms(),
+            self.ms_per_run(self.user),
+            self.ms_per_run(self.sys),
+        );
+    }
+}
+
+/// The floor: read `/proc/PID/stat` and `/proc/PID/io` of every pid into one reused buffer.
+/// Returns the number of pids.
+fn floor_pass(buf: &mut [u8], path: &mut Vec<u8>) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut pids = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if name.is_empty() || !name.as_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        pids += 1;
+        for file in [&b"stat"[..], b"io"] {
+            path.clear();
+            path.extend_from_slice(b"/proc/");
+            path.extend_from_slice(name.as_bytes());
+            path.push(b'/');
+            path.extend_from_slice(file);
+            if let Ok(mut f) = File::open(Path::new(OsStr::from_bytes(path))) {
+                let _ = f.read(buf);
+            }
+        }
+    }
+    pids
+}
+
+/// Peak resident set size of this process (`VmHWM`), KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let run_agent = !args.floor;
+    let run_floor = !args.agent;
+
+    let _children = spawn_idle(args.procs)?;
+
+    let mut sampler = Sampler::new(ProcRoots::default()).context("creating the sampler")?;
+    let mut buf = vec![0u8; 4096];
+    let mut path = Vec::with_capacity(64);
+    // Prime: the sampler's baseline and table, and warm caches for both.
+    sampler.sample(SystemTime::now(), true).context("priming sample")?;
+    floor_pass(&mut buf, &mut path);
+
+    let (mut agent, mut floor) = (Cost::default(), Cost::default());
+    let (mut records, mut procs_present) = (0, 0);
+    for _ in 0..args.samples {
+        if run_floor {
+            procs_present = floor.measure(|| floor_pass(&mut buf, &mut path));
+        }
+        if run_agent {
+            let sample = agent
+                .measure(|| sampler.sample(SystemTime::now(), true))
+                .context("sample")?;
+            records = sample.processes.as_ref().map_or(0, Vec::len);
+            procs_present = sample.vm.proc_count as usize;
+        }
+    }
+
+    if run_floor {
+        floor.print("floor", procs_present, "");
+    }
+    if run_agent {
+        let extra = format!(" records={records} tracked={}", sampler.process_count_tracked());
+        agent.print("agent", procs_present, &extra);
+    }
+    if run_agent && run_floor {
+        println!("ratio_agent_over_floor={:.3}", agent.total_ms() / floor.total_ms().max(f64::MIN_POSITIVE));
+    }
+    if let Some(kib) = peak_rss_kib() {
+        println!("peak_rss_kib={kib}");
+    }
+    let last = if run_agent { &agent } else { &floor };
+    println!("cpu_ms_per_sample {:.3}", last.total_ms());
+    Ok(())
+}

@@ -35,13 +35,14 @@ fn pid_stat_comm_with_parens_and_spaces() {
 
 #[test]
 fn pid_stat_negative_rss_is_zero_and_malformed_is_none() {
-    let st = parse_pid_stat(stat_line(1, "z", 0, 0, 1, "-1").as_bytes()).expect("parses");
-    assert_eq!(st.rss_pages, 0);
+    let line = stat_line(1, "z", 0, 0, 1, "-1");
+    assert_eq!(parse_pid_stat(line.as_bytes()).map(|st| st.rss_pages), Some(0));
     assert_eq!(parse_pid_stat(b""), None);
     assert_eq!(parse_pid_stat(b"1 (x"), None);
     assert_eq!(parse_pid_stat(b"1 (x) S 1 2 3"), None, "truncated");
     assert_eq!(parse_pid_stat(b"1 x) S ("), None, "')' before '('");
-    let bad = stat_line(1, "x", 0, 0, 1, "9").replace(" 0 0 1 123456", " 0 0 1x 123456");
+    let bad = stat_line(1, "x", 0, 0, 77, "9").replace(" 77 123456", " 7x 123456");
+    assert_ne!(bad, stat_line(1, "x", 0, 0, 77, "9"));
     assert_eq!(parse_pid_stat(bad.as_bytes()), None, "non-numeric start time");
 }
 
