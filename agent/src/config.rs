@@ -80,7 +80,9 @@ impl AgentConfig {
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(AgentConfig::default()),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(AgentConfig::default());
+            }
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
@@ -95,10 +97,15 @@ impl AgentConfig {
         if self.collector.is_empty() {
             errors.push("collector URL is required (--collector ws://HOST:PORT/rpc)".to_string());
         } else if !(self.collector.starts_with("ws://") || self.collector.starts_with("wss://")) {
-            errors.push(format!("collector URL {:?} must start with ws:// or wss://", self.collector));
+            errors.push(format!(
+                "collector URL {:?} must start with ws:// or wss://",
+                self.collector
+            ));
         }
         match (&self.token, &self.token_file) {
-            (None, None) => errors.push("an agent token is required (--token or --token-file)".into()),
+            (None, None) => {
+                errors.push("an agent token is required (--token or --token-file)".into())
+            }
             (Some(_), Some(_)) => errors.push("give either token or token_file, not both".into()),
             (Some(t), None) if t.trim().is_empty() => errors.push("token is empty".into()),
             _ => {}
@@ -106,8 +113,8 @@ impl AgentConfig {
         if !(1..=86_400).contains(&self.interval_secs) {
             errors.push("interval_secs must be within 1..=86400".into());
         }
-        if self.spool_max_bytes < 64 * 1024 {
-            errors.push("spool_max_bytes must be at least 65536".into());
+        if self.spool_max_bytes < 1024 {
+            errors.push("spool_max_bytes must be at least 1024".into());
         }
         if self.max_backoff_secs == 0 {
             errors.push("max_backoff_secs must be at least 1".into());
@@ -117,7 +124,11 @@ impl AgentConfig {
         {
             errors.push("instance_id must be 1–128 characters".into());
         }
-        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
     }
 
     /// The token, reading `token_file` if that is how it was given.
@@ -126,7 +137,9 @@ impl AgentConfig {
             return Ok(t.trim().to_string());
         }
         let Some(path) = &self.token_file else {
-            return Err(ConfigError::Invalid(vec!["an agent token is required".into()]));
+            return Err(ConfigError::Invalid(vec![
+                "an agent token is required".into(),
+            ]));
         };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.clone(),
@@ -134,7 +147,10 @@ impl AgentConfig {
         })?;
         let t = text.trim().to_string();
         if t.is_empty() {
-            return Err(ConfigError::Invalid(vec![format!("token file {} is empty", path.display())]));
+            return Err(ConfigError::Invalid(vec![format!(
+                "token file {} is empty",
+                path.display()
+            )]));
         }
         Ok(t)
     }
@@ -159,7 +175,9 @@ mod tests {
             interval_secs: 0,
             ..AgentConfig::default()
         };
-        let Err(ConfigError::Invalid(errs)) = cfg.validate() else { panic!("must be invalid") };
+        let Err(ConfigError::Invalid(errs)) = cfg.validate() else {
+            panic!("must be invalid")
+        };
         assert_eq!(errs.len(), 3, "{errs:?}");
     }
 

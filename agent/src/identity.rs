@@ -51,9 +51,17 @@ mod tests {
         let b = dir.path().join("b");
         std::fs::write(&a, "iid-datasource-none\n").unwrap();
         std::fs::write(&b, "ABC-123\n").unwrap();
-        let src = IdentitySources { files: vec![dir.path().join("missing"), a, b] };
-        assert_eq!(resolve_instance_id(Some("cfg-id"), &src).as_deref(), Some("cfg-id"));
+        let src = IdentitySources {
+            files: vec![dir.path().join("missing"), a, b],
+        };
+        assert_eq!(
+            resolve_instance_id(Some("cfg-id"), &src).as_deref(),
+            Some("cfg-id")
+        );
         assert_eq!(resolve_instance_id(None, &src).as_deref(), Some("abc-123"));
-        assert_eq!(resolve_instance_id(None, &IdentitySources { files: vec![] }), None);
+        assert_eq!(
+            resolve_instance_id(None, &IdentitySources { files: vec![] }),
+            None
+        );
     }
 }

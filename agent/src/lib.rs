@@ -12,9 +12,9 @@ pub mod reporter;
 pub mod sampler;
 pub mod spool;
 
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
@@ -103,16 +103,23 @@ fn epoch_ms(t: SystemTime) -> i64 {
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
     config.validate()?;
     let token = config.resolve_token()?;
-    let instance_id = identity::resolve_instance_id(config.instance_id.as_deref(), &identity::IdentitySources::default())
-        .ok_or(AgentError::NoIdentity)?;
+    let instance_id = identity::resolve_instance_id(
+        config.instance_id.as_deref(),
+        &identity::IdentitySources::default(),
+    )
+    .ok_or(AgentError::NoIdentity)?;
     std::fs::create_dir_all(&config.state_dir).map_err(|source| spool::SpoolError::Io {
         path: config.state_dir.clone(),
         source,
     })?;
     let (spool, report) = Spool::open(&config.state_dir, config.spool_max_bytes)?;
     if report.moved_aside > 0 {
-        tracing::warn!(moved_aside = report.moved_aside, corrupt_files_total = spool.corrupt_files_total(),
-            dropped_samples_total = spool.dropped_samples_total(), "Damaged spool files were moved aside.");
+        tracing::warn!(
+            moved_aside = report.moved_aside,
+            corrupt_files_total = spool.corrupt_files_total(),
+            dropped_samples_total = spool.dropped_samples_total(),
+            "Damaged spool files were moved aside."
+        );
     }
     let desired = reporter::initial_desired(spool.desired(), config.interval_secs);
     tracing::info!(%instance_id, collector = %config.collector, spooled = report.batches,
@@ -149,7 +156,12 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     Ok(())
 }
 
-async fn sampling_loop(sampler: &mut Sampler, shared: &Shared, instance_id: &str, mut shutdown: watch::Receiver<bool>) {
+async fn sampling_loop(
+    sampler: &mut Sampler,
+    shared: &Shared,
+    instance_id: &str,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut desired_rx = shared.desired.subscribe();
     let mut applied = *desired_rx.borrow_and_update();
     prime(sampler, applied.monitoring);
@@ -190,7 +202,9 @@ async fn sampling_loop(sampler: &mut Sampler, shared: &Shared, instance_id: &str
                 continue;
             }
         };
-        let pushed = tokio::task::block_in_place(|| shared.with_spool(|s| s.push(instance_id, vec![sample])));
+        let pushed = tokio::task::block_in_place(|| {
+            shared.with_spool(|s| s.push(instance_id, vec![sample]))
+        });
         match pushed {
             Ok(seq) => {
                 tracing::debug!(seq, at_ms = epoch_ms(now), "Spooled a sample.");
@@ -202,7 +216,9 @@ async fn sampling_loop(sampler: &mut Sampler, shared: &Shared, instance_id: &str
 }
 
 fn prime(sampler: &mut Sampler, with_processes: bool) {
-    if let Err(e) = tokio::task::block_in_place(|| sampler.sample(SystemTime::now(), with_processes)) {
+    if let Err(e) =
+        tokio::task::block_in_place(|| sampler.sample(SystemTime::now(), with_processes))
+    {
         tracing::warn!(error = %e, "Priming sample failed.");
     }
 }

@@ -32,13 +32,18 @@ pub struct Bootstrapped {
 
 fn check_name(kind: &str, s: &str) -> Result<(), AdminError> {
     if s.is_empty() || s.len() > 128 || s.chars().any(|c| c.is_control() || c == ',') {
-        return Err(AdminError::Invalid(format!("{kind} must be 1–128 printable characters without commas")));
+        return Err(AdminError::Invalid(format!(
+            "{kind} must be 1–128 printable characters without commas"
+        )));
     }
     Ok(())
 }
 
 /// Creates the admin user when no admin exists yet.
-pub async fn bootstrap_admin(store: &Store, env_password: Option<String>) -> Result<Option<Bootstrapped>, AdminError> {
+pub async fn bootstrap_admin(
+    store: &Store,
+    env_password: Option<String>,
+) -> Result<Option<Bootstrapped>, AdminError> {
     let admins = store.read(store::users::admin_count).await?;
     if admins > 0 {
         return Ok(None);
@@ -56,13 +61,20 @@ pub async fn bootstrap_admin(store: &Store, env_password: Option<String>) -> Res
 }
 
 /// Adds or replaces a user: an admin when `project` is None, else a tenant of `project`.
-pub async fn add_user(store: &Store, name: &str, password: &str, project: Option<&str>) -> Result<i64, AdminError> {
+pub async fn add_user(
+    store: &Store,
+    name: &str,
+    password: &str,
+    project: Option<&str>,
+) -> Result<i64, AdminError> {
     check_name("user name", name)?;
     if let Some(p) = project {
         check_name("project", p)?;
     }
     if password.len() < 8 {
-        return Err(AdminError::Invalid("password must be at least 8 characters".into()));
+        return Err(AdminError::Invalid(
+            "password must be at least 8 characters".into(),
+        ));
     }
     let pw = password.to_string();
     let hash = tokio::task::spawn_blocking(move || auth::hash_password(&pw))
@@ -72,7 +84,14 @@ pub async fn add_user(store: &Store, name: &str, password: &str, project: Option
     let (name, project) = (name.to_string(), project.map(str::to_string));
     Ok(store
         .write(move |c| {
-            store::users::upsert_user(c, &name, &hash, project.is_none(), project.as_deref(), store::now_ms())
+            store::users::upsert_user(
+                c,
+                &name,
+                &hash,
+                project.is_none(),
+                project.as_deref(),
+                store::now_ms(),
+            )
         })
         .await?)
 }
@@ -85,11 +104,18 @@ pub async fn list_users(store: &Store) -> Result<Vec<UserRow>, AdminError> {
 /// Removes a user; false when there was none.
 pub async fn remove_user(store: &Store, name: &str) -> Result<bool, AdminError> {
     let name = name.to_string();
-    Ok(store.write(move |c| store::users::delete_user(c, &name)).await?)
+    Ok(store
+        .write(move |c| store::users::delete_user(c, &name))
+        .await?)
 }
 
 /// Creates an agent token for a project and region; returns (id, token). The token is shown once.
-pub async fn create_token(store: &Store, project: &str, region: &str, party: &str) -> Result<(i64, String), AdminError> {
+pub async fn create_token(
+    store: &Store,
+    project: &str,
+    region: &str,
+    party: &str,
+) -> Result<(i64, String), AdminError> {
     check_name("project", project)?;
     check_name("region", region)?;
     if !party.is_empty() {

@@ -34,7 +34,9 @@ pub struct CollectorConfig {
 impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8086))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8086))),
             data_dir: PathBuf::from("/var/lib/vmmon"),
             timezone: "UTC".to_string(),
             session_idle_secs: 24 * 3600,
@@ -90,7 +92,10 @@ impl CollectorConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         if self.timezone.parse::<chrono_tz::Tz>().is_err() {
-            errors.push(format!("timezone {:?} is not an IANA time zone name", self.timezone));
+            errors.push(format!(
+                "timezone {:?} is not an IANA time zone name",
+                self.timezone
+            ));
         }
         if self.session_idle_secs == 0 {
             errors.push("session_idle_secs must be at least 1".into());
@@ -107,7 +112,11 @@ impl CollectorConfig {
         if self.max_limit == 0 {
             errors.push("max_limit must be at least 1".into());
         }
-        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
     }
 
     /// The configured time zone (validated by [`Self::validate`]; UTC otherwise).

@@ -19,7 +19,11 @@ pub enum Change {
 
 /// Persists `change` for `instance_id` (which must exist) and delivers it if the agent is
 /// connected. `Ok(None)` when the instance is unknown.
-pub async fn apply(app: &App, instance_id: &str, change: Change) -> Result<Option<PushOutcome>, StoreError> {
+pub async fn apply(
+    app: &App,
+    instance_id: &str,
+    change: Change,
+) -> Result<Option<PushOutcome>, StoreError> {
     let id = instance_id.to_string();
     let desired = app
         .store

@@ -30,12 +30,17 @@ impl From<CollectorError> for ErrorObjectOwned {
         match e {
             CollectorError::Store(e) => {
                 tracing::error!(error = %e, "Store failure while serving an agent.");
-                codes::error(codes::UNAVAILABLE, "collector store unavailable, retry later")
+                codes::error(
+                    codes::UNAVAILABLE,
+                    "collector store unavailable, retry later",
+                )
             }
             CollectorError::Unauthorized(m) => codes::error(codes::UNAUTHORIZED, m),
             CollectorError::Forbidden(m) => codes::error(codes::FORBIDDEN, m),
             CollectorError::NotRegistered(m) => codes::error(codes::NOT_REGISTERED, m),
-            CollectorError::InvalidBatch(m) => codes::error(codes::INVALID_BATCH, format!("invalid batch: {m}")),
+            CollectorError::InvalidBatch(m) => {
+                codes::error(codes::INVALID_BATCH, format!("invalid batch: {m}"))
+            }
         }
     }
 }

@@ -38,7 +38,12 @@ async fn run(cli: Cli) -> Result<()> {
             println!("store {} is up to date", store.path().display());
             Ok(())
         }
-        Command::Token(TokenCommand::Create { data, project, region, party }) => {
+        Command::Token(TokenCommand::Create {
+            data,
+            project,
+            region,
+            party,
+        }) => {
             let store = open(&data).await?;
             let (id, token) = admin::create_token(&store, &project, &region, &party).await?;
             println!("agent token {id} for project {project:?} region {region:?} (shown once):");
@@ -49,8 +54,15 @@ async fn run(cli: Cli) -> Result<()> {
             let store = open(&d.data).await?;
             println!("id\tproject\tregion\tparty\trevoked");
             for t in admin::list_tokens(&store).await? {
-                let revoked = if t.revoked_at_ms.is_some() { "yes" } else { "no" };
-                println!("{}\t{}\t{}\t{}\t{}", t.id, t.project, t.region, t.party, revoked);
+                let revoked = if t.revoked_at_ms.is_some() {
+                    "yes"
+                } else {
+                    "no"
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    t.id, t.project, t.region, t.party, revoked
+                );
             }
             Ok(())
         }
@@ -62,7 +74,12 @@ async fn run(cli: Cli) -> Result<()> {
             println!("agent token {id} revoked");
             Ok(())
         }
-        Command::User(UserCommand::Add { data, name, project, admin: is_admin }) => {
+        Command::User(UserCommand::Add {
+            data,
+            name,
+            project,
+            admin: is_admin,
+        }) => {
             let store = open(&data).await?;
             let password = read_password()?;
             let project = if is_admin { None } else { project };
@@ -125,11 +142,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
         return Ok(());
     }
     let store = open(&config.data_dir).await?;
-    if let Some(admin) = admin::bootstrap_admin(&store, std::env::var("VMMON_ADMIN_PASSWORD").ok()).await? {
+    if let Some(admin) =
+        admin::bootstrap_admin(&store, std::env::var("VMMON_ADMIN_PASSWORD").ok()).await?
+    {
         if admin.generated {
-            println!("created admin user {:?} with generated password (shown once): {}", admin.name, admin.password);
+            println!(
+                "created admin user {:?} with generated password (shown once): {}",
+                admin.name, admin.password
+            );
         } else {
-            println!("created admin user {:?} with the password from VMMON_ADMIN_PASSWORD", admin.name);
+            println!(
+                "created admin user {:?} with the password from VMMON_ADMIN_PASSWORD",
+                admin.name
+            );
         }
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -150,13 +175,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -119,11 +119,21 @@ async fn authenticate(app: &App, req: &Request<Incoming>) -> AgentAuth {
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let Some(token) = header.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()) else {
-        return AgentAuth::Refused("missing agent token: send Authorization: Bearer <token>".into());
+    let Some(token) = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    else {
+        return AgentAuth::Refused(
+            "missing agent token: send Authorization: Bearer <token>".into(),
+        );
     };
     let hash = auth::token_sha256(token);
-    match app.store.read(move |c| store::users::agent_token_by_hash(c, &hash)).await {
+    match app
+        .store
+        .read(move |c| store::users::agent_token_by_hash(c, &hash))
+        .await
+    {
         Ok(Some(row)) if row.revoked_at_ms.is_none() => AgentAuth::Token(row),
         Ok(Some(_)) => AgentAuth::Refused("agent token has been revoked".into()),
         Ok(None) => AgentAuth::Refused("unknown agent token".into()),

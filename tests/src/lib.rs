@@ -66,6 +66,26 @@ fn kill(child: &mut Child, signal: i32) {
     let _ = child.wait();
 }
 
+/// An address on 127.0.0.1 with a port that was free a moment ago (for a collector started later).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Writes a collector config file into a temp dir; keep the dir alive while the collector runs.
+pub fn collector_config(toml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("collector.toml");
+    std::fs::write(&path, toml).unwrap();
+    (dir, path)
+}
+
+/// Serialises tests that measure CPU, so parallel tests do not steal the cores they measure.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A running collector with its own data directory.
 pub struct Collector {
     /// Data directory (kept across restarts).
@@ -84,10 +104,40 @@ impl Collector {
 
     /// Starts a collector with extra `serve` arguments (e.g. `--config FILE`).
     pub fn start_with(extra: &[&str]) -> Collector {
+        Self::start_on("127.0.0.1:0", extra)
+    }
+
+    /// Starts a collector on `listen` (e.g. an address from [`free_addr`]).
+    pub fn start_on(listen: &str, extra: &[&str]) -> Collector {
         let data = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn_collector(data.path(), "127.0.0.1:0", &extra);
-        Collector { data, addr, child: Some(child), extra }
+        let (child, addr) = spawn_collector(data.path(), listen, &extra);
+        Collector {
+            data,
+            addr,
+            child: Some(child),
+            extra,
+        }
+    }
+
+    /// The SQLite file, for tests that check what was stored.
+    pub fn db_path(&self) -> PathBuf {
+        self.data.path().join("vmmon.sqlite3")
+    }
+
+    /// Runs one read-only query on the store and returns the first column of each row as i64.
+    pub fn query_i64(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Vec<i64> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map(params, |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     /// SIGKILLs the collector (no clean shutdown).
@@ -101,9 +151,14 @@ impl Collector {
     pub fn restart(&mut self) {
         self.kill();
         let listen = self.addr.to_string();
-        let (child, addr) = wait_for(Duration::from_secs(20), "collector restart on the same port", || {
-            std::panic::catch_unwind(|| spawn_collector(self.data.path(), &listen, &self.extra)).ok()
-        });
+        let (child, addr) = wait_for(
+            Duration::from_secs(20),
+            "collector restart on the same port",
+            || {
+                std::panic::catch_unwind(|| spawn_collector(self.data.path(), &listen, &self.extra))
+                    .ok()
+            },
+        );
         self.addr = addr;
         self.child = Some(child);
     }
@@ -126,26 +181,46 @@ impl Collector {
             cmd.env(k, v);
         }
         let out = cmd.stdin(Stdio::null()).output().unwrap();
-        assert!(out.status.success(), "collector {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "collector {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
     /// Creates an agent token for `project`/`region`.
     pub fn create_token(&self, project: &str, region: &str) -> String {
-        let out = self.cli(&["token", "create", "--project", project, "--region", region, "--party", "acme"], &[]);
+        let out = self.cli(
+            &[
+                "token",
+                "create",
+                "--project",
+                project,
+                "--region",
+                region,
+                "--party",
+                "acme",
+            ],
+            &[],
+        );
         out.lines().last().unwrap().trim().to_string()
     }
 
     /// Adds a tenant user of `project` (password `name` + "-pw").
     pub fn add_tenant(&self, name: &str, project: &str) -> String {
         let pw = format!("{name}-password");
-        self.cli(&["user", "add", "--name", name, "--project", project], &[("VMMON_PASSWORD", &pw)]);
+        self.cli(
+            &["user", "add", "--name", name, "--project", project],
+            &[("VMMON_PASSWORD", &pw)],
+        );
         pw
     }
 
     /// Logs in; returns the session id.
     pub fn login(&self, user: &str, password: &str) -> String {
-        let r = self.legacy(&json!({"method": 458753, "data": {"user_name": user, "password": password}}));
+        let r = self
+            .legacy(&json!({"method": 458753, "data": {"user_name": user, "password": password}}));
         assert_eq!(r["status_code"], 1, "login failed: {r}");
         r["session_id"].as_str().unwrap().to_string()
     }
@@ -183,7 +258,10 @@ impl Collector {
         };
         let status = resp.status();
         let body = resp.into_string().unwrap();
-        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
     }
 }
 
@@ -235,7 +313,13 @@ pub struct Agent {
 
 impl Agent {
     /// Starts an agent reporting to `collector` as `instance_id` every `interval_secs`.
-    pub fn start(collector: &Collector, token: &str, instance_id: &str, interval_secs: u32, extra: &[&str]) -> Agent {
+    pub fn start(
+        collector: &Collector,
+        token: &str,
+        instance_id: &str,
+        interval_secs: u32,
+        extra: &[&str],
+    ) -> Agent {
         let state = tempfile::tempdir().unwrap();
         let mut args: Vec<String> = vec![
             "--collector".into(),
@@ -250,7 +334,11 @@ impl Agent {
             state.path().display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut agent = Agent { state, child: None, args };
+        let mut agent = Agent {
+            state,
+            child: None,
+            args,
+        };
         agent.spawn();
         agent
     }
@@ -258,7 +346,10 @@ impl Agent {
     fn spawn(&mut self) {
         let child = Command::new(bin_path("vmmon-agent"))
             .args(&self.args)
-            .env("VMMON_LOG", std::env::var("VMMON_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "VMMON_LOG",
+                std::env::var("VMMON_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -287,7 +378,9 @@ impl Agent {
 
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

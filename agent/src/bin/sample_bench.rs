@@ -169,7 +169,9 @@ fn main() -> Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut path = Vec::with_capacity(64);
     // Prime: the sampler's baseline and table, and warm caches for both.
-    sampler.sample(SystemTime::now(), true).context("priming sample")?;
+    sampler
+        .sample(SystemTime::now(), true)
+        .context("priming sample")?;
     floor_pass(&mut buf, &mut path);
 
     let (mut agent, mut floor) = (Cost::default(), Cost::default());
@@ -191,11 +193,17 @@ fn main() -> Result<()> {
         floor.print("floor", procs_present, "");
     }
     if run_agent {
-        let extra = format!(" records={records} tracked={}", sampler.process_count_tracked());
+        let extra = format!(
+            " records={records} tracked={}",
+            sampler.process_count_tracked()
+        );
         agent.print("agent", procs_present, &extra);
     }
     if run_agent && run_floor {
-        println!("ratio_agent_over_floor={:.3}", agent.total_ms() / floor.total_ms().max(f64::MIN_POSITIVE));
+        println!(
+            "ratio_agent_over_floor={:.3}",
+            agent.total_ms() / floor.total_ms().max(f64::MIN_POSITIVE)
+        );
     }
     if let Some(kib) = peak_rss_kib() {
         println!("peak_rss_kib={kib}");

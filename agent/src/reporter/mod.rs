@@ -99,8 +99,13 @@ pub async fn run(
 
 async fn connect(cfg: &ReporterConfig) -> Result<WsClient, SessionEnd> {
     let mut headers = HeaderMap::new();
-    let value = HeaderValue::from_str(&format!("Bearer {}", cfg.token))
-        .map_err(|_| ended(RetryAction::AuthRefused, "agent token contains characters not allowed in a header", false))?;
+    let value = HeaderValue::from_str(&format!("Bearer {}", cfg.token)).map_err(|_| {
+        ended(
+            RetryAction::AuthRefused,
+            "agent token contains characters not allowed in a header",
+            false,
+        )
+    })?;
     headers.insert("authorization", value);
     WsClientBuilder::default()
         .set_headers(headers)
@@ -112,7 +117,12 @@ async fn connect(cfg: &ReporterConfig) -> Result<WsClient, SessionEnd> {
         .map_err(|e| from_client(&e, false))
 }
 
-async fn session(cfg: &ReporterConfig, shared: &Shared, inventory: Inventory, backoff: &mut Backoff) -> SessionEnd {
+async fn session(
+    cfg: &ReporterConfig,
+    shared: &Shared,
+    inventory: Inventory,
+    backoff: &mut Backoff,
+) -> SessionEnd {
     let client = match connect(cfg).await {
         Ok(c) => c,
         Err(e) => return e,
@@ -138,7 +148,8 @@ async fn session(cfg: &ReporterConfig, shared: &Shared, inventory: Inventory, ba
         monitoring = desired.monitoring, interval_secs = desired.interval_secs, "Connected to the collector.");
 
     let mut desired_rx = shared.desired.subscribe();
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(desired.interval_secs)));
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_secs(u64::from(desired.interval_secs)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Start by draining whatever the spool holds from before.
     shared.new_batch.notify_one();
@@ -192,7 +203,11 @@ async fn session(cfg: &ReporterConfig, shared: &Shared, inventory: Inventory, ba
 }
 
 /// Sends up to [`BATCHES_PER_TURN`] batches oldest first; re-arms itself when more remain.
-async fn drain(_cfg: &ReporterConfig, shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
+async fn drain(
+    _cfg: &ReporterConfig,
+    shared: &Shared,
+    client: &WsClient,
+) -> Result<(), SessionEnd> {
     for _ in 0..BATCHES_PER_TURN {
         let batch = match shared.with_spool(|s| s.oldest()) {
             Ok(Some(b)) => b,
@@ -229,7 +244,10 @@ async fn drain(_cfg: &ReporterConfig, shared: &Shared, client: &WsClient) -> Res
 }
 
 /// The desired state a fresh agent applies before the collector says otherwise.
-pub fn initial_desired(persisted: Option<DesiredState>, configured_interval_secs: u32) -> DesiredState {
+pub fn initial_desired(
+    persisted: Option<DesiredState>,
+    configured_interval_secs: u32,
+) -> DesiredState {
     persisted.unwrap_or(DesiredState {
         monitoring: false,
         interval_secs: configured_interval_secs,

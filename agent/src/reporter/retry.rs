@@ -43,7 +43,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff starting at `base` and never exceeding `cap`.
     pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { base, cap, attempt: 0 }
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The ceiling of the next wait (before jitter).

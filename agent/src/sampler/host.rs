@@ -53,8 +53,12 @@ pub fn summed_deltas(prev: &[DevCounters], cur: &[DevCounters]) -> (u64, u64) {
             _ => prev.iter().find(|p| p.name == c.name),
         };
         if let Some(p) = p {
-            sum.0 = sum.0.saturating_add(rates::counter_delta(p.a, c.a).unwrap_or(0));
-            sum.1 = sum.1.saturating_add(rates::counter_delta(p.b, c.b).unwrap_or(0));
+            sum.0 = sum
+                .0
+                .saturating_add(rates::counter_delta(p.a, c.a).unwrap_or(0));
+            sum.1 = sum
+                .1
+                .saturating_add(rates::counter_delta(p.b, c.b).unwrap_or(0));
         }
     }
     sum
@@ -137,7 +141,12 @@ impl HostPaths {
 
 /// Reads `/proc/diskstats` into `out` (physical disks only). A missing file (some containers)
 /// leaves `out` empty: disk rates are then 0 rather than the sample failing.
-pub fn read_disks(buf: &mut ReadBuf, path: &Path, filter: &mut DiskFilter, out: &mut Vec<DevCounters>) {
+pub fn read_disks(
+    buf: &mut ReadBuf,
+    path: &Path,
+    filter: &mut DiskFilter,
+    out: &mut Vec<DevCounters>,
+) {
     let Ok(data) = buf.read_all(path) else {
         out.clear();
         return;
@@ -241,7 +250,10 @@ fn is_global(ip: IpAddr) -> bool {
             let o = v4.octets();
             let cgnat = o[0] == 100 && (o[1] & 0xc0) == 64;
             let benchmarking = o[0] == 198 && (o[1] & 0xfe) == 18;
-            let documentation = matches!((o[0], o[1], o[2]), (192, 0, 2) | (198, 51, 100) | (203, 0, 113));
+            let documentation = matches!(
+                (o[0], o[1], o[2]),
+                (192, 0, 2) | (198, 51, 100) | (203, 0, 113)
+            );
             let ietf = o[0] == 192 && o[1] == 0 && o[2] == 0;
             !(v4.is_private()
                 || v4.is_loopback()
@@ -283,7 +295,11 @@ pub fn interface_addresses() -> Vec<(String, bool, IpAddr)> {
 pub fn os_name() -> String {
     ["/etc/os-release", "/usr/lib/os-release"]
         .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok().and_then(|t| procfs::os_pretty_name(&t)))
+        .find_map(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| procfs::os_pretty_name(&t))
+        })
         .unwrap_or_else(|| "Linux".to_owned())
 }
 

@@ -111,11 +111,20 @@ pub struct Sampler {
 impl Sampler {
     /// A sampler over `root`; fails when `/proc/stat` cannot be read and parsed there.
     pub fn new(root: ProcRoots) -> Result<Sampler, SamplerError> {
-        let clk_tck = sysconf(libc::_SC_CLK_TCK).ok_or(SamplerError::Sysconf { name: "_SC_CLK_TCK" })?;
-        let page_size = sysconf(libc::_SC_PAGESIZE).ok_or(SamplerError::Sysconf { name: "_SC_PAGESIZE" })?;
+        let clk_tck = sysconf(libc::_SC_CLK_TCK).ok_or(SamplerError::Sysconf {
+            name: "_SC_CLK_TCK",
+        })?;
+        let page_size = sysconf(libc::_SC_PAGESIZE).ok_or(SamplerError::Sysconf {
+            name: "_SC_PAGESIZE",
+        })?;
         let paths = HostPaths::new(&root.proc);
         let mut buf = ReadBuf::default();
-        read_required(&mut buf, &paths.stat, procfs::parse_stat, "no aggregate cpu line")?;
+        read_required(
+            &mut buf,
+            &paths.stat,
+            procfs::parse_stat,
+            "no aggregate cpu line",
+        )?;
         Ok(Sampler {
             pid_path: PidPath::new(&root.proc),
             disk_filter: DiskFilter::new(&root.sys),
@@ -132,7 +141,11 @@ impl Sampler {
     }
 
     /// One tick: VM figures always, process records only when `with_processes`.
-    pub fn sample(&mut self, now: SystemTime, with_processes: bool) -> Result<Sample, SamplerError> {
+    pub fn sample(
+        &mut self,
+        now: SystemTime,
+        with_processes: bool,
+    ) -> Result<Sample, SamplerError> {
         // Everything that can fail comes first, so a failed tick changes no state.
         let mut cur = std::mem::take(&mut self.scratch);
         let read = self.read_host(&mut cur).and_then(|()| {
@@ -175,8 +188,8 @@ impl Sampler {
             mem_total_bytes: cur.mem.total_bytes,
         };
 
-        let mut records: Option<Vec<ProcessSample>> =
-            with_processes.then(|| Vec::with_capacity(self.last_records + self.last_records / 8 + 16));
+        let mut records: Option<Vec<ProcessSample>> = with_processes
+            .then(|| Vec::with_capacity(self.last_records + self.last_records / 8 + 16));
         if let Some(table) = self.procs.as_mut() {
             table.begin_tick();
         }
@@ -213,7 +226,10 @@ impl Sampler {
         let hostname = fs::read_to_string(self.roots.proc.join("sys/kernel/hostname"))
             .map(|h| h.trim().to_owned())
             .unwrap_or_default();
-        let stat = buf.read_all(&self.paths.stat).ok().and_then(procfs::parse_stat);
+        let stat = buf
+            .read_all(&self.paths.stat)
+            .ok()
+            .and_then(procfs::parse_stat);
         let cpu_count = buf
             .read_all(&self.roots.sys.join("devices/system/cpu/online"))
             .ok()
@@ -227,7 +243,8 @@ impl Sampler {
             .map_or(0, |m| m.total_bytes);
         let disk_total_bytes = host::disk_total_bytes(&mut buf, &self.roots.sys);
         let addrs = host::interface_addresses();
-        let (lan_ips, wan_ips) = host::classify_addresses(addrs.iter().map(|(n, lo, ip)| (n.as_str(), *lo, *ip)));
+        let (lan_ips, wan_ips) =
+            host::classify_addresses(addrs.iter().map(|(n, lo, ip)| (n.as_str(), *lo, *ip)));
         Inventory {
             hostname,
             cpu_count,
@@ -258,15 +275,41 @@ impl Sampler {
     }
 
     fn read_host(&mut self, cur: &mut HostReading) -> Result<(), SamplerError> {
-        cur.uptime = read_required(&mut self.buf, &self.paths.uptime, procfs::parse_uptime, "no uptime")?;
-        cur.stat = read_required(&mut self.buf, &self.paths.stat, procfs::parse_stat, "no aggregate cpu line")?;
-        cur.mem = read_required(&mut self.buf, &self.paths.meminfo, procfs::parse_meminfo, "no MemTotal")?;
-        host::read_disks(&mut self.buf, &self.paths.diskstats, &mut self.disk_filter, &mut cur.disks);
+        cur.uptime = read_required(
+            &mut self.buf,
+            &self.paths.uptime,
+            procfs::parse_uptime,
+            "no uptime",
+        )?;
+        cur.stat = read_required(
+            &mut self.buf,
+            &self.paths.stat,
+            procfs::parse_stat,
+            "no aggregate cpu line",
+        )?;
+        cur.mem = read_required(
+            &mut self.buf,
+            &self.paths.meminfo,
+            procfs::parse_meminfo,
+            "no MemTotal",
+        )?;
+        host::read_disks(
+            &mut self.buf,
+            &self.paths.diskstats,
+            &mut self.disk_filter,
+            &mut cur.disks,
+        );
         host::read_nets(&mut self.buf, &self.paths.net_dev, &mut cur.nets);
         Ok(())
     }
 
-    fn vm_figures(&self, cur: &HostReading, elapsed: Option<Duration>, now: SystemTime, proc_count: u32) -> VmSample {
+    fn vm_figures(
+        &self,
+        cur: &HostReading,
+        elapsed: Option<Duration>,
+        now: SystemTime,
+        proc_count: u32,
+    ) -> VmSample {
         let (mut cpu_pct, mut disk, mut net) = (0.0, (0.0, 0.0), (0.0, 0.0));
         if let Some(prev) = &self.prev {
             cpu_pct = rates::vm_cpu_pct(prev.stat.cpu, cur.stat.cpu).unwrap_or(0.0);

@@ -110,14 +110,20 @@ impl ProcessTable {
             let Some(st) = procfs::parse_pid_stat(data) else {
                 return;
             };
-            let known = self.entries.get(&pid).filter(|t| t.start_ticks == st.start_ticks);
+            let known = self
+                .entries
+                .get(&pid)
+                .filter(|t| t.start_ticks == st.start_ticks);
             let new_comm = match known {
                 Some(t) if *t.comm == *st.comm => None,
                 _ => Some(Box::<[u8]>::from(st.comm)),
             };
             (st.cpu_ticks, st.start_ticks, st.rss_pages, new_comm)
         };
-        let known = self.entries.get(&pid).filter(|t| t.start_ticks == start_ticks);
+        let known = self
+            .entries
+            .get(&pid)
+            .filter(|t| t.start_ticks == start_ticks);
 
         let io = if known.is_some_and(|t| t.io_denied) {
             None
@@ -128,7 +134,9 @@ impl ProcessTable {
                 Err(_) => None,
             }
         };
-        let new_cmd = new_comm.as_deref().map(|comm| resolve_cmd(pid, comm, buf, path));
+        let new_cmd = new_comm
+            .as_deref()
+            .map(|comm| resolve_cmd(pid, comm, buf, path));
 
         let mem_pct = rates::pct(rss_pages.saturating_mul(ctx.page_size), ctx.mem_total_bytes);
         let generation = self.generation;
@@ -184,7 +192,10 @@ impl ProcessTable {
                     (0.0, 0.0, 0.0)
                 };
                 let comm = new_comm.unwrap_or_default();
-                (&*slot.insert(fresh(comm, new_cmd.unwrap_or_default())), rates)
+                (
+                    &*slot.insert(fresh(comm, new_cmd.unwrap_or_default())),
+                    rates,
+                )
             }
         };
         out.push(ProcessSample {
@@ -235,13 +246,21 @@ impl Default for Tracked {
 
 /// Rates of a process first seen this tick, over its whole life: it started after the
 /// previous tick (or we would have seen it), so counters / age is exact for it.
-fn since_start(ctx: &TickCtx, start_ticks: u64, cpu_ticks: u64, io: Option<IoCounters>) -> (f64, f64, f64) {
+fn since_start(
+    ctx: &TickCtx,
+    start_ticks: u64,
+    cpu_ticks: u64,
+    io: Option<IoCounters>,
+) -> (f64, f64, f64) {
     let Some(age) = ctx.uptime.checked_sub(ctx.ticks(start_ticks)) else {
         return (0.0, 0.0, 0.0);
     };
     let cpu = rates::process_cpu_pct(cpu_ticks, age, ctx.clk_tck, ctx.ncpu).unwrap_or(0.0);
     let (r, w) = io.map_or((0.0, 0.0), |io| {
-        (rates::kib_per_sec(0, io.read_bytes, age), rates::kib_per_sec(0, io.write_bytes, age))
+        (
+            rates::kib_per_sec(0, io.read_bytes, age),
+            rates::kib_per_sec(0, io.write_bytes, age),
+        )
     });
     (cpu, r, w)
 }

@@ -179,7 +179,11 @@ pub fn parse_pid_stat(data: &[u8]) -> Option<PidStat<'_>> {
             19 => start_ticks = parse_u64(f),
             21 => {
                 // Printed as a signed long; never negative in practice, but do not fail on it.
-                rss_pages = if f.first() == Some(&b'-') { Some(0) } else { parse_u64(f) };
+                rss_pages = if f.first() == Some(&b'-') {
+                    Some(0)
+                } else {
+                    parse_u64(f)
+                };
                 break;
             }
             _ => {}
@@ -315,7 +319,9 @@ pub fn parse_meminfo(data: &[u8]) -> Option<MemInfo> {
         }
     }
     let total = total?;
-    let available = available.unwrap_or_else(|| free + buffers + cached).min(total);
+    let available = available
+        .unwrap_or_else(|| free + buffers + cached)
+        .min(total);
     Some(MemInfo {
         total_bytes: total.saturating_mul(1024),
         available_bytes: available.saturating_mul(1024),
@@ -394,7 +400,10 @@ pub fn parse_cpu_list(data: &[u8]) -> Option<u32> {
 /// `PRETTY_NAME` of an os-release file, unquoted.
 #[must_use]
 pub fn os_pretty_name(text: &str) -> Option<String> {
-    let value = text.lines().find_map(|l| l.trim().strip_prefix("PRETTY_NAME="))?.trim();
+    let value = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("PRETTY_NAME="))?
+        .trim();
     let unquoted = ['"', '\'']
         .iter()
         .find_map(|&q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))

@@ -106,7 +106,8 @@ impl Fake {
     }
 
     fn set_mem(&self, total_kib: u64, available_kib: u64) {
-        let text = format!("MemTotal: {total_kib} kB\nMemFree: 1 kB\nMemAvailable: {available_kib} kB\n");
+        let text =
+            format!("MemTotal: {total_kib} kB\nMemFree: 1 kB\nMemAvailable: {available_kib} kB\n");
         self.write("proc/meminfo", text.as_bytes());
     }
 
@@ -123,7 +124,9 @@ impl Fake {
     fn set_disks(&self, disks: &[(&str, u64, u64)]) {
         let mut text = String::new();
         for (i, (name, r, w)) in disks.iter().enumerate() {
-            text.push_str(&format!("   8 {i} {name} 10 0 {r} 5 20 0 {w} 7 0 9 12 0 0 0 0 0 0\n"));
+            text.push_str(&format!(
+                "   8 {i} {name} 10 0 {r} 5 20 0 {w} 7 0 9 12 0 0 0 0 0 0\n"
+            ));
         }
         self.write("proc/diskstats", text.as_bytes());
     }
@@ -135,7 +138,9 @@ impl Fake {
              face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n",
         );
         for (name, rx, tx) in ifaces {
-            text.push_str(&format!("{name:>6}: {rx} 1 0 0 0 0 0 0 {tx} 1 0 0 0 0 0 0\n"));
+            text.push_str(&format!(
+                "{name:>6}: {rx} 1 0 0 0 0 0 0 {tx} 1 0 0 0 0 0 0\n"
+            ));
         }
         self.write("proc/net/dev", text.as_bytes());
     }
@@ -182,14 +187,21 @@ fn procs(s: &Sample) -> &[ProcessSample] {
 }
 
 fn live(s: &Sample, pid: u32) -> &ProcessSample {
-    let mut found = procs(s).iter().filter(|p| p.pid == pid && p.shutdown_time.is_none());
-    let p = found.next().unwrap_or_else(|| panic!("pid {pid} live in {:#?}", s.processes));
+    let mut found = procs(s)
+        .iter()
+        .filter(|p| p.pid == pid && p.shutdown_time.is_none());
+    let p = found
+        .next()
+        .unwrap_or_else(|| panic!("pid {pid} live in {:#?}", s.processes));
     assert!(found.next().is_none(), "pid {pid} reported twice");
     p
 }
 
 fn exits(s: &Sample) -> Vec<&ProcessSample> {
-    procs(s).iter().filter(|p| p.shutdown_time.is_some()).collect()
+    procs(s)
+        .iter()
+        .filter(|p| p.shutdown_time.is_some())
+        .collect()
 }
 
 #[test]
@@ -206,33 +218,63 @@ fn first_sample_has_no_rates() {
     let mut s = sampler(&fake);
     let sample = s.sample(at(1000), true).expect("sample");
     let vm = &sample.vm;
-    assert_eq!(vm.sampled_at_ms, i64::try_from((BTIME + 1000) * 1000).expect("fits"));
+    assert_eq!(
+        vm.sampled_at_ms,
+        i64::try_from((BTIME + 1000) * 1000).expect("fits")
+    );
     assert_eq!(vm.elapsed_ms, 0);
     assert_eq!(
-        (vm.cpu_pct, vm.disk_read_kib_per_sec, vm.disk_write_kib_per_sec, vm.net_in_kib_per_sec, vm.net_out_kib_per_sec),
+        (
+            vm.cpu_pct,
+            vm.disk_read_kib_per_sec,
+            vm.disk_write_kib_per_sec,
+            vm.net_in_kib_per_sec,
+            vm.net_out_kib_per_sec
+        ),
         (0.0, 0.0, 0.0, 0.0, 0.0)
     );
     assert!(close(vm.mem_pct, 75.0), "{}", vm.mem_pct);
-    assert_eq!((vm.rx_bytes_total, vm.tx_bytes_total), (100, 200), "lo excluded");
+    assert_eq!(
+        (vm.rx_bytes_total, vm.tx_bytes_total),
+        (100, 200),
+        "lo excluded"
+    );
     assert_eq!(vm.proc_count, 2);
 
     assert_eq!(procs(&sample).len(), 2);
     let nginx = live(&sample, 100);
     assert_eq!(nginx.cmd, "nginx");
     assert_eq!(
-        (nginx.cpu_pct, nginx.disk_read_kib_per_sec, nginx.disk_write_kib_per_sec, nginx.net_in_kib_per_sec),
+        (
+            nginx.cpu_pct,
+            nginx.disk_read_kib_per_sec,
+            nginx.disk_write_kib_per_sec,
+            nginx.net_in_kib_per_sec
+        ),
         (0.0, 0.0, 0.0, 0.0)
     );
     let want_mem = 10.0 * s.page_size as f64 / (4.0 * 1024.0 * 1024.0 * 1024.0) * 100.0;
-    assert!(close(nginx.mem_pct, want_mem), "{} != {want_mem}", nginx.mem_pct);
-    assert!(close(nginx.start_time, BTIME as f64 + 100.0 / s.clk_tck as f64));
+    assert!(
+        close(nginx.mem_pct, want_mem),
+        "{} != {want_mem}",
+        nginx.mem_pct
+    );
+    assert!(close(
+        nginx.start_time,
+        BTIME as f64 + 100.0 / s.clk_tck as f64
+    ));
     assert_eq!(s.process_count_tracked(), 2);
 }
 
 #[test]
 fn vm_rates_physical_disks_only_and_lo_excluded() {
     let fake = Fake::new();
-    for (name, physical) in [("sda", true), ("loop0", false), ("dm-0", false), ("zram0", false)] {
+    for (name, physical) in [
+        ("sda", true),
+        ("loop0", false),
+        ("dm-0", false),
+        ("zram0", false),
+    ] {
         fake.add_block(name, physical, 1000);
     }
     // vda1 is a partition: not in /sys/block at all.
@@ -246,7 +288,13 @@ fn vm_rates_physical_disks_only_and_lo_excluded() {
             ("zram0", 7 * k, 7 * k),
         ]
     };
-    let nets = |k: u64| [("lo", 1_000_000 * k, 1_000_000 * k), ("eth0", 10_240 * k, 2048 * k), ("eth1", 1024 * k, 0)];
+    let nets = |k: u64| {
+        [
+            ("lo", 1_000_000 * k, 1_000_000 * k),
+            ("eth0", 10_240 * k, 2048 * k),
+            ("eth1", 1024 * k, 0),
+        ]
+    };
     fake.set_cpu(1000, 3000);
     fake.set_disks(&disks(1));
     fake.set_net(&nets(1));
@@ -262,12 +310,40 @@ fn vm_rates_physical_disks_only_and_lo_excluded() {
     assert_eq!(vm.elapsed_ms, 10_000);
     assert!(close(vm.cpu_pct, 25.0), "{}", vm.cpu_pct);
     // vda + sda: read (100 + 20) × 2 sectors × 512 B over 10 s; write 200 × 2 × 512 B.
-    assert!(close(vm.disk_read_kib_per_sec, 120.0 * 2.0 * 512.0 / 1024.0 / 10.0), "{}", vm.disk_read_kib_per_sec);
-    assert!(close(vm.disk_write_kib_per_sec, 200.0 * 2.0 * 512.0 / 1024.0 / 10.0), "{}", vm.disk_write_kib_per_sec);
+    assert!(
+        close(
+            vm.disk_read_kib_per_sec,
+            120.0 * 2.0 * 512.0 / 1024.0 / 10.0
+        ),
+        "{}",
+        vm.disk_read_kib_per_sec
+    );
+    assert!(
+        close(
+            vm.disk_write_kib_per_sec,
+            200.0 * 2.0 * 512.0 / 1024.0 / 10.0
+        ),
+        "{}",
+        vm.disk_write_kib_per_sec
+    );
     // eth0 + eth1, lo excluded.
-    assert!(close(vm.net_in_kib_per_sec, (10_240.0 + 1024.0) * 2.0 / 1024.0 / 10.0), "{}", vm.net_in_kib_per_sec);
-    assert!(close(vm.net_out_kib_per_sec, 2048.0 * 2.0 / 1024.0 / 10.0), "{}", vm.net_out_kib_per_sec);
-    assert_eq!((vm.rx_bytes_total, vm.tx_bytes_total), ((10_240 + 1024) * 3, 2048 * 3));
+    assert!(
+        close(
+            vm.net_in_kib_per_sec,
+            (10_240.0 + 1024.0) * 2.0 / 1024.0 / 10.0
+        ),
+        "{}",
+        vm.net_in_kib_per_sec
+    );
+    assert!(
+        close(vm.net_out_kib_per_sec, 2048.0 * 2.0 / 1024.0 / 10.0),
+        "{}",
+        vm.net_out_kib_per_sec
+    );
+    assert_eq!(
+        (vm.rx_bytes_total, vm.tx_bytes_total),
+        ((10_240 + 1024) * 3, 2048 * 3)
+    );
     assert!(sample.processes.is_none());
     assert_eq!(s.process_count_tracked(), 0);
 }
@@ -294,11 +370,20 @@ fn counters_going_backwards_give_zero_then_resume() {
     let sample = s.sample(at(1010), true).expect("second");
     let vm = &sample.vm;
     assert_eq!(
-        (vm.cpu_pct, vm.disk_read_kib_per_sec, vm.disk_write_kib_per_sec, vm.net_in_kib_per_sec, vm.net_out_kib_per_sec),
+        (
+            vm.cpu_pct,
+            vm.disk_read_kib_per_sec,
+            vm.disk_write_kib_per_sec,
+            vm.net_in_kib_per_sec,
+            vm.net_out_kib_per_sec
+        ),
         (0.0, 0.0, 0.0, 0.0, 0.0)
     );
     let w = live(&sample, 100);
-    assert_eq!((w.cpu_pct, w.disk_read_kib_per_sec, w.disk_write_kib_per_sec), (0.0, 0.0, 0.0));
+    assert_eq!(
+        (w.cpu_pct, w.disk_read_kib_per_sec, w.disk_write_kib_per_sec),
+        (0.0, 0.0, 0.0)
+    );
 
     // The next tick measures from the new baseline.
     fake.set_uptime(1020.0);
@@ -310,7 +395,10 @@ fn counters_going_backwards_give_zero_then_resume() {
     let sample = s.sample(at(1020), true).expect("third");
     let vm = &sample.vm;
     assert!(close(vm.cpu_pct, 50.0), "{}", vm.cpu_pct);
-    assert!(close(vm.disk_read_kib_per_sec, 20.0 * 512.0 / 1024.0 / 10.0));
+    assert!(close(
+        vm.disk_read_kib_per_sec,
+        20.0 * 512.0 / 1024.0 / 10.0
+    ));
     assert!(close(vm.net_in_kib_per_sec, 1.0));
     let w = live(&sample, 100);
     // One CPU busy for 10 s on a 2-CPU VM.
@@ -364,7 +452,11 @@ fn new_process_rates_are_since_its_start() {
     let sample = s.sample(at(1010), true).expect("second");
     let p = live(&sample, 300);
     assert!(close(p.cpu_pct, 10.0), "{}", p.cpu_pct);
-    assert!(close(p.disk_read_kib_per_sec, 10.0), "{}", p.disk_read_kib_per_sec);
+    assert!(
+        close(p.disk_read_kib_per_sec, 10.0),
+        "{}",
+        p.disk_read_kib_per_sec
+    );
     assert!(close(p.start_time, (BTIME + 1005) as f64));
 }
 
@@ -377,7 +469,13 @@ fn reused_pid_with_new_start_time_is_a_new_process() {
     fake.set_proc(&first);
     let mut s = sampler(&fake);
     s.sample(at(1000), true).expect("first");
-    assert_eq!(s.tracked_processes(), [ProcessKey { pid: 100, start_ticks: 10 * hz }]);
+    assert_eq!(
+        s.tracked_processes(),
+        [ProcessKey {
+            pid: 100,
+            start_ticks: 10 * hz
+        }]
+    );
 
     // pid 100 now belongs to a process that started at 1008 s and used 1 CPU-s in 2 s. A
     // same-pid delta would be hugely negative; it must not be taken.
@@ -396,7 +494,13 @@ fn reused_pid_with_new_start_time_is_a_new_process() {
     assert_eq!(now.cmd, "second");
     assert!(close(now.start_time, (BTIME + 1008) as f64));
     assert!(close(now.cpu_pct, 25.0), "{}", now.cpu_pct);
-    assert_eq!(s.tracked_processes(), [ProcessKey { pid: 100, start_ticks: 1008 * hz }]);
+    assert_eq!(
+        s.tracked_processes(),
+        [ProcessKey {
+            pid: 100,
+            start_ticks: 1008 * hz
+        }]
+    );
 }
 
 #[test]
@@ -416,9 +520,20 @@ fn exit_gives_exactly_one_final_record() {
     let gone = exits(&sample);
     assert_eq!(gone.len(), 1);
     let g = gone[0];
-    assert_eq!((g.pid, g.cmd.as_str(), g.shutdown_time), (101, "leaves", Some((BTIME + 1010) as f64)));
+    assert_eq!(
+        (g.pid, g.cmd.as_str(), g.shutdown_time),
+        (101, "leaves", Some((BTIME + 1010) as f64))
+    );
     assert!(close(g.start_time, BTIME as f64 + 7.0 / s.clk_tck as f64));
-    assert_eq!((g.cpu_pct, g.mem_pct, g.disk_read_kib_per_sec, g.disk_write_kib_per_sec), (0.0, 0.0, 0.0, 0.0));
+    assert_eq!(
+        (
+            g.cpu_pct,
+            g.mem_pct,
+            g.disk_read_kib_per_sec,
+            g.disk_write_kib_per_sec
+        ),
+        (0.0, 0.0, 0.0, 0.0)
+    );
     live(&sample, 100);
     assert_eq!(sample.vm.proc_count, 1);
     assert_eq!(s.process_count_tracked(), 1);
@@ -530,7 +645,10 @@ fn unreadable_io_and_vanishing_pids_do_not_fail_the_sample() {
     assert_eq!(sample.vm.proc_count, 3);
     assert_eq!(procs(&sample).len(), 1, "{:#?}", sample.processes);
     let p = live(&sample, 100);
-    assert_eq!((p.disk_read_kib_per_sec, p.disk_write_kib_per_sec), (0.0, 0.0));
+    assert_eq!(
+        (p.disk_read_kib_per_sec, p.disk_write_kib_per_sec),
+        (0.0, 0.0)
+    );
     assert!(close(p.cpu_pct, 50.0));
     assert!(p.mem_pct > 0.0);
 }
@@ -542,15 +660,30 @@ fn missing_files_are_typed_errors() {
         proc: dir.path().join("proc"),
         sys: dir.path().join("sys"),
     };
-    assert!(matches!(Sampler::new(roots), Err(SamplerError::Read { .. })));
+    assert!(matches!(
+        Sampler::new(roots),
+        Err(SamplerError::Read { .. })
+    ));
 
     let fake = Fake::new();
     let mut s = sampler(&fake);
     fake.write("proc/meminfo", b"nothing useful\n");
     let err = s.sample(at(1000), false).expect_err("no MemTotal");
-    assert!(matches!(err, SamplerError::Parse { what: "no MemTotal", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            SamplerError::Parse {
+                what: "no MemTotal",
+                ..
+            }
+        ),
+        "{err}"
+    );
     fs::remove_file(fake.proc().join("uptime")).expect("rm");
-    assert!(matches!(s.sample(at(1000), false), Err(SamplerError::Read { .. })));
+    assert!(matches!(
+        s.sample(at(1000), false),
+        Err(SamplerError::Read { .. })
+    ));
 }
 
 #[test]
@@ -585,8 +718,15 @@ fn real_proc_finds_this_process() {
     if comm.len() < 15 {
         assert_eq!(p.cmd, comm);
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after epoch").as_secs_f64();
-    assert!(p.start_time > 1e9 && p.start_time <= now + 2.0, "{}", p.start_time);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after epoch")
+        .as_secs_f64();
+    assert!(
+        p.start_time > 1e9 && p.start_time <= now + 2.0,
+        "{}",
+        p.start_time
+    );
     assert!(p.mem_pct > 0.0 && p.mem_pct < 100.0);
     let vm = &sample.vm;
     assert!(vm.proc_count >= 1);

@@ -216,7 +216,9 @@ impl Spool {
             match read_batch(&path) {
                 Ok((mut batch, _)) => {
                     // Send the freshest drop count, not the one frozen at write time.
-                    batch.dropped_samples_total = batch.dropped_samples_total.max(self.state.dropped_samples_total);
+                    batch.dropped_samples_total = batch
+                        .dropped_samples_total
+                        .max(self.state.dropped_samples_total);
                     return Ok(Some(batch));
                 }
                 Err(e) => {
@@ -310,7 +312,9 @@ impl Spool {
         let mut dropped_batches = 0u64;
         let mut dropped_samples = 0u64;
         while self.total_bytes > self.max_bytes && self.index.len() > keep_newest {
-            let Some(entry) = self.index.front().copied() else { break };
+            let Some(entry) = self.index.front().copied() else {
+                break;
+            };
             let path = self.batch_path(entry.seq);
             match fs::remove_file(&path) {
                 Ok(()) => {}

@@ -58,14 +58,28 @@ fn restart_recovery_keeps_batches_ids_and_sequence() {
         spool.push("i", vec![sample(1)]).unwrap();
         spool.push("i", vec![sample(2)]).unwrap();
         id = spool.oldest().unwrap().unwrap().batch_id;
-        spool.set_desired(DesiredState { monitoring: true, interval_secs: 7 }).unwrap();
+        spool
+            .set_desired(DesiredState {
+                monitoring: true,
+                interval_secs: 7,
+            })
+            .unwrap();
     }
     let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(report.batches, 2);
     assert_eq!(report.moved_aside, 0);
     let first = spool.oldest().unwrap().unwrap();
-    assert_eq!(first.batch_id, id, "a resent batch keeps its id so the collector can dedup it");
-    assert_eq!(spool.desired(), Some(DesiredState { monitoring: true, interval_secs: 7 }));
+    assert_eq!(
+        first.batch_id, id,
+        "a resent batch keeps its id so the collector can dedup it"
+    );
+    assert_eq!(
+        spool.desired(),
+        Some(DesiredState {
+            monitoring: true,
+            interval_secs: 7
+        })
+    );
     assert_eq!(spool.push("i", vec![sample(3)]).unwrap(), 2);
 }
 
@@ -89,12 +103,22 @@ fn size_limit_drops_oldest_and_counts_samples() {
     assert_eq!(spool.len(), 3);
     assert_eq!(spool.dropped_samples_total(), 7);
     let first = spool.oldest().unwrap().unwrap();
-    assert_eq!(first.samples[0].vm.sampled_at_ms, 8, "the oldest are dropped, the newest kept");
-    assert_eq!(first.dropped_samples_total, 7, "the drop count travels with the batches");
+    assert_eq!(
+        first.samples[0].vm.sampled_at_ms, 8,
+        "the oldest are dropped, the newest kept"
+    );
+    assert_eq!(
+        first.dropped_samples_total, 7,
+        "the drop count travels with the batches"
+    );
     assert_eq!(batch_files(dir.path()).len(), 3);
     drop(spool);
     let (spool, _) = Spool::open(dir.path(), one * 3 + 20).unwrap();
-    assert_eq!(spool.dropped_samples_total(), 7, "the count survives restarts");
+    assert_eq!(
+        spool.dropped_samples_total(),
+        7,
+        "the count survives restarts"
+    );
 }
 
 #[test]
@@ -110,14 +134,23 @@ fn truncated_and_garbage_files_are_moved_aside_and_counted() {
     let text = fs::read(&files[0]).unwrap();
     fs::write(&files[0], &text[..text.len() / 2]).unwrap();
     fs::write(&files[1], b"\x00\xffgarbage").unwrap();
-    fs::write(dir.path().join(SPOOL_DIR).join("00000000000000000009.tmp"), b"{\"half").unwrap();
+    fs::write(
+        dir.path().join(SPOOL_DIR).join("00000000000000000009.tmp"),
+        b"{\"half",
+    )
+    .unwrap();
     let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(report.moved_aside, 3);
     assert_eq!(report.batches, 1);
     assert_eq!(spool.corrupt_files_total(), 3);
     assert_eq!(spool.dropped_samples_total(), 3);
-    assert_eq!(spool.oldest().unwrap().unwrap().samples[0].vm.sampled_at_ms, 3);
-    let aside = fs::read_dir(dir.path().join(SPOOL_DIR).join(CORRUPT_DIR)).unwrap().count();
+    assert_eq!(
+        spool.oldest().unwrap().unwrap().samples[0].vm.sampled_at_ms,
+        3
+    );
+    let aside = fs::read_dir(dir.path().join(SPOOL_DIR).join(CORRUPT_DIR))
+        .unwrap()
+        .count();
     assert_eq!(aside, 3, "damaged files are kept for inspection");
     // Sequence numbers continue after the surviving batch.
     assert_eq!(spool.push("i", vec![sample(4)]).unwrap(), 3);
@@ -134,7 +167,11 @@ fn damaged_state_file_does_not_stop_the_agent() {
     let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(report.moved_aside, 1);
     assert_eq!(report.batches, 1);
-    assert_eq!(spool.push("i", vec![sample(2)]).unwrap(), 1, "next_seq is recovered from the files");
+    assert_eq!(
+        spool.push("i", vec![sample(2)]).unwrap(),
+        1,
+        "next_seq is recovered from the files"
+    );
 }
 
 #[test]

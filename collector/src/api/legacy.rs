@@ -58,10 +58,18 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response {
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return render(Value::Null, Reply::fail(format!("malformed JSON body: {e}"))),
+        Err(e) => {
+            return render(
+                Value::Null,
+                Reply::fail(format!("malformed JSON body: {e}")),
+            );
+        }
     };
     let Value::Object(obj) = parsed else {
-        return render(Value::Null, Reply::fail("request body must be a JSON object"));
+        return render(
+            Value::Null,
+            Reply::fail("request body must be a JSON object"),
+        );
     };
     let method_echo = obj.get("method").cloned().unwrap_or(Value::Null);
     let reply = match dispatch(app, &obj).await {
@@ -69,8 +77,15 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response {
     };
     // Echo the session the caller sent unless the reply carries a new one.
     let reply = if reply.session_id.is_empty() {
-        let sid = obj.get("session_id").and_then(Value::as_str).unwrap_or("").to_string();
-        Reply { session_id: sid, ..reply }
+        let sid = obj
+            .get("session_id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        Reply {
+            session_id: sid,
+            ..reply
+        }
     } else {
         reply
     };
@@ -97,7 +112,9 @@ fn render(method: Value, reply: Reply) -> Response {
 
 fn parse_method(obj: &Map<String, Value>) -> Result<i64, Reply> {
     match obj.get("method") {
-        None | Some(Value::Null) => Err(Reply::fail("missing \"method\": give a method code such as 458753")),
+        None | Some(Value::Null) => Err(Reply::fail(
+            "missing \"method\": give a method code such as 458753",
+        )),
         Some(Value::Number(n)) => n
             .as_i64()
             .ok_or_else(|| Reply::fail(format!("\"method\" must be an integer code, got {n}"))),
@@ -106,7 +123,9 @@ fn parse_method(obj: &Map<String, Value>) -> Result<i64, Reply> {
             .trim()
             .parse::<i64>()
             .map_err(|_| Reply::fail(format!("\"method\" must be an integer code, got {s:?}"))),
-        Some(other) => Err(Reply::fail(format!("\"method\" must be an integer code, got {other}"))),
+        Some(other) => Err(Reply::fail(format!(
+            "\"method\" must be an integer code, got {other}"
+        ))),
     }
 }
 
@@ -157,7 +176,11 @@ async fn dispatch(app: &App, obj: &Map<String, Value>) -> Outcome {
                 Some(Value::Number(n)) => n.as_u64().filter(|s| (1..=86_400).contains(s)),
                 _ => None,
             }
-            .ok_or_else(|| Reply::fail("data.interval_secs must be an integer number of seconds within 1..=86400"))?;
+            .ok_or_else(|| {
+                Reply::fail(
+                    "data.interval_secs must be an integer number of seconds within 1..=86400",
+                )
+            })?;
             command(app, &instances, Change::Interval(secs as u32)).await
         }
     }
@@ -169,8 +192,12 @@ fn store_failure(e: store::StoreError) -> Reply {
 }
 
 async fn login(app: &App, data: &Map<String, Value>) -> Outcome {
-    let (Some(Value::String(name)), Some(Value::String(password))) = (data.get("user_name"), data.get("password")) else {
-        return Err(Reply::fail("login needs data.user_name and data.password as strings"));
+    let (Some(Value::String(name)), Some(Value::String(password))) =
+        (data.get("user_name"), data.get("password"))
+    else {
+        return Err(Reply::fail(
+            "login needs data.user_name and data.password as strings",
+        ));
     };
     let lookup = name.clone();
     let user = app
@@ -189,7 +216,9 @@ async fn login(app: &App, data: &Map<String, Value>) -> Outcome {
         .unwrap_or(false);
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!(user = %name, "Login refused.");
-        return Err(Reply::fail("'authentication failed: wrong user name or password'"));
+        return Err(Reply::fail(
+            "'authentication failed: wrong user name or password'",
+        ));
     };
     let session_id = uuid::Uuid::new_v4().to_string();
     let sid = session_id.clone();
@@ -214,9 +243,17 @@ fn dummy_hash() -> &'static str {
 /// The session's user, or a failure naming what is wrong with the session.
 async fn session(app: &App, obj: &Map<String, Value>) -> Result<SessionUser, Reply> {
     let sid = match obj.get("session_id") {
-        None | Some(Value::Null) => return Err(Reply::fail("missing session_id: log in first (method 458753)")),
+        None | Some(Value::Null) => {
+            return Err(Reply::fail(
+                "missing session_id: log in first (method 458753)",
+            ));
+        }
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => return Err(Reply::fail("session_id must be the string returned by login (method 458753)")),
+        Some(_) => {
+            return Err(Reply::fail(
+                "session_id must be the string returned by login (method 458753)",
+            ));
+        }
     };
     let idle_ms = (app.config.session_idle_secs as i64).saturating_mul(1000);
     let now = store::now_ms();
@@ -237,11 +274,19 @@ async fn session(app: &App, obj: &Map<String, Value>) -> Result<SessionUser, Rep
     Ok(user)
 }
 
-async fn resolve_instances(app: &App, user: &SessionUser, data: &Map<String, Value>) -> Result<Vec<InstanceRow>, Reply> {
+async fn resolve_instances(
+    app: &App,
+    user: &SessionUser,
+    data: &Map<String, Value>,
+) -> Result<Vec<InstanceRow>, Reply> {
     let raw = match data.get("instance_id") {
         Some(Value::String(s)) => s.clone(),
         None | Some(Value::Null) => return Err(Reply::fail("missing data.instance_id")),
-        Some(_) => return Err(Reply::fail("data.instance_id must be a string of ids separated by ';'")),
+        Some(_) => {
+            return Err(Reply::fail(
+                "data.instance_id must be a string of ids separated by ';'",
+            ));
+        }
     };
     let mut seen = HashSet::new();
     let ids: Vec<String> = raw
@@ -255,7 +300,9 @@ async fn resolve_instances(app: &App, user: &SessionUser, data: &Map<String, Val
         return Err(Reply::fail("data.instance_id names no instance"));
     }
     if ids.len() > MAX_INSTANCES_PER_REQUEST {
-        return Err(Reply::fail(format!("data.instance_id names more than {MAX_INSTANCES_PER_REQUEST} instances")));
+        return Err(Reply::fail(format!(
+            "data.instance_id names more than {MAX_INSTANCES_PER_REQUEST} instances"
+        )));
     }
     for id in &ids {
         validate_instance_id(id).map_err(Reply::fail)?;
@@ -263,13 +310,20 @@ async fn resolve_instances(app: &App, user: &SessionUser, data: &Map<String, Val
     let lookup = ids.clone();
     let rows = app
         .store
-        .read(move |c| lookup.iter().map(|id| store::instances::get(c, id)).collect::<Result<Vec<_>, _>>())
+        .read(move |c| {
+            lookup
+                .iter()
+                .map(|id| store::instances::get(c, id))
+                .collect::<Result<Vec<_>, _>>()
+        })
         .await
         .map_err(store_failure)?;
     let mut out = Vec::with_capacity(ids.len());
     for (id, row) in ids.iter().zip(rows) {
         match row {
-            Some(row) if user.is_admin || user.project.as_deref() == Some(row.project.as_str()) => out.push(row),
+            Some(row) if user.is_admin || user.project.as_deref() == Some(row.project.as_str()) => {
+                out.push(row)
+            }
             _ => return Err(Reply::fail(format!("unknown instance_id {id:?}"))),
         }
     }
@@ -310,7 +364,10 @@ fn vm_record(app: &App, r: &VmRow, dropped: i64) -> Record {
         ("cpu_util", Field::Float(round2(r.cpu_pct))),
         ("disk_read", Field::Float(round2(r.disk_read))),
         ("create_date", Field::Str(create_date(app, r.sampled_at_ms))),
-        ("_id", Field::ObjectId(repr::object_id(r.sampled_at_ms / 1000, TAG_VM, r.id))),
+        (
+            "_id",
+            Field::ObjectId(repr::object_id(r.sampled_at_ms / 1000, TAG_VM, r.id)),
+        ),
         ("proc", Field::Int(r.proc_count)),
         ("rx_bytes", Field::Int(r.rx_bytes_total)),
         ("tx_bytes", Field::Int(r.tx_bytes_total)),
@@ -321,7 +378,12 @@ fn vm_record(app: &App, r: &VmRow, dropped: i64) -> Record {
 fn proc_record(app: &App, r: &ProcessRow) -> Record {
     vec![
         ("net_incoming", Field::Float(round2(r.net_in))),
-        ("shutdown_time", r.shutdown_time.map(|t| Field::Float(round2(t))).unwrap_or(Field::Null)),
+        (
+            "shutdown_time",
+            r.shutdown_time
+                .map(|t| Field::Float(round2(t)))
+                .unwrap_or(Field::Null),
+        ),
         ("mem", Field::Float(round2(r.mem_pct))),
         ("net_outgoing", Field::Float(round2(r.net_out))),
         ("cmd", Field::Str(r.cmd.clone())),
@@ -330,7 +392,10 @@ fn proc_record(app: &App, r: &ProcessRow) -> Record {
         ("disk_write", Field::Float(round2(r.disk_write))),
         ("disk_read", Field::Float(round2(r.disk_read))),
         ("create_date", Field::Str(create_date(app, r.sampled_at_ms))),
-        ("_id", Field::ObjectId(repr::object_id(r.sampled_at_ms / 1000, TAG_PROC, r.id))),
+        (
+            "_id",
+            Field::ObjectId(repr::object_id(r.sampled_at_ms / 1000, TAG_PROC, r.id)),
+        ),
         ("cpu_util", Field::Float(round2(r.cpu_pct))),
         ("running_time", Field::Float(round2(r.start_time))),
     ]
@@ -340,7 +405,13 @@ fn records(records: Vec<Record>, legacy_repr: bool) -> Value {
     Value::Array(
         records
             .iter()
-            .map(|r| if legacy_repr { Value::String(repr::to_python_repr(r)) } else { repr::to_json(r) })
+            .map(|r| {
+                if legacy_repr {
+                    Value::String(repr::to_python_repr(r))
+                } else {
+                    repr::to_json(r)
+                }
+            })
             .collect(),
     )
 }
@@ -354,25 +425,45 @@ fn success(message: &str, data: Value) -> Reply {
     }
 }
 
-async fn vm_data(app: &App, obj: &Map<String, Value>, instances: &[InstanceRow], legacy_repr: bool) -> Outcome {
+async fn vm_data(
+    app: &App,
+    obj: &Map<String, Value>,
+    instances: &[InstanceRow],
+    legacy_repr: bool,
+) -> Outcome {
     let limit = limit(app, obj, 1)?;
-    let ids: Vec<(String, i64)> = instances.iter().map(|i| (i.instance_id.clone(), i.dropped_samples)).collect();
+    let ids: Vec<(String, i64)> = instances
+        .iter()
+        .map(|i| (i.instance_id.clone(), i.dropped_samples))
+        .collect();
     let rows = app
         .store
         .read(move |c| {
             let mut out = Vec::new();
             for (id, dropped) in &ids {
-                out.extend(store::samples::latest_vm(c, id, limit)?.into_iter().map(|r| (r, *dropped)));
+                out.extend(
+                    store::samples::latest_vm(c, id, limit)?
+                        .into_iter()
+                        .map(|r| (r, *dropped)),
+                );
             }
             Ok(out)
         })
         .await
         .map_err(store_failure)?;
     let recs = rows.iter().map(|(r, d)| vm_record(app, r, *d)).collect();
-    Ok(success("'success query vm information'", records(recs, legacy_repr)))
+    Ok(success(
+        "'success query vm information'",
+        records(recs, legacy_repr),
+    ))
 }
 
-async fn proc_data(app: &App, obj: &Map<String, Value>, instances: &[InstanceRow], legacy_repr: bool) -> Outcome {
+async fn proc_data(
+    app: &App,
+    obj: &Map<String, Value>,
+    instances: &[InstanceRow],
+    legacy_repr: bool,
+) -> Outcome {
     // Without a limit: every process of the newest sample.
     let limit = limit(app, obj, u32::MAX)?;
     let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
@@ -388,7 +479,10 @@ async fn proc_data(app: &App, obj: &Map<String, Value>, instances: &[InstanceRow
         .await
         .map_err(store_failure)?;
     let recs = rows.iter().map(|r| proc_record(app, r)).collect();
-    Ok(success("'success query proc information'", records(recs, legacy_repr)))
+    Ok(success(
+        "'success query proc information'",
+        records(recs, legacy_repr),
+    ))
 }
 
 async fn proc_by_name(
@@ -401,7 +495,11 @@ async fn proc_by_name(
     // The seed sends proc_name at the top level; accept it inside data as well.
     let name = match obj.get("proc_name").or_else(|| data.get("proc_name")) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        None | Some(Value::Null) => return Err(Reply::fail("missing proc_name (the process name to look up)")),
+        None | Some(Value::Null) => {
+            return Err(Reply::fail(
+                "missing proc_name (the process name to look up)",
+            ));
+        }
         Some(_) => return Err(Reply::fail("proc_name must be a non-empty string")),
     };
     if name.len() > 4096 {
@@ -421,13 +519,18 @@ async fn proc_by_name(
         .await
         .map_err(store_failure)?;
     let recs = rows.iter().map(|r| proc_record(app, r)).collect();
-    Ok(success("'success query proc information'", records(recs, legacy_repr)))
+    Ok(success(
+        "'success query proc information'",
+        records(recs, legacy_repr),
+    ))
 }
 
 async fn command(app: &App, instances: &[InstanceRow], change: Change) -> Outcome {
     // All ids were resolved and authorised before anything changes; now apply them concurrently so
     // one silent agent does not add its timeout to the others.
-    let futures = instances.iter().map(|i| control::apply(app, &i.instance_id, change));
+    let futures = instances
+        .iter()
+        .map(|i| control::apply(app, &i.instance_id, change));
     let outcomes = futures::future::join_all(futures).await;
     let mut parts = Vec::with_capacity(instances.len());
     let mut status = STATUS_SUCCESS;
@@ -435,8 +538,14 @@ async fn command(app: &App, instances: &[InstanceRow], change: Change) -> Outcom
         let outcome = outcome.map_err(store_failure)?;
         let (code, text) = match outcome {
             Some(PushOutcome::Acked) => (STATUS_SUCCESS, "agent confirmed"),
-            Some(PushOutcome::NotConnected) => (STATUS_CREATED, "queued: agent not connected, applied when it connects"),
-            Some(PushOutcome::TimedOut) => (STATUS_TIMEOUT, "agent connected but did not confirm in time; applied when it does"),
+            Some(PushOutcome::NotConnected) => (
+                STATUS_CREATED,
+                "queued: agent not connected, applied when it connects",
+            ),
+            Some(PushOutcome::TimedOut) => (
+                STATUS_TIMEOUT,
+                "agent connected but did not confirm in time; applied when it does",
+            ),
             None => (STATUS_FAILURE, "instance vanished"),
         };
         // Worst outcome wins: failure > timeout > queued > confirmed.

@@ -32,7 +32,9 @@ pub fn to_json(record: &Record) -> Value {
         let v = match v {
             Field::Str(s) | Field::ObjectId(s) => Value::String(s.clone()),
             Field::Int(i) => Value::from(*i),
-            Field::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+            Field::Float(f) => serde_json::Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
             Field::Null => Value::Null,
         };
         map.insert((*k).to_string(), v);
@@ -86,7 +88,9 @@ fn push_unicode(out: &mut String, s: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c if (c as u32) < 0x7f => out.push(c),
             c if (c as u32) <= 0xff => out.push_str(&format!("\\x{:02x}", c as u32)),
             c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
@@ -131,8 +135,15 @@ mod tests {
 
     #[test]
     fn json_keeps_order_and_types() {
-        let rec: Record = vec![("b", Field::Int(1)), ("a", Field::Null), ("_id", Field::ObjectId("x".into()))];
-        assert_eq!(serde_json::to_string(&to_json(&rec)).unwrap(), r#"{"b":1,"a":null,"_id":"x"}"#);
+        let rec: Record = vec![
+            ("b", Field::Int(1)),
+            ("a", Field::Null),
+            ("_id", Field::ObjectId("x".into())),
+        ];
+        assert_eq!(
+            serde_json::to_string(&to_json(&rec)).unwrap(),
+            r#"{"b":1,"a":null,"_id":"x"}"#
+        );
     }
 
     #[test]

@@ -65,7 +65,10 @@ impl Hub {
     /// Detaches `conn_id`'s subscription (a newer connection's stays).
     pub fn detach(&self, instance_id: &str, conn_id: u64) {
         if let Ok(mut inner) = self.inner.lock()
-            && inner.agents.get(instance_id).is_some_and(|a| a.conn_id == conn_id)
+            && inner
+                .agents
+                .get(instance_id)
+                .is_some_and(|a| a.conn_id == conn_id)
         {
             inner.agents.remove(instance_id);
         }
@@ -80,7 +83,12 @@ impl Hub {
     }
 
     /// Pushes `state` to the instance's agent and waits up to `timeout` for its acknowledgement.
-    pub async fn push(&self, instance_id: &str, state: DesiredState, timeout: Duration) -> PushOutcome {
+    pub async fn push(
+        &self,
+        instance_id: &str,
+        state: DesiredState,
+        timeout: Duration,
+    ) -> PushOutcome {
         let id = self.next_command_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (ack_tx, ack_rx) = oneshot::channel();
         let tx = {
@@ -128,12 +136,18 @@ impl Hub {
 mod tests {
     use super::*;
 
-    const STATE: DesiredState = DesiredState { monitoring: true, interval_secs: 5 };
+    const STATE: DesiredState = DesiredState {
+        monitoring: true,
+        interval_secs: 5,
+    };
 
     #[tokio::test]
     async fn push_without_agent_is_not_connected() {
         let hub = Hub::default();
-        assert_eq!(hub.push("i", STATE, Duration::from_millis(10)).await, PushOutcome::NotConnected);
+        assert_eq!(
+            hub.push("i", STATE, Duration::from_millis(10)).await,
+            PushOutcome::NotConnected
+        );
     }
 
     #[tokio::test]
@@ -144,18 +158,30 @@ mod tests {
         let agent = tokio::spawn(async move {
             let cmd = rx.recv().await.unwrap();
             assert_eq!(cmd.state, STATE);
-            assert!(!h.ack("other", cmd.id), "ack for another instance must not count");
+            assert!(
+                !h.ack("other", cmd.id),
+                "ack for another instance must not count"
+            );
             assert!(h.ack("i", cmd.id));
             // Second command is never acknowledged.
             rx.recv().await.unwrap();
             rx
         });
-        assert_eq!(hub.push("i", STATE, Duration::from_secs(5)).await, PushOutcome::Acked);
-        assert_eq!(hub.push("i", STATE, Duration::from_millis(50)).await, PushOutcome::TimedOut);
+        assert_eq!(
+            hub.push("i", STATE, Duration::from_secs(5)).await,
+            PushOutcome::Acked
+        );
+        assert_eq!(
+            hub.push("i", STATE, Duration::from_millis(50)).await,
+            PushOutcome::TimedOut
+        );
         drop(agent.await.unwrap());
         assert!(hub.is_connected("i"));
         hub.detach("i", 2);
-        assert!(hub.is_connected("i"), "an older connection's detach must not remove a newer one");
+        assert!(
+            hub.is_connected("i"),
+            "an older connection's detach must not remove a newer one"
+        );
         hub.detach("i", 1);
         assert!(!hub.is_connected("i"));
     }

@@ -84,7 +84,9 @@ impl RpcHandler {
             .await?;
         match row {
             Some(t) if t.revoked_at_ms.is_none() => Ok(()),
-            _ => Err(CollectorError::Unauthorized("agent token has been revoked".into())),
+            _ => Err(CollectorError::Unauthorized(
+                "agent token has been revoked".into(),
+            )),
         }
     }
 }
@@ -107,14 +109,19 @@ fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
             vm.net_out_kib_per_sec,
         ];
         if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(format!("VM sample at {} has a negative or non-finite figure", vm.sampled_at_ms));
+            return Err(format!(
+                "VM sample at {} has a negative or non-finite figure",
+                vm.sampled_at_ms
+            ));
         }
         if vm.sampled_at_ms <= 0 {
             return Err("sample time must be positive epoch milliseconds".into());
         }
         let Some(procs) = &s.processes else { continue };
         if procs.len() > MAX_PROCESSES_PER_SAMPLE {
-            return Err(format!("more than {MAX_PROCESSES_PER_SAMPLE} processes in one sample"));
+            return Err(format!(
+                "more than {MAX_PROCESSES_PER_SAMPLE} processes in one sample"
+            ));
         }
         for p in procs {
             let figures = [
@@ -127,7 +134,10 @@ fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
                 p.start_time,
             ];
             if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
-                return Err(format!("process {} has a negative or non-finite figure", p.pid));
+                return Err(format!(
+                    "process {} has a negative or non-finite figure",
+                    p.pid
+                ));
             }
             if p.cmd.len() > 4096 {
                 return Err(format!("process {} has an oversized cmd", p.pid));
@@ -163,7 +173,14 @@ impl MonitorApiServer for RpcHandler {
             .app
             .store
             .write(move |c| {
-                store::instances::register(c, &id, &tok, &request.inventory, interval, store::now_ms())
+                store::instances::register(
+                    c,
+                    &id,
+                    &tok,
+                    &request.inventory,
+                    interval,
+                    store::now_ms(),
+                )
             })
             .await
             .map_err(CollectorError::from)?;
@@ -226,8 +243,19 @@ impl MonitorApiServer for RpcHandler {
             .write(move |c| {
                 let now = store::now_ms();
                 let stored = store::samples::insert_batch(c, &batch, now)?;
-                let newest = batch.samples.iter().map(|s| s.vm.sampled_at_ms).max().unwrap_or(now);
-                store::instances::record_seen(c, &batch.instance_id, newest.min(now), Some(batch.dropped_samples_total), None)?;
+                let newest = batch
+                    .samples
+                    .iter()
+                    .map(|s| s.vm.sampled_at_ms)
+                    .max()
+                    .unwrap_or(now);
+                store::instances::record_seen(
+                    c,
+                    &batch.instance_id,
+                    newest.min(now),
+                    Some(batch.dropped_samples_total),
+                    None,
+                )?;
                 Ok(stored)
             })
             .await
@@ -247,8 +275,15 @@ impl MonitorApiServer for RpcHandler {
         Ok(())
     }
 
-    async fn subscribe_commands(&self, pending: PendingSubscriptionSink, instance_id: String) -> SubscriptionResult {
-        if let Err(e) = self.token().and_then(|_| self.ensure_registered(&instance_id)) {
+    async fn subscribe_commands(
+        &self,
+        pending: PendingSubscriptionSink,
+        instance_id: String,
+    ) -> SubscriptionResult {
+        if let Err(e) = self
+            .token()
+            .and_then(|_| self.ensure_registered(&instance_id))
+        {
             pending.reject(ErrorObjectOwned::from(e)).await;
             return Ok(());
         }

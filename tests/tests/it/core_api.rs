@@ -1,1 +1,429 @@
+//! Core: the real agent samples real processes; the collector stores them and answers the
+//! method-coded API (SPEC §3.1).
 
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vmmon_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn ncpu() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64
+}
+
+fn q(c: &Collector, sid: &str, method: i64, instance: &str, extra: Value) -> Value {
+    let mut req = json!({"method": method, "data": {"instance_id": instance}, "session_id": sid});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            req[k] = v;
+        }
+    }
+    c.legacy(&req)
+}
+
+/// Waits until the agent's VM records arrive (it registered and reports).
+fn wait_reporting(c: &Collector, sid: &str, instance: &str) {
+    wait_for(T, "first VM record", || {
+        let r = q(c, sid, 611611, instance, json!({}));
+        (r["status_code"] == 1 && r["data"].as_array().is_some_and(|a| !a.is_empty())).then_some(())
+    });
+}
+
+/// Records of `name` from 611712, newest first.
+fn history(c: &Collector, sid: &str, instance: &str, name: &str, limit: u32) -> Vec<Value> {
+    let r = q(
+        c,
+        sid,
+        611712,
+        instance,
+        json!({"proc_name": name, "limit": limit}),
+    );
+    assert_eq!(r["status_code"], 1, "{r}");
+    r["data"].as_array().unwrap().clone()
+}
+
+#[test]
+fn real_processes_show_up_with_true_figures() {
+    let _serial = serial();
+    let c = Collector::start();
+    let token = c.create_token("p1", "r1");
+    let _agent = Agent::start(&c, &token, "vm-core-1", 1, &[]);
+    let sid = c.admin_session();
+    wait_reporting(&c, &sid, "vm-core-1");
+
+    let start = q(&c, &sid, 32523, "vm-core-1;", json!({}));
+    assert_eq!(
+        start["status_code"], 2,
+        "agent connected → confirmed: {start}"
+    );
+    assert_eq!(start["data"], Value::Null);
+
+    let burner = spawn_burner("vmmtest-burn");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let _writer = spawn_writer("vmmtest-write", dir.path(), 20);
+
+    // cpu_util of a one-core burner is 100/ncpu % of the VM (±15%), judged on the median of the
+    // three newest records so one noisy tick on a shared machine does not decide.
+    let truth = 100.0 / ncpu();
+    let recs = wait_for(T, "three burner records", || {
+        let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 3);
+        (h.len() == 3 && h.iter().all(|r| r["cpu_util"].as_f64().unwrap() > 0.0)).then_some(h)
+    });
+    let mut cpus: Vec<f64> = recs
+        .iter()
+        .map(|r| r["cpu_util"].as_f64().unwrap())
+        .collect();
+    cpus.sort_by(f64::total_cmp);
+    let median = cpus[1];
+    assert!(
+        (median - truth).abs() <= truth * 0.15,
+        "burner cpu_util {cpus:?}, truth {truth}"
+    );
+    assert_eq!(recs[0]["pid"].as_u64().unwrap(), u64::from(burner.pid()));
+    assert_eq!(recs[0]["shutdown_time"], Value::Null);
+
+    // Newest first, distinct ObjectId-style ids, seed field names.
+    let dates: Vec<&str> = recs
+        .iter()
+        .map(|r| r["create_date"].as_str().unwrap())
+        .collect();
+    assert!(
+        dates.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {dates:?}"
+    );
+    for r in &recs {
+        let id = r["_id"].as_str().unwrap();
+        assert_eq!(id.len(), 24);
+        assert!(id.chars().all(|ch| ch.is_ascii_hexdigit()));
+        for k in [
+            "net_incoming",
+            "shutdown_time",
+            "mem",
+            "net_outgoing",
+            "cmd",
+            "pid",
+            "instance_id",
+            "disk_write",
+            "disk_read",
+            "create_date",
+            "cpu_util",
+            "running_time",
+        ] {
+            assert!(r.get(k).is_some(), "field {k} missing in {r}");
+        }
+        assert!(
+            r["create_date"].as_str().unwrap().contains('.'),
+            "microseconds in create_date"
+        );
+    }
+
+    // 611711: the burner is the busiest process of the newest sample; limit is honoured.
+    let top = q(&c, &sid, 611711, "vm-core-1;", json!({"limit": 2}));
+    assert_eq!(top["status_code"], 1);
+    let top = top["data"].as_array().unwrap();
+    assert_eq!(top.len(), 2);
+    assert_eq!(top[0]["cmd"], "vmmtest-burn", "{top:?}");
+    assert!(top[0]["cpu_util"].as_f64() >= top[1]["cpu_util"].as_f64());
+
+    // The writer's 20 MB show as disk_write.
+    wait_for(T, "writer disk_write > 0", || {
+        history(&c, &sid, "vm-core-1", "vmmtest-write", 30)
+            .iter()
+            .any(|r| r["disk_write"].as_f64().unwrap() > 0.0)
+            .then_some(())
+    });
+
+    // A killed process gets one final record with shutdown_time.
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    drop(burner);
+    let last = wait_for(T, "burner shutdown record", || {
+        let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 1);
+        h.first().filter(|r| !r["shutdown_time"].is_null()).cloned()
+    });
+    let t = last["shutdown_time"].as_f64().unwrap();
+    assert!(
+        t >= killed_at - 1.0 && t <= killed_at + 10.0,
+        "shutdown_time {t} vs kill at {killed_at}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 1);
+    assert_eq!(
+        h[0]["_id"], last["_id"],
+        "exactly one final record, nothing after it"
+    );
+
+    // 611611: VM records, newest first, limit honoured, seed fields.
+    let vm = q(&c, &sid, 611611, "vm-core-1;", json!({"limit": 3}));
+    let vm = vm["data"].as_array().unwrap();
+    assert_eq!(vm.len(), 3);
+    assert!(vm[0]["create_date"].as_str() > vm[1]["create_date"].as_str());
+    for k in [
+        "net_incoming",
+        "disk_write",
+        "mem",
+        "net_outgoing",
+        "instance_id",
+        "cpu_util",
+        "disk_read",
+        "create_date",
+        "_id",
+        "proc",
+    ] {
+        assert!(vm[0].get(k).is_some(), "field {k} missing");
+    }
+    assert!(vm[0]["proc"].as_u64().unwrap() > 5);
+    assert!(vm[0]["mem"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn legacy_repr_and_multiple_instances() {
+    let c = Collector::start();
+    let token = c.create_token("p1", "r1");
+    let _a = Agent::start(&c, &token, "vm-multi-a", 1, &[]);
+    let _b = Agent::start(&c, &token, "vm-multi-b", 1, &[]);
+    let sid = c.admin_session();
+    wait_reporting(&c, &sid, "vm-multi-a");
+    wait_reporting(&c, &sid, "vm-multi-b");
+    let r = q(
+        &c,
+        &sid,
+        611611,
+        "vm-multi-a;vm-multi-b;",
+        json!({"legacy_repr": true}),
+    );
+    assert_eq!(r["status_code"], 1);
+    assert_eq!(r["message"], "'success query vm information'");
+    let data = r["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "one newest record per instance");
+    let s = data[0].as_str().unwrap();
+    assert!(s.starts_with("{u'net_incoming': "), "{s}");
+    assert!(s.contains("u'instance_id': u'vm-multi-a'"), "{s}");
+    assert!(s.contains("u'_id': ObjectId('"), "{s}");
+    assert!(
+        data[1]
+            .as_str()
+            .unwrap()
+            .contains("u'instance_id': u'vm-multi-b'")
+    );
+}
+
+#[test]
+fn startmonitor_statuses_and_state_survives_restart() {
+    let (_cfg_dir, cfg) = collector_config("command_timeout_ms = 800\n");
+    let mut c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let token = c.create_token("p1", "r1");
+    let mut agent = Agent::start(&c, &token, "vm-ctl-1", 1, &[]);
+    let sid = c.admin_session();
+    wait_reporting(&c, &sid, "vm-ctl-1");
+
+    // Unknown instance: 3, and a mixed request changes nothing for the known one.
+    let r = q(&c, &sid, 32523, "no-such-vm;", json!({}));
+    assert_eq!(r["status_code"], 3);
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown instance_id"),
+        "{r}"
+    );
+    let r = q(&c, &sid, 32523, "vm-ctl-1;no-such-vm;", json!({}));
+    assert_eq!(r["status_code"], 3);
+    let monitoring = |c: &Collector| {
+        c.query_i64(
+            "SELECT monitoring FROM instances WHERE instance_id = 'vm-ctl-1'",
+            &[],
+        )[0]
+    };
+    assert_eq!(monitoring(&c), 0, "a failed request changed nothing");
+
+    // Connected and answering: 2 for start and stop.
+    assert_eq!(q(&c, &sid, 32523, "vm-ctl-1;", json!({}))["status_code"], 2);
+    assert_eq!(monitoring(&c), 1);
+    assert_eq!(q(&c, &sid, 32524, "vm-ctl-1;", json!({}))["status_code"], 2);
+    assert_eq!(monitoring(&c), 0);
+
+    // Connected but silent (stopped with SIGSTOP): 4.
+    let pid = agent.pid().unwrap() as i32;
+    #[allow(unsafe_code)]
+    // SAFETY: signals to our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let r = q(&c, &sid, 32523, "vm-ctl-1;", json!({}));
+    #[allow(unsafe_code)]
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    assert_eq!(r["status_code"], 4, "{r}");
+    assert_eq!(
+        monitoring(&c),
+        1,
+        "the desired state is persisted even when the agent is silent"
+    );
+
+    // Not connected: 1 (queued). The desired state survives a collector restart and reaches the
+    // agent when it reconnects.
+    agent.kill();
+    let r = wait_for(T, "status 1 for a disconnected agent", || {
+        let r = q(&c, &sid, 32524, "vm-ctl-1;", json!({}));
+        (r["status_code"] == 1).then_some(r)
+    });
+    assert!(r["message"].as_str().unwrap().contains("queued"), "{r}");
+    assert_eq!(q(&c, &sid, 32523, "vm-ctl-1;", json!({}))["status_code"], 1);
+    c.restart();
+    let sid = c.admin_session();
+    agent.restart();
+    let _burner = spawn_burner("vmmtest-ctl");
+    // Process records only exist while monitoring is on: they arrive without any new command.
+    wait_for(T, "process records after restart", || {
+        let h = history(&c, &sid, "vm-ctl-1", "vmmtest-ctl", 1);
+        (!h.is_empty()).then_some(())
+    });
+}
+
+#[test]
+fn no_process_records_before_startmonitor() {
+    let c = Collector::start();
+    let token = c.create_token("p1", "r1");
+    let _agent = Agent::start(&c, &token, "vm-idle-1", 1, &[]);
+    let sid = c.admin_session();
+    wait_reporting(&c, &sid, "vm-idle-1");
+    // Registered and heartbeating, VM samples flowing, but no process sampling yet.
+    wait_for(T, "three VM records", || {
+        let r = q(&c, &sid, 611611, "vm-idle-1", json!({"limit": 3}));
+        (r["data"].as_array().unwrap().len() == 3).then_some(())
+    });
+    let r = q(&c, &sid, 611711, "vm-idle-1", json!({}));
+    assert_eq!(r["status_code"], 1);
+    assert_eq!(r["data"], json!([]));
+}
+
+#[test]
+fn bad_requests_answer_status_3_and_change_nothing() {
+    let (_cfg_dir, cfg) = collector_config("session_idle_secs = 2\nmax_body_bytes = 4096\n");
+    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let token = c.create_token("p1", "r1");
+    let _agent = Agent::start(&c, &token, "vm-bad-1", 1, &[]);
+    let sid = c.admin_session();
+    wait_reporting(&c, &sid, "vm-bad-1");
+    let sessions_before = c.query_i64("SELECT COUNT(*) FROM sessions", &[])[0];
+
+    let fail = |r: Value, needle: &str| {
+        assert_eq!(r["status_code"], 3, "{r}");
+        assert_eq!(r["message_id"], "");
+        let msg = r["message"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "message {msg:?} should mention {needle:?}"
+        );
+    };
+    fail(
+        c.legacy(&json!({"method": 458753, "data": {"user_name": "admin", "password": "wrong"}})),
+        "authentication failed",
+    );
+    fail(
+        c.legacy(&json!({"method": 458753, "data": {"user_name": "nobody", "password": "x"}})),
+        "authentication failed",
+    );
+    fail(
+        c.legacy(&json!({"method": 458753, "data": {"user_name": 5, "password": "x"}})),
+        "user_name",
+    );
+    fail(
+        c.legacy_raw("{\"method\": 611611, \"data\": "),
+        "malformed JSON",
+    );
+    fail(c.legacy_raw("[1,2]"), "JSON object");
+    fail(
+        c.legacy_raw(&format!(
+            "{{\"method\": 611611, \"pad\": \"{}\"}}",
+            "x".repeat(5000)
+        )),
+        "exceeds the limit",
+    );
+    fail(
+        c.legacy(&json!({"method": 999999, "session_id": sid})),
+        "unknown method code 999999",
+    );
+    fail(
+        c.legacy(&json!({"method": {"x": 1}, "session_id": sid})),
+        "integer code",
+    );
+    fail(c.legacy(&json!({"data": {}})), "missing \"method\"");
+    fail(
+        c.legacy(&json!({"method": 611611, "data": {"instance_id": "vm-bad-1"}})),
+        "missing session_id",
+    );
+    fail(
+        c.legacy(
+            &json!({"method": 611611, "data": {"instance_id": "vm-bad-1"}, "session_id": "forged"}),
+        ),
+        "session expired or unknown",
+    );
+    fail(
+        q(&c, &sid, 611611, "no-such-vm", json!({})),
+        "unknown instance_id",
+    );
+    fail(
+        q(&c, &sid, 611611, "x' OR '1'='1", json!({})),
+        "instance_id",
+    );
+    fail(
+        c.legacy(&json!({"method": 611611, "data": {"instance_id": 7}, "session_id": sid})),
+        "instance_id must be a string",
+    );
+    fail(
+        q(&c, &sid, 611611, "vm-bad-1", json!({"limit": -1})),
+        "limit",
+    );
+    fail(
+        q(&c, &sid, 611611, "vm-bad-1", json!({"limit": "many"})),
+        "limit",
+    );
+    fail(q(&c, &sid, 611712, "vm-bad-1", json!({})), "proc_name");
+    fail(q(&c, &sid, 32525, "vm-bad-1", json!({})), "interval_secs");
+
+    // A tenant of another project cannot see (or probe) p1's instance.
+    let pw = c.add_tenant("tenant2", "p2");
+    let tsid = c.login("tenant2", &pw);
+    fail(
+        q(&c, &tsid, 611611, "vm-bad-1", json!({})),
+        "unknown instance_id",
+    );
+    fail(
+        q(&c, &tsid, 32523, "vm-bad-1", json!({})),
+        "unknown instance_id",
+    );
+    fail(
+        q(&c, &tsid, 32525, "vm-bad-1", json!({})),
+        "unknown instance_id",
+    );
+
+    // Nothing above changed state: no sessions from failed logins, no monitoring switched on.
+    assert_eq!(
+        c.query_i64("SELECT COUNT(*) FROM sessions", &[])[0],
+        sessions_before + 1
+    );
+    assert_eq!(
+        c.query_i64("SELECT monitoring FROM instances", &[]),
+        vec![0]
+    );
+
+    // An idle session expires.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            q(&c, &tsid, 611611, "vm-bad-1", json!({}))["message"]
+                .as_str()
+                .unwrap()
+                .contains("session expired")
+        }),
+        "session must expire after session_idle_secs"
+    );
+}

@@ -15,24 +15,51 @@ fn devs(items: &[(&str, u64, u64)]) -> Vec<DevCounters> {
         .collect()
 }
 
+/// `(name, a, b)` of each device.
+type Devs<'a> = &'a [(&'a str, u64, u64)];
+
 #[test]
 fn summed_deltas_table() {
-    let cases: &[(&[(&str, u64, u64)], &[(&str, u64, u64)], (u64, u64))] = &[
+    let cases: &[(Devs, Devs, (u64, u64))] = &[
         (&[("eth0", 100, 10)], &[("eth0", 300, 15)], (200, 5)),
-        (&[("eth0", 100, 10), ("eth1", 0, 0)], &[("eth0", 300, 15), ("eth1", 50, 5)], (250, 10)),
+        (
+            &[("eth0", 100, 10), ("eth1", 0, 0)],
+            &[("eth0", 300, 15), ("eth1", 50, 5)],
+            (250, 10),
+        ),
         // Order changed between ticks.
-        (&[("eth1", 0, 0), ("eth0", 100, 10)], &[("eth0", 300, 15), ("eth1", 50, 5)], (250, 10)),
+        (
+            &[("eth1", 0, 0), ("eth0", 100, 10)],
+            &[("eth0", 300, 15), ("eth1", 50, 5)],
+            (250, 10),
+        ),
         // A counter that went backwards contributes 0, the other device still counts.
-        (&[("eth0", 100, 10), ("eth1", 0, 0)], &[("eth0", 50, 5), ("eth1", 50, 5)], (50, 5)),
+        (
+            &[("eth0", 100, 10), ("eth1", 0, 0)],
+            &[("eth0", 50, 5), ("eth1", 50, 5)],
+            (50, 5),
+        ),
         // Only rx went backwards.
         (&[("eth0", 100, 10)], &[("eth0", 50, 20)], (0, 10)),
         // A device that vanished or appeared moves nothing.
-        (&[("eth0", 100, 10), ("tun0", 999, 999)], &[("eth0", 110, 11)], (10, 1)),
-        (&[("eth0", 100, 10)], &[("eth0", 110, 11), ("veth9", 5000, 5000)], (10, 1)),
+        (
+            &[("eth0", 100, 10), ("tun0", 999, 999)],
+            &[("eth0", 110, 11)],
+            (10, 1),
+        ),
+        (
+            &[("eth0", 100, 10)],
+            &[("eth0", 110, 11), ("veth9", 5000, 5000)],
+            (10, 1),
+        ),
         (&[], &[("eth0", 110, 11)], (0, 0)),
     ];
     for (prev, cur, want) in cases {
-        assert_eq!(summed_deltas(&devs(prev), &devs(cur)), *want, "{prev:?} -> {cur:?}");
+        assert_eq!(
+            summed_deltas(&devs(prev), &devs(cur)),
+            *want,
+            "{prev:?} -> {cur:?}"
+        );
     }
 }
 
@@ -43,14 +70,24 @@ fn fill_reuses_and_truncates() {
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].name.as_str(), out[0].a, out[0].b), ("x", 9, 8));
     fill(&mut out, [("y", 1, 2), ("z", 3, 4)].into_iter());
-    assert_eq!(out.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["y", "z"]);
+    assert_eq!(
+        out.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        ["y", "z"]
+    );
 }
 
 #[test]
 fn physical_disk_filter() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sys = dir.path();
-    for (name, physical) in [("vda", true), ("nvme0n1", true), ("cciss!c0d0", true), ("loop0", false), ("dm-0", false), ("zram0", false)] {
+    for (name, physical) in [
+        ("vda", true),
+        ("nvme0n1", true),
+        ("cciss!c0d0", true),
+        ("loop0", false),
+        ("dm-0", false),
+        ("zram0", false),
+    ] {
         let d = sys.join("block").join(name);
         std::fs::create_dir_all(&d).expect("mkdir");
         if physical {
@@ -97,6 +134,9 @@ fn address_classification() {
         ("eth3", false, ip("10.1.2.3")),
     ];
     let (lan, wan) = classify_addresses(addrs.iter().map(|(n, lo, ip)| (*n, *lo, *ip)));
-    assert_eq!(lan, ["10.1.2.3", "192.168.1.5", "172.20.0.1", "fd12:3456::1"]);
+    assert_eq!(
+        lan,
+        ["10.1.2.3", "192.168.1.5", "172.20.0.1", "fd12:3456::1"]
+    );
     assert_eq!(wan, ["203.0.114.7", "172.32.0.1", "2a01:4f8::1"]);
 }

@@ -29,21 +29,32 @@ fn pid_stat_comm_with_parens_and_spaces() {
         let line = stat_line(7, comm, 1, 2, 33, "4");
         let st = parse_pid_stat(line.as_bytes()).unwrap_or_else(|| panic!("{comm:?} parses"));
         assert_eq!(st.comm, comm.as_bytes(), "{comm:?}");
-        assert_eq!((st.cpu_ticks, st.start_ticks, st.rss_pages), (3, 33, 4), "{comm:?}");
+        assert_eq!(
+            (st.cpu_ticks, st.start_ticks, st.rss_pages),
+            (3, 33, 4),
+            "{comm:?}"
+        );
     }
 }
 
 #[test]
 fn pid_stat_negative_rss_is_zero_and_malformed_is_none() {
     let line = stat_line(1, "z", 0, 0, 1, "-1");
-    assert_eq!(parse_pid_stat(line.as_bytes()).map(|st| st.rss_pages), Some(0));
+    assert_eq!(
+        parse_pid_stat(line.as_bytes()).map(|st| st.rss_pages),
+        Some(0)
+    );
     assert_eq!(parse_pid_stat(b""), None);
     assert_eq!(parse_pid_stat(b"1 (x"), None);
     assert_eq!(parse_pid_stat(b"1 (x) S 1 2 3"), None, "truncated");
     assert_eq!(parse_pid_stat(b"1 x) S ("), None, "')' before '('");
     let bad = stat_line(1, "x", 0, 0, 77, "9").replace(" 77 123456", " 7x 123456");
     assert_ne!(bad, stat_line(1, "x", 0, 0, 77, "9"));
-    assert_eq!(parse_pid_stat(bad.as_bytes()), None, "non-numeric start time");
+    assert_eq!(
+        parse_pid_stat(bad.as_bytes()),
+        None,
+        "non-numeric start time"
+    );
 }
 
 #[test]
@@ -60,11 +71,22 @@ fn pid_io() {
     assert_eq!(parse_pid_io(b""), None);
 }
 
+/// `(comm, cmdline, name)`.
+type CmdlineCase = (&'static [u8], &'static [u8], Option<&'static [u8]>);
+
 #[test]
 fn cmdline_names() {
-    let cases: &[(&[u8], &[u8], Option<&[u8]>)] = &[
-        (b"systemd-journal", b"/lib/systemd/systemd-journald\0", Some(b"systemd-journald")),
-        (b"systemd-journal", b"systemd-journald\0--flag\0", Some(b"systemd-journald")),
+    let cases: &[CmdlineCase] = &[
+        (
+            b"systemd-journal",
+            b"/lib/systemd/systemd-journald\0",
+            Some(b"systemd-journald"),
+        ),
+        (
+            b"systemd-journal",
+            b"systemd-journald\0--flag\0",
+            Some(b"systemd-journald"),
+        ),
         // Kernel threads and zombies: empty cmdline.
         (b"kworker/0:1-eve", b"", None),
         // A rewritten title that does not match comm.
@@ -73,7 +95,12 @@ fn cmdline_names() {
         (b"abc", b"/x/\0", None),
     ];
     for &(comm, cmdline, want) in cases {
-        assert_eq!(name_from_cmdline(comm, cmdline), want, "{:?}", String::from_utf8_lossy(cmdline));
+        assert_eq!(
+            name_from_cmdline(comm, cmdline),
+            want,
+            "{:?}",
+            String::from_utf8_lossy(cmdline)
+        );
     }
 }
 
@@ -89,7 +116,10 @@ intr 12345 1 2 3\nctxt 99\nbtime 1700000000\nprocesses 5000\n";
     assert_eq!(s.cpu.idle, 1020);
     // Old kernels print only four fields.
     let old = parse_stat(b"cpu  1 2 3 4\n").expect("parses");
-    assert_eq!((old.cpu.total, old.cpu.idle, old.online_cpus, old.btime), (10, 4, 0, None));
+    assert_eq!(
+        (old.cpu.total, old.cpu.idle, old.online_cpus, old.btime),
+        (10, 4, 0, None)
+    );
     assert_eq!(parse_stat(b"cpu0 1 2 3 4\n"), None);
     assert_eq!(parse_stat(b"cpu  1 2\n"), None);
 }
@@ -98,16 +128,24 @@ intr 12345 1 2 3\nctxt 99\nbtime 1700000000\nprocesses 5000\n";
 fn meminfo() {
     let m = parse_meminfo(b"MemTotal:       2000 kB\nMemFree:         100 kB\nMemAvailable:    500 kB\nBuffers: 1 kB\n")
         .expect("parses");
-    assert_eq!((m.total_bytes, m.available_bytes), (2000 * 1024, 500 * 1024));
+    assert_eq!(
+        (m.total_bytes, m.available_bytes),
+        (2000 * 1024, 500 * 1024)
+    );
     // Before MemAvailable existed: free + buffers + cached.
-    let old = parse_meminfo(b"MemTotal: 2000 kB\nMemFree: 100 kB\nBuffers: 20 kB\nCached: 300 kB\n").expect("parses");
+    let old =
+        parse_meminfo(b"MemTotal: 2000 kB\nMemFree: 100 kB\nBuffers: 20 kB\nCached: 300 kB\n")
+            .expect("parses");
     assert_eq!(old.available_bytes, 420 * 1024);
     assert_eq!(parse_meminfo(b"MemFree: 1 kB\n"), None);
 }
 
 #[test]
 fn uptime() {
-    assert_eq!(parse_uptime(b"12345.67 2345.00\n"), Some(Duration::from_millis(12_345_670)));
+    assert_eq!(
+        parse_uptime(b"12345.67 2345.00\n"),
+        Some(Duration::from_millis(12_345_670))
+    );
     assert_eq!(parse_uptime(b"5 1\n"), Some(Duration::from_secs(5)));
     assert_eq!(parse_uptime(b"0.5"), Some(Duration::from_millis(500)));
     assert_eq!(parse_uptime(b"x"), None);
@@ -120,7 +158,11 @@ fn diskstats_lines() {
     let got: Vec<_> = diskstats(data).collect();
     assert_eq!(
         got,
-        vec![(&b"loop0"[..], 3, 7), (&b"vda"[..], 2_976_602, 2_629_880), (&b"vda1"[..], 8, 16)]
+        vec![
+            (&b"loop0"[..], 3, 7),
+            (&b"vda"[..], 2_976_602, 2_629_880),
+            (&b"vda1"[..], 8, 16)
+        ]
     );
 }
 
@@ -130,7 +172,11 @@ fn net_dev_lines() {
     let got: Vec<_> = net_dev(data).collect();
     assert_eq!(
         got,
-        vec![(&b"lo"[..], 3193, 3193), (&b"eth0"[..], 97_388_383, 484_879), (&b"eth1"[..], 5, 7)]
+        vec![
+            (&b"lo"[..], 3193, 3193),
+            (&b"eth0"[..], 97_388_383, 484_879),
+            (&b"eth1"[..], 5, 7)
+        ]
     );
 }
 
@@ -145,15 +191,26 @@ fn cpu_lists() {
         (b"x", None),
     ];
     for &(list, want) in cases {
-        assert_eq!(parse_cpu_list(list), want, "{:?}", String::from_utf8_lossy(list));
+        assert_eq!(
+            parse_cpu_list(list),
+            want,
+            "{:?}",
+            String::from_utf8_lossy(list)
+        );
     }
 }
 
 #[test]
 fn os_release() {
     let cases: &[(&str, Option<&str>)] = &[
-        ("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n", Some("Debian GNU/Linux 12 (bookworm)")),
-        ("PRETTY_NAME='Alpine Linux v3.20'\n", Some("Alpine Linux v3.20")),
+        (
+            "NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+            Some("Debian GNU/Linux 12 (bookworm)"),
+        ),
+        (
+            "PRETTY_NAME='Alpine Linux v3.20'\n",
+            Some("Alpine Linux v3.20"),
+        ),
         ("PRETTY_NAME=Arch\n", Some("Arch")),
         ("PRETTY_NAME=\"Say \\\"hi\\\"\"\n", Some("Say \"hi\"")),
         ("PRETTY_NAME=\"\"\n", None),
@@ -198,6 +255,8 @@ fn read_buf_reads_whole_files_of_any_size() {
     assert_eq!(buf.read_single(&path).expect("read"), &big[..]);
     assert_eq!(buf.read_all(&small).expect("read"), b"hello\n");
     assert_eq!(buf.read_single(&small).expect("read"), b"hello\n");
-    let err = buf.read_all(&dir.path().join("missing")).expect_err("missing");
+    let err = buf
+        .read_all(&dir.path().join("missing"))
+        .expect_err("missing");
     assert!(is_vanished(&err));
 }

@@ -26,7 +26,9 @@ fn per_sec_table() {
     for &(prev, cur, elapsed, want) in cases {
         let got = per_sec(prev, cur, elapsed);
         match (got, want) {
-            (Some(g), Some(w)) => assert!(close(g, w), "{prev}->{cur} over {elapsed:?}: {g} != {w}"),
+            (Some(g), Some(w)) => {
+                assert!(close(g, w), "{prev}->{cur} over {elapsed:?}: {g} != {w}")
+            }
             (None, None) => {}
             _ => panic!("{prev}->{cur} over {elapsed:?}: got {got:?}, want {want:?}"),
         }
@@ -44,7 +46,10 @@ fn kib_per_sec_table() {
     ];
     for &(prev, cur, elapsed, want) in cases {
         let got = kib_per_sec(prev, cur, elapsed);
-        assert!(close(got, want), "{prev}->{cur} over {elapsed:?}: {got} != {want}");
+        assert!(
+            close(got, want),
+            "{prev}->{cur} over {elapsed:?}: {got} != {want}"
+        );
     }
 }
 
@@ -112,14 +117,26 @@ fn processes_sum_to_vm_share() {
         .iter()
         .filter_map(|&t| process_cpu_pct(t, elapsed, 100, 2))
         .sum();
-    let vm = vm_cpu_pct(CpuTimes { total: 0, idle: 0 }, CpuTimes { total: 2000, idle: 1000 });
+    let vm = vm_cpu_pct(
+        CpuTimes { total: 0, idle: 0 },
+        CpuTimes {
+            total: 2000,
+            idle: 1000,
+        },
+    );
     assert_eq!(vm, Some(50.0));
     assert!(close(sum, 50.0), "{sum}");
 }
 
 #[test]
 fn pct_table() {
-    let cases: &[(u64, u64, f64)] = &[(0, 100, 0.0), (25, 100, 25.0), (100, 100, 100.0), (5, 0, 0.0), (200, 100, 100.0)];
+    let cases: &[(u64, u64, f64)] = &[
+        (0, 100, 0.0),
+        (25, 100, 25.0),
+        (100, 100, 100.0),
+        (5, 0, 0.0),
+        (200, 100, 100.0),
+    ];
     for &(part, whole, want) in cases {
         assert!(close(pct(part, whole), want), "{part}/{whole}");
     }
