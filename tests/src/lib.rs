@@ -128,7 +128,7 @@ impl Collector {
     /// Runs one read-only query on the store and returns the first column of each row as i64.
     pub fn query_i64(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Vec<i64> {
         let conn = rusqlite::Connection::open_with_flags(
-            &self.db_path(),
+            self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .unwrap();
