@@ -1,1 +1,4 @@
+//! End-to-end tests: one binary, modules by feature; each test starts the real binaries.
+#![allow(clippy::unwrap_used)]
+
 mod core_api;
