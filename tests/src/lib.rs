@@ -320,10 +320,30 @@ impl Agent {
         interval_secs: u32,
         extra: &[&str],
     ) -> Agent {
+        let mut agent = Self::prepare(
+            &collector.rpc_url(),
+            token,
+            instance_id,
+            interval_secs,
+            extra,
+        );
+        agent.spawn();
+        agent
+    }
+
+    /// An agent that is not started yet (to prepare its state dir, or to point it at a collector
+    /// that is not up).
+    pub fn prepare(
+        rpc_url: &str,
+        token: &str,
+        instance_id: &str,
+        interval_secs: u32,
+        extra: &[&str],
+    ) -> Agent {
         let state = tempfile::tempdir().unwrap();
         let mut args: Vec<String> = vec![
             "--collector".into(),
-            collector.rpc_url(),
+            rpc_url.into(),
             "--token".into(),
             token.into(),
             "--instance-id".into(),
@@ -334,16 +354,20 @@ impl Agent {
             state.path().display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut agent = Agent {
+        Agent {
             state,
             child: None,
             args,
-        };
-        agent.spawn();
-        agent
+        }
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process (its stderr goes to [`Agent::log`]).
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = Command::new(bin_path("vmmon-agent"))
             .args(&self.args)
             .env(
@@ -352,10 +376,38 @@ impl Agent {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.state.path().join("agent.log")
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Batches waiting in the spool.
+    pub fn spooled(&self) -> usize {
+        std::fs::read_dir(self.state.path().join("spool"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "batch"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The agent's persisted state file as JSON (null before the agent wrote it).
+    pub fn state_file(&self) -> Value {
+        std::fs::read_to_string(self.state.path().join("agent-state.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
     }
 
     /// SIGKILLs the agent.
