@@ -10,6 +10,7 @@ pub mod config;
 pub mod identity;
 pub mod reporter;
 pub mod sampler;
+pub mod service;
 pub mod spool;
 
 use std::sync::Arc;
@@ -166,9 +167,20 @@ async fn sampling_loop(
     let mut applied = *desired_rx.borrow_and_update();
     prime(sampler, applied.monitoring);
     let mut next = tokio::time::Instant::now() + FIRST_TICK_AFTER;
+    // The watchdog is petted from this loop, so a sampler stuck in a /proc read stops the pets
+    // and systemd restarts the agent.
+    let watchdog = service::watchdog_period();
+    let mut pet = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut ready_sent = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
+            _ = pet.tick() => {
+                if watchdog.is_some() {
+                    service::notify_watchdog();
+                }
+                continue;
+            }
             changed = desired_rx.changed() => {
                 if changed.is_err() {
                     return;
@@ -209,6 +221,10 @@ async fn sampling_loop(
             Ok(seq) => {
                 tracing::debug!(seq, at_ms = epoch_ms(now), "Spooled a sample.");
                 shared.new_batch.notify_one();
+                if !ready_sent {
+                    service::notify_ready();
+                    ready_sent = true;
+                }
             }
             Err(e) => tracing::error!(error = %e, "Cannot write the spool; this sample is lost."),
         }

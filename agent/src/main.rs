@@ -1,12 +1,30 @@
 //! `vmmon-agent`: parses the command line and config, then hands over to the library.
+//!
+//! SIGHUP reloads: the config file is read and validated again; if valid, the agent stops its
+//! loops and starts them again with the new config (the spool and its state stay on disk);
+//! if not, the error is logged and the running config stays.
 
 use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tokio::sync::watch;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
 use vmmon_agent::cli::Cli;
 use vmmon_agent::config::AgentConfig;
+
+fn load(cli: &Cli) -> Result<AgentConfig> {
+    let mut config = AgentConfig::load(cli.config.as_deref())?;
+    cli.apply(&mut config);
+    config.validate()?;
+    config.resolve_token()?;
+    Ok(config)
+}
+
+enum Event {
+    Shutdown,
+    Reload(Box<AgentConfig>),
+}
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -18,10 +36,7 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let mut config = AgentConfig::load(cli.config.as_deref())?;
-    cli.apply(&mut config);
-    config.validate()?;
-    config.resolve_token()?;
+    let config = load(&cli)?;
     if cli.check_config {
         println!("config ok");
         return Ok(());
@@ -31,27 +46,38 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = tx.send(true);
-        });
-        vmmon_agent::run(config, rx).await
-    })?;
-    Ok(())
+    rt.block_on(serve(cli, config))
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+async fn serve(cli: Cli, mut config: AgentConfig) -> Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    loop {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (event_tx, mut event_rx) = mpsc::channel::<Event>(1);
+        let run = tokio::spawn(vmmon_agent::run(config.clone(), stop_rx));
+        // Wait for a signal that ends this run.
+        loop {
+            tokio::select! {
+                _ = term.recv() => { let _ = event_tx.send(Event::Shutdown).await; break; }
+                _ = int.recv() => { let _ = event_tx.send(Event::Shutdown).await; break; }
+                _ = hup.recv() => match load(&cli) {
+                    Ok(new) => {
+                        tracing::info!("Configuration reloaded; restarting the agent's loops.");
+                        vmmon_agent::service::notify_reloading();
+                        let _ = event_tx.send(Event::Reload(Box::new(new))).await;
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "New configuration is invalid; keeping the running one."),
+                },
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+        let _ = stop_tx.send(true);
+        run.await.context("agent task panicked")??;
+        match event_rx.recv().await {
+            Some(Event::Reload(new)) => config = *new,
+            _ => return Ok(()),
+        }
     }
 }

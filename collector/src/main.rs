@@ -1,6 +1,7 @@
 //! `vmmon-collector`: parses the command line and hands over to the library.
 
 mod cli;
+mod service;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -124,19 +125,24 @@ fn read_password() -> Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
+fn load_config(args: &ServeArgs) -> Result<CollectorConfig> {
     let mut config = CollectorConfig::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if let Some(data) = args.data {
-        config.data_dir = data;
+    if let Some(data) = &args.data {
+        config.data_dir = data.clone();
     } else if args.config.is_none()
         && let Ok(dir) = std::env::var("STATE_DIRECTORY")
     {
         config.data_dir = PathBuf::from(dir);
     }
     config.validate()?;
+    Ok(config)
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = load_config(&args)?;
     if args.check_config {
         println!("config ok");
         return Ok(());
@@ -165,29 +171,44 @@ async fn serve(args: ServeArgs) -> Result<()> {
     println!("vmmon-collector listening on {}", running.local_addr);
     tracing::info!(addr = %running.local_addr, data = %app.config.data_dir.display(), "Collector ready.");
     vmmon_collector::spawn_housekeeping(app.clone());
-    shutdown_signal().await;
+    service::notify_ready();
+    service::spawn_watchdog(app.clone());
+    let reload = wait_for_signal(&args).await;
     tracing::info!("Shutting down.");
     running.stop().await;
+    // Let queued writes commit before the process ends or is replaced.
+    let _ = app.store.write(|_| Ok(())).await;
+    if reload {
+        service::notify_reloading();
+        // Re-execute with the same arguments: the validated file is read afresh, the pid (and so
+        // systemd's MAINPID) stays, and the new process reports READY=1 again.
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(std::env::args_os().skip(1));
+        let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+        return Err(err).context("cannot re-execute for the reload");
+    }
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// Waits for SIGTERM/SIGINT (→ false) or a SIGHUP whose new config validates (→ true). A SIGHUP
+/// with an invalid config is logged and the running config stays.
+async fn wait_for_signal(args: &ServeArgs) -> bool {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return false;
+    };
+    loop {
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => return false,
+            _ = term.recv() => return false,
+            _ = hup.recv() => match load_config(args) {
+                Ok(_) => {
+                    tracing::info!("New configuration is valid; reloading.");
+                    return true;
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "New configuration is invalid; keeping the running one."),
+            },
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
