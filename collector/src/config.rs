@@ -124,3 +124,30 @@ impl CollectorConfig {
         self.timezone.parse().unwrap_or(chrono_tz::UTC)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_validates() {
+        let text = include_str!("../../packaging/collector.example.toml");
+        let cfg: CollectorConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let cfg = CollectorConfig {
+            timezone: "Mars/Olympus".into(),
+            session_idle_secs: 0,
+            max_limit: 0,
+            ..CollectorConfig::default()
+        };
+        let Err(ConfigError::Invalid(errs)) = cfg.validate() else {
+            panic!("must be invalid")
+        };
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(toml::from_str::<CollectorConfig>("lisen = '1'").is_err());
+    }
+}
