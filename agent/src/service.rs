@@ -21,10 +21,17 @@ pub fn notify_watchdog() {
 
 /// How often to pet the watchdog: half of `WatchdogSec=`, or None when no watchdog is set.
 pub fn watchdog_period() -> Option<Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec / 2))
-    } else {
-        None
+    watchdog_usec().map(|usec| Duration::from_micros(usec / 2))
+}
+
+/// `WATCHDOG_USEC` as libsystemd's `sd_watchdog_enabled` reads it: a positive number, and
+/// `WATCHDOG_PID`, when set, must name this process.
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
     }
+    (usec > 0).then_some(usec)
 }

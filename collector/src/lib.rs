@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod flow;
 pub mod rpc;
 pub mod server;
 pub mod store;

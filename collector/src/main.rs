@@ -125,6 +125,9 @@ fn read_password() -> Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
+/// Set across a reload's re-exec: `<configured listen>=<address bound>`.
+const INHERIT_LISTEN_ENV: &str = "VMMON_INHERIT_LISTEN";
+
 fn load_config(args: &ServeArgs) -> Result<CollectorConfig> {
     let mut config = CollectorConfig::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
@@ -163,6 +166,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
             );
         }
     }
+    let mut config = config;
+    let configured_listen = config.listen;
+    // After a reload (re-exec) keep the address actually bound before (matters for port 0),
+    // unless the new file asks for another one.
+    if let Ok(inherit) = std::env::var(INHERIT_LISTEN_ENV) {
+        if let Some((was, bound)) = inherit.split_once('=')
+            && was.parse() == Ok(config.listen)
+            && let Ok(bound) = bound.parse()
+        {
+            config.listen = bound;
+        }
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -175,6 +190,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     service::spawn_watchdog(app.clone());
     let reload = wait_for_signal(&args).await;
     tracing::info!("Shutting down.");
+    let running_addr = running.local_addr;
     running.stop().await;
     // Let queued writes commit before the process ends or is replaced.
     let _ = app.store.write(|_| Ok(())).await;
@@ -183,7 +199,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         // Re-execute with the same arguments: the validated file is read afresh, the pid (and so
         // systemd's MAINPID) stays, and the new process reports READY=1 again.
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
-        cmd.args(std::env::args_os().skip(1));
+        cmd.args(std::env::args_os().skip(1)).env(
+            INHERIT_LISTEN_ENV,
+            format!("{configured_listen}={}", running_addr),
+        );
         let err = std::os::unix::process::CommandExt::exec(&mut cmd);
         return Err(err).context("cannot re-execute for the reload");
     }
@@ -194,7 +213,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
 /// with an invalid config is logged and the running config stays.
 async fn wait_for_signal(args: &ServeArgs) -> bool {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return false;
     };

@@ -18,10 +18,9 @@ pub fn notify_reloading() {
 /// Pets the watchdog at half of `WatchdogSec=`, but only after a write round-trip through the
 /// store's writer succeeds: a wedged writer (the part that loses data if it hangs) stops the pets.
 pub fn spawn_watchdog(app: Arc<App>) {
-    let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    let Some(usec) = watchdog_usec() else {
         return;
-    }
+    };
     let period = Duration::from_micros(usec / 2);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
@@ -35,4 +34,16 @@ pub fn spawn_watchdog(app: Arc<App>) {
             }
         }
     });
+}
+
+/// `WATCHDOG_USEC` as libsystemd's `sd_watchdog_enabled` reads it: a positive number, and
+/// `WATCHDOG_PID`, when set, must name this process.
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then_some(usec)
 }

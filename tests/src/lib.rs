@@ -57,6 +57,15 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Sends `signal` to a process without waiting for it.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: plain kill(2).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
 fn kill(child: &mut Child, signal: i32) {
     // SAFETY: plain kill(2) on a child we own.
     #[allow(unsafe_code)]
@@ -138,6 +147,16 @@ impl Collector {
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    /// The collector's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Status of GET /healthz.
+    pub fn healthz(&self) -> u16 {
+        self.get("/healthz", &[]).0
     }
 
     /// SIGKILLs the collector (no clean shutdown).
@@ -309,6 +328,7 @@ pub struct Agent {
     pub state: tempfile::TempDir,
     child: Option<Child>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -358,7 +378,18 @@ impl Agent {
             state,
             child: None,
             args,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the next spawn.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Replaces the command-line arguments for the next spawn.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|s| s.to_string()).collect();
     }
 
     /// Starts the process (its stderr goes to [`Agent::log`]).
@@ -374,6 +405,7 @@ impl Agent {
                 "VMMON_LOG",
                 std::env::var("VMMON_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

@@ -1,11 +1,12 @@
 //! HTTP APIs other than the agents' `/rpc`: routing and shared request/response helpers.
 
 pub mod legacy;
+pub mod mana;
 mod repr;
 
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, StatusCode};
 use jsonrpsee::server::HttpBody;
@@ -30,16 +31,24 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response {
         (Method::GET | Method::HEAD, HEALTH_PATH) => health(&app).await,
         (Method::POST, LEGACY_PATH) => legacy::handle(&app, req).await,
         (_, LEGACY_PATH) => error_json(StatusCode::METHOD_NOT_ALLOWED, "use POST for /wsgi_app.py"),
+        (_, p) if mana::owns(p) => mana::handle(&app, req).await,
         _ => error_json(StatusCode::NOT_FOUND, &format!("no such path: {path}")),
     }
 }
 
 async fn health(app: &App) -> Response {
-    match app.store.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await {
+    match app
+        .store
+        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .await
+    {
         Ok(_) => json_response(StatusCode::OK, &json!({"status": "ok"})),
         Err(e) => {
             tracing::error!(error = %e, "Health check cannot read the store.");
-            json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "store unavailable"}))
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "store unavailable"}),
+            )
         }
     }
 }
@@ -55,15 +64,31 @@ pub enum BodyError {
     Read(String),
 }
 
-/// Reads a whole body, refusing more than `max` bytes without buffering them.
-pub async fn read_body(body: Incoming, max: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(BodyError::TooLarge(max))
+/// Bytes of an oversized body read and discarded so the client still receives the error answer
+/// (closing mid-upload makes most clients report a reset instead). Past this the connection is
+/// simply closed.
+const DRAIN_OVERSIZED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads a whole body, keeping at most `max` bytes; a larger body is drained (up to a bound)
+/// without being buffered and refused.
+pub async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen <= max {
+                buf.extend_from_slice(&data);
+            } else if seen > max.saturating_add(DRAIN_OVERSIZED_BYTES) {
+                return Err(BodyError::TooLarge(max));
+            }
         }
-        Err(e) => Err(BodyError::Read(e.to_string())),
     }
+    if seen > max {
+        return Err(BodyError::TooLarge(max));
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// A JSON response.
@@ -89,10 +114,17 @@ pub fn validate_instance_id(id: &str) -> Result<(), String> {
         return Err("instance_id is empty".into());
     }
     if id.len() > MAX_INSTANCE_ID_LEN {
-        return Err(format!("instance_id is longer than {MAX_INSTANCE_ID_LEN} characters"));
+        return Err(format!(
+            "instance_id is longer than {MAX_INSTANCE_ID_LEN} characters"
+        ));
     }
-    if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
-        return Err(format!("instance_id {id:?} contains the character {bad:?}; allowed are letters, digits and . _ : -"));
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!(
+            "instance_id {id:?} contains the character {bad:?}; allowed are letters, digits and . _ : -"
+        ));
     }
     Ok(())
 }

@@ -148,8 +148,8 @@ mod tests {
 
     #[test]
     fn object_ids_are_24_hex_and_distinct() {
-        let a = object_id(1_483_306_679, 1, 42);
-        let b = object_id(1_483_306_679, 2, 42);
+        let a = object_id(1_483_277_879, 1, 42);
+        let b = object_id(1_483_277_879, 2, 42);
         assert_eq!(a.len(), 24);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert!(a.starts_with("58690637"));

@@ -123,7 +123,11 @@ pub fn register(
                     configured_interval_secs,
                 ],
             )?;
-            Ok(RegisterOutcome::Registered(get(conn, instance_id)?.map(|r| r.desired).unwrap_or(row.desired)))
+            Ok(RegisterOutcome::Registered(
+                get(conn, instance_id)?
+                    .map(|r| r.desired)
+                    .unwrap_or(row.desired),
+            ))
         }
         None => {
             conn.execute(
@@ -175,12 +179,22 @@ pub fn list(conn: &Connection, project: Option<&str>) -> Result<Vec<InstanceRow>
 
 /// Persists a new desired state; false when the instance does not exist. `interval_by_admin`
 /// pins the interval against the agent's own configuration on later registrations.
-pub fn set_desired(conn: &Connection, instance_id: &str, desired: DesiredState, interval_by_admin: bool) -> Result<bool> {
+pub fn set_desired(
+    conn: &Connection,
+    instance_id: &str,
+    desired: DesiredState,
+    interval_by_admin: bool,
+) -> Result<bool> {
     Ok(conn.execute(
         "UPDATE instances SET monitoring = ?2, interval_secs = ?3,
              interval_by_admin = interval_by_admin OR ?4
          WHERE instance_id = ?1",
-        params![instance_id, desired.monitoring, desired.interval_secs, interval_by_admin],
+        params![
+            instance_id,
+            desired.monitoring,
+            desired.interval_secs,
+            interval_by_admin
+        ],
     )? > 0)
 }
 

@@ -90,4 +90,38 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX process_samples_instance_time ON process_samples(instance_id, sampled_at_ms);
     CREATE INDEX process_samples_instance_cmd ON process_samples(instance_id, cmd, sampled_at_ms);
     "#,
+    // v2: project bandwidth rollup (mana_api flow, flow_monthly): bytes per project, region and
+    // 10-minute bucket; per UTC day the totals and the peak bucket (so a month reads ~30 day rows
+    // plus its edge buckets); each instance's last counter reading for the next delta. Samples
+    // stored before this version are not rolled up.
+    r#"
+    CREATE TABLE flow_buckets (
+        project          TEXT NOT NULL,
+        bucket_start_ms  INTEGER NOT NULL,
+        region           TEXT NOT NULL,
+        in_bytes         INTEGER NOT NULL,
+        out_bytes        INTEGER NOT NULL,
+        PRIMARY KEY (project, bucket_start_ms, region)
+    ) WITHOUT ROWID;
+    CREATE INDEX flow_buckets_time ON flow_buckets(bucket_start_ms);
+    CREATE TABLE flow_days (
+        project        TEXT NOT NULL,
+        day_start_ms   INTEGER NOT NULL,
+        region         TEXT NOT NULL,
+        total_in       INTEGER NOT NULL,
+        total_out      INTEGER NOT NULL,
+        max_in         INTEGER NOT NULL,
+        max_in_at_ms   INTEGER NOT NULL,
+        max_out        INTEGER NOT NULL,
+        max_out_at_ms  INTEGER NOT NULL,
+        PRIMARY KEY (project, day_start_ms, region)
+    ) WITHOUT ROWID;
+    CREATE INDEX flow_days_time ON flow_days(day_start_ms);
+    CREATE TABLE flow_counters (
+        instance_id    TEXT PRIMARY KEY,
+        sampled_at_ms  INTEGER NOT NULL,
+        rx_bytes       INTEGER NOT NULL,
+        tx_bytes       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];

@@ -7,6 +7,7 @@
 //! read-only connections on the blocking thread pool; WAL lets them proceed while the writer
 //! writes.
 
+pub mod flow;
 pub mod instances;
 mod migrations;
 pub mod samples;
@@ -79,8 +80,9 @@ struct Inner {
 impl Store {
     /// Opens (creating if needed) the database in `data_dir`, migrates it and starts the writer.
     pub fn open(data_dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Commit(format!("cannot create {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Commit(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
         let path = data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;

@@ -117,13 +117,19 @@ pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resu
             ])?;
         }
     }
+    // Bandwidth rollup, in this same transaction and only for a newly stored batch.
+    super::flow::apply_batch(conn, batch, now_ms)?;
     Ok(true)
 }
 
 /// Whether a batch id has been stored.
 pub fn batch_seen(conn: &Connection, batch_id: &str) -> Result<bool> {
     Ok(conn
-        .query_row("SELECT 1 FROM batches WHERE batch_id = ?1", [batch_id], |_| Ok(()))
+        .query_row(
+            "SELECT 1 FROM batches WHERE batch_id = ?1",
+            [batch_id],
+            |_| Ok(()),
+        )
         .map(|_| true)
         .or_else(|e| match e {
             rusqlite::Error::QueryReturnedNoRows => Ok(false),
@@ -184,7 +190,12 @@ pub fn latest_vm(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec
 }
 
 /// VM samples of an instance in `[from_ms, to_ms)`, oldest first.
-pub fn vm_range(conn: &Connection, instance_id: &str, from_ms: i64, to_ms: i64) -> Result<Vec<VmRow>> {
+pub fn vm_range(
+    conn: &Connection,
+    instance_id: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<VmRow>> {
     let sql = format!(
         "SELECT {VM_COLUMNS} FROM vm_samples WHERE instance_id = ?1
          AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3 ORDER BY sampled_at_ms, id"
@@ -195,7 +206,11 @@ pub fn vm_range(conn: &Connection, instance_id: &str, from_ms: i64, to_ms: i64) 
 }
 
 /// The processes of an instance's newest process sample, busiest first, at most `limit`.
-pub fn latest_processes(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec<ProcessRow>> {
+pub fn latest_processes(
+    conn: &Connection,
+    instance_id: &str,
+    limit: u32,
+) -> Result<Vec<ProcessRow>> {
     let newest: Option<i64> = conn.query_row(
         "SELECT MAX(sampled_at_ms) FROM process_samples WHERE instance_id = ?1",
         [instance_id],

@@ -57,14 +57,30 @@ async fn duplicate_batch_is_stored_once() {
         batch_id: uuid::Uuid::new_v4(),
         instance_id: "i-1".into(),
         seq: 1,
-        samples: vec![Sample { vm: vm(1000), processes: None }],
+        samples: vec![Sample {
+            vm: vm(1000),
+            processes: None,
+        }],
         dropped_samples_total: 0,
     };
     let b1 = batch.clone();
-    assert!(store.write(move |c| samples::insert_batch(c, &b1, 1)).await.unwrap());
+    assert!(
+        store
+            .write(move |c| samples::insert_batch(c, &b1, 1))
+            .await
+            .unwrap()
+    );
     let b2 = batch.clone();
-    assert!(!store.write(move |c| samples::insert_batch(c, &b2, 2)).await.unwrap());
-    let n = store.read(|c| samples::vm_sample_count(c, "i-1")).await.unwrap();
+    assert!(
+        !store
+            .write(move |c| samples::insert_batch(c, &b2, 2))
+            .await
+            .unwrap()
+    );
+    let n = store
+        .read(|c| samples::vm_sample_count(c, "i-1"))
+        .await
+        .unwrap();
     assert_eq!(n, 1);
 }
 
@@ -105,7 +121,11 @@ async fn foreign_project_cannot_take_over_an_instance() {
         .await
         .unwrap();
     assert_eq!(out, RegisterOutcome::ForeignProject);
-    let row = store.read(|c| instances::get(c, "i-1")).await.unwrap().unwrap();
+    let row = store
+        .read(|c| instances::get(c, "i-1"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.project, "p1");
 }
 
@@ -120,8 +140,14 @@ async fn sessions_expire_when_idle() {
         })
         .await
         .unwrap();
-    let live = store.read(|c| users::session_user(c, "s1", 1_500, 1_000)).await.unwrap();
+    let live = store
+        .read(|c| users::session_user(c, "s1", 1_500, 1_000))
+        .await
+        .unwrap();
     assert!(live.is_some());
-    let dead = store.read(|c| users::session_user(c, "s1", 2_000, 1_000)).await.unwrap();
+    let dead = store
+        .read(|c| users::session_user(c, "s1", 2_000, 1_000))
+        .await
+        .unwrap();
     assert!(dead.is_none());
 }

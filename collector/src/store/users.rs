@@ -98,9 +98,8 @@ pub fn user_by_name(conn: &Connection, name: &str) -> Result<Option<UserRow>> {
 
 /// All users, by name.
 pub fn list_users(conn: &Connection) -> Result<Vec<UserRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, name, password_hash, is_admin, project FROM users ORDER BY name",
-    )?;
+    let mut stmt =
+        conn.prepare("SELECT id, name, password_hash, is_admin, project FROM users ORDER BY name")?;
     let rows = stmt.query_map([], user_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
@@ -112,11 +111,20 @@ pub fn delete_user(conn: &Connection, name: &str) -> Result<bool> {
 
 /// Number of admin users.
 pub fn admin_count(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM users WHERE is_admin = 1", [], |r| r.get(0))?)
+    Ok(
+        conn.query_row("SELECT COUNT(*) FROM users WHERE is_admin = 1", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 /// Creates a session.
-pub fn create_session(conn: &Connection, session_id: &str, user_id: i64, now_ms: i64) -> Result<()> {
+pub fn create_session(
+    conn: &Connection,
+    session_id: &str,
+    user_id: i64,
+    now_ms: i64,
+) -> Result<()> {
     conn.execute(
         "INSERT INTO sessions (id, user_id, created_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)",
         params![session_id, user_id, now_ms],
@@ -162,7 +170,10 @@ pub fn touch_session(conn: &Connection, session_id: &str, now_ms: i64) -> Result
 
 /// Deletes sessions idle for longer than `idle_ms`; returns how many.
 pub fn purge_sessions(conn: &Connection, now_ms: i64, idle_ms: i64) -> Result<usize> {
-    Ok(conn.execute("DELETE FROM sessions WHERE last_seen_ms <= ?1", [now_ms - idle_ms])?)
+    Ok(conn.execute(
+        "DELETE FROM sessions WHERE last_seen_ms <= ?1",
+        [now_ms - idle_ms],
+    )?)
 }
 
 /// Stores a new agent token by its SHA-256; returns its id.

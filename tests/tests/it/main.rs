@@ -3,3 +3,5 @@
 
 mod core_api;
 mod delivery;
+mod service;
+mod mana;

@@ -1,0 +1,244 @@
+//! Running as a service: config validation, systemd notifications, SIGHUP reload.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vmmon_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/agent")
+        .join(kind);
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty());
+    v
+}
+
+#[test]
+fn agent_check_config_accepts_valid_and_names_each_problem() {
+    for path in fixtures("valid") {
+        let out = Command::new(bin_path("vmmon-agent"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
+    }
+    for path in fixtures("invalid") {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .unwrap();
+        let out = Command::new(bin_path("vmmon-agent"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{} must be refused", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(expect),
+            "{}: {err:?} should contain {expect:?}",
+            path.display()
+        );
+    }
+    // A missing explicit file is an error naming the path.
+    let out = Command::new(bin_path("vmmon-agent"))
+        .args(["--config", "/nonexistent/agent.toml", "--check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml"));
+}
+
+#[test]
+fn collector_check_config() {
+    let (_d, good) = collector_config("timezone = \"Asia/Shanghai\"\n");
+    let ok = Command::new(bin_path("vmmon-collector"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let (_d2, bad) = collector_config("timezone = \"Mars/Base\"\nsession_idle_secs = 0\n");
+    let out = Command::new(bin_path("vmmon-collector"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Mars/Base") && err.contains("session_idle_secs"),
+        "all problems at once: {err}"
+    );
+}
+
+fn recv_until(sock: &UnixDatagram, want: &str) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + T;
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]);
+            if msg.lines().any(|l| l == want) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn agent_notifies_ready_and_pets_the_watchdog() {
+    let c = Collector::start();
+    let token = c.create_token("p1", "r1");
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut agent = Agent::prepare(&c.rpc_url(), &token, "vm-svc-1", 1, &[]);
+    agent.set_env("NOTIFY_SOCKET", sock_path.to_str().unwrap());
+    agent.set_env("WATCHDOG_USEC", "400000");
+    agent.spawn();
+    assert!(
+        recv_until(&sock, "READY=1"),
+        "READY=1 after the first sample: {}",
+        agent.log()
+    );
+    assert!(
+        recv_until(&sock, "WATCHDOG=1"),
+        "watchdog pets from the sampling loop"
+    );
+    assert!(recv_until(&sock, "WATCHDOG=1"), "and they keep coming");
+}
+
+#[test]
+fn collector_notifies_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let child = Command::new(bin_path("vmmon-collector"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env("VMMON_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = ChildGuard(child);
+    assert!(recv_until(&sock, "READY=1"));
+    assert!(
+        recv_until(&sock, "WATCHDOG=1"),
+        "watchdog pets after store round-trips"
+    );
+}
+
+#[test]
+fn agent_sighup_swaps_in_a_valid_config_and_keeps_the_old_on_error() {
+    let a = Collector::start();
+    let b = Collector::start();
+    let token_a = a.create_token("p1", "r1");
+    let token_b = b.create_token("p1", "r1");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    let write = |url: &str, token: &str| {
+        std::fs::write(&cfg, format!("collector = \"{url}\"\ntoken = \"{token}\"\ninterval_secs = 1\ninstance_id = \"vm-hup-1\"\n")).unwrap();
+    };
+    write(&a.rpc_url(), &token_a);
+    let mut agent = Agent::prepare(&a.rpc_url(), &token_a, "vm-hup-1", 1, &[]);
+    let state = agent.state.path().display().to_string();
+    agent.set_args(&["--config", cfg.to_str().unwrap(), "--state-dir", &state]);
+    agent.spawn();
+    let count = |c: &Collector| {
+        c.query_i64(
+            "SELECT COUNT(*) FROM vm_samples WHERE instance_id = 'vm-hup-1'",
+            &[],
+        )[0]
+    };
+    assert!(
+        wait_until(T, || count(&a) > 0),
+        "reports to A: {}",
+        agent.log()
+    );
+
+    write(&b.rpc_url(), &token_b);
+    signal(agent.pid().unwrap(), libc::SIGHUP);
+    assert!(
+        wait_until(T, || count(&b) > 0),
+        "after SIGHUP it reports to B: {}",
+        agent.log()
+    );
+
+    std::fs::write(&cfg, "collector = \"http://wrong\"\n").unwrap();
+    signal(agent.pid().unwrap(), libc::SIGHUP);
+    assert!(
+        wait_until(T, || agent.log().contains("keeping the running one")),
+        "{}",
+        agent.log()
+    );
+    let n = count(&b);
+    assert!(
+        wait_until(T, || count(&b) >= n + 2),
+        "still reporting to B with the old config"
+    );
+    assert!(agent.is_running());
+}
+
+#[test]
+fn collector_sighup_reloads_a_valid_config_and_keeps_the_old_on_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("collector.toml");
+    std::fs::write(&cfg, "max_body_bytes = 4096\n").unwrap();
+    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let big = format!("{{\"method\": 458753, \"pad\": \"{}\"}}", "x".repeat(6000));
+    let too_big = |c: &Collector| {
+        c.legacy_raw(&big)["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the limit")
+    };
+    assert!(too_big(&c));
+
+    std::fs::write(&cfg, "max_body_bytes = 1048576\n").unwrap();
+    let pid = c.pid().unwrap();
+    signal(pid, libc::SIGHUP);
+    assert!(
+        wait_until(T, || std::panic::catch_unwind(|| !too_big(&c))
+            .unwrap_or(false)),
+        "new cap applies after SIGHUP"
+    );
+    assert_eq!(c.pid(), Some(pid), "same process (re-executed in place)");
+
+    std::fs::write(&cfg, "max_body_bytes = \"lots\"\n").unwrap();
+    signal(pid, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !too_big(&c),
+        "invalid file ignored, old config still serving"
+    );
+    assert_eq!(c.healthz(), 200);
+}
