@@ -42,6 +42,7 @@ fn sample(at_ms: i64, rx: u64, tx: u64) -> Sample {
             rx_bytes_total: rx,
             tx_bytes_total: tx,
             proc_count: 100,
+            net_attribution: None,
         },
         processes: None,
     }

@@ -29,6 +29,9 @@ pub enum Command {
     /// Portal users (admins, or tenants of one project).
     #[command(subcommand)]
     User(UserCommand),
+    /// Rating (the CloudKitty-compatible API): rate past periods again.
+    #[command(subcommand)]
+    Rating(RatingCommand),
 }
 
 /// Options of `serve`.
@@ -116,5 +119,26 @@ pub enum UserCommand {
         /// Login name.
         #[arg(long)]
         name: String,
+    },
+}
+
+/// `rating …`
+#[derive(Debug, Subcommand)]
+pub enum RatingCommand {
+    /// Rate periods now (again), replacing what was stored for them: prices usage from the stored
+    /// samples with the current modules and hashmap rules. Safe while `serve` runs.
+    Process {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        data: PathBuf,
+        /// Collector config file (for `[rating]` period_secs and metrics_file).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A time in the first period, UTC: `YYYY-MM-DDTHH:MM:SS` or `YYYY-MM-DD`.
+        #[arg(long)]
+        period_start: String,
+        /// Number of consecutive periods.
+        #[arg(long, default_value_t = 1)]
+        periods: u32,
     },
 }

@@ -29,6 +29,11 @@ pub struct CollectorConfig {
     pub default_interval_secs: u32,
     /// Most records one legacy API query may return (`limit` is capped to this).
     pub max_limit: u32,
+    /// Raw VM and process samples (and batch ids for dedup) older than this many days are deleted;
+    /// the bandwidth, CDN and rating rollups are kept. 0 keeps raw samples forever.
+    pub raw_retention_days: u32,
+    /// The CloudKitty-compatible rating API and its processing (`[rating]`, see docs/rating.md).
+    pub rating: crate::rating::RatingConfig,
 }
 
 impl Default for CollectorConfig {
@@ -44,6 +49,8 @@ impl Default for CollectorConfig {
             command_timeout_ms: 5_000,
             default_interval_secs: 30,
             max_limit: 10_000,
+            raw_retention_days: 30,
+            rating: crate::rating::RatingConfig::default(),
         }
     }
 }
@@ -112,6 +119,10 @@ impl CollectorConfig {
         if self.max_limit == 0 {
             errors.push("max_limit must be at least 1".into());
         }
+        if self.raw_retention_days > 36_500 {
+            errors.push("raw_retention_days must be at most 36500 (0 keeps forever)".into());
+        }
+        errors.extend(self.rating.problems(self.listen));
         if errors.is_empty() {
             Ok(())
         } else {

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use vmmon_collector::{App, CollectorConfig, admin, server, store::Store};
 
-use cli::{Cli, Command, ServeArgs, TokenCommand, UserCommand};
+use cli::{Cli, Command, RatingCommand, ServeArgs, TokenCommand, UserCommand};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -100,6 +100,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Rating(RatingCommand::Process {
+            data,
+            config,
+            period_start,
+            periods,
+        }) => rating_process(&data, config.as_deref(), &period_start, periods).await,
         Command::User(UserCommand::Remove { data, name }) => {
             let store = open(&data).await?;
             if !admin::remove_user(&store, &name).await? {
@@ -109,6 +115,35 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn rating_process(
+    data: &std::path::Path,
+    config: Option<&std::path::Path>,
+    start: &str,
+    periods: u32,
+) -> Result<()> {
+    use vmmon_collector::rating::{decimal, metrics::MetricsConfig, processor};
+    let cfg = CollectorConfig::load(config)?.rating;
+    let metrics = MetricsConfig::load(cfg.metrics_file.as_deref()).map_err(anyhow::Error::msg)?;
+    let start_ms = vmmon_collector::api::rating::parse_datetime(start)
+        .with_context(|| format!("--period-start {start:?} is not a date or datetime"))?;
+    let store = open(data).await?;
+    let period_ms = (cfg.period_secs as i64).saturating_mul(1000);
+    let done = processor::process_range(&store, Arc::new(metrics), period_ms, start_ms, periods)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    for o in done {
+        println!(
+            "{}\ttenants={}\tpoints={}\ttotal={}{}",
+            processor::iso(o.begin_ms),
+            o.tenants,
+            o.points,
+            decimal::to_text(o.total),
+            if o.replaced { "\treplaced" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 fn read_password() -> Result<String> {
@@ -186,6 +221,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     println!("vmmon-collector listening on {}", running.local_addr);
     tracing::info!(addr = %running.local_addr, data = %app.config.data_dir.display(), "Collector ready.");
     vmmon_collector::spawn_housekeeping(app.clone());
+    vmmon_collector::rating::spawn_processing(app.clone());
     service::notify_ready();
     service::spawn_watchdog(app.clone());
     let reload = wait_for_signal(&args).await;

@@ -28,7 +28,7 @@ packaging/vm-image/build-image.sh disk "$WORK"
 
 ACCEL=tcg
 [ -w /dev/kvm ] && ACCEL=kvm
-qemu-system-x86_64 -machine q35,accel=$ACCEL -m 1024 -smp 2 -nographic -no-reboot \
+qemu-system-x86_64 -machine pc,accel=$ACCEL -cpu max -m 1024 -smp 2 -nographic -no-reboot \
   -kernel "$WORK/vmlinuz" -initrd "$WORK/initrd.img" \
   -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.show_status=1" \
   -drive file="$WORK/disk.img",format=raw,if=virtio \

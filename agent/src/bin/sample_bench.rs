@@ -9,6 +9,13 @@
 //! The floor uses the sampler's own system-call pattern (`open`, one `read` into a reused
 //! buffer, `close`), so the ratio is the sampler's overhead: the VM-level files, parsing, the
 //! process table and building the records.
+//!
+//! `--sockets N` then measures what per-process network attribution adds to a tick with N open
+//! TCP sockets: it opens N/2 loopback connections (both ends held here), and interleaves ticks
+//! of two samplers, one attributing (loopback counted, so these sockets take the full path a
+//! real one takes) and one not; the difference is the extra CPU per sample. Two phases: steady
+//! (no new socket: one sock_diag dump per address family, no `/proc/PID/fd` read) and churn
+//! (one new connection before every tick, so every tick looks up owners in `/proc/PID/fd`).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -17,6 +24,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
+
+use std::net::{TcpListener, TcpStream};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -38,6 +47,9 @@ struct Args {
     /// Measure only the sampler.
     #[arg(long)]
     agent: bool,
+    /// Open TCP sockets (over loopback) and measure the network attribution's extra cost.
+    #[arg(long, default_value_t = 0)]
+    sockets: usize,
 }
 
 /// Kills and reaps the children however `main` ends, panics included. (Ctrl-C reaches them
@@ -151,6 +163,98 @@ fn floor_pass(buf: &mut [u8], path: &mut Vec<u8>) -> usize {
     pids
 }
 
+/// Raises the soft open-file limit to the hard one (N sockets need N descriptors).
+#[allow(unsafe_code)]
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit read and write one `rlimit` we own; RLIMIT_NOFILE is valid.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Loopback connections, both ends held: two sockets each.
+struct Conns {
+    listener: TcpListener,
+    held: Vec<TcpStream>,
+}
+
+impl Conns {
+    fn open(sockets: usize) -> Result<Conns> {
+        raise_nofile();
+        let listener = TcpListener::bind("127.0.0.1:0").context("bind")?;
+        let mut conns = Conns {
+            listener,
+            held: Vec::with_capacity(sockets + 64),
+        };
+        for _ in 0..sockets / 2 {
+            conns.add()?;
+        }
+        Ok(conns)
+    }
+
+    /// One more connection, with a few bytes each way so its counters move.
+    fn add(&mut self) -> Result<()> {
+        use std::io::Write;
+        let mut c = TcpStream::connect(self.listener.local_addr()?).context("connect")?;
+        let (mut s, _) = self.listener.accept().context("accept")?;
+        c.write_all(b"ping")?;
+        s.write_all(b"pong")?;
+        self.held.push(c);
+        self.held.push(s);
+        Ok(())
+    }
+}
+
+/// The network attribution's extra CPU per sample with `sockets` open sockets.
+fn net_bench(sockets: usize, samples: usize) -> Result<()> {
+    let mut conns = Conns::open(sockets)?;
+    let mut with = Sampler::new(ProcRoots::default()).context("sampler")?;
+    with.set_net_count_loopback(true);
+    let mut without = Sampler::new(ProcRoots::default()).context("sampler")?;
+    without.set_net_attribution(false);
+    with.sample(SystemTime::now(), true).context("priming")?;
+    without.sample(SystemTime::now(), true).context("priming")?;
+    // One more tick each, so the owners are resolved before measuring the steady state.
+    with.sample(SystemTime::now(), true).context("sample")?;
+    without.sample(SystemTime::now(), true).context("sample")?;
+
+    for churn in [false, true] {
+        let (mut on, mut off) = (Cost::default(), Cost::default());
+        let before = with.net_stats();
+        for _ in 0..samples {
+            if churn {
+                conns.add()?;
+            }
+            on.measure(|| with.sample(SystemTime::now(), true))
+                .context("sample")?;
+            off.measure(|| without.sample(SystemTime::now(), true))
+                .context("sample")?;
+        }
+        let after = with.net_stats();
+        let phase = if churn { "churn" } else { "steady" };
+        let scans = after.scans - before.scans;
+        println!(
+            "net phase={phase} sockets_open={} sockets_followed={} scans={scans} fds_read_per_scan={:.0} \
+             with_ms={:.3} without_ms={:.3} extra_cpu_ms_per_sample={:.3}",
+            conns.held.len(),
+            after.followed,
+            if scans == 0 {
+                0.0
+            } else {
+                (after.fds_read - before.fds_read) as f64 / scans as f64
+            },
+            on.total_ms(),
+            off.total_ms(),
+            on.total_ms() - off.total_ms(),
+        );
+    }
+    Ok(())
+}
+
 /// Peak resident set size of this process (`VmHWM`), KiB.
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -164,6 +268,9 @@ fn main() -> Result<()> {
     let run_floor = !args.agent;
 
     let _children = spawn_idle(args.procs)?;
+    if args.sockets > 0 {
+        return net_bench(args.sockets, args.samples);
+    }
 
     let mut sampler = Sampler::new(ProcRoots::default()).context("creating the sampler")?;
     let mut buf = vec![0u8; 4096];

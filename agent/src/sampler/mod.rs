@@ -4,9 +4,11 @@
 //! `/proc/PID/stat` and `/proc/PID/io` for every pid (see `vmmon-sample-bench`).
 
 mod host;
+pub mod netflow;
 mod process;
 mod procfs;
 pub mod rates;
+pub mod sockdiag;
 
 use std::fs;
 use std::io;
@@ -16,9 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[cfg(test)]
 use vmmon_common::wire::ProcessKey;
-use vmmon_common::wire::{Inventory, ProcessSample, Sample, VmSample};
+use vmmon_common::wire::{Inventory, NetAttribution, ProcessSample, Sample, VmSample};
 
 use self::host::{DiskFilter, HostPaths, HostReading};
+use self::netflow::{NetFlow, NetStats};
 use self::process::{ProcessTable, TickCtx};
 use self::procfs::{PidPath, ReadBuf};
 
@@ -89,6 +92,14 @@ pub enum SamplerError {
 ///   record (`shutdown_time` = now, rates and memory 0) and is forgotten.
 /// * Turning process sampling off forgets the table without exit records; turning it on starts
 ///   a fresh one, so nothing that exited in between is reported.
+///
+/// Network per process (only while processes are requested; see [`netflow`]): every TCP
+/// socket's kernel byte counters from one `NETLINK_SOCK_DIAG` dump per address family, taken
+/// right after `/proc/net/dev`; deltas per socket cookie; sockets mapped to processes through
+/// `/proc/PID/fd`, read only when a socket needs an owner. Loopback traffic is left out, as in
+/// the VM figures. The VM sample then says how much of its interface traffic was attributed
+/// ([`NetAttribution`]); without process sampling, or without a working `sock_diag`, that is
+/// `None` and the processes' network rates are 0.
 #[derive(Debug)]
 pub struct Sampler {
     roots: ProcRoots,
@@ -106,6 +117,10 @@ pub struct Sampler {
     procs: Option<ProcessTable>,
     /// Records in the last process tick, to size the next one's vector.
     last_records: usize,
+    /// Per-process network traffic.
+    net: NetFlow,
+    /// False: per-process network attribution is skipped (benchmarks compare).
+    net_enabled: bool,
 }
 
 impl Sampler {
@@ -137,7 +152,29 @@ impl Sampler {
             scratch: HostReading::default(),
             procs: None,
             last_records: 0,
+            net: NetFlow::default(),
+            net_enabled: true,
         })
+    }
+
+    /// Turns per-process network attribution on (the default) or off.
+    pub fn set_net_attribution(&mut self, on: bool) {
+        self.net_enabled = on;
+        if !on {
+            self.net.reset();
+        }
+    }
+
+    /// Also attributes loopback traffic. Only for benchmarks that can open sockets over
+    /// loopback alone; the agent never sets it.
+    #[doc(hidden)]
+    pub fn set_net_count_loopback(&mut self, on: bool) {
+        self.net.set_count_loopback(on);
+    }
+
+    /// Work counters of the network attribution.
+    pub fn net_stats(&self) -> NetStats {
+        self.net.stats()
     }
 
     /// One tick: VM figures always, process records only when `with_processes`.
@@ -166,6 +203,13 @@ impl Sampler {
             self.procs = None;
         } else if self.procs.is_none() {
             self.procs = Some(ProcessTable::default());
+        }
+        let with_net = with_processes && self.net_enabled;
+        if with_net {
+            // Now, so the socket counters cover the same interval as /proc/net/dev.
+            self.net.dump();
+        } else {
+            self.net.reset();
         }
 
         let elapsed = self
@@ -206,12 +250,20 @@ impl Sampler {
                 table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out);
             }
         }
+        let mut attributed = None;
         if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
             table.end_tick(&ctx, out);
             self.last_records = out.len();
+            if with_net {
+                attributed = self.net.attribute(&self.roots.proc, &*table, cur.uptime);
+                if attributed.is_some() {
+                    table.apply_net(self.net.per_process(), &ctx, out);
+                }
+            }
         }
 
-        let vm = self.vm_figures(&cur, elapsed, now, proc_count);
+        let mut vm = self.vm_figures(&cur, elapsed, now, proc_count);
+        vm.net_attribution = attributed.map(|(rx, tx)| net_attribution(&vm, rx, tx, elapsed));
         self.scratch = self.prev.replace(cur).unwrap_or_default();
         Ok(Sample {
             vm,
@@ -330,7 +382,28 @@ impl Sampler {
             rx_bytes_total,
             tx_bytes_total,
             proc_count,
+            net_attribution: None,
         }
+    }
+}
+
+/// The VM's attributed and unattributed traffic, from the bytes attributed over `elapsed`.
+fn net_attribution(
+    vm: &VmSample,
+    rx_bytes: u64,
+    tx_bytes: u64,
+    elapsed: Option<Duration>,
+) -> NetAttribution {
+    let Some(elapsed) = elapsed else {
+        return NetAttribution::default();
+    };
+    let attributed_in = rates::kib_per_sec(0, rx_bytes, elapsed);
+    let attributed_out = rates::kib_per_sec(0, tx_bytes, elapsed);
+    NetAttribution {
+        attributed_in_kib_per_sec: attributed_in,
+        attributed_out_kib_per_sec: attributed_out,
+        unattributed_in_kib_per_sec: (vm.net_in_kib_per_sec - attributed_in).max(0.0),
+        unattributed_out_kib_per_sec: (vm.net_out_kib_per_sec - attributed_out).max(0.0),
     }
 }
 

@@ -5,10 +5,9 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
 use std::time::Duration;
 
-#[cfg(test)]
-use vmmon_common::wire::ProcessKey;
-use vmmon_common::wire::ProcessSample;
+use vmmon_common::wire::{ProcessKey, ProcessSample};
 
+use super::netflow::LiveProcesses;
 use super::procfs::{self, COMM_TRUNCATED_LEN, IoCounters, PidPath, ReadBuf};
 use super::rates;
 
@@ -59,6 +58,8 @@ struct Tracked {
     cmd: String,
     /// Tick generation that last saw it; older means it exited.
     seen: u64,
+    /// First seen in the current tick, after it started: its rates are over its age.
+    fresh: bool,
 }
 
 /// Processes seen on the previous tick, keyed by pid; the start time stored with each makes the
@@ -149,6 +150,7 @@ impl ProcessTable {
             comm,
             cmd,
             seen: generation,
+            fresh: false,
         };
 
         let (tracked, (cpu_pct, read_kib, write_kib)) = match self.entries.entry(pid) {
@@ -171,6 +173,7 @@ impl ProcessTable {
                 t.io = io;
                 t.io_denied = io.is_none();
                 t.seen = generation;
+                t.fresh = false;
                 if let (Some(comm), Some(cmd)) = (new_comm, new_cmd) {
                     t.comm = comm;
                     t.cmd = cmd;
@@ -183,7 +186,9 @@ impl ProcessTable {
                 let old = slot.insert(fresh(comm, new_cmd.unwrap_or_default()));
                 out.push(exit_record(pid, old, ctx.now_secs));
                 let rates = since_start(ctx, start_ticks, cpu_ticks, io);
-                (&*slot.into_mut(), rates)
+                let t = slot.into_mut();
+                t.fresh = true;
+                (&*t, rates)
             }
             MapEntry::Vacant(slot) => {
                 let rates = if self.primed {
@@ -192,10 +197,9 @@ impl ProcessTable {
                     (0.0, 0.0, 0.0)
                 };
                 let comm = new_comm.unwrap_or_default();
-                (
-                    &*slot.insert(fresh(comm, new_cmd.unwrap_or_default())),
-                    rates,
-                )
+                let t = slot.insert(fresh(comm, new_cmd.unwrap_or_default()));
+                t.fresh = self.primed;
+                (&*t, rates)
             }
         };
         out.push(ProcessSample {
@@ -206,12 +210,50 @@ impl ProcessTable {
             mem_pct,
             disk_read_kib_per_sec: read_kib,
             disk_write_kib_per_sec: write_kib,
-            // Per-process network attribution (sock_diag → /proc/PID/fd inode mapping) is not
-            // implemented yet: reported as 0 until it lands.
+            // Filled in by `apply_net` once the tick's sockets are attributed.
             net_in_kib_per_sec: 0.0,
             net_out_kib_per_sec: 0.0,
             shutdown_time: None,
         });
+    }
+
+    /// Sets the network rates of this tick's live records from `bytes` (received, sent) per
+    /// process: over the elapsed time, or over its age for a process first seen in this tick
+    /// (as its other rates).
+    pub fn apply_net(
+        &self,
+        bytes: &HashMap<ProcessKey, (u64, u64)>,
+        ctx: &TickCtx,
+        out: &mut [ProcessSample],
+    ) {
+        if bytes.is_empty() {
+            return;
+        }
+        let Some(elapsed) = ctx.elapsed else {
+            return;
+        };
+        for r in out.iter_mut().filter(|r| r.shutdown_time.is_none()) {
+            let Some(t) = self.entries.get(&r.pid) else {
+                continue;
+            };
+            let key = ProcessKey {
+                pid: r.pid,
+                start_ticks: t.start_ticks,
+            };
+            let Some(&(rx, tx)) = bytes.get(&key) else {
+                continue;
+            };
+            let over = if t.fresh {
+                ctx.uptime
+                    .checked_sub(ctx.ticks(t.start_ticks))
+                    .filter(|age| !age.is_zero())
+                    .unwrap_or(elapsed)
+            } else {
+                elapsed
+            };
+            r.net_in_kib_per_sec = rates::kib_per_sec(0, rx, over);
+            r.net_out_kib_per_sec = rates::kib_per_sec(0, tx, over);
+        }
     }
 
     /// Ends a tick: every tracked process not seen in it gets its one final record and is
@@ -240,6 +282,26 @@ impl Default for Tracked {
             comm: Box::default(),
             cmd: String::new(),
             seen: 0,
+            fresh: false,
+        }
+    }
+}
+
+impl LiveProcesses for ProcessTable {
+    fn is_live(&self, key: ProcessKey) -> bool {
+        self.entries
+            .get(&key.pid)
+            .is_some_and(|t| t.start_ticks == key.start_ticks && t.seen == self.generation)
+    }
+
+    fn for_each_live(&self, f: &mut dyn FnMut(ProcessKey)) {
+        for (&pid, t) in &self.entries {
+            if t.seen == self.generation {
+                f(ProcessKey {
+                    pid,
+                    start_ticks: t.start_ticks,
+                });
+            }
         }
     }
 }

@@ -739,3 +739,118 @@ fn real_proc_finds_this_process() {
     assert!(inv.cpu_count >= 1 && inv.mem_total_bytes > 0);
     assert!(!inv.hostname.is_empty());
 }
+
+/// Scripted sockets for the sampler-level network tests.
+#[derive(Debug, Clone, Default)]
+struct Sockets(std::sync::Arc<std::sync::Mutex<Vec<sockdiag::TcpSocket>>>);
+
+impl Sockets {
+    fn set(&self, socks: &[(u64, u32, u64, u64)]) {
+        let v = socks
+            .iter()
+            .map(|&(cookie, inode, rx, tx)| sockdiag::TcpSocket {
+                cookie,
+                inode,
+                loopback: false,
+                bytes_received: rx,
+                bytes_sent: tx,
+            })
+            .collect();
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
+impl netflow::SocketSource for Sockets {
+    fn dump(&mut self, out: &mut Vec<sockdiag::TcpSocket>) -> std::io::Result<()> {
+        out.clear();
+        out.extend_from_slice(&self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(())
+    }
+}
+
+fn hold_socket(fake: &Fake, pid: u32, fd: u32, inode: u32) {
+    let dir = fake.proc().join(pid.to_string()).join("fd");
+    fs::create_dir_all(&dir).expect("mkdir");
+    std::os::unix::fs::symlink(format!("socket:[{inode}]"), dir.join(fd.to_string()))
+        .expect("symlink");
+}
+
+#[test]
+fn process_network_rates_and_vm_attribution() {
+    let fake = Fake::new();
+    fake.set_net(&[("lo", 0, 0), ("eth0", 0, 0)]);
+    fake.set_proc(&FakeProc::new(100, "curl", 100));
+    fake.set_proc(&FakeProc::new(101, "idle", 100));
+    hold_socket(&fake, 100, 3, 7);
+    hold_socket(&fake, 101, 3, 8);
+    let socks = Sockets::default();
+    let mut s = sampler(&fake);
+    s.net = netflow::NetFlow::with_source(Box::new(socks.clone()));
+
+    socks.set(&[(1, 7, 0, 0), (2, 8, 0, 0)]);
+    let first = s.sample(at(1000), true).expect("first");
+    assert_eq!(
+        first.vm.net_attribution,
+        Some(NetAttribution::default()),
+        "measured, nothing yet"
+    );
+
+    // 10 s later: curl received 100 KiB and sent 200 KiB; eth0 moved 200 KiB each way
+    // (lo's traffic is in neither figure).
+    fake.set_uptime(1010.0);
+    fake.set_net(&[("lo", 9_999_999, 9_999_999), ("eth0", 204_800, 204_800)]);
+    socks.set(&[(1, 7, 102_400, 204_800), (2, 8, 0, 0)]);
+    let sample = s.sample(at(1010), true).expect("second");
+    let curl = live(&sample, 100);
+    assert!(close(curl.net_in_kib_per_sec, 10.0), "{curl:?}");
+    assert!(close(curl.net_out_kib_per_sec, 20.0), "{curl:?}");
+    let idle = live(&sample, 101);
+    assert_eq!(
+        (idle.net_in_kib_per_sec, idle.net_out_kib_per_sec),
+        (0.0, 0.0)
+    );
+    let a = sample.vm.net_attribution.expect("measured");
+    assert!(close(a.attributed_in_kib_per_sec, 10.0), "{a:?}");
+    assert!(close(a.attributed_out_kib_per_sec, 20.0), "{a:?}");
+    assert!(close(a.unattributed_in_kib_per_sec, 10.0), "{a:?}");
+    assert!(close(a.unattributed_out_kib_per_sec, 0.0), "{a:?}");
+
+    // A process started 5 s ago with a new socket: its rate is over its age, as its CPU's.
+    fake.set_uptime(1020.0);
+    let start_ticks = 1015 * s.clk_tck;
+    fake.set_proc(&FakeProc::new(102, "wget", start_ticks));
+    hold_socket(&fake, 102, 4, 9);
+    socks.set(&[(1, 7, 102_400, 204_800), (2, 8, 0, 0), (3, 9, 51_200, 0)]);
+    let sample = s.sample(at(1020), true).expect("third");
+    let wget = live(&sample, 102);
+    assert!(close(wget.net_in_kib_per_sec, 10.0), "{wget:?}");
+    assert_eq!(live(&sample, 100).net_in_kib_per_sec, 0.0);
+    let a = sample.vm.net_attribution.expect("measured");
+    assert!(
+        close(a.attributed_in_kib_per_sec, 5.0),
+        "VM figure over the tick: {a:?}"
+    );
+
+    // Process sampling off: not measured.
+    let off = s.sample(at(1030), false).expect("off");
+    assert_eq!(off.vm.net_attribution, None);
+    // Back on: a baseline again, whatever the counters did meanwhile.
+    socks.set(&[(1, 7, 999_999_999, 204_800)]);
+    let on = s.sample(at(1040), true).expect("on");
+    assert_eq!(live(&on, 100).net_in_kib_per_sec, 0.0);
+}
+
+#[test]
+fn attribution_can_be_turned_off() {
+    let fake = Fake::new();
+    fake.set_proc(&FakeProc::new(100, "curl", 100));
+    hold_socket(&fake, 100, 3, 7);
+    let socks = Sockets::default();
+    let mut s = sampler(&fake);
+    s.net = netflow::NetFlow::with_source(Box::new(socks.clone()));
+    s.set_net_attribution(false);
+    socks.set(&[(1, 7, 0, 0)]);
+    let sample = s.sample(at(1000), true).expect("sample");
+    assert_eq!(sample.vm.net_attribution, None);
+    assert_eq!(s.net_stats().scans, 0);
+}

@@ -15,6 +15,7 @@ fn sample(ms: i64) -> Sample {
             rx_bytes_total: 0,
             tx_bytes_total: 0,
             proc_count: 1,
+            net_attribution: None,
         },
         processes: None,
     }

@@ -359,6 +359,10 @@ fn round2(v: f64) -> f64 {
 }
 
 fn vm_record(app: &App, r: &VmRow, dropped: i64) -> Record {
+    let net_attr = |i: usize| {
+        r.net_attribution
+            .map_or(Field::Null, |a| Field::Float(round2(a[i])))
+    };
     vec![
         ("net_incoming", Field::Float(round2(r.net_in))),
         ("disk_write", Field::Float(round2(r.disk_write))),
@@ -376,6 +380,12 @@ fn vm_record(app: &App, r: &VmRow, dropped: i64) -> Record {
         ("rx_bytes", Field::Int(r.rx_bytes_total)),
         ("tx_bytes", Field::Int(r.tx_bytes_total)),
         ("dropped_samples", Field::Int(dropped)),
+        // Of net_incoming/net_outgoing, KB/s: attributed to processes or not; null when the
+        // agent did not measure it (process sampling off, no sock_diag, an older agent).
+        ("net_attributed_in", net_attr(0)),
+        ("net_attributed_out", net_attr(1)),
+        ("net_unattributed_in", net_attr(2)),
+        ("net_unattributed_out", net_attr(3)),
     ]
 }
 

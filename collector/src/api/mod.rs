@@ -2,6 +2,7 @@
 
 pub mod legacy;
 pub mod mana;
+pub mod rating;
 mod repr;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response {
         (Method::POST, LEGACY_PATH) => legacy::handle(&app, req).await,
         (_, LEGACY_PATH) => error_json(StatusCode::METHOD_NOT_ALLOWED, "use POST for /wsgi_app.py"),
         (_, p) if mana::owns(p) => mana::handle(&app, req).await,
+        (_, p) if rating::owns(p) => rating::handle(&app, req).await,
         _ => error_json(StatusCode::NOT_FOUND, &format!("no such path: {path}")),
     }
 }

@@ -424,6 +424,7 @@ mod tests {
                 rx_bytes_total: rx,
                 tx_bytes_total: tx,
                 proc_count: 1,
+                net_attribution: None,
             },
             processes: None,
         }

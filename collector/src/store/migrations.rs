@@ -124,4 +124,103 @@ pub(super) const MIGRATIONS: &[&str] = &[
         tx_bytes       INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // Rating (CloudKitty-compatible API): module states, deprecated collector mappings/states,
+    // hashmap rules (costs and levels as exact decimal text), processing state, and the rated
+    // datapoints with their per-period, tenant and type totals (what the reports read).
+    r#"
+    CREATE TABLE rating_modules (
+        module_id  TEXT PRIMARY KEY,
+        enabled    INTEGER NOT NULL,
+        priority   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE rating_collector_mappings (
+        service    TEXT PRIMARY KEY,
+        collector  TEXT NOT NULL
+    );
+    CREATE TABLE rating_collector_states (
+        name     TEXT PRIMARY KEY,
+        enabled  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE hashmap_services (
+        service_id  TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE hashmap_fields (
+        field_id    TEXT PRIMARY KEY,
+        service_id  TEXT NOT NULL REFERENCES hashmap_services(service_id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        UNIQUE (service_id, name)
+    );
+    CREATE TABLE hashmap_groups (
+        group_id  TEXT PRIMARY KEY,
+        name      TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE hashmap_mappings (
+        mapping_id  TEXT PRIMARY KEY,
+        value       TEXT,
+        map_type    TEXT NOT NULL CHECK (map_type IN ('flat', 'rate')),
+        cost        TEXT NOT NULL,
+        service_id  TEXT REFERENCES hashmap_services(service_id) ON DELETE CASCADE,
+        field_id    TEXT REFERENCES hashmap_fields(field_id) ON DELETE CASCADE,
+        group_id    TEXT REFERENCES hashmap_groups(group_id) ON DELETE SET NULL,
+        tenant_id   TEXT,
+        CHECK ((service_id IS NULL) <> (field_id IS NULL))
+    );
+    CREATE INDEX hashmap_mappings_service ON hashmap_mappings(service_id);
+    CREATE INDEX hashmap_mappings_field ON hashmap_mappings(field_id);
+    CREATE INDEX hashmap_mappings_group ON hashmap_mappings(group_id);
+    CREATE TABLE hashmap_thresholds (
+        threshold_id  TEXT PRIMARY KEY,
+        level         TEXT NOT NULL,
+        map_type      TEXT NOT NULL CHECK (map_type IN ('flat', 'rate')),
+        cost          TEXT NOT NULL,
+        service_id    TEXT REFERENCES hashmap_services(service_id) ON DELETE CASCADE,
+        field_id      TEXT REFERENCES hashmap_fields(field_id) ON DELETE CASCADE,
+        group_id      TEXT REFERENCES hashmap_groups(group_id) ON DELETE SET NULL,
+        tenant_id     TEXT,
+        CHECK ((service_id IS NULL) <> (field_id IS NULL))
+    );
+    CREATE INDEX hashmap_thresholds_service ON hashmap_thresholds(service_id);
+    CREATE INDEX hashmap_thresholds_field ON hashmap_thresholds(field_id);
+    CREATE INDEX hashmap_thresholds_group ON hashmap_thresholds(group_id);
+    CREATE TABLE rating_state (
+        name   TEXT PRIMARY KEY,
+        value  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE rated_points (
+        id            INTEGER PRIMARY KEY,
+        begin_ms      INTEGER NOT NULL,
+        end_ms        INTEGER NOT NULL,
+        tenant_id     TEXT NOT NULL,
+        res_type      TEXT NOT NULL,
+        unit          TEXT NOT NULL,
+        qty           TEXT NOT NULL,
+        rating        TEXT NOT NULL,
+        descr         TEXT NOT NULL,
+        processed_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX rated_points_period ON rated_points(begin_ms, tenant_id, res_type);
+    CREATE TABLE rated_totals (
+        begin_ms   INTEGER NOT NULL,
+        end_ms     INTEGER NOT NULL,
+        tenant_id  TEXT NOT NULL,
+        res_type   TEXT NOT NULL,
+        rate       TEXT NOT NULL,
+        PRIMARY KEY (begin_ms, tenant_id, res_type)
+    ) WITHOUT ROWID;
+    CREATE INDEX rated_totals_tenant ON rated_totals(tenant_id, begin_ms);
+    "#,
+    // Per-process network attribution: how much of each VM sample's interface traffic (KB/s)
+    // its processes account for. NULL where it was not measured (process sampling off,
+    // sock_diag unavailable, rows from agents or collectors older than this version).
+    r#"
+    ALTER TABLE vm_samples ADD COLUMN net_attributed_in REAL;
+    ALTER TABLE vm_samples ADD COLUMN net_attributed_out REAL;
+    ALTER TABLE vm_samples ADD COLUMN net_unattributed_in REAL;
+    ALTER TABLE vm_samples ADD COLUMN net_unattributed_out REAL;
+    "#,
+    // Retention deletes batch ids by receipt time without scanning the dedup table.
+    r#"
+    CREATE INDEX batches_received ON batches(received_at_ms);
+    "#,
 ];

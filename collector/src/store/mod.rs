@@ -10,6 +10,7 @@
 pub mod flow;
 pub mod instances;
 mod migrations;
+pub mod rating;
 pub mod samples;
 pub mod users;
 

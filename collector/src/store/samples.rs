@@ -1,6 +1,6 @@
 //! VM and process samples: deduplicated batch inserts and the legacy API's queries.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use vmmon_common::wire::ReportBatch;
 
 use super::Result;
@@ -32,6 +32,9 @@ pub struct VmRow {
     pub tx_bytes_total: i64,
     /// Process count.
     pub proc_count: i64,
+    /// Traffic attributed to processes / not, KB/s: `[in, out, unattributed in, unattributed
+    /// out]`; `None` where it was not measured.
+    pub net_attribution: Option<[f64; 4]>,
 }
 
 /// A stored process sample.
@@ -76,8 +79,9 @@ pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resu
     }
     let mut vm_stmt = conn.prepare_cached(
         "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
-             disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
+            net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?;
     let mut proc_stmt = conn.prepare_cached(
         "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
@@ -99,6 +103,10 @@ pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resu
             vm.rx_bytes_total as i64,
             vm.tx_bytes_total as i64,
             vm.proc_count,
+            vm.net_attribution.map(|a| a.attributed_in_kib_per_sec),
+            vm.net_attribution.map(|a| a.attributed_out_kib_per_sec),
+            vm.net_attribution.map(|a| a.unattributed_in_kib_per_sec),
+            vm.net_attribution.map(|a| a.unattributed_out_kib_per_sec),
         ])?;
         for p in sample.processes.iter().flatten() {
             proc_stmt.execute(params![
@@ -138,7 +146,8 @@ pub fn batch_seen(conn: &Connection, batch_id: &str) -> Result<bool> {
 }
 
 const VM_COLUMNS: &str = "id, instance_id, sampled_at_ms, cpu_pct, mem_pct, disk_read, disk_write,
-    net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count";
+    net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
+    net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out";
 
 fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
     Ok(VmRow {
@@ -154,6 +163,10 @@ fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
         rx_bytes_total: r.get(9)?,
         tx_bytes_total: r.get(10)?,
         proc_count: r.get(11)?,
+        net_attribution: match (r.get(12)?, r.get(13)?, r.get(14)?, r.get(15)?) {
+            (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
+            _ => None,
+        },
     })
 }
 
@@ -251,4 +264,42 @@ pub fn vm_sample_count(conn: &Connection, instance_id: &str) -> Result<i64> {
         [instance_id],
         |r| r.get(0),
     )?)
+}
+
+/// Deletes up to `max_rows` of each raw table's rows older than `cutoff_ms` (samples by sample
+/// time, batch ids by receipt time); returns how many rows went. Called repeatedly in small
+/// chunks so the single writer never stalls ingest for long.
+///
+/// Sample ids grow with arrival, which is almost time order, so the old rows are the low ids:
+/// each step finds the first row that must stay and deletes below it, costing time proportional
+/// to what is deleted instead of a scan of the table. (A sample that arrives after newer ones,
+/// e.g. from a long agent outage, is kept until the rows before it age out.)
+pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Result<usize> {
+    let mut n = 0;
+    for table in ["process_samples", "vm_samples"] {
+        let keep_from: Option<i64> = conn
+            .query_row(
+                &format!("SELECT id FROM {table} WHERE sampled_at_ms >= ?1 ORDER BY id LIMIT 1"),
+                [cutoff_ms],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let bound = match keep_from {
+            Some(id) => id,
+            None => conn.query_row(&format!("SELECT COALESCE(MAX(id), 0) + 1 FROM {table}"), [], |r| r.get(0))?,
+        };
+        n += conn.execute(
+            &format!(
+                "DELETE FROM {table} WHERE id IN (
+                     SELECT id FROM {table} WHERE id < ?1 AND sampled_at_ms < ?2 ORDER BY id LIMIT ?3)"
+            ),
+            params![bound, cutoff_ms, max_rows],
+        )?;
+    }
+    n += conn.execute(
+        "DELETE FROM batches WHERE batch_id IN (
+             SELECT batch_id FROM batches WHERE received_at_ms < ?1 LIMIT ?2)",
+        params![cutoff_ms, max_rows],
+    )?;
+    Ok(n)
 }

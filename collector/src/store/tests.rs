@@ -25,6 +25,7 @@ fn vm(ms: i64) -> VmSample {
         rx_bytes_total: 10,
         tx_bytes_total: 20,
         proc_count: 3,
+        net_attribution: None,
     }
 }
 
@@ -150,4 +151,39 @@ async fn sessions_expire_when_idle() {
         .await
         .unwrap();
     assert!(dead.is_none());
+}
+
+#[tokio::test]
+async fn retention_deletes_only_old_raw_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .write(|c| {
+            instances::register(c, "i-1", &token(), &Inventory::default(), 30, 0)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    for (ms, received) in [(1_000, 10), (2_000, 20), (90_000, 60_000)] {
+        let batch = ReportBatch {
+            batch_id: uuid::Uuid::new_v4(),
+            instance_id: "i-1".into(),
+            seq: 0,
+            samples: vec![Sample { vm: vm(ms), processes: None }],
+            dropped_samples_total: 0,
+        };
+        store.write(move |c| samples::insert_batch(c, &batch, received)).await.unwrap();
+    }
+    // Chunks of one row: repeated calls finish the job.
+    let mut deleted = 0;
+    loop {
+        let n = store.write(|c| samples::purge_raw_before(c, 50_000, 1)).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        deleted += n;
+    }
+    assert_eq!(deleted, 4, "two old VM samples and two old batch ids");
+    let left = store.read(|c| samples::latest_vm(c, "i-1", 10)).await.unwrap();
+    assert_eq!(left.iter().map(|r| r.sampled_at_ms).collect::<Vec<_>>(), vec![90_000]);
 }

@@ -27,6 +27,30 @@ pub struct VmSample {
     pub tx_bytes_total: u64,
     /// Number of processes.
     pub proc_count: u32,
+    /// How much of the interface traffic above was attributed to processes; `None` when it was
+    /// not measured (process sampling off, sock_diag unavailable, or an agent older than this
+    /// field).
+    #[serde(default)]
+    pub net_attribution: Option<NetAttribution>,
+}
+
+/// How much of a VM's interface traffic (loopback excluded) its processes account for.
+///
+/// Attributed: TCP payload bytes of sockets mapped to a process (the sum over the processes'
+/// `net_*_kib_per_sec` of the tick, measured over the tick's elapsed time). Unattributed: the
+/// interface figure minus the attributed one, never below 0: UDP and other protocols, TCP/IP
+/// headers and retransmissions, sockets opened and closed between two samples, sockets no
+/// process holds (kernel users such as NFS), traffic forwarded for containers or other guests.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct NetAttribution {
+    /// Received by process sockets, KB/s.
+    pub attributed_in_kib_per_sec: f64,
+    /// Sent by process sockets, KB/s.
+    pub attributed_out_kib_per_sec: f64,
+    /// Received on the interfaces but not attributed, KB/s.
+    pub unattributed_in_kib_per_sec: f64,
+    /// Sent on the interfaces but not attributed, KB/s.
+    pub unattributed_out_kib_per_sec: f64,
 }
 
 /// What the collector's inventory knows about a VM; sent on register and on change.
@@ -48,4 +72,33 @@ pub struct Inventory {
     pub agent_version: String,
     /// Operating system (PRETTY_NAME of /etc/os-release).
     pub os: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_sample_without_net_attribution_still_parses() {
+        // As an agent older than the field sends it.
+        let old = r#"{"sampled_at_ms":1,"elapsed_ms":1000,"cpu_pct":1.0,"mem_pct":2.0,
+            "disk_read_kib_per_sec":0.0,"disk_write_kib_per_sec":0.0,"net_in_kib_per_sec":3.0,
+            "net_out_kib_per_sec":4.0,"rx_bytes_total":5,"tx_bytes_total":6,"proc_count":7}"#;
+        let vm: VmSample = serde_json::from_str(old).expect("old sample parses");
+        assert_eq!(vm.net_attribution, None);
+        assert_eq!(vm.proc_count, 7);
+
+        let new = VmSample {
+            net_attribution: Some(NetAttribution {
+                attributed_in_kib_per_sec: 1.5,
+                attributed_out_kib_per_sec: 2.5,
+                unattributed_in_kib_per_sec: 1.5,
+                unattributed_out_kib_per_sec: 1.5,
+            }),
+            ..vm
+        };
+        let text = serde_json::to_string(&new).expect("serialize");
+        let back: VmSample = serde_json::from_str(&text).expect("round trip");
+        assert_eq!(back, new);
+    }
 }

@@ -5,7 +5,7 @@ mod host;
 mod process;
 
 pub use control::{Command, CommandAck, DesiredState, Heartbeat, RegisterRequest};
-pub use host::{Inventory, VmSample};
+pub use host::{Inventory, NetAttribution, VmSample};
 pub use process::{ProcessKey, ProcessSample};
 
 use serde::{Deserialize, Serialize};

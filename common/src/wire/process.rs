@@ -28,9 +28,9 @@ pub struct ProcessSample {
     pub disk_read_kib_per_sec: f64,
     /// From `/proc/PID/io` `write_bytes` deltas, KB/s.
     pub disk_write_kib_per_sec: f64,
-    /// The process's own received traffic, KB/s (0 until per-process network attribution lands).
+    /// The process's own received traffic (TCP payload of its sockets, loopback excluded), KB/s.
     pub net_in_kib_per_sec: f64,
-    /// The process's own sent traffic, KB/s (0 until per-process network attribution lands).
+    /// The process's own sent traffic (TCP payload of its sockets, loopback excluded), KB/s.
     pub net_out_kib_per_sec: f64,
     /// `None` while alive; on the one final record of an exited process, when it was seen gone
     /// (Unix epoch seconds).

@@ -3,5 +3,7 @@
 
 mod core_api;
 mod delivery;
-mod service;
 mod mana;
+mod netflow;
+mod rating;
+mod service;

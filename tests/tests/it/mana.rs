@@ -160,6 +160,7 @@ impl FakeAgent {
                         rx_bytes_total: rx,
                         tx_bytes_total: tx,
                         proc_count: 50,
+                        net_attribution: None,
                     },
                     processes: None,
                 })

@@ -1,0 +1,301 @@
+//! TCP sockets and their kernel byte counters from `NETLINK_SOCK_DIAG` (`inet_diag`), the
+//! interface `ss` uses: one dump per address family, `INET_DIAG_INFO` (`struct tcp_info`) per
+//! socket.
+//!
+//! Hand-written rather than `netlink-packet-sock-diag`: the three things read here (the socket
+//! cookie, its inode, two `tcp_info` counters) sit at fixed offsets, while that crate refuses a
+//! `tcp_info` shorter than its own struct (older kernels) and allocates per message and per
+//! attribute. The socket itself is `socket2`'s, so this file needs no `unsafe`.
+//!
+//! Counters (`struct tcp_info`, `include/uapi/linux/tcp.h`):
+//! * received = `tcpi_bytes_received` (offset 128, Linux ≥ 4.1): payload bytes received in
+//!   sequence (duplicates not counted), whether or not the process has read them yet;
+//! * sent = `tcpi_bytes_sent` (offset 200, Linux ≥ 4.19): payload bytes sent, retransmissions
+//!   included (what crosses the interface), else `tcpi_bytes_acked` (offset 120, Linux ≥ 4.1) on
+//!   older kernels: payload bytes the peer acknowledged.
+//!
+//! A `tcp_info` too short for the received counter (Linux < 4.1) yields no socket at all.
+
+use std::io::{self, Read};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// `SOCK_DIAG_BY_FAMILY` (`linux/sock_diag.h`).
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+/// `NLM_F_ROOT | NLM_F_MATCH`.
+const NLM_F_DUMP: u16 = 0x300;
+/// `sizeof(struct nlmsghdr)`.
+const NLMSG_HDRLEN: usize = 16;
+/// `sizeof(struct inet_diag_req_v2)`.
+const REQ_V2_LEN: usize = 56;
+/// `sizeof(struct inet_diag_msg)`.
+const DIAG_MSG_LEN: usize = 72;
+/// `INET_DIAG_INFO` (`linux/inet_diag.h`): the attribute carrying `struct tcp_info`.
+const INET_DIAG_INFO: u16 = 2;
+const RTA_HDRLEN: usize = 4;
+
+const TCPI_BYTES_ACKED: usize = 120;
+const TCPI_BYTES_RECEIVED: usize = 128;
+const TCPI_BYTES_SENT: usize = 200;
+
+/// A whole request: `nlmsghdr` + `inet_diag_req_v2`.
+pub const REQUEST_LEN: usize = NLMSG_HDRLEN + REQ_V2_LEN;
+
+/// TCP states dumped: every state in which a full socket can carry data. Left out: `LISTEN`
+/// (never carries data), `TIME_WAIT` and `SYN_RECV`/`NEW_SYN_RECV` (mini sockets without a
+/// `tcp_info`; their final counters were in the full socket they replaced).
+pub const STATES: u32 = (1 << 1) // ESTABLISHED
+    | (1 << 2) // SYN_SENT
+    | (1 << 4) // FIN_WAIT1
+    | (1 << 5) // FIN_WAIT2
+    | (1 << 7) // CLOSE
+    | (1 << 8) // CLOSE_WAIT
+    | (1 << 9) // LAST_ACK
+    | (1 << 11); // CLOSING
+
+/// One TCP socket as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSocket {
+    /// `idiag_cookie`: unique for the boot, never reused (unlike the inode).
+    pub cookie: u64,
+    /// `idiag_inode`: the sockfs inode `/proc/PID/fd/N` links to (`socket:[INODE]`); 0 for a
+    /// socket no file refers to any more (closed by its process, still flushing).
+    pub inode: u32,
+    /// Traffic that never leaves the VM: a loopback address at either end, or both ends on the
+    /// same address (a connection to one of the VM's own addresses is routed over `lo`).
+    pub loopback: bool,
+    /// Payload bytes received (see the module doc).
+    pub bytes_received: u64,
+    /// Payload bytes sent (see the module doc).
+    pub bytes_sent: u64,
+}
+
+/// The dump request for one address family (`AF_INET` or `AF_INET6`).
+#[must_use]
+pub fn request(family: u8, seq: u32) -> [u8; REQUEST_LEN] {
+    let mut r = [0u8; REQUEST_LEN];
+    r[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
+    r[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    r[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    r[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // nlmsg_pid 0: the kernel fills in our port id.
+    let q = NLMSG_HDRLEN;
+    r[q] = family;
+    r[q + 1] = libc::IPPROTO_TCP as u8;
+    r[q + 2] = 1 << (INET_DIAG_INFO - 1); // idiag_ext: ask for tcp_info
+    r[q + 4..q + 8].copy_from_slice(&STATES.to_ne_bytes());
+    // inet_diag_sockid left zero: every socket.
+    r
+}
+
+/// Where a dump stands after one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// More datagrams follow.
+    More,
+    /// `NLMSG_DONE` was seen.
+    Done,
+}
+
+/// Parses one datagram of the dump answering request `seq`, appending its sockets to `out`.
+/// Messages of another sequence number (left over from an abandoned dump) are skipped.
+pub fn parse_datagram(data: &[u8], seq: u32, out: &mut Vec<TcpSocket>) -> io::Result<Progress> {
+    let mut rest = data;
+    while rest.len() >= NLMSG_HDRLEN {
+        let len = u32_at(rest, 0) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return Err(malformed("netlink message length out of bounds"));
+        }
+        let kind = u16_at(rest, 4);
+        let msg_seq = u32_at(rest, 8);
+        let payload = &rest[NLMSG_HDRLEN..len];
+        rest = &rest[align4(len).min(rest.len())..];
+        if msg_seq != seq {
+            continue;
+        }
+        match kind {
+            NLMSG_DONE => return Ok(Progress::Done),
+            NLMSG_ERROR => {
+                let errno = payload.get(..4).map_or(0, |b| i32_at(b, 0));
+                if errno == 0 {
+                    continue; // an acknowledgement, not an error
+                }
+                return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if let Some(s) = parse_diag_msg(payload) {
+                    out.push(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Progress::More)
+}
+
+/// One `inet_diag_msg` and its attributes; `None` without a usable `tcp_info`.
+#[must_use]
+pub fn parse_diag_msg(payload: &[u8]) -> Option<TcpSocket> {
+    if payload.len() < DIAG_MSG_LEN {
+        return None;
+    }
+    let family = payload[0];
+    let src = &payload[8..24];
+    let dst = &payload[24..40];
+    let cookie = u64::from(u32_at(payload, 44)) | (u64::from(u32_at(payload, 48)) << 32);
+    let inode = u32_at(payload, 68);
+    let mut attrs = &payload[DIAG_MSG_LEN..];
+    while attrs.len() >= RTA_HDRLEN {
+        let len = usize::from(u16_at(attrs, 0));
+        if len < RTA_HDRLEN || len > attrs.len() {
+            return None;
+        }
+        if u16_at(attrs, 2) == INET_DIAG_INFO {
+            let (bytes_received, bytes_sent) = tcp_info_counters(&attrs[RTA_HDRLEN..len])?;
+            return Some(TcpSocket {
+                cookie,
+                inode,
+                loopback: is_local_traffic(family, src, dst),
+                bytes_received,
+                bytes_sent,
+            });
+        }
+        attrs = &attrs[align4(len).min(attrs.len())..];
+    }
+    None
+}
+
+/// `(received, sent)` from a `struct tcp_info` of whatever length the kernel gave.
+#[must_use]
+pub fn tcp_info_counters(info: &[u8]) -> Option<(u64, u64)> {
+    let received = u64_at(info, TCPI_BYTES_RECEIVED)?;
+    let sent = u64_at(info, TCPI_BYTES_SENT).or_else(|| u64_at(info, TCPI_BYTES_ACKED))?;
+    Some((received, sent))
+}
+
+/// See [`TcpSocket::loopback`]. `src` and `dst` are the 16-byte `idiag_src`/`idiag_dst`
+/// (IPv4 in the first 4 bytes).
+#[must_use]
+pub fn is_local_traffic(family: u8, src: &[u8], dst: &[u8]) -> bool {
+    let v4 = |a: &[u8]| [a[0], a[1], a[2], a[3]];
+    let (s, d) = if i32::from(family) == libc::AF_INET {
+        (v4(src), v4(dst))
+    } else {
+        let s6: [u8; 16] = src.try_into().unwrap_or([0; 16]);
+        let d6: [u8; 16] = dst.try_into().unwrap_or([0; 16]);
+        if s6 == d6 {
+            return true;
+        }
+        let (s, d) = (std::net::Ipv6Addr::from(s6), std::net::Ipv6Addr::from(d6));
+        if s.is_loopback() || d.is_loopback() {
+            return true;
+        }
+        // v4-mapped (a dual-stack socket talking IPv4): judge the IPv4 addresses.
+        match (s.to_ipv4_mapped(), d.to_ipv4_mapped()) {
+            (Some(s), Some(d)) => (s.octets(), d.octets()),
+            _ => return false,
+        }
+    };
+    s == d || s[0] == 127 || d[0] == 127
+}
+
+/// A `NETLINK_SOCK_DIAG` socket and its receive buffer.
+#[derive(Debug)]
+pub struct SockDiag {
+    sock: Socket,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+/// The kernel's dump datagrams are at most 32 KiB; twice that leaves no room for truncation.
+const RECV_BUF: usize = 64 * 1024;
+/// A dump that stalls this long fails instead of stalling the sampler.
+const RECV_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl SockDiag {
+    /// Opens the socket. Fails where netlink or `sock_diag` is unavailable (seccomp, an LSM, a
+    /// kernel without `inet_diag`); dumping itself needs no privilege.
+    pub fn open() -> io::Result<SockDiag> {
+        let sock = Socket::new(
+            Domain::from(libc::AF_NETLINK),
+            Type::DGRAM,
+            Some(Protocol::from(libc::NETLINK_SOCK_DIAG)),
+        )?;
+        sock.set_read_timeout(Some(RECV_TIMEOUT))?;
+        Ok(SockDiag {
+            sock,
+            buf: vec![0; RECV_BUF],
+            seq: 0,
+        })
+    }
+
+    /// Every TCP socket of this network namespace, IPv4 then IPv6, into `out` (cleared first).
+    pub fn dump(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
+        out.clear();
+        self.dump_family(libc::AF_INET as u8, out)?;
+        match self.dump_family(libc::AF_INET6 as u8, out) {
+            // A kernel without IPv6 has no handler for the family: no IPv6 sockets.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn dump_family(&mut self, family: u8, out: &mut Vec<TcpSocket>) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = request(family, self.seq);
+        let sent = self.sock.send(&req)?;
+        if sent != req.len() {
+            return Err(malformed("short netlink send"));
+        }
+        loop {
+            let n = match (&self.sock).read(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Err(malformed("netlink socket closed mid-dump"));
+            }
+            if n == self.buf.len() {
+                // Possibly truncated: grow for the next dump and give up on this one.
+                self.buf.resize(self.buf.len() * 2, 0);
+                return Err(malformed("netlink datagram larger than the buffer"));
+            }
+            if parse_datagram(&self.buf[..n], self.seq, out)? == Progress::Done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn malformed(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    let bytes: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_ne_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! sock_diag request and answer parsing, on hand-built datagrams and once on the real kernel.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+
+use super::*;
+
+const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
+
+/// A `tcp_info` of `len` bytes with the three counters set (as far as `len` reaches).
+fn tcp_info(len: usize, acked: u64, received: u64, sent: u64) -> Vec<u8> {
+    let mut info = vec![0u8; len.max(208)];
+    info[TCPI_BYTES_ACKED..TCPI_BYTES_ACKED + 8].copy_from_slice(&acked.to_ne_bytes());
+    info[TCPI_BYTES_RECEIVED..TCPI_BYTES_RECEIVED + 8].copy_from_slice(&received.to_ne_bytes());
+    info[TCPI_BYTES_SENT..TCPI_BYTES_SENT + 8].copy_from_slice(&sent.to_ne_bytes());
+    info.truncate(len);
+    info
+}
+
+fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut a = Vec::new();
+    a.extend_from_slice(&((RTA_HDRLEN + payload.len()) as u16).to_ne_bytes());
+    a.extend_from_slice(&kind.to_ne_bytes());
+    a.extend_from_slice(payload);
+    while a.len() % 4 != 0 {
+        a.push(0);
+    }
+    a
+}
+
+struct Msg {
+    family: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    cookie: u64,
+    inode: u32,
+    attrs: Vec<Vec<u8>>,
+}
+
+impl Msg {
+    fn v4(src: Ipv4Addr, dst: Ipv4Addr, cookie: u64, inode: u32, info: &[u8]) -> Self {
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s[..4].copy_from_slice(&src.octets());
+        d[..4].copy_from_slice(&dst.octets());
+        Msg {
+            family: AF_INET,
+            src: s,
+            dst: d,
+            cookie,
+            inode,
+            // SHUTDOWN (8) first, as the kernel sends it, then INFO.
+            attrs: vec![attr(8, &[0]), attr(INET_DIAG_INFO, info)],
+        }
+    }
+
+    fn v6(src: Ipv6Addr, dst: Ipv6Addr, cookie: u64, inode: u32, info: &[u8]) -> Self {
+        Msg {
+            family: AF_INET6,
+            src: src.octets(),
+            dst: dst.octets(),
+            cookie,
+            inode,
+            attrs: vec![attr(INET_DIAG_INFO, info)],
+        }
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        let mut p = vec![0u8; DIAG_MSG_LEN];
+        p[0] = self.family;
+        p[1] = 1; // ESTABLISHED
+        p[4..6].copy_from_slice(&40000u16.to_be_bytes());
+        p[6..8].copy_from_slice(&443u16.to_be_bytes());
+        p[8..24].copy_from_slice(&self.src);
+        p[24..40].copy_from_slice(&self.dst);
+        p[44..48].copy_from_slice(&(self.cookie as u32).to_ne_bytes());
+        p[48..52].copy_from_slice(&((self.cookie >> 32) as u32).to_ne_bytes());
+        p[64..68].copy_from_slice(&1000u32.to_ne_bytes());
+        p[68..72].copy_from_slice(&self.inode.to_ne_bytes());
+        for a in &self.attrs {
+            p.extend_from_slice(a);
+        }
+        p
+    }
+}
+
+fn nlmsg(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&0x2u16.to_ne_bytes()); // NLM_F_MULTI
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&4242u32.to_ne_bytes());
+    m.extend_from_slice(payload);
+    while m.len() % 4 != 0 {
+        m.push(0);
+    }
+    m
+}
+
+fn done(seq: u32) -> Vec<u8> {
+    nlmsg(NLMSG_DONE, seq, &0i32.to_ne_bytes())
+}
+
+const EXT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+const PEER: Ipv4Addr = Ipv4Addr::new(93, 184, 216, 34);
+
+#[test]
+fn request_layout() {
+    let r = request(AF_INET6, 7);
+    assert_eq!(u32_at(&r, 0), 72, "nlmsg_len");
+    assert_eq!(u16_at(&r, 4), 20, "SOCK_DIAG_BY_FAMILY");
+    assert_eq!(u16_at(&r, 6), 0x301, "NLM_F_REQUEST | NLM_F_DUMP");
+    assert_eq!(u32_at(&r, 8), 7, "seq");
+    assert_eq!(r[16], AF_INET6);
+    assert_eq!(r[17], 6, "IPPROTO_TCP");
+    assert_eq!(r[18], 0b10, "idiag_ext = 1 << (INET_DIAG_INFO - 1)");
+    let states = u32_at(&r, 20);
+    assert_eq!(states, STATES);
+    for (state, wanted) in [
+        (1, true),   // ESTABLISHED
+        (4, true),   // FIN_WAIT1
+        (8, true),   // CLOSE_WAIT
+        (6, false),  // TIME_WAIT
+        (10, false), // LISTEN
+        (12, false), // NEW_SYN_RECV
+    ] {
+        assert_eq!(states & (1 << state) != 0, wanted, "state {state}");
+    }
+    assert!(r[24..].iter().all(|&b| b == 0), "sockid: every socket");
+}
+
+#[test]
+fn parses_sockets_across_datagrams_until_done() {
+    let info = tcp_info(232, 5, 1_000, 2_000);
+    let mut d1 = nlmsg(
+        SOCK_DIAG_BY_FAMILY,
+        3,
+        &Msg::v4(EXT, PEER, 0x1_0000_0002, 77, &info).payload(),
+    );
+    d1.extend(nlmsg(
+        SOCK_DIAG_BY_FAMILY,
+        3,
+        &Msg::v6(
+            "2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST),
+            "2001:db8::2".parse().unwrap_or(Ipv6Addr::LOCALHOST),
+            9,
+            78,
+            &info,
+        )
+        .payload(),
+    ));
+    let mut out = Vec::new();
+    assert_eq!(parse_datagram(&d1, 3, &mut out).ok(), Some(Progress::More));
+    assert_eq!(
+        parse_datagram(&done(3), 3, &mut out).ok(),
+        Some(Progress::Done)
+    );
+    assert_eq!(
+        out,
+        vec![
+            TcpSocket {
+                cookie: 0x1_0000_0002,
+                inode: 77,
+                loopback: false,
+                bytes_received: 1_000,
+                bytes_sent: 2_000,
+            },
+            TcpSocket {
+                cookie: 9,
+                inode: 78,
+                loopback: false,
+                bytes_received: 1_000,
+                bytes_sent: 2_000,
+            },
+        ]
+    );
+}
+
+#[test]
+fn skips_other_sequence_numbers_and_acks() {
+    let info = tcp_info(232, 0, 1, 2);
+    let mut d = nlmsg(
+        SOCK_DIAG_BY_FAMILY,
+        2,
+        &Msg::v4(EXT, PEER, 1, 1, &info).payload(),
+    );
+    d.extend(done(2)); // a stale dump's end must not end this one
+    d.extend(nlmsg(NLMSG_ERROR, 3, &0i32.to_ne_bytes()));
+    d.extend(nlmsg(
+        SOCK_DIAG_BY_FAMILY,
+        3,
+        &Msg::v4(EXT, PEER, 2, 2, &info).payload(),
+    ));
+    let mut out = Vec::new();
+    assert_eq!(parse_datagram(&d, 3, &mut out).ok(), Some(Progress::More));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].cookie, 2);
+}
+
+#[test]
+fn kernel_error_is_an_error() {
+    let d = nlmsg(NLMSG_ERROR, 1, &(-libc::EPERM).to_ne_bytes());
+    let err = parse_datagram(&d, 1, &mut Vec::new()).err();
+    assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EPERM));
+}
+
+#[test]
+fn malformed_lengths_are_errors_not_panics() {
+    let info = tcp_info(232, 0, 1, 2);
+    let good = nlmsg(
+        SOCK_DIAG_BY_FAMILY,
+        1,
+        &Msg::v4(EXT, PEER, 1, 1, &info).payload(),
+    );
+    // nlmsg_len past the end of the datagram.
+    let mut long = good.clone();
+    long[0..4].copy_from_slice(&(good.len() as u32 + 4).to_ne_bytes());
+    assert!(parse_datagram(&long, 1, &mut Vec::new()).is_err());
+    // nlmsg_len below the header.
+    let mut short = good.clone();
+    short[0..4].copy_from_slice(&8u32.to_ne_bytes());
+    assert!(parse_datagram(&short, 1, &mut Vec::new()).is_err());
+    // Every truncation of a message: an error or nothing, never a panic or a socket.
+    for cut in 0..good.len() {
+        let mut out = Vec::new();
+        let _ = parse_datagram(&good[..cut], 1, &mut out);
+        assert!(out.is_empty(), "cut at {cut}");
+    }
+    // An attribute whose length runs past the message: the socket is dropped.
+    let mut p = Msg::v4(EXT, PEER, 1, 1, &info).payload();
+    p[DIAG_MSG_LEN..DIAG_MSG_LEN + 2].copy_from_slice(&4000u16.to_ne_bytes());
+    assert_eq!(parse_diag_msg(&p), None);
+}
+
+#[test]
+fn tcp_info_by_kernel_generation() {
+    // Linux ≥ 4.19: bytes_sent (retransmissions included).
+    assert_eq!(tcp_info_counters(&tcp_info(232, 5, 10, 20)), Some((10, 20)));
+    assert_eq!(tcp_info_counters(&tcp_info(208, 5, 10, 20)), Some((10, 20)));
+    // 4.1–4.18: no bytes_sent, bytes_acked instead.
+    assert_eq!(tcp_info_counters(&tcp_info(192, 5, 10, 20)), Some((10, 5)));
+    assert_eq!(tcp_info_counters(&tcp_info(136, 5, 10, 20)), Some((10, 5)));
+    // Older: no counters, no socket.
+    assert_eq!(tcp_info_counters(&tcp_info(120, 5, 10, 20)), None);
+    let old = Msg::v4(EXT, PEER, 1, 1, &tcp_info(104, 0, 0, 0)).payload();
+    assert_eq!(parse_diag_msg(&old), None);
+    // No INFO attribute at all (the kernel could not fit it): no socket.
+    let mut bare = Msg::v4(EXT, PEER, 1, 1, &[]);
+    bare.attrs.clear();
+    assert_eq!(parse_diag_msg(&bare.payload()), None);
+}
+
+#[test]
+fn loopback_and_local_traffic() {
+    let v4 = |a: Ipv4Addr| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&a.octets());
+        b
+    };
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().map(|a| a.octets()).unwrap_or([0; 16]);
+    let lo = Ipv4Addr::LOCALHOST;
+    for (family, src, dst, local) in [
+        (AF_INET, v4(EXT), v4(PEER), false),
+        (AF_INET, v4(lo), v4(lo), true),
+        (
+            AF_INET,
+            v4(Ipv4Addr::new(127, 0, 0, 1)),
+            v4(Ipv4Addr::new(127, 1, 2, 3)),
+            true,
+        ),
+        // To one of the VM's own addresses: routed over lo.
+        (AF_INET, v4(EXT), v4(EXT), true),
+        (AF_INET6, v6("2001:db8::1"), v6("2001:db8::2"), false),
+        (AF_INET6, v6("::1"), v6("::1"), true),
+        (AF_INET6, v6("2001:db8::1"), v6("2001:db8::1"), true),
+        (
+            AF_INET6,
+            v6("::ffff:127.0.0.1"),
+            v6("::ffff:127.0.0.1"),
+            true,
+        ),
+        (
+            AF_INET6,
+            v6("::ffff:10.0.0.5"),
+            v6("::ffff:93.184.216.34"),
+            false,
+        ),
+        (
+            AF_INET6,
+            v6("::ffff:10.0.0.5"),
+            v6("::ffff:127.0.0.1"),
+            true,
+        ),
+    ] {
+        assert_eq!(
+            is_local_traffic(family, &src, &dst),
+            local,
+            "{family} {src:?} {dst:?}"
+        );
+    }
+}
+
+/// The real kernel: a loopback connection that moved known bytes is in the dump, with this
+/// process's inode, its cookie, and counters at least the bytes moved.
+#[test]
+fn real_kernel_dump_sees_our_connection() {
+    let Ok(mut diag) = SockDiag::open() else {
+        eprintln!("skipped: NETLINK_SOCK_DIAG unavailable here");
+        return;
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    let payload = vec![7u8; 300_000];
+    let writer = std::thread::spawn(move || {
+        client.write_all(&payload).expect("write");
+        client
+    });
+    let mut got = vec![0u8; 300_000];
+    server.read_exact(&mut got).expect("read");
+    let _client = writer.join().expect("join");
+
+    let inode_of = |fd: i32| {
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .ok()
+            .and_then(|t| crate::sampler::netflow::socket_inode(t.as_os_str().as_encoded_bytes()))
+    };
+    use std::os::fd::AsRawFd;
+    let server_inode = inode_of(server.as_raw_fd()).expect("server inode");
+    let client_inode = inode_of(_client.as_raw_fd()).expect("client inode");
+
+    let mut out = Vec::new();
+    diag.dump(&mut out).expect("dump");
+    let server_sock = out
+        .iter()
+        .find(|s| s.inode == server_inode)
+        .expect("server socket");
+    let client_sock = out
+        .iter()
+        .find(|s| s.inode == client_inode)
+        .expect("client socket");
+    assert!(server_sock.loopback && client_sock.loopback);
+    assert_eq!(server_sock.bytes_received, 300_000);
+    assert_eq!(client_sock.bytes_sent, 300_000);
+    assert_eq!(client_sock.bytes_received, 0);
+    assert_ne!(server_sock.cookie, client_sock.cookie);
+    // The cookie is stable across dumps.
+    let mut again = Vec::new();
+    diag.dump(&mut again).expect("second dump");
+    let server_again = again
+        .iter()
+        .find(|s| s.inode == server_inode)
+        .expect("server socket");
+    assert_eq!(server_again.cookie, server_sock.cookie);
+}

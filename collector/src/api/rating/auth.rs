@@ -1,0 +1,206 @@
+//! Who is calling `/v1`, per `rating.auth`, and CloudKitty's v1 policies.
+//!
+//! * `session` (default): `X-Auth-Token` is a session id from the method-coded login (458753);
+//!   admins (`users.is_admin`) pass every policy, a tenant user acts for its own project.
+//! * `trusted_headers`: `X-Roles` (comma-separated; `admin` makes an admin) and `X-Project-Id`
+//!   as an authenticating proxy (Keystone middleware) sets them. A request with neither is
+//!   anonymous.
+//! * `noauth`: every check passes and the caller has no project (upstream's noauth).
+
+use hyper::header::HeaderMap;
+
+use super::Fault;
+use crate::App;
+use crate::rating::RatingAuth;
+use crate::store;
+
+/// Session id header (and the token header behind a proxy, which vmmon ignores there).
+pub const TOKEN_HEADER: &str = "x-auth-token";
+/// Roles set by a trusted proxy.
+pub const ROLES_HEADER: &str = "x-roles";
+/// Project set by a trusted proxy.
+pub const PROJECT_HEADER: &str = "x-project-id";
+/// Sessions are marked used at most this often (each mark is a write).
+const SESSION_TOUCH_EVERY_MS: i64 = 60_000;
+/// Longest accepted token or header value.
+const MAX_HEADER_LEN: usize = 256;
+
+/// The caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// `rating.auth = "noauth"`: everything is allowed.
+    NoAuth,
+    /// No credentials.
+    Anonymous,
+    /// Credentials that do not check out (why).
+    Invalid(String),
+    /// An identified user.
+    User {
+        /// Passes admin policies.
+        admin: bool,
+        /// The project it acts for.
+        project: Option<String>,
+    },
+}
+
+impl Caller {
+    /// The caller's project (None for noauth, anonymous and project-less admins).
+    pub fn project(&self) -> Option<&str> {
+        match self {
+            Caller::User { project, .. } => project.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether admin policies pass.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::NoAuth | Caller::User { admin: true, .. })
+    }
+
+    fn unauthenticated(&self) -> Option<Fault> {
+        match self {
+            Caller::Anonymous => Some(Fault::unauthorized(
+                "Authentication required: send X-Auth-Token with a session id from login \
+                 (POST /wsgi_app.py, method 458753)",
+            )),
+            Caller::Invalid(why) => Some(Fault::unauthorized(why)),
+            _ => None,
+        }
+    }
+
+    /// An admin-only policy (`rule` names it in the 403 message).
+    pub fn require_admin(&self, rule: &str) -> Result<(), Fault> {
+        if let Some(f) = self.unauthenticated() {
+            return Err(f);
+        }
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(Fault::policy(rule))
+        }
+    }
+
+    /// A reader-or-admin policy on `target` (a tenant; None means all tenants, admin only).
+    pub fn require_reader(&self, rule: &str, target: Option<&str>) -> Result<(), Fault> {
+        if let Some(f) = self.unauthenticated() {
+            return Err(f);
+        }
+        if self.is_admin() {
+            return Ok(());
+        }
+        match (self.project(), target) {
+            (Some(own), Some(t)) if own == t => Ok(()),
+            _ => Err(Fault::policy(rule)),
+        }
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, String> {
+    match headers.get(name).map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(v)) if v.trim().is_empty() => Ok(None),
+        Some(Ok(v)) if v.len() <= MAX_HEADER_LEN => Ok(Some(v.trim())),
+        Some(_) => Err(format!("{name} is not a valid header value")),
+    }
+}
+
+/// Identifies the caller of a request.
+pub async fn identify(app: &App, headers: &HeaderMap) -> Result<Caller, Fault> {
+    match app.config.rating.auth {
+        RatingAuth::Noauth => Ok(Caller::NoAuth),
+        RatingAuth::TrustedHeaders => {
+            let roles = header(headers, ROLES_HEADER).map_err(|e| Fault::unauthorized(&e))?;
+            let project = header(headers, PROJECT_HEADER).map_err(|e| Fault::unauthorized(&e))?;
+            if roles.is_none() && project.is_none() {
+                return Ok(Caller::Anonymous);
+            }
+            let admin = roles
+                .unwrap_or("")
+                .split(',')
+                .any(|r| r.trim().eq_ignore_ascii_case("admin"));
+            Ok(Caller::User {
+                admin,
+                project: project.map(str::to_string),
+            })
+        }
+        RatingAuth::Session => {
+            let sid = match header(headers, TOKEN_HEADER) {
+                Ok(Some(s)) => s.to_string(),
+                Ok(None) => return Ok(Caller::Anonymous),
+                Err(_) => {
+                    return Ok(Caller::Invalid(
+                        "X-Auth-Token must be the session_id returned by login".into(),
+                    ));
+                }
+            };
+            let idle_ms = (app.config.session_idle_secs as i64).saturating_mul(1000);
+            let now = store::now_ms();
+            let lookup = sid.clone();
+            let user = app
+                .store
+                .read(move |c| store::users::session_user(c, &lookup, now, idle_ms))
+                .await
+                .map_err(Fault::store)?;
+            let Some(user) = user else {
+                return Ok(Caller::Invalid(
+                    "X-Auth-Token is expired or unknown: log in again (method 458753)".into(),
+                ));
+            };
+            if now - user.last_seen_ms > SESSION_TOUCH_EVERY_MS {
+                app.store
+                    .write(move |c| store::users::touch_session(c, &sid, now))
+                    .await
+                    .map_err(Fault::store)?;
+            }
+            Ok(Caller::User {
+                admin: user.is_admin,
+                project: user.project,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn policies() {
+        let admin = Caller::User {
+            admin: true,
+            project: None,
+        };
+        let tenant = Caller::User {
+            admin: false,
+            project: Some("p1".into()),
+        };
+        let invalid = Caller::Invalid("x".into());
+        let cases: Vec<(&Caller, Option<&str>, Option<u16>, Option<u16>)> = vec![
+            // caller, target, admin policy → error status, reader policy → error status
+            (&Caller::NoAuth, None, None, None),
+            (&admin, None, None, None),
+            (&admin, Some("p2"), None, None),
+            (&tenant, Some("p1"), Some(403), None),
+            (&tenant, Some("p2"), Some(403), Some(403)),
+            (&tenant, None, Some(403), Some(403)),
+            (&Caller::Anonymous, Some("p1"), Some(401), Some(401)),
+            (&invalid, Some("p1"), Some(401), Some(401)),
+        ];
+        for (caller, target, want_admin, want_reader) in cases {
+            let a = caller.require_admin("r").err().map(|f| f.status.as_u16());
+            let r = caller
+                .require_reader("r", target)
+                .err()
+                .map(|f| f.status.as_u16());
+            assert_eq!((a, r), (want_admin, want_reader), "{caller:?} {target:?}");
+        }
+        assert_eq!(
+            tenant
+                .require_admin("rating:list_modules")
+                .unwrap_err()
+                .message,
+            "Policy doesn't allow rating:list_modules to be performed."
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! The `[rating]` table of the collector config: processing period, late-sample wait, auth mode
+//! of the `/v1` API and the metrics file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How `/v1/...` requests are authenticated (SPEC §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RatingAuth {
+    /// `X-Auth-Token: <session id from the method-coded login>`; admins (users.is_admin) may
+    /// write, tenants read their own project.
+    #[default]
+    Session,
+    /// Trust `X-Roles` / `X-Project-Id` set by an authenticating proxy in front of the collector
+    /// (CloudKitty behind Keystone middleware). Only safe when nothing else can reach the port.
+    TrustedHeaders,
+    /// No checks at all, for local development; refused unless the listen address is loopback.
+    Noauth,
+}
+
+/// `[rating]` settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RatingConfig {
+    /// Run the processing loop in `serve` (the `/v1` API answers either way).
+    pub process: bool,
+    /// Length of one rating period in seconds (default 3600); must divide a day.
+    pub period_secs: u64,
+    /// A period is processed only once this long has passed after its end, so that late samples
+    /// (agents resending from their spool) are in (default 7200 s: upstream's 2 periods).
+    pub wait_secs: u64,
+    /// Authentication of the `/v1` API.
+    pub auth: RatingAuth,
+    /// Metrics file (TOML, in the spirit of CloudKitty's metrics.yml); the built-in defaults
+    /// (`packaging/rating-metrics.example.toml`) when absent.
+    pub metrics_file: Option<PathBuf>,
+}
+
+impl Default for RatingConfig {
+    fn default() -> Self {
+        RatingConfig {
+            process: true,
+            period_secs: 3600,
+            wait_secs: 7200,
+            auth: RatingAuth::Session,
+            metrics_file: None,
+        }
+    }
+}
+
+impl RatingConfig {
+    /// Every problem with these settings (empty when valid); `listen` is the collector's address.
+    pub fn problems(&self, listen: SocketAddr) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !(60..=86_400).contains(&self.period_secs) || 86_400 % self.period_secs != 0 {
+            errors.push(
+                "rating.period_secs must be within 60..=86400 and divide a day (e.g. 600, 3600, 86400)"
+                    .into(),
+            );
+        }
+        if self.wait_secs > 31 * 86_400 {
+            errors.push("rating.wait_secs must be at most 31 days".into());
+        }
+        if self.auth == RatingAuth::Noauth && !listen.ip().is_loopback() {
+            errors.push(format!(
+                "rating.auth = \"noauth\" is only allowed on a loopback listen address, not {listen}"
+            ));
+        }
+        if let Err(e) = super::metrics::MetricsConfig::load(self.metrics_file.as_deref()) {
+            errors.push(e);
+        }
+        errors
+    }
+}

@@ -1,0 +1,1474 @@
+//! Rating (SPEC §3.3): the CloudKitty-compatible `/v1` API over real agent samples. Samples of two
+//! tenants are fed through the agents' real JSON-RPC protocol into a past hour, the hour is rated
+//! (CLI and processing loop), and reports, dataframes, quotes and every endpoint's statuses and
+//! bodies are checked exactly.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
+use vmmon_tests::*;
+
+const HOUR_MS: i64 = 3_600_000;
+const MIN_MS: i64 = 60_000;
+const GIB: u64 = 1 << 30;
+const HM: &str = "/v1/rating/module_config/hashmap";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn iso(ms: i64) -> String {
+    let secs = ms / 1000;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// An HTTP answer: status, Location header, JSON body (Null when empty, a string when not JSON).
+struct Answer {
+    status: u16,
+    location: Option<String>,
+    body: Value,
+    content_type: String,
+}
+
+fn call(
+    c: &Collector,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Answer {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let mut req = agent.request(method, &c.url(path));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let res = match body {
+        Some(b) => req
+            .set("Content-Type", "application/json")
+            .send_string(&b.to_string()),
+        None => req.call(),
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = resp.status();
+    let location = resp.header("location").map(str::to_string);
+    let content_type = resp.content_type().to_string();
+    let text = resp.into_string().unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Answer {
+        status,
+        location,
+        body,
+        content_type,
+    }
+}
+
+/// A client acting with one set of headers.
+struct Api<'a> {
+    c: &'a Collector,
+    headers: Vec<(String, String)>,
+}
+
+impl<'a> Api<'a> {
+    fn token(c: &'a Collector, sid: &str) -> Api<'a> {
+        Api {
+            c,
+            headers: vec![("X-Auth-Token".into(), sid.into())],
+        }
+    }
+    fn with(c: &'a Collector, headers: &[(&str, &str)]) -> Api<'a> {
+        Api {
+            c,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+    fn req(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let h: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        call(self.c, method, path, &h, body.as_ref())
+    }
+    fn get(&self, path: &str) -> Answer {
+        self.req("GET", path, None)
+    }
+    /// GET that must answer 200; the body.
+    fn ok(&self, path: &str) -> Value {
+        let a = self.get(path);
+        assert_eq!(a.status, 200, "GET {path}: {}", a.body);
+        a.body
+    }
+    fn post(&self, path: &str, body: Value) -> Answer {
+        self.req("POST", path, Some(body))
+    }
+    /// POST that must create (201 + Location); the object.
+    fn create(&self, path: &str, body: Value) -> Value {
+        let a = self.post(path, body.clone());
+        assert_eq!(a.status, 201, "POST {path} {body}: {}", a.body);
+        let loc = a.location.expect("Location on 201");
+        let id = a
+            .body
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.ends_with("_id"))
+            .unwrap()
+            .1
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(loc.ends_with(&format!("/{id}")), "{loc} names {id}");
+        a.body
+    }
+}
+
+fn fault(a: &Answer, status: u16, msg: &str) {
+    assert_eq!(a.status, status, "{}", a.body);
+    assert_eq!(
+        a.body,
+        json!({"faultcode": if status >= 500 { "Server" } else { "Client" }, "faultstring": msg, "debuginfo": null})
+    );
+}
+
+/// One VM fed through the agents' protocol.
+struct Vm {
+    id: &'static str,
+    cpus: u32,
+    mem_gib: u64,
+    disk_gib: u64,
+    /// (minutes after the hour, window minutes, cpu %, rx total, tx total)
+    samples: Vec<(i64, i64, f64, u64, u64)>,
+}
+
+fn feed(c: &Collector, token: &str, hour: i64, vm: &Vm) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
+        use vmmon_common::rpc::MonitorApiClient;
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        let client = WsClientBuilder::default()
+            .set_headers(h)
+            .build(&c.rpc_url())
+            .await
+            .unwrap();
+        client
+            .register(vmmon_common::wire::RegisterRequest {
+                instance_id: vm.id.into(),
+                inventory: Inventory {
+                    hostname: format!("host-{}", vm.id),
+                    cpu_count: vm.cpus,
+                    mem_total_bytes: vm.mem_gib * GIB,
+                    disk_total_bytes: vm.disk_gib * GIB,
+                    lan_ips: vec![],
+                    wan_ips: vec![],
+                    agent_version: "test".into(),
+                    os: "Linux".into(),
+                },
+                protocol_version: vmmon_common::PROTOCOL_VERSION,
+                configured_interval_secs: 600,
+            })
+            .await
+            .unwrap();
+        let samples = vm
+            .samples
+            .iter()
+            .map(|&(at, window, cpu, rx, tx)| Sample {
+                // Built from JSON so that fields added later with serde defaults need no edit.
+                vm: serde_json::from_value::<VmSample>(json!({
+                    "sampled_at_ms": hour + at * MIN_MS,
+                    "elapsed_ms": window * MIN_MS,
+                    "cpu_pct": cpu,
+                    "mem_pct": 10.0,
+                    "disk_read_kib_per_sec": 0.0,
+                    "disk_write_kib_per_sec": 0.0,
+                    "net_in_kib_per_sec": 0.0,
+                    "net_out_kib_per_sec": 0.0,
+                    "rx_bytes_total": rx,
+                    "tx_bytes_total": tx,
+                    "proc_count": 10,
+                }))
+                .unwrap(),
+                processes: None,
+            })
+            .collect();
+        let ack = client
+            .report(ReportBatch {
+                batch_id: uuid::Uuid::new_v4(),
+                instance_id: vm.id.into(),
+                seq: 1,
+                samples,
+                dropped_samples_total: 0,
+            })
+            .await
+            .unwrap();
+        assert!(!ack.duplicate);
+    });
+}
+
+/// Baseline at :00, then every 10 minutes to :60 (whose window is the hour's last 10 minutes).
+fn full_hour(cpu: f64, rx_step: u64, tx_step: u64) -> Vec<(i64, i64, f64, u64, u64)> {
+    (0..=6)
+        .map(|k| {
+            let n = k as u64;
+            (
+                k * 10,
+                if k == 0 { 0 } else { 10 },
+                cpu,
+                1_000 + n * rx_step,
+                7 + n * tx_step,
+            )
+        })
+        .collect()
+}
+
+/// The usage of the test: proj-a has a1 (2c4g, 40 GiB, a full hour at 50 %, 1.5 GB in, 0.6 GB
+/// out) and a2 (4c8g, 100 GiB, up the last 30 minutes at 25 %, no traffic); proj-b has b1 (1c2g,
+/// 20 GiB, a full hour at 30 %, 3 GB in, 1.5 GB out).
+fn vms() -> Vec<(&'static str, Vm)> {
+    vec![
+        (
+            "proj-a",
+            Vm {
+                id: "a1",
+                cpus: 2,
+                mem_gib: 4,
+                disk_gib: 40,
+                samples: full_hour(50.0, 250_000_000, 100_000_000),
+            },
+        ),
+        (
+            "proj-a",
+            Vm {
+                id: "a2",
+                cpus: 4,
+                mem_gib: 8,
+                disk_gib: 100,
+                samples: (3..=6)
+                    .map(|k| (k * 10, if k == 3 { 0 } else { 10 }, 25.0, 5, 5))
+                    .collect(),
+            },
+        ),
+        (
+            "proj-b",
+            Vm {
+                id: "b1",
+                cpus: 1,
+                mem_gib: 2,
+                disk_gib: 20,
+                samples: full_hour(30.0, 500_000_000, 250_000_000),
+            },
+        ),
+    ]
+}
+
+fn feed_all(c: &Collector, hour: i64) {
+    let ta = c.create_token("proj-a", "r1");
+    let tb = c.create_token("proj-b", "r2");
+    for (project, vm) in vms() {
+        feed(c, if project == "proj-a" { &ta } else { &tb }, hour, &vm);
+    }
+}
+
+/// The hashmap rules of the test, created through the API; returns (service ids by name).
+fn price_book(api: &Api<'_>) -> Value {
+    let mut ids = serde_json::Map::new();
+    for name in ["instance", "cpu.hours", "network.out", "disk.size"] {
+        let s = api.create(&format!("{HM}/services"), json!({"name": name}));
+        ids.insert(name.into(), s["service_id"].clone());
+    }
+    let flavor = api.create(
+        &format!("{HM}/fields"),
+        json!({"service_id": ids["instance"], "name": "flavor_name"}),
+    );
+    for (value, cost) in [("2c4g", "0.05"), ("4c8g", "0.12"), ("1c2g", "0.02")] {
+        api.create(
+            &format!("{HM}/mappings"),
+            json!({"field_id": flavor["field_id"], "value": value, "cost": cost, "type": "flat"}),
+        );
+    }
+    // proj-b pays less for 1c2g.
+    api.create(
+        &format!("{HM}/mappings"),
+        json!({"field_id": flavor["field_id"], "value": "1c2g", "cost": "0.015", "tenant_id": "proj-b"}),
+    );
+    api.create(
+        &format!("{HM}/mappings"),
+        json!({"service_id": ids["cpu.hours"], "cost": 0.03, "type": "flat"}),
+    );
+    api.create(
+        &format!("{HM}/mappings"),
+        json!({"service_id": ids["network.out"], "cost": "0.08"}),
+    );
+    // Half price from 1 GB per hour.
+    api.create(
+        &format!("{HM}/thresholds"),
+        json!({"service_id": ids["network.out"], "level": "1", "cost": "0.5", "type": "rate"}),
+    );
+    api.create(
+        &format!("{HM}/mappings"),
+        json!({"service_id": ids["disk.size"], "cost": "0.0001"}),
+    );
+    // Big disks: a separate group charging 0.002 per GiB-hour from 50 GiB on.
+    let big = api.create(&format!("{HM}/groups"), json!({"name": "big-disk"}));
+    let size = api.create(
+        &format!(
+            "{HM}/services/{}/fields",
+            ids["disk.size"].as_str().unwrap()
+        ),
+        json!({"name": "disk_size"}),
+    );
+    assert_eq!(size["service_id"], ids["disk.size"]);
+    api.create(
+        &format!("{HM}/thresholds"),
+        json!({"field_id": size["field_id"], "level": 50, "cost": "0.002", "group_id": big["group_id"]}),
+    );
+    Value::Object(ids)
+}
+
+fn q(path: &str, params: &[(&str, &str)]) -> String {
+    let mut s = path.to_string();
+    for (i, (k, v)) in params.iter().enumerate() {
+        s.push(if i == 0 { '?' } else { '&' });
+        s.push_str(k);
+        s.push('=');
+        s.push_str(v);
+    }
+    s
+}
+
+fn summary_rates(v: &Value, key: &str) -> Vec<(String, String)> {
+    v["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e[key].as_str().unwrap().to_string(),
+                e["rate"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn no_loop_config() -> (tempfile::TempDir, std::path::PathBuf) {
+    collector_config("[rating]\nprocess = false\n")
+}
+
+#[test]
+fn summary_total_tenants_and_dataframes_over_real_samples() {
+    let (_d, cfg) = no_loop_config();
+    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let hour = (now_ms() / HOUR_MS - 3) * HOUR_MS;
+    let (b, e) = (iso(hour), iso(hour + HOUR_MS));
+    feed_all(&c, hour);
+    let sid = c.admin_session();
+    let admin = Api::token(&c, &sid);
+    price_book(&admin);
+
+    let out = c.cli(&["rating", "process", "--period-start", &b], &[]);
+    assert!(out.contains("tenants=2"), "{out}");
+    assert!(out.contains("total=0.563"), "{out}");
+    // Rerunning the period replaces it: nothing is counted twice.
+    let again = c.cli(
+        &["rating", "process", "--period-start", &b, "--periods", "1"],
+        &[],
+    );
+    assert!(
+        again.contains("total=0.563") && again.contains("replaced"),
+        "{again}"
+    );
+    let rows = c.query_i64(
+        "SELECT COUNT(*) FROM rated_points WHERE begin_ms = ?1",
+        &[&hour],
+    );
+    assert_eq!(rows, vec![15], "3 instances × 5 metrics");
+
+    let w = [("begin", b.as_str()), ("end", e.as_str())];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        let mut p: Vec<(&str, &str)> = w.to_vec();
+        p.extend_from_slice(extra);
+        p
+    };
+    // total: all tenants, one tenant, one service.
+    let total = |p: &[(&str, &str)]| admin.ok(&q("/v1/report/total", p));
+    assert_eq!(total(&with(&[("all_tenants", "true")])), json!("0.563"));
+    assert_eq!(total(&with(&[("tenant_id", "proj-a")])), json!("0.477"));
+    assert_eq!(total(&with(&[("tenant_id", "proj-b")])), json!("0.086"));
+    assert_eq!(
+        total(&with(&[("all_tenants", "1"), ("service", "network.out")])),
+        json!("0.108")
+    );
+    // An admin session has no project: without a filter it sees every tenant.
+    assert_eq!(total(&w), json!("0.563"));
+    // begin after end, or a window without data: "0".
+    assert_eq!(
+        total(&[("begin", e.as_str()), ("end", b.as_str())]),
+        json!("0")
+    );
+
+    // summary without groupby: exactly one element echoing the window.
+    let s = admin.ok(&q("/v1/report/summary", &with(&[("all_tenants", "true")])));
+    assert_eq!(
+        s,
+        json!({"summary": [{"begin": b, "end": e, "tenant_id": "ALL", "res_type": "ALL", "rate": "0.563"}]})
+    );
+    let s = admin.ok(&q(
+        "/v1/report/summary",
+        &with(&[("groupby", "res_type"), ("all_tenants", "true")]),
+    ));
+    assert_eq!(
+        summary_rates(&s, "res_type"),
+        vec![
+            ("network.in".to_string(), "0".to_string()),
+            ("cpu.hours".into(), "0.054".into()),
+            ("network.out".into(), "0.108".into()),
+            ("instance".into(), "0.185".into()),
+            ("disk.size".into(), "0.216".into()),
+        ]
+    );
+    assert!(
+        s["summary"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["tenant_id"] == "ALL")
+    );
+    let s = admin.ok(&q("/v1/report/summary", &with(&[("groupby", "tenant_id")])));
+    assert_eq!(
+        summary_rates(&s, "tenant_id"),
+        vec![
+            ("proj-b".to_string(), "0.086".to_string()),
+            ("proj-a".into(), "0.477".into())
+        ]
+    );
+    let s = admin.ok(&q(
+        "/v1/report/summary",
+        &with(&[
+            ("groupby", "tenant_id,res_type"),
+            ("tenant_id", "proj-b"),
+            ("service", "instance"),
+        ]),
+    ));
+    assert_eq!(
+        s["summary"],
+        json!([{"begin": b, "end": e, "tenant_id": "proj-b", "res_type": "instance", "rate": "0.015"}])
+    );
+    // A grouping with no data is an empty list; without one, a single zero.
+    let empty_w = [("begin", "2001-01-01"), ("end", "2001-02-01")];
+    assert_eq!(
+        admin.ok(&q(
+            "/v1/report/summary",
+            &[empty_w[0], empty_w[1], ("groupby", "res_type")]
+        )),
+        json!({"summary": []})
+    );
+    assert_eq!(
+        admin.ok(&q("/v1/report/summary", &empty_w))["summary"][0]["rate"],
+        "0"
+    );
+
+    // tenants (admin).
+    assert_eq!(
+        admin.ok(&q("/v1/report/tenants", &w)),
+        json!(["proj-a", "proj-b"])
+    );
+    assert_eq!(admin.ok(&q("/v1/report/tenants", &empty_w)), json!([]));
+
+    // dataframes: one frame per period, tenant and type; decimals as strings.
+    let df = admin.ok(&q(
+        "/v1/storage/dataframes",
+        &with(&[("tenant_id", "proj-a")]),
+    ));
+    let frames = df["dataframes"].as_array().unwrap();
+    assert_eq!(frames.len(), 5);
+    let inst = frames
+        .iter()
+        .find(|f| f["resources"][0]["service"] == "instance")
+        .unwrap();
+    assert_eq!(inst["begin"], b);
+    assert_eq!(inst["end"], e);
+    assert_eq!(inst["tenant_id"], "proj-a");
+    let r = inst["resources"].as_array().unwrap();
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        r[0],
+        json!({
+            "service": "instance", "volume": "1", "rating": "0.05",
+            "desc": {"flavor_name": "2c4g", "cpu_num": 2, "mem_size": 4, "disk_size": 40,
+                     "region": "r1", "party": "acme", "instance_name": "host-a1",
+                     "id": "a1", "project_id": "proj-a"}
+        })
+    );
+    assert_eq!(
+        (&r[1]["desc"]["id"], &r[1]["volume"], &r[1]["rating"]),
+        (&json!("a2"), &json!("1"), &json!("0.12"))
+    );
+    let by_type = |t: &str| -> Vec<(String, String)> {
+        frames
+            .iter()
+            .filter(|f| f["resources"][0]["service"] == t)
+            .flat_map(|f| f["resources"].as_array().unwrap().clone())
+            .map(|r| {
+                (
+                    r["volume"].as_str().unwrap().into(),
+                    r["rating"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        by_type("cpu.hours"),
+        pairs(&[("1", "0.03"), ("0.5", "0.015")])
+    );
+    assert_eq!(by_type("network.in"), pairs(&[("1.5", "0"), ("0", "0")]));
+    assert_eq!(
+        by_type("network.out"),
+        pairs(&[("0.6", "0.048"), ("0", "0")])
+    );
+    assert_eq!(
+        by_type("disk.size"),
+        pairs(&[("40", "0.004"), ("100", "0.21")])
+    );
+    let df = admin.ok(&q(
+        "/v1/storage/dataframes",
+        &with(&[("tenant_id", "proj-b"), ("resource_type", "network.out")]),
+    ));
+    assert_eq!(
+        df["dataframes"][0]["resources"],
+        json!([{"service": "network.out", "volume": "1.5", "rating": "0.06",
+                "desc": {"region": "r2", "id": "b1", "project_id": "proj-b"}}])
+    );
+    let all = admin.ok(&q("/v1/storage/dataframes", &w));
+    assert_eq!(all["dataframes"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        admin.ok(&q("/v1/storage/dataframes", &empty_w)),
+        json!({"dataframes": []})
+    );
+
+    // A tenant sees its own project only.
+    let pw = c.add_tenant("alice", "proj-a");
+    let alice_sid = c.login("alice", &pw);
+    let alice = Api::token(&c, &alice_sid);
+    assert_eq!(alice.ok(&q("/v1/report/total", &w)), json!("0.477"));
+    assert_eq!(
+        alice.ok(&q("/v1/report/summary", &w))["summary"][0]["tenant_id"],
+        "proj-a"
+    );
+    let df = alice.ok(&q("/v1/storage/dataframes", &w));
+    assert!(
+        df["dataframes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["tenant_id"] == "proj-a")
+    );
+    assert_eq!(df["dataframes"].as_array().unwrap().len(), 5);
+    for (path, rule) in [
+        (
+            q("/v1/report/total", &with(&[("tenant_id", "proj-b")])),
+            "report:get_total",
+        ),
+        (
+            q("/v1/report/summary", &with(&[("all_tenants", "true")])),
+            "report:get_summary",
+        ),
+        (
+            q("/v1/storage/dataframes", &with(&[("tenant_id", "proj-b")])),
+            "storage:list_data_frames",
+        ),
+        (q("/v1/report/tenants", &w), "report:list_tenants"),
+        ("/v1/rating/modules".to_string(), "rating:list_modules"),
+        (format!("{HM}/services"), "rating:module_config"),
+        (
+            "/v1/collector/mappings".to_string(),
+            "collector:list_mappings",
+        ),
+    ] {
+        fault(
+            &alice.get(&path),
+            403,
+            &format!("Policy doesn't allow {rule} to be performed."),
+        );
+    }
+    fault(
+        &alice.post(&format!("{HM}/services"), json!({"name": "x"})),
+        403,
+        "Policy doesn't allow rating:module_config to be performed.",
+    );
+    // No token, or a bad one: 401 where a policy applies; open endpoints still answer.
+    let anon = Api::with(&c, &[]);
+    let forged = Api::token(&c, "00000000-0000-4000-8000-000000000000");
+    for api in [&anon, &forged] {
+        for path in [
+            "/v1/report/total",
+            "/v1/storage/dataframes",
+            "/v1/rating/modules",
+        ] {
+            let a = api.get(path);
+            assert_eq!(a.status, 401, "{path}: {}", a.body);
+            assert_eq!(a.body["faultcode"], "Client");
+        }
+        assert_eq!(api.get("/v1/info/metrics").status, 200);
+    }
+}
+
+#[test]
+fn hashmap_config_api_statuses_and_bodies() {
+    let (_d, cfg) = no_loop_config();
+    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let sid = c.admin_session();
+    let api = Api::token(&c, &sid);
+    let missing = "6a3fb9e8-1c5f-4b7b-9d3e-0d3b7f0e2a11";
+
+    assert_eq!(api.ok(&format!("{HM}/types")), json!(["flat", "rate"]));
+    assert_eq!(api.ok(&format!("{HM}/services/")), json!({"services": []}));
+    let svc = api.create(&format!("{HM}/services"), json!({"name": "compute"}));
+    let sid_ = svc["service_id"].as_str().unwrap().to_string();
+    assert_eq!(api.ok(&format!("{HM}/services/{sid_}")), svc);
+    assert_eq!(
+        api.ok(&format!("{HM}/services")),
+        json!({"services": [svc]})
+    );
+    fault(
+        &api.post(&format!("{HM}/services"), json!({"name": "compute"})),
+        409,
+        &format!("Service compute already exists (UUID: {sid_})"),
+    );
+    fault(
+        &api.post(
+            &format!("{HM}/services"),
+            json!({"name": "x", "colour": "red"}),
+        ),
+        400,
+        "Unknown attribute for argument service_data: colour",
+    );
+    fault(
+        &api.post(&format!("{HM}/services"), json!({})),
+        400,
+        "Invalid input for field/attribute name. Value: 'None'. Mandatory field missing.",
+    );
+    fault(
+        &api.get(&format!("{HM}/services/{missing}")),
+        404,
+        &format!("No such service: None (UUID: {missing})"),
+    );
+    fault(
+        &api.get(&format!("{HM}/services/not-a-uuid")),
+        400,
+        "Invalid input for field/attribute service_id. Value: 'not-a-uuid'. Value should be UUID format",
+    );
+
+    // Fields.
+    fault(
+        &api.get(&format!("{HM}/fields")),
+        400,
+        "Missing argument: \"service_id\"",
+    );
+    let field = api.create(
+        &format!("{HM}/fields"),
+        json!({"service_id": sid_, "name": "flavor"}),
+    );
+    let fid = field["field_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        field,
+        json!({"field_id": fid, "name": "flavor", "service_id": sid_})
+    );
+    assert_eq!(
+        api.ok(&format!("{HM}/fields?service_id={sid_}")),
+        json!({"fields": [field]})
+    );
+    assert_eq!(
+        api.ok(&format!("{HM}/services/{sid_}/fields")),
+        json!({"fields": [field]})
+    );
+    assert_eq!(api.ok(&format!("{HM}/fields/{fid}")), field);
+    fault(
+        &api.post(
+            &format!("{HM}/fields"),
+            json!({"service_id": sid_, "name": "flavor"}),
+        ),
+        409,
+        &format!("Field flavor already exists (UUID: {fid})"),
+    );
+    fault(
+        &api.post(
+            &format!("{HM}/fields"),
+            json!({"service_id": missing, "name": "x"}),
+        ),
+        400,
+        &format!("No such service: None (UUID: {missing})"),
+    );
+    fault(
+        &api.get(&format!("{HM}/fields/{missing}")),
+        404,
+        &format!("No such field: {missing}"),
+    );
+
+    // Groups.
+    let group = api.create(&format!("{HM}/groups"), json!({"name": "premium"}));
+    let gid = group["group_id"].as_str().unwrap().to_string();
+    assert_eq!(api.ok(&format!("{HM}/groups")), json!({"groups": [group]}));
+    assert_eq!(api.ok(&format!("{HM}/groups/{gid}")), group);
+    fault(
+        &api.post(&format!("{HM}/groups"), json!({"name": "premium"})),
+        409,
+        &format!("Group premium already exists (UUID: {gid})"),
+    );
+    fault(
+        &api.get(&format!("{HM}/groups/{missing}")),
+        404,
+        &format!("No such group: None (UUID: {missing})"),
+    );
+
+    // Mappings: shape, validation, duplicates, update, group lookups, delete.
+    let m = api.create(
+        &format!("{HM}/mappings"),
+        json!({"field_id": fid, "value": "m1.small", "cost": "1.50", "group_id": gid}),
+    );
+    let mid = m["mapping_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        m,
+        json!({"mapping_id": mid, "value": "m1.small", "type": "flat", "cost": "1.5",
+               "service_id": null, "field_id": fid, "group_id": gid, "tenant_id": null})
+    );
+    let sm = api.create(
+        &format!("{HM}/mappings"),
+        json!({"service_id": sid_, "cost": 2, "type": "rate"}),
+    );
+    assert_eq!(
+        (&sm["value"], &sm["cost"], &sm["type"]),
+        (&Value::Null, &json!("2"), &json!("rate"))
+    );
+    let bad: Vec<(Value, String)> = vec![
+        (json!({"field_id": fid, "value": "x"}), "Invalid input for field/attribute cost. Value: 'None'. Mandatory field missing.".into()),
+        (json!({"field_id": fid, "service_id": sid_, "value": "x", "cost": 1}), "You can only specify one parent.".into()),
+        (json!({"value": "x", "cost": 1}), "You must specify one parent.".into()),
+        (json!({"service_id": sid_, "value": "x", "cost": 1}), "You can't specify a value and a service_id.".into()),
+        (json!({"field_id": fid, "cost": 1}), "You must specify a value for a field mapping.".into()),
+        (json!({"field_id": fid, "value": "x", "cost": 1, "type": "bogus"}), "Invalid input for field/attribute type. Value: 'bogus'. Value should be one of: flat, rate".into()),
+        (json!({"field_id": missing, "value": "x", "cost": 1}), format!("No such field: {missing}")),
+        (json!({"field_id": fid, "value": "x", "cost": "1e20"}), "Invalid input for field/attribute cost. Value: '\"1e20\"'. Value should have at most 12 integer digits.".into()),
+    ];
+    for (body, msg) in bad {
+        fault(&api.post(&format!("{HM}/mappings"), body), 400, &msg);
+    }
+    let a = api.post(
+        &format!("{HM}/mappings"),
+        json!({"field_id": fid, "value": "x", "cost": "abc"}),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        a.body["faultstring"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid input for field/attribute cost.")
+    );
+    fault(
+        &api.post(
+            &format!("{HM}/mappings"),
+            json!({"field_id": fid, "value": "m1.small", "cost": 9, "group_id": gid}),
+        ),
+        409,
+        &format!("Mapping 'm1.small' already exists for field '{fid}', tenant: 'None'"),
+    );
+    fault(
+        &api.post(
+            &format!("{HM}/mappings"),
+            json!({"service_id": sid_, "cost": 1, "type": "rate"}),
+        ),
+        409,
+        &format!("Mapping 'None' already exists for service '{sid_}', tenant: 'None'"),
+    );
+    // The same value for a tenant, or in another group, is not a duplicate.
+    api.create(&format!("{HM}/mappings"), json!({"field_id": fid, "value": "m1.small", "cost": 1, "tenant_id": "t1", "group_id": gid}));
+    api.create(
+        &format!("{HM}/mappings"),
+        json!({"field_id": fid, "value": "m1.small", "cost": 1}),
+    );
+    fault(
+        &api.get(&format!("{HM}/mappings")),
+        400,
+        "You must specify either service_id, field_id or group_id (or all=true).",
+    );
+    assert_eq!(
+        api.ok(&format!("{HM}/mappings?field_id={fid}"))["mappings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        api.ok(&format!(
+            "{HM}/mappings?field_id={fid}&filter_tenant=true&tenant_id=t1"
+        ))["mappings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        api.ok(&format!("{HM}/mappings?field_id={fid}&filter_tenant=true"))["mappings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        api.ok(&format!("{HM}/mappings?field_id={fid}&no_group=true"))["mappings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        api.ok(&format!("{HM}/services/{sid_}/mappings"))["mappings"],
+        json!([sm])
+    );
+    assert_eq!(api.ok(&format!("{HM}/mappings/{mid}")), m);
+    assert_eq!(
+        api.ok(&format!("{HM}/mappings/group?mapping_id={mid}")),
+        group
+    );
+    let smid = sm["mapping_id"].as_str().unwrap();
+    fault(
+        &api.get(&format!("{HM}/mappings/group?mapping_id={smid}")),
+        404,
+        &format!("Mapping has no group (UUID: {smid})"),
+    );
+    assert_eq!(
+        api.ok(&format!("{HM}/groups/mappings?group_id={gid}"))["mappings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    fault(
+        &api.get(&format!("{HM}/mappings/{missing}")),
+        404,
+        &format!("No such mapping: {missing}"),
+    );
+    // PUT: 302 with Location and no body; the change is visible.
+    let mut edited = m.clone();
+    edited["cost"] = json!("1.75");
+    let a = api.req("PUT", &format!("{HM}/mappings/{mid}"), Some(edited));
+    assert_eq!(a.status, 302, "{}", a.body);
+    assert!(
+        a.location
+            .unwrap()
+            .ends_with(&format!("{HM}/mappings/{mid}"))
+    );
+    assert_eq!(a.body, Value::Null);
+    assert_eq!(api.ok(&format!("{HM}/mappings/{mid}"))["cost"], "1.75");
+    fault(
+        &api.req(
+            "PUT",
+            &format!("{HM}/mappings/{missing}"),
+            Some(json!({"cost": 1})),
+        ),
+        404,
+        &format!("No such mapping: {missing}"),
+    );
+    fault(
+        &api.req(
+            "PUT",
+            &format!("{HM}/mappings/{mid}"),
+            Some(json!({"value": null})),
+        ),
+        400,
+        "You must specify a value for a field mapping.",
+    );
+    // The client's form: DELETE on the collection with the id in the body.
+    let a = api.req(
+        "DELETE",
+        &format!("{HM}/mappings/"),
+        Some(json!({"mapping_id": smid})),
+    );
+    assert_eq!((a.status, a.body), (204, Value::Null));
+    fault(
+        &api.req("DELETE", &format!("{HM}/mappings/{smid}"), None),
+        404,
+        &format!("No such mapping: {smid}"),
+    );
+
+    // Thresholds.
+    fault(
+        &api.post(
+            &format!("{HM}/thresholds"),
+            json!({"service_id": sid_, "cost": 1}),
+        ),
+        400,
+        "Invalid input for field/attribute level. Value: 'None'. Mandatory field missing.",
+    );
+    let t = api.create(
+        &format!("{HM}/thresholds"),
+        json!({"service_id": sid_, "level": "2.00000000", "cost": "0.9", "type": "rate"}),
+    );
+    let tid = t["threshold_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        t,
+        json!({"threshold_id": tid, "level": "2", "type": "rate", "cost": "0.9",
+               "service_id": sid_, "field_id": null, "group_id": null, "tenant_id": null})
+    );
+    fault(
+        &api.post(
+            &format!("{HM}/thresholds"),
+            json!({"service_id": sid_, "level": 2, "cost": 1}),
+        ),
+        409,
+        &format!("Threshold '2' already exists for service '{sid_}', tenant: 'None'"),
+    );
+    assert_eq!(
+        api.ok(&format!("{HM}/thresholds?service_id={sid_}")),
+        json!({"thresholds": [t]})
+    );
+    assert_eq!(api.ok(&format!("{HM}/thresholds/{tid}")), t);
+    fault(
+        &api.get(&format!("{HM}/thresholds/group?threshold_id={tid}")),
+        404,
+        &format!("Threshold has no group (UUID: {tid})"),
+    );
+    let a = api.req(
+        "PUT",
+        &format!("{HM}/thresholds/{tid}"),
+        Some(json!({"group_id": gid})),
+    );
+    assert_eq!(a.status, 302);
+    assert_eq!(
+        api.ok(&format!("{HM}/thresholds/group?threshold_id={tid}")),
+        group
+    );
+    fault(
+        &api.get(&format!("{HM}/thresholds/{missing}")),
+        404,
+        &format!("No such threshold: {missing}"),
+    );
+
+    // Deleting a group without recursive keeps its rules (back in the default group); with
+    // recursive they go. Deleting a service cascades to its fields and rules.
+    let g2 = api.create(&format!("{HM}/groups"), json!({"name": "tmp"}));
+    let g2id = g2["group_id"].as_str().unwrap();
+    let a = api.req("DELETE", &format!("{HM}/groups/{gid}"), None);
+    assert_eq!(a.status, 204);
+    assert_eq!(
+        api.ok(&format!("{HM}/mappings/{mid}"))["group_id"],
+        Value::Null
+    );
+    let r = api.create(
+        &format!("{HM}/mappings"),
+        json!({"field_id": fid, "value": "big", "cost": 1, "group_id": g2id}),
+    );
+    assert_eq!(
+        api.req(
+            "DELETE",
+            &format!("{HM}/groups/{g2id}?recursive=true"),
+            None
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        api.get(&format!(
+            "{HM}/mappings/{}",
+            r["mapping_id"].as_str().unwrap()
+        ))
+        .status,
+        404
+    );
+    fault(
+        &api.req("DELETE", &format!("{HM}/groups/{gid}"), None),
+        404,
+        &format!("No such group: None (UUID: {gid})"),
+    );
+    assert_eq!(
+        api.req("DELETE", &format!("{HM}/services/{sid_}"), None)
+            .status,
+        204
+    );
+    assert_eq!(api.get(&format!("{HM}/fields/{fid}")).status, 404);
+    assert_eq!(api.get(&format!("{HM}/mappings/{mid}")).status, 404);
+    assert_eq!(api.get(&format!("{HM}/thresholds/{tid}")).status, 404);
+    fault(
+        &api.req("DELETE", &format!("{HM}/services/{sid_}"), None),
+        404,
+        &format!("No such service: None (UUID: {sid_})"),
+    );
+}
+
+#[test]
+fn modules_info_collector_quote_and_routing() {
+    let (_d, cfg) = no_loop_config();
+    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let sid = c.admin_session();
+    let api = Api::token(&c, &sid);
+
+    // Modules.
+    let modules = api.ok("/v1/rating/modules");
+    assert_eq!(
+        modules,
+        json!({"modules": [
+            {"module_id": "hashmap", "description": "HashMap rating module.", "enabled": true, "hot-config": true, "priority": 1},
+            {"module_id": "noop", "description": "Dummy test module.", "enabled": true, "hot-config": false, "priority": 1},
+            {"module_id": "pyscripts", "description": "PyScripts rating module (vmmon never runs scripts; it cannot be enabled).", "enabled": false, "hot-config": false, "priority": 1}
+        ]})
+    );
+    assert_eq!(
+        api.ok("/v1/billing/modules/"),
+        modules,
+        "billing alias, trailing slash"
+    );
+    let a = api.req(
+        "PUT",
+        "/v1/rating/modules/hashmap",
+        Some(json!({"module_id": "hashmap", "enabled": false, "priority": 3})),
+    );
+    assert_eq!(a.status, 302);
+    assert!(a.location.unwrap().ends_with("/v1/rating/modules/hashmap"));
+    assert_eq!(api.ok("/v1/rating/modules/hashmap")["enabled"], false);
+    assert_eq!(api.ok("/v1/rating/modules/hashmap")["priority"], 3);
+    fault(
+        &api.get("/v1/rating/modules/nope"),
+        404,
+        "Module not found.",
+    );
+    fault(
+        &api.req(
+            "PUT",
+            "/v1/rating/modules/nope",
+            Some(json!({"module_id": "nope"})),
+        ),
+        404,
+        "Module not found.",
+    );
+    fault(
+        &api.req(
+            "PUT",
+            "/v1/rating/modules/hashmap",
+            Some(json!({"enabled": true})),
+        ),
+        400,
+        "Invalid input for field/attribute module_id. Value: 'None'. Mandatory field missing.",
+    );
+    fault(
+        &api.req(
+            "PUT",
+            "/v1/rating/modules/hashmap",
+            Some(json!({"module_id": "hashmap", "colour": 1})),
+        ),
+        400,
+        "Unknown attribute for argument module: colour",
+    );
+    fault(
+        &api.req(
+            "PUT",
+            "/v1/rating/modules/pyscripts",
+            Some(json!({"module_id": "pyscripts", "enabled": true})),
+        ),
+        400,
+        "pyscripts cannot be enabled: vmmon never runs operator-supplied scripts",
+    );
+    // The seed's form: PUT on the collection with module_id in the body.
+    assert_eq!(
+        api.req(
+            "PUT",
+            "/v1/rating/modules",
+            Some(json!({"module_id": "hashmap", "enabled": true}))
+        )
+        .status,
+        302
+    );
+    assert_eq!(api.ok("/v1/rating/modules/hashmap")["enabled"], true);
+    let a = api.get("/v1/rating/reload_modules");
+    assert_eq!((a.status, a.body), (204, Value::Null));
+    fault(
+        &api.get("/v1/rating/module_config/noop/anything"),
+        409,
+        "Module is not configurable",
+    );
+    assert_eq!(
+        api.get("/v1/rating/module_config/pyscripts/scripts").status,
+        409
+    );
+    fault(
+        &api.get("/v1/rating/module_config/nope/x"),
+        404,
+        "Module not found.",
+    );
+
+    // Info (open).
+    let anon = Api::with(&c, &[]);
+    let metrics = anon.ok("/v1/info/metrics");
+    let ids: Vec<&str> = metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["metric_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            "instance",
+            "cpu.hours",
+            "network.in",
+            "network.out",
+            "disk.size"
+        ]
+    );
+    for alias in ["/v1/info/metric", "/v1/info/services/", "/v1/info/service"] {
+        assert_eq!(anon.ok(alias), metrics, "{alias}");
+    }
+    let inst = anon.ok("/v1/info/metrics/instance");
+    assert_eq!(inst["unit"], "instance");
+    assert!(
+        inst["metadata"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("cpu_num"))
+    );
+    assert!(
+        inst["metadata"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("mem_size"))
+    );
+    assert_eq!(anon.ok("/v1/info/service/cpu.hours")["unit"], "hour");
+    fault(&anon.get("/v1/info/metrics/uptime"), 404, "uptime");
+    let config = anon.ok("/v1/info/config");
+    assert_eq!(config["metrics"]["uptime"]["alt_name"], "instance");
+    assert_eq!(config["metrics"]["uptime"]["mutate"], "NUMBOOL");
+    assert_eq!(config["metrics"]["net_out_bytes"]["factor"], "1/1000000000");
+
+    // Collector mappings and states (deprecated key-value store).
+    assert_eq!(api.ok("/v1/collector/mappings/"), json!({"mappings": []}));
+    let a = api.post(
+        "/v1/collector/mappings/",
+        json!({"collector": "vmmon", "service": "instance"}),
+    );
+    assert_eq!(
+        (a.status, &a.body),
+        (200, &json!({"service": "instance", "collector": "vmmon"}))
+    );
+    let a = api.req("POST", "/v1/collector/mappings/gnocchi/instance", None);
+    assert_eq!(
+        (a.status, &a.body),
+        (200, &json!({"service": "instance", "collector": "gnocchi"})),
+        "upsert"
+    );
+    api.post(
+        "/v1/collector/mappings",
+        json!({"collector": "vmmon", "service": "disk.size"}),
+    );
+    assert_eq!(
+        api.ok("/v1/collector/mappings?collector=vmmon"),
+        json!({"mappings": [{"service": "disk.size", "collector": "vmmon"}]})
+    );
+    assert_eq!(
+        api.ok("/v1/collector/mappings/instance"),
+        json!({"service": "instance", "collector": "gnocchi"})
+    );
+    fault(
+        &api.get("/v1/collector/mappings/nope"),
+        404,
+        "No mapping for service: nope",
+    );
+    let a = api.req(
+        "DELETE",
+        "/v1/collector/mappings/",
+        Some(json!({"service": "instance"})),
+    );
+    assert_eq!((a.status, a.body), (204, Value::Null));
+    fault(
+        &api.req("DELETE", "/v1/collector/mappings/instance", None),
+        404,
+        "No mapping for service: instance",
+    );
+    assert_eq!(
+        api.ok("/v1/collector/fake1/states"),
+        json!({"name": "fake1", "enabled": false})
+    );
+    let a = api.req(
+        "PUT",
+        "/v1/collector/states",
+        Some(json!({"name": "fake1", "enabled": true})),
+    );
+    assert_eq!(
+        (a.status, a.body),
+        (200, json!({"name": "fake1", "enabled": true}))
+    );
+    assert_eq!(
+        api.ok("/v1/collector/states?name=fake1"),
+        json!({"name": "fake1", "enabled": true})
+    );
+    assert_eq!(api.ok("/v1/collector/states/fake1")["enabled"], true);
+    fault(
+        &api.req(
+            "PUT",
+            "/v1/collector/states/fake1",
+            Some(json!({"name": "fake1"})),
+        ),
+        400,
+        "Invalid input for field/attribute enabled. Value: 'None'. Mandatory field missing.",
+    );
+
+    // Quote (open): global rules only, nested and flat descriptions.
+    let svc = api.create(&format!("{HM}/services"), json!({"name": "instance"}));
+    let f = api.create(
+        &format!("{HM}/fields"),
+        json!({"service_id": svc["service_id"], "name": "flavor_name"}),
+    );
+    for (v, cost) in [("1c2g", "0.02"), ("2c4g", "0.05"), ("4c8g", "0.12")] {
+        api.create(
+            &format!("{HM}/mappings"),
+            json!({"field_id": f["field_id"], "value": v, "cost": cost}),
+        );
+    }
+    api.create(
+        &format!("{HM}/mappings"),
+        json!({"field_id": f["field_id"], "value": "1c2g", "cost": "5", "tenant_id": "proj-b"}),
+    );
+    let out = api.create(&format!("{HM}/services"), json!({"name": "network.out"}));
+    api.create(
+        &format!("{HM}/mappings"),
+        json!({"service_id": out["service_id"], "cost": "0.08"}),
+    );
+    api.create(
+        &format!("{HM}/thresholds"),
+        json!({"service_id": out["service_id"], "level": 1, "cost": "0.5", "type": "rate"}),
+    );
+    let quote = |body: Value| {
+        let a = anon.post("/v1/rating/quote/", body.clone());
+        assert_eq!(a.status, 200, "{body}: {}", a.body);
+        a.body
+    };
+    assert_eq!(
+        quote(
+            json!({"resources": [{"service": "instance", "volume": "1", "desc": {"metadata": {"flavor_name": "1c2g"}}}]})
+        ),
+        json!(0.02)
+    );
+    assert_eq!(
+        quote(
+            json!({"resources": [{"service": "instance", "volume": 2, "desc": {"flavor_name": "2c4g", "vcpus": 2, "image_id": "x"}}]})
+        ),
+        json!(0.1)
+    );
+    assert_eq!(
+        quote(json!({"resources": [
+            {"service": "instance", "volume": "1", "desc": {"groupby": {"flavor_name": "4c8g"}, "metadata": {"cpu_num": 4}}},
+            {"service": "instance", "volume": "1", "desc": {"flavor_name": "1c2g"}},
+            {"service": "network.out", "volume": "2"},
+            {"service": "unrated", "volume": "100"}
+        ]})),
+        json!(0.22)
+    );
+    assert_eq!(
+        quote(
+            json!({"resources": [{"service": "instance", "volume": "1", "desc": {"flavor_name": "8c16g"}}]})
+        ),
+        json!(0.0)
+    );
+    for (body, status) in [
+        (json!({"resources": [{"volume": "1"}]}), 400),
+        (json!({"resources": [{"service": "instance"}]}), 400),
+        (
+            json!({"resources": [{"service": "instance", "volume": "x"}]}),
+            400,
+        ),
+        (
+            json!({"resources": [{"service": "instance", "volume": "1", "desc": {"tags": ["a"]}}]}),
+            400,
+        ),
+        (
+            json!({"resources": [{"service": "instance", "volume": "1", "colour": 1}]}),
+            400,
+        ),
+        (json!({"other": []}), 400),
+    ] {
+        let a = anon.post("/v1/rating/quote", body.clone());
+        assert_eq!(a.status, status, "{body}: {}", a.body);
+        assert_eq!(a.body["faultcode"], "Client");
+    }
+    let a = call(
+        &c,
+        "POST",
+        "/v1/rating/quote",
+        &[("Content-Type", "application/json")],
+        None,
+    );
+    assert_eq!(a.status, 400);
+    let raw = ureq::post(&c.url("/v1/rating/quote")).send_string("{not json");
+    assert!(matches!(raw, Err(ureq::Error::Status(400, _))));
+
+    // Routing: unknown URLs get a plain 404, wrong methods a 405; /v1 describes itself.
+    let a = api.get("/v1/nope");
+    assert_eq!(a.status, 404);
+    assert!(
+        a.content_type.starts_with("text/plain"),
+        "{}",
+        a.content_type
+    );
+    assert_eq!(api.get("/v1/rating/nope").status, 404);
+    assert_eq!(api.get(&format!("{HM}/nope")).status, 404);
+    assert_eq!(api.req("DELETE", "/v1/rating/quote", None).status, 405);
+    assert_eq!(
+        api.req("POST", "/v1/report/total", Some(json!({}))).status,
+        405
+    );
+    assert_eq!(api.ok("/v1")["id"], "v1");
+    // Bad parameters are 400 with a fault body.
+    fault(
+        &api.get("/v1/report/total?begin=yesterday"),
+        400,
+        "Invalid input for field/attribute begin. Value: 'yesterday'. Value should be an ISO-8601 date or datetime.",
+    );
+    assert_eq!(api.get("/v1/report/total?all_tenants=maybe").status, 400);
+}
+
+#[test]
+fn processing_loop_rates_due_periods_once() {
+    // Feed with the loop off, then restart with it on: every complete period is due at once.
+    let hour = (now_ms() / HOUR_MS - 1) * HOUR_MS;
+    let (_d, cfg) = no_loop_config();
+    let mut c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let sid = c.admin_session();
+    let admin = Api::token(&c, &sid);
+    price_book(&admin);
+    feed_all(&c, hour);
+    std::fs::write(&cfg, "[rating]\nwait_secs = 0\n").unwrap();
+    c.restart();
+    let admin = Api::token(&c, &sid);
+    let (b, e) = (iso(hour), iso(hour + HOUR_MS));
+    let path = q(
+        "/v1/report/total",
+        &[("begin", &b), ("end", &e), ("all_tenants", "true")],
+    );
+    let total = wait_for(Duration::from_secs(60), "the loop to rate the hour", || {
+        let v = admin.ok(&path);
+        (v != json!("0")).then_some(v)
+    });
+    assert_eq!(total, json!("0.563"));
+    // The next period's state moved past the hour; a manual rerun replaces, never adds.
+    let next = c.query_i64(
+        "SELECT value FROM rating_state WHERE name = 'next_period_ms'",
+        &[],
+    );
+    assert!(next[0] >= hour + HOUR_MS, "{next:?}");
+    c.cli(&["rating", "process", "--period-start", &b], &[]);
+    assert_eq!(admin.ok(&path), json!("0.563"));
+    assert_eq!(
+        c.query_i64(
+            "SELECT COUNT(*) FROM rated_totals WHERE begin_ms = ?1",
+            &[&hour]
+        ),
+        vec![10]
+    );
+}
+
+#[test]
+fn auth_modes_trusted_headers_and_noauth() {
+    let (_d, cfg) = collector_config("[rating]\nauth = \"trusted_headers\"\nprocess = false\n");
+    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let admin = Api::with(&c, &[("X-Roles", "reader,admin"), ("X-Project-Id", "ops")]);
+    let member = Api::with(&c, &[("X-Roles", "member"), ("X-Project-Id", "proj-a")]);
+    let anon = Api::with(&c, &[]);
+    assert_eq!(admin.get("/v1/rating/modules").status, 200);
+    fault(
+        &member.get("/v1/rating/modules"),
+        403,
+        "Policy doesn't allow rating:list_modules to be performed.",
+    );
+    assert_eq!(anon.get("/v1/rating/modules").status, 401);
+    // A session token means nothing behind the proxy.
+    let sid = c.admin_session();
+    assert_eq!(Api::token(&c, &sid).get("/v1/rating/modules").status, 401);
+    // Scoping by X-Project-Id: the admin sees its own project unless all_tenants.
+    let s = admin.ok("/v1/report/summary");
+    assert_eq!(s["summary"][0]["tenant_id"], "ops");
+    assert_eq!(
+        admin.ok("/v1/report/summary?all_tenants=true")["summary"][0]["tenant_id"],
+        "ALL"
+    );
+    assert_eq!(
+        member.ok("/v1/report/summary")["summary"][0]["tenant_id"],
+        "proj-a"
+    );
+    assert_eq!(member.get("/v1/report/total?tenant_id=proj-b").status, 403);
+    assert_eq!(
+        member.ok("/v1/storage/dataframes"),
+        json!({"dataframes": []})
+    );
+    let no_project = Api::with(&c, &[("X-Roles", "member")]);
+    assert_eq!(
+        no_project.ok("/v1/storage/dataframes"),
+        json!({"dataframes": []})
+    );
+    drop(c);
+
+    // noauth: everything passes on loopback...
+    let (_d2, cfg2) = collector_config("[rating]\nauth = \"noauth\"\nprocess = false\n");
+    let c = Collector::start_with(&["--config", cfg2.to_str().unwrap()]);
+    let anon = Api::with(&c, &[]);
+    assert_eq!(anon.get("/v1/rating/modules").status, 200);
+    assert_eq!(
+        anon.create(&format!("{HM}/services"), json!({"name": "instance"}))["name"],
+        "instance"
+    );
+    assert_eq!(
+        anon.ok("/v1/report/summary")["summary"][0]["tenant_id"],
+        "ALL"
+    );
+    drop(c);
+    // ...and is refused at config load on any other address.
+    let out = Command::new(bin_path("vmmon-collector"))
+        .args(["serve", "--listen", "0.0.0.0:8086", "--config"])
+        .arg(&cfg2)
+        .args(["--check-config", "--data"])
+        .arg(_d2.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("noauth") && err.contains("loopback"), "{err}");
+}
