@@ -35,6 +35,15 @@ pub struct Cli {
     /// Spool bound in bytes; past it the oldest batches are dropped and counted.
     #[arg(long)]
     pub spool_max_bytes: Option<u64>,
+    /// CDN edge: an nginx-style access log to tail for per-domain traffic (repeat for several
+    /// logs; replaces `cdn_access_logs` of the config file).
+    #[arg(long = "cdn-access-log", value_name = "PATH")]
+    pub cdn_access_logs: Vec<PathBuf>,
+    /// nginx `log_format` string of the access logs; needs $host, $body_bytes_sent (or
+    /// $bytes_sent), $time_local and $upstream_cache_status. Default: combined followed by
+    /// ` $host $upstream_cache_status`.
+    #[arg(long, value_name = "FORMAT")]
+    pub cdn_log_format: Option<String>,
     /// Validate the configuration and exit (0 when valid).
     #[arg(long)]
     pub check_config: bool,
@@ -69,6 +78,12 @@ impl Cli {
         }
         if let Some(b) = self.spool_max_bytes {
             cfg.spool_max_bytes = b;
+        }
+        if !self.cdn_access_logs.is_empty() {
+            cfg.cdn_access_logs = self.cdn_access_logs.clone();
+        }
+        if let Some(f) = &self.cdn_log_format {
+            cfg.cdn_log_format = Some(f.clone());
         }
     }
 }

@@ -29,6 +29,12 @@ pub struct AgentConfig {
     pub spool_max_bytes: u64,
     /// Longest wait between reconnect attempts.
     pub max_backoff_secs: u64,
+    /// CDN edge: nginx-style access logs to tail (per-domain bytes and cache-hit bytes per
+    /// 5-minute bucket; see docs/cdn.md).
+    pub cdn_access_logs: Vec<PathBuf>,
+    /// nginx `log_format` string of those logs (default
+    /// [`crate::cdn::DEFAULT_LOG_FORMAT`]: `combined` + ` $host $upstream_cache_status`).
+    pub cdn_log_format: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -43,6 +49,8 @@ impl Default for AgentConfig {
             wan_ips: Vec::new(),
             spool_max_bytes: 64 * 1024 * 1024,
             max_backoff_secs: 60,
+            cdn_access_logs: Vec::new(),
+            cdn_log_format: None,
         }
     }
 }
@@ -119,6 +127,12 @@ impl AgentConfig {
         if self.max_backoff_secs == 0 {
             errors.push("max_backoff_secs must be at least 1".into());
         }
+        if let Err(e) = self.cdn_format() {
+            errors.push(format!("cdn_log_format: {e}"));
+        }
+        if self.cdn_access_logs.iter().any(|p| p.as_os_str().is_empty()) {
+            errors.push("cdn_access_logs has an empty path".into());
+        }
         if let Some(id) = &self.instance_id
             && (id.is_empty() || id.len() > 128)
         {
@@ -129,6 +143,15 @@ impl AgentConfig {
         } else {
             Err(ConfigError::Invalid(errors))
         }
+    }
+
+    /// The compiled CDN access-log format.
+    pub fn cdn_format(&self) -> Result<crate::cdn::LogFormat, crate::cdn::format::FormatError> {
+        crate::cdn::LogFormat::compile(
+            self.cdn_log_format
+                .as_deref()
+                .unwrap_or(crate::cdn::DEFAULT_LOG_FORMAT),
+        )
     }
 
     /// The token, reading `token_file` if that is how it was given.

@@ -5,6 +5,7 @@
 //! commands come back on the reporter's subscription and land in [`Shared::desired`], which the
 //! sampling loop follows.
 
+pub mod cdn;
 pub mod cli;
 pub mod config;
 pub mod identity;
@@ -134,6 +135,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     });
     let mut sampler = Sampler::new(ProcRoots::default())?;
     let wan = config.wan_ips.clone();
+    let mut tailer = cdn_tailer(&config, &shared)?;
 
     let rcfg = reporter::ReporterConfig {
         url: config.collector.clone(),
@@ -151,14 +153,33 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         shutdown.clone(),
     ));
 
-    sampling_loop(&mut sampler, &shared, &instance_id, shutdown).await;
+    sampling_loop(&mut sampler, tailer.as_mut(), &shared, &instance_id, shutdown).await;
     let _ = reporter.await;
     tracing::info!("Agent stopped.");
     Ok(())
 }
 
+/// The access-log tailer when CDN logs are configured, resuming from the spool's checkpoint.
+fn cdn_tailer(config: &AgentConfig, shared: &Shared) -> Result<Option<cdn::Tailer>, AgentError> {
+    if config.cdn_access_logs.is_empty() {
+        return Ok(None);
+    }
+    let format = config
+        .cdn_format()
+        .map_err(|e| config::ConfigError::Invalid(vec![format!("cdn_log_format: {e}")]))?;
+    let checkpoint = shared.with_spool(|s| s.cdn_checkpoint().cloned());
+    tracing::info!(logs = ?config.cdn_access_logs, resumed = checkpoint.is_some(), "Tailing CDN access logs.");
+    Ok(Some(cdn::Tailer::new(
+        &config.cdn_access_logs,
+        format,
+        checkpoint.as_ref(),
+        cdn::tail::DEFAULT_MAX_BYTES_PER_POLL,
+    )))
+}
+
 async fn sampling_loop(
     sampler: &mut Sampler,
+    mut tailer: Option<&mut cdn::Tailer>,
     shared: &Shared,
     instance_id: &str,
     mut shutdown: watch::Receiver<bool>,
@@ -214,9 +235,21 @@ async fn sampling_loop(
                 continue;
             }
         };
+        // The tick's access-log lines travel in the tick's batch, with the positions after them;
+        // the tailer adopts those positions only once the batch is durably spooled.
+        let mut poll = tailer
+            .as_deref()
+            .map(|t| tokio::task::block_in_place(|| t.poll(now_secs(now))));
+        let (deltas, tail) = match poll.as_mut() {
+            Some(p) => (std::mem::take(&mut p.deltas), Some(p.tail_state())),
+            None => (Vec::new(), None),
+        };
         let pushed = tokio::task::block_in_place(|| {
-            shared.with_spool(|s| s.push(instance_id, vec![sample]))
+            shared.with_spool(|s| s.push_batch(instance_id, vec![sample], deltas, tail))
         });
+        if let (Ok(_), Some(t), Some(p)) = (&pushed, tailer.as_deref_mut(), poll) {
+            t.commit(p);
+        }
         match pushed {
             Ok(seq) => {
                 tracing::debug!(seq, at_ms = epoch_ms(now), "Spooled a sample.");
@@ -229,6 +262,10 @@ async fn sampling_loop(
             Err(e) => tracing::error!(error = %e, "Cannot write the spool; this sample is lost."),
         }
     }
+}
+
+fn now_secs(t: SystemTime) -> i64 {
+    epoch_ms(t).div_euclid(1000)
 }
 
 fn prime(sampler: &mut Sampler, with_processes: bool) {

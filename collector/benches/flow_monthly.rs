@@ -92,6 +92,8 @@ fn populate(conn: &Connection) -> anyhow::Result<Duration> {
                 seq: step as u64,
                 samples: vec![sample(at, rx, rx / 3)],
                 dropped_samples_total: 0,
+                cdn: Vec::new(),
+                cdn_tail: None,
             };
             store::samples::insert_batch(conn, &batch, now)?;
             samples += 1;

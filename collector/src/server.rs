@@ -25,6 +25,9 @@ use crate::auth;
 use crate::rpc::{AgentAuth, RpcHandler};
 use crate::store;
 
+/// Most agent connections at once (jsonrpsee's default of 100 would refuse the 101st agent).
+const MAX_AGENT_CONNECTIONS: u32 = 100_000;
+
 /// Largest JSON-RPC message from an agent (a batch of a full process table).
 const MAX_RPC_MESSAGE_BYTES: u32 = 64 * 1024 * 1024;
 
@@ -51,10 +54,12 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
     let config = ServerConfig::builder()
         .max_request_body_size(MAX_RPC_MESSAGE_BYTES)
         .max_response_body_size(MAX_RPC_MESSAGE_BYTES)
+        .max_connections(MAX_AGENT_CONNECTIONS)
         .build();
     let builder = jsonrpsee::server::Server::builder()
         .set_config(config)
-        .to_service_builder();
+        .to_service_builder()
+        .max_connections(MAX_AGENT_CONNECTIONS);
     let task = tokio::spawn(accept_loop(app, listener, stop_handle, builder));
     Ok(Running {
         local_addr,

@@ -42,6 +42,7 @@ install_agent() {
   install -m 0600 /dev/null "$ROOT/etc/vmmon/agent.token"
   printf '%s\n' "$token" >"$ROOT/etc/vmmon/agent.token"
   sed -i "s|^collector = .*|collector = \"ws://10.0.2.2:$port/rpc\"|; s|^interval_secs = .*|interval_secs = 5|" "$ROOT/etc/vmmon/agent.toml"
+  sed -i '/^instance_id = /d' "$ROOT/etc/vmmon/agent.toml"
   echo 'instance_id = "qemu-demo-vm"' >>"$ROOT/etc/vmmon/agent.toml"
   echo "qemu-demo-vm" >"$ROOT/etc/hostname"
   # DHCP on the first virtio NIC via systemd-networkd.

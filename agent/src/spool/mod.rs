@@ -7,13 +7,20 @@
 //!   or nothing under the final name.
 //! * `spool/corrupt/` — anything unreadable found at open or read time is moved here (kept for
 //!   inspection, never resent) and counted.
-//! * `agent-state.json` — next sequence number, cumulative drop counters and the last desired
-//!   state, written atomically the same way.
+//! * `agent-state.json` — next sequence number, cumulative drop counters, the last desired
+//!   state and the CDN access-log positions, written atomically the same way.
 //!
 //! Full policy: drop oldest. Monitoring data is most useful fresh, so when the spool exceeds its
 //! byte bound the oldest batches are deleted and their samples added to `dropped_samples_total`,
 //! which every batch and heartbeat carries to the collector. Memory use is the index only
 //! (a few dozen bytes per batch), whatever the outage length.
+//!
+//! CDN positions: a batch may carry the access-log positions reached after its CDN deltas
+//! ([`ReportBatch::cdn_tail`]); the state keeps the latest ones with the sequence number of their
+//! batch. The batch is written first, then the state, so after a crash in between the newest
+//! batch is ahead of the state: [`Spool::open`] takes whichever is newer. If the state cannot be
+//! written, it is written again before any batch is deleted, so the newest positions always
+//! survive somewhere.
 
 #[cfg(test)]
 mod tests;
@@ -25,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use vmmon_common::wire::{DesiredState, ReportBatch, Sample};
+use vmmon_common::wire::{CdnBucketDelta, CdnTailState, DesiredState, ReportBatch, Sample};
 
 const SPOOL_DIR: &str = "spool";
 const CORRUPT_DIR: &str = "corrupt";
@@ -67,6 +74,10 @@ pub struct PersistedState {
     pub corrupt_files_total: u64,
     /// The last desired state the collector sent.
     pub desired: Option<DesiredState>,
+    /// CDN access-log positions as of batch `cdn_tail_seq`.
+    pub cdn_tail: Option<CdnTailState>,
+    /// Sequence number of the batch `cdn_tail` was spooled with.
+    pub cdn_tail_seq: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +106,8 @@ pub struct Spool {
     index: VecDeque<Entry>,
     total_bytes: u64,
     state: PersistedState,
+    /// The last state write failed: retry before deleting any batch.
+    state_dirty: bool,
 }
 
 impl Spool {
@@ -148,6 +161,13 @@ impl Spool {
         for (seq, path) in found {
             match read_batch(&path) {
                 Ok((batch, bytes)) if batch.seq == seq => {
+                    if let Some(tail) = batch.cdn_tail
+                        && (state.cdn_tail.is_none() || seq > state.cdn_tail_seq)
+                    {
+                        // Spooled after the state was last written: these positions are newer.
+                        state.cdn_tail = Some(tail);
+                        state.cdn_tail_seq = seq;
+                    }
                     index.push_back(Entry {
                         seq,
                         bytes,
@@ -177,6 +197,7 @@ impl Spool {
             index,
             total_bytes,
             state,
+            state_dirty: false,
         };
         spool.save_state()?;
         spool.enforce_bound(0)?;
@@ -186,6 +207,19 @@ impl Spool {
     /// Wraps `samples` in a new batch, writes it durably, then drops the oldest batches while the
     /// spool is over its bound. Returns the new batch's sequence number.
     pub fn push(&mut self, instance_id: &str, samples: Vec<Sample>) -> Result<u64, SpoolError> {
+        self.push_batch(instance_id, samples, Vec::new(), None)
+    }
+
+    /// [`Self::push`] with CDN deltas and the access-log positions after them. `Ok` means the
+    /// batch is durably spooled (a failure to update the state or to enforce the bound afterwards
+    /// is logged and retried later); `Err` means it was not written at all.
+    pub fn push_batch(
+        &mut self,
+        instance_id: &str,
+        samples: Vec<Sample>,
+        cdn: Vec<CdnBucketDelta>,
+        cdn_tail: Option<CdnTailState>,
+    ) -> Result<u64, SpoolError> {
         let seq = self.state.next_seq;
         let batch = ReportBatch {
             batch_id: Uuid::new_v4(),
@@ -193,19 +227,29 @@ impl Spool {
             seq,
             samples,
             dropped_samples_total: self.state.dropped_samples_total,
+            cdn,
+            cdn_tail,
         };
         let bytes = serde_json::to_vec(&batch)?;
         let path = self.batch_path(seq);
         write_atomically(&path, &bytes)?;
         self.state.next_seq = seq + 1;
+        if let Some(tail) = batch.cdn_tail {
+            self.state.cdn_tail = Some(tail);
+            self.state.cdn_tail_seq = seq;
+        }
         self.index.push_back(Entry {
             seq,
             bytes: bytes.len() as u64,
             samples: batch.samples.len() as u64,
         });
         self.total_bytes += bytes.len() as u64;
-        self.enforce_bound(1)?;
-        self.save_state()?;
+        if let Err(e) = self.enforce_bound(1) {
+            tracing::error!(error = %e, "Cannot enforce the spool bound.");
+        }
+        if let Err(e) = self.save_state() {
+            tracing::error!(error = %e, "Cannot write the agent state; retrying before the next delete.");
+        }
         Ok(seq)
     }
 
@@ -241,6 +285,10 @@ impl Spool {
         let Some(pos) = self.index.iter().position(|e| e.seq == seq) else {
             return Ok(());
         };
+        if self.state_dirty {
+            // The batch may hold the only copy of the newest CDN positions.
+            self.save_state()?;
+        }
         let path = self.batch_path(seq);
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -293,6 +341,12 @@ impl Spool {
         self.state.desired
     }
 
+    /// The CDN access-log positions to resume from: the newest of the state's and the spooled
+    /// batches'.
+    pub fn cdn_checkpoint(&self) -> Option<&CdnTailState> {
+        self.state.cdn_tail.as_ref()
+    }
+
     /// Persists the desired state (so a restarted agent resumes it before reconnecting).
     pub fn set_desired(&mut self, desired: DesiredState) -> Result<(), SpoolError> {
         if self.state.desired != Some(desired) {
@@ -343,9 +397,11 @@ impl Spool {
         self.dir.join(format!("{seq:020}.{BATCH_EXT}"))
     }
 
-    fn save_state(&self) -> Result<(), SpoolError> {
+    fn save_state(&mut self) -> Result<(), SpoolError> {
         let bytes = serde_json::to_vec(&self.state)?;
-        write_atomically(&self.state_path, &bytes)
+        let res = write_atomically(&self.state_path, &bytes);
+        self.state_dirty = res.is_err();
+        res
     }
 }
 

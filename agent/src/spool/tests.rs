@@ -93,6 +93,8 @@ fn size_limit_drops_oldest_and_counts_samples() {
         seq: 0,
         samples: vec![sample(1)],
         dropped_samples_total: 0,
+        cdn: Vec::new(),
+        cdn_tail: None,
     })
     .unwrap()
     .len() as u64;

@@ -437,6 +437,8 @@ mod tests {
             seq: 0,
             samples,
             dropped_samples_total: 0,
+            cdn: Vec::new(),
+            cdn_tail: None,
         }
     }
 

@@ -223,4 +223,36 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX batches_received ON batches(received_at_ms);
     "#,
+    // CDN (SPEC 3.4): flow API users with their plain secrets (the MD5 signature needs them) and
+    // domains; traffic per domain and 5-minute bucket (epoch seconds) added from each newly
+    // stored batch; per-agent ingestion status (malformed access-log lines).
+    r#"
+    CREATE TABLE cdn_users (
+        id             INTEGER PRIMARY KEY,
+        name           TEXT NOT NULL UNIQUE,
+        secret         TEXT NOT NULL,
+        created_at_ms  INTEGER NOT NULL,
+        revoked_at_ms  INTEGER
+    );
+    CREATE TABLE cdn_user_domains (
+        user_id  INTEGER NOT NULL REFERENCES cdn_users(id) ON DELETE CASCADE,
+        domain   TEXT NOT NULL,
+        PRIMARY KEY (user_id, domain)
+    ) WITHOUT ROWID;
+    CREATE INDEX cdn_user_domains_domain ON cdn_user_domains(domain);
+    CREATE TABLE cdn_buckets (
+        domain        TEXT NOT NULL,
+        bucket_start  INTEGER NOT NULL,
+        bytes         INTEGER NOT NULL,
+        hit_bytes     INTEGER NOT NULL,
+        requests      INTEGER NOT NULL,
+        PRIMARY KEY (domain, bucket_start)
+    ) WITHOUT ROWID;
+    CREATE TABLE cdn_sources (
+        instance_id            TEXT PRIMARY KEY,
+        files                  INTEGER NOT NULL,
+        malformed_lines_total  INTEGER NOT NULL,
+        last_report_ms         INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];

@@ -7,6 +7,7 @@
 //! read-only connections on the blocking thread pool; WAL lets them proceed while the writer
 //! writes.
 
+pub mod cdn;
 pub mod flow;
 pub mod instances;
 mod migrations;

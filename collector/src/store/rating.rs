@@ -534,10 +534,14 @@ pub fn period_samples(
 ) -> Result<Vec<PeriodSamples>> {
     let mut inst = conn.prepare(
         "SELECT instance_id, project, region, party, hostname, cpu_count, mem_total_bytes,
-             disk_total_bytes, os, agent_version FROM instances ORDER BY instance_id",
+             disk_total_bytes, os, agent_version FROM instances
+         WHERE last_seen_ms >= ?1 ORDER BY instance_id",
     )?;
+    // Instances silent since well before the period have no sample in it (last_seen_ms follows
+    // the newest sample, clamped to the collector's clock; a day of slack covers guest clocks
+    // running ahead), so a catch-up over many empty periods stays cheap.
     let infos = inst
-        .query_map([], |r| {
+        .query_map([begin_ms.saturating_sub(max_window_ms)], |r| {
             Ok(InstanceInfo {
                 instance_id: r.get(0)?,
                 project: r.get(1)?,

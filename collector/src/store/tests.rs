@@ -63,6 +63,8 @@ async fn duplicate_batch_is_stored_once() {
             processes: None,
         }],
         dropped_samples_total: 0,
+        cdn: Vec::new(),
+        cdn_tail: None,
     };
     let b1 = batch.clone();
     assert!(
@@ -171,6 +173,8 @@ async fn retention_deletes_only_old_raw_rows() {
             seq: 0,
             samples: vec![Sample { vm: vm(ms), processes: None }],
             dropped_samples_total: 0,
+            cdn: Vec::new(),
+            cdn_tail: None,
         };
         store.write(move |c| samples::insert_batch(c, &batch, received)).await.unwrap();
     }

@@ -1,9 +1,14 @@
 //! Serde types that travel between agent and collector.
 
+mod cdn;
 mod control;
 mod host;
 mod process;
 
+pub use cdn::{
+    CDN_BUCKET_SECS, CdnBucketDelta, CdnFilePosition, CdnTailState, MAX_CDN_DELTAS_PER_BATCH,
+    MAX_CDN_DOMAIN_LEN, MAX_CDN_FILES_PER_BATCH, valid_cdn_domain,
+};
 pub use control::{Command, CommandAck, DesiredState, Heartbeat, RegisterRequest};
 pub use host::{Inventory, NetAttribution, VmSample};
 pub use process::{ProcessKey, ProcessSample};
@@ -38,6 +43,12 @@ pub struct ReportBatch {
     pub samples: Vec<Sample>,
     /// Samples the agent has dropped since its state began (spool full or damaged): cumulative.
     pub dropped_samples_total: u64,
+    /// CDN access-log traffic read in this batch's tick, per domain and 5-minute bucket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdn: Vec<CdnBucketDelta>,
+    /// The agent's access-log positions after `cdn` (None when it tails no log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdn_tail: Option<CdnTailState>,
 }
 
 /// The collector's answer to [`ReportBatch`]: the agent may delete the batch from its spool.

@@ -166,6 +166,8 @@ impl FakeAgent {
                 })
                 .collect(),
             dropped_samples_total: 0,
+            cdn: Vec::new(),
+            cdn_tail: None,
         }
     }
 

@@ -235,6 +235,8 @@ fn feed(c: &Collector, token: &str, hour: i64, vm: &Vm) {
                 seq: 1,
                 samples,
                 dropped_samples_total: 0,
+                cdn: Vec::new(),
+                cdn_tail: None,
             })
             .await
             .unwrap();
@@ -789,7 +791,7 @@ fn hashmap_config_api_statuses_and_bodies() {
         (json!({"field_id": fid, "cost": 1}), "You must specify a value for a field mapping.".into()),
         (json!({"field_id": fid, "value": "x", "cost": 1, "type": "bogus"}), "Invalid input for field/attribute type. Value: 'bogus'. Value should be one of: flat, rate".into()),
         (json!({"field_id": missing, "value": "x", "cost": 1}), format!("No such field: {missing}")),
-        (json!({"field_id": fid, "value": "x", "cost": "1e20"}), "Invalid input for field/attribute cost. Value: '\"1e20\"'. Value should have at most 12 integer digits.".into()),
+        (json!({"field_id": fid, "value": "x", "cost": "1e20"}), "Invalid input for field/attribute cost. Value: '1e20'. Value should have at most 12 integer digits.".into()),
     ];
     for (body, msg) in bad {
         fault(&api.post(&format!("{HM}/mappings"), body), 400, &msg);
@@ -1376,6 +1378,16 @@ fn processing_loop_rates_due_periods_once() {
     price_book(&admin);
     feed_all(&c, hour);
     std::fs::write(&cfg, "[rating]\nwait_secs = 0\n").unwrap();
+    // Start the loop two hours before ours (on first start it would begin at the current UTC
+    // month, which misses our hour on the 1st of a month).
+    c.kill();
+    let db = rusqlite::Connection::open(c.db_path()).unwrap();
+    db.execute(
+        "INSERT INTO rating_state (name, value) VALUES ('next_period_ms', ?1)",
+        [hour - 2 * HOUR_MS],
+    )
+    .unwrap();
+    drop(db);
     c.restart();
     let admin = Api::token(&c, &sid);
     let (b, e) = (iso(hour), iso(hour + HOUR_MS));

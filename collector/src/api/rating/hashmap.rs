@@ -531,11 +531,12 @@ fn allowed_attrs(kind: RuleKind) -> Vec<&'static str> {
 }
 
 fn decimal_attr(attr: &str, v: &Value) -> Result<Decimal, Fault> {
-    let d = decimal::from_json(v).map_err(|e| Fault::invalid(attr, &v.to_string(), &e))?;
+    let shown = decimal::python_str(v);
+    let d = decimal::from_json(v).map_err(|e| Fault::invalid(attr, &shown, &e))?;
     if !decimal::fits_cost(d) {
         return Err(Fault::invalid(
             attr,
-            &v.to_string(),
+            &shown,
             "Value should have at most 12 integer digits.",
         ));
     }

@@ -229,9 +229,8 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
         };
         let qty = match r.get("volume") {
             None | Some(Value::Null) => return Err(Fault::mandatory("volume")),
-            Some(v) => {
-                decimal::from_json(v).map_err(|e| Fault::invalid("volume", &v.to_string(), &e))?
-            }
+            Some(v) => decimal::from_json(v)
+                .map_err(|e| Fault::invalid("volume", &decimal::python_str(v), &e))?,
         };
         let (groupby, metadata) = match r.get("desc") {
             None | Some(Value::Null) => (Map::new(), Map::new()),

@@ -1,0 +1,198 @@
+//! Bench: collector ingest through the real path — simulated agents send real report batches over
+//! WebSocket JSON-RPC into a real, durable store (WAL, committed before the ack) — against the
+//! floor: a raw batched SQLite insert of the same rows into the same schema, in the same run.
+//!
+//! `cargo bench -p vmmon-collector --bench ingest` (env: `VMMON_BENCH_AGENTS` default 1000,
+//! `VMMON_BENCH_BATCHES` per agent default 10, `VMMON_BENCH_PROCS` per sample default 100).
+//! 1,000 connections need ~2,100 file descriptors: `ulimit -n 8192` first (scripts/bench.sh does).
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
+use rusqlite::{Connection, params};
+use vmmon_collector::store::{self, Store};
+use vmmon_collector::{App, CollectorConfig, admin, server};
+use vmmon_common::PROTOCOL_VERSION;
+use vmmon_common::rpc::MonitorApiClient;
+use vmmon_common::wire::{Inventory, ProcessSample, RegisterRequest, ReportBatch, Sample, VmSample};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn batch(instance: &str, seq: u64, at_ms: i64, procs: usize) -> ReportBatch {
+    let processes = (0..procs)
+        .map(|i| ProcessSample {
+            pid: 1000 + i as u32,
+            start_time: 1_700_000_000.0 + i as f64,
+            cmd: format!("proc-{i}"),
+            cpu_pct: (i % 7) as f64 * 0.5,
+            mem_pct: 0.3,
+            disk_read_kib_per_sec: 0.0,
+            disk_write_kib_per_sec: 1.5,
+            net_in_kib_per_sec: 0.0,
+            net_out_kib_per_sec: 0.0,
+            shutdown_time: None,
+        })
+        .collect();
+    ReportBatch {
+        batch_id: uuid::Uuid::new_v4(),
+        instance_id: instance.to_string(),
+        seq,
+        samples: vec![Sample {
+            vm: VmSample {
+                sampled_at_ms: at_ms,
+                elapsed_ms: 30_000,
+                cpu_pct: 12.5,
+                mem_pct: 40.0,
+                disk_read_kib_per_sec: 1.0,
+                disk_write_kib_per_sec: 2.0,
+                net_in_kib_per_sec: 3.0,
+                net_out_kib_per_sec: 4.0,
+                rx_bytes_total: 1_000_000 + seq * 1000,
+                tx_bytes_total: 2_000_000 + seq * 1000,
+                proc_count: procs as u32,
+                net_attribution: None,
+            },
+            processes: Some(processes),
+        }],
+        dropped_samples_total: 0,
+        cdn: Vec::new(),
+        cdn_tail: Default::default(),
+    }
+}
+
+fn rows_of(b: &ReportBatch) -> usize {
+    b.samples.iter().map(|s| 1 + s.processes.as_ref().map_or(0, Vec::len)).sum()
+}
+
+/// The floor: the same rows, inserted with prepared statements in large transactions.
+fn raw_insert(dir: &std::path::Path, batches: &[ReportBatch]) -> Result<f64> {
+    drop(Store::open(dir)?); // same schema, migrated
+    let mut conn = Connection::open(dir.join(store::DB_FILE))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let start = Instant::now();
+    for chunk in batches.chunks(100) {
+        let tx = conn.transaction()?;
+        {
+            let mut vm = tx.prepare_cached(
+                "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
+                     disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            let mut pr = tx.prepare_cached(
+                "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
+                     mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for b in chunk {
+                for s in &b.samples {
+                    let v = &s.vm;
+                    vm.execute(params![
+                        b.instance_id, v.sampled_at_ms, v.elapsed_ms as i64, v.cpu_pct, v.mem_pct,
+                        v.disk_read_kib_per_sec, v.disk_write_kib_per_sec, v.net_in_kib_per_sec,
+                        v.net_out_kib_per_sec, v.rx_bytes_total as i64, v.tx_bytes_total as i64, v.proc_count
+                    ])?;
+                    for p in s.processes.iter().flatten() {
+                        pr.execute(params![
+                            b.instance_id, v.sampled_at_ms, p.pid, p.start_time, p.cmd, p.cpu_pct, p.mem_pct,
+                            p.disk_read_kib_per_sec, p.disk_write_kib_per_sec, p.net_in_kib_per_sec,
+                            p.net_out_kib_per_sec, p.shutdown_time
+                        ])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+async fn real_path(dir: &std::path::Path, agents: usize, per_agent: Vec<Vec<ReportBatch>>) -> Result<(f64, usize)> {
+    let store = Store::open(dir)?;
+    let (_, token) = admin::create_token(&store, "bench", "r1", "x").await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let app = App::new(CollectorConfig::default(), store);
+    let running = server::start(app.clone(), listener).await?;
+    let url = format!("ws://{}/rpc", running.local_addr);
+
+    // Connect and register every agent first: the timed part is the report traffic.
+    let mut clients = Vec::with_capacity(agents);
+    for i in 0..agents {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
+        let c = WsClientBuilder::default()
+            .set_headers(h)
+            .max_request_size(64 << 20)
+            .build(&url)
+            .await
+            .with_context(|| format!("connect agent {i} (raise ulimit -n?)"))?;
+        c.register(RegisterRequest {
+            instance_id: format!("vm-{i:04}"),
+            inventory: Inventory::default(),
+            protocol_version: PROTOCOL_VERSION,
+            configured_interval_secs: 30,
+        })
+        .await?;
+        clients.push(c);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(agents);
+    for (c, batches) in clients.into_iter().zip(per_agent) {
+        tasks.push(tokio::spawn(async move {
+            let mut rows = 0;
+            for b in batches {
+                rows += rows_of(&b);
+                let ack = c.report(b).await?;
+                anyhow::ensure!(!ack.duplicate, "unexpected duplicate");
+            }
+            Ok::<usize, anyhow::Error>(rows)
+        }));
+    }
+    let mut rows = 0;
+    for t in tasks {
+        rows += t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    running.stop().await;
+    let stored: i64 = app
+        .store
+        .read(|c| Ok(c.query_row("SELECT (SELECT COUNT(*) FROM vm_samples) + (SELECT COUNT(*) FROM process_samples)", [], |r| r.get(0))?))
+        .await?;
+    anyhow::ensure!(stored as usize == rows, "stored {stored} rows, sent {rows}");
+    Ok((secs, rows))
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(()); // `cargo test --benches` probing
+    }
+    let agents = env("VMMON_BENCH_AGENTS", 1000);
+    let per = env("VMMON_BENCH_BATCHES", 10);
+    let procs = env("VMMON_BENCH_PROCS", 100);
+    let base = 1_790_000_000_000i64;
+    let per_agent: Vec<Vec<ReportBatch>> = (0..agents)
+        .map(|a| (0..per).map(|k| batch(&format!("vm-{a:04}"), k as u64, base + k as i64 * 30_000, procs)).collect())
+        .collect();
+    let all: Vec<ReportBatch> = per_agent.iter().flatten().cloned().collect();
+    let rows: usize = all.iter().map(rows_of).sum();
+
+    let floor_dir = tempfile::tempdir()?;
+    let floor_secs = raw_insert(floor_dir.path(), &all)?;
+    let floor_rate = rows as f64 / floor_secs;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let real_dir = tempfile::tempdir()?;
+    let (real_secs, real_rows) = rt.block_on(real_path(real_dir.path(), agents, per_agent))?;
+    let real_rate = real_rows as f64 / real_secs;
+    let db_bytes = std::fs::metadata(real_dir.path().join(store::DB_FILE))?.len()
+        + std::fs::metadata(real_dir.path().join(format!("{}-wal", store::DB_FILE))).map(|m| m.len()).unwrap_or(0);
+    println!("ingest: agents={agents} batches={} rows={rows} procs_per_sample={procs}", agents * per);
+    println!("ingest real path (WS JSON-RPC → durable store): {:.0} rows/s ({real_secs:.2} s)", real_rate);
+    println!("ingest floor (raw batched SQLite insert):        {:.0} rows/s ({floor_secs:.2} s)", floor_rate);
+    println!("ingest ratio real/floor: {:.2}", real_rate / floor_rate);
+    println!("store size: {:.1} MB per million rows (raw tables, indexes, rollups)", db_bytes as f64 / 1e6 / (rows as f64 / 1e6));
+    Ok(())
+}

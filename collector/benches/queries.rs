@@ -1,0 +1,151 @@
+//! Bench: the method-coded API's queries on a large store — 611711, 611611 and 611712 through the
+//! real HTTP server (p50/p99) against their floor: the same store query called directly on a read
+//! connection, no HTTP/JSON, in the same run. Also the store's size per million process rows.
+//!
+//! `cargo bench -p vmmon-collector --bench queries` — env `VMMON_BENCH_ROWS` (process rows,
+//! default 5,000,000; the target scenario is 50,000,000: 1,000 VMs × 30 days), `VMMON_BENCH_CALLS`
+//! (per query, default 300).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rand::Rng;
+use rusqlite::{Connection, params};
+use vmmon_collector::store::{self, AgentTokenRow, Store};
+use vmmon_collector::{App, CollectorConfig, admin, server};
+use vmmon_common::wire::Inventory;
+
+const VMS: usize = 1_000;
+const PROCS: usize = 50;
+const DAYS: i64 = 30;
+const NOW_MS: i64 = 1_790_000_000_000;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn fill(dir: &std::path::Path, rows: usize) -> Result<(usize, f64)> {
+    let samples_per_vm = (rows / VMS / PROCS).max(1);
+    let step_ms = DAYS * 86_400_000 / samples_per_vm as i64;
+    let mut conn = Connection::open(dir.join(store::DB_FILE))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    let start = Instant::now();
+    let mut n = 0;
+    for k in 0..samples_per_vm {
+        let at = NOW_MS - DAYS * 86_400_000 + k as i64 * step_ms;
+        let tx = conn.transaction()?;
+        {
+            let mut vm = tx.prepare_cached(
+                "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct, disk_read,
+                     disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count)
+                 VALUES (?1, ?2, 30000, 10.0, 40.0, 0, 0, 0, 0, 0, 0, ?3)",
+            )?;
+            let mut pr = tx.prepare_cached(
+                "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
+                     mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time)
+                 VALUES (?1, ?2, ?3, 1700000000.0, ?4, ?5, 0.5, 0, 0, 0, 0, NULL)",
+            )?;
+            for v in 0..VMS {
+                let id = format!("vm-{v:04}");
+                vm.execute(params![id, at, PROCS as i64])?;
+                for p in 0..PROCS {
+                    pr.execute(params![id, at, 1000 + p as i64, format!("proc-{p}"), (p % 9) as f64])?;
+                    n += 1;
+                }
+            }
+        }
+        tx.commit()?;
+    }
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    Ok((n, start.elapsed().as_secs_f64()))
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One HTTP/1.1 POST on a fresh connection (what a portal does), returning the body.
+fn post(addr: &str, body: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "POST /wsgi_app.py HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let i = out.find("\r\n\r\n").context("no HTTP body")?;
+    Ok(out[i + 4..].to_string())
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let rows = env("VMMON_BENCH_ROWS", 5_000_000);
+    let calls = env("VMMON_BENCH_CALLS", 300);
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let store = Store::open(dir.path())?;
+    let token = AgentTokenRow { id: 1, project: "bench".into(), region: "r1".into(), party: "x".into(), created_at_ms: 0, revoked_at_ms: None };
+    rt.block_on(store.write(move |c| {
+        for v in 0..VMS {
+            store::instances::register(c, &format!("vm-{v:04}"), &token, &Inventory::default(), 30, NOW_MS)?;
+        }
+        Ok(())
+    }))?;
+    rt.block_on(admin::add_user(&store, "admin", "bench-password", None))?;
+    let (n, fill_secs) = fill(dir.path(), rows)?;
+    let bytes = std::fs::metadata(dir.path().join(store::DB_FILE))?.len();
+    println!("store: {n} process rows from {VMS} VMs over {DAYS} days, filled in {fill_secs:.0} s");
+    println!("store size: {:.1} MB per million process rows ({:.2} GB total)", bytes as f64 / 1e6 / (n as f64 / 1e6), bytes as f64 / 1e9);
+
+    let app = App::new(CollectorConfig::default(), store.clone());
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let running = rt.block_on(server::start(app, listener))?;
+    let addr = running.local_addr.to_string();
+    let login = post(&addr, r#"{"method":458753,"data":{"user_name":"admin","password":"bench-password"}}"#)?;
+    let sid = serde_json::from_str::<serde_json::Value>(&login)?["session_id"].as_str().context("login")?.to_string();
+
+    let mut rng = rand::thread_rng();
+    type Floor = Box<dyn Fn(&Connection, &str) -> store::Result<usize>>;
+    let queries: Vec<(&str, String, Floor)> = vec![
+        ("611711 (top 10 processes of the newest sample)", r#"{"method":611711,"data":{"instance_id":"ID"},"session_id":"SID","limit":10}"#.into(),
+            Box::new(|c, id| Ok(store::samples::latest_processes(c, id, 10)?.len()))),
+        ("611611 (newest VM record)", r#"{"method":611611,"data":{"instance_id":"ID"},"session_id":"SID","limit":1}"#.into(),
+            Box::new(|c, id| Ok(store::samples::latest_vm(c, id, 1)?.len()))),
+        ("611712 (one process's newest 10 records)", r#"{"method":611712,"data":{"instance_id":"ID"},"session_id":"SID","limit":10,"proc_name":"proc-7"}"#.into(),
+            Box::new(|c, id| Ok(store::samples::process_history(c, id, "proc-7", 10)?.len()))),
+    ];
+    let reader = Connection::open_with_flags(dir.path().join(store::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    for (name, template, floor) in &queries {
+        let mut api = Vec::with_capacity(calls);
+        let mut direct = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let id = format!("vm-{:04}", rng.gen_range(0..VMS));
+            let t = Instant::now();
+            let got = floor(&reader, &id)?;
+            direct.push(t.elapsed());
+            anyhow::ensure!(got > 0, "{name}: no rows for {id}");
+            let body = template.replace("SID", &sid).replace("ID", &id);
+            let t = Instant::now();
+            let answer = post(&addr, &body)?;
+            api.push(t.elapsed());
+            anyhow::ensure!(answer.contains("\"status_code\":1"), "{name}: {answer}");
+        }
+        let (a50, a99) = (percentile(&mut api, 0.5), percentile(&mut api, 0.99));
+        let (d50, d99) = (percentile(&mut direct, 0.5), percentile(&mut direct, 0.99));
+        println!("{name}: API p50 {:.2} ms p99 {:.2} ms | floor (store query only) p50 {:.3} ms p99 {:.3} ms | p99 ratio {:.1}",
+            ms(a50), ms(a99), ms(d50), ms(d99), ms(a99) / ms(d99).max(1e-6));
+    }
+    rt.block_on(running.stop());
+    Ok(())
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every benchmark in release mode; each prints its figure, the floor measured in the same run
+# and their ratio (these machines are shared and noisy: the ratios are what count).
+# Results and their reading: docs/benchmarks.md.  Env: VMMON_BENCH_ROWS=50000000 for the full
+# query scenario (default 5,000,000 to keep the run short).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cargo build --release -q -p vmmon-agent --bin vmmon-sample-bench
+
+echo "== agent: CPU per full sample vs the /proc floor (stat + io for every pid)"
+for n in 100 1000 5000; do
+  target/release/vmmon-sample-bench --procs "$n" --samples 20 | grep -E "procs_present|ratio|peak_rss"
+done
+echo "== agent: per-process network attribution cost with 1,000 TCP sockets"
+target/release/vmmon-sample-bench --procs 500 --sockets 1000 | tail -n 6
+
+echo "== collector: ingest over WebSocket JSON-RPC into the durable store vs raw batched insert"
+cargo bench -q -p vmmon-collector --bench ingest 2>/dev/null
+
+echo "== collector: legacy API queries vs the bare store query"
+cargo bench -q -p vmmon-collector --bench queries 2>/dev/null
+
+echo "== collector: flow_monthly over 12 months for 1,000 VMs"
+cargo bench -q -p vmmon-collector --bench flow_monthly 2>/dev/null
