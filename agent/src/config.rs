@@ -130,7 +130,11 @@ impl AgentConfig {
         if let Err(e) = self.cdn_format() {
             errors.push(format!("cdn_log_format: {e}"));
         }
-        if self.cdn_access_logs.iter().any(|p| p.as_os_str().is_empty()) {
+        if self
+            .cdn_access_logs
+            .iter()
+            .any(|p| p.as_os_str().is_empty())
+        {
             errors.push("cdn_access_logs has an empty path".into());
         }
         if let Some(id) = &self.instance_id

@@ -153,7 +153,14 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         shutdown.clone(),
     ));
 
-    sampling_loop(&mut sampler, tailer.as_mut(), &shared, &instance_id, shutdown).await;
+    sampling_loop(
+        &mut sampler,
+        tailer.as_mut(),
+        &shared,
+        &instance_id,
+        shutdown,
+    )
+    .await;
     let _ = reporter.await;
     tracing::info!("Agent stopped.");
     Ok(())

@@ -32,6 +32,11 @@ pub enum Command {
     /// Rating (the CloudKitty-compatible API): rate past periods again.
     #[command(subcommand)]
     Rating(RatingCommand),
+    /// CDN flow API users (`POST /api/flow`): name, secret, domains.
+    #[command(subcommand)]
+    CdnUser(CdnUserCommand),
+    /// Agents tailing CDN access logs: files followed, malformed lines skipped, last report.
+    CdnSources(DataArg),
 }
 
 /// Options of `serve`.
@@ -117,6 +122,35 @@ pub enum UserCommand {
         #[arg(long)]
         data: PathBuf,
         /// Login name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// `cdn-user …`
+#[derive(Debug, Subcommand)]
+pub enum CdnUserCommand {
+    /// Create a CDN user (or replace one, with a new secret); prints the secret alone on the
+    /// last line. The secret is stored as is: the MD5 signature can only be checked with it.
+    Add {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        data: PathBuf,
+        /// User name (the API's `username`).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated domains the user may query, e.g. www.a.com,www.b.com.
+        #[arg(long)]
+        domains: String,
+    },
+    /// List CDN users and their domains (never the secrets).
+    List(DataArg),
+    /// Revoke a CDN user: its queries are refused from then on (add it again for a new secret).
+    Revoke {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        data: PathBuf,
+        /// User name.
         #[arg(long)]
         name: String,
     },

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use vmmon_collector::{App, CollectorConfig, admin, server, store::Store};
 
-use cli::{Cli, Command, RatingCommand, ServeArgs, TokenCommand, UserCommand};
+use cli::{CdnUserCommand, Cli, Command, RatingCommand, ServeArgs, TokenCommand, UserCommand};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -114,7 +114,58 @@ async fn run(cli: Cli) -> Result<()> {
             println!("user {name:?} removed");
             Ok(())
         }
+        Command::CdnUser(cmd) => cdn_user(cmd).await,
+        Command::CdnSources(d) => {
+            let store = open(&d.data).await?;
+            println!("instance_id\tfiles\tmalformed_lines\tlast_report_utc");
+            for s in vmmon_collector::cdn::list_sources(&store).await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    s.instance_id,
+                    s.files,
+                    s.malformed_lines_total,
+                    vmmon_collector::flow::format_local(chrono_tz::UTC, s.last_report_ms)
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+async fn cdn_user(cmd: CdnUserCommand) -> Result<()> {
+    use vmmon_collector::cdn;
+    match cmd {
+        CdnUserCommand::Add {
+            data,
+            name,
+            domains,
+        } => {
+            let store = open(&data).await?;
+            let secret = cdn::add_user(&store, &name, &domains).await?;
+            println!("CDN user {name:?} saved; its secret (shown once):");
+            println!("{secret}");
+        }
+        CdnUserCommand::List(d) => {
+            let store = open(&d.data).await?;
+            println!("name\tdomains\trevoked");
+            for u in cdn::list_users(&store).await? {
+                let revoked = if u.revoked_at_ms.is_some() {
+                    "yes"
+                } else {
+                    "no"
+                };
+                println!("{}\t{}\t{}", u.name, u.domains.join(","), revoked);
+            }
+        }
+        CdnUserCommand::Revoke { data, name } => {
+            let store = open(&data).await?;
+            if !cdn::revoke_user(&store, &name).await? {
+                bail!("no active CDN user named {name:?}");
+            }
+            println!("CDN user {name:?} revoked");
+        }
+    }
+    Ok(())
 }
 
 async fn rating_process(
@@ -124,15 +175,23 @@ async fn rating_process(
     periods: u32,
 ) -> Result<()> {
     use vmmon_collector::rating::{decimal, metrics::MetricsConfig, processor};
-    let cfg = CollectorConfig::load(config)?.rating;
+    let full = CollectorConfig::load(config)?;
+    let cfg = full.rating;
     let metrics = MetricsConfig::load(cfg.metrics_file.as_deref()).map_err(anyhow::Error::msg)?;
     let start_ms = vmmon_collector::api::rating::parse_datetime(start)
         .with_context(|| format!("--period-start {start:?} is not a date or datetime"))?;
     let store = open(data).await?;
     let period_ms = (cfg.period_secs as i64).saturating_mul(1000);
-    let done = processor::process_range(&store, Arc::new(metrics), period_ms, start_ms, periods)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let done = processor::process_range(
+        &store,
+        Arc::new(metrics),
+        period_ms,
+        start_ms,
+        periods,
+        full.raw_retention_days,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     for o in done {
         println!(
             "{}\ttenants={}\tpoints={}\ttotal={}{}",

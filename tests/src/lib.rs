@@ -89,16 +89,86 @@ pub fn collector_config(toml: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// Serialises tests that measure CPU, so parallel tests do not steal the cores they measure.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+/// Test scheduling: every collector a test starts holds a shared claim; a test that measures
+/// CPU takes the exclusive claim, waiting for running tests to finish and keeping new ones out,
+/// so parallel tests do not steal the cores it measures. (Hand-rolled so the claims are
+/// Send + Sync and a thread may hold several shared claims without deadlocking.)
+struct RunState {
+    shared: usize,
+    exclusive: bool,
+    waiting_exclusive: usize,
+}
+
+static RUN_STATE: std::sync::Mutex<RunState> = std::sync::Mutex::new(RunState {
+    shared: 0,
+    exclusive: false,
+    waiting_exclusive: 0,
+});
+static RUN_CV: std::sync::Condvar = std::sync::Condvar::new();
+
+thread_local! {
+    static EXCLUSIVE_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static SHARED_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn run_state() -> std::sync::MutexGuard<'static, RunState> {
+    RUN_STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The exclusive claim of a CPU-measuring test.
+pub struct Exclusive(());
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        run_state().exclusive = false;
+        EXCLUSIVE_HERE.with(|e| e.set(false));
+        RUN_CV.notify_all();
+    }
+}
+
+/// Waits until no other test runs a collector, then keeps them out until dropped.
+pub fn exclusive() -> Exclusive {
+    let mut st = run_state();
+    st.waiting_exclusive += 1;
+    while st.exclusive || st.shared > 0 {
+        st = RUN_CV.wait(st).unwrap_or_else(|p| p.into_inner());
+    }
+    st.waiting_exclusive -= 1;
+    st.exclusive = true;
+    EXCLUSIVE_HERE.with(|e| e.set(true));
+    Exclusive(())
+}
+
+/// A shared claim, held by each [`Collector`].
+struct SharedRun(());
+
+impl Drop for SharedRun {
+    fn drop(&mut self) {
+        run_state().shared -= 1;
+        SHARED_HERE.with(|n| n.set(n.get().saturating_sub(1)));
+        RUN_CV.notify_all();
+    }
+}
+
+fn shared_claim() -> Option<SharedRun> {
+    if EXCLUSIVE_HERE.with(|e| e.get()) {
+        return None;
+    }
+    let reentrant = SHARED_HERE.with(|n| n.get() > 0);
+    let mut st = run_state();
+    while st.exclusive || (st.waiting_exclusive > 0 && !reentrant) {
+        st = RUN_CV.wait(st).unwrap_or_else(|p| p.into_inner());
+    }
+    st.shared += 1;
+    SHARED_HERE.with(|n| n.set(n.get() + 1));
+    Some(SharedRun(()))
 }
 
 /// A running collector with its own data directory.
 pub struct Collector {
     /// Data directory (kept across restarts).
     pub data: tempfile::TempDir,
+    _run: Option<SharedRun>,
     /// Bound address.
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -118,11 +188,13 @@ impl Collector {
 
     /// Starts a collector on `listen` (e.g. an address from [`free_addr`]).
     pub fn start_on(listen: &str, extra: &[&str]) -> Collector {
+        let run = shared_claim();
         let data = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, addr) = spawn_collector(data.path(), listen, &extra);
         Collector {
             data,
+            _run: run,
             addr,
             child: Some(child),
             extra,

@@ -145,8 +145,9 @@ impl LogFormat {
             .ok_or(FormatError::Missing("$host (or $http_host / $server_name)"))?;
         let bytes = pick(&[Field::BytesSent, Field::BodyBytesSent])
             .ok_or(FormatError::Missing("$bytes_sent or $body_bytes_sent"))?;
-        let time = pick(&[Field::TimeLocal, Field::TimeIso8601, Field::Msec])
-            .ok_or(FormatError::Missing("$time_local (or $time_iso8601 / $msec)"))?;
+        let time = pick(&[Field::TimeLocal, Field::TimeIso8601, Field::Msec]).ok_or(
+            FormatError::Missing("$time_local (or $time_iso8601 / $msec)"),
+        )?;
         if !has(Field::CacheStatus) {
             return Err(FormatError::Missing("$upstream_cache_status"));
         }
@@ -213,7 +214,9 @@ impl LogFormat {
         let bytes: u64 = bytes.parse().map_err(|_| LineError::Bytes)?;
         let time = match self.time {
             Field::TimeLocal => parse_time_local(time),
-            Field::TimeIso8601 => DateTime::parse_from_rfc3339(time).ok().map(|t| t.timestamp()),
+            Field::TimeIso8601 => DateTime::parse_from_rfc3339(time)
+                .ok()
+                .map(|t| t.timestamp()),
             _ => parse_msec(time),
         }
         .ok_or(LineError::Time)?;

@@ -23,9 +23,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use vmmon_common::wire::{
-    CdnBucketDelta, CdnFilePosition, CdnTailState, MAX_CDN_DELTAS_PER_BATCH,
-};
+use vmmon_common::wire::{CdnBucketDelta, CdnFilePosition, CdnTailState, MAX_CDN_DELTAS_PER_BATCH};
 
 use super::aggregate::Aggregator;
 use super::format::{LineError, LogFormat};
@@ -349,7 +347,10 @@ impl Tailer {
                 {
                     events.push((
                         log.key.clone(),
-                        format!("finished the rotated file (inode {}) at byte {}", t.id.ino, t.offset),
+                        format!(
+                            "finished the rotated file (inode {}) at byte {}",
+                            t.id.ino, t.offset
+                        ),
                     ));
                     continue;
                 }
@@ -444,7 +445,10 @@ fn follow_path(
         t.current = false;
         events.push((
             log.key.clone(),
-            format!("rotated; reading the old file (inode {}) to its end", t.id.ino),
+            format!(
+                "rotated; reading the old file (inode {}) to its end",
+                t.id.ino
+            ),
         ));
     }
     if let Some(t) = log.files.iter_mut().find(|t| t.id == id) {
@@ -459,7 +463,10 @@ fn follow_path(
         });
         events.push((
             log.key.clone(),
-            format!("following the file with inode {} from its beginning", id.ino),
+            format!(
+                "following the file with inode {} from its beginning",
+                id.ino
+            ),
         ));
     }
     opened.insert(id, file);

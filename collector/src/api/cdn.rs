@@ -48,7 +48,10 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response {
         Err(BodyError::Read(e)) => {
             return fail(
                 StatusCode::BAD_REQUEST,
-                FlowError::new(status::MALFORMED, format!("cannot read the request body: {e}")),
+                FlowError::new(
+                    status::MALFORMED,
+                    format!("cannot read the request body: {e}"),
+                ),
             );
         }
     };
@@ -85,7 +88,13 @@ async fn flow(
     let unknown = || {
         FlowError::new(
             status::UNKNOWN_USER,
-            format!("unknown CDN user {:?}", req.username.chars().take(cdn::MAX_NAME_LEN).collect::<String>()),
+            format!(
+                "unknown CDN user {:?}",
+                req.username
+                    .chars()
+                    .take(cdn::MAX_NAME_LEN)
+                    .collect::<String>()
+            ),
         )
     };
     if req.username.chars().count() > cdn::MAX_NAME_LEN {

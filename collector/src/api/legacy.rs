@@ -27,8 +27,6 @@ use crate::store::{self, InstanceRow, ProcessRow, SessionUser, VmRow};
 
 /// Most instance ids one request may name.
 const MAX_INSTANCES_PER_REQUEST: usize = 100;
-/// Sessions are marked used at most this often (each mark is a write).
-const SESSION_TOUCH_EVERY_MS: i64 = 60_000;
 /// Table tags in `_id`.
 const TAG_VM: u8 = 0x01;
 const TAG_PROC: u8 = 0x02;
@@ -259,23 +257,10 @@ async fn session(app: &App, obj: &Map<String, Value>) -> Result<SessionUser, Rep
             ));
         }
     };
-    let idle_ms = (app.config.session_idle_secs as i64).saturating_mul(1000);
-    let now = store::now_ms();
-    let lookup = sid.clone();
-    let user = app
-        .store
-        .read(move |c| store::users::session_user(c, &lookup, now, idle_ms))
+    auth::session_user(app, &sid)
         .await
         .map_err(store_failure)?
-        .ok_or_else(|| Reply::fail("session expired or unknown: log in again (method 458753)"))?;
-    if now - user.last_seen_ms > SESSION_TOUCH_EVERY_MS {
-        let touch = sid.clone();
-        app.store
-            .write(move |c| store::users::touch_session(c, &touch, now))
-            .await
-            .map_err(store_failure)?;
-    }
-    Ok(user)
+        .ok_or_else(|| Reply::fail("session expired or unknown: log in again (method 458753)"))
 }
 
 async fn resolve_instances(

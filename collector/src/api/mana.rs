@@ -34,8 +34,6 @@ pub const TOKEN_HEADER: &str = "x-auth-token";
 pub const MAX_FLOW_SPAN_MS: i64 = 31 * 24 * 3600 * 1000;
 /// An agent silent for this many of its intervals is SHUTOFF.
 pub const SILENT_INTERVALS: i64 = 3;
-/// Sessions are marked used at most this often (each mark is a write).
-const SESSION_TOUCH_EVERY_MS: i64 = 60_000;
 /// Longest project, region or party name (as `vmmon-collector token create` accepts).
 const MAX_NAME_LEN: usize = 128;
 const GIB: u64 = 1024 * 1024 * 1024;
@@ -139,24 +137,10 @@ async fn authenticate(app: &App, headers: &HeaderMap) -> Result<SessionUser, Api
             ));
         }
     };
-    let idle_ms = (app.config.session_idle_secs as i64).saturating_mul(1000);
-    let now = store::now_ms();
-    let lookup = sid.clone();
-    let user = app
-        .store
-        .read(move |c| store::users::session_user(c, &lookup, now, idle_ms))
+    crate::auth::session_user(app, &sid)
         .await
         .map_err(internal)?
-        .ok_or_else(|| {
-            unauthorized("X-Auth-Token is expired or unknown: log in again (method 458753)")
-        })?;
-    if now - user.last_seen_ms > SESSION_TOUCH_EVERY_MS {
-        app.store
-            .write(move |c| store::users::touch_session(c, &sid, now))
-            .await
-            .map_err(internal)?;
-    }
-    Ok(user)
+        .ok_or_else(|| unauthorized("X-Auth-Token is expired or unknown: log in again (method 458753)"))
 }
 
 /// Decoded query parameters; an empty value counts as omitted, unknown names are ignored.

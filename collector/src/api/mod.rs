@@ -1,5 +1,6 @@
 //! HTTP APIs other than the agents' `/rpc`: routing and shared request/response helpers.
 
+pub mod cdn;
 pub mod legacy;
 pub mod mana;
 pub mod rating;
@@ -34,6 +35,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response {
         (_, LEGACY_PATH) => error_json(StatusCode::METHOD_NOT_ALLOWED, "use POST for /wsgi_app.py"),
         (_, p) if mana::owns(p) => mana::handle(&app, req).await,
         (_, p) if rating::owns(p) => rating::handle(&app, req).await,
+        (_, cdn::FLOW_PATH) => cdn::handle(&app, req).await,
         _ => error_json(StatusCode::NOT_FOUND, &format!("no such path: {path}")),
     }
 }

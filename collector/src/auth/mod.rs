@@ -5,6 +5,35 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+/// Sessions are marked used at most this often (each mark is a write), and at least four times
+/// per idle period so a short `session_idle_secs` still keeps an active session alive.
+const SESSION_TOUCH_EVERY_MS: i64 = 60_000;
+
+/// The user behind a session id if the session is live; marks it used. One implementation for
+/// every API that accepts a login session (wsgi_app.py, mana_api, the rating API).
+pub async fn session_user(
+    app: &crate::App,
+    session_id: &str,
+) -> Result<Option<crate::store::SessionUser>, crate::store::StoreError> {
+    use crate::store;
+    let idle_ms = (app.config.session_idle_secs as i64).saturating_mul(1000);
+    let now = store::now_ms();
+    let lookup = session_id.to_string();
+    let user = app
+        .store
+        .read(move |c| store::users::session_user(c, &lookup, now, idle_ms))
+        .await?;
+    if let Some(u) = &user
+        && now - u.last_seen_ms > SESSION_TOUCH_EVERY_MS.min(idle_ms / 4)
+    {
+        let sid = session_id.to_string();
+        app.store
+            .write(move |c| store::users::touch_session(c, &sid, now))
+            .await?;
+    }
+    Ok(user)
+}
+
 /// Prefix that makes agent tokens recognisable in logs and config files.
 pub const AGENT_TOKEN_PREFIX: &str = "vmt_";
 

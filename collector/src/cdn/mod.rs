@@ -115,7 +115,7 @@ fn put_form(fields: &mut Fields, raw: &[u8]) -> Result<(), FlowError> {
 }
 
 /// Builds the request from the query string and the body (JSON object or form-encoded, chosen by
-/// `Content-Type`, else by whether the body starts with `{`). A field may come from either place,
+/// `Content-Type`, else by whether the body starts with `{` or `[`). A field may come from either place,
 /// not both; unknown fields are ignored; JSON values must be strings (`null` = absent).
 pub fn parse_request(
     query: &str,
@@ -134,7 +134,7 @@ pub fn parse_request(
         } else if ct.contains("x-www-form-urlencoded") {
             false
         } else if ct.is_empty() || ct.starts_with("text/plain") {
-            trimmed.starts_with('{')
+            trimmed.starts_with(['{', '['])
         } else {
             return Err(FlowError::new(
                 status::MALFORMED,
@@ -255,9 +255,14 @@ pub fn signature_ok(given: &str, username: &str, secret: &str, today: NaiveDate)
 /// epoch seconds.
 pub fn parse_time(tz: Tz, s: &str) -> Option<i64> {
     let s = s.trim();
-    let t = ["%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())?;
+    let t = [
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())?;
     crate::flow::local_to_utc_ms(tz, t).map(|ms| ms.div_euclid(1000))
 }
 

@@ -158,16 +158,28 @@ pub fn process_period(
 }
 
 /// Processes `count` consecutive periods from the one holding `start_ms` (admin reprocessing);
-/// each period in its own transaction. Periods that have not ended yet are refused.
+/// each period in its own transaction. Periods that have not ended yet are refused, and so are
+/// periods whose raw samples may already be deleted (older than `raw_retention_days`, 0 = kept
+/// forever): rating them again would replace their stored ratings with nothing.
 pub async fn process_range(
     store: &Store,
     metrics: Arc<MetricsConfig>,
     period_ms: i64,
     start_ms: i64,
     count: u32,
+    raw_retention_days: u32,
 ) -> Result<Vec<PeriodOutcome>, String> {
     let first = period_start(start_ms, period_ms);
     let now = store::now_ms();
+    if raw_retention_days > 0
+        && first < now - i64::from(raw_retention_days) * 86_400_000 + usage::MAX_WINDOW_MS
+    {
+        return Err(format!(
+            "the period starting at {} is older than raw_retention_days ({raw_retention_days}): \
+             its samples may be deleted, and rating it again would erase its stored ratings",
+            iso(first)
+        ));
+    }
     let mut out = Vec::new();
     for i in 0..i64::from(count) {
         let b = first + i * period_ms;

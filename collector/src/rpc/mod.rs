@@ -95,6 +95,7 @@ fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
     if batch.samples.is_empty() {
         return Err("no samples".into());
     }
+    crate::cdn::validate_batch(batch)?;
     if batch.samples.len() > MAX_SAMPLES_PER_BATCH {
         return Err(format!("more than {MAX_SAMPLES_PER_BATCH} samples"));
     }

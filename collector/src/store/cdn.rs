@@ -129,9 +129,8 @@ pub fn buckets(conn: &Connection, domain: &str, from: i64, to: i64) -> Result<Ve
 }
 
 fn domains_of(conn: &Connection, user_id: i64) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT domain FROM cdn_user_domains WHERE user_id = ?1 ORDER BY domain",
-    )?;
+    let mut stmt = conn
+        .prepare_cached("SELECT domain FROM cdn_user_domains WHERE user_id = ?1 ORDER BY domain")?;
     let rows = stmt.query_map([user_id], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
 }
@@ -299,8 +298,14 @@ mod tests {
     async fn batches_add_once_and_users_own_domains() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let b1 = batch(vec![delta("a.com", 300, 10, 4), delta("b.com", 300, 1, 0)], 2);
-        let b2 = batch(vec![delta("a.com", 300, 5, 5), delta("a.com", 600, 7, 0)], 3);
+        let b1 = batch(
+            vec![delta("a.com", 300, 10, 4), delta("b.com", 300, 1, 0)],
+            2,
+        );
+        let b2 = batch(
+            vec![delta("a.com", 300, 5, 5), delta("a.com", 600, 7, 0)],
+            3,
+        );
         let (c1, c2) = (b1.clone(), b2.clone());
         let stored = store
             .write(move |c| {
@@ -314,10 +319,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stored, [true, true, false]);
-        let rows = store
-            .read(|c| buckets(c, "a.com", 0, 600))
-            .await
-            .unwrap();
+        let rows = store.read(|c| buckets(c, "a.com", 0, 600)).await.unwrap();
         assert_eq!(
             rows,
             vec![

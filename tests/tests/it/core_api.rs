@@ -24,6 +24,22 @@ fn q(c: &Collector, sid: &str, method: i64, instance: &str, extra: Value) -> Val
     c.legacy(&req)
 }
 
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `after` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
 /// Waits until the agent's VM records arrive (it registered and reports).
 fn wait_reporting(c: &Collector, sid: &str, instance: &str) {
     wait_for(T, "first VM record", || {
@@ -47,7 +63,7 @@ fn history(c: &Collector, sid: &str, instance: &str, name: &str, limit: u32) -> 
 
 #[test]
 fn real_processes_show_up_with_true_figures() {
-    let _serial = serial();
+    let _exclusive = exclusive();
     let c = Collector::start();
     let token = c.create_token("p1", "r1");
     let _agent = Agent::start(&c, &token, "vm-core-1", 1, &[]);
@@ -65,22 +81,30 @@ fn real_processes_show_up_with_true_figures() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let _writer = spawn_writer("vmmtest-write", dir.path(), 20);
 
-    // cpu_util of a one-core burner is 100/ncpu % of the VM (±15%), judged on the median of the
-    // three newest records so one noisy tick on a shared machine does not decide.
-    let truth = 100.0 / ncpu();
-    let recs = wait_for(T, "three burner records", || {
-        let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 3);
-        (h.len() == 3 && h.iter().all(|r| r["cpu_util"].as_f64().unwrap() > 0.0)).then_some(h)
+    // cpu_util of a one-core burner is 100/ncpu % of the VM. The truth is measured independently
+    // from the burner's own /proc/PID/stat over the window of three fresh records, so a shared,
+    // busy machine (where the burner gets less than a core) cannot fail a correct agent; on an
+    // idle machine that truth is 100/ncpu. Judged on the median of the three records (±15%).
+    let ideal = 100.0 / ncpu();
+    let first = wait_for(T, "a burner record", || {
+        history(&c, &sid, "vm-core-1", "vmmtest-burn", 1).into_iter().next()
     });
-    let mut cpus: Vec<f64> = recs
-        .iter()
-        .map(|r| r["cpu_util"].as_f64().unwrap())
-        .collect();
+    let (t0, ticks0) = (std::time::Instant::now(), cpu_ticks(burner.pid()));
+    let recs = wait_for(T, "three fresh burner records", || {
+        let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 4);
+        let fresh: Vec<Value> = h.into_iter().take_while(|r| r["_id"] != first["_id"]).collect();
+        (fresh.len() >= 3).then(|| fresh[..3].to_vec())
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(burner.pid()) - ticks0;
+    let truth = ticks as f64 / clk_tck() / secs / ncpu() * 100.0;
+    assert!(truth > ideal * 0.5, "the burner barely ran ({truth:.1}% of the VM), cannot judge");
+    let mut cpus: Vec<f64> = recs.iter().map(|r| r["cpu_util"].as_f64().unwrap()).collect();
     cpus.sort_by(f64::total_cmp);
     let median = cpus[1];
     assert!(
         (median - truth).abs() <= truth * 0.15,
-        "burner cpu_util {cpus:?}, truth {truth}"
+        "burner cpu_util {cpus:?}, measured truth {truth:.1} (ideal {ideal})"
     );
     assert_eq!(recs[0]["pid"].as_u64().unwrap(), u64::from(burner.pid()));
     assert_eq!(recs[0]["shutdown_time"], Value::Null);
@@ -416,14 +440,12 @@ fn bad_requests_answer_status_3_and_change_nothing() {
         vec![0]
     );
 
-    // An idle session expires.
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            q(&c, &tsid, 611611, "vm-bad-1", json!({}))["message"]
-                .as_str()
-                .unwrap()
-                .contains("session expired")
-        }),
-        "session must expire after session_idle_secs"
-    );
+    // A session in use stays alive past session_idle_secs (each use marks it)...
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(q(&c, &sid, 611611, "vm-bad-1", json!({}))["status_code"], 1, "an active session must not expire");
+    }
+    // ...and an idle one expires: nothing uses it for longer than session_idle_secs.
+    std::thread::sleep(Duration::from_millis(2_600));
+    fail(q(&c, &tsid, 611611, "vm-bad-1", json!({})), "session expired");
 }

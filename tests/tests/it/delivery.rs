@@ -378,3 +378,33 @@ fn rpc_errors_name_the_problem() {
     assert_eq!(code, codes::FORBIDDEN);
     assert!(started.elapsed() < T);
 }
+
+#[test]
+fn more_than_a_hundred_agents_connect_at_once() {
+    // jsonrpsee's default caps a server at 100 connections; a collector serves a fleet.
+    let c = Collector::start();
+    let token = c.create_token("fleet", "r1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = c.rpc_url();
+    let n = rt.block_on(async move {
+        use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
+        use vmmon_common::rpc::MonitorApiClient;
+        let mut clients = Vec::new();
+        for i in 0..150 {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+            let client = WsClientBuilder::default().set_headers(h).build(&url).await.unwrap();
+            let req = vmmon_common::wire::RegisterRequest {
+                instance_id: format!("vm-fleet-{i}"),
+                inventory: Default::default(),
+                protocol_version: vmmon_common::PROTOCOL_VERSION,
+                configured_interval_secs: 30,
+            };
+            client.register(req).await.unwrap();
+            clients.push(client);
+        }
+        clients.iter().filter(|c| c.is_connected()).count()
+    });
+    assert_eq!(n, 150);
+    assert_eq!(c.query_i64("SELECT COUNT(*) FROM instances WHERE project = 'fleet'", &[])[0], 150);
+}

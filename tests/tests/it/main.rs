@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, modules by feature; each test starts the real binaries.
 #![allow(clippy::unwrap_used)]
 
+mod cdn;
 mod core_api;
 mod delivery;
 mod mana;

@@ -240,7 +240,7 @@ fn tcp_traffic_is_attributed_to_the_right_process_and_direction() {
         eprintln!("skipped: network namespaces need root (CI runs as root)");
         return;
     }
-    let _serial = serial();
+    let _exclusive = exclusive();
     let ns = Netns::create();
     let _peer = ns.spawn_load(&["vmmtest-npeer", "peer", PORT]);
     // The peer listens once a connection from here succeeds.

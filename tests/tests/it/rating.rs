@@ -1415,6 +1415,21 @@ fn processing_loop_rates_due_periods_once() {
         ),
         vec![10]
     );
+    // Periods that have not ended, or whose raw samples may be gone, are refused.
+    for (start, why) in [
+        (iso(now_ms() + HOUR_MS), "has not ended"),
+        ("2001-01-01".to_string(), "raw_retention_days"),
+    ] {
+        let out = Command::new(bin_path("vmmon-collector"))
+            .args(["rating", "process", "--period-start", &start, "--data"])
+            .arg(c.data.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+    }
 }
 
 #[test]

@@ -16,7 +16,10 @@ fn line(time: &str, bytes: u64, host: &str, cache: &str) -> String {
 fn default_format_parses_combined_plus_host_and_cache_status() {
     let f = default();
     let e = f
-        .parse(&line("14/Dec/2016:07:00:00 +0800", 1234, "www.a.com", "HIT"), NOW)
+        .parse(
+            &line("14/Dec/2016:07:00:00 +0800", 1234, "www.a.com", "HIT"),
+            NOW,
+        )
         .unwrap();
     assert_eq!(
         e,
@@ -30,7 +33,10 @@ fn default_format_parses_combined_plus_host_and_cache_status() {
     // 2016-12-14 07:00 +0800 = 2016-12-13 23:00 UTC.
     assert_eq!(e.time, 1_481_670_000);
     let e = f
-        .parse(&line("14/Dec/2016:07:00:00 +0800", 5, "WWW.B.com.", "MISS"), NOW)
+        .parse(
+            &line("14/Dec/2016:07:00:00 +0800", 5, "WWW.B.com.", "MISS"),
+            NOW,
+        )
         .unwrap();
     assert_eq!(e.domain, "www.b.com");
     assert!(!e.hit);
@@ -65,10 +71,7 @@ fn malformed_lines_are_refused_with_a_reason() {
     let t = "01/Mar/2024:10:00:00 +0000";
     assert_eq!(f.parse("garbage", NOW), Err(LineError::Layout));
     assert_eq!(f.parse("", NOW), Err(LineError::Layout));
-    assert_eq!(
-        f.parse(&line(t, 1, "-", "HIT"), NOW),
-        Err(LineError::Host)
-    );
+    assert_eq!(f.parse(&line(t, 1, "-", "HIT"), NOW), Err(LineError::Host));
     assert_eq!(
         f.parse(&line(t, 1, "a,b.com", "HIT"), NOW),
         Err(LineError::Host)

@@ -106,7 +106,10 @@ fn uncommitted_polls_are_read_again() {
     assert_eq!(first.lines, 1);
     drop(first); // e.g. the spool write failed
     let again = t.poll(NOW);
-    assert_eq!(again.lines, 1, "nothing was adopted, so the line is read again");
+    assert_eq!(
+        again.lines, 1,
+        "nothing was adopted, so the line is read again"
+    );
     t.commit(again);
     assert_eq!(t.poll(NOW).lines, 0);
 }
@@ -124,7 +127,10 @@ fn malformed_lines_are_skipped_and_counted() {
     let mut t = tailer(&log, None);
     let p = t.poll(NOW);
     assert_eq!(p.lines, 2);
-    assert_eq!(p.malformed, 3, "garbage, no host, overlong; blank lines are ignored");
+    assert_eq!(
+        p.malformed, 3,
+        "garbage, no host, overlong; blank lines are ignored"
+    );
     assert!(p.example.as_ref().unwrap().0.starts_with("not a log line"));
     assert_eq!(p.tail_state().malformed_lines_total, 3);
     t.commit(p);
@@ -156,7 +162,11 @@ fn rename_rotation_drains_the_old_file_then_follows_the_new_one() {
     assert_eq!(sums[&key("a.com", T0)], (10_111, 10_011, 4));
     assert_eq!(sums[&key("a.com", T0 + 300)], (1000, 1000, 1));
     let state = t.tail_state();
-    assert_eq!(state.files.len(), 1, "the rotated file was dropped once idle");
+    assert_eq!(
+        state.files.len(),
+        1,
+        "the rotated file was dropped once idle"
+    );
     assert!(state.files[0].current);
     // Lines written to the old file after it was dropped are not seen (nginx has reopened).
 }
@@ -211,7 +221,11 @@ fn restart_resumes_from_the_checkpoint_and_finds_rotated_files_by_inode() {
     append(&log, &line(T0 + 300, "a.com", 300, "MISS"));
     let mut t = tailer(&log, Some(&checkpoint));
     drain(&mut t, &mut sums);
-    assert_eq!(sums[&key("a.com", T0)], (21, 21, 2), "nothing twice, nothing missed");
+    assert_eq!(
+        sums[&key("a.com", T0)],
+        (21, 21, 2),
+        "nothing twice, nothing missed"
+    );
     assert_eq!(sums[&key("a.com", T0 + 300)], (300, 0, 1));
 
     // Restart with the same checkpoint again: exactly the same lines are read again (what the

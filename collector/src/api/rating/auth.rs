@@ -12,7 +12,6 @@ use hyper::header::HeaderMap;
 use super::Fault;
 use crate::App;
 use crate::rating::RatingAuth;
-use crate::store;
 
 /// Session id header (and the token header behind a proxy, which vmmon ignores there).
 pub const TOKEN_HEADER: &str = "x-auth-token";
@@ -20,8 +19,6 @@ pub const TOKEN_HEADER: &str = "x-auth-token";
 pub const ROLES_HEADER: &str = "x-roles";
 /// Project set by a trusted proxy.
 pub const PROJECT_HEADER: &str = "x-project-id";
-/// Sessions are marked used at most this often (each mark is a write).
-const SESSION_TOUCH_EVERY_MS: i64 = 60_000;
 /// Longest accepted token or header value.
 const MAX_HEADER_LEN: usize = 256;
 
@@ -133,12 +130,7 @@ pub async fn identify(app: &App, headers: &HeaderMap) -> Result<Caller, Fault> {
                     ));
                 }
             };
-            let idle_ms = (app.config.session_idle_secs as i64).saturating_mul(1000);
-            let now = store::now_ms();
-            let lookup = sid.clone();
-            let user = app
-                .store
-                .read(move |c| store::users::session_user(c, &lookup, now, idle_ms))
+            let user = crate::auth::session_user(app, &sid)
                 .await
                 .map_err(Fault::store)?;
             let Some(user) = user else {
@@ -146,12 +138,6 @@ pub async fn identify(app: &App, headers: &HeaderMap) -> Result<Caller, Fault> {
                     "X-Auth-Token is expired or unknown: log in again (method 458753)".into(),
                 ));
             };
-            if now - user.last_seen_ms > SESSION_TOUCH_EVERY_MS {
-                app.store
-                    .write(move |c| store::users::touch_session(c, &sid, now))
-                    .await
-                    .map_err(Fault::store)?;
-            }
             Ok(Caller::User {
                 admin: user.is_admin,
                 project: user.project,
