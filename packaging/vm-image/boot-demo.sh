@@ -26,8 +26,9 @@ TOKEN=$(target/release/vmmon-collector token create --data "$DATA" --project dem
 WITH_KERNEL=1 packaging/vm-image/build-image.sh install "$WORK" "$TOKEN" "$PORT"
 packaging/vm-image/build-image.sh disk "$WORK"
 
+# Software emulation by default (nested KVM here rejects the guest's MSRs); VMMON_QEMU_KVM=1 to try KVM.
 ACCEL=tcg CPU=max
-[ -w /dev/kvm ] && ACCEL=kvm CPU=host
+[ "${VMMON_QEMU_KVM:-0}" = 1 ] && [ -w /dev/kvm ] && ACCEL=kvm CPU=host
 qemu-system-x86_64 -machine pc,accel=$ACCEL -cpu $CPU -m 1024 -smp 2 -nographic -no-reboot \
   -kernel "$WORK/vmlinuz" -initrd "$WORK/initrd.img" \
   -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.show_status=1" \
