@@ -15,10 +15,15 @@ use vmmon_collector::store::{self, Store};
 use vmmon_collector::{App, CollectorConfig, admin, server};
 use vmmon_common::PROTOCOL_VERSION;
 use vmmon_common::rpc::MonitorApiClient;
-use vmmon_common::wire::{Inventory, ProcessSample, RegisterRequest, ReportBatch, Sample, VmSample};
+use vmmon_common::wire::{
+    Inventory, ProcessSample, RegisterRequest, ReportBatch, Sample, VmSample,
+};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn batch(instance: &str, seq: u64, at_ms: i64, procs: usize) -> ReportBatch {
@@ -64,7 +69,10 @@ fn batch(instance: &str, seq: u64, at_ms: i64, procs: usize) -> ReportBatch {
 }
 
 fn rows_of(b: &ReportBatch) -> usize {
-    b.samples.iter().map(|s| 1 + s.processes.as_ref().map_or(0, Vec::len)).sum()
+    b.samples
+        .iter()
+        .map(|s| 1 + s.processes.as_ref().map_or(0, Vec::len))
+        .sum()
 }
 
 /// The floor: the same rows, inserted with prepared statements in large transactions.
@@ -91,15 +99,33 @@ fn raw_insert(dir: &std::path::Path, batches: &[ReportBatch]) -> Result<f64> {
                 for s in &b.samples {
                     let v = &s.vm;
                     vm.execute(params![
-                        b.instance_id, v.sampled_at_ms, v.elapsed_ms as i64, v.cpu_pct, v.mem_pct,
-                        v.disk_read_kib_per_sec, v.disk_write_kib_per_sec, v.net_in_kib_per_sec,
-                        v.net_out_kib_per_sec, v.rx_bytes_total as i64, v.tx_bytes_total as i64, v.proc_count
+                        b.instance_id,
+                        v.sampled_at_ms,
+                        v.elapsed_ms as i64,
+                        v.cpu_pct,
+                        v.mem_pct,
+                        v.disk_read_kib_per_sec,
+                        v.disk_write_kib_per_sec,
+                        v.net_in_kib_per_sec,
+                        v.net_out_kib_per_sec,
+                        v.rx_bytes_total as i64,
+                        v.tx_bytes_total as i64,
+                        v.proc_count
                     ])?;
                     for p in s.processes.iter().flatten() {
                         pr.execute(params![
-                            b.instance_id, v.sampled_at_ms, p.pid, p.start_time, p.cmd, p.cpu_pct, p.mem_pct,
-                            p.disk_read_kib_per_sec, p.disk_write_kib_per_sec, p.net_in_kib_per_sec,
-                            p.net_out_kib_per_sec, p.shutdown_time
+                            b.instance_id,
+                            v.sampled_at_ms,
+                            p.pid,
+                            p.start_time,
+                            p.cmd,
+                            p.cpu_pct,
+                            p.mem_pct,
+                            p.disk_read_kib_per_sec,
+                            p.disk_write_kib_per_sec,
+                            p.net_in_kib_per_sec,
+                            p.net_out_kib_per_sec,
+                            p.shutdown_time
                         ])?;
                     }
                 }
@@ -110,7 +136,11 @@ fn raw_insert(dir: &std::path::Path, batches: &[ReportBatch]) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-async fn real_path(dir: &std::path::Path, agents: usize, per_agent: Vec<Vec<ReportBatch>>) -> Result<(f64, usize)> {
+async fn real_path(
+    dir: &std::path::Path,
+    agents: usize,
+    per_agent: Vec<Vec<ReportBatch>>,
+) -> Result<(f64, usize)> {
     let store = Store::open(dir)?;
     let (_, token) = admin::create_token(&store, "bench", "r1", "x").await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -122,7 +152,10 @@ async fn real_path(dir: &std::path::Path, agents: usize, per_agent: Vec<Vec<Repo
     let mut clients = Vec::with_capacity(agents);
     for i in 0..agents {
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
+        h.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
         let c = WsClientBuilder::default()
             .set_headers(h)
             .max_request_size(64 << 20)
@@ -159,7 +192,13 @@ async fn real_path(dir: &std::path::Path, agents: usize, per_agent: Vec<Vec<Repo
     running.stop().await;
     let stored: i64 = app
         .store
-        .read(|c| Ok(c.query_row("SELECT (SELECT COUNT(*) FROM vm_samples) + (SELECT COUNT(*) FROM process_samples)", [], |r| r.get(0))?))
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT (SELECT COUNT(*) FROM vm_samples) + (SELECT COUNT(*) FROM process_samples)",
+                [],
+                |r| r.get(0),
+            )?)
+        })
         .await?;
     anyhow::ensure!(stored as usize == rows, "stored {stored} rows, sent {rows}");
     Ok((secs, rows))
@@ -174,7 +213,18 @@ fn main() -> Result<()> {
     let procs = env("VMMON_BENCH_PROCS", 100);
     let base = 1_790_000_000_000i64;
     let per_agent: Vec<Vec<ReportBatch>> = (0..agents)
-        .map(|a| (0..per).map(|k| batch(&format!("vm-{a:04}"), k as u64, base + k as i64 * 30_000, procs)).collect())
+        .map(|a| {
+            (0..per)
+                .map(|k| {
+                    batch(
+                        &format!("vm-{a:04}"),
+                        k as u64,
+                        base + k as i64 * 30_000,
+                        procs,
+                    )
+                })
+                .collect()
+        })
         .collect();
     let all: Vec<ReportBatch> = per_agent.iter().flatten().cloned().collect();
     let rows: usize = all.iter().map(rows_of).sum();
@@ -183,16 +233,32 @@ fn main() -> Result<()> {
     let floor_secs = raw_insert(floor_dir.path(), &all)?;
     let floor_rate = rows as f64 / floor_secs;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let real_dir = tempfile::tempdir()?;
     let (real_secs, real_rows) = rt.block_on(real_path(real_dir.path(), agents, per_agent))?;
     let real_rate = real_rows as f64 / real_secs;
     let db_bytes = std::fs::metadata(real_dir.path().join(store::DB_FILE))?.len()
-        + std::fs::metadata(real_dir.path().join(format!("{}-wal", store::DB_FILE))).map(|m| m.len()).unwrap_or(0);
-    println!("ingest: agents={agents} batches={} rows={rows} procs_per_sample={procs}", agents * per);
-    println!("ingest real path (WS JSON-RPC → durable store): {:.0} rows/s ({real_secs:.2} s)", real_rate);
-    println!("ingest floor (raw batched SQLite insert):        {:.0} rows/s ({floor_secs:.2} s)", floor_rate);
+        + std::fs::metadata(real_dir.path().join(format!("{}-wal", store::DB_FILE)))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    println!(
+        "ingest: agents={agents} batches={} rows={rows} procs_per_sample={procs}",
+        agents * per
+    );
+    println!(
+        "ingest real path (WS JSON-RPC → durable store): {:.0} rows/s ({real_secs:.2} s)",
+        real_rate
+    );
+    println!(
+        "ingest floor (raw batched SQLite insert):        {:.0} rows/s ({floor_secs:.2} s)",
+        floor_rate
+    );
     println!("ingest ratio real/floor: {:.2}", real_rate / floor_rate);
-    println!("store size: {:.1} MB per million rows (raw tables, indexes, rollups)", db_bytes as f64 / 1e6 / (rows as f64 / 1e6));
+    println!(
+        "store size: {:.1} MB per million rows (raw tables, indexes, rollups)",
+        db_bytes as f64 / 1e6 / (rows as f64 / 1e6)
+    );
     Ok(())
 }

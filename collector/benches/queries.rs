@@ -23,7 +23,10 @@ const DAYS: i64 = 30;
 const NOW_MS: i64 = 1_790_000_000_000;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn fill(dir: &std::path::Path, rows: usize) -> Result<(usize, f64)> {
@@ -52,7 +55,13 @@ fn fill(dir: &std::path::Path, rows: usize) -> Result<(usize, f64)> {
                 let id = format!("vm-{v:04}");
                 vm.execute(params![id, at, PROCS as i64])?;
                 for p in 0..PROCS {
-                    pr.execute(params![id, at, 1000 + p as i64, format!("proc-{p}"), (p % 9) as f64])?;
+                    pr.execute(params![
+                        id,
+                        at,
+                        1000 + p as i64,
+                        format!("proc-{p}"),
+                        (p % 9) as f64
+                    ])?;
                     n += 1;
                 }
             }
@@ -93,12 +102,28 @@ fn main() -> Result<()> {
     let rows = env("VMMON_BENCH_ROWS", 5_000_000);
     let calls = env("VMMON_BENCH_CALLS", 300);
     let dir = tempfile::tempdir()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let store = Store::open(dir.path())?;
-    let token = AgentTokenRow { id: 1, project: "bench".into(), region: "r1".into(), party: "x".into(), created_at_ms: 0, revoked_at_ms: None };
+    let token = AgentTokenRow {
+        id: 1,
+        project: "bench".into(),
+        region: "r1".into(),
+        party: "x".into(),
+        created_at_ms: 0,
+        revoked_at_ms: None,
+    };
     rt.block_on(store.write(move |c| {
         for v in 0..VMS {
-            store::instances::register(c, &format!("vm-{v:04}"), &token, &Inventory::default(), 30, NOW_MS)?;
+            store::instances::register(
+                c,
+                &format!("vm-{v:04}"),
+                &token,
+                &Inventory::default(),
+                30,
+                NOW_MS,
+            )?;
         }
         Ok(())
     }))?;
@@ -106,14 +131,24 @@ fn main() -> Result<()> {
     let (n, fill_secs) = fill(dir.path(), rows)?;
     let bytes = std::fs::metadata(dir.path().join(store::DB_FILE))?.len();
     println!("store: {n} process rows from {VMS} VMs over {DAYS} days, filled in {fill_secs:.0} s");
-    println!("store size: {:.1} MB per million process rows ({:.2} GB total)", bytes as f64 / 1e6 / (n as f64 / 1e6), bytes as f64 / 1e9);
+    println!(
+        "store size: {:.1} MB per million process rows ({:.2} GB total)",
+        bytes as f64 / 1e6 / (n as f64 / 1e6),
+        bytes as f64 / 1e9
+    );
 
     let app = App::new(CollectorConfig::default(), store.clone());
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let running = rt.block_on(server::start(app, listener))?;
     let addr = running.local_addr.to_string();
-    let login = post(&addr, r#"{"method":458753,"data":{"user_name":"admin","password":"bench-password"}}"#)?;
-    let sid = serde_json::from_str::<serde_json::Value>(&login)?["session_id"].as_str().context("login")?.to_string();
+    let login = post(
+        &addr,
+        r#"{"method":458753,"data":{"user_name":"admin","password":"bench-password"}}"#,
+    )?;
+    let sid = serde_json::from_str::<serde_json::Value>(&login)?["session_id"]
+        .as_str()
+        .context("login")?
+        .to_string();
 
     let mut rng = rand::thread_rng();
     type Floor = Box<dyn Fn(&Connection, &str) -> store::Result<usize>>;
@@ -125,7 +160,10 @@ fn main() -> Result<()> {
         ("611712 (one process's newest 10 records)", r#"{"method":611712,"data":{"instance_id":"ID"},"session_id":"SID","limit":10,"proc_name":"proc-7"}"#.into(),
             Box::new(|c, id| Ok(store::samples::process_history(c, id, "proc-7", 10)?.len()))),
     ];
-    let reader = Connection::open_with_flags(dir.path().join(store::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let reader = Connection::open_with_flags(
+        dir.path().join(store::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
     for (name, template, floor) in &queries {
         let mut api = Vec::with_capacity(calls);
         let mut direct = Vec::with_capacity(calls);
@@ -143,8 +181,14 @@ fn main() -> Result<()> {
         }
         let (a50, a99) = (percentile(&mut api, 0.5), percentile(&mut api, 0.99));
         let (d50, d99) = (percentile(&mut direct, 0.5), percentile(&mut direct, 0.99));
-        println!("{name}: API p50 {:.2} ms p99 {:.2} ms | floor (store query only) p50 {:.3} ms p99 {:.3} ms | p99 ratio {:.1}",
-            ms(a50), ms(a99), ms(d50), ms(d99), ms(a99) / ms(d99).max(1e-6));
+        println!(
+            "{name}: API p50 {:.2} ms p99 {:.2} ms | floor (store query only) p50 {:.3} ms p99 {:.3} ms | p99 ratio {:.1}",
+            ms(a50),
+            ms(a99),
+            ms(d50),
+            ms(d99),
+            ms(a99) / ms(d99).max(1e-6)
+        );
     }
     rt.block_on(running.stop());
     Ok(())

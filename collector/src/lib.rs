@@ -101,6 +101,10 @@ pub async fn housekeeping_once(app: &App) {
         }
     }
     if total > 0 {
-        tracing::info!(rows = total, retention_days = app.config.raw_retention_days, "Deleted raw samples past retention.");
+        tracing::info!(
+            rows = total,
+            retention_days = app.config.raw_retention_days,
+            "Deleted raw samples past retention."
+        );
     }
 }

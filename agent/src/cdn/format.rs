@@ -139,7 +139,7 @@ impl LogFormat {
         if parts.is_empty() {
             return Err(FormatError::Empty);
         }
-        let has = |f: Field| parts.iter().any(|p| *p == Part::Var(f));
+        let has = |f: Field| parts.contains(&Part::Var(f));
         let pick = |options: &[Field]| options.iter().copied().find(|f| has(*f));
         let host = pick(&[Field::Host, Field::HttpHost, Field::ServerName])
             .ok_or(FormatError::Missing("$host (or $http_host / $server_name)"))?;

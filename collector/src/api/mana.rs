@@ -140,7 +140,9 @@ async fn authenticate(app: &App, headers: &HeaderMap) -> Result<SessionUser, Api
     crate::auth::session_user(app, &sid)
         .await
         .map_err(internal)?
-        .ok_or_else(|| unauthorized("X-Auth-Token is expired or unknown: log in again (method 458753)"))
+        .ok_or_else(|| {
+            unauthorized("X-Auth-Token is expired or unknown: log in again (method 458753)")
+        })
 }
 
 /// Decoded query parameters; an empty value counts as omitted, unknown names are ignored.

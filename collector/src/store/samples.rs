@@ -288,7 +288,11 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
             .optional()?;
         let bound = match keep_from {
             Some(id) => id,
-            None => conn.query_row(&format!("SELECT COALESCE(MAX(id), 0) + 1 FROM {table}"), [], |r| r.get(0))?,
+            None => conn.query_row(
+                &format!("SELECT COALESCE(MAX(id), 0) + 1 FROM {table}"),
+                [],
+                |r| r.get(0),
+            )?,
         };
         n += conn.execute(
             &format!(

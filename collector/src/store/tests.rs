@@ -171,23 +171,38 @@ async fn retention_deletes_only_old_raw_rows() {
             batch_id: uuid::Uuid::new_v4(),
             instance_id: "i-1".into(),
             seq: 0,
-            samples: vec![Sample { vm: vm(ms), processes: None }],
+            samples: vec![Sample {
+                vm: vm(ms),
+                processes: None,
+            }],
             dropped_samples_total: 0,
             cdn: Vec::new(),
             cdn_tail: None,
         };
-        store.write(move |c| samples::insert_batch(c, &batch, received)).await.unwrap();
+        store
+            .write(move |c| samples::insert_batch(c, &batch, received))
+            .await
+            .unwrap();
     }
     // Chunks of one row: repeated calls finish the job.
     let mut deleted = 0;
     loop {
-        let n = store.write(|c| samples::purge_raw_before(c, 50_000, 1)).await.unwrap();
+        let n = store
+            .write(|c| samples::purge_raw_before(c, 50_000, 1))
+            .await
+            .unwrap();
         if n == 0 {
             break;
         }
         deleted += n;
     }
     assert_eq!(deleted, 4, "two old VM samples and two old batch ids");
-    let left = store.read(|c| samples::latest_vm(c, "i-1", 10)).await.unwrap();
-    assert_eq!(left.iter().map(|r| r.sampled_at_ms).collect::<Vec<_>>(), vec![90_000]);
+    let left = store
+        .read(|c| samples::latest_vm(c, "i-1", 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter().map(|r| r.sampled_at_ms).collect::<Vec<_>>(),
+        vec![90_000]
+    );
 }

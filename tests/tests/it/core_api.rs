@@ -87,19 +87,30 @@ fn real_processes_show_up_with_true_figures() {
     // idle machine that truth is 100/ncpu. Judged on the median of the three records (±15%).
     let ideal = 100.0 / ncpu();
     let first = wait_for(T, "a burner record", || {
-        history(&c, &sid, "vm-core-1", "vmmtest-burn", 1).into_iter().next()
+        history(&c, &sid, "vm-core-1", "vmmtest-burn", 1)
+            .into_iter()
+            .next()
     });
     let (t0, ticks0) = (std::time::Instant::now(), cpu_ticks(burner.pid()));
     let recs = wait_for(T, "three fresh burner records", || {
         let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 4);
-        let fresh: Vec<Value> = h.into_iter().take_while(|r| r["_id"] != first["_id"]).collect();
+        let fresh: Vec<Value> = h
+            .into_iter()
+            .take_while(|r| r["_id"] != first["_id"])
+            .collect();
         (fresh.len() >= 3).then(|| fresh[..3].to_vec())
     });
     let secs = t0.elapsed().as_secs_f64();
     let ticks = cpu_ticks(burner.pid()) - ticks0;
     let truth = ticks as f64 / clk_tck() / secs / ncpu() * 100.0;
-    assert!(truth > ideal * 0.5, "the burner barely ran ({truth:.1}% of the VM), cannot judge");
-    let mut cpus: Vec<f64> = recs.iter().map(|r| r["cpu_util"].as_f64().unwrap()).collect();
+    assert!(
+        truth > ideal * 0.5,
+        "the burner barely ran ({truth:.1}% of the VM), cannot judge"
+    );
+    let mut cpus: Vec<f64> = recs
+        .iter()
+        .map(|r| r["cpu_util"].as_f64().unwrap())
+        .collect();
     cpus.sort_by(f64::total_cmp);
     let median = cpus[1];
     assert!(
@@ -443,9 +454,16 @@ fn bad_requests_answer_status_3_and_change_nothing() {
     // A session in use stays alive past session_idle_secs (each use marks it)...
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(q(&c, &sid, 611611, "vm-bad-1", json!({}))["status_code"], 1, "an active session must not expire");
+        assert_eq!(
+            q(&c, &sid, 611611, "vm-bad-1", json!({}))["status_code"],
+            1,
+            "an active session must not expire"
+        );
     }
     // ...and an idle one expires: nothing uses it for longer than session_idle_secs.
     std::thread::sleep(Duration::from_millis(2_600));
-    fail(q(&c, &tsid, 611611, "vm-bad-1", json!({})), "session expired");
+    fail(
+        q(&c, &tsid, 611611, "vm-bad-1", json!({})),
+        "session expired",
+    );
 }

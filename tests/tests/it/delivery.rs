@@ -392,8 +392,15 @@ fn more_than_a_hundred_agents_connect_at_once() {
         let mut clients = Vec::new();
         for i in 0..150 {
             let mut h = HeaderMap::new();
-            h.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
-            let client = WsClientBuilder::default().set_headers(h).build(&url).await.unwrap();
+            h.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+            let client = WsClientBuilder::default()
+                .set_headers(h)
+                .build(&url)
+                .await
+                .unwrap();
             let req = vmmon_common::wire::RegisterRequest {
                 instance_id: format!("vm-fleet-{i}"),
                 inventory: Default::default(),
@@ -406,5 +413,11 @@ fn more_than_a_hundred_agents_connect_at_once() {
         clients.iter().filter(|c| c.is_connected()).count()
     });
     assert_eq!(n, 150);
-    assert_eq!(c.query_i64("SELECT COUNT(*) FROM instances WHERE project = 'fleet'", &[])[0], 150);
+    assert_eq!(
+        c.query_i64(
+            "SELECT COUNT(*) FROM instances WHERE project = 'fleet'",
+            &[]
+        )[0],
+        150
+    );
 }

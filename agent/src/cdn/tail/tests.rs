@@ -266,7 +266,7 @@ fn bounded_work_per_poll_loses_nothing() {
         expected += i;
     }
     append(&log, &text);
-    let mut t = Tailer::new(&[log.clone()], fmt(), None, 1);
+    let mut t = Tailer::new(std::slice::from_ref(&log), fmt(), None, 1);
     let mut sums = Sums::new();
     let mut polls = 0;
     loop {
