@@ -246,12 +246,13 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
     let mut agent = Agent::start(&c, &token, "edge-1", 1, &["--cdn-access-log", &log_arg]);
     wait_total(&c, &agent, w.total());
 
-    // Phase 2: rename rotation; nginx keeps writing to the renamed file until it reopens.
+    // Phase 2: rename rotation; nginx keeps writing to the renamed file until it reopens (and
+    // creates the new file).
     std::fs::rename(&log, logs.path().join("access.log.1")).unwrap();
     w.write(&logs.path().join("access.log.1"), 15);
     std::thread::sleep(Duration::from_millis(1_200));
-    w.write(&log, 20);
     w.write(&logs.path().join("access.log.1"), 5);
+    w.write(&log, 20);
     wait_total(&c, &agent, w.total());
 
     // Phase 3: lines keep coming while the agent is SIGKILLed twice, once with a rename rotation
