@@ -241,7 +241,7 @@ impl MonitorApiServer for RpcHandler {
         let stored = self
             .app
             .store
-            .write(move |c| {
+            .write_unguarded(move |c| {
                 let now = store::now_ms();
                 let stored = store::samples::insert_batch(c, &batch, now)?;
                 let newest = batch

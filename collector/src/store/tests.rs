@@ -206,3 +206,47 @@ async fn retention_deletes_only_old_raw_rows() {
         vec![90_000]
     );
 }
+
+#[tokio::test]
+async fn unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Submit both before the writer can run either, so they share one transaction.
+    let s1 = store.clone();
+    let s2 = store.clone();
+    let bad = tokio::spawn(async move {
+        s1.write_unguarded(|c| {
+            users::upsert_user(c, "a", "h", true, None, 0)?;
+            Err::<(), _>(StoreError::Corrupt("boom".into()))
+        })
+        .await
+    });
+    let good = tokio::spawn(async move {
+        s2.write(|c| users::upsert_user(c, "b", "h", false, Some("p"), 0))
+            .await
+    });
+    let (bad, good) = (bad.await.unwrap(), good.await.unwrap());
+    assert!(
+        matches!(bad, Err(StoreError::Corrupt(_))),
+        "the failing write gets its own error"
+    );
+    let names: Vec<String> = store
+        .read(|c| Ok(users::list_users(c)?.into_iter().map(|u| u.name).collect()))
+        .await
+        .unwrap();
+    assert!(
+        !names.contains(&"a".to_string()),
+        "the unguarded partial write is rolled back"
+    );
+    // The other write either shared the transaction (and was told to retry) or committed alone.
+    match good {
+        Ok(_) => assert_eq!(names, vec!["b".to_string()]),
+        Err(StoreError::Commit(_)) => assert!(names.is_empty()),
+        Err(e) => panic!("unexpected {e}"),
+    }
+    // The writer keeps working afterwards.
+    store
+        .write(|c| users::upsert_user(c, "c", "h", false, Some("p"), 0))
+        .await
+        .unwrap();
+}
