@@ -55,29 +55,7 @@ impl Default for AgentConfig {
     }
 }
 
-/// A config that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not valid TOML for this struct.
-    #[error("invalid config {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Parser message.
-        message: String,
-    },
-    /// Values that make no sense; all problems are listed.
-    #[error("invalid config: {}", .0.join("; "))]
-    Invalid(Vec<String>),
-}
+pub use vmmon_common::config::ConfigError;
 
 impl AgentConfig {
     /// Loads `path`; `None` reads [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults.

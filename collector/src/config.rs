@@ -55,29 +55,7 @@ impl Default for CollectorConfig {
     }
 }
 
-/// A config that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this struct.
-    #[error("invalid config {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Parser message.
-        message: String,
-    },
-    /// Values that parse but make no sense; every problem is listed.
-    #[error("invalid config: {}", .0.join("; "))]
-    Invalid(Vec<String>),
-}
+pub use vmmon_common::config::ConfigError;
 
 impl CollectorConfig {
     /// Loads `path` (an explicit path must exist) or the defaults when `path` is None.

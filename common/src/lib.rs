@@ -3,6 +3,7 @@
 //! Both sides compile against the same [`rpc::MonitorApiClient`] / [`rpc::MonitorApiServer`]
 //! pair generated from one trait, so method names and payloads cannot drift.
 
+pub mod config;
 pub mod legacy;
 pub mod rpc;
 pub mod wire;
