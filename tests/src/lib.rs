@@ -585,3 +585,32 @@ fn spawn_load(args: &[&str]) -> ChildGuard {
         .unwrap();
     ChildGuard(child)
 }
+
+/// A client that speaks the agents' real protocol: a jsonrpsee WebSocket to `rpc_url`
+/// authenticated with `token` (use `vmmon_common::rpc::MonitorApiClient` on it).
+pub async fn agent_client(rpc_url: &str, token: &str) -> jsonrpsee::ws_client::WsClient {
+    use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
+    let mut h = HeaderMap::new();
+    h.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    WsClientBuilder::default()
+        .set_headers(h)
+        .build(rpc_url)
+        .await
+        .unwrap()
+}
+
+/// A registration request for `instance_id` with an empty inventory.
+pub fn register_request(
+    instance_id: &str,
+    interval_secs: u32,
+) -> vmmon_common::wire::RegisterRequest {
+    vmmon_common::wire::RegisterRequest {
+        instance_id: instance_id.to_string(),
+        inventory: Default::default(),
+        protocol_version: vmmon_common::PROTOCOL_VERSION,
+        configured_interval_secs: interval_secs,
+    }
+}

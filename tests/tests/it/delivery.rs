@@ -328,28 +328,16 @@ fn rpc_errors_name_the_problem() {
         let token = token.to_string();
         let instance = instance.to_string();
         rt.block_on(async move {
-            use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
             use vmmon_common::rpc::MonitorApiClient;
-            let mut h = HeaderMap::new();
-            h.insert(
-                "authorization",
-                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-            );
-            let client = WsClientBuilder::default()
-                .set_headers(h)
-                .build(&url)
+            let client = agent_client(&url, &token).await;
+            client
+                .register(register_request(&instance, 5))
                 .await
-                .unwrap();
-            let req = vmmon_common::wire::RegisterRequest {
-                instance_id: instance,
-                inventory: Default::default(),
-                protocol_version: vmmon_common::PROTOCOL_VERSION,
-                configured_interval_secs: 5,
-            };
-            client.register(req).await.map(|_| ()).map_err(|e| match e {
-                jsonrpsee::core::client::Error::Call(o) => (o.code(), o.message().to_string()),
-                other => (0, other.to_string()),
-            })
+                .map(|_| ())
+                .map_err(|e| match e {
+                    jsonrpsee::core::client::Error::Call(o) => (o.code(), o.message().to_string()),
+                    other => (0, other.to_string()),
+                })
         })
     };
     use vmmon_common::rpc::codes;
@@ -387,27 +375,14 @@ fn more_than_a_hundred_agents_connect_at_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = c.rpc_url();
     let n = rt.block_on(async move {
-        use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
         use vmmon_common::rpc::MonitorApiClient;
         let mut clients = Vec::new();
         for i in 0..150 {
-            let mut h = HeaderMap::new();
-            h.insert(
-                "authorization",
-                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-            );
-            let client = WsClientBuilder::default()
-                .set_headers(h)
-                .build(&url)
+            let client = agent_client(&url, &token).await;
+            client
+                .register(register_request(&format!("vm-fleet-{i}"), 30))
                 .await
                 .unwrap();
-            let req = vmmon_common::wire::RegisterRequest {
-                instance_id: format!("vm-fleet-{i}"),
-                inventory: Default::default(),
-                protocol_version: vmmon_common::PROTOCOL_VERSION,
-                configured_interval_secs: 30,
-            };
-            client.register(req).await.unwrap();
             clients.push(client);
         }
         clients.iter().filter(|c| c.is_connected()).count()
