@@ -273,15 +273,22 @@ fn main() -> Result<()> {
     }
 
     let mut sampler = Sampler::new(ProcRoots::default()).context("creating the sampler")?;
+    // The same sampler without per-process network attribution: what the /proc floor covers.
+    let mut procfs_only = Sampler::new(ProcRoots::default()).context("creating the sampler")?;
+    procfs_only.set_net_attribution(false);
     let mut buf = vec![0u8; 4096];
     let mut path = Vec::with_capacity(64);
     // Prime: the sampler's baseline and table, and warm caches for both.
     sampler
         .sample(SystemTime::now(), true)
         .context("priming sample")?;
+    procfs_only
+        .sample(SystemTime::now(), true)
+        .context("priming sample")?;
     floor_pass(&mut buf, &mut path);
 
-    let (mut agent, mut floor) = (Cost::default(), Cost::default());
+    let (mut agent, mut floor, mut agent_procfs) =
+        (Cost::default(), Cost::default(), Cost::default());
     let (mut records, mut procs_present) = (0, 0);
     for _ in 0..args.samples {
         if run_floor {
@@ -293,6 +300,11 @@ fn main() -> Result<()> {
                 .context("sample")?;
             records = sample.processes.as_ref().map_or(0, Vec::len);
             procs_present = sample.vm.proc_count as usize;
+            if run_floor {
+                agent_procfs
+                    .measure(|| procfs_only.sample(SystemTime::now(), true))
+                    .context("sample")?;
+            }
         }
     }
 
@@ -307,9 +319,11 @@ fn main() -> Result<()> {
         agent.print("agent", procs_present, &extra);
     }
     if run_agent && run_floor {
+        agent_procfs.print("agent_without_net_attribution", procs_present, "");
         println!(
-            "ratio_agent_over_floor={:.3}",
-            agent.total_ms() / floor.total_ms().max(f64::MIN_POSITIVE)
+            "ratio_agent_over_floor={:.3} ratio_without_net_attribution={:.3}",
+            agent.total_ms() / floor.total_ms().max(f64::MIN_POSITIVE),
+            agent_procfs.total_ms() / floor.total_ms().max(f64::MIN_POSITIVE)
         );
     }
     if let Some(kib) = peak_rss_kib() {
