@@ -211,7 +211,8 @@ fn main() -> Result<()> {
     let agents = env("VMMON_BENCH_AGENTS", 1000);
     let per = env("VMMON_BENCH_BATCHES", 10);
     let procs = env("VMMON_BENCH_PROCS", 100);
-    let base = 1_790_000_000_000i64;
+    // Recent samples: the collector refuses ones older than raw-sample retention.
+    let base = store::now_ms() - 3_600_000;
     let per_agent: Vec<Vec<ReportBatch>> = (0..agents)
         .map(|a| {
             (0..per)

@@ -28,6 +28,11 @@ use crate::store;
 /// Most agent connections at once (jsonrpsee's default of 100 would refuse the 101st agent).
 const MAX_AGENT_CONNECTIONS: u32 = 100_000;
 
+/// Largest message on a connection whose agent token was refused (enough for `register`).
+const REFUSED_MAX_MESSAGE_BYTES: u32 = 16 * 1024;
+/// Most connections with refused tokens at once.
+const REFUSED_MAX_CONNECTIONS: u32 = 256;
+
 /// Largest JSON-RPC message from an agent (a batch of a full process table).
 const MAX_RPC_MESSAGE_BYTES: u32 = 64 * 1024 * 1024;
 
@@ -60,7 +65,20 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
         .set_config(config)
         .to_service_builder()
         .max_connections(MAX_AGENT_CONNECTIONS);
-    let task = tokio::spawn(accept_loop(app, listener, stop_handle, builder));
+    // A connection whose token was refused still gets typed JSON-RPC errors (so its agent can
+    // log why and back off), but may only send tiny messages and holds few slots: nobody without
+    // a token can make the collector parse large payloads or hold many connections.
+    let refused_config = ServerConfig::builder()
+        .max_request_body_size(REFUSED_MAX_MESSAGE_BYTES)
+        .max_response_body_size(REFUSED_MAX_MESSAGE_BYTES)
+        .max_connections(REFUSED_MAX_CONNECTIONS)
+        .max_subscriptions_per_connection(1)
+        .build();
+    let refused = jsonrpsee::server::Server::builder()
+        .set_config(refused_config)
+        .to_service_builder()
+        .max_connections(REFUSED_MAX_CONNECTIONS);
+    let task = tokio::spawn(accept_loop(app, listener, stop_handle, builder, refused));
     Ok(Running {
         local_addr,
         stop: server_handle,
@@ -73,6 +91,7 @@ async fn accept_loop(
     listener: TcpListener,
     stop_handle: StopHandle,
     builder: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
+    refused: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
 ) {
     loop {
         let sock = tokio::select! {
@@ -89,13 +108,19 @@ async fn accept_loop(
         let app = app.clone();
         let stop = stop_handle.clone();
         let builder = builder.clone();
+        let refused = refused.clone();
         let svc = tower::service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
             let stop = stop.clone();
             let builder = builder.clone();
+            let refused = refused.clone();
             async move {
                 if req.uri().path() == RPC_PATH {
                     let auth = authenticate(&app, &req).await;
+                    let builder = match auth {
+                        AgentAuth::Token(_) => builder,
+                        AgentAuth::Refused(_) => refused,
+                    };
                     let methods = RpcHandler::new(app, auth).into_rpc();
                     let mut rpc = builder.build(methods, stop);
                     rpc.call(req).await.map_err(|e| anyhow_box(e.to_string()))

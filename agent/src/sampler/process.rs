@@ -343,6 +343,21 @@ fn exit_record(pid: u32, t: Tracked, now_secs: f64) -> ProcessSample {
     }
 }
 
+/// Longest `cmd` reported: any user can give a program an arbitrarily long `argv[0]`.
+pub const MAX_CMD_BYTES: usize = 255;
+
+/// Cuts `cmd` to [`MAX_CMD_BYTES`] on a character boundary.
+fn cap_cmd(mut cmd: String) -> String {
+    if cmd.len() > MAX_CMD_BYTES {
+        let mut end = MAX_CMD_BYTES;
+        while !cmd.is_char_boundary(end) {
+            end -= 1;
+        }
+        cmd.truncate(end);
+    }
+    cmd
+}
+
 /// `cmd` for a process: `comm`, unless `comm` is 15 bytes long (the kernel may have cut it) and
 /// the basename of `argv[0]` starts with it; then that basename. Only called when a process is
 /// first seen or its `comm` changed (exec), so `cmdline` is read once per program image.
@@ -350,9 +365,23 @@ fn resolve_cmd(pid: u32, comm: &[u8], buf: &mut ReadBuf, path: &mut PidPath) -> 
     if comm.len() == COMM_TRUNCATED_LEN {
         if let Ok(cmdline) = buf.read_all(path.get(pid, b"cmdline")) {
             if let Some(name) = procfs::name_from_cmdline(comm, cmdline) {
-                return String::from_utf8_lossy(name).into_owned();
+                return cap_cmd(String::from_utf8_lossy(name).into_owned());
             }
         }
     }
     String::from_utf8_lossy(comm).into_owned()
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_cut_on_a_char_boundary() {
+        assert_eq!(cap_cmd("sshd".into()), "sshd");
+        let long = "é".repeat(200);
+        let cut = cap_cmd(long);
+        assert!(cut.len() <= MAX_CMD_BYTES && cut.len() >= MAX_CMD_BYTES - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
 }

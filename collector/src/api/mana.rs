@@ -226,7 +226,7 @@ pub fn gib(bytes: u64) -> u64 {
     if bytes == 0 {
         0
     } else {
-        ((bytes + GIB / 2) / GIB).max(1)
+        (bytes.saturating_add(GIB / 2) / GIB).max(1)
     }
 }
 

@@ -368,6 +368,39 @@ fn rpc_errors_name_the_problem() {
 }
 
 #[test]
+fn connections_without_a_valid_token_may_only_send_tiny_messages() {
+    let c = Collector::start();
+    let good = c.create_token("proj-a", "r1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = c.rpc_url();
+    let (refused, accepted) = rt.block_on(async move {
+        use vmmon_common::rpc::MonitorApiClient;
+        let mut big = register_request("vm-big", 5);
+        big.inventory.hostname = "h".repeat(100_000);
+        let stranger = agent_client(&url, "vmt_unknown").await;
+        let refused = stranger
+            .register(big.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        let agent = agent_client(&url, &good).await;
+        let accepted = agent.register(big).await.unwrap_err().to_string();
+        (refused, accepted)
+    });
+    // Without a token, 100 kB is not even parsed; with one, it is parsed and refused by rule.
+    assert!(!refused.contains("inventory hostname"), "{refused}");
+    assert!(
+        accepted.contains("inventory hostname is longer"),
+        "{accepted}"
+    );
+    assert_eq!(
+        c.query_i64("SELECT COUNT(*) FROM instances", &[])[0],
+        0,
+        "nothing stored"
+    );
+}
+
+#[test]
 fn more_than_a_hundred_agents_connect_at_once() {
     // jsonrpsee's default caps a server at 100 connections; a collector serves a fleet.
     let c = Collector::start();

@@ -222,7 +222,9 @@ struct Fed {
 }
 
 fn fed() -> Fed {
-    let (cfg_dir, cfg) = collector_config("timezone = \"Asia/Shanghai\"\n");
+    let (cfg_dir, cfg) = collector_config(
+        "timezone = \"Asia/Shanghai\"\n# Replays 2025 history: keep raw samples (and accept them) regardless of age.\nraw_retention_days = 0\n",
+    );
     let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
     let alpha_r1 = token(&c, "alpha", "r1", "acme");
     let alpha_r2 = token(&c, "alpha", "r2", "acme");
