@@ -68,6 +68,7 @@ fn populate(conn: &Connection) -> anyhow::Result<Duration> {
             party: "acme".into(),
             created_at_ms: 0,
             revoked_at_ms: None,
+            cdn_edge: false,
         };
         store::instances::register(
             conn,

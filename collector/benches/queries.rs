@@ -113,6 +113,7 @@ fn main() -> Result<()> {
         party: "x".into(),
         created_at_ms: 0,
         revoked_at_ms: None,
+        cdn_edge: false,
     };
     rt.block_on(store.write(move |c| {
         for v in 0..VMS {

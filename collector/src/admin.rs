@@ -110,11 +110,13 @@ pub async fn remove_user(store: &Store, name: &str) -> Result<bool, AdminError> 
 }
 
 /// Creates an agent token for a project and region; returns (id, token). The token is shown once.
+/// `cdn_edge` tokens may also report CDN access-log traffic.
 pub async fn create_token(
     store: &Store,
     project: &str,
     region: &str,
     party: &str,
+    cdn_edge: bool,
 ) -> Result<(i64, String), AdminError> {
     check_name("project", project)?;
     check_name("region", region)?;
@@ -125,7 +127,9 @@ pub async fn create_token(
     let hash = auth::token_sha256(&token);
     let (p, r, x) = (project.to_string(), region.to_string(), party.to_string());
     let id = store
-        .write(move |c| store::users::create_agent_token(c, &hash, &p, &r, &x, store::now_ms()))
+        .write(move |c| {
+            store::users::create_agent_token(c, &hash, &p, &r, &x, cdn_edge, store::now_ms())
+        })
         .await?;
     Ok((id, token))
 }

@@ -82,6 +82,10 @@ pub enum TokenCommand {
         /// Vendor ("party") shown in the VM list.
         #[arg(long, default_value = "")]
         party: String,
+        /// A CDN edge token: its agents may also report CDN access-log traffic (any domain's
+        /// bytes count towards CDN customers' flow, so ordinary tenant tokens may not).
+        #[arg(long)]
+        cdn: bool,
     },
     /// List agent tokens (ids, scopes, revocation; never the secrets).
     List(DataArg),

@@ -44,16 +44,17 @@ async fn run(cli: Cli) -> Result<()> {
             project,
             region,
             party,
+            cdn,
         }) => {
             let store = open(&data).await?;
-            let (id, token) = admin::create_token(&store, &project, &region, &party).await?;
+            let (id, token) = admin::create_token(&store, &project, &region, &party, cdn).await?;
             println!("agent token {id} for project {project:?} region {region:?} (shown once):");
             println!("{token}");
             Ok(())
         }
         Command::Token(TokenCommand::List(d)) => {
             let store = open(&d.data).await?;
-            println!("id\tproject\tregion\tparty\trevoked");
+            println!("id\tproject\tregion\tparty\trevoked\tcdn_edge");
             for t in admin::list_tokens(&store).await? {
                 let revoked = if t.revoked_at_ms.is_some() {
                     "yes"
@@ -61,8 +62,13 @@ async fn run(cli: Cli) -> Result<()> {
                     "no"
                 };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    t.id, t.project, t.region, t.party, revoked
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    t.id,
+                    t.project,
+                    t.region,
+                    t.party,
+                    revoked,
+                    if t.cdn_edge { "yes" } else { "no" }
                 );
             }
             Ok(())

@@ -298,6 +298,25 @@ impl Collector {
         out.lines().last().unwrap().trim().to_string()
     }
 
+    /// Creates a CDN edge agent token (may report access-log traffic).
+    pub fn create_cdn_token(&self, project: &str, region: &str) -> String {
+        let out = self.cli(
+            &[
+                "token",
+                "create",
+                "--project",
+                project,
+                "--region",
+                region,
+                "--party",
+                "acme",
+                "--cdn",
+            ],
+            &[],
+        );
+        out.lines().last().unwrap().trim().to_string()
+    }
+
     /// Adds a tenant user of `project` (password `name` + "-pw").
     pub fn add_tenant(&self, name: &str, project: &str) -> String {
         let pw = format!("{name}-password");

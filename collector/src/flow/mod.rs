@@ -129,6 +129,9 @@ pub fn is_reset(prev: Reading, cur: Reading) -> bool {
     cur.rx < prev.rx || cur.tx < prev.tx
 }
 
+/// 400 Gbit/s: above any single VM's interface; larger counter deltas are discarded.
+pub const MAX_PLAUSIBLE_BYTES_PER_SEC: u64 = 50_000_000_000;
+
 /// Decides what `cur` does given the instance's `last` reading and the collector's clock.
 pub fn step(last: Option<Reading>, cur: Reading, now_ms: i64) -> Step {
     if cur.at_ms > now_ms.saturating_add(MAX_FUTURE_SKEW_MS) {
@@ -147,6 +150,15 @@ pub fn step(last: Option<Reading>, cur: Reading, now_ms: i64) -> Step {
         (0, 0)
     } else {
         (cur.rx - prev.rx, cur.tx - prev.tx)
+    };
+    // A delta no NIC could move in the interval is a bogus or corrupted counter, not traffic:
+    // treat it like a reset (adds nothing) instead of letting one agent poison the rollup.
+    let max_bytes =
+        MAX_PLAUSIBLE_BYTES_PER_SEC.saturating_mul((cur.at_ms - prev.at_ms) as u64 / 1000 + 1);
+    let (rx, tx) = if rx > max_bytes || tx > max_bytes {
+        (0, 0)
+    } else {
+        (rx, tx)
     };
     let ins = split_bytes(prev.at_ms, cur.at_ms, rx);
     let outs = split_bytes(prev.at_ms, cur.at_ms, tx);
@@ -399,3 +411,26 @@ impl MonthlyAggregator {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod plausibility_tests {
+    use super::*;
+
+    #[test]
+    fn impossible_jump_adds_nothing() {
+        let prev = Reading {
+            at_ms: 600_000,
+            rx: 0,
+            tx: 0,
+        };
+        let cur = Reading {
+            at_ms: 660_000,
+            rx: u64::MAX / 2,
+            tx: 10,
+        };
+        match step(Some(prev), cur, 10_000_000) {
+            Step::Flow(b) => assert!(b.iter().all(|x| x.in_bytes == 0 && x.out_bytes == 0)),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -328,7 +328,15 @@ impl MonitorApiServer for RpcHandler {
     }
 
     async fn report(&self, mut batch: ReportBatch) -> Result<ReportAck, ErrorObjectOwned> {
-        self.token()?;
+        let token = self.token()?;
+        if !token.cdn_edge && (!batch.cdn.is_empty() || batch.cdn_tail.is_some()) {
+            return Err(CollectorError::InvalidBatch(
+                "this agent token may not report CDN traffic: use a CDN edge token \
+                 (vmmon-collector token create --cdn)"
+                    .into(),
+            )
+            .into());
+        }
         self.ensure_registered(&batch.instance_id)?;
         self.ensure_token_live_recently().await?;
         cap_cmds(&mut batch);

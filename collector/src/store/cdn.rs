@@ -79,9 +79,9 @@ pub fn apply_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resul
             "INSERT INTO cdn_buckets (domain, bucket_start, bytes, hit_bytes, requests)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(domain, bucket_start) DO UPDATE SET
-                 bytes = bytes + excluded.bytes,
-                 hit_bytes = hit_bytes + excluded.hit_bytes,
-                 requests = requests + excluded.requests",
+                 bytes = CASE WHEN bytes > 9223372036854775807 - excluded.bytes THEN 9223372036854775807 ELSE bytes + excluded.bytes END,
+                 hit_bytes = CASE WHEN hit_bytes > 9223372036854775807 - excluded.hit_bytes THEN 9223372036854775807 ELSE hit_bytes + excluded.hit_bytes END,
+                 requests = CASE WHEN requests > 9223372036854775807 - excluded.requests THEN 9223372036854775807 ELSE requests + excluded.requests END",
         )?;
         for d in &batch.cdn {
             stmt.execute(params![

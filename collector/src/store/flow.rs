@@ -90,7 +90,8 @@ pub fn add_bucket_bytes(
             "INSERT INTO flow_buckets (project, bucket_start_ms, region, in_bytes, out_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(project, bucket_start_ms, region) DO UPDATE SET
-                 in_bytes = in_bytes + excluded.in_bytes, out_bytes = out_bytes + excluded.out_bytes
+                 in_bytes = CASE WHEN in_bytes > 9223372036854775807 - excluded.in_bytes THEN 9223372036854775807 ELSE in_bytes + excluded.in_bytes END,
+                     out_bytes = CASE WHEN out_bytes > 9223372036854775807 - excluded.out_bytes THEN 9223372036854775807 ELSE out_bytes + excluded.out_bytes END
              RETURNING in_bytes, out_bytes",
         )?
         .query_row(
@@ -102,8 +103,8 @@ pub fn add_bucket_bytes(
              max_in, max_in_at_ms, max_out, max_out_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)
          ON CONFLICT(project, day_start_ms, region) DO UPDATE SET
-             total_in = total_in + excluded.total_in,
-             total_out = total_out + excluded.total_out,
+             total_in = CASE WHEN total_in > 9223372036854775807 - excluded.total_in THEN 9223372036854775807 ELSE total_in + excluded.total_in END,
+             total_out = CASE WHEN total_out > 9223372036854775807 - excluded.total_out THEN 9223372036854775807 ELSE total_out + excluded.total_out END,
              max_in_at_ms = CASE WHEN excluded.max_in > max_in
                      OR (excluded.max_in = max_in AND excluded.max_in_at_ms < max_in_at_ms)
                  THEN excluded.max_in_at_ms ELSE max_in_at_ms END,
@@ -407,6 +408,7 @@ mod tests {
             party: "x".into(),
             created_at_ms: 0,
             revoked_at_ms: None,
+            cdn_edge: false,
         }
     }
 

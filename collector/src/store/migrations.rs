@@ -255,4 +255,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         last_report_ms         INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // CDN edge tokens: only these may report CDN access-log traffic (any domain's bytes count
+    // towards a CDN customer's bill, so tenants' ordinary agent tokens must not).
+    r#"
+    ALTER TABLE agent_tokens ADD COLUMN cdn_edge INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

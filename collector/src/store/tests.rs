@@ -9,6 +9,7 @@ fn token() -> AgentTokenRow {
         party: "x".into(),
         created_at_ms: 0,
         revoked_at_ms: None,
+        cdn_edge: false,
     }
 }
 

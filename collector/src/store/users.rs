@@ -51,6 +51,8 @@ pub struct AgentTokenRow {
     pub created_at_ms: i64,
     /// Revocation time, epoch ms.
     pub revoked_at_ms: Option<i64>,
+    /// May report CDN access-log traffic (`token create --cdn`).
+    pub cdn_edge: bool,
 }
 
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
@@ -183,12 +185,13 @@ pub fn create_agent_token(
     project: &str,
     region: &str,
     party: &str,
+    cdn_edge: bool,
     now_ms: i64,
 ) -> Result<i64> {
     conn.execute(
-        "INSERT INTO agent_tokens (token_sha256, project, region, party, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![token_sha256, project, region, party, now_ms],
+        "INSERT INTO agent_tokens (token_sha256, project, region, party, created_at_ms, cdn_edge)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![token_sha256, project, region, party, now_ms, cdn_edge],
     )?;
     Ok(conn.last_insert_rowid())
 }
@@ -201,6 +204,7 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentTokenRow> {
         party: r.get(3)?,
         created_at_ms: r.get(4)?,
         revoked_at_ms: r.get(5)?,
+        cdn_edge: r.get(6)?,
     })
 }
 
@@ -208,7 +212,7 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentTokenRow> {
 pub fn agent_token_by_hash(conn: &Connection, token_sha256: &str) -> Result<Option<AgentTokenRow>> {
     Ok(conn
         .query_row(
-            "SELECT id, project, region, party, created_at_ms, revoked_at_ms
+            "SELECT id, project, region, party, created_at_ms, revoked_at_ms, cdn_edge
              FROM agent_tokens WHERE token_sha256 = ?1",
             [token_sha256],
             token_from_row,
@@ -220,7 +224,7 @@ pub fn agent_token_by_hash(conn: &Connection, token_sha256: &str) -> Result<Opti
 pub fn agent_token_by_id(conn: &Connection, id: i64) -> Result<Option<AgentTokenRow>> {
     Ok(conn
         .query_row(
-            "SELECT id, project, region, party, created_at_ms, revoked_at_ms
+            "SELECT id, project, region, party, created_at_ms, revoked_at_ms, cdn_edge
              FROM agent_tokens WHERE id = ?1",
             [id],
             token_from_row,
@@ -231,7 +235,7 @@ pub fn agent_token_by_id(conn: &Connection, id: i64) -> Result<Option<AgentToken
 /// All tokens, oldest first.
 pub fn list_agent_tokens(conn: &Connection) -> Result<Vec<AgentTokenRow>> {
     let mut stmt = conn.prepare(
-        "SELECT id, project, region, party, created_at_ms, revoked_at_ms
+        "SELECT id, project, region, party, created_at_ms, revoked_at_ms, cdn_edge
          FROM agent_tokens ORDER BY id",
     )?;
     let rows = stmt.query_map([], token_from_row)?;

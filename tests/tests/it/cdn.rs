@@ -226,7 +226,7 @@ fn expected_answer(exp: &Expected, domains: &[&str], sum: bool) -> Value {
 fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
     let (c, _cfg) = start_collector();
     let secret = add_user(&c, USER, "www.a.com,www.b.com");
-    let token = c.create_token("cdn", "edge");
+    let token = c.create_cdn_token("cdn", "edge");
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("access.log");
     let mut w = Writer::new();
@@ -523,4 +523,56 @@ fn flow_api_errors_each_have_their_own_status() {
         &with("signature", json!(sign(&sh_date(0), USER, &renewed))),
     );
     assert_eq!(r["status"], 0, "{r}");
+}
+
+#[test]
+fn only_cdn_edge_tokens_may_report_cdn_traffic() {
+    let c = Collector::start();
+    let tenant = c.create_token("tenant-x", "r1");
+    let edge = c.create_cdn_token("cdn", "edge");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = c.rpc_url();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (tenant_err, edge_ok) = rt.block_on(async move {
+        use vmmon_common::rpc::MonitorApiClient;
+        let batch = |instance: &str| -> vmmon_common::wire::ReportBatch {
+            serde_json::from_value(serde_json::json!({
+                "batch_id": uuid::Uuid::new_v4(), "instance_id": instance, "seq": 0,
+                "dropped_samples_total": 0,
+                "samples": [{"vm": {"sampled_at_ms": now_ms, "elapsed_ms": 1000, "cpu_pct": 1.0,
+                    "mem_pct": 1.0, "disk_read_kib_per_sec": 0.0, "disk_write_kib_per_sec": 0.0,
+                    "net_in_kib_per_sec": 0.0, "net_out_kib_per_sec": 0.0, "rx_bytes_total": 0,
+                    "tx_bytes_total": 0, "proc_count": 1}, "processes": null}],
+                "cdn": [{"domain": "victim.example", "bucket_start": (now_ms / 1000) / 300 * 300,
+                    "bytes": 1_000_000_000u64, "hit_bytes": 0, "requests": 1}]
+            }))
+            .unwrap()
+        };
+        let t = agent_client(&url, &tenant).await;
+        t.register(register_request("vm-tenant", 30)).await.unwrap();
+        let tenant_err = t.report(batch("vm-tenant")).await.unwrap_err();
+        let e = agent_client(&url, &edge).await;
+        e.register(register_request("vm-edge", 30)).await.unwrap();
+        let edge_ok = e.report(batch("vm-edge")).await;
+        (tenant_err, edge_ok)
+    });
+    match tenant_err {
+        jsonrpsee::core::client::Error::Call(o) => {
+            assert_eq!(o.code(), vmmon_common::rpc::codes::INVALID_BATCH);
+            assert!(o.message().contains("CDN edge token"), "{}", o.message());
+        }
+        other => panic!("{other}"),
+    }
+    assert!(edge_ok.is_ok(), "{edge_ok:?}");
+    assert_eq!(
+        c.query_i64(
+            "SELECT COUNT(*) FROM vm_samples WHERE instance_id = 'vm-tenant'",
+            &[]
+        )[0],
+        0,
+        "the refused batch changed nothing"
+    );
 }
