@@ -145,3 +145,17 @@ pub async fn revoke_token(store: &Store, id: i64) -> Result<bool, AdminError> {
         .write(move |c| store::users::revoke_agent_token(c, id, store::now_ms()))
         .await?)
 }
+
+/// Removes an instance and its raw samples (see [`store::instances::remove`]); false if unknown.
+pub async fn remove_instance(store: &Store, instance_id: &str) -> Result<bool, AdminError> {
+    crate::api::validate_instance_id(instance_id).map_err(AdminError::Invalid)?;
+    let id = instance_id.to_string();
+    Ok(store
+        .write(move |c| store::instances::remove(c, &id))
+        .await?)
+}
+
+/// Every registered instance, by id.
+pub async fn list_instances(store: &Store) -> Result<Vec<store::InstanceRow>, AdminError> {
+    Ok(store.read(|c| store::instances::list(c, None)).await?)
+}

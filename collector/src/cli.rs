@@ -26,6 +26,9 @@ pub enum Command {
     /// Agent tokens (bound to a project and region).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Registered instances (VMs).
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Portal users (admins, or tenants of one project).
     #[command(subcommand)]
     User(UserCommand),
@@ -178,5 +181,22 @@ pub enum RatingCommand {
         /// Number of consecutive periods.
         #[arg(long, default_value_t = 1)]
         periods: u32,
+    },
+}
+
+/// `instance …`
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// List registered instances with their project, region and last contact.
+    List(DataArg),
+    /// Remove an instance and its raw samples, freeing its id for any project's agent (a
+    /// decommissioned VM, or an id another project registered first). Rollups stay.
+    Remove {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        data: PathBuf,
+        /// The instance id.
+        #[arg(long)]
+        id: String,
     },
 }

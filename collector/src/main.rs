@@ -11,7 +11,10 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use vmmon_collector::{App, CollectorConfig, admin, server, store::Store};
 
-use cli::{CdnUserCommand, Cli, Command, RatingCommand, ServeArgs, TokenCommand, UserCommand};
+use cli::{
+    CdnUserCommand, Cli, Command, InstanceCommand, RatingCommand, ServeArgs, TokenCommand,
+    UserCommand,
+};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -50,6 +53,25 @@ async fn run(cli: Cli) -> Result<()> {
             let (id, token) = admin::create_token(&store, &project, &region, &party, cdn).await?;
             println!("agent token {id} for project {project:?} region {region:?} (shown once):");
             println!("{token}");
+            Ok(())
+        }
+        Command::Instance(InstanceCommand::List(d)) => {
+            let store = open(&d.data).await?;
+            println!("instance_id\tproject\tregion\thostname\tlast_seen_ms");
+            for i in admin::list_instances(&store).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    i.instance_id, i.project, i.region, i.inventory.hostname, i.last_seen_ms
+                );
+            }
+            Ok(())
+        }
+        Command::Instance(InstanceCommand::Remove { data, id }) => {
+            let store = open(&data).await?;
+            if !admin::remove_instance(&store, &id).await? {
+                bail!("no instance {id:?}");
+            }
+            println!("instance {id:?} removed");
             Ok(())
         }
         Command::Token(TokenCommand::List(d)) => {

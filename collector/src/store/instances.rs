@@ -220,3 +220,29 @@ pub fn record_seen(
     )?;
     Ok(())
 }
+
+/// Removes an instance and its raw samples (VM, process, dedup ids, bandwidth counter reading);
+/// rollups already computed stay. Frees the id for a registration by any project: for
+/// decommissioned VMs, and for ids another project registered first. False when unknown.
+pub fn remove(conn: &Connection, instance_id: &str) -> Result<bool> {
+    let existed = conn.execute(
+        "DELETE FROM instances WHERE instance_id = ?1",
+        [instance_id],
+    )? > 0;
+    if existed {
+        conn.execute(
+            "DELETE FROM process_samples WHERE instance_id = ?1",
+            [instance_id],
+        )?;
+        conn.execute(
+            "DELETE FROM vm_samples WHERE instance_id = ?1",
+            [instance_id],
+        )?;
+        conn.execute("DELETE FROM batches WHERE instance_id = ?1", [instance_id])?;
+        conn.execute(
+            "DELETE FROM flow_counters WHERE instance_id = ?1",
+            [instance_id],
+        )?;
+    }
+    Ok(existed)
+}

@@ -345,6 +345,19 @@ fn rpc_errors_name_the_problem() {
     let (code, msg) = register(&token_b, "vm-rpc-1").unwrap_err();
     assert_eq!(code, codes::FORBIDDEN);
     assert!(msg.contains("another project"), "{msg}");
+    // An admin can free an id another project registered first; then the rightful owner registers.
+    let listed = c.cli(&["instance", "list"], &[]);
+    assert!(listed.contains("vm-rpc-1\tproj-a"), "{listed}");
+    c.cli(&["instance", "remove", "--id", "vm-rpc-1"], &[]);
+    assert!(register(&token_b, "vm-rpc-1").is_ok());
+    assert!(
+        c.cli(&["instance", "list"], &[])
+            .contains("vm-rpc-1\tproj-b")
+    );
+    assert_eq!(
+        register(&token_a, "vm-rpc-1").unwrap_err().0,
+        codes::FORBIDDEN
+    );
     let (code, msg) = register("vmt_not-a-token", "vm-rpc-2").unwrap_err();
     assert_eq!(code, codes::UNAUTHORIZED);
     assert!(msg.contains("unknown agent token"), "{msg}");
