@@ -35,14 +35,10 @@ fn sample(at_ms: i64, rx: u64, tx: u64) -> Sample {
             elapsed_ms: 600_000,
             cpu_pct: 1.0,
             mem_pct: 1.0,
-            disk_read_kib_per_sec: 0.0,
-            disk_write_kib_per_sec: 0.0,
-            net_in_kib_per_sec: 0.0,
-            net_out_kib_per_sec: 0.0,
             rx_bytes_total: rx,
             tx_bytes_total: tx,
             proc_count: 100,
-            net_attribution: None,
+            ..VmSample::default()
         },
         processes: None,
     }

@@ -8,14 +8,8 @@ fn sample(ms: i64) -> Sample {
             elapsed_ms: 1000,
             cpu_pct: 1.0,
             mem_pct: 1.0,
-            disk_read_kib_per_sec: 0.0,
-            disk_write_kib_per_sec: 0.0,
-            net_in_kib_per_sec: 0.0,
-            net_out_kib_per_sec: 0.0,
-            rx_bytes_total: 0,
-            tx_bytes_total: 0,
             proc_count: 1,
-            net_attribution: None,
+            ..VmSample::default()
         },
         processes: None,
     }

@@ -232,17 +232,8 @@ fn batch(cdn: Vec<CdnBucketDelta>) -> ReportBatch {
         samples: vec![Sample {
             vm: VmSample {
                 sampled_at_ms: 1,
-                elapsed_ms: 0,
-                cpu_pct: 0.0,
-                mem_pct: 0.0,
-                disk_read_kib_per_sec: 0.0,
-                disk_write_kib_per_sec: 0.0,
-                net_in_kib_per_sec: 0.0,
-                net_out_kib_per_sec: 0.0,
-                rx_bytes_total: 0,
-                tx_bytes_total: 0,
                 proc_count: 1,
-                net_attribution: None,
+                ..VmSample::default()
             },
             processes: None,
         }],

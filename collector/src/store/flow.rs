@@ -416,17 +416,10 @@ mod tests {
         Sample {
             vm: VmSample {
                 sampled_at_ms: at_ms,
-                elapsed_ms: 0,
-                cpu_pct: 0.0,
-                mem_pct: 0.0,
-                disk_read_kib_per_sec: 0.0,
-                disk_write_kib_per_sec: 0.0,
-                net_in_kib_per_sec: 0.0,
-                net_out_kib_per_sec: 0.0,
                 rx_bytes_total: rx,
                 tx_bytes_total: tx,
                 proc_count: 1,
-                net_attribution: None,
+                ..VmSample::default()
             },
             processes: None,
         }

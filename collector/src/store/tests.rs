@@ -19,14 +19,10 @@ fn vm(ms: i64) -> VmSample {
         elapsed_ms: 1000,
         cpu_pct: 1.0,
         mem_pct: 2.0,
-        disk_read_kib_per_sec: 0.0,
-        disk_write_kib_per_sec: 0.0,
-        net_in_kib_per_sec: 0.0,
-        net_out_kib_per_sec: 0.0,
         rx_bytes_total: 10,
         tx_bytes_total: 20,
         proc_count: 3,
-        net_attribution: None,
+        ..VmSample::default()
     }
 }
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Whole-VM figures for one tick.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct VmSample {
     /// When the sample was taken, Unix epoch milliseconds.
     pub sampled_at_ms: i64,
