@@ -431,25 +431,21 @@ async fn vm_data(
     legacy_repr: bool,
 ) -> Outcome {
     let limit = limit(app, obj, 1)?;
-    let ids: Vec<(String, i64)> = instances
+    let rows = rows_per_instance(app, instances, move |c, id| {
+        store::samples::latest_vm(c, id, limit)
+    })
+    .await?;
+    let dropped: std::collections::HashMap<&str, i64> = instances
         .iter()
-        .map(|i| (i.instance_id.clone(), i.dropped_samples))
+        .map(|i| (i.instance_id.as_str(), i.dropped_samples))
         .collect();
-    let rows = app
-        .store
-        .read(move |c| {
-            let mut out = Vec::new();
-            for (id, dropped) in &ids {
-                out.extend(
-                    store::samples::latest_vm(c, id, limit)?
-                        .into_iter()
-                        .map(|r| (r, *dropped)),
-                );
-            }
-            Ok(out)
+    let rows: Vec<(VmRow, i64)> = rows
+        .into_iter()
+        .map(|r| {
+            let d = dropped.get(r.instance_id.as_str()).copied().unwrap_or(0);
+            (r, d)
         })
-        .await
-        .map_err(store_failure)?;
+        .collect();
     let recs = rows.iter().map(|(r, d)| vm_record(app, r, *d)).collect();
     Ok(success(
         "'success query vm information'",
@@ -465,23 +461,39 @@ async fn proc_data(
 ) -> Outcome {
     // Without a limit: every process of the newest sample.
     let limit = limit(app, obj, u32::MAX)?;
-    let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
-    let rows = app
-        .store
-        .read(move |c| {
-            let mut out = Vec::new();
-            for id in &ids {
-                out.extend(store::samples::latest_processes(c, id, limit)?);
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(store_failure)?;
+    let rows = rows_per_instance(app, instances, move |c, id| {
+        store::samples::latest_processes(c, id, limit)
+    })
+    .await?;
     let recs = rows.iter().map(|r| proc_record(app, r)).collect();
     Ok(success(
         "'success query proc information'",
         records(recs, legacy_repr),
     ))
+}
+
+/// Runs `query` for each instance on one read connection and concatenates the rows, in the
+/// order the ids were given.
+async fn rows_per_instance<R, Q>(
+    app: &App,
+    instances: &[InstanceRow],
+    query: Q,
+) -> Result<Vec<R>, Reply>
+where
+    R: Send + 'static,
+    Q: Fn(&rusqlite::Connection, &str) -> Result<Vec<R>, store::StoreError> + Send + 'static,
+{
+    let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+    app.store
+        .read(move |c| {
+            let mut out = Vec::new();
+            for id in &ids {
+                out.extend(query(c, id)?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(store_failure)
 }
 
 async fn proc_by_name(
@@ -505,18 +517,10 @@ async fn proc_by_name(
         return Err(Reply::fail("proc_name is too long"));
     }
     let limit = limit(app, obj, 1)?;
-    let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
-    let rows = app
-        .store
-        .read(move |c| {
-            let mut out = Vec::new();
-            for id in &ids {
-                out.extend(store::samples::process_history(c, id, &name, limit)?);
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(store_failure)?;
+    let rows = rows_per_instance(app, instances, move |c, id| {
+        store::samples::process_history(c, id, &name, limit)
+    })
+    .await?;
     let recs = rows.iter().map(|r| proc_record(app, r)).collect();
     Ok(success(
         "'success query proc information'",
