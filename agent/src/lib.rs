@@ -16,7 +16,6 @@ pub mod spool;
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
@@ -55,7 +54,6 @@ pub struct Shared {
     pub desired: watch::Sender<DesiredState>,
     /// Signalled when a batch was spooled.
     pub new_batch: Notify,
-    connected: AtomicBool,
 }
 
 impl Shared {
@@ -83,15 +81,6 @@ impl Shared {
         if let Err(e) = self.with_spool(|s| s.set_desired(desired)) {
             tracing::warn!(error = %e, "Cannot persist the desired state.");
         }
-    }
-
-    /// Whether a session with the collector is up.
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-
-    fn set_connected(&self, up: bool) {
-        self.connected.store(up, Ordering::Relaxed);
     }
 }
 
@@ -131,7 +120,6 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         spool: Mutex::new(spool),
         desired: desired_tx,
         new_batch: Notify::new(),
-        connected: AtomicBool::new(false),
     });
     let mut sampler = Sampler::new(ProcRoots::default())?;
     let wan = config.wan_ips.clone();
@@ -145,11 +133,11 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         max_backoff: Duration::from_secs(config.max_backoff_secs),
     };
     // Inventory is read fresh on every (re)connect.
-    let inv_sampler = Sampler::new(ProcRoots::default())?;
+    let roots = ProcRoots::default();
     let reporter = tokio::spawn(reporter::run(
         rcfg,
         shared.clone(),
-        move || inv_sampler.inventory(&wan),
+        move || sampler::inventory(&roots, &wan),
         shutdown.clone(),
     ));
 

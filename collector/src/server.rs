@@ -6,7 +6,6 @@
 //! rules and the agents' config simple. The agent token is read from the upgrade request and
 //! checked once per connection; the result is baked into that connection's [`RpcHandler`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -123,7 +122,7 @@ async fn accept_loop(
                     };
                     let methods = RpcHandler::new(app, auth).into_rpc();
                     let mut rpc = builder.build(methods, stop);
-                    rpc.call(req).await.map_err(|e| anyhow_box(e.to_string()))
+                    rpc.call(req).await
                 } else {
                     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(api::route(app, req).await)
                 }
@@ -136,10 +135,6 @@ async fn accept_loop(
             stop_handle.clone().shutdown(),
         ));
     }
-}
-
-fn anyhow_box(msg: String) -> Box<dyn std::error::Error + Send + Sync> {
-    msg.into()
 }
 
 /// Checks `Authorization: Bearer <agent token>` on the upgrade request.
@@ -173,6 +168,3 @@ async fn authenticate(app: &App, req: &Request<Incoming>) -> AgentAuth {
         }
     }
 }
-
-#[allow(dead_code)]
-fn _assert_infallible(_: Infallible) {}

@@ -280,41 +280,37 @@ impl Collector {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Creates an agent token for `project`/`region`.
+    /// Creates an agent token (`token create`) and returns it; `cdn` makes a CDN edge token.
+    pub fn token(&self, project: &str, region: &str, party: &str, cdn: bool) -> String {
+        let mut args = vec![
+            "token",
+            "create",
+            "--project",
+            project,
+            "--region",
+            region,
+            "--party",
+            party,
+        ];
+        if cdn {
+            args.push("--cdn");
+        }
+        self.cli(&args, &[])
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Creates an agent token for `project`/`region` (party "acme").
     pub fn create_token(&self, project: &str, region: &str) -> String {
-        let out = self.cli(
-            &[
-                "token",
-                "create",
-                "--project",
-                project,
-                "--region",
-                region,
-                "--party",
-                "acme",
-            ],
-            &[],
-        );
-        out.lines().last().unwrap().trim().to_string()
+        self.token(project, region, "acme", false)
     }
 
     /// Creates a CDN edge agent token (may report access-log traffic).
     pub fn create_cdn_token(&self, project: &str, region: &str) -> String {
-        let out = self.cli(
-            &[
-                "token",
-                "create",
-                "--project",
-                project,
-                "--region",
-                region,
-                "--party",
-                "acme",
-                "--cdn",
-            ],
-            &[],
-        );
-        out.lines().last().unwrap().trim().to_string()
+        self.token(project, region, "acme", true)
     }
 
     /// Adds a tenant user of `project` (password `name` + "-pw").

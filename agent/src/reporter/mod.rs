@@ -73,7 +73,6 @@ pub async fn run(
             end = session(&cfg, &shared, inventory(), &mut backoff) => end,
             _ = shutdown.changed() => return,
         };
-        shared.set_connected(false);
         let delay = match end.action {
             RetryAction::AuthRefused => {
                 tracing::error!(collector = %cfg.url, reason = %end.reason,
@@ -143,7 +142,6 @@ async fn session(
         Err(e) => return from_client(&e, true),
     };
     backoff.reset();
-    shared.set_connected(true);
     tracing::info!(collector = %cfg.url, instance_id = %cfg.instance_id,
         monitoring = desired.monitoring, interval_secs = desired.interval_secs, "Connected to the collector.");
 
@@ -173,7 +171,7 @@ async fn session(
                 return ended(RetryAction::Reconnect, "collector closed the connection", true);
             }
             _ = shared.new_batch.notified() => {
-                if let Err(end) = drain(cfg, shared, &client).await {
+                if let Err(end) = drain(shared, &client).await {
                     return end;
                 }
             }
@@ -203,11 +201,7 @@ async fn session(
 }
 
 /// Sends up to [`BATCHES_PER_TURN`] batches oldest first; re-arms itself when more remain.
-async fn drain(
-    _cfg: &ReporterConfig,
-    shared: &Shared,
-    client: &WsClient,
-) -> Result<(), SessionEnd> {
+async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
     for _ in 0..BATCHES_PER_TURN {
         let batch = match shared.with_spool(|s| s.oldest()) {
             Ok(Some(b)) => b,

@@ -274,43 +274,7 @@ impl Sampler {
     /// What the collector's inventory shows for this VM. `wan_ips_override`, when not empty,
     /// replaces the public addresses found on the interfaces (for VMs behind 1:1 NAT).
     pub fn inventory(&self, wan_ips_override: &[String]) -> Inventory {
-        let mut buf = ReadBuf::default();
-        let hostname = fs::read_to_string(self.roots.proc.join("sys/kernel/hostname"))
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default();
-        let stat = buf
-            .read_all(&self.paths.stat)
-            .ok()
-            .and_then(procfs::parse_stat);
-        let cpu_count = buf
-            .read_all(&self.roots.sys.join("devices/system/cpu/online"))
-            .ok()
-            .and_then(procfs::parse_cpu_list)
-            .or_else(|| stat.map(|s| s.online_cpus).filter(|&n| n > 0))
-            .unwrap_or(1);
-        let mem_total_bytes = buf
-            .read_all(&self.paths.meminfo)
-            .ok()
-            .and_then(procfs::parse_meminfo)
-            .map_or(0, |m| m.total_bytes);
-        let disk_total_bytes = host::disk_total_bytes(&mut buf, &self.roots.sys);
-        let addrs = host::interface_addresses();
-        let (lan_ips, wan_ips) =
-            host::classify_addresses(addrs.iter().map(|(n, lo, ip)| (n.as_str(), *lo, *ip)));
-        Inventory {
-            hostname,
-            cpu_count,
-            mem_total_bytes,
-            disk_total_bytes,
-            lan_ips,
-            wan_ips: if wan_ips_override.is_empty() {
-                wan_ips
-            } else {
-                wan_ips_override.to_vec()
-            },
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            os: host::os_name(),
-        }
+        inventory(&self.roots, wan_ips_override)
     }
 
     /// Processes in the table now (0 while process sampling is off).
@@ -449,3 +413,42 @@ fn sysconf(name: libc::c_int) -> Option<u64> {
 
 #[cfg(test)]
 mod tests;
+
+/// What the collector's inventory shows for this VM, read fresh (no sampler state needed).
+pub fn inventory(roots: &ProcRoots, wan_ips_override: &[String]) -> Inventory {
+    let paths = HostPaths::new(&roots.proc);
+    let mut buf = ReadBuf::default();
+    let hostname = fs::read_to_string(roots.proc.join("sys/kernel/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let stat = buf.read_all(&paths.stat).ok().and_then(procfs::parse_stat);
+    let cpu_count = buf
+        .read_all(&roots.sys.join("devices/system/cpu/online"))
+        .ok()
+        .and_then(procfs::parse_cpu_list)
+        .or_else(|| stat.map(|s| s.online_cpus).filter(|&n| n > 0))
+        .unwrap_or(1);
+    let mem_total_bytes = buf
+        .read_all(&paths.meminfo)
+        .ok()
+        .and_then(procfs::parse_meminfo)
+        .map_or(0, |m| m.total_bytes);
+    let disk_total_bytes = host::disk_total_bytes(&mut buf, &roots.sys);
+    let addrs = host::interface_addresses();
+    let (lan_ips, wan_ips) =
+        host::classify_addresses(addrs.iter().map(|(n, lo, ip)| (n.as_str(), *lo, *ip)));
+    Inventory {
+        hostname,
+        cpu_count,
+        mem_total_bytes,
+        disk_total_bytes,
+        lan_ips,
+        wan_ips: if wan_ips_override.is_empty() {
+            wan_ips
+        } else {
+            wan_ips_override.to_vec()
+        },
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        os: host::os_name(),
+    }
+}

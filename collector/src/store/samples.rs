@@ -132,21 +132,6 @@ pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resu
     Ok(true)
 }
 
-/// Whether a batch id has been stored.
-pub fn batch_seen(conn: &Connection, batch_id: &str) -> Result<bool> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM batches WHERE batch_id = ?1",
-            [batch_id],
-            |_| Ok(()),
-        )
-        .map(|_| true)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(false),
-            e => Err(e),
-        })?)
-}
-
 const VM_COLUMNS: &str = "id, instance_id, sampled_at_ms, cpu_pct, mem_pct, disk_read, disk_write,
     net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
     net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out";
@@ -201,22 +186,6 @@ pub fn latest_vm(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![instance_id, limit], vm_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-}
-
-/// VM samples of an instance in `[from_ms, to_ms)`, oldest first.
-pub fn vm_range(
-    conn: &Connection,
-    instance_id: &str,
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<Vec<VmRow>> {
-    let sql = format!(
-        "SELECT {VM_COLUMNS} FROM vm_samples WHERE instance_id = ?1
-         AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3 ORDER BY sampled_at_ms, id"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![instance_id, from_ms, to_ms], vm_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 

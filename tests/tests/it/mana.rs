@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClient, WsClientBuilder};
+use jsonrpsee::ws_client::WsClient;
 use serde_json::{Value, json};
 use vmmon_common::rpc::MonitorApiClient;
 use vmmon_common::wire::{Inventory, RegisterRequest, ReportAck, ReportBatch, Sample, VmSample};
@@ -85,20 +85,7 @@ fn err(c: &Collector, sid: Option<&str>, path: &str, status: u16, needle: &str) 
 }
 
 fn token(c: &Collector, project: &str, region: &str, party: &str) -> String {
-    let out = c.cli(
-        &[
-            "token",
-            "create",
-            "--project",
-            project,
-            "--region",
-            region,
-            "--party",
-            party,
-        ],
-        &[],
-    );
-    out.lines().last().unwrap().trim().to_string()
+    c.token(project, region, party, false)
 }
 
 /// A client speaking the agents' JSON-RPC protocol over one WebSocket, on its own runtime so
@@ -116,24 +103,14 @@ impl FakeAgent {
             .enable_all()
             .build()
             .unwrap();
-        let url = c.rpc_url();
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
-        let client = rt
-            .block_on(WsClientBuilder::default().set_headers(headers).build(&url))
-            .unwrap();
+        let client = rt.block_on(agent_client(&c.rpc_url(), token));
         FakeAgent { rt, client, seq: 0 }
     }
 
     fn register(&self, instance_id: &str, inventory: Inventory) {
         let req = RegisterRequest {
-            instance_id: instance_id.into(),
             inventory,
-            protocol_version: vmmon_common::PROTOCOL_VERSION,
-            configured_interval_secs: 30,
+            ..register_request(instance_id, 30)
         };
         self.rt.block_on(self.client.register(req)).unwrap();
     }

@@ -176,21 +176,10 @@ struct Vm {
 fn feed(c: &Collector, token: &str, hour: i64, vm: &Vm) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
         use vmmon_common::rpc::MonitorApiClient;
-        let mut h = HeaderMap::new();
-        h.insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
-        let client = WsClientBuilder::default()
-            .set_headers(h)
-            .build(&c.rpc_url())
-            .await
-            .unwrap();
+        let client = agent_client(&c.rpc_url(), token).await;
         client
             .register(vmmon_common::wire::RegisterRequest {
-                instance_id: vm.id.into(),
                 inventory: Inventory {
                     hostname: format!("host-{}", vm.id),
                     cpu_count: vm.cpus,
@@ -201,8 +190,7 @@ fn feed(c: &Collector, token: &str, hour: i64, vm: &Vm) {
                     agent_version: "test".into(),
                     os: "Linux".into(),
                 },
-                protocol_version: vmmon_common::PROTOCOL_VERSION,
-                configured_interval_secs: 600,
+                ..register_request(vm.id, 600)
             })
             .await
             .unwrap();
