@@ -90,75 +90,58 @@ pub fn register(
     now_ms: i64,
 ) -> Result<RegisterOutcome> {
     let existing = get(conn, instance_id)?;
-    let lan = inventory.lan_ips.join(",");
-    let wan = inventory.wan_ips.join(",");
-    match existing {
-        Some(row) if row.project != token.project => Ok(RegisterOutcome::ForeignProject),
-        Some(row) => {
-            let changed = row.inventory != *inventory
-                || row.region != token.region
-                || row.party != token.party;
-            conn.execute(
-                "UPDATE instances SET region = ?2, party = ?3, token_id = ?4, hostname = ?5,
-                     cpu_count = ?6, mem_total_bytes = ?7, disk_total_bytes = ?8, lan_ips = ?9,
-                     wan_ips = ?10, agent_version = ?11, os = ?12, last_seen_ms = ?13,
-                     updated_at_ms = CASE WHEN ?14 THEN ?13 ELSE updated_at_ms END,
-                     interval_secs = CASE WHEN interval_by_admin THEN interval_secs ELSE ?15 END
-                 WHERE instance_id = ?1",
-                params![
-                    instance_id,
-                    token.region,
-                    token.party,
-                    token.id,
-                    inventory.hostname,
-                    inventory.cpu_count,
-                    inventory.mem_total_bytes as i64,
-                    inventory.disk_total_bytes as i64,
-                    lan,
-                    wan,
-                    inventory.agent_version,
-                    inventory.os,
-                    now_ms,
-                    changed,
-                    configured_interval_secs,
-                ],
-            )?;
-            Ok(RegisterOutcome::Registered(
-                get(conn, instance_id)?
-                    .map(|r| r.desired)
-                    .unwrap_or(row.desired),
-            ))
-        }
-        None => {
-            conn.execute(
-                "INSERT INTO instances (instance_id, project, region, party, token_id, hostname,
-                     cpu_count, mem_total_bytes, disk_total_bytes, lan_ips, wan_ips, agent_version,
-                     os, created_at_ms, updated_at_ms, last_seen_ms, monitoring, interval_secs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?14, 0, ?15)",
-                params![
-                    instance_id,
-                    token.project,
-                    token.region,
-                    token.party,
-                    token.id,
-                    inventory.hostname,
-                    inventory.cpu_count,
-                    inventory.mem_total_bytes as i64,
-                    inventory.disk_total_bytes as i64,
-                    lan,
-                    wan,
-                    inventory.agent_version,
-                    inventory.os,
-                    now_ms,
-                    configured_interval_secs,
-                ],
-            )?;
-            Ok(RegisterOutcome::Registered(DesiredState {
-                monitoring: false,
-                interval_secs: configured_interval_secs,
-            }))
-        }
+    if existing
+        .as_ref()
+        .is_some_and(|row| row.project != token.project)
+    {
+        return Ok(RegisterOutcome::ForeignProject);
     }
+    // `updated_at` moves only when what the VM list shows changes.
+    let changed = existing.as_ref().is_none_or(|row| {
+        row.inventory != *inventory || row.region != token.region || row.party != token.party
+    });
+    conn.execute(
+        "INSERT INTO instances (instance_id, project, region, party, token_id, hostname,
+             cpu_count, mem_total_bytes, disk_total_bytes, lan_ips, wan_ips, agent_version,
+             os, created_at_ms, updated_at_ms, last_seen_ms, monitoring, interval_secs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?14, 0, ?15)
+         ON CONFLICT(instance_id) DO UPDATE SET
+             region = excluded.region, party = excluded.party, token_id = excluded.token_id,
+             hostname = excluded.hostname, cpu_count = excluded.cpu_count,
+             mem_total_bytes = excluded.mem_total_bytes,
+             disk_total_bytes = excluded.disk_total_bytes, lan_ips = excluded.lan_ips,
+             wan_ips = excluded.wan_ips, agent_version = excluded.agent_version, os = excluded.os,
+             last_seen_ms = excluded.last_seen_ms,
+             updated_at_ms = CASE WHEN ?16 THEN excluded.updated_at_ms ELSE updated_at_ms END,
+             interval_secs = CASE WHEN interval_by_admin THEN interval_secs
+                                  ELSE excluded.interval_secs END",
+        params![
+            instance_id,
+            token.project,
+            token.region,
+            token.party,
+            token.id,
+            inventory.hostname,
+            inventory.cpu_count,
+            inventory.mem_total_bytes as i64,
+            inventory.disk_total_bytes as i64,
+            inventory.lan_ips.join(","),
+            inventory.wan_ips.join(","),
+            inventory.agent_version,
+            inventory.os,
+            now_ms,
+            configured_interval_secs,
+            changed,
+        ],
+    )?;
+    let desired = get(conn, instance_id)?.map_or(
+        DesiredState {
+            monitoring: false,
+            interval_secs: configured_interval_secs,
+        },
+        |r| r.desired,
+    );
+    Ok(RegisterOutcome::Registered(desired))
 }
 
 /// One instance.
