@@ -78,5 +78,11 @@ Top 5 processes of this host right now (method 611711):
   curl -s -X POST $URL/wsgi_app.py -H 'Content-Type: application/json' \\
     -d '{"method":611711,"data":{"instance_id":"$INSTANCE;"},"session_id":"$SID","limit":5}'
 
+More of the same session:
+  curl -s -H 'X-Auth-Token: $SID' '$URL/mana_api/vm'                       # VM inventory (mana_api)
+  curl -s -H 'X-Auth-Token: $SID' '$URL/mana_api/flow?project_id=demo'     # 10-minute bandwidth
+  curl -s -H 'X-Auth-Token: $SID' '$URL/v1/rating/modules'                 # rating (CloudKitty v1)
+CDN flow needs an edge token and an access log: see README, "CDN flow".
+
 Stop everything with: scripts/quickstart.sh stop
 MSG
