@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rusqlite::Connection;
-use vmmon_collector::api::mana;
-use vmmon_collector::flow::BUCKET_MS;
+use vmmon_collector::http::mana;
+use vmmon_collector::bandwidth::BUCKET_MS;
 use vmmon_collector::store::{self, AgentTokenRow, Store, flow::Filter};
 use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 
@@ -109,7 +109,7 @@ fn populate(conn: &Connection) -> anyhow::Result<Duration> {
         let t = YEAR_START + b * BUCKET_MS;
         for (i, region) in REGIONS.iter().enumerate() {
             let seed = b * 7 + i as i64;
-            store::flow::add_bucket_bytes(
+            store::bandwidth::add_bucket_bytes(
                 conn,
                 "p-bench",
                 region,
@@ -119,7 +119,7 @@ fn populate(conn: &Connection) -> anyhow::Result<Duration> {
             )?;
         }
         for p in 0..OTHER_PROJECTS {
-            store::flow::add_bucket_bytes(
+            store::bandwidth::add_bucket_bytes(
                 conn,
                 &format!("p-other-{p:02}"),
                 "region-a",
@@ -153,7 +153,7 @@ fn time(label: &str, conn: &Connection, tz: chrono_tz::Tz, filter: &Filter) -> a
         let t = Instant::now();
         let mut stmt = conn.prepare_cached(
             "SELECT region, day_start_ms, total_in, total_out, max_in, max_in_at_ms, max_out, max_out_at_ms
-             FROM flow_days WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR region = ?2)
+             FROM bandwidth_days WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR region = ?2)
                AND (?3 IS NULL OR day_start_ms >= ?3) AND (?4 IS NULL OR day_start_ms < ?4)",
         )?;
         let mut rows = stmt.query(rusqlite::params![
@@ -198,8 +198,8 @@ fn main() -> anyhow::Result<()> {
     conn.busy_timeout(Duration::from_secs(30))?;
     let setup = Instant::now();
     populate(&conn)?;
-    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM flow_buckets", [], |r| r.get(0))?;
-    let days: i64 = conn.query_row("SELECT COUNT(*) FROM flow_days", [], |r| r.get(0))?;
+    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM bandwidth_buckets", [], |r| r.get(0))?;
+    let days: i64 = conn.query_row("SELECT COUNT(*) FROM bandwidth_days", [], |r| r.get(0))?;
     println!(
         "setup: {rows} bucket rows, {days} day rows in {:.1} s",
         setup.elapsed().as_secs_f64()
@@ -219,7 +219,7 @@ fn main() -> anyhow::Result<()> {
         ..project.clone()
     };
     time("12 months, one region", &reader, tz, &region)?;
-    let (a, b) = vmmon_collector::flow::Month {
+    let (a, b) = vmmon_collector::bandwidth::Month {
         year: 2025,
         month: 7,
     }

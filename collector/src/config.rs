@@ -1,47 +1,52 @@
-//! Collector configuration: one strict struct, defaults visible, validated before start.
+//! Collector configuration: the file as written ([`ConfigFile`], strict, defaults visible) and the
+//! valid-by-construction settings the collector runs on ([`CollectorConfig`]). The one step
+//! between them, [`ConfigFile::validate`], checks every value and lists every problem at once.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use chrono_tz::Tz;
 use serde::Deserialize;
+use vmmon_common::vocab::IntervalSecs;
+
+use crate::rating::RatingConfig;
 
 /// Where the collector listens when nothing else is said.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8086";
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8086);
 
-/// Everything `vmmon-collector serve` can be told in its config file (`--config FILE`).
-/// CLI flags (`--listen`, `--data`) override the file.
+/// Everything `vmmon-collector serve` can be told in its config file (`--config FILE`), as
+/// written. CLI flags (`--listen`, `--data`) override the file before it is validated.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct CollectorConfig {
+pub struct ConfigFile {
     /// Listening address.
     pub listen: SocketAddr,
     /// Data directory holding the SQLite store.
     pub data_dir: PathBuf,
-    /// IANA time zone for the APIs' local times (`create_date`, mana_api, CDN dates).
+    /// IANA time zone name for the APIs' local times (`create_date`, mana_api, CDN dates).
     pub timezone: String,
-    /// Sessions expire after this long without use.
+    /// Sessions expire after this long without use, seconds.
     pub session_idle_secs: u64,
-    /// Largest accepted HTTP request body.
+    /// Largest accepted HTTP request body, bytes.
     pub max_body_bytes: usize,
-    /// How long start/stop monitor waits for the agent's acknowledgement before answering 4.
+    /// How long start/stop monitor waits for the agent's acknowledgement before answering 4, ms.
     pub command_timeout_ms: u64,
-    /// Sampling interval given to newly registered agents.
-    pub default_interval_secs: u32,
+    /// Sampling interval given to agents that do not say theirs, seconds.
+    pub default_interval_secs: u64,
     /// Most records one legacy API query may return (`limit` is capped to this).
     pub max_limit: u32,
     /// Raw VM and process samples (and batch ids for dedup) older than this many days are deleted;
     /// the bandwidth, CDN and rating rollups are kept. 0 keeps raw samples forever.
     pub raw_retention_days: u32,
     /// The CloudKitty-compatible rating API and its processing (`[rating]`, see docs/rating.md).
-    pub rating: crate::rating::RatingConfig,
+    pub rating: RatingConfig,
 }
 
-impl Default for CollectorConfig {
+impl Default for ConfigFile {
     fn default() -> Self {
-        CollectorConfig {
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8086))),
+        ConfigFile {
+            listen: DEFAULT_LISTEN,
             data_dir: PathBuf::from("/var/lib/vmmon"),
             timezone: "UTC".to_string(),
             session_idle_secs: 24 * 3600,
@@ -50,18 +55,53 @@ impl Default for CollectorConfig {
             default_interval_secs: 30,
             max_limit: 10_000,
             raw_retention_days: 30,
-            rating: crate::rating::RatingConfig::default(),
+            rating: RatingConfig::default(),
         }
     }
 }
 
 pub use vmmon_common::config::ConfigError;
 
-impl CollectorConfig {
+/// The settings a running collector uses: every value checked, the time zone parsed, the
+/// interval bounded. Made only by [`ConfigFile::validate`] (or [`Default`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectorConfig {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Data directory holding the SQLite store.
+    pub data_dir: PathBuf,
+    /// Time zone of the APIs' local times.
+    pub timezone: Tz,
+    /// Sessions expire after this long without use, seconds (≥ 1).
+    pub session_idle_secs: u64,
+    /// Largest accepted HTTP request body, bytes (≥ 1024).
+    pub max_body_bytes: usize,
+    /// How long a command waits for the agent's acknowledgement, ms (≥ 1).
+    pub command_timeout_ms: u64,
+    /// Sampling interval given to agents that do not say theirs.
+    pub default_interval: IntervalSecs,
+    /// Most records one legacy API query may return (≥ 1).
+    pub max_limit: u32,
+    /// Raw-sample retention in days (0 = forever, ≤ 36500).
+    pub raw_retention_days: u32,
+    /// `[rating]`, checked.
+    pub rating: RatingConfig,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        // The defaults are valid by design; the unit test below proves it.
+        ConfigFile::default()
+            .validate()
+            .unwrap_or_else(|e| panic!("built-in defaults are invalid: {e}"))
+    }
+}
+
+impl ConfigFile {
     /// Loads `path` (an explicit path must exist) or the defaults when `path` is None.
-    pub fn load(path: Option<&Path>) -> Result<CollectorConfig, ConfigError> {
+    pub fn load(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
         let Some(path) = path else {
-            return Ok(CollectorConfig::default());
+            return Ok(ConfigFile::default());
         };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -73,15 +113,15 @@ impl CollectorConfig {
         })
     }
 
-    /// Checks every value; reports all problems at once.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value and builds the typed settings; reports all problems at once.
+    pub fn validate(self) -> Result<CollectorConfig, ConfigError> {
         let mut errors = Vec::new();
-        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+        let timezone = self.timezone.parse::<Tz>().map_err(|_| {
             errors.push(format!(
                 "timezone {:?} is not an IANA time zone name",
                 self.timezone
-            ));
-        }
+            ))
+        });
         if self.session_idle_secs == 0 {
             errors.push("session_idle_secs must be at least 1".into());
         }
@@ -91,9 +131,8 @@ impl CollectorConfig {
         if self.command_timeout_ms == 0 {
             errors.push("command_timeout_ms must be at least 1".into());
         }
-        if !(1..=86_400).contains(&self.default_interval_secs) {
-            errors.push("default_interval_secs must be within 1..=86400".into());
-        }
+        let default_interval = IntervalSecs::new(self.default_interval_secs)
+            .map_err(|e| errors.push(format!("default_interval_secs: {e}")));
         if self.max_limit == 0 {
             errors.push("max_limit must be at least 1".into());
         }
@@ -101,16 +140,35 @@ impl CollectorConfig {
             errors.push("raw_retention_days must be at most 36500 (0 keeps forever)".into());
         }
         errors.extend(self.rating.problems(self.listen));
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errors))
+        match (timezone, default_interval) {
+            (Ok(timezone), Ok(default_interval)) if errors.is_empty() => Ok(CollectorConfig {
+                listen: self.listen,
+                data_dir: self.data_dir,
+                timezone,
+                session_idle_secs: self.session_idle_secs,
+                max_body_bytes: self.max_body_bytes,
+                command_timeout_ms: self.command_timeout_ms,
+                default_interval,
+                max_limit: self.max_limit,
+                raw_retention_days: self.raw_retention_days,
+                rating: self.rating,
+            }),
+            _ => Err(ConfigError::Invalid(errors)),
         }
     }
+}
 
-    /// The configured time zone (validated by [`Self::validate`]; UTC otherwise).
-    pub fn tz(&self) -> chrono_tz::Tz {
-        self.timezone.parse().unwrap_or(chrono_tz::UTC)
+impl CollectorConfig {
+    /// Loads and validates `path` (None: the defaults).
+    pub fn load(path: Option<&Path>) -> Result<CollectorConfig, ConfigError> {
+        ConfigFile::load(path)?.validate()
+    }
+
+    /// `session_idle_secs` in milliseconds.
+    pub fn session_idle_ms(&self) -> i64 {
+        i64::try_from(self.session_idle_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000)
     }
 }
 
@@ -121,22 +179,34 @@ mod tests {
     #[test]
     fn example_file_parses_and_validates() {
         let text = include_str!("../../packaging/collector.example.toml");
-        let cfg: CollectorConfig = toml::from_str(text).unwrap();
-        cfg.validate().unwrap();
+        let cfg: ConfigFile = toml::from_str(text).unwrap();
+        let cfg = cfg.validate().unwrap();
+        assert_eq!(cfg.timezone, chrono_tz::UTC);
+        assert_eq!(cfg.default_interval.get(), 30);
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = CollectorConfig::default();
+        assert_eq!(cfg.listen, DEFAULT_LISTEN);
+        assert_eq!(cfg.session_idle_ms(), 86_400_000);
     }
 
     #[test]
     fn bad_values_are_all_reported() {
-        let cfg = CollectorConfig {
+        let cfg = ConfigFile {
             timezone: "Mars/Olympus".into(),
             session_idle_secs: 0,
             max_limit: 0,
-            ..CollectorConfig::default()
+            default_interval_secs: 86_401,
+            ..ConfigFile::default()
         };
         let Err(ConfigError::Invalid(errs)) = cfg.validate() else {
             panic!("must be invalid")
         };
-        assert_eq!(errs.len(), 3, "{errs:?}");
-        assert!(toml::from_str::<CollectorConfig>("lisen = '1'").is_err());
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs[0].contains("Mars/Olympus"), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("default_interval_secs")));
+        assert!(toml::from_str::<ConfigFile>("lisen = '1'").is_err());
     }
 }

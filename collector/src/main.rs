@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use vmmon_collector::{App, CollectorConfig, admin, server, store::Store};
+use vmmon_collector::config::ConfigFile;
+use vmmon_collector::{App, CollectorConfig, admin, jobs, server, store::Store};
 
 use cli::{
     CdnUserCommand, Cli, Command, InstanceCommand, RatingCommand, ServeArgs, TokenCommand,
@@ -146,13 +147,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::CdnSources(d) => {
             let store = open(&d.data).await?;
             println!("instance_id\tfiles\tmalformed_lines\tlast_report_utc");
-            for s in vmmon_collector::cdn::list_sources(&store).await? {
+            for s in vmmon_collector::admin::cdn::list_sources(&store).await? {
                 println!(
                     "{}\t{}\t{}\t{}",
                     s.instance_id,
                     s.files,
                     s.malformed_lines_total,
-                    vmmon_collector::flow::format_local(chrono_tz::UTC, s.last_report_ms)
+                    vmmon_collector::bandwidth::format_local(chrono_tz::UTC, s.last_report_ms)
                 );
             }
             Ok(())
@@ -161,7 +162,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn cdn_user(cmd: CdnUserCommand) -> Result<()> {
-    use vmmon_collector::cdn;
+    use vmmon_collector::admin::cdn;
     match cmd {
         CdnUserCommand::Add {
             data,
@@ -202,11 +203,12 @@ async fn rating_process(
     start: &str,
     periods: u32,
 ) -> Result<()> {
-    use vmmon_collector::rating::{decimal, metrics::MetricsConfig, processor};
+    use vmmon_collector::jobs::rating as processor;
+    use vmmon_collector::rating::{decimal, metrics::MetricsConfig, period};
     let full = CollectorConfig::load(config)?;
     let cfg = full.rating;
     let metrics = MetricsConfig::load(cfg.metrics_file.as_deref()).map_err(anyhow::Error::msg)?;
-    let start_ms = vmmon_collector::api::rating::parse_datetime(start)
+    let start_ms = vmmon_collector::http::rating::parse_datetime(start)
         .with_context(|| format!("--period-start {start:?} is not a date or datetime"))?;
     let store = open(data).await?;
     let period_ms = (cfg.period_secs as i64).saturating_mul(1000);
@@ -223,7 +225,7 @@ async fn rating_process(
     for o in done {
         println!(
             "{}\ttenants={}\tpoints={}\ttotal={}{}",
-            processor::iso(o.begin_ms),
+            period::iso(o.begin_ms),
             o.tenants,
             o.points,
             decimal::to_text(o.total),
@@ -247,23 +249,19 @@ fn read_password() -> Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-/// Set across a reload's re-exec: `<configured listen>=<address bound>`.
-const INHERIT_LISTEN_ENV: &str = "VMMON_INHERIT_LISTEN";
-
 fn load_config(args: &ServeArgs) -> Result<CollectorConfig> {
-    let mut config = CollectorConfig::load(args.config.as_deref())?;
+    let mut file = ConfigFile::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
-        config.listen = listen;
+        file.listen = listen;
     }
     if let Some(data) = &args.data {
-        config.data_dir = data.clone();
+        file.data_dir = data.clone();
     } else if args.config.is_none()
         && let Ok(dir) = std::env::var("STATE_DIRECTORY")
     {
-        config.data_dir = PathBuf::from(dir);
+        file.data_dir = PathBuf::from(dir);
     }
-    config.validate()?;
-    Ok(config)
+    Ok(file.validate()?)
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -288,72 +286,55 @@ async fn serve(args: ServeArgs) -> Result<()> {
             );
         }
     }
-    let mut config = config;
-    let configured_listen = config.listen;
-    // After a reload (re-exec) keep the address actually bound before (matters for port 0),
-    // unless the new file asks for another one.
-    if let Ok(inherit) = std::env::var(INHERIT_LISTEN_ENV) {
-        if let Some((was, bound)) = inherit.split_once('=')
-            && was.parse() == Ok(config.listen)
-            && let Ok(bound) = bound.parse()
-        {
-            config.listen = bound;
-        }
-    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let app: Arc<App> = App::new(config, store);
     let running = server::start(app.clone(), listener).await?;
     println!("vmmon-collector listening on {}", running.local_addr);
-    tracing::info!(addr = %running.local_addr, data = %app.config.data_dir.display(), "Collector ready.");
-    vmmon_collector::spawn_housekeeping(app.clone());
-    vmmon_collector::rating::spawn_processing(app.clone());
+    tracing::info!(addr = %running.local_addr, data = %app.settings().config.data_dir.display(), "Collector ready.");
+    jobs::housekeeping::spawn(app.clone());
+    jobs::rating::spawn(app.clone());
     service::notify_ready();
     service::spawn_watchdog(app.clone());
-    let reload = wait_for_signal(&args).await;
+    wait_for_stop(&args, &app).await;
     tracing::info!("Shutting down.");
-    let running_addr = running.local_addr;
     running.stop().await;
-    // Let queued writes commit before the process ends or is replaced.
+    // Let queued writes commit before the process ends.
     let _ = app.store.write(|_| Ok(())).await;
-    if reload {
-        service::notify_reloading();
-        // Re-execute with the same arguments: the validated file is read afresh, the pid (and so
-        // systemd's MAINPID) stays, and the new process reports READY=1 again.
-        let mut cmd = std::process::Command::new(std::env::current_exe()?);
-        cmd.args(std::env::args_os().skip(1)).env(
-            INHERIT_LISTEN_ENV,
-            format!("{configured_listen}={}", running_addr),
-        );
-        let err = std::os::unix::process::CommandExt::exec(&mut cmd);
-        return Err(err).context("cannot re-execute for the reload");
-    }
     Ok(())
 }
 
-/// Waits for SIGTERM/SIGINT (→ false) or a SIGHUP whose new config validates (→ true). A SIGHUP
-/// with an invalid config is logged and the running config stays.
-async fn wait_for_signal(args: &ServeArgs) -> bool {
+/// Serves until SIGTERM/SIGINT. A SIGHUP reloads the config file in place: the new settings
+/// apply to every request that starts afterwards, while the listener, every agent connection and
+/// every request in flight carry on untouched. An invalid file is logged and the running
+/// settings stay.
+async fn wait_for_stop(args: &ServeArgs, app: &App) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
     ) else {
         let _ = tokio::signal::ctrl_c().await;
-        return false;
+        return;
     };
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return false,
-            _ = term.recv() => return false,
-            _ = hup.recv() => match load_config(args) {
-                Ok(_) => {
-                    tracing::info!("New configuration is valid; reloading.");
-                    return true;
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                service::notify_reloading();
+                match load_config(args) {
+                    Ok(config) => {
+                        for field in app.reload(config) {
+                            tracing::warn!(field, "Changing this setting needs a restart; keeping the running value.");
+                        }
+                        tracing::info!("Configuration reloaded.");
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "New configuration is invalid; keeping the running one."),
                 }
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "New configuration is invalid; keeping the running one."),
-            },
+                service::notify_ready();
+            }
         }
     }
 }

@@ -2,24 +2,25 @@
 //!
 //! Choice: a single address serves both the agents' WebSocket JSON-RPC (`/rpc`, handed to a
 //! jsonrpsee tower service built per request) and the HTTP APIs (everything else, see
-//! [`crate::api`]), following jsonrpsee's `jsonrpsee_as_service` example. One port keeps firewall
+//! [`crate::http`]), following jsonrpsee's `jsonrpsee_as_service` example. One port keeps firewall
 //! rules and the agents' config simple. The agent token is read from the upgrade request and
 //! checked once per connection; the result is baked into that connection's [`RpcHandler`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Body;
 use futures::FutureExt;
 use hyper::Request;
 use hyper::body::Incoming;
 use jsonrpsee::server::{ServerConfig, StopHandle, TowerServiceBuilder, stop_channel};
 use tokio::net::TcpListener;
-use tower::Service;
+use tower::{Service, ServiceExt};
 use vmmon_common::RPC_PATH;
 use vmmon_common::rpc::MonitorApiServer;
 
 use crate::App;
-use crate::api;
+use crate::http;
 use crate::auth;
 use crate::rpc::{AgentAuth, RpcHandler};
 use crate::store;
@@ -92,6 +93,7 @@ async fn accept_loop(
     builder: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
     refused: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
 ) {
+    let api = http::router(app.clone());
     loop {
         let sock = tokio::select! {
             res = listener.accept() => match res {
@@ -108,7 +110,9 @@ async fn accept_loop(
         let stop = stop_handle.clone();
         let builder = builder.clone();
         let refused = refused.clone();
+        let api = api.clone();
         let svc = tower::service_fn(move |req: Request<Incoming>| {
+            let api = api.clone();
             let app = app.clone();
             let stop = stop.clone();
             let builder = builder.clone();
@@ -122,9 +126,13 @@ async fn accept_loop(
                     };
                     let methods = RpcHandler::new(app, auth).into_rpc();
                     let mut rpc = builder.build(methods, stop);
-                    rpc.call(req).await
+                    rpc.call(req).await.map(|r| r.map(Body::new))
                 } else {
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(api::route(app, req).await)
+                    let resp = api.oneshot(req.map(Body::new)).await;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(match resp {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    })
                 }
             }
             .boxed()

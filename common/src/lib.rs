@@ -6,6 +6,7 @@
 pub mod config;
 pub mod legacy;
 pub mod rpc;
+pub mod vocab;
 pub mod wire;
 
 /// Version of the agent ⇄ collector protocol; bumped on incompatible wire changes.

@@ -16,7 +16,7 @@ pub async fn session_user(
     session_id: &str,
 ) -> Result<Option<crate::store::SessionUser>, crate::store::StoreError> {
     use crate::store;
-    let idle_ms = (app.config.session_idle_secs as i64).saturating_mul(1000);
+    let idle_ms = (app.settings().config.session_idle_secs as i64).saturating_mul(1000);
     let now = store::now_ms();
     let lookup = session_id.to_string();
     let user = app

@@ -1,6 +1,6 @@
 //! CDN flow (SPEC §3.4, seed 004): the signed `POST /api/flow` query's rules as pure functions,
 //! the admin actions behind `vmmon-collector cdn-user …`, and the checks on agents' CDN deltas.
-//! The HTTP glue is [`crate::api::cdn`], the SQL [`crate::store::cdn`]; decisions are in
+//! The HTTP glue is [`crate::http::cdn`], the SQL [`crate::store::cdn`]; decisions are in
 //! `docs/cdn.md`.
 
 use std::collections::{BTreeMap, HashSet};
@@ -8,15 +8,14 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{NaiveDate, NaiveDateTime};
 use chrono_tz::Tz;
 use md5::{Digest, Md5};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use subtle::{Choice, ConstantTimeEq};
 use vmmon_common::wire::{
-    CDN_BUCKET_SECS, MAX_CDN_DELTAS_PER_BATCH, MAX_CDN_FILES_PER_BATCH, ReportBatch,
+    CDN_BUCKET_SECS,
     valid_cdn_domain,
 };
 
-use crate::admin::AdminError;
-use crate::store::{self, Store, cdn::CdnSourceRow, cdn::CdnUserRow, cdn::UpsertUser};
 
 /// Longest query span.
 pub const MAX_SPAN_SECS: i64 = 31 * 86_400;
@@ -73,10 +72,25 @@ impl FlowError {
         }
     }
 
-    /// `{"status", "msg", "data": []}`.
-    pub fn to_json(&self) -> Value {
-        json!({"status": self.status, "msg": self.msg, "data": []})
+    /// The error's body: `{"status", "msg", "data": []}`.
+    pub fn body(&self) -> FlowErrorBody<'_> {
+        FlowErrorBody {
+            status: self.status,
+            msg: &self.msg,
+            data: [],
+        }
     }
+}
+
+/// The body of a [`FlowError`].
+#[derive(Debug, Serialize)]
+pub struct FlowErrorBody<'a> {
+    /// Non-zero status.
+    pub status: i64,
+    /// Message.
+    pub msg: &'a str,
+    /// Always empty.
+    pub data: [(); 0],
 }
 
 /// The request's fields.
@@ -263,7 +277,7 @@ pub fn parse_time(tz: Tz, s: &str) -> Option<i64> {
     ]
     .iter()
     .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())?;
-    crate::flow::local_to_utc_ms(tz, t).map(|ms| ms.div_euclid(1000))
+    crate::bandwidth::local_to_utc_ms(tz, t).map(|ms| ms.div_euclid(1000))
 }
 
 fn floor_bucket(secs: i64) -> i64 {
@@ -357,79 +371,66 @@ pub fn mb(bytes: i64) -> f64 {
     (bytes as f64 / BYTES_PER_MB * 1e6).round() / 1e6
 }
 
-/// One `{"domain", "data": [[ts, flow_MB, hit_flow_MB], …]}` entry: every bucket of `w`, zero
-/// where nothing was recorded. `sums` maps bucket start → (bytes, hit bytes).
-pub fn entry(domain: &str, w: Window, sums: &BTreeMap<i64, (i64, i64)>) -> Value {
-    let data: Vec<Value> = w
+/// One domain's flow: `{"domain", "data": [[ts, flow_MB, hit_flow_MB], …]}` (seed 004).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowEntry {
+    /// The domain, or `""` for the sum of all the user's domains.
+    pub domain: String,
+    /// Per 5-minute bucket: start (epoch seconds), bytes sent (MB), cache-hit bytes (MB).
+    pub data: Vec<(i64, f64, f64)>,
+}
+
+/// The success answer: `{"status": 0, "msg": "成功", "data": [entries]}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowAnswer {
+    /// Always [`status::OK`].
+    pub status: i64,
+    /// Always "成功".
+    pub msg: &'static str,
+    /// One entry per domain asked for.
+    pub data: Vec<FlowEntry>,
+}
+
+/// The entry of `domain`: every bucket of `w`, zero where nothing was recorded. `sums` maps
+/// bucket start → (bytes, hit bytes).
+pub fn entry(domain: &str, w: Window, sums: &BTreeMap<i64, (i64, i64)>) -> FlowEntry {
+    let data = w
         .starts()
         .map(|ts| {
             let (b, h) = sums.get(&ts).copied().unwrap_or((0, 0));
-            json!([ts, mb(b), mb(h)])
+            (ts, mb(b), mb(h))
         })
         .collect();
-    let mut m = Map::new();
-    m.insert("domain".into(), Value::String(domain.to_string()));
-    m.insert("data".into(), Value::Array(data));
-    Value::Object(m)
+    FlowEntry {
+        domain: domain.to_string(),
+        data,
+    }
 }
 
 /// The success answer.
-pub fn answer(entries: Vec<Value>) -> Value {
-    json!({"status": status::OK, "msg": "成功", "data": entries})
+pub fn answer(entries: Vec<FlowEntry>) -> FlowAnswer {
+    FlowAnswer {
+        status: status::OK,
+        msg: "成功",
+        data: entries,
+    }
 }
 
-/// Refuses a batch whose CDN part cannot be stored.
-pub fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
-    if batch.cdn.len() > MAX_CDN_DELTAS_PER_BATCH {
-        return Err(format!(
-            "more than {MAX_CDN_DELTAS_PER_BATCH} CDN bucket deltas"
-        ));
-    }
-    let fits = |v: u64| i64::try_from(v).is_ok();
-    for d in &batch.cdn {
-        if !valid_cdn_domain(&d.domain) {
-            return Err("a CDN delta has an invalid domain".into());
-        }
-        if d.bucket_start <= 0 || d.bucket_start % CDN_BUCKET_SECS != 0 {
-            return Err(format!(
-                "CDN bucket start {} is not a positive multiple of {CDN_BUCKET_SECS} seconds",
-                d.bucket_start
-            ));
-        }
-        if !fits(d.bytes) || !fits(d.requests) || d.hit_bytes > d.bytes {
-            return Err(format!(
-                "CDN delta of {} has out-of-range bytes or hit bytes above bytes",
-                d.domain
-            ));
-        }
-    }
-    if let Some(tail) = &batch.cdn_tail {
-        if tail.files.len() > MAX_CDN_FILES_PER_BATCH {
-            return Err(format!(
-                "more than {MAX_CDN_FILES_PER_BATCH} access-log positions"
-            ));
-        }
-        if !fits(tail.malformed_lines_total) || tail.files.iter().any(|f| f.log.len() > 4096) {
-            return Err("out-of-range access-log positions".into());
-        }
-    }
-    Ok(())
-}
-
-fn check_name(name: &str) -> Result<(), AdminError> {
+/// A CDN user name: 1–128 characters without spaces or control characters.
+pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty()
         || name.chars().count() > MAX_NAME_LEN
         || name.chars().any(|c| c.is_control() || c.is_whitespace())
     {
-        return Err(AdminError::Invalid(format!(
+        return Err(format!(
             "CDN user name must be 1–{MAX_NAME_LEN} characters without spaces or control characters"
-        )));
+        ));
     }
     Ok(())
 }
 
 /// Parses `a.com,b.com` for `cdn-user add`: lower-cased, sorted, without repeats.
-pub fn parse_domain_list(list: &str) -> Result<Vec<String>, AdminError> {
+pub fn parse_domain_list(list: &str) -> Result<Vec<String>, String> {
     let mut domains: Vec<String> = list
         .split(',')
         .map(|d| d.trim().to_ascii_lowercase())
@@ -438,56 +439,21 @@ pub fn parse_domain_list(list: &str) -> Result<Vec<String>, AdminError> {
     domains.sort();
     domains.dedup();
     if domains.is_empty() {
-        return Err(AdminError::Invalid(
+        return Err(
             "--domains needs at least one domain, e.g. --domains www.a.com,www.b.com".into(),
-        ));
+        );
     }
     if domains.len() > MAX_DOMAINS_PER_USER {
-        return Err(AdminError::Invalid(format!(
+        return Err(format!(
             "at most {MAX_DOMAINS_PER_USER} domains per CDN user"
-        )));
+        ));
     }
     if let Some(bad) = domains.iter().find(|d| !valid_cdn_domain(d)) {
-        return Err(AdminError::Invalid(format!(
+        return Err(format!(
             "{bad:?} is not a domain (letters, digits, '-', '.', '_'; no scheme or path)"
-        )));
+        ));
     }
     Ok(domains)
-}
-
-/// Creates (or replaces, with a new secret) a CDN user; returns the secret (32 lower-hex chars).
-pub async fn add_user(store: &Store, name: &str, domains: &str) -> Result<String, AdminError> {
-    check_name(name)?;
-    let domains = parse_domain_list(domains)?;
-    let secret = crate::auth::random_hex(16);
-    let (n, s) = (name.to_string(), secret.clone());
-    let out = store
-        .write(move |c| store::cdn::upsert_user(c, &n, &s, &domains, store::now_ms()))
-        .await?;
-    match out {
-        UpsertUser::Saved(_) => Ok(secret),
-        UpsertUser::DomainTaken { domain, owner } => Err(AdminError::Invalid(format!(
-            "domain {domain} already belongs to CDN user {owner:?} (revoke that user first)"
-        ))),
-    }
-}
-
-/// All CDN users (with secrets: callers print only what they should).
-pub async fn list_users(store: &Store) -> Result<Vec<CdnUserRow>, AdminError> {
-    Ok(store.read(store::cdn::list_users).await?)
-}
-
-/// Revokes a CDN user; false when unknown or already revoked.
-pub async fn revoke_user(store: &Store, name: &str) -> Result<bool, AdminError> {
-    let name = name.to_string();
-    Ok(store
-        .write(move |c| store::cdn::revoke_user(c, &name, store::now_ms()))
-        .await?)
-}
-
-/// Agents reporting CDN traffic.
-pub async fn list_sources(store: &Store) -> Result<Vec<CdnSourceRow>, AdminError> {
-    Ok(store.read(store::cdn::list_sources).await?)
 }
 
 #[cfg(test)]

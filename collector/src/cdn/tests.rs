@@ -215,11 +215,11 @@ fn megabytes_and_entries() {
     sums.insert(600, (2_097_152, 1_048_576));
     let e = entry("a.com", w, &sums);
     assert_eq!(
-        e,
+        serde_json::to_value(&e).unwrap(),
         json!({"domain": "a.com", "data": [[300, 0.0, 0.0], [600, 2.0, 1.0], [900, 0.0, 0.0]]})
     );
     assert_eq!(
-        answer(vec![e]).to_string(),
+        serde_json::to_string(&answer(vec![e])).unwrap(),
         r#"{"status":0,"msg":"成功","data":[{"domain":"a.com","data":[[300,0.0,0.0],[600,2.0,1.0],[900,0.0,0.0]]}]}"#
     );
 }
@@ -241,27 +241,6 @@ fn batch(cdn: Vec<CdnBucketDelta>) -> ReportBatch {
         cdn,
         cdn_tail: Some(CdnTailState::default()),
     }
-}
-
-#[test]
-fn batch_cdn_parts_are_validated() {
-    let d = |domain: &str, bucket_start: i64, bytes: u64, hit_bytes: u64| CdnBucketDelta {
-        domain: domain.into(),
-        bucket_start,
-        bytes,
-        hit_bytes,
-        requests: 1,
-    };
-    assert!(validate_batch(&batch(vec![d("a.com", 600, 10, 10)])).is_ok());
-    assert!(validate_batch(&batch(vec![d("A.com", 600, 10, 1)])).is_err());
-    assert!(validate_batch(&batch(vec![d("a.com", 601, 10, 1)])).is_err());
-    assert!(validate_batch(&batch(vec![d("a.com", 0, 10, 1)])).is_err());
-    assert!(validate_batch(&batch(vec![d("a.com", 600, 10, 11)])).is_err());
-    assert!(validate_batch(&batch(vec![d("a.com", 600, u64::MAX, 1)])).is_err());
-    let many = (0..=MAX_CDN_DELTAS_PER_BATCH)
-        .map(|i| d("a.com", 300 * (i as i64 + 1), 1, 0))
-        .collect();
-    assert!(validate_batch(&batch(many)).is_err());
 }
 
 #[test]

@@ -4,10 +4,11 @@
 //! * [`metrics`]: the metrics config (what is rated, units, attributes, conversions);
 //! * [`usage`]: samples → one instance's usage of one period;
 //! * [`hashmap`]: the hashmap module's rules and arithmetic; [`modules`]: module list and order;
-//! * [`processor`]: periods, the processing loop, reprocessing; [`config`]: `[rating]` settings;
+//! * [`period`]: period arithmetic and per-tenant frames; [`config`]: `[rating]` settings;
+//!   the runs that rate and store periods are [`crate::jobs::rating`];
 //! * [`decimal`]: exact decimals and their JSON text.
 //!
-//! The HTTP side is [`crate::api::rating`], all SQL is in [`crate::store::rating`]. Prices are
+//! The HTTP side is [`crate::http::rating`], all SQL is in [`crate::store::rating`]. Prices are
 //! [`rust_decimal::Decimal`] end to end: no float touches a price.
 
 pub mod config;
@@ -15,7 +16,7 @@ pub mod decimal;
 pub mod hashmap;
 pub mod metrics;
 pub mod modules;
-pub mod processor;
+pub mod period;
 pub mod usage;
 
 use std::sync::Arc;
@@ -24,7 +25,6 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 pub use config::{RatingAuth, RatingConfig};
-pub use processor::spawn_processing;
 
 use hashmap::{Compiled, Overflow};
 use metrics::MetricsConfig;

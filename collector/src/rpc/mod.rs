@@ -3,8 +3,6 @@
 //! The connection's agent token is checked once at the upgrade (see [`crate::server`]) and the
 //! result travels in the handler, so every method knows which project it may touch.
 
-pub mod hub;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -12,15 +10,17 @@ use jsonrpsee::PendingSubscriptionSink;
 use jsonrpsee::core::{SubscriptionResult, async_trait};
 use jsonrpsee::types::ErrorObjectOwned;
 use vmmon_common::PROTOCOL_VERSION;
+use vmmon_common::vocab::{IntervalSecs, validate_instance_id};
 use vmmon_common::rpc::MonitorApiServer;
 use vmmon_common::wire::{
-    CommandAck, DesiredState, Heartbeat, MAX_PROCESSES_PER_SAMPLE, MAX_SAMPLES_PER_BATCH,
+    CommandAck, DesiredState, Heartbeat,
     RegisterRequest, ReportAck, ReportBatch,
 };
 
+use crate::App;
 use crate::error::CollectorError;
+use crate::ingest::{self, checks};
 use crate::store::{self, AgentTokenRow, RegisterOutcome};
-use crate::{App, api};
 
 /// How the connection's token checked out.
 #[derive(Debug, Clone)]
@@ -44,14 +44,6 @@ pub struct RpcHandler {
 
 /// How stale a report's "token not revoked" check may be.
 const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
-/// Longest inventory string (hostname, OS, agent version) and IP address text.
-const MAX_INVENTORY_TEXT: usize = 255;
-/// Most LAN or WAN addresses one inventory may list.
-const MAX_INVENTORY_IPS: usize = 64;
-/// Longest `cmd` stored; longer ones are cut (a user in the VM controls `argv[0]`).
-const MAX_CMD_BYTES: usize = 255;
-/// Samples stamped further ahead of the collector's clock than this are refused.
-const MAX_FUTURE_MS: i64 = 86_400_000;
 
 impl RpcHandler {
     /// A handler for a connection authenticated as `auth`.
@@ -123,124 +115,6 @@ impl RpcHandler {
     }
 }
 
-/// Checks what an inventory may hold before it is stored and served.
-fn validate_inventory(inv: &vmmon_common::wire::Inventory) -> Result<(), String> {
-    for (name, v) in [
-        ("hostname", &inv.hostname),
-        ("os", &inv.os),
-        ("agent_version", &inv.agent_version),
-    ] {
-        if v.len() > MAX_INVENTORY_TEXT {
-            return Err(format!(
-                "inventory {name} is longer than {MAX_INVENTORY_TEXT} bytes"
-            ));
-        }
-    }
-    for (name, ips) in [("lan_ips", &inv.lan_ips), ("wan_ips", &inv.wan_ips)] {
-        if ips.len() > MAX_INVENTORY_IPS || ips.iter().any(|ip| ip.len() > 64 || ip.contains(',')) {
-            return Err(format!(
-                "inventory {name} must be at most {MAX_INVENTORY_IPS} addresses"
-            ));
-        }
-    }
-    // Stored as SQLite integers (i64).
-    if inv.mem_total_bytes > i64::MAX as u64 || inv.disk_total_bytes > i64::MAX as u64 {
-        return Err("inventory sizes are out of range".into());
-    }
-    Ok(())
-}
-
-/// Refuses samples the store cannot keep consistently: stamped far in the future, or older than
-/// raw-sample retention (their batch ids would no longer be remembered, so a resend could not
-/// be recognised).
-fn validate_times(batch: &ReportBatch, now_ms: i64, retention_days: u32) -> Result<(), String> {
-    for s in &batch.samples {
-        let at = s.vm.sampled_at_ms;
-        if at > now_ms.saturating_add(MAX_FUTURE_MS) {
-            return Err(format!(
-                "sample at {at} ms is more than a day ahead of the collector's clock"
-            ));
-        }
-        if retention_days > 0 && at < now_ms - i64::from(retention_days) * 86_400_000 {
-            return Err(format!(
-                "sample at {at} ms is older than the {retention_days}-day raw retention"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Cuts oversized process names instead of refusing the whole batch for one of them.
-fn cap_cmds(batch: &mut ReportBatch) {
-    for p in batch
-        .samples
-        .iter_mut()
-        .flat_map(|s| s.processes.iter_mut().flatten())
-    {
-        if p.cmd.len() > MAX_CMD_BYTES {
-            let mut end = MAX_CMD_BYTES;
-            while !p.cmd.is_char_boundary(end) {
-                end -= 1;
-            }
-            p.cmd.truncate(end);
-        }
-    }
-}
-
-fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
-    if batch.samples.is_empty() {
-        return Err("no samples".into());
-    }
-    crate::cdn::validate_batch(batch)?;
-    if batch.samples.len() > MAX_SAMPLES_PER_BATCH {
-        return Err(format!("more than {MAX_SAMPLES_PER_BATCH} samples"));
-    }
-    for s in &batch.samples {
-        let vm = &s.vm;
-        let figures = [
-            vm.cpu_pct,
-            vm.mem_pct,
-            vm.disk_read_kib_per_sec,
-            vm.disk_write_kib_per_sec,
-            vm.net_in_kib_per_sec,
-            vm.net_out_kib_per_sec,
-        ];
-        if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(format!(
-                "VM sample at {} has a negative or non-finite figure",
-                vm.sampled_at_ms
-            ));
-        }
-        if vm.sampled_at_ms <= 0 {
-            return Err("sample time must be positive epoch milliseconds".into());
-        }
-        let Some(procs) = &s.processes else { continue };
-        if procs.len() > MAX_PROCESSES_PER_SAMPLE {
-            return Err(format!(
-                "more than {MAX_PROCESSES_PER_SAMPLE} processes in one sample"
-            ));
-        }
-        for p in procs {
-            let figures = [
-                p.cpu_pct,
-                p.mem_pct,
-                p.disk_read_kib_per_sec,
-                p.disk_write_kib_per_sec,
-                p.net_in_kib_per_sec,
-                p.net_out_kib_per_sec,
-                p.start_time,
-            ];
-            if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
-                return Err(format!(
-                    "process {} has a negative or non-finite figure",
-                    p.pid
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl MonitorApiServer for RpcHandler {
     async fn register(&self, request: RegisterRequest) -> Result<DesiredState, ErrorObjectOwned> {
@@ -253,15 +127,14 @@ impl MonitorApiServer for RpcHandler {
             ))
             .into());
         }
-        if let Err(why) = api::validate_instance_id(&request.instance_id) {
-            return Err(CollectorError::Forbidden(why).into());
+        if let Err(why) = validate_instance_id(&request.instance_id) {
+            return Err(CollectorError::Forbidden(why.to_string()).into());
         }
-        validate_inventory(&request.inventory).map_err(CollectorError::InvalidBatch)?;
-        let interval = if (1..=86_400).contains(&request.configured_interval_secs) {
-            request.configured_interval_secs
-        } else {
-            self.app.config.default_interval_secs
-        };
+        checks::validate_inventory(&request.inventory).map_err(CollectorError::InvalidBatch)?;
+        // An agent that says no interval (0) or an impossible one gets the collector's default.
+        let interval = IntervalSecs::new(u64::from(request.configured_interval_secs))
+            .unwrap_or(self.app.settings().config.default_interval)
+            .get();
         let id = request.instance_id.clone();
         let tok = token.clone();
         let outcome = self
@@ -327,46 +200,12 @@ impl MonitorApiServer for RpcHandler {
         }
     }
 
-    async fn report(&self, mut batch: ReportBatch) -> Result<ReportAck, ErrorObjectOwned> {
+    async fn report(&self, batch: ReportBatch) -> Result<ReportAck, ErrorObjectOwned> {
         let token = self.token()?;
-        if !token.cdn_edge && (!batch.cdn.is_empty() || batch.cdn_tail.is_some()) {
-            return Err(CollectorError::InvalidBatch(
-                "this agent token may not report CDN traffic: use a CDN edge token \
-                 (vmmon-collector token create --cdn)"
-                    .into(),
-            )
-            .into());
-        }
         self.ensure_registered(&batch.instance_id)?;
         self.ensure_token_live_recently().await?;
-        cap_cmds(&mut batch);
-        validate_batch(&batch).map_err(CollectorError::InvalidBatch)?;
-        validate_times(&batch, store::now_ms(), self.app.config.raw_retention_days)
-            .map_err(CollectorError::InvalidBatch)?;
         let batch_id = batch.batch_id;
-        let stored = self
-            .app
-            .store
-            .write_unguarded(move |c| {
-                let now = store::now_ms();
-                let stored = store::samples::insert_batch(c, &batch, now)?;
-                let newest = batch
-                    .samples
-                    .iter()
-                    .map(|s| s.vm.sampled_at_ms)
-                    .max()
-                    .unwrap_or(now);
-                store::instances::record_seen(
-                    c,
-                    &batch.instance_id,
-                    newest.min(now),
-                    Some(batch.dropped_samples_total),
-                    None,
-                )?;
-                Ok(stored)
-            })
-            .await
-            .map_err(CollectorError::from)?;
+        let stored = ingest::ingest(&self.app, token, batch).await?;
         Ok(ReportAck {
             batch_id,
             duplicate: !stored,
@@ -419,79 +258,3 @@ impl MonitorApiServer for RpcHandler {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vmmon_common::wire::{Inventory, ProcessSample, Sample, VmSample};
-
-    fn batch(at_ms: i64, cmd: &str) -> ReportBatch {
-        serde_json::from_value(serde_json::json!({
-            "batch_id": uuid::Uuid::new_v4(), "instance_id": "i", "seq": 0, "dropped_samples_total": 0,
-            "samples": [Sample {
-                vm: VmSample {
-                    sampled_at_ms: at_ms, elapsed_ms: 1000, cpu_pct: 1.0, mem_pct: 1.0,
-                    disk_read_kib_per_sec: 0.0, disk_write_kib_per_sec: 0.0, net_in_kib_per_sec: 0.0,
-                    net_out_kib_per_sec: 0.0, rx_bytes_total: 0, tx_bytes_total: 0, proc_count: 1,
-                    net_attribution: None,
-                },
-                processes: Some(vec![ProcessSample {
-                    pid: 1, start_time: 1.0, cmd: cmd.into(), cpu_pct: 0.0, mem_pct: 0.0,
-                    disk_read_kib_per_sec: 0.0, disk_write_kib_per_sec: 0.0, net_in_kib_per_sec: 0.0,
-                    net_out_kib_per_sec: 0.0, shutdown_time: None,
-                }]),
-            }],
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn oversized_cmd_is_cut_not_refused() {
-        let mut b = batch(1_000, &"x".repeat(10_000));
-        cap_cmds(&mut b);
-        assert!(validate_batch(&b).is_ok());
-        assert_eq!(
-            b.samples[0].processes.as_ref().unwrap()[0].cmd.len(),
-            MAX_CMD_BYTES
-        );
-    }
-
-    #[test]
-    fn samples_outside_the_time_window_are_refused() {
-        let now = 100 * 86_400_000;
-        assert!(validate_times(&batch(now, "a"), now, 30).is_ok());
-        assert!(
-            validate_times(&batch(now - 31 * 86_400_000, "a"), now, 30)
-                .unwrap_err()
-                .contains("retention")
-        );
-        assert!(
-            validate_times(&batch(now - 31 * 86_400_000, "a"), now, 0).is_ok(),
-            "0 keeps forever"
-        );
-        assert!(
-            validate_times(&batch(now + 2 * 86_400_000, "a"), now, 30)
-                .unwrap_err()
-                .contains("ahead")
-        );
-    }
-
-    #[test]
-    fn inventory_limits() {
-        assert!(validate_inventory(&Inventory::default()).is_ok());
-        let long = Inventory {
-            hostname: "h".repeat(300),
-            ..Inventory::default()
-        };
-        assert!(validate_inventory(&long).is_err());
-        let many = Inventory {
-            wan_ips: vec!["1.2.3.4".into(); 65],
-            ..Inventory::default()
-        };
-        assert!(validate_inventory(&many).is_err());
-        let huge = Inventory {
-            mem_total_bytes: u64::MAX,
-            ..Inventory::default()
-        };
-        assert!(validate_inventory(&huge).is_err());
-    }
-}

@@ -223,7 +223,7 @@ pub fn remove(conn: &Connection, instance_id: &str) -> Result<bool> {
         )?;
         conn.execute("DELETE FROM batches WHERE instance_id = ?1", [instance_id])?;
         conn.execute(
-            "DELETE FROM flow_counters WHERE instance_id = ?1",
+            "DELETE FROM bandwidth_counters WHERE instance_id = ?1",
             [instance_id],
         )?;
     }

@@ -8,7 +8,7 @@
 //! writes.
 
 pub mod cdn;
-pub mod flow;
+pub mod bandwidth;
 pub mod instances;
 mod migrations;
 pub mod rating;
@@ -305,12 +305,12 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     tracing::debug!("Store writer stopped.");
 }
 
-/// Current time in Unix epoch milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+pub use vmmon_common::vocab::now_ms;
+
+/// A trivial query: proves a read connection works (the health check).
+pub fn ping(conn: &Connection) -> Result<()> {
+    conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+    Ok(())
 }
 
 #[cfg(test)]

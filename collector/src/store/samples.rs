@@ -125,10 +125,6 @@ pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resu
             ])?;
         }
     }
-    // Bandwidth rollup, in this same transaction and only for a newly stored batch.
-    super::flow::apply_batch(conn, batch, now_ms)?;
-    // CDN traffic: likewise only for a newly stored batch, so a resend never counts twice.
-    super::cdn::apply_batch(conn, batch, now_ms)?;
     Ok(true)
 }
 

@@ -10,19 +10,22 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Json, Response};
 use chrono::TimeZone;
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use vmmon_common::legacy::*;
+use vmmon_common::vocab::{IntervalSecs, validate_instance_id};
 
-use super::repr::{self, Field, Record};
-use super::{Response, json_response, read_body, validate_instance_id};
+use super::read_body;
+use super::repr::{self, ObjectId};
 use crate::App;
 use crate::auth;
+use crate::control::hub::PushOutcome;
 use crate::control::{self, Change};
-use crate::rpc::hub::PushOutcome;
 use crate::store::{self, InstanceRow, ProcessRow, SessionUser, VmRow};
 
 /// Most instance ids one request may name.
@@ -31,12 +34,12 @@ const MAX_INSTANCES_PER_REQUEST: usize = 100;
 const TAG_VM: u8 = 0x01;
 const TAG_PROC: u8 = 0x02;
 
-/// A finished answer.
+/// A finished answer (before the method echo is added).
 struct Reply {
     status_code: i64,
     message: String,
     session_id: String,
-    data: Value,
+    data: Option<Records>,
 }
 
 impl Reply {
@@ -45,30 +48,67 @@ impl Reply {
             status_code: STATUS_FAILURE,
             message: message.into(),
             session_id: String::new(),
-            data: Value::Null,
+            data: None,
         }
     }
 }
 
 type Outcome = Result<Reply, Reply>;
 
+/// Every answer of this API, successes and failures alike, with HTTP 200 (seed 001).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Envelope {
+    /// 1 created/accepted, 2 confirmed, 3 failure, 4 timeout.
+    pub status_code: i64,
+    /// For a person; the seed's texts are quoted Python strings (`'success query …'`).
+    pub message: String,
+    /// The request's `method`, echoed (a numeric string as a number).
+    pub method: Value,
+    /// The new session (login) or the one the request sent.
+    pub session_id: String,
+    /// Always empty.
+    pub message_id: &'static str,
+    /// The records, or null.
+    pub data: Option<Records>,
+}
+
+/// The `data` of a query answer: records as JSON objects, or as Python repr strings when the
+/// request said `"legacy_repr": true`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Records {
+    /// 611611 records.
+    Vm(Vec<VmRecord>),
+    /// 611711 / 611712 records.
+    Proc(Vec<ProcRecord>),
+    /// Either kind, as the old server's Python 2 repr strings.
+    Repr(Vec<String>),
+}
+
+impl IntoResponse for Envelope {
+    fn into_response(self) -> Response {
+        Json(self).into_response()
+    }
+}
+
 /// Handles one request.
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response {
-    let body = match read_body(req.into_body(), app.config.max_body_bytes).await {
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Envelope {
+    let app = &*app;
+    let body = match read_body(req.into_body(), app.settings().config.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return render(Value::Null, Reply::fail(e.to_string())),
+        Err(e) => return envelope(Value::Null, Reply::fail(e.to_string())),
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return render(
+            return envelope(
                 Value::Null,
                 Reply::fail(format!("malformed JSON body: {e}")),
             );
         }
     };
     let Value::Object(obj) = parsed else {
-        return render(
+        return envelope(
             Value::Null,
             Reply::fail("request body must be a JSON object"),
         );
@@ -91,25 +131,22 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response {
     } else {
         reply
     };
-    render(method_echo, reply)
+    envelope(method_echo, reply)
 }
 
-fn render(method: Value, reply: Reply) -> Response {
+fn envelope(method: Value, reply: Reply) -> Envelope {
     let method = match &method {
         Value::String(s) => s.trim().parse::<i64>().map(Value::from).unwrap_or(method),
         _ => method,
     };
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "status_code": reply.status_code,
-            "message": reply.message,
-            "method": method,
-            "session_id": reply.session_id,
-            "message_id": "",
-            "data": reply.data,
-        }),
-    )
+    Envelope {
+        status_code: reply.status_code,
+        message: reply.message,
+        method,
+        session_id: reply.session_id,
+        message_id: "",
+        data: reply.data,
+    }
 }
 
 fn parse_method(obj: &Map<String, Value>) -> Result<i64, Reply> {
@@ -175,15 +212,17 @@ async fn dispatch(app: &App, obj: &Map<String, Value>) -> Outcome {
                 return Err(Reply::fail("setinterval (32525) needs an admin session"));
             }
             let secs = match data.get("interval_secs") {
-                Some(Value::Number(n)) => n.as_u64().filter(|s| (1..=86_400).contains(s)),
+                Some(Value::Number(n)) => n.as_u64().and_then(|s| IntervalSecs::new(s).ok()),
                 _ => None,
             }
             .ok_or_else(|| {
-                Reply::fail(
-                    "data.interval_secs must be an integer number of seconds within 1..=86400",
-                )
+                Reply::fail(format!(
+                    "data.interval_secs must be an integer number of seconds within {}..={}",
+                    vmmon_common::vocab::MIN_INTERVAL_SECS,
+                    vmmon_common::vocab::MAX_INTERVAL_SECS
+                ))
             })?;
-            command(app, &instances, Change::Interval(secs as u32)).await
+            command(app, &instances, Change::Interval(secs)).await
         }
     }
 }
@@ -232,7 +271,7 @@ async fn login(app: &App, data: &Map<String, Value>) -> Outcome {
         status_code: STATUS_CREATED,
         message: "'User authenticated sucessfully...'".into(),
         session_id,
-        data: Value::Null,
+        data: None,
     })
 }
 
@@ -294,7 +333,7 @@ async fn resolve_instances(
         )));
     }
     for id in &ids {
-        validate_instance_id(id).map_err(Reply::fail)?;
+        validate_instance_id(id).map_err(|e| Reply::fail(e.to_string()))?;
     }
     let lookup = ids.clone();
     let rows = app
@@ -321,19 +360,19 @@ async fn resolve_instances(
 
 fn limit(app: &App, obj: &Map<String, Value>, default: u32) -> Result<u32, Reply> {
     let n = match obj.get("limit") {
-        None | Some(Value::Null) => return Ok(default.min(app.config.max_limit)),
+        None | Some(Value::Null) => return Ok(default.min(app.settings().config.max_limit)),
         Some(Value::Number(n)) => n.as_u64(),
         Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
         Some(_) => None,
     };
     match n {
-        Some(n) if n >= 1 => Ok(n.min(app.config.max_limit as u64) as u32),
+        Some(n) if n >= 1 => Ok(n.min(app.settings().config.max_limit as u64) as u32),
         _ => Err(Reply::fail("limit must be a positive integer")),
     }
 }
 
 fn create_date(app: &App, ms: i64) -> String {
-    match app.tz.timestamp_millis_opt(ms) {
+    match app.settings().config.timezone.timestamp_millis_opt(ms) {
         chrono::LocalResult::Single(t) => t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
         _ => String::new(),
     }
@@ -343,84 +382,142 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
-fn vm_record(app: &App, r: &VmRow, dropped: i64) -> Record {
-    let net_attr = |i: usize| {
-        r.net_attribution
-            .map_or(Field::Null, |a| Field::Float(round2(a[i])))
-    };
-    vec![
-        ("net_incoming", Field::Float(round2(r.net_in))),
-        ("disk_write", Field::Float(round2(r.disk_write))),
-        ("mem", Field::Float(round2(r.mem_pct))),
-        ("net_outgoing", Field::Float(round2(r.net_out))),
-        ("instance_id", Field::Str(r.instance_id.clone())),
-        ("cpu_util", Field::Float(round2(r.cpu_pct))),
-        ("disk_read", Field::Float(round2(r.disk_read))),
-        ("create_date", Field::Str(create_date(app, r.sampled_at_ms))),
-        (
-            "_id",
-            Field::ObjectId(repr::object_id(r.sampled_at_ms / 1000, TAG_VM, r.id)),
-        ),
-        ("proc", Field::Int(r.proc_count)),
-        ("rx_bytes", Field::Int(r.rx_bytes_total)),
-        ("tx_bytes", Field::Int(r.tx_bytes_total)),
-        ("dropped_samples", Field::Int(dropped)),
-        // Of net_incoming/net_outgoing, KB/s: attributed to processes or not; null when the
-        // agent did not measure it (process sampling off, no sock_diag, an older agent).
-        ("net_attributed_in", net_attr(0)),
-        ("net_attributed_out", net_attr(1)),
-        ("net_unattributed_in", net_attr(2)),
-        ("net_unattributed_out", net_attr(3)),
-    ]
+/// A 611611 record: one VM sample, the seed's fields in the seed's order, then vmmon's own.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmRecord {
+    /// Received, KB/s.
+    pub net_incoming: f64,
+    /// Written to physical disks, KB/s.
+    pub disk_write: f64,
+    /// (MemTotal − MemAvailable) / MemTotal, %.
+    pub mem: f64,
+    /// Sent, KB/s.
+    pub net_outgoing: f64,
+    /// Instance id.
+    pub instance_id: String,
+    /// Busy share of all CPUs, %.
+    pub cpu_util: f64,
+    /// Read from physical disks, KB/s.
+    pub disk_read: f64,
+    /// Sample time, local ISO-8601 with microseconds.
+    pub create_date: String,
+    /// Stable per record.
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// Processes.
+    pub proc: i64,
+    /// Cumulative received bytes (the agent's counter).
+    pub rx_bytes: i64,
+    /// Cumulative sent bytes (the agent's counter).
+    pub tx_bytes: i64,
+    /// Samples the agent had to drop, total.
+    pub dropped_samples: i64,
+    /// Of net_incoming, KB/s attributed to processes; null when not measured (process
+    /// sampling off, no sock_diag, an older agent).
+    pub net_attributed_in: Option<f64>,
+    /// Of net_outgoing, KB/s attributed to processes; null when not measured.
+    pub net_attributed_out: Option<f64>,
+    /// Of net_incoming, KB/s not attributed; null when not measured.
+    pub net_unattributed_in: Option<f64>,
+    /// Of net_outgoing, KB/s not attributed; null when not measured.
+    pub net_unattributed_out: Option<f64>,
 }
 
-fn proc_record(app: &App, r: &ProcessRow) -> Record {
-    vec![
-        ("net_incoming", Field::Float(round2(r.net_in))),
-        (
-            "shutdown_time",
-            r.shutdown_time
-                .map(|t| Field::Float(round2(t)))
-                .unwrap_or(Field::Null),
-        ),
-        ("mem", Field::Float(round2(r.mem_pct))),
-        ("net_outgoing", Field::Float(round2(r.net_out))),
-        ("cmd", Field::Str(r.cmd.clone())),
-        ("pid", Field::Int(r.pid)),
-        ("instance_id", Field::Str(r.instance_id.clone())),
-        ("disk_write", Field::Float(round2(r.disk_write))),
-        ("disk_read", Field::Float(round2(r.disk_read))),
-        ("create_date", Field::Str(create_date(app, r.sampled_at_ms))),
-        (
-            "_id",
-            Field::ObjectId(repr::object_id(r.sampled_at_ms / 1000, TAG_PROC, r.id)),
-        ),
-        ("cpu_util", Field::Float(round2(r.cpu_pct))),
-        ("running_time", Field::Float(round2(r.start_time))),
-    ]
+/// A 611711/611712 record: one process in one sample, in the seed's field order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcRecord {
+    /// The process's received traffic, KB/s.
+    pub net_incoming: f64,
+    /// Epoch seconds on an exited process's final record, else null.
+    pub shutdown_time: Option<f64>,
+    /// RSS / MemTotal, %.
+    pub mem: f64,
+    /// The process's sent traffic, KB/s.
+    pub net_outgoing: f64,
+    /// Process name.
+    pub cmd: String,
+    /// Pid.
+    pub pid: i64,
+    /// Instance id.
+    pub instance_id: String,
+    /// `/proc/PID/io` `write_bytes`, KB/s.
+    pub disk_write: f64,
+    /// `/proc/PID/io` `read_bytes`, KB/s.
+    pub disk_read: f64,
+    /// Sample time, local ISO-8601 with microseconds.
+    pub create_date: String,
+    /// Stable per record.
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// Share of the whole VM, %.
+    pub cpu_util: f64,
+    /// Start time, epoch seconds.
+    pub running_time: f64,
 }
 
-fn records(records: Vec<Record>, legacy_repr: bool) -> Value {
-    Value::Array(
-        records
-            .iter()
-            .map(|r| {
-                if legacy_repr {
-                    Value::String(repr::to_python_repr(r))
-                } else {
-                    repr::to_json(r)
-                }
-            })
-            .collect(),
-    )
+fn vm_record(app: &App, r: &VmRow, dropped: i64) -> VmRecord {
+    let attr = |i: usize| r.net_attribution.map(|a| round2(a[i]));
+    VmRecord {
+        net_incoming: round2(r.net_in),
+        disk_write: round2(r.disk_write),
+        mem: round2(r.mem_pct),
+        net_outgoing: round2(r.net_out),
+        instance_id: r.instance_id.clone(),
+        cpu_util: round2(r.cpu_pct),
+        disk_read: round2(r.disk_read),
+        create_date: create_date(app, r.sampled_at_ms),
+        id: ObjectId::new(r.sampled_at_ms / 1000, TAG_VM, r.id),
+        proc: r.proc_count,
+        rx_bytes: r.rx_bytes_total,
+        tx_bytes: r.tx_bytes_total,
+        dropped_samples: dropped,
+        net_attributed_in: attr(0),
+        net_attributed_out: attr(1),
+        net_unattributed_in: attr(2),
+        net_unattributed_out: attr(3),
+    }
 }
 
-fn success(message: &str, data: Value) -> Reply {
+fn proc_record(app: &App, r: &ProcessRow) -> ProcRecord {
+    ProcRecord {
+        net_incoming: round2(r.net_in),
+        shutdown_time: r.shutdown_time.map(round2),
+        mem: round2(r.mem_pct),
+        net_outgoing: round2(r.net_out),
+        cmd: r.cmd.clone(),
+        pid: r.pid,
+        instance_id: r.instance_id.clone(),
+        disk_write: round2(r.disk_write),
+        disk_read: round2(r.disk_read),
+        create_date: create_date(app, r.sampled_at_ms),
+        id: ObjectId::new(r.sampled_at_ms / 1000, TAG_PROC, r.id),
+        cpu_util: round2(r.cpu_pct),
+        running_time: round2(r.start_time),
+    }
+}
+
+/// `records` as JSON objects, or as repr strings.
+fn records<T: Serialize>(records: Vec<T>, legacy_repr: bool, wrap: fn(Vec<T>) -> Records) -> Result<Records, Reply> {
+    if !legacy_repr {
+        return Ok(wrap(records));
+    }
+    records
+        .iter()
+        .map(repr::to_python_repr)
+        .collect::<Result<Vec<_>, _>>()
+        .map(Records::Repr)
+        .map_err(|e| {
+            tracing::error!(error = %e, "Cannot write a record as Python repr.");
+            Reply::fail("internal error: cannot write the records as Python repr")
+        })
+}
+
+fn success(message: &str, data: Records) -> Reply {
     Reply {
         status_code: STATUS_CREATED,
         message: message.into(),
         session_id: String::new(),
-        data,
+        data: Some(data),
     }
 }
 
@@ -449,7 +546,7 @@ async fn vm_data(
     let recs = rows.iter().map(|(r, d)| vm_record(app, r, *d)).collect();
     Ok(success(
         "'success query vm information'",
-        records(recs, legacy_repr),
+        records(recs, legacy_repr, Records::Vm)?,
     ))
 }
 
@@ -468,7 +565,7 @@ async fn proc_data(
     let recs = rows.iter().map(|r| proc_record(app, r)).collect();
     Ok(success(
         "'success query proc information'",
-        records(recs, legacy_repr),
+        records(recs, legacy_repr, Records::Proc)?,
     ))
 }
 
@@ -524,7 +621,7 @@ async fn proc_by_name(
     let recs = rows.iter().map(|r| proc_record(app, r)).collect();
     Ok(success(
         "'success query proc information'",
-        records(recs, legacy_repr),
+        records(recs, legacy_repr, Records::Proc)?,
     ))
 }
 
@@ -564,7 +661,7 @@ async fn command(app: &App, instances: &[InstanceRow], change: Change) -> Outcom
         status_code: status,
         message: format!("'{what}: {}'", parts.join("; ")),
         session_id: String::new(),
-        data: Value::Null,
+        data: None,
     })
 }
 

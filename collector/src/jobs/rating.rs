@@ -1,4 +1,4 @@
-//! Periods and processing: usage of each period becomes one frame per tenant, priced by the
+//! Rating runs: usage of each period becomes one frame per tenant, priced by the
 //! enabled modules and stored, replacing whatever was stored for that period before.
 //!
 //! A period is read, priced and written inside one write transaction of the store, so a period
@@ -11,20 +11,20 @@
 //! once `e + wait_secs <= now`, periods in order, and the state advances even when nothing was
 //! used. Older periods can be rated with the CLI.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{Datelike, TimeZone, Utc};
 use rusqlite::Connection;
 use rust_decimal::Decimal;
 use serde_json::Value;
+use vmmon_common::vocab::DAY_MS;
 
-use super::hashmap::Overflow;
-use super::metrics::MetricsConfig;
-use super::usage::{self, InstanceUsage};
-use super::{Usage, decimal, modules, rate};
 use crate::App;
+use crate::rating::hashmap::Overflow;
+use crate::rating::metrics::MetricsConfig;
+use crate::rating::period::{frames, iso, month_start, period_start};
+use crate::rating::usage::{self, InstanceUsage};
+use crate::rating::{decimal, modules, rate};
 use crate::store::rating::{self as db, PointRow, TotalRow};
 use crate::store::{self, Store, StoreError};
 
@@ -48,50 +48,8 @@ pub struct PeriodOutcome {
     pub replaced: bool,
 }
 
-/// Start of the period holding `ms`.
-pub fn period_start(ms: i64, period_ms: i64) -> i64 {
-    ms.div_euclid(period_ms) * period_ms
-}
-
-/// 00:00 UTC on the first day of the month holding `ms`.
-pub fn month_start(ms: i64) -> i64 {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .and_then(|t| {
-            Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
-                .single()
-        })
-        .map(|t| t.timestamp_millis())
-        .unwrap_or(0)
-}
-
 fn overflow(e: Overflow) -> StoreError {
     StoreError::Corrupt(format!("rating: {e}"))
-}
-
-/// The frames of one period, per tenant: every instance's usage turned into one datapoint per
-/// metric (in config order, instances by id), unpriced.
-pub fn frames(metrics: &MetricsConfig, usages: &[InstanceUsage]) -> BTreeMap<String, Usage> {
-    let mut by_tenant: BTreeMap<String, Vec<&InstanceUsage>> = BTreeMap::new();
-    for u in usages {
-        by_tenant.entry(u.info.project.clone()).or_default().push(u);
-    }
-    by_tenant
-        .into_iter()
-        .map(|(tenant, list)| {
-            let usage: Usage = metrics
-                .metrics
-                .iter()
-                .map(|m| {
-                    (
-                        m.alt_name.clone(),
-                        list.iter().map(|u| m.point(u)).collect(),
-                    )
-                })
-                .collect();
-            (tenant, usage)
-        })
-        .collect()
 }
 
 /// Reads, prices and stores `[begin_ms, end_ms)` on `conn` (call inside one write transaction).
@@ -172,7 +130,7 @@ pub async fn process_range(
     let first = period_start(start_ms, period_ms);
     let now = store::now_ms();
     if raw_retention_days > 0
-        && first < now - i64::from(raw_retention_days) * 86_400_000 + usage::MAX_WINDOW_MS
+        && first < now - i64::from(raw_retention_days) * DAY_MS + usage::MAX_WINDOW_MS
     {
         return Err(format!(
             "the period starting at {} is older than raw_retention_days ({raw_retention_days}): \
@@ -198,14 +156,6 @@ pub async fn process_range(
         out.push(outcome);
     }
     Ok(out)
-}
-
-/// Naive UTC ISO-8601, as the API writes datetimes.
-pub fn iso(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string())
-        .unwrap_or_default()
 }
 
 /// Processes the next due period, if any; returns it, or how long until one is due.
@@ -237,13 +187,13 @@ async fn step(
 }
 
 /// Starts the processing loop (when `rating.process` is on and the metrics config loaded).
-pub fn spawn_processing(app: Arc<App>) {
-    let cfg = app.config.rating.clone();
+pub fn spawn(app: Arc<App>) {
+    let cfg = app.settings().config.rating.clone();
     if !cfg.process {
         tracing::info!("Rating processing is off (rating.process = false).");
         return;
     }
-    let Ok(metrics) = app.rating.metrics.clone() else {
+    let Ok(metrics) = app.settings().rating.metrics.clone() else {
         return;
     };
     let period_ms = (cfg.period_secs as i64).saturating_mul(1000);
@@ -270,54 +220,3 @@ pub fn spawn_processing(app: Arc<App>) {
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rating::usage::InstanceInfo;
-
-    #[test]
-    fn period_math() {
-        let h = 3_600_000;
-        assert_eq!(period_start(1_700_000_123_456, h), 1_699_999_200_000);
-        // 2023-11-14T22:13:20Z → 2023-11-01T00:00:00Z
-        assert_eq!(month_start(1_700_000_000_000), 1_698_796_800_000);
-        assert_eq!(iso(1_698_796_800_000), "2023-11-01T00:00:00");
-    }
-
-    #[test]
-    fn frames_group_by_tenant_in_config_order() {
-        let metrics = MetricsConfig::defaults().unwrap();
-        let u = |id: &str, p: &str| InstanceUsage {
-            info: InstanceInfo {
-                instance_id: id.into(),
-                project: p.into(),
-                cpu_count: 2,
-                mem_total_bytes: 4 << 30,
-                disk_total_bytes: 40 << 30,
-                ..InstanceInfo::default()
-            },
-            uptime_ms: 3_600_000,
-            cpu_core_secs: Decimal::from(3600),
-            rx_bytes: 2_000_000_000,
-            tx_bytes: 500_000_000,
-        };
-        let f = frames(&metrics, &[u("b1", "B"), u("a1", "A"), u("a2", "A")]);
-        assert_eq!(f.keys().collect::<Vec<_>>(), vec!["A", "B"]);
-        let a = &f["A"];
-        let types: Vec<&str> = a.iter().map(|(t, _)| t.as_str()).collect();
-        assert_eq!(
-            types,
-            vec![
-                "instance",
-                "cpu.hours",
-                "network.in",
-                "network.out",
-                "disk.size"
-            ]
-        );
-        let qty: Vec<String> = a.iter().map(|(_, p)| decimal::to_text(p[0].qty)).collect();
-        assert_eq!(qty, vec!["1", "1", "2", "0.5", "40"]);
-        assert_eq!(a[0].1[0].desc()["flavor_name"], "2c4g");
-        assert_eq!(a[0].1[1].desc()["id"], "a2");
-    }
-}

@@ -1,4 +1,7 @@
-//! Administrative actions behind the CLI: users, agent tokens, the bootstrap admin.
+//! Administrative actions behind the CLI: users, agent tokens, instances, the bootstrap admin;
+//! CDN users in [`cdn`].
+
+pub mod cdn;
 
 use crate::auth;
 use crate::store::{self, AgentTokenRow, Store, StoreError, UserRow};
@@ -148,7 +151,8 @@ pub async fn revoke_token(store: &Store, id: i64) -> Result<bool, AdminError> {
 
 /// Removes an instance and its raw samples (see [`store::instances::remove`]); false if unknown.
 pub async fn remove_instance(store: &Store, instance_id: &str) -> Result<bool, AdminError> {
-    crate::api::validate_instance_id(instance_id).map_err(AdminError::Invalid)?;
+    vmmon_common::vocab::validate_instance_id(instance_id)
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
     let id = instance_id.to_string();
     Ok(store
         .write(move |c| store::instances::remove(c, &id))

@@ -7,13 +7,14 @@
 //! → domains, so nothing about a user's data is revealed before the signature checks out.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
 use chrono::Utc;
-use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
-use serde_json::Value;
 
-use super::{BodyError, Response, json_response, read_body};
+use super::{BodyError, read_body};
 use crate::App;
 use crate::cdn::{self, FlowError, status};
 use crate::store;
@@ -21,51 +22,55 @@ use crate::store;
 /// Path of the CDN flow query.
 pub const FLOW_PATH: &str = "/api/flow";
 
-fn fail(http: StatusCode, e: FlowError) -> Response {
-    json_response(http, &e.to_json())
+impl IntoResponse for FlowError {
+    /// HTTP 200 for API errors (as the original service answered), 405/413/500 for a wrong
+    /// method, an oversized body and a store failure.
+    fn into_response(self) -> Response {
+        let http = match self.status {
+            status::METHOD_NOT_ALLOWED => StatusCode::METHOD_NOT_ALLOWED,
+            status::TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            status::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::OK,
+        };
+        (http, Json(self.body())).into_response()
+    }
 }
 
 /// Handles one request to [`FLOW_PATH`].
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response {
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     if req.method() != Method::POST {
-        return fail(
-            StatusCode::METHOD_NOT_ALLOWED,
-            FlowError::new(status::METHOD_NOT_ALLOWED, "use POST for /api/flow"),
-        );
+        return FlowError::new(status::METHOD_NOT_ALLOWED, "use POST for /api/flow").into_response();
     }
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, app.config.max_body_bytes).await {
+    let body = match read_body(body, app.settings().config.max_body_bytes).await {
         Ok(b) => b,
         Err(BodyError::TooLarge(max)) => {
-            return fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                FlowError::new(
-                    status::TOO_LARGE,
-                    format!("request body exceeds the limit of {max} bytes"),
-                ),
-            );
+            return FlowError::new(
+                status::TOO_LARGE,
+                format!("request body exceeds the limit of {max} bytes"),
+            )
+            .into_response();
         }
         Err(BodyError::Read(e)) => {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                FlowError::new(
-                    status::MALFORMED,
-                    format!("cannot read the request body: {e}"),
-                ),
-            );
+            return FlowError::new(
+                status::MALFORMED,
+                format!("cannot read the request body: {e}"),
+            )
+            .into_response();
         }
     };
     let content_type = parts
         .headers
-        .get(hyper::header::CONTENT_TYPE)
+        .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let query = parts.uri.query().unwrap_or("");
-    match flow(app, query, content_type, &body).await {
-        Ok(v) => json_response(StatusCode::OK, &v),
-        Err(e) if e.status == status::INTERNAL => fail(StatusCode::INTERNAL_SERVER_ERROR, e),
+    match flow(&app, query, content_type, &body).await {
+        Ok(v) => Json(v).into_response(),
         Err(e) => {
-            tracing::debug!(status = e.status, msg = %e.msg, "CDN flow query refused.");
-            fail(StatusCode::OK, e)
+            if e.status != status::INTERNAL {
+                tracing::debug!(status = e.status, msg = %e.msg, "CDN flow query refused.");
+            }
+            e.into_response()
         }
     }
 }
@@ -83,7 +88,7 @@ async fn flow(
     query: &str,
     content_type: Option<&str>,
     body: &[u8],
-) -> Result<Value, FlowError> {
+) -> Result<cdn::FlowAnswer, FlowError> {
     let req = cdn::parse_request(query, content_type, body)?;
     let unknown = || {
         FlowError::new(
@@ -109,7 +114,7 @@ async fn flow(
         .filter(|u| u.revoked_at_ms.is_none())
         .ok_or_else(unknown)?;
     let now = Utc::now();
-    let today = now.with_timezone(&app.tz).date_naive();
+    let today = now.with_timezone(&app.settings().config.timezone).date_naive();
     if !cdn::signature_ok(&req.signature, &user.name, &user.secret, today) {
         return Err(FlowError::new(
             status::BAD_SIGNATURE,
@@ -117,7 +122,7 @@ async fn flow(
         ));
     }
     let w = cdn::window(
-        app.tz,
+        app.settings().config.timezone,
         &req.start_time,
         req.end_time.as_deref(),
         now.timestamp(),

@@ -7,72 +7,42 @@
 //! decision (omitted filters, paging, times, bandwidth method), is in `docs/mana_api.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{MethodRouter, get};
 use chrono::{NaiveDate, NaiveDateTime};
 use chrono_tz::Tz;
-use hyper::body::Incoming;
-use hyper::header::HeaderMap;
-use hyper::{Method, Request, StatusCode};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 
-use super::{Response, error_json, json_response};
+use super::MsgError;
 use crate::App;
-use crate::flow::{self, BUCKET_MS, Month, MonthlyFlow};
+use crate::bandwidth::{self, BUCKET_MS, Month, MonthlyBandwidth};
 use crate::store::{self, InstanceRow, SessionUser};
 
-/// Path prefix of this API.
-pub const PREFIX: &str = "/mana_api";
 /// The VM list.
 pub const VM_PATH: &str = "/mana_api/vm";
-/// Bandwidth per 10-minute bucket.
-pub const FLOW_PATH: &str = "/mana_api/flow";
+/// Bandwidth per 10-minute bucket (the seed's name for it is "flow").
+pub const BANDWIDTH_PATH: &str = "/mana_api/flow";
 /// Monthly bandwidth peaks and totals.
-pub const FLOW_MONTHLY_PATH: &str = "/mana_api/flow_monthly";
+pub const BANDWIDTH_MONTHLY_PATH: &str = "/mana_api/flow_monthly";
 /// Header carrying the session id.
 pub const TOKEN_HEADER: &str = "x-auth-token";
 /// Longest time range one `/mana_api/flow` request may cover.
-pub const MAX_FLOW_SPAN_MS: i64 = 31 * 24 * 3600 * 1000;
+pub const MAX_BANDWIDTH_SPAN_MS: i64 = 31 * 24 * 3600 * 1000;
 /// An agent silent for this many of its intervals is SHUTOFF.
 pub const SILENT_INTERVALS: i64 = 3;
 /// Longest project, region or party name (as `vmmon-collector token create` accepts).
 const MAX_NAME_LEN: usize = 128;
 const GIB: u64 = 1024 * 1024 * 1024;
 
-/// Whether `path` belongs to this API (known or not: unknown ones answer 404 here).
-pub fn owns(path: &str) -> bool {
-    path == PREFIX || path.starts_with("/mana_api/")
-}
+/// An error answer of this API: `{"msg", "code"}`.
+pub type ApiError = MsgError;
 
-#[derive(Clone, Copy)]
-enum Endpoint {
-    Vm,
-    Flow,
-    FlowMonthly,
-}
-
-/// An error answer: its status and message (rendered as `{"msg", "code"}`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status (also the body's `code`).
-    pub status: StatusCode,
-    /// The body's `msg`.
-    pub msg: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            msg: msg.into(),
-        }
-    }
-
-    fn into_response(self) -> Response {
-        error_json(self.status, &self.msg)
-    }
-}
-
-type Answer = Result<Value, ApiError>;
+type Answer<T> = Result<T, ApiError>;
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, msg)
@@ -86,37 +56,37 @@ fn internal(e: store::StoreError) -> ApiError {
     )
 }
 
-/// Handles one request under [`PREFIX`].
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response {
-    let path = req.uri().path();
-    let endpoint = match path {
-        VM_PATH => Endpoint::Vm,
-        FLOW_PATH => Endpoint::Flow,
-        FLOW_MONTHLY_PATH => Endpoint::FlowMonthly,
-        _ => return error_json(StatusCode::NOT_FOUND, &format!("no such path: {path}")),
-    };
-    if req.method() != Method::GET {
-        return error_json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("use GET for {path}"),
-        );
+/// The routes of this API; other methods answer 405, other paths under `/mana_api` 404.
+pub fn routes() -> Router<Arc<App>> {
+    fn only_get(path: &'static str, r: MethodRouter<Arc<App>>) -> MethodRouter<Arc<App>> {
+        r.fallback(move || async move { MsgError::method(format!("use GET for {path}")) })
     }
-    let user = match authenticate(app, req.headers()).await {
-        Ok(u) => u,
-        Err(e) => return e.into_response(),
-    };
-    let query = match Query::parse(req.uri().query().unwrap_or("")) {
-        Ok(q) => q,
-        Err(e) => return e.into_response(),
-    };
-    let now = store::now_ms();
-    let answer = match endpoint {
-        Endpoint::Vm => vm(app, &user, &query, now).await,
-        Endpoint::Flow => flow_detail(app, &user, &query, now).await,
-        Endpoint::FlowMonthly => flow_monthly(app, &user, &query).await,
-    };
-    match answer {
-        Ok(v) => json_response(StatusCode::OK, &v),
+    Router::new()
+        .route(VM_PATH, only_get(VM_PATH, get(vm)))
+        .route(BANDWIDTH_PATH, only_get(BANDWIDTH_PATH, get(bandwidth_detail)))
+        .route(
+            BANDWIDTH_MONTHLY_PATH,
+            only_get(BANDWIDTH_MONTHLY_PATH, get(bandwidth_monthly)),
+        )
+}
+
+/// What every endpoint starts with: the caller's session and the decoded query.
+struct Call {
+    user: SessionUser,
+    query: Query,
+}
+
+impl Call {
+    async fn new(app: &App, headers: &HeaderMap, raw: Option<String>) -> Answer<Call> {
+        let user = authenticate(app, headers).await?;
+        let query = Query::parse(raw.as_deref().unwrap_or(""))?;
+        Ok(Call { user, query })
+    }
+}
+
+fn answer<T: Serialize>(a: Answer<T>) -> Response {
+    match a {
+        Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -241,34 +211,88 @@ pub fn status(row: &InstanceRow, now_ms: i64) -> &'static str {
     }
 }
 
+/// One `vm_servers` entry (seed 002), fields in the seed's order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmServer {
+    /// The guest's hostname (the instance id when the agent sent none).
+    pub instance_name: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// vCPUs.
+    pub cpu_num: u32,
+    /// Memory, whole GiB ([`gib`]).
+    pub mem_size: u64,
+    /// Disk, whole GiB ([`gib`]).
+    pub disk_size: u64,
+    /// LAN addresses, comma-separated.
+    pub lan_ip_set: String,
+    /// WAN addresses, comma-separated.
+    pub wan_ip_set: String,
+    /// `ACTIVE` or `SHUTOFF` ([`status`]).
+    pub status: &'static str,
+    /// First registration, local time.
+    pub create_at: String,
+    /// Last inventory change, local time.
+    pub update_at: String,
+    /// Project of the agent's token.
+    pub tenant_id: String,
+    /// Party (vendor) of the agent's token.
+    pub party: String,
+    /// Region of the agent's token.
+    pub region: String,
+    /// Samples the agent had to drop (spool full), total.
+    pub dropped_samples: i64,
+}
+
+/// The `/mana_api/vm` answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmList {
+    /// Always 200.
+    pub code: u16,
+    /// The page asked for.
+    pub vm_servers: Vec<VmServer>,
+    /// Matching VMs before paging.
+    pub total: usize,
+}
+
 /// One `vm_servers` entry.
-pub fn vm_entry(tz: Tz, row: &InstanceRow, now_ms: i64) -> Value {
+pub fn vm_entry(tz: Tz, row: &InstanceRow, now_ms: i64) -> VmServer {
     let inv = &row.inventory;
     let name = if inv.hostname.is_empty() {
         row.instance_id.clone()
     } else {
         inv.hostname.clone()
     };
-    json!({
-        "instance_name": name,
-        "instance_id": row.instance_id,
-        "cpu_num": inv.cpu_count,
-        "mem_size": gib(inv.mem_total_bytes),
-        "disk_size": gib(inv.disk_total_bytes),
-        "lan_ip_set": inv.lan_ips.join(","),
-        "wan_ip_set": inv.wan_ips.join(","),
-        "status": status(row, now_ms),
-        "create_at": flow::format_local(tz, row.created_at_ms),
-        "update_at": flow::format_local(tz, row.updated_at_ms),
-        "tenant_id": row.project,
-        "party": row.party,
-        "region": row.region,
-        "dropped_samples": row.dropped_samples,
-    })
+    VmServer {
+        instance_name: name,
+        instance_id: row.instance_id.clone(),
+        cpu_num: inv.cpu_count,
+        mem_size: gib(inv.mem_total_bytes),
+        disk_size: gib(inv.disk_total_bytes),
+        lan_ip_set: inv.lan_ips.join(","),
+        wan_ip_set: inv.wan_ips.join(","),
+        status: status(row, now_ms),
+        create_at: bandwidth::format_local(tz, row.created_at_ms),
+        update_at: bandwidth::format_local(tz, row.updated_at_ms),
+        tenant_id: row.project.clone(),
+        party: row.party.clone(),
+        region: row.region.clone(),
+        dropped_samples: row.dropped_samples,
+    }
 }
 
-async fn vm(app: &App, user: &SessionUser, q: &Query, now: i64) -> Answer {
-    let project = scope(user, q.name("tenant_id")?, "tenant_id")?;
+async fn vm(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    answer(vm_list(&app, &headers, raw).await)
+}
+
+async fn vm_list(app: &App, headers: &HeaderMap, raw: Option<String>) -> Answer<VmList> {
+    let Call { user, query: q } = Call::new(app, headers, raw).await?;
+    let now = store::now_ms();
+    let project = scope(&user, q.name("tenant_id")?, "tenant_id")?;
     let region = q.name("region")?;
     let party = q.name("party")?;
     let from = q.page_bound("f")?.unwrap_or(1);
@@ -290,13 +314,18 @@ async fn vm(app: &App, user: &SessionUser, q: &Query, now: i64) -> Answer {
         .collect();
     let total = matching.len();
     let take = to.map_or(usize::MAX, |t| t - from + 1);
-    let page: Vec<Value> = matching
+    let tz = app.settings().config.timezone;
+    let vm_servers = matching
         .into_iter()
         .skip(from - 1)
         .take(take)
-        .map(|r| vm_entry(app.tz, r, now))
+        .map(|r| vm_entry(tz, r, now))
         .collect();
-    Ok(json!({"code": 200, "vm_servers": page, "total": total}))
+    Ok(VmList {
+        code: 200,
+        vm_servers,
+        total,
+    })
 }
 
 /// Parses `YYYY-MM-DD` or `YYYY-MM-DD HH:MM:SS` (also with `T`) as a local time in `tz`; a bare
@@ -305,12 +334,12 @@ pub fn parse_local(tz: Tz, s: &str, end_of_day: bool) -> Option<i64> {
     let s = s.trim();
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         let d = if end_of_day { d.succ_opt()? } else { d };
-        return flow::local_to_utc_ms(tz, d.and_hms_opt(0, 0, 0)?);
+        return bandwidth::local_to_utc_ms(tz, d.and_hms_opt(0, 0, 0)?);
     }
     let t = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S"))
         .ok()?;
-    flow::local_to_utc_ms(tz, t)
+    bandwidth::local_to_utc_ms(tz, t)
 }
 
 fn time_param(tz: Tz, q: &Query, param: &str, end_of_day: bool) -> Result<Option<i64>, ApiError> {
@@ -324,30 +353,75 @@ fn time_param(tz: Tz, q: &Query, param: &str, end_of_day: bool) -> Result<Option
     })
 }
 
+/// One `/mana_api/flow` row: a 10-minute bucket of one project and region (seed 000).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BandwidthRow {
+    /// Bucket start, local time.
+    pub begin_rate_date: String,
+    /// Bucket day, local date.
+    pub date: String,
+    /// Bucket end, local time.
+    pub end_rate_date: String,
+    /// Received, B/s over the bucket.
+    pub in_rate: f64,
+    /// Sent, B/s over the bucket.
+    pub out_rate: f64,
+    /// Project.
+    pub project_id: String,
+    /// Region.
+    pub region: String,
+    /// Received in the bucket, bytes.
+    pub in_bytes: i64,
+    /// Sent in the bucket, bytes.
+    pub out_bytes: i64,
+}
+
+/// The `/mana_api/flow` answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BandwidthDetail {
+    /// One row per bucket and series, series by (project, region), buckets in time order.
+    pub data: Vec<BandwidthRow>,
+}
+
 /// One `/mana_api/flow` row.
-pub fn flow_row(
+pub fn bandwidth_row(
     tz: Tz,
     project: &str,
     region: &str,
     bucket_start_ms: i64,
     in_bytes: i64,
     out_bytes: i64,
-) -> Value {
-    json!({
-        "begin_rate_date": flow::format_local(tz, bucket_start_ms),
-        "date": flow::format_local_date(tz, bucket_start_ms),
-        "end_rate_date": flow::format_local(tz, bucket_start_ms + BUCKET_MS),
-        "in_rate": flow::rate(in_bytes),
-        "out_rate": flow::rate(out_bytes),
-        "project_id": project,
-        "region": region,
-        "in_bytes": in_bytes,
-        "out_bytes": out_bytes,
-    })
+) -> BandwidthRow {
+    BandwidthRow {
+        begin_rate_date: bandwidth::format_local(tz, bucket_start_ms),
+        date: bandwidth::format_local_date(tz, bucket_start_ms),
+        end_rate_date: bandwidth::format_local(tz, bucket_start_ms + BUCKET_MS),
+        in_rate: bandwidth::rate(in_bytes),
+        out_rate: bandwidth::rate(out_bytes),
+        project_id: project.to_string(),
+        region: region.to_string(),
+        in_bytes,
+        out_bytes,
+    }
 }
 
-async fn flow_detail(app: &App, user: &SessionUser, q: &Query, now: i64) -> Answer {
-    let tz = app.tz;
+async fn bandwidth_detail(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    answer(bandwidth_detail_answer(&app, &headers, raw).await)
+}
+
+async fn bandwidth_detail_answer(
+    app: &App,
+    headers: &HeaderMap,
+    raw: Option<String>,
+) -> Answer<BandwidthDetail> {
+    let Call { user, query } = Call::new(app, headers, raw).await?;
+    let (q, user) = (&query, &user);
+    let now = store::now_ms();
+    let tz = app.settings().config.timezone;
     // One row per bucket per series: an admin names the project, so the answer stays bounded.
     let Some(project) = scope(user, q.name("project_id")?, "project_id")? else {
         return Err(bad(
@@ -362,13 +436,13 @@ async fn flow_detail(app: &App, user: &SessionUser, q: &Query, now: i64) -> Answ
     if end <= start {
         return Err(bad("end must be later than start"));
     }
-    if end - start > MAX_FLOW_SPAN_MS {
+    if end - start > MAX_BANDWIDTH_SPAN_MS {
         return Err(bad("start to end may span at most 31 days"));
     }
     // Buckets overlapping [start, end), none that starts in the future.
-    let first = flow::bucket_start(start);
-    let stop = end.min(flow::bucket_start(now) + BUCKET_MS);
-    let filter = store::flow::Filter {
+    let first = bandwidth::bucket_start(start);
+    let stop = end.min(bandwidth::bucket_start(now) + BUCKET_MS);
+    let filter = store::bandwidth::Filter {
         project: project.clone(),
         region: region.clone(),
         from_ms: Some(first),
@@ -378,8 +452,8 @@ async fn flow_detail(app: &App, user: &SessionUser, q: &Query, now: i64) -> Answ
     let (rows, known) = app
         .store
         .read(move |c| {
-            let rows = store::flow::buckets(c, &filter)?;
-            let known = store::flow::instance_series(c, p.as_deref(), r.as_deref())?;
+            let rows = store::bandwidth::buckets(c, &filter)?;
+            let known = store::bandwidth::instance_series(c, p.as_deref(), r.as_deref())?;
             Ok((rows, known))
         })
         .await
@@ -406,44 +480,86 @@ async fn flow_detail(app: &App, user: &SessionUser, q: &Query, now: i64) -> Answ
                 .get(&(p.as_str(), r.as_str(), b))
                 .copied()
                 .unwrap_or((0, 0));
-            data.push(flow_row(tz, p, r, b, i, o));
+            data.push(bandwidth_row(tz, p, r, b, i, o));
             b += BUCKET_MS;
         }
     }
-    Ok(json!({"data": data}))
+    Ok(BandwidthDetail { data })
+}
+
+/// One `monthly_data` entry: a month of one project and region (seed 000).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MonthlyEntry {
+    /// `YYYY-MM`.
+    pub date: String,
+    /// Highest 10-minute received rate, B/s.
+    pub max_in_rate: f64,
+    /// Start of that bucket, local time.
+    pub max_in_rate_date: String,
+    /// Highest 10-minute sent rate, B/s.
+    pub max_out_rate: f64,
+    /// Start of that bucket, local time.
+    pub max_out_rate_date: String,
+    /// Project.
+    pub project_id: String,
+    /// Region.
+    pub region: String,
+    /// Received in the month, bytes.
+    pub total_in: i64,
+    /// Sent in the month, bytes.
+    pub total_out: i64,
+}
+
+/// The `/mana_api/flow_monthly` answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MonthlyList {
+    /// One entry per month, project and region.
+    pub monthly_data: Vec<MonthlyEntry>,
 }
 
 /// One `monthly_data` entry.
-pub fn monthly_entry(tz: Tz, m: &MonthlyFlow) -> Value {
-    json!({
-        "date": m.month.label(),
-        "max_in_rate": flow::rate(m.max_in_bytes),
-        "max_in_rate_date": flow::format_local(tz, m.max_in_at_ms),
-        "max_out_rate": flow::rate(m.max_out_bytes),
-        "max_out_rate_date": flow::format_local(tz, m.max_out_at_ms),
-        "project_id": m.project,
-        "region": m.region,
-        "total_in": m.total_in,
-        "total_out": m.total_out,
-    })
+pub fn monthly_entry(tz: Tz, m: &MonthlyBandwidth) -> MonthlyEntry {
+    MonthlyEntry {
+        date: m.month.label(),
+        max_in_rate: bandwidth::rate(m.max_in_bytes),
+        max_in_rate_date: bandwidth::format_local(tz, m.max_in_at_ms),
+        max_out_rate: bandwidth::rate(m.max_out_bytes),
+        max_out_rate_date: bandwidth::format_local(tz, m.max_out_at_ms),
+        project_id: m.project.clone(),
+        region: m.region.clone(),
+        total_in: m.total_in,
+        total_out: m.total_out,
+    }
 }
 
 /// The `{"monthly_data": […]}` answer for `filter` (shared with the bench).
 pub fn monthly_answer(
     conn: &rusqlite::Connection,
     tz: Tz,
-    filter: &store::flow::Filter,
-) -> store::Result<Value> {
-    let months = store::flow::monthly(conn, tz, filter)?;
-    let list: Vec<Value> = months.iter().map(|m| monthly_entry(tz, m)).collect();
-    let mut out = Map::new();
-    out.insert("monthly_data".into(), Value::Array(list));
-    Ok(Value::Object(out))
+    filter: &store::bandwidth::Filter,
+) -> store::Result<MonthlyList> {
+    let months = store::bandwidth::monthly(conn, tz, filter)?;
+    Ok(MonthlyList {
+        monthly_data: months.iter().map(|m| monthly_entry(tz, m)).collect(),
+    })
 }
 
-async fn flow_monthly(app: &App, user: &SessionUser, q: &Query) -> Answer {
-    let tz = app.tz;
-    let project = scope(user, q.name("project_id")?, "project_id")?;
+async fn bandwidth_monthly(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    answer(bandwidth_monthly_answer(&app, &headers, raw).await)
+}
+
+async fn bandwidth_monthly_answer(
+    app: &App,
+    headers: &HeaderMap,
+    raw: Option<String>,
+) -> Answer<MonthlyList> {
+    let Call { user, query: q } = Call::new(app, headers, raw).await?;
+    let tz = app.settings().config.timezone;
+    let project = scope(&user, q.name("project_id")?, "project_id")?;
     let region = q.name("region")?;
     let (from_ms, to_ms) = match q.get("month") {
         None => (None, None),
@@ -456,7 +572,7 @@ async fn flow_monthly(app: &App, user: &SessionUser, q: &Query) -> Answer {
             (Some(a), Some(b))
         }
     };
-    let filter = store::flow::Filter {
+    let filter = store::bandwidth::Filter {
         project,
         region,
         from_ms,

@@ -1,7 +1,7 @@
 //! `/v1/rating/...` (alias `/v1/billing/...`): rating modules, quote, reload, and the modules'
 //! own config APIs under `module_config/<module>`.
 
-use hyper::Method;
+use axum::http::Method;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 

@@ -2,7 +2,7 @@
 //! are kept in a small key-value store for clients that still call them and, as upstream since
 //! 2018, change nothing in how usage is collected. All admin.
 
-use hyper::Method;
+use axum::http::Method;
 use serde_json::{Value, json};
 
 use super::{Ctx, Fault, Outcome, Reply};

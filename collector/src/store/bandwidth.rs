@@ -1,6 +1,6 @@
-//! The bandwidth rollup: bytes per project, region and 10-minute bucket (`flow_buckets`), kept up
+//! The bandwidth rollup: bytes per project, region and 10-minute bucket (`bandwidth_buckets`), kept up
 //! to date from each newly stored batch in the same transaction, and the per-instance last counter
-//! reading (`flow_counters`) the next delta starts from. The arithmetic is in [`crate::flow`].
+//! reading (`bandwidth_counters`) the next delta starts from. The arithmetic is in [`crate::bandwidth`].
 //!
 //! The mana_api flow queries read only this rollup, never the raw samples, so they stay fast and
 //! outlive raw-sample retention.
@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use vmmon_common::wire::ReportBatch;
 
 use super::{Result, StoreError};
-use crate::flow::{self, Month, MonthlyAggregator, MonthlyFlow, Peak, Reading, Step};
+use crate::bandwidth::{self, Month, MonthlyAggregator, MonthlyBandwidth, Peak, Reading, Step};
 
 /// One stored bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ fn to_i64(v: u64) -> i64 {
 pub fn last_reading(conn: &Connection, instance_id: &str) -> Result<Option<Reading>> {
     Ok(conn
         .prepare_cached(
-            "SELECT sampled_at_ms, rx_bytes, tx_bytes FROM flow_counters WHERE instance_id = ?1",
+            "SELECT sampled_at_ms, rx_bytes, tx_bytes FROM bandwidth_counters WHERE instance_id = ?1",
         )?
         .query_row([instance_id], |r| {
             Ok(Reading {
@@ -65,7 +65,7 @@ pub fn last_reading(conn: &Connection, instance_id: &str) -> Result<Option<Readi
 
 fn set_last_reading(conn: &Connection, instance_id: &str, r: Reading) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO flow_counters (instance_id, sampled_at_ms, rx_bytes, tx_bytes)
+        "INSERT INTO bandwidth_counters (instance_id, sampled_at_ms, rx_bytes, tx_bytes)
          VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(instance_id) DO UPDATE SET sampled_at_ms = excluded.sampled_at_ms,
              rx_bytes = excluded.rx_bytes, tx_bytes = excluded.tx_bytes",
@@ -87,7 +87,7 @@ pub fn add_bucket_bytes(
 ) -> Result<()> {
     let (new_in, new_out): (i64, i64) = conn
         .prepare_cached(
-            "INSERT INTO flow_buckets (project, bucket_start_ms, region, in_bytes, out_bytes)
+            "INSERT INTO bandwidth_buckets (project, bucket_start_ms, region, in_bytes, out_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(project, bucket_start_ms, region) DO UPDATE SET
                  in_bytes = CASE WHEN in_bytes > 9223372036854775807 - excluded.in_bytes THEN 9223372036854775807 ELSE in_bytes + excluded.in_bytes END,
@@ -99,7 +99,7 @@ pub fn add_bucket_bytes(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
     conn.prepare_cached(
-        "INSERT INTO flow_days (project, day_start_ms, region, total_in, total_out,
+        "INSERT INTO bandwidth_days (project, day_start_ms, region, total_in, total_out,
              max_in, max_in_at_ms, max_out, max_out_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)
          ON CONFLICT(project, day_start_ms, region) DO UPDATE SET
@@ -116,7 +116,7 @@ pub fn add_bucket_bytes(
     )?
     .execute(params![
         project,
-        flow::day_start(bucket_start_ms),
+        bandwidth::day_start(bucket_start_ms),
         region,
         in_bytes,
         out_bytes,
@@ -151,7 +151,7 @@ pub fn apply_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resul
     let mut last = start;
     let mut sums: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
     for cur in readings {
-        match flow::step(last, cur, now_ms) {
+        match bandwidth::step(last, cur, now_ms) {
             Step::Ignore => {}
             Step::Baseline => last = Some(cur),
             Step::Flow(parts) => {
@@ -176,13 +176,13 @@ pub fn apply_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resul
 }
 
 const BUCKET_SQL_BY_PROJECT: &str = "SELECT project, region, bucket_start_ms, in_bytes, out_bytes
-    FROM flow_buckets
+    FROM bandwidth_buckets
     WHERE project = ?1 AND bucket_start_ms >= ?2 AND bucket_start_ms < ?3
       AND (?4 IS NULL OR region = ?4)
     ORDER BY project, bucket_start_ms, region";
 
 const BUCKET_SQL_ALL: &str = "SELECT project, region, bucket_start_ms, in_bytes, out_bytes
-    FROM flow_buckets
+    FROM bandwidth_buckets
     WHERE bucket_start_ms >= ?2 AND bucket_start_ms < ?3 AND (?4 IS NULL OR region = ?4)
       AND ?1 IS NULL
     ORDER BY project, bucket_start_ms, region";
@@ -234,13 +234,13 @@ pub fn buckets(conn: &Connection, filter: &Filter) -> Result<Vec<BucketRow>> {
 
 const DAY_SQL_BY_PROJECT: &str = "SELECT project, region, total_in, total_out, max_in,
         max_in_at_ms, max_out, max_out_at_ms
-    FROM flow_days
+    FROM bandwidth_days
     WHERE project = ?1 AND day_start_ms >= ?2 AND day_start_ms < ?3
       AND (?4 IS NULL OR region = ?4)";
 
 const DAY_SQL_ALL: &str = "SELECT project, region, total_in, total_out, max_in,
         max_in_at_ms, max_out, max_out_at_ms
-    FROM flow_days
+    FROM bandwidth_days
     WHERE day_start_ms >= ?2 AND day_start_ms < ?3 AND (?4 IS NULL OR region = ?4)
       AND ?1 IS NULL";
 
@@ -312,7 +312,7 @@ fn bucket_span(conn: &Connection, filter: &Filter) -> Result<Option<(i64, i64)>>
             "?1 IS NULL"
         };
         format!(
-            "SELECT bucket_start_ms FROM flow_buckets
+            "SELECT bucket_start_ms FROM bandwidth_buckets
              WHERE {scope} AND bucket_start_ms >= ?2 AND bucket_start_ms < ?3
                AND (?4 IS NULL OR region = ?4)
              ORDER BY bucket_start_ms {dir} LIMIT 1"
@@ -345,7 +345,7 @@ fn bucket_span(conn: &Connection, filter: &Filter) -> Result<Option<(i64, i64)>>
 /// daily rollup for the UTC days that lie wholly inside it and the 10-minute buckets only for the
 /// partial days at its edges (none when the zone is UTC), so a year costs a few thousand rows
 /// per region, not 52,560.
-pub fn monthly(conn: &Connection, tz: Tz, filter: &Filter) -> Result<Vec<MonthlyFlow>> {
+pub fn monthly(conn: &Connection, tz: Tz, filter: &Filter) -> Result<Vec<MonthlyBandwidth>> {
     let mut agg = MonthlyAggregator::new();
     let Some((first, last)) = bucket_span(conn, filter)? else {
         return Ok(Vec::new());
@@ -362,7 +362,7 @@ pub fn monthly(conn: &Connection, tz: Tz, filter: &Filter) -> Result<Vec<Monthly
             break;
         }
         let (a, b) = (a.max(lower), b.min(upper));
-        let (d0, d1) = (flow::day_ceil(a), flow::day_start(b));
+        let (d0, d1) = (bandwidth::day_ceil(a), bandwidth::day_start(b));
         if d0 < d1 {
             add_buckets(conn, filter, month, a, d0, &mut agg)?;
             add_days(conn, filter, month, d0, d1, &mut agg)?;

@@ -267,7 +267,7 @@ impl Month {
 
 /// One month of one project and region.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MonthlyFlow {
+pub struct MonthlyBandwidth {
     /// Project.
     pub project: String,
     /// Region.
@@ -308,11 +308,11 @@ impl Peak {
     }
 }
 
-/// Folds buckets and pre-aggregated spans (e.g. whole days) into [`MonthlyFlow`]s; the caller
+/// Folds buckets and pre-aggregated spans (e.g. whole days) into [`MonthlyBandwidth`]s; the caller
 /// says which month each part belongs to. Parts may come in any order.
 #[derive(Default)]
 pub struct MonthlyAggregator {
-    map: BTreeMap<String, BTreeMap<Month, BTreeMap<String, MonthlyFlow>>>,
+    map: BTreeMap<String, BTreeMap<Month, BTreeMap<String, MonthlyBandwidth>>>,
 }
 
 impl MonthlyAggregator {
@@ -358,7 +358,7 @@ impl MonthlyAggregator {
             None => {
                 regions.insert(
                     region.to_string(),
-                    MonthlyFlow {
+                    MonthlyBandwidth {
                         project: project.to_string(),
                         region: region.to_string(),
                         month,
@@ -401,7 +401,7 @@ impl MonthlyAggregator {
     }
 
     /// The months, ordered by project, month and region.
-    pub fn finish(self) -> Vec<MonthlyFlow> {
+    pub fn finish(self) -> Vec<MonthlyBandwidth> {
         self.map
             .into_values()
             .flat_map(|months| months.into_values().flat_map(BTreeMap::into_values))

@@ -6,13 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use hyper::Method;
+use axum::http::Method;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use super::{Caller, Ctx, Fault, Outcome, Reply};
 use crate::rating::decimal;
-use crate::rating::processor::{iso, month_start};
+use crate::rating::period::{iso, month_start};
 use crate::store::{self, rating::ReportFilter};
 
 /// Longest accepted tenant id or service filter.

@@ -10,7 +10,7 @@
 //! `start`, `end`, audit fields) and `?force=true` are accepted and ignored; a duplicate is the
 //! same key (value or level), parent, tenant and group.
 
-use hyper::Method;
+use axum::http::Method;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 

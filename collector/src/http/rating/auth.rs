@@ -7,7 +7,7 @@
 //!   anonymous.
 //! * `noauth`: every check passes and the caller has no project (upstream's noauth).
 
-use hyper::header::HeaderMap;
+use axum::http::HeaderMap;
 
 use super::Fault;
 use crate::App;
@@ -103,7 +103,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Str
 
 /// Identifies the caller of a request.
 pub async fn identify(app: &App, headers: &HeaderMap) -> Result<Caller, Fault> {
-    match app.config.rating.auth {
+    match app.settings().config.rating.auth {
         RatingAuth::Noauth => Ok(Caller::NoAuth),
         RatingAuth::TrustedHeaders => {
             let roles = header(headers, ROLES_HEADER).map_err(|e| Fault::unauthorized(&e))?;

@@ -1,7 +1,7 @@
 //! `/v1/info/...`: the metrics config (open, no auth). `metrics` and `services` (deprecated) are
 //! the same data, each under its plural and singular spelling.
 
-use hyper::Method;
+use axum::http::Method;
 use serde_json::{Value, json};
 
 use super::{Ctx, Fault, Outcome, Reply};
@@ -20,12 +20,13 @@ pub fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
     if ctx.method != Method::GET {
         return Ok(Reply::BadMethod);
     }
-    let metrics = match &ctx.app.rating.metrics {
+    let settings = ctx.app.settings();
+    let metrics = match &settings.rating.metrics {
         Ok(m) => m,
         Err(_) if rest == ["config"] => return Ok(Reply::Ok(json!({}))),
         Err(_) => {
             return Err(Fault {
-                status: hyper::StatusCode::METHOD_NOT_ALLOWED,
+                status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
                 message: "Invalid endpoint: no metrics in current configuration.".into(),
             });
         }

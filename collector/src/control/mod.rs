@@ -1,11 +1,14 @@
 //! Changing what agents do: persist the desired state first, then push it to a connected agent.
 
+pub mod hub;
+
 use std::time::Duration;
 
+use vmmon_common::vocab::IntervalSecs;
 use vmmon_common::wire::DesiredState;
 
 use crate::App;
-use crate::rpc::hub::PushOutcome;
+use hub::PushOutcome;
 use crate::store::{self, StoreError};
 
 /// A change an operator asks for.
@@ -13,8 +16,8 @@ use crate::store::{self, StoreError};
 pub enum Change {
     /// Turn per-process sampling on or off.
     Monitoring(bool),
-    /// Set the sampling interval in seconds.
-    Interval(u32),
+    /// Set the sampling interval.
+    Interval(IntervalSecs),
 }
 
 /// Persists `change` for `instance_id` (which must exist) and delivers it if the agent is
@@ -34,7 +37,7 @@ pub async fn apply(
             let mut desired = row.desired;
             match change {
                 Change::Monitoring(on) => desired.monitoring = on,
-                Change::Interval(secs) => desired.interval_secs = secs,
+                Change::Interval(secs) => desired.interval_secs = secs.get(),
             }
             store::instances::set_desired(c, &id, desired, matches!(change, Change::Interval(_)))?;
             Ok(Some(desired))
@@ -43,7 +46,7 @@ pub async fn apply(
     let Some(desired): Option<DesiredState> = desired else {
         return Ok(None);
     };
-    let timeout = Duration::from_millis(app.config.command_timeout_ms);
+    let timeout = Duration::from_millis(app.settings().config.command_timeout_ms);
     let outcome = app.hub.push(instance_id, desired, timeout).await;
     tracing::info!(instance_id, ?change, ?outcome, "Applied control change.");
     Ok(Some(outcome))

@@ -1,0 +1,287 @@
+//! Every check on what an agent sends, in one place: inventories, batch shape and figures, sample
+//! times, CDN deltas, and which token may send what. Pure functions of the input (and `now`),
+//! run by [`super::ingest`] and the RPC's `register` before anything is stored.
+
+use vmmon_common::vocab::{DAY_MS, cap_cmd};
+use vmmon_common::wire::{
+    CDN_BUCKET_SECS, Inventory, MAX_CDN_DELTAS_PER_BATCH, MAX_CDN_FILES_PER_BATCH,
+    MAX_PROCESSES_PER_SAMPLE, MAX_SAMPLES_PER_BATCH, ReportBatch, valid_cdn_domain,
+};
+
+use crate::store::AgentTokenRow;
+
+/// Longest inventory string (hostname, OS, agent version) and IP address text.
+const MAX_INVENTORY_TEXT: usize = 255;
+/// Most LAN or WAN addresses one inventory may list.
+const MAX_INVENTORY_IPS: usize = 64;
+/// Samples stamped further ahead of the collector's clock than this are refused.
+const MAX_FUTURE_MS: i64 = DAY_MS;
+
+/// Refuses CDN traffic from a token that is not a CDN edge token.
+pub fn check_cdn_permission(token: &AgentTokenRow, batch: &ReportBatch) -> Result<(), String> {
+    if !token.cdn_edge && (!batch.cdn.is_empty() || batch.cdn_tail.is_some()) {
+        return Err("this agent token may not report CDN traffic: use a CDN edge token \
+             (vmmon-collector token create --cdn)"
+            .into());
+    }
+    Ok(())
+}
+
+/// Checks what an inventory may hold before it is stored and served.
+pub fn validate_inventory(inv: &Inventory) -> Result<(), String> {
+    for (name, v) in [
+        ("hostname", &inv.hostname),
+        ("os", &inv.os),
+        ("agent_version", &inv.agent_version),
+    ] {
+        if v.len() > MAX_INVENTORY_TEXT {
+            return Err(format!(
+                "inventory {name} is longer than {MAX_INVENTORY_TEXT} bytes"
+            ));
+        }
+    }
+    for (name, ips) in [("lan_ips", &inv.lan_ips), ("wan_ips", &inv.wan_ips)] {
+        if ips.len() > MAX_INVENTORY_IPS || ips.iter().any(|ip| ip.len() > 64 || ip.contains(',')) {
+            return Err(format!(
+                "inventory {name} must be at most {MAX_INVENTORY_IPS} addresses"
+            ));
+        }
+    }
+    // Stored as SQLite integers (i64).
+    if inv.mem_total_bytes > i64::MAX as u64 || inv.disk_total_bytes > i64::MAX as u64 {
+        return Err("inventory sizes are out of range".into());
+    }
+    Ok(())
+}
+
+/// Refuses samples the store cannot keep consistently: stamped far in the future, or older than
+/// raw-sample retention (their batch ids would no longer be remembered, so a resend could not
+/// be recognised).
+pub fn validate_times(batch: &ReportBatch, now_ms: i64, retention_days: u32) -> Result<(), String> {
+    for s in &batch.samples {
+        let at = s.vm.sampled_at_ms;
+        if at > now_ms.saturating_add(MAX_FUTURE_MS) {
+            return Err(format!(
+                "sample at {at} ms is more than a day ahead of the collector's clock"
+            ));
+        }
+        if retention_days > 0 && at < now_ms - i64::from(retention_days) * DAY_MS {
+            return Err(format!(
+                "sample at {at} ms is older than the {retention_days}-day raw retention"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Cuts oversized process names instead of refusing the whole batch for one of them.
+pub fn cap_cmds(batch: &mut ReportBatch) {
+    for p in batch
+        .samples
+        .iter_mut()
+        .flat_map(|s| s.processes.iter_mut().flatten())
+    {
+        cap_cmd(&mut p.cmd);
+    }
+}
+
+/// Refuses a batch that can never be stored: empty, too large, or with a figure that is
+/// negative or not finite.
+pub fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
+    if batch.samples.is_empty() {
+        return Err("no samples".into());
+    }
+    validate_cdn(batch)?;
+    if batch.samples.len() > MAX_SAMPLES_PER_BATCH {
+        return Err(format!("more than {MAX_SAMPLES_PER_BATCH} samples"));
+    }
+    for s in &batch.samples {
+        let vm = &s.vm;
+        let figures = [
+            vm.cpu_pct,
+            vm.mem_pct,
+            vm.disk_read_kib_per_sec,
+            vm.disk_write_kib_per_sec,
+            vm.net_in_kib_per_sec,
+            vm.net_out_kib_per_sec,
+        ];
+        if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(format!(
+                "VM sample at {} has a negative or non-finite figure",
+                vm.sampled_at_ms
+            ));
+        }
+        if vm.sampled_at_ms <= 0 {
+            return Err("sample time must be positive epoch milliseconds".into());
+        }
+        let Some(procs) = &s.processes else { continue };
+        if procs.len() > MAX_PROCESSES_PER_SAMPLE {
+            return Err(format!(
+                "more than {MAX_PROCESSES_PER_SAMPLE} processes in one sample"
+            ));
+        }
+        for p in procs {
+            let figures = [
+                p.cpu_pct,
+                p.mem_pct,
+                p.disk_read_kib_per_sec,
+                p.disk_write_kib_per_sec,
+                p.net_in_kib_per_sec,
+                p.net_out_kib_per_sec,
+                p.start_time,
+            ];
+            if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
+                return Err(format!(
+                    "process {} has a negative or non-finite figure",
+                    p.pid
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a batch whose CDN part cannot be stored.
+pub fn validate_cdn(batch: &ReportBatch) -> Result<(), String> {
+    if batch.cdn.len() > MAX_CDN_DELTAS_PER_BATCH {
+        return Err(format!(
+            "more than {MAX_CDN_DELTAS_PER_BATCH} CDN bucket deltas"
+        ));
+    }
+    let fits = |v: u64| i64::try_from(v).is_ok();
+    for d in &batch.cdn {
+        if !valid_cdn_domain(&d.domain) {
+            return Err("a CDN delta has an invalid domain".into());
+        }
+        if d.bucket_start <= 0 || d.bucket_start % CDN_BUCKET_SECS != 0 {
+            return Err(format!(
+                "CDN bucket start {} is not a positive multiple of {CDN_BUCKET_SECS} seconds",
+                d.bucket_start
+            ));
+        }
+        if !fits(d.bytes) || !fits(d.requests) || d.hit_bytes > d.bytes {
+            return Err(format!(
+                "CDN delta of {} has out-of-range bytes or hit bytes above bytes",
+                d.domain
+            ));
+        }
+    }
+    if let Some(tail) = &batch.cdn_tail {
+        if tail.files.len() > MAX_CDN_FILES_PER_BATCH {
+            return Err(format!(
+                "more than {MAX_CDN_FILES_PER_BATCH} access-log positions"
+            ));
+        }
+        if !fits(tail.malformed_lines_total) || tail.files.iter().any(|f| f.log.len() > 4096) {
+            return Err("out-of-range access-log positions".into());
+        }
+    }
+    Ok(())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmmon_common::vocab::MAX_CMD_BYTES;
+    use vmmon_common::wire::{
+        CdnBucketDelta, CdnTailState, Inventory, ProcessSample, Sample, VmSample,
+    };
+
+    fn batch(at_ms: i64, cmd: &str) -> ReportBatch {
+        serde_json::from_value(serde_json::json!({
+            "batch_id": uuid::Uuid::new_v4(), "instance_id": "i", "seq": 0, "dropped_samples_total": 0,
+            "samples": [Sample {
+                vm: VmSample {
+                    sampled_at_ms: at_ms, elapsed_ms: 1000, cpu_pct: 1.0, mem_pct: 1.0, proc_count: 1,
+                    ..VmSample::default()
+                },
+                processes: Some(vec![ProcessSample {
+                    pid: 1, start_time: 1.0, cmd: cmd.into(), cpu_pct: 0.0, mem_pct: 0.0,
+                    disk_read_kib_per_sec: 0.0, disk_write_kib_per_sec: 0.0, net_in_kib_per_sec: 0.0,
+                    net_out_kib_per_sec: 0.0, shutdown_time: None,
+                }]),
+            }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn oversized_cmd_is_cut_not_refused() {
+        let mut b = batch(1_000, &"x".repeat(10_000));
+        cap_cmds(&mut b);
+        assert!(validate_batch(&b).is_ok());
+        assert_eq!(
+            b.samples[0].processes.as_ref().unwrap()[0].cmd.len(),
+            MAX_CMD_BYTES
+        );
+    }
+
+    #[test]
+    fn samples_outside_the_time_window_are_refused() {
+        let now = 100 * 86_400_000;
+        assert!(validate_times(&batch(now, "a"), now, 30).is_ok());
+        assert!(
+            validate_times(&batch(now - 31 * 86_400_000, "a"), now, 30)
+                .unwrap_err()
+                .contains("retention")
+        );
+        assert!(
+            validate_times(&batch(now - 31 * 86_400_000, "a"), now, 0).is_ok(),
+            "0 keeps forever"
+        );
+        assert!(
+            validate_times(&batch(now + 2 * 86_400_000, "a"), now, 30)
+                .unwrap_err()
+                .contains("ahead")
+        );
+    }
+
+    #[test]
+    fn inventory_limits() {
+        assert!(validate_inventory(&Inventory::default()).is_ok());
+        let long = Inventory {
+            hostname: "h".repeat(300),
+            ..Inventory::default()
+        };
+        assert!(validate_inventory(&long).is_err());
+        let many = Inventory {
+            wan_ips: vec!["1.2.3.4".into(); 65],
+            ..Inventory::default()
+        };
+        assert!(validate_inventory(&many).is_err());
+        let huge = Inventory {
+            mem_total_bytes: u64::MAX,
+            ..Inventory::default()
+        };
+        assert!(validate_inventory(&huge).is_err());
+    }
+
+    fn cdn_batch(cdn: Vec<CdnBucketDelta>) -> ReportBatch {
+        let mut b = batch(1_000, "nginx");
+        b.cdn = cdn;
+        b.cdn_tail = Some(CdnTailState::default());
+        b
+    }
+
+    #[test]
+    fn batch_cdn_parts_are_validated() {
+        let d = |domain: &str, bucket_start: i64, bytes: u64, hit_bytes: u64| CdnBucketDelta {
+            domain: domain.into(),
+            bucket_start,
+            bytes,
+            hit_bytes,
+            requests: 1,
+        };
+        assert!(validate_cdn(&cdn_batch(vec![d("a.com", 600, 10, 10)])).is_ok());
+        assert!(validate_cdn(&cdn_batch(vec![d("A.com", 600, 10, 1)])).is_err());
+        assert!(validate_cdn(&cdn_batch(vec![d("a.com", 601, 10, 1)])).is_err());
+        assert!(validate_cdn(&cdn_batch(vec![d("a.com", 0, 10, 1)])).is_err());
+        assert!(validate_cdn(&cdn_batch(vec![d("a.com", 600, 10, 11)])).is_err());
+        assert!(validate_cdn(&cdn_batch(vec![d("a.com", 600, u64::MAX, 1)])).is_err());
+        let many = (0..=MAX_CDN_DELTAS_PER_BATCH)
+            .map(|i| d("a.com", 300 * (i as i64 + 1), 1, 0))
+            .collect();
+        assert!(validate_cdn(&cdn_batch(many)).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! Background upkeep every 10 minutes: purges expired sessions and raw samples past
+//! `raw_retention_days` (in chunks, yielding to ingest between them).
+
+use std::sync::Arc;
+
+use vmmon_common::vocab::{DAY_MS, now_ms};
+
+use crate::App;
+use crate::store;
+
+/// Rows each retention step deletes per table (one short write transaction).
+const RETENTION_CHUNK_ROWS: i64 = 20_000;
+/// How often upkeep runs.
+const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Starts the upkeep loop.
+pub fn spawn(app: Arc<App>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EVERY);
+        loop {
+            tick.tick().await;
+            run_once(&app).await;
+        }
+    });
+}
+
+/// One round of upkeep (also used by tests).
+pub async fn run_once(app: &App) {
+    let settings = app.settings();
+    let idle_ms = settings.config.session_idle_ms();
+    match app
+        .store
+        .write(move |c| store::users::purge_sessions(c, now_ms(), idle_ms))
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!(purged = n, "Purged expired sessions."),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "Session purge failed."),
+    }
+    let retention_days = settings.config.raw_retention_days;
+    if retention_days == 0 {
+        return;
+    }
+    let cutoff = now_ms() - i64::from(retention_days) * DAY_MS;
+    let mut total = 0usize;
+    loop {
+        match app
+            .store
+            .write(move |c| store::samples::purge_raw_before(c, cutoff, RETENTION_CHUNK_ROWS))
+            .await
+        {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n;
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Raw-sample retention failed.");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(
+            rows = total,
+            retention_days,
+            "Deleted raw samples past retention."
+        );
+    }
+}
