@@ -3,7 +3,7 @@
 //! `cargo bench -p vmmon-collector --bench flow_monthly`
 //!
 //! Setup: 1,000 VMs of project `p-bench` in 2 regions report through the real ingest path
-//! (`samples::insert_batch`, which maintains the rollup) for one day at a 10-minute interval;
+//! (`ingest::store_batch`: raw insert and rollup) for one day at a 10-minute interval;
 //! the other 364 days of the year are filled into the same rollup directly, one row per region
 //! and bucket as ingest would leave them (the rollup holds one row per project, region and
 //! 10-minute bucket however many VMs report, so its size does not grow with the VM count). Twenty
@@ -17,7 +17,7 @@ use anyhow::Context;
 use rusqlite::Connection;
 use vmmon_collector::http::mana;
 use vmmon_collector::bandwidth::BUCKET_MS;
-use vmmon_collector::store::{self, AgentTokenRow, Store, flow::Filter};
+use vmmon_collector::store::{self, AgentTokenRow, Store, bandwidth::Filter};
 use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 
 const VMS: usize = 1_000;
@@ -92,7 +92,7 @@ fn populate(conn: &Connection) -> anyhow::Result<Duration> {
                 cdn: Vec::new(),
                 cdn_tail: None,
             };
-            store::samples::insert_batch(conn, &batch, now)?;
+            vmmon_collector::ingest::store_batch(conn, &batch, now)?;
             samples += 1;
         }
     }
@@ -143,7 +143,7 @@ fn time(label: &str, conn: &Connection, tz: chrono_tz::Tz, filter: &Filter) -> a
         let answer = mana::monthly_answer(conn, tz, filter)?;
         let body = serde_json::to_vec(&answer)?;
         times.push(t.elapsed());
-        entries = answer["monthly_data"].as_array().map_or(0, Vec::len);
+        entries = answer.monthly_data.len();
         bytes = body.len();
     }
     times.sort();

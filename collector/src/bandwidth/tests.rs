@@ -250,7 +250,7 @@ fn monthly_peaks_ties_and_totals() {
     assert_eq!(out.len(), 4);
     assert_eq!(
         out[0],
-        MonthlyFlow {
+        MonthlyBandwidth {
             project: "p1".into(),
             region: "r1".into(),
             month: jan,

@@ -1,5 +1,5 @@
 use super::*;
-use vmmon_common::wire::{CdnBucketDelta, CdnTailState, Sample, VmSample};
+use serde_json::json;
 
 fn date(y: i32, m: u32, d: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(y, m, d).unwrap()
@@ -222,25 +222,6 @@ fn megabytes_and_entries() {
         serde_json::to_string(&answer(vec![e])).unwrap(),
         r#"{"status":0,"msg":"成功","data":[{"domain":"a.com","data":[[300,0.0,0.0],[600,2.0,1.0],[900,0.0,0.0]]}]}"#
     );
-}
-
-fn batch(cdn: Vec<CdnBucketDelta>) -> ReportBatch {
-    ReportBatch {
-        batch_id: uuid::Uuid::new_v4(),
-        instance_id: "i".into(),
-        seq: 0,
-        samples: vec![Sample {
-            vm: VmSample {
-                sampled_at_ms: 1,
-                proc_count: 1,
-                ..VmSample::default()
-            },
-            processes: None,
-        }],
-        dropped_samples_total: 0,
-        cdn,
-        cdn_tail: Some(CdnTailState::default()),
-    }
 }
 
 #[test]

@@ -455,7 +455,7 @@ mod tests {
     async fn send(store: &Store, b: &ReportBatch) -> bool {
         let b = b.clone();
         store
-            .write(move |c| samples::insert_batch(c, &b, T0 + 24 * 3600 * 1000))
+            .write(move |c| crate::ingest::store_batch(c, &b, T0 + 24 * 3600 * 1000))
             .await
             .unwrap()
     }

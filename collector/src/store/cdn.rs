@@ -301,10 +301,10 @@ mod tests {
         let stored = store
             .write(move |c| {
                 Ok([
-                    super::super::samples::insert_batch(c, &c1, 1)?,
-                    super::super::samples::insert_batch(c, &c2, 2)?,
+                    crate::ingest::store_batch(c, &c1, 1)?,
+                    crate::ingest::store_batch(c, &c2, 2)?,
                     // A resend of b1 adds nothing.
-                    super::super::samples::insert_batch(c, &c1, 3)?,
+                    crate::ingest::store_batch(c, &c1, 3)?,
                 ])
             })
             .await

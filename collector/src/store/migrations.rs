@@ -260,4 +260,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE agent_tokens ADD COLUMN cdn_edge INTEGER NOT NULL DEFAULT 0;
     "#,
+    // VM bandwidth is "bandwidth" everywhere; "flow" names only the CDN API (the mana_api paths
+    // /flow and /flow_monthly keep the seed's names).
+    r#"
+    ALTER TABLE flow_buckets RENAME TO bandwidth_buckets;
+    ALTER TABLE flow_days RENAME TO bandwidth_days;
+    ALTER TABLE flow_counters RENAME TO bandwidth_counters;
+    DROP INDEX flow_buckets_time;
+    CREATE INDEX bandwidth_buckets_time ON bandwidth_buckets(bucket_start_ms);
+    DROP INDEX flow_days_time;
+    CREATE INDEX bandwidth_days_time ON bandwidth_days(day_start_ms);
+    "#,
 ];
