@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rusqlite::Connection;
-use vmmon_collector::http::mana;
 use vmmon_collector::bandwidth::BUCKET_MS;
+use vmmon_collector::http::mana;
 use vmmon_collector::store::{self, AgentTokenRow, Store, bandwidth::Filter};
 use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 

@@ -20,8 +20,8 @@ use vmmon_common::RPC_PATH;
 use vmmon_common::rpc::MonitorApiServer;
 
 use crate::App;
-use crate::http;
 use crate::auth;
+use crate::http;
 use crate::rpc::{AgentAuth, RpcHandler};
 use crate::store;
 

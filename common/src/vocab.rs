@@ -20,7 +20,9 @@ pub enum InstanceIdError {
     #[error("instance_id is longer than {MAX_INSTANCE_ID_LEN} characters")]
     TooLong,
     /// The id holds a character outside `[A-Za-z0-9._:-]`.
-    #[error("instance_id {id:?} contains the character {bad:?}; allowed are letters, digits and . _ : -")]
+    #[error(
+        "instance_id {id:?} contains the character {bad:?}; allowed are letters, digits and . _ : -"
+    )]
     BadChar {
         /// The id as given.
         id: String,

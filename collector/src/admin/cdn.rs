@@ -40,4 +40,3 @@ pub async fn revoke_user(store: &Store, name: &str) -> Result<bool, AdminError> 
 pub async fn list_sources(store: &Store) -> Result<Vec<CdnSourceRow>, AdminError> {
     Ok(store.read(store::cdn::list_sources).await?)
 }
-

@@ -11,11 +11,7 @@ use md5::{Digest, Md5};
 use serde::Serialize;
 use serde_json::Value;
 use subtle::{Choice, ConstantTimeEq};
-use vmmon_common::wire::{
-    CDN_BUCKET_SECS,
-    valid_cdn_domain,
-};
-
+use vmmon_common::wire::{CDN_BUCKET_SECS, valid_cdn_domain};
 
 /// Longest query span.
 pub const MAX_SPAN_SECS: i64 = 31 * 86_400;

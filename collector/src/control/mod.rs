@@ -8,8 +8,8 @@ use vmmon_common::vocab::IntervalSecs;
 use vmmon_common::wire::DesiredState;
 
 use crate::App;
-use hub::PushOutcome;
 use crate::store::{self, StoreError};
+use hub::PushOutcome;
 
 /// A change an operator asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

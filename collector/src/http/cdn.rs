@@ -39,7 +39,8 @@ impl IntoResponse for FlowError {
 /// Handles one request to [`FLOW_PATH`].
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     if req.method() != Method::POST {
-        return FlowError::new(status::METHOD_NOT_ALLOWED, "use POST for /api/flow").into_response();
+        return FlowError::new(status::METHOD_NOT_ALLOWED, "use POST for /api/flow")
+            .into_response();
     }
     let (parts, body) = req.into_parts();
     let body = match read_body(body, app.settings().config.max_body_bytes).await {
@@ -114,7 +115,9 @@ async fn flow(
         .filter(|u| u.revoked_at_ms.is_none())
         .ok_or_else(unknown)?;
     let now = Utc::now();
-    let today = now.with_timezone(&app.settings().config.timezone).date_naive();
+    let today = now
+        .with_timezone(&app.settings().config.timezone)
+        .date_naive();
     if !cdn::signature_ok(&req.signature, &user.name, &user.secret, today) {
         return Err(FlowError::new(
             status::BAD_SIGNATURE,

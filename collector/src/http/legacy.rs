@@ -497,7 +497,11 @@ fn proc_record(app: &App, r: &ProcessRow) -> ProcRecord {
 }
 
 /// `records` as JSON objects, or as repr strings.
-fn records<T: Serialize>(records: Vec<T>, legacy_repr: bool, wrap: fn(Vec<T>) -> Records) -> Result<Records, Reply> {
+fn records<T: Serialize>(
+    records: Vec<T>,
+    legacy_repr: bool,
+    wrap: fn(Vec<T>) -> Records,
+) -> Result<Records, Reply> {
     if !legacy_repr {
         return Ok(wrap(records));
     }

@@ -63,7 +63,10 @@ pub fn routes() -> Router<Arc<App>> {
     }
     Router::new()
         .route(VM_PATH, only_get(VM_PATH, get(vm)))
-        .route(BANDWIDTH_PATH, only_get(BANDWIDTH_PATH, get(bandwidth_detail)))
+        .route(
+            BANDWIDTH_PATH,
+            only_get(BANDWIDTH_PATH, get(bandwidth_detail)),
+        )
         .route(
             BANDWIDTH_MONTHLY_PATH,
             only_get(BANDWIDTH_MONTHLY_PATH, get(bandwidth_monthly)),
@@ -281,11 +284,7 @@ pub fn vm_entry(tz: Tz, row: &InstanceRow, now_ms: i64) -> VmServer {
     }
 }
 
-async fn vm(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Response {
+async fn vm(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     answer(vm_list(&app, &headers, raw).await)
 }
 

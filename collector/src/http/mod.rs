@@ -24,13 +24,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderName, StatusCode, Uri};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get, post};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use tower::ServiceBuilder;
+use tower::util::MapRequest;
 use tower_http::compression::CompressionLayer;
 use tower_http::normalize_path::NormalizePath;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -46,8 +47,19 @@ pub const HEALTH_PATH: &str = "/healthz";
 /// Header carrying the request id (set when the client sends none, echoed in the answer).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The whole HTTP API as one service: the router, with trailing slashes trimmed before routing.
-pub type HttpService = NormalizePath<Router>;
+/// The whole HTTP API as one service: the router, with trailing slashes trimmed before routing
+/// (the path as sent is kept in a [`SentPath`] extension for error messages).
+pub type HttpService = MapRequest<NormalizePath<Router>, fn(Request) -> Request>;
+
+/// The request path as the client sent it, before trailing slashes were trimmed.
+#[derive(Debug, Clone)]
+pub struct SentPath(pub String);
+
+fn keep_sent_path(mut req: Request) -> Request {
+    let sent = SentPath(req.uri().path().to_string());
+    req.extensions_mut().insert(sent);
+    req
+}
 
 /// Builds the HTTP API over the shared state.
 pub fn router(app: Arc<App>) -> HttpService {
@@ -67,16 +79,23 @@ pub fn router(app: Arc<App>) -> HttpService {
         .route(HEALTH_PATH, get(health))
         .route(
             LEGACY_PATH,
-            post(legacy::handle).fallback(|| async { MsgError::method("use POST for /wsgi_app.py") }),
+            post(legacy::handle)
+                .fallback(|| async { MsgError::method("use POST for /wsgi_app.py") }),
         )
         .merge(mana::routes())
         .route(cdn::FLOW_PATH, any(cdn::handle))
         .route(rating::PREFIX, any(rating::handle))
-        .route(&format!("{}/{{*rest}}", rating::PREFIX), any(rating::handle))
+        .route(
+            &format!("{}/{{*rest}}", rating::PREFIX),
+            any(rating::handle),
+        )
         .fallback(not_found)
         .layer(layers)
         .with_state(app);
-    NormalizePath::trim_trailing_slash(router)
+    MapRequest::new(
+        NormalizePath::trim_trailing_slash(router),
+        keep_sent_path as fn(Request) -> Request,
+    )
 }
 
 /// `GET /`: who answers here and where its APIs are.
@@ -111,12 +130,24 @@ async fn index() -> Json<Index> {
         name: "vmmon-collector",
         version: env!("CARGO_PKG_VERSION"),
         paths: vec![
-            p(vmmon_common::RPC_PATH, "GET (WebSocket)", "agents' JSON-RPC"),
+            p(
+                vmmon_common::RPC_PATH,
+                "GET (WebSocket)",
+                "agents' JSON-RPC",
+            ),
             p(LEGACY_PATH, "POST", "method-coded API (wsgi_app.py)"),
             p(mana::VM_PATH, "GET", "VM list"),
             p(mana::BANDWIDTH_PATH, "GET", "bandwidth per 10 minutes"),
-            p(mana::BANDWIDTH_MONTHLY_PATH, "GET", "monthly bandwidth peaks and totals"),
-            p(rating::PREFIX, "GET POST PUT DELETE", "CloudKitty-compatible rating API v1"),
+            p(
+                mana::BANDWIDTH_MONTHLY_PATH,
+                "GET",
+                "monthly bandwidth peaks and totals",
+            ),
+            p(
+                rating::PREFIX,
+                "GET POST PUT DELETE",
+                "CloudKitty-compatible rating API v1",
+            ),
             p(cdn::FLOW_PATH, "POST", "CDN flow query"),
             p(HEALTH_PATH, "GET", "liveness"),
         ],
@@ -145,11 +176,9 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn not_found(uri: Uri) -> MsgError {
-    MsgError::new(
-        StatusCode::NOT_FOUND,
-        format!("no such path: {}", uri.path()),
-    )
+async fn not_found(uri: Uri, sent: Option<Extension<SentPath>>) -> MsgError {
+    let path = sent.map_or_else(|| uri.path().to_string(), |Extension(p)| p.0);
+    MsgError::new(StatusCode::NOT_FOUND, format!("no such path: {path}"))
 }
 
 /// The `{"msg", "code"}` error used outside the legacy, rating and CDN APIs (mana_api, unknown

@@ -1,1 +1,800 @@
-//! placeholder
+//! The HTTP APIs in process: the real router over a real SQLite store in a temp dir, driven with
+//! `tower::ServiceExt::oneshot` (no binary, no socket). Cases are tables: one line per request and
+//! what it must answer.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use vmmon_common::wire::{Inventory, ProcessSample, ReportBatch, Sample, VmSample};
+
+use super::{HttpService, router};
+use crate::store::{self, Store};
+use crate::{App, CollectorConfig, admin, auth, ingest};
+
+const NOW_SECS: i64 = 1_764_500_000; // 2025-11-30T10:53:20Z
+const ADMIN_SID: &str = "sid-admin";
+const TENANT_A_SID: &str = "sid-tenant-a";
+const TENANT_B_SID: &str = "sid-tenant-b";
+
+/// A router over a store holding: admin, tenant-a (project pa), tenant-b (project pb); instances
+/// `a1`, `a2` (pa) and `b1` (pb), each with one VM sample and two processes.
+struct World {
+    _dir: tempfile::TempDir,
+    svc: HttpService,
+    app: Arc<App>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+fn vm_sample(at_ms: i64, cpu: f64) -> VmSample {
+    VmSample {
+        sampled_at_ms: at_ms,
+        elapsed_ms: 30_000,
+        cpu_pct: cpu,
+        mem_pct: 41.256,
+        disk_read_kib_per_sec: 1.0,
+        disk_write_kib_per_sec: 2.0,
+        net_in_kib_per_sec: 3.0,
+        net_out_kib_per_sec: 4.0,
+        rx_bytes_total: 1000,
+        tx_bytes_total: 2000,
+        proc_count: 2,
+        ..VmSample::default()
+    }
+}
+
+fn process(pid: u32, cmd: &str, cpu: f64) -> ProcessSample {
+    serde_json::from_value(json!({
+        "pid": pid, "start_time": 1_764_000_000.5, "cmd": cmd, "cpu_pct": cpu, "mem_pct": 1.234,
+        "disk_read_kib_per_sec": 0.0, "disk_write_kib_per_sec": 5.555,
+        "net_in_kib_per_sec": 0.0, "net_out_kib_per_sec": 0.0, "shutdown_time": null
+    }))
+    .unwrap()
+}
+
+impl World {
+    async fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let admin_id = admin::add_user(&store, "admin", "admin-password", None)
+            .await
+            .unwrap();
+        let a_id = admin::add_user(&store, "tenant-a", "tenant-a-password", Some("pa"))
+            .await
+            .unwrap();
+        let b_id = admin::add_user(&store, "tenant-b", "tenant-b-password", Some("pb"))
+            .await
+            .unwrap();
+        let now_ms = store::now_ms();
+        store
+            .write(move |c| {
+                for (sid, id) in [
+                    (ADMIN_SID, admin_id),
+                    (TENANT_A_SID, a_id),
+                    (TENANT_B_SID, b_id),
+                ] {
+                    store::users::create_session(c, sid, id, now_ms)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        for (project, ids) in [("pa", &["a1", "a2"][..]), ("pb", &["b1"][..])] {
+            let (_, token) = admin::create_token(&store, project, "r1", "x", false)
+                .await
+                .unwrap();
+            let hash = auth::token_sha256(&token);
+            let row = store
+                .read(move |c| store::users::agent_token_by_hash(c, &hash))
+                .await
+                .unwrap()
+                .unwrap();
+            for (k, id) in ids.iter().enumerate() {
+                let (id, row) = (id.to_string(), row.clone());
+                let inv = Inventory {
+                    hostname: format!("host-{id}"),
+                    cpu_count: 2,
+                    mem_total_bytes: 4 << 30,
+                    ..Inventory::default()
+                };
+                let at = NOW_SECS * 1000 + k as i64 * 1000;
+                store
+                    .write_unguarded(move |c| {
+                        store::instances::register(c, &id, &row, &inv, 30, at)?;
+                        let batch = ReportBatch {
+                            batch_id: uuid::Uuid::new_v4(),
+                            instance_id: id.clone(),
+                            seq: 0,
+                            dropped_samples_total: 0,
+                            samples: vec![Sample {
+                                vm: vm_sample(at, 12.345),
+                                processes: Some(vec![
+                                    process(100, "sshd", 1.5),
+                                    process(200, &format!("it's-{id}"), 9.25),
+                                ]),
+                            }],
+                            cdn: Vec::new(),
+                            cdn_tail: None,
+                        };
+                        ingest::store_batch(c, &batch, at)
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        let app = App::new(CollectorConfig::default(), store);
+        World {
+            _dir: dir,
+            svc: router(app.clone()),
+            app,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Body::from(body.to_string())).unwrap();
+        let resp = self.svc.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn legacy(&self, req: Value) -> Value {
+        let a = self
+            .call(Method::POST, "/wsgi_app.py", &[], &req.to_string())
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "wsgi_app.py always answers 200");
+        a.json()
+    }
+}
+
+#[tokio::test]
+async fn index_health_head_and_unknown_paths() {
+    let w = World::new().await;
+    // (method, path, status, a JSON pointer and its value, or None for an empty body)
+    let cases: &[(Method, &str, StatusCode, Option<(&str, Value)>)] = &[
+        (
+            Method::GET,
+            "/",
+            StatusCode::OK,
+            Some(("/name", json!("vmmon-collector"))),
+        ),
+        (
+            Method::GET,
+            "/",
+            StatusCode::OK,
+            Some(("/paths/1/path", json!("/wsgi_app.py"))),
+        ),
+        (
+            Method::GET,
+            "/healthz",
+            StatusCode::OK,
+            Some(("/status", json!("ok"))),
+        ),
+        (
+            Method::GET,
+            "/healthz/",
+            StatusCode::OK,
+            Some(("/status", json!("ok"))),
+        ),
+        (Method::HEAD, "/healthz", StatusCode::OK, None),
+        (Method::HEAD, "/", StatusCode::OK, None),
+        (Method::HEAD, "/mana_api/vm", StatusCode::UNAUTHORIZED, None),
+        (
+            Method::GET,
+            "/nope",
+            StatusCode::NOT_FOUND,
+            Some(("/msg", json!("no such path: /nope"))),
+        ),
+        (
+            Method::GET,
+            "/nope",
+            StatusCode::NOT_FOUND,
+            Some(("/code", json!(404))),
+        ),
+        (
+            Method::GET,
+            "/mana_api/other",
+            StatusCode::NOT_FOUND,
+            Some(("/code", json!(404))),
+        ),
+        (
+            Method::GET,
+            "/wsgi_app.py",
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some(("/msg", json!("use POST for /wsgi_app.py"))),
+        ),
+        (
+            Method::POST,
+            "/mana_api/vm",
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some(("/msg", json!("use GET for /mana_api/vm"))),
+        ),
+        (
+            Method::DELETE,
+            "/mana_api/flow_monthly",
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some(("/code", json!(405))),
+        ),
+        (
+            Method::GET,
+            "/api/flow",
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some(("/status", json!(1010))),
+        ),
+    ];
+    for (method, path, status, want) in cases {
+        let a = w.call(method.clone(), path, &[], "").await;
+        assert_eq!(a.status, *status, "{method} {path}");
+        match want {
+            Some((pointer, value)) => {
+                assert_eq!(
+                    a.json().pointer(pointer),
+                    Some(value),
+                    "{method} {path} {pointer}"
+                )
+            }
+            None => assert!(a.body.is_empty(), "{method} {path}: HEAD has no body"),
+        }
+        assert!(
+            a.headers.contains_key("x-request-id"),
+            "{method} {path}: every answer carries a request id"
+        );
+    }
+}
+
+#[tokio::test]
+async fn legacy_bad_requests_answer_status_3_naming_the_problem() {
+    let w = World::new().await;
+    let big = format!(
+        "{{\"method\": 611611, \"pad\": \"{}\"}}",
+        "x".repeat(1 << 20)
+    );
+    // (raw body, substring of the message)
+    let cases: &[(&str, &str)] = &[
+        ("{", "malformed JSON body"),
+        ("[1]", "must be a JSON object"),
+        ("{}", "missing \"method\""),
+        (r#"{"method": "abc"}"#, "must be an integer code"),
+        (r#"{"method": 1.5}"#, "must be an integer code"),
+        (r#"{"method": 7}"#, "unknown method code 7"),
+        (
+            r#"{"method": 611611, "data": 3}"#,
+            "\"data\" must be a JSON object",
+        ),
+        (r#"{"method": 611611, "legacy_repr": "yes"}"#, "legacy_repr"),
+        (
+            r#"{"method": 611611, "data": {"instance_id": "a1"}}"#,
+            "missing session_id",
+        ),
+        (
+            r#"{"method": 611611, "session_id": 5, "data": {"instance_id": "a1"}}"#,
+            "session_id must be the string",
+        ),
+        (
+            r#"{"method": 611611, "session_id": "forged", "data": {"instance_id": "a1"}}"#,
+            "session expired or unknown",
+        ),
+        (
+            r#"{"method": 611611, "session_id": "sid-admin", "data": {}}"#,
+            "missing data.instance_id",
+        ),
+        (
+            r#"{"method": 611611, "session_id": "sid-admin", "data": {"instance_id": 5}}"#,
+            "must be a string of ids",
+        ),
+        (
+            r#"{"method": 611611, "session_id": "sid-admin", "data": {"instance_id": ";;"}}"#,
+            "names no instance",
+        ),
+        (
+            r#"{"method": 611611, "session_id": "sid-admin", "data": {"instance_id": "a1;x'y"}}"#,
+            "contains the character '\\''",
+        ),
+        (
+            r#"{"method": 611611, "session_id": "sid-admin", "data": {"instance_id": "zz"}}"#,
+            "unknown instance_id \"zz\"",
+        ),
+        (
+            r#"{"method": 611611, "session_id": "sid-admin", "limit": 0, "data": {"instance_id": "a1"}}"#,
+            "limit must be a positive integer",
+        ),
+        (
+            r#"{"method": 611712, "session_id": "sid-admin", "data": {"instance_id": "a1"}}"#,
+            "missing proc_name",
+        ),
+        (
+            r#"{"method": 32525, "session_id": "sid-tenant-a", "data": {"instance_id": "a1", "interval_secs": 5}}"#,
+            "needs an admin session",
+        ),
+        (
+            r#"{"method": 32525, "session_id": "sid-admin", "data": {"instance_id": "a1", "interval_secs": 0}}"#,
+            "within 1..=86400",
+        ),
+        (
+            r#"{"method": 32525, "session_id": "sid-admin", "data": {"instance_id": "a1", "interval_secs": 86401}}"#,
+            "within 1..=86400",
+        ),
+        (
+            r#"{"method": 458753, "data": {"user_name": "admin"}}"#,
+            "login needs data.user_name and data.password",
+        ),
+        (
+            r#"{"method": 458753, "data": {"user_name": "admin", "password": "wrong"}}"#,
+            "authentication failed",
+        ),
+        (&big, "exceeds the limit of 1048576 bytes"),
+    ];
+    let before = w
+        .app
+        .store
+        .read(|c| store::instances::list(c, None))
+        .await
+        .unwrap();
+    for (body, want) in cases {
+        let a = w.call(Method::POST, "/wsgi_app.py", &[], body).await;
+        assert_eq!(a.status, StatusCode::OK);
+        let v = a.json();
+        assert_eq!(v["status_code"], 3, "{body:.80}: {v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            msg.contains(want),
+            "{body:.80}: {msg:?} should name {want:?}"
+        );
+        assert_eq!(v["data"], Value::Null, "{body:.80}");
+        assert_eq!(v["message_id"], "", "{body:.80}");
+    }
+    let after = w
+        .app
+        .store
+        .read(|c| store::instances::list(c, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        before.iter().map(|i| &i.desired).collect::<Vec<_>>(),
+        after.iter().map(|i| &i.desired).collect::<Vec<_>>(),
+        "bad requests change nothing"
+    );
+}
+
+#[tokio::test]
+async fn legacy_queries_answer_the_stored_figures() {
+    let w = World::new().await;
+    let v = w
+        .legacy(
+            json!({"method": "611611", "session_id": ADMIN_SID, "data": {"instance_id": "a2;a1;"}}),
+        )
+        .await;
+    assert_eq!(v["status_code"], 1);
+    assert_eq!(
+        v["method"], 611611,
+        "a numeric string is echoed as a number"
+    );
+    assert_eq!(v["session_id"], ADMIN_SID);
+    assert_eq!(v["message"], "'success query vm information'");
+    let recs = v["data"].as_array().unwrap();
+    let ids: Vec<&str> = recs
+        .iter()
+        .map(|r| r["instance_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a2", "a1"], "in request order, not sorted");
+    let r = &recs[1];
+    let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "net_incoming",
+            "disk_write",
+            "mem",
+            "net_outgoing",
+            "instance_id",
+            "cpu_util",
+            "disk_read",
+            "create_date",
+            "_id",
+            "proc",
+            "rx_bytes",
+            "tx_bytes",
+            "dropped_samples",
+            "net_attributed_in",
+            "net_attributed_out",
+            "net_unattributed_in",
+            "net_unattributed_out"
+        ],
+        "the seed's field order"
+    );
+    assert_eq!(r["cpu_util"], 12.35, "rounded to 2 decimals");
+    assert_eq!(r["mem"], 41.26);
+    assert_eq!(r["rx_bytes"], 1000);
+    assert_eq!(r["create_date"], "2025-11-30T10:53:20.000000");
+    assert_eq!(r["net_attributed_in"], Value::Null);
+    assert_eq!(r["_id"].as_str().unwrap().len(), 24);
+
+    // 611711: busiest first; limit; 611712 by name.
+    let v = w
+        .legacy(json!({"method": 611711, "session_id": ADMIN_SID, "data": {"instance_id": "a1"}}))
+        .await;
+    let cmds: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cmd"].as_str().unwrap())
+        .collect();
+    assert_eq!(cmds, ["it's-a1", "sshd"]);
+    assert_eq!(v["data"][0]["disk_write"], 5.56);
+    assert_eq!(v["data"][0]["running_time"], 1_764_000_000.5);
+    let v = w
+        .legacy(json!({"method": 611711, "limit": 1, "session_id": ADMIN_SID, "data": {"instance_id": "a1"}}))
+        .await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    let v = w
+        .legacy(json!({"method": 611712, "proc_name": "sshd", "session_id": ADMIN_SID, "data": {"instance_id": "a1;b1"}}))
+        .await;
+    let pids: Vec<(&str, i64)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["instance_id"].as_str().unwrap(),
+                r["pid"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pids, [("a1", 100), ("b1", 100)]);
+}
+
+#[tokio::test]
+async fn legacy_repr_is_the_same_record_as_python_2_prints_it() {
+    let w = World::new().await;
+    let req = |repr: bool| json!({"method": 611711, "legacy_repr": repr, "session_id": ADMIN_SID, "data": {"instance_id": "a1"}});
+    let json_rec = w.legacy(req(false)).await["data"][0].clone();
+    let repr_rec = w.legacy(req(true)).await["data"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = json_rec["_id"].as_str().unwrap();
+    let date = json_rec["create_date"].as_str().unwrap();
+    assert_eq!(
+        repr_rec,
+        format!(
+            "{{u'net_incoming': 0.0, u'shutdown_time': None, u'mem': 1.23, u'net_outgoing': 0.0, \
+             u'cmd': u\"it's-a1\", u'pid': 200, u'instance_id': u'a1', u'disk_write': 5.56, \
+             u'disk_read': 0.0, u'create_date': u'{date}', u'_id': ObjectId('{id}'), \
+             u'cpu_util': 9.25, u'running_time': 1764000000.5}}"
+        )
+    );
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_project_on_every_api() {
+    let w = World::new().await;
+    for method in [611611, 611711, 32524] {
+        let own = w
+            .legacy(json!({"method": method, "proc_name": "sshd", "session_id": TENANT_A_SID, "data": {"instance_id": "a1"}}))
+            .await;
+        assert_ne!(
+            own["status_code"], 3,
+            "{method}: a tenant reads its own instance: {own}"
+        );
+        let foreign = w
+            .legacy(json!({"method": method, "proc_name": "sshd", "session_id": TENANT_A_SID, "data": {"instance_id": "b1"}}))
+            .await;
+        let unknown = w
+            .legacy(json!({"method": method, "proc_name": "sshd", "session_id": TENANT_A_SID, "data": {"instance_id": "zz"}}))
+            .await;
+        assert_eq!(foreign["status_code"], 3, "{method}");
+        assert_eq!(
+            foreign["message"].as_str().unwrap().replace("b1", "ID"),
+            unknown["message"].as_str().unwrap().replace("zz", "ID"),
+            "{method}: another tenant's id answers exactly like an unknown one"
+        );
+    }
+    let v = w
+        .legacy(json!({"method": 611712, "proc_name": "sshd", "session_id": TENANT_A_SID, "data": {"instance_id": "a1;b1"}}))
+        .await;
+    assert_eq!(
+        v["status_code"], 3,
+        "one foreign id fails the whole request"
+    );
+
+    // mana_api: (session, path, status, instance ids listed or the msg's start)
+    let cases: &[(&str, &str, StatusCode, &str)] = &[
+        (TENANT_A_SID, "/mana_api/vm", StatusCode::OK, "a1,a2"),
+        (TENANT_B_SID, "/mana_api/vm", StatusCode::OK, "b1"),
+        (ADMIN_SID, "/mana_api/vm", StatusCode::OK, "a1,a2,b1"),
+        (ADMIN_SID, "/mana_api/vm?tenant_id=pb", StatusCode::OK, "b1"),
+        (ADMIN_SID, "/mana_api/vm?f=2&t=3", StatusCode::OK, "a2,b1"),
+        (
+            TENANT_A_SID,
+            "/mana_api/vm?tenant_id=pb",
+            StatusCode::FORBIDDEN,
+            "Malformed request URL: URL's tenant_id 'pb' doesn't match Context's project_id 'pa'",
+        ),
+        (
+            TENANT_A_SID,
+            "/mana_api/flow?project_id=pb",
+            StatusCode::FORBIDDEN,
+            "Malformed request URL",
+        ),
+        (
+            ADMIN_SID,
+            "/mana_api/flow",
+            StatusCode::BAD_REQUEST,
+            "project_id is required",
+        ),
+        (
+            ADMIN_SID,
+            "/mana_api/vm?f=0",
+            StatusCode::BAD_REQUEST,
+            "f must be a positive integer",
+        ),
+        (
+            ADMIN_SID,
+            "/mana_api/vm?f=3&t=2",
+            StatusCode::BAD_REQUEST,
+            "t (2) must not be smaller",
+        ),
+        (
+            ADMIN_SID,
+            "/mana_api/flow_monthly?month=2025-13",
+            StatusCode::BAD_REQUEST,
+            "month must be YYYY-MM",
+        ),
+        (
+            "forged",
+            "/mana_api/vm",
+            StatusCode::UNAUTHORIZED,
+            "X-Auth-Token is expired or unknown",
+        ),
+    ];
+    for (sid, path, status, want) in cases {
+        let a = w
+            .call(Method::GET, path, &[("X-Auth-Token", sid)], "")
+            .await;
+        assert_eq!(a.status, *status, "{sid} {path}");
+        let v = a.json();
+        if *status == StatusCode::OK {
+            let ids: Vec<&str> = v["vm_servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["instance_id"].as_str().unwrap())
+                .collect();
+            assert_eq!(ids.join(","), *want, "{sid} {path}");
+        } else {
+            assert_eq!(v["code"], status.as_u16(), "{sid} {path}");
+            assert!(
+                v["msg"].as_str().unwrap().starts_with(want),
+                "{sid} {path}: {v}"
+            );
+        }
+    }
+    let a = w.call(Method::GET, "/mana_api/vm", &[], "").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn mana_vm_entry_has_the_seed_fields() {
+    let w = World::new().await;
+    let a = w
+        .call(
+            Method::GET,
+            "/mana_api/vm?tenant_id=pb",
+            &[("X-Auth-Token", ADMIN_SID)],
+            "",
+        )
+        .await;
+    let v = a.json();
+    assert_eq!(v["code"], 200);
+    assert_eq!(v["total"], 1);
+    let e = &v["vm_servers"][0];
+    for (k, want) in [
+        ("instance_name", json!("host-b1")),
+        ("cpu_num", json!(2)),
+        ("mem_size", json!(4)),
+        ("tenant_id", json!("pb")),
+        ("region", json!("r1")),
+        ("party", json!("x")),
+        ("status", json!("SHUTOFF")),
+        ("dropped_samples", json!(0)),
+    ] {
+        assert_eq!(e[k], want, "{k}");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_applies_to_the_next_request() {
+    let w = World::new().await;
+    let body = format!("{{\"method\": 458753, \"pad\": \"{}\"}}", "x".repeat(3000));
+    let small = CollectorConfig {
+        max_body_bytes: 2048,
+        ..CollectorConfig::default()
+    };
+    assert!(w.app.reload(small).is_empty());
+    let v = w
+        .call(Method::POST, "/wsgi_app.py", &[], &body)
+        .await
+        .json();
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the limit of 2048"),
+        "{v}"
+    );
+    let moved = CollectorConfig {
+        listen: "127.0.0.1:1".parse().unwrap(),
+        ..CollectorConfig::default()
+    };
+    assert_eq!(
+        w.app.reload(moved),
+        vec!["listen"],
+        "listen needs a restart"
+    );
+    let v = w
+        .call(Method::POST, "/wsgi_app.py", &[], &body)
+        .await
+        .json();
+    assert!(
+        v["message"].as_str().unwrap().contains("login needs"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn rating_and_cdn_keep_their_envelopes() {
+    let w = World::new().await;
+    // (method, path, session, body, status, JSON pointer, value)
+    let cases: &[(Method, &str, &str, &str, StatusCode, &str, Value)] = &[
+        (
+            Method::GET,
+            "/v1",
+            ADMIN_SID,
+            "",
+            StatusCode::OK,
+            "/id",
+            json!("v1"),
+        ),
+        (
+            Method::GET,
+            "/v1/",
+            ADMIN_SID,
+            "",
+            StatusCode::OK,
+            "/status",
+            json!("CURRENT"),
+        ),
+        (
+            Method::GET,
+            "/v1/rating/modules",
+            "forged",
+            "",
+            StatusCode::UNAUTHORIZED,
+            "/faultcode",
+            json!("Client"),
+        ),
+        (
+            Method::PUT,
+            "/v1/rating/modules/hashmap",
+            TENANT_A_SID,
+            r#"{"enabled": false}"#,
+            StatusCode::FORBIDDEN,
+            "/debuginfo",
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            "/v1/rating/quote",
+            ADMIN_SID,
+            "{",
+            StatusCode::BAD_REQUEST,
+            "/faultstring",
+            json!("malformed JSON body: EOF while parsing an object at line 1 column 1"),
+        ),
+        (
+            Method::POST,
+            "/api/flow",
+            "",
+            "{}",
+            StatusCode::OK,
+            "/status",
+            json!(1002),
+        ),
+        (
+            Method::POST,
+            "/api/flow",
+            "",
+            "[",
+            StatusCode::OK,
+            "/status",
+            json!(1001),
+        ),
+        (
+            Method::POST,
+            "/api/flow",
+            "",
+            r#"{"username":"nobody","signature":"x","start_time":"2025-01-01 00:00"}"#,
+            StatusCode::OK,
+            "/status",
+            json!(1003),
+        ),
+    ];
+    for (method, path, sid, body, status, pointer, value) in cases {
+        let a = w
+            .call(
+                method.clone(),
+                path,
+                &[("X-Auth-Token", sid), ("Content-Type", "application/json")],
+                body,
+            )
+            .await;
+        assert_eq!(a.status, *status, "{method} {path}");
+        assert_eq!(a.json().pointer(pointer), Some(value), "{method} {path}");
+    }
+    let a = w
+        .call(
+            Method::GET,
+            "/v1/nothing",
+            &[("X-Auth-Token", ADMIN_SID)],
+            "",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        String::from_utf8_lossy(&a.body),
+        "404 Not Found\n\nThe resource could not be found.\n",
+        "upstream's plain 404"
+    );
+}
+
+#[tokio::test]
+async fn login_then_use_the_session() {
+    let w = World::new().await;
+    let v = w
+        .legacy(json!({"method": 458753, "data": {"user_name": "tenant-a", "password": "tenant-a-password"}}))
+        .await;
+    assert_eq!(v["status_code"], 1);
+    assert_eq!(v["message"], "'User authenticated sucessfully...'");
+    let sid = v["session_id"].as_str().unwrap();
+    assert_eq!(uuid::Uuid::parse_str(sid).unwrap().get_version_num(), 4);
+    let v = w
+        .legacy(json!({"method": 611611, "session_id": sid, "data": {"instance_id": "a1"}}))
+        .await;
+    assert_eq!(v["status_code"], 1, "{v}");
+}

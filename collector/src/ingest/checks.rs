@@ -20,9 +20,11 @@ const MAX_FUTURE_MS: i64 = DAY_MS;
 /// Refuses CDN traffic from a token that is not a CDN edge token.
 pub fn check_cdn_permission(token: &AgentTokenRow, batch: &ReportBatch) -> Result<(), String> {
     if !token.cdn_edge && (!batch.cdn.is_empty() || batch.cdn_tail.is_some()) {
-        return Err("this agent token may not report CDN traffic: use a CDN edge token \
+        return Err(
+            "this agent token may not report CDN traffic: use a CDN edge token \
              (vmmon-collector token create --cdn)"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
@@ -178,7 +180,6 @@ pub fn validate_cdn(batch: &ReportBatch) -> Result<(), String> {
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

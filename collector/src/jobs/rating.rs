@@ -219,4 +219,3 @@ pub fn spawn(app: Arc<App>) {
         }
     });
 }
-

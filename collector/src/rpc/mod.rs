@@ -10,11 +10,10 @@ use jsonrpsee::PendingSubscriptionSink;
 use jsonrpsee::core::{SubscriptionResult, async_trait};
 use jsonrpsee::types::ErrorObjectOwned;
 use vmmon_common::PROTOCOL_VERSION;
-use vmmon_common::vocab::{IntervalSecs, validate_instance_id};
 use vmmon_common::rpc::MonitorApiServer;
+use vmmon_common::vocab::{IntervalSecs, validate_instance_id};
 use vmmon_common::wire::{
-    CommandAck, DesiredState, Heartbeat,
-    RegisterRequest, ReportAck, ReportBatch,
+    CommandAck, DesiredState, Heartbeat, RegisterRequest, ReportAck, ReportBatch,
 };
 
 use crate::App;
@@ -257,4 +256,3 @@ impl MonitorApiServer for RpcHandler {
         Ok(())
     }
 }
-

@@ -7,8 +7,8 @@
 //! read-only connections on the blocking thread pool; WAL lets them proceed while the writer
 //! writes.
 
-pub mod cdn;
 pub mod bandwidth;
+pub mod cdn;
 pub mod instances;
 mod migrations;
 pub mod rating;

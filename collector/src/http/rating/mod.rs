@@ -91,7 +91,6 @@ impl Fault {
             "Invalid input for field/attribute {attr}. Value: '{value}'. {why}"
         ))
     }
-
 }
 
 /// The body of a [`Fault`] (WSME's error shape).
