@@ -187,7 +187,8 @@ impl World {
 async fn index_health_head_and_unknown_paths() {
     let w = World::new().await;
     // (method, path, status, a JSON pointer and its value, or None for an empty body)
-    let cases: &[(Method, &str, StatusCode, Option<(&str, Value)>)] = &[
+    type Case<'a> = (Method, &'a str, StatusCode, Option<(&'a str, Value)>);
+    let cases: &[Case] = &[
         (
             Method::GET,
             "/",
@@ -681,7 +682,16 @@ async fn a_reload_applies_to_the_next_request() {
 async fn rating_and_cdn_keep_their_envelopes() {
     let w = World::new().await;
     // (method, path, session, body, status, JSON pointer, value)
-    let cases: &[(Method, &str, &str, &str, StatusCode, &str, Value)] = &[
+    type Case<'a> = (
+        Method,
+        &'a str,
+        &'a str,
+        &'a str,
+        StatusCode,
+        &'a str,
+        Value,
+    );
+    let cases: &[Case] = &[
         (
             Method::GET,
             "/v1",

@@ -393,7 +393,7 @@ pub fn instance_series(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AgentTokenRow, Store, instances, samples};
+    use crate::store::{AgentTokenRow, Store, instances};
     use vmmon_common::wire::{Inventory, Sample, VmSample};
 
     const M: i64 = 60_000;
