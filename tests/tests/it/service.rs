@@ -208,8 +208,37 @@ fn agent_sighup_swaps_in_a_valid_config_and_keeps_the_old_on_error() {
     assert!(agent.is_running());
 }
 
+/// Reads one HTTP/1.1 response (head and a Content-Length body) from a keep-alive connection.
+fn read_response(conn: &mut std::io::BufReader<std::net::TcpStream>) -> (u16, String) {
+    use std::io::{BufRead, Read};
+    let mut status = String::new();
+    conn.read_line(&mut status).unwrap();
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status line: {status:?}"));
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).unwrap();
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
 #[test]
-fn collector_sighup_reloads_a_valid_config_and_keeps_the_old_on_error() {
+fn collector_sighup_reloads_in_place_and_drops_no_connection() {
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("collector.toml");
     std::fs::write(&cfg, "max_body_bytes = 4096\n").unwrap();
@@ -223,6 +252,28 @@ fn collector_sighup_reloads_a_valid_config_and_keeps_the_old_on_error() {
     };
     assert!(too_big(&c));
 
+    // A keep-alive connection that has been answered once, and a request in flight: its head and
+    // half of its body are sent before the reload, the rest after.
+    let open = || {
+        let s = std::net::TcpStream::connect(c.addr).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s
+    };
+    let mut idle = std::io::BufReader::new(open());
+    let health = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", c.addr);
+    idle.get_mut().write_all(health.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut idle).0, 200);
+    let body = r#"{"method": 458753, "data": {"user_name": "admin", "password": "nope"}}"#;
+    let (first, rest) = body.split_at(20);
+    let mut in_flight = std::io::BufReader::new(open());
+    write!(
+        in_flight.get_mut(),
+        "POST /wsgi_app.py HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n{first}",
+        c.addr,
+        body.len()
+    )
+    .unwrap();
+
     std::fs::write(&cfg, "max_body_bytes = 1048576\n").unwrap();
     let pid = c.pid().unwrap();
     signal(pid, libc::SIGHUP);
@@ -231,14 +282,28 @@ fn collector_sighup_reloads_a_valid_config_and_keeps_the_old_on_error() {
             .unwrap_or(false)),
         "new cap applies after SIGHUP"
     );
-    assert_eq!(c.pid(), Some(pid), "same process (re-executed in place)");
+    // Both connections survived the reload: the in-flight request completes and is answered,
+    // the idle one answers its next request.
+    in_flight.get_mut().write_all(rest.as_bytes()).unwrap();
+    let (code, answer) = read_response(&mut in_flight);
+    assert_eq!(code, 200);
+    assert!(answer.contains("authentication failed"), "{answer}");
+    idle.get_mut().write_all(health.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut idle), (200, r#"{"status":"ok"}"#.to_string()));
 
     std::fs::write(&cfg, "max_body_bytes = \"lots\"\n").unwrap();
     signal(pid, libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(!too_big(&c), "invalid file ignored, old config still serving");
+    // Signals are handled in order: once a later valid file (a 5000-byte cap) applies, the
+    // invalid one has been handled, and the collector is still serving.
+    std::fs::write(&cfg, "max_body_bytes = 5000\n").unwrap();
+    signal(pid, libc::SIGHUP);
     assert!(
-        !too_big(&c),
-        "invalid file ignored, old config still serving"
+        wait_until(T, || std::panic::catch_unwind(|| too_big(&c)).unwrap_or(false)),
+        "a valid file after an invalid one applies"
     );
+    assert_eq!(c.pid(), Some(pid));
     assert_eq!(c.healthz(), 200);
+    idle.get_mut().write_all(health.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut idle).0, 200, "still the same connection");
 }
