@@ -10,17 +10,17 @@
 
 pub mod admin;
 mod app;
-pub mod auth;
+pub(crate) mod auth;
 pub mod bandwidth;
-pub mod cdn;
+pub(crate) mod cdn;
 pub mod config;
-pub mod control;
-pub mod error;
+pub(crate) mod control;
+mod error;
 pub mod http;
 pub mod ingest;
 pub mod jobs;
 pub mod rating;
-pub mod rpc;
+pub(crate) mod rpc;
 pub mod server;
 pub mod store;
 
