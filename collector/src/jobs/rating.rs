@@ -187,19 +187,32 @@ async fn step(
 }
 
 /// Starts the processing loop (when `rating.process` is on and the metrics config loaded).
+/// Starts the processing loop. Each round reads the settings now in force, so a reload
+/// (SIGHUP) that turns `rating.process` on or off, or changes the period, the wait or the metrics
+/// file, applies from the next round on.
 pub fn spawn(app: Arc<App>) {
-    let cfg = app.settings().config.rating.clone();
-    if !cfg.process {
-        tracing::info!("Rating processing is off (rating.process = false).");
-        return;
-    }
-    let Ok(metrics) = app.settings().rating.metrics.clone() else {
-        return;
-    };
-    let period_ms = (cfg.period_secs as i64).saturating_mul(1000);
-    let wait_ms = (cfg.wait_secs as i64).saturating_mul(1000);
     tokio::spawn(async move {
+        let mut said_off = false;
         loop {
+            let settings = app.settings();
+            let cfg = &settings.config.rating;
+            let metrics = match (&settings.rating.metrics, cfg.process) {
+                (Ok(m), true) => m.clone(),
+                _ => {
+                    if !said_off {
+                        tracing::info!(
+                            "Rating processing is off (rating.process = false or no metrics config)."
+                        );
+                        said_off = true;
+                    }
+                    tokio::time::sleep(MAX_SLEEP).await;
+                    continue;
+                }
+            };
+            said_off = false;
+            let period_ms = (cfg.period_secs as i64).saturating_mul(1000);
+            let wait_ms = (cfg.wait_secs as i64).saturating_mul(1000);
+            drop(settings);
             match step(&app.store, &metrics, period_ms, wait_ms).await {
                 Ok(Ok(o)) => {
                     if o.points > 0 || o.replaced {
