@@ -5,9 +5,12 @@
 //! sees the new values.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
 
+use crate::auth::guard::{LoginThrottle, PasswordChecker};
 use crate::config::CollectorConfig;
 use crate::control::hub::Hub;
 use crate::rating::Rating;
@@ -29,7 +32,22 @@ pub struct App {
     pub store: Store,
     /// Connected agents and their pending commands.
     pub hub: Hub,
+    /// Password checks, bounded (see [`crate::auth::guard`]).
+    pub passwords: PasswordChecker,
+    /// Growing delays after failed logins.
+    pub logins: LoginThrottle,
+    cpu_slots: Arc<Semaphore>,
 }
+
+/// CPU-heavy requests run at once (pricing a quote, …), on the blocking pool.
+pub const CPU_SLOTS: usize = 2;
+/// Longest a CPU-heavy request waits for a slot before answering busy.
+pub const CPU_WAIT: Duration = Duration::from_secs(5);
+
+/// Every CPU slot stayed taken for [`CPU_WAIT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the collector is busy with other heavy requests; retry in a few seconds")]
+pub struct CpuBusy;
 
 impl App {
     /// Builds the shared state over an opened store.
@@ -38,7 +56,31 @@ impl App {
             settings: ArcSwap::from_pointee(Settings::new(config)),
             store,
             hub: Hub::default(),
+            passwords: PasswordChecker::default(),
+            logins: LoginThrottle::default(),
+            cpu_slots: Arc::new(Semaphore::new(CPU_SLOTS)),
         })
+    }
+
+    /// Runs CPU-heavy `work` off the async workers (which must stay free for `/healthz`, agents
+    /// and cheap requests), at most [`CPU_SLOTS`] at once; [`CpuBusy`] after [`CPU_WAIT`].
+    pub async fn run_cpu<T, F>(&self, work: F) -> Result<T, CpuBusy>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let permit = tokio::time::timeout(CPU_WAIT, self.cpu_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| CpuBusy)?
+            .map_err(|_| CpuBusy)?;
+        let out = tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|_| CpuBusy)?;
+        Ok(out)
     }
 
     /// The settings now in force (a snapshot: a reload does not change it under the caller).

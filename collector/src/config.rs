@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chrono_tz::Tz;
 use serde::Deserialize;
+use url::Url;
 use vmmon_common::vocab::IntervalSecs;
 
 use crate::rating::RatingConfig;
@@ -39,6 +40,9 @@ pub struct ConfigFile {
     /// Raw VM and process samples (and batch ids for dedup) older than this many days are deleted;
     /// the bandwidth, CDN and rating rollups are kept. 0 keeps raw samples forever.
     pub raw_retention_days: u32,
+    /// The URL clients reach the collector at (`https://metering.example.com`), used for absolute
+    /// links and `Location` headers; without it they come from a validated `Host` header.
+    pub public_url: Option<String>,
     /// The CloudKitty-compatible rating API and its processing (`[rating]`, see docs/rating.md).
     pub rating: RatingConfig,
 }
@@ -55,6 +59,7 @@ impl Default for ConfigFile {
             default_interval_secs: 30,
             max_limit: 10_000,
             raw_retention_days: 30,
+            public_url: None,
             rating: RatingConfig::default(),
         }
     }
@@ -84,6 +89,8 @@ pub struct CollectorConfig {
     pub max_limit: u32,
     /// Raw-sample retention in days (0 = forever, ≤ 36500).
     pub raw_retention_days: u32,
+    /// Where clients reach the collector (http or https, no query), if configured.
+    pub public_url: Option<Url>,
     /// `[rating]`, checked.
     pub rating: RatingConfig,
 }
@@ -139,20 +146,41 @@ impl ConfigFile {
         if self.raw_retention_days > 36_500 {
             errors.push("raw_retention_days must be at most 36500 (0 keeps forever)".into());
         }
+        let public_url = match self.public_url.as_deref().map(Url::parse) {
+            None => Ok(None),
+            Some(Ok(u))
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                Ok(Some(u))
+            }
+            Some(_) => {
+                errors.push(format!(
+                    "public_url {:?} must be an http(s) URL without query or fragment",
+                    self.public_url.as_deref().unwrap_or("")
+                ));
+                Err(())
+            }
+        };
         errors.extend(self.rating.problems(self.listen));
-        match (timezone, default_interval) {
-            (Ok(timezone), Ok(default_interval)) if errors.is_empty() => Ok(CollectorConfig {
-                listen: self.listen,
-                data_dir: self.data_dir,
-                timezone,
-                session_idle_secs: self.session_idle_secs,
-                max_body_bytes: self.max_body_bytes,
-                command_timeout_ms: self.command_timeout_ms,
-                default_interval,
-                max_limit: self.max_limit,
-                raw_retention_days: self.raw_retention_days,
-                rating: self.rating,
-            }),
+        match (timezone, default_interval, public_url) {
+            (Ok(timezone), Ok(default_interval), Ok(public_url)) if errors.is_empty() => {
+                Ok(CollectorConfig {
+                    listen: self.listen,
+                    data_dir: self.data_dir,
+                    timezone,
+                    session_idle_secs: self.session_idle_secs,
+                    max_body_bytes: self.max_body_bytes,
+                    command_timeout_ms: self.command_timeout_ms,
+                    default_interval,
+                    max_limit: self.max_limit,
+                    raw_retention_days: self.raw_retention_days,
+                    public_url,
+                    rating: self.rating,
+                })
+            }
             _ => Err(ConfigError::Invalid(errors)),
         }
     }

@@ -1,4 +1,7 @@
-//! Credentials: argon2 password hashes, session ids, agent tokens.
+//! Credentials: argon2 password hashes, session ids, agent tokens; the login path's guards in
+//! [`guard`].
+
+pub mod guard;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -32,6 +35,17 @@ pub async fn session_user(
             .await?;
     }
     Ok(user)
+}
+
+/// Ends the session `session_id` (logout); false when it did not exist.
+pub async fn end_session(
+    app: &crate::App,
+    session_id: &str,
+) -> Result<bool, crate::store::StoreError> {
+    let sid = session_id.to_string();
+    app.store
+        .write(move |c| crate::store::users::delete_session(c, &sid))
+        .await
 }
 
 /// Prefix that makes agent tokens recognisable in logs and config files.

@@ -29,6 +29,8 @@ pub const VM_PATH: &str = "/mana_api/vm";
 pub const BANDWIDTH_PATH: &str = "/mana_api/flow";
 /// Monthly bandwidth peaks and totals.
 pub const BANDWIDTH_MONTHLY_PATH: &str = "/mana_api/flow_monthly";
+/// `DELETE` ends the session of `X-Auth-Token` (logout).
+pub const SESSION_PATH: &str = "/mana_api/session";
 /// Header carrying the session id.
 pub const TOKEN_HEADER: &str = "x-auth-token";
 /// Longest time range one `/mana_api/flow` request may cover.
@@ -71,6 +73,25 @@ pub fn routes() -> Router<Arc<App>> {
             BANDWIDTH_MONTHLY_PATH,
             only_get(BANDWIDTH_MONTHLY_PATH, get(bandwidth_monthly)),
         )
+        .route(
+            SESSION_PATH,
+            axum::routing::delete(logout)
+                .fallback(|| async { MsgError::method(format!("use DELETE for {SESSION_PATH}")) }),
+        )
+}
+
+/// `DELETE /mana_api/session`: ends the caller's session; 204.
+async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let ended = async {
+        let user = authenticate(&app, &headers).await?;
+        crate::auth::end_session(&app, &user.session_id)
+            .await
+            .map_err(internal)
+    };
+    match ended.await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// What every endpoint starts with: the caller's session and the decoded query.

@@ -238,12 +238,27 @@ pub enum BodyError {
 /// simply closed.
 const DRAIN_OVERSIZED_BYTES: usize = 16 * 1024 * 1024;
 
-/// Reads a whole body, keeping at most `max` bytes; a larger body is drained (up to a bound)
-/// without being buffered, and refused.
+/// Longest a client may take to send a whole request body (a body trickled byte by byte would
+/// otherwise hold its connection and buffer forever).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a whole body within [`BODY_READ_TIMEOUT`], keeping at most `max` bytes; a larger body is
+/// drained (up to a bound) without being buffered, and refused.
 pub async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
     let mut buf: Vec<u8> = Vec::new();
     let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(BodyError::Read(format!(
+                    "the body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                )));
+            }
+        };
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             seen = seen.saturating_add(data.len());

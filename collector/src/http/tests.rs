@@ -808,3 +808,215 @@ async fn login_then_use_the_session() {
         .await;
     assert_eq!(v["status_code"], 1, "{v}");
 }
+
+#[tokio::test]
+async fn logout_ends_the_session_on_every_api() {
+    let w = World::new().await;
+    let q = |sid: &str| json!({"method": 611611, "session_id": sid, "data": {"instance_id": "a1"}});
+    // (how the session is ended, its session id)
+    let store = &w.app.store;
+    for (how, sid) in [
+        ("458754", "s-legacy"),
+        ("mana", "s-mana"),
+        ("rating", "s-rating"),
+    ] {
+        let s = sid.to_string();
+        store
+            .write(move |c| store::users::create_session(c, &s, 1, store::now_ms()))
+            .await
+            .unwrap();
+        assert_eq!(
+            w.legacy(q(sid)).await["status_code"],
+            1,
+            "{how}: live before"
+        );
+        match how {
+            "458754" => {
+                let v = w.legacy(json!({"method": 458754, "session_id": sid})).await;
+                assert_eq!(
+                    (v["status_code"].clone(), v["message"].clone()),
+                    (json!(2), json!("'logged out'"))
+                );
+            }
+            "mana" => {
+                let a = w
+                    .call(
+                        Method::DELETE,
+                        "/mana_api/session",
+                        &[("X-Auth-Token", sid)],
+                        "",
+                    )
+                    .await;
+                assert_eq!(a.status, StatusCode::NO_CONTENT);
+            }
+            _ => {
+                let a = w
+                    .call(Method::DELETE, "/v1/session", &[("X-Auth-Token", sid)], "")
+                    .await;
+                assert_eq!(a.status, StatusCode::NO_CONTENT);
+            }
+        }
+        let v = w.legacy(q(sid)).await;
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("session expired or unknown"),
+            "{how}: {v}"
+        );
+    }
+    let a = w
+        .call(
+            Method::DELETE,
+            "/mana_api/session",
+            &[("X-Auth-Token", "s-mana")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "an ended session cannot be ended again"
+    );
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_and_a_success_clears() {
+    let w = World::new().await;
+    let login =
+        |pw: &str| json!({"method": 458753, "data": {"user_name": "tenant-a", "password": pw}});
+    for i in 0..=crate::auth::guard::FREE_FAILURES {
+        let v = w.legacy(login("wrong")).await;
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("authentication failed"),
+            "attempt {i}: {v}"
+        );
+    }
+    // Now inside a delay: refused without a password check, even with the right password.
+    let v = w.legacy(login("tenant-a-password")).await;
+    assert_eq!(v["status_code"], 3);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many failed logins"),
+        "{v}"
+    );
+    // Another user is not affected.
+    let v = w
+        .legacy(json!({"method": 458753, "data": {"user_name": "tenant-b", "password": "tenant-b-password"}}))
+        .await;
+    assert_eq!(v["status_code"], 1, "{v}");
+    // A user name with a newline is just a wrong name (and logged escaped).
+    let v = w
+        .legacy(json!({"method": 458753, "data": {"user_name": "x\nINFO Login accepted. user=admin", "password": "p"}}))
+        .await;
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed")
+    );
+}
+
+#[tokio::test]
+async fn one_answer_holds_at_most_max_limit_records() {
+    let w = World::new().await;
+    w.app.reload(CollectorConfig {
+        max_limit: 3,
+        ..CollectorConfig::default()
+    });
+    // (method, limit, ids, records or the error's start)
+    let cases: &[(i64, Option<u32>, &str, Result<usize, &str>)] = &[
+        (611611, Some(1), "a1;a2;b1", Ok(3)),
+        (611711, None, "a1", Ok(2)),
+        (
+            611711,
+            None,
+            "a1;a2",
+            Err("the answer would hold more than 3 records"),
+        ),
+        (611711, Some(1), "a1;a2;b1", Ok(3)),
+        (611712, Some(5), "a1;a2;b1", Ok(3)),
+    ];
+    for (method, limit, ids, want) in cases {
+        let mut req = json!({"method": method, "proc_name": "sshd", "session_id": ADMIN_SID, "data": {"instance_id": ids}});
+        if let Some(l) = limit {
+            req["limit"] = json!(l);
+        }
+        let v = w.legacy(req).await;
+        match want {
+            Ok(n) => assert_eq!(
+                v["data"].as_array().map(Vec::len),
+                Some(*n),
+                "{method} {ids}: {v}"
+            ),
+            Err(msg) => {
+                assert_eq!(v["status_code"], 3);
+                assert!(
+                    v["message"].as_str().unwrap().starts_with(msg),
+                    "{method} {ids}: {v}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn quote_needs_a_session_and_links_never_reflect_a_hostile_host() {
+    let w = World::new().await;
+    let body = r#"{"resources": [{"service": "instance", "volume": "1"}]}"#;
+    let a = w.call(Method::POST, "/v1/rating/quote", &[], body).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "anonymous quote");
+    let a = w
+        .call(
+            Method::POST,
+            "/v1/rating/quote",
+            &[("X-Auth-Token", TENANT_A_SID)],
+            body,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "a tenant may ask for a quote");
+    // (Host header, the self link of /v1)
+    for (host, link) in [
+        (
+            "metering.example.com:8086",
+            "http://metering.example.com:8086/v1",
+        ),
+        ("evil.example/x?y", "/v1"),
+        ("a\"b", "/v1"),
+        ("[::1]:80", "http://[::1]:80/v1"),
+    ] {
+        let a = w
+            .call(
+                Method::GET,
+                "/v1",
+                &[("X-Auth-Token", ADMIN_SID), ("Host", host)],
+                "",
+            )
+            .await;
+        assert_eq!(a.json()["links"][0]["href"], link, "{host}");
+    }
+    let mut cfg = crate::config::ConfigFile {
+        public_url: Some("https://metering.example.com/".into()),
+        ..crate::config::ConfigFile::default()
+    };
+    w.app.reload(cfg.clone().validate().unwrap());
+    let a = w
+        .call(
+            Method::GET,
+            "/v1",
+            &[("X-Auth-Token", ADMIN_SID), ("Host", "other")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        a.json()["links"][0]["href"],
+        "https://metering.example.com/v1"
+    );
+    cfg.public_url = Some("ftp://x".into());
+    assert!(cfg.validate().is_err());
+}
