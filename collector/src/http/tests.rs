@@ -930,7 +930,8 @@ async fn one_answer_holds_at_most_max_limit_records() {
         ..CollectorConfig::default()
     });
     // (method, limit, ids, records or the error's start)
-    let cases: &[(i64, Option<u32>, &str, Result<usize, &str>)] = &[
+    type Case<'a> = (i64, Option<u32>, &'a str, Result<usize, &'a str>);
+    let cases: &[Case] = &[
         (611611, Some(1), "a1;a2;b1", Ok(3)),
         (611711, None, "a1", Ok(2)),
         (
