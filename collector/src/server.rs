@@ -51,6 +51,12 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// and the body deadline, so they cannot hold these for long; agents' WebSockets leave this pool
 /// once upgraded (they are bounded by [`MAX_AGENT_CONNECTIONS`]).
 pub const MAX_HTTP_CONNECTIONS: usize = 1024;
+/// Connections accepted beyond [`MAX_HTTP_CONNECTIONS`]: they must send their request head within
+/// [`OVERFLOW_HEADER_READ_TIMEOUT`], so idle or slow sockets holding the main pool cannot keep a
+/// prompt client (an agent opening its WebSocket, a health check) out.
+pub const OVERFLOW_CONNECTIONS: usize = 256;
+/// Header read timeout of an overflow connection.
+pub const OVERFLOW_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A running server.
 pub struct Running {
@@ -111,6 +117,7 @@ async fn accept_loop(
 ) {
     let api = http::router(app.clone());
     let http_slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let overflow_slots = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
     loop {
         let (sock, peer) = tokio::select! {
             res = listener.accept() => match res {
@@ -124,10 +131,17 @@ async fn accept_loop(
             },
             _ = stop_handle.clone().shutdown() => break,
         };
-        let Ok(slot) = http_slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = MAX_HTTP_CONNECTIONS, "Too many HTTP connections; closing a new one.");
-            drop(sock);
-            continue;
+        let (slot, header_timeout) = match http_slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, HEADER_READ_TIMEOUT),
+            Err(_) => match overflow_slots.clone().try_acquire_owned() {
+                Ok(slot) => (slot, OVERFLOW_HEADER_READ_TIMEOUT),
+                Err(_) => {
+                    tracing::warn!(%peer, max = MAX_HTTP_CONNECTIONS + OVERFLOW_CONNECTIONS,
+                        "Too many HTTP connections; closing a new one.");
+                    drop(sock);
+                    continue;
+                }
+            },
         };
         // The slot is released when the connection ends, or when it becomes an agent WebSocket.
         let slot = Arc::new(std::sync::Mutex::new(Some(slot)));
@@ -173,6 +187,7 @@ async fn accept_loop(
             svc,
             stop_handle.clone().shutdown(),
             slot,
+            header_timeout,
         ));
     }
 }
@@ -190,6 +205,7 @@ async fn serve_connection<S, B>(
     svc: S,
     stopped: impl std::future::Future<Output = ()>,
     slot: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    header_timeout: Duration,
 ) where
     S: tower::Service<Request<Incoming>, Response = hyper::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -200,7 +216,7 @@ async fn serve_connection<S, B>(
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .keep_alive(true);
     let conn = http
         .serve_connection(TokioIo::new(sock), TowerToHyperService::new(svc))

@@ -55,6 +55,8 @@ impl PasswordChecker {
             let spawned = std::thread::Builder::new()
                 .name(format!("vmmon-password-{i}"))
                 .spawn(move || {
+                    // One argon2 working buffer per thread, reused by every check.
+                    let mut blocks = Vec::new();
                     loop {
                         let job = match rx.lock() {
                             Ok(rx) => rx.recv(),
@@ -65,7 +67,7 @@ impl PasswordChecker {
                         if Instant::now() > job.deadline || job.done.is_closed() {
                             continue;
                         }
-                        let ok = super::verify_password(&job.password, &job.phc);
+                        let ok = super::verify_password_in(&job.password, &job.phc, &mut blocks);
                         let _ = job.done.send(ok);
                     }
                 });
@@ -95,12 +97,15 @@ impl PasswordChecker {
     }
 }
 
-/// Failed logins allowed before delays start, per key.
+/// Failed logins of one user name allowed before its delays start.
 pub const FREE_FAILURES: u32 = 5;
+/// Failed logins from one client address allowed before its delays start: higher than a user's,
+/// because a portal may log many users in from one address.
+pub const FREE_ADDR_FAILURES: u32 = 20;
 /// Longest delay for one user name (short, so an attacker cannot lock a user out for long).
 pub const MAX_USER_DELAY: Duration = Duration::from_secs(60);
 /// Longest delay for one client address.
-pub const MAX_ADDR_DELAY: Duration = Duration::from_secs(15 * 60);
+pub const MAX_ADDR_DELAY: Duration = Duration::from_secs(5 * 60);
 /// Most keys remembered; expired ones are dropped first, then the oldest.
 const MAX_KEYS: usize = 10_000;
 
@@ -120,9 +125,9 @@ struct Failures {
     last: Instant,
 }
 
-/// Growing delays after failed logins: after [`FREE_FAILURES`] failures a key waits 1 s, then
-/// 2 s, 4 s, … up to its cap ([`MAX_USER_DELAY`], [`MAX_ADDR_DELAY`]); a success clears the user
-/// and the address. Attempts during a delay are refused without a password check.
+/// Growing delays after failed logins: after [`FREE_FAILURES`] failures of a user name (or
+/// [`FREE_ADDR_FAILURES`] from an address) the key waits 1 s, then 2 s, 4 s, … up to its cap
+/// ([`MAX_USER_DELAY`], [`MAX_ADDR_DELAY`]); a success clears the user and the address. Attempts during a delay are refused without a password check.
 #[derive(Default)]
 pub struct LoginThrottle {
     keys: Mutex<HashMap<ThrottleKey, Failures>>,
@@ -174,9 +179,9 @@ impl LoginThrottle {
             }
         }
         for k in keys {
-            let cap = match k {
-                ThrottleKey::User(_) => MAX_USER_DELAY,
-                ThrottleKey::Addr(_) => MAX_ADDR_DELAY,
+            let (free, cap) = match k {
+                ThrottleKey::User(_) => (FREE_FAILURES, MAX_USER_DELAY),
+                ThrottleKey::Addr(_) => (FREE_ADDR_FAILURES, MAX_ADDR_DELAY),
             };
             let f = map.entry(k.clone()).or_insert(Failures {
                 count: 0,
@@ -185,8 +190,8 @@ impl LoginThrottle {
             });
             f.count = f.count.saturating_add(1);
             f.last = now;
-            if f.count > FREE_FAILURES {
-                let doublings = (f.count - FREE_FAILURES - 1).min(20);
+            if f.count > free {
+                let doublings = (f.count - free - 1).min(20);
                 let delay = Duration::from_secs(1u64 << doublings).min(cap);
                 f.blocked_until = now + delay;
             }
@@ -219,26 +224,28 @@ mod tests {
             t.failed(&keys, t0);
         }
         assert_eq!(t.check(&keys, t0), Ok(()), "the free failures cost nothing");
-        // (failure number, expected delay in seconds for the user, for the address)
-        for (n, user_delay, addr_delay) in
-            [(6, 1, 1), (7, 2, 2), (8, 4, 4), (12, 60, 64), (16, 60, 900)]
-        {
+        let wait = |k: &ThrottleKey| match t.check(std::slice::from_ref(k), t0) {
+            Ok(()) => 0,
+            Err(e) => e.retry_after_secs,
+        };
+        // (failures so far, the user's delay, the address's delay), in seconds
+        for (n, user_delay, addr_delay) in [
+            (6, 1, 0),
+            (7, 2, 0),
+            (8, 4, 0),
+            (12, 60, 0),
+            (20, 60, 0),
+            (21, 60, 1),
+            (24, 60, 8),
+            (40, 60, 300),
+        ] {
             while t.keys.lock().unwrap()[&user].count < n {
                 t.failed(&keys, t0);
             }
             assert_eq!(
-                t.check(std::slice::from_ref(&user), t0),
-                Err(Throttled {
-                    retry_after_secs: user_delay
-                }),
-                "user after {n}"
-            );
-            assert_eq!(
-                t.check(std::slice::from_ref(&addr), t0),
-                Err(Throttled {
-                    retry_after_secs: addr_delay
-                }),
-                "address after {n}"
+                (wait(&user), wait(&addr)),
+                (user_delay, addr_delay),
+                "after {n}"
             );
         }
         let later = t0 + Duration::from_secs(61);

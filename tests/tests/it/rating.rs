@@ -1266,8 +1266,14 @@ fn modules_info_collector_quote_and_routing() {
         &format!("{HM}/thresholds"),
         json!({"service_id": out["service_id"], "level": 1, "cost": "0.5", "type": "rate"}),
     );
+    // A quote needs a session like the rest of /v1 (upstream requires a token too).
+    assert_eq!(
+        anon.post("/v1/rating/quote/", json!({"resources": []}))
+            .status,
+        401
+    );
     let quote = |body: Value| {
-        let a = anon.post("/v1/rating/quote/", body.clone());
+        let a = api.post("/v1/rating/quote/", body.clone());
         assert_eq!(a.status, 200, "{body}: {}", a.body);
         a.body
     };
@@ -1315,7 +1321,7 @@ fn modules_info_collector_quote_and_routing() {
         ),
         (json!({"other": []}), 400),
     ] {
-        let a = anon.post("/v1/rating/quote", body.clone());
+        let a = api.post("/v1/rating/quote", body.clone());
         assert_eq!(a.status, status, "{body}: {}", a.body);
         assert_eq!(a.body["faultcode"], "Client");
     }
@@ -1323,11 +1329,13 @@ fn modules_info_collector_quote_and_routing() {
         &c,
         "POST",
         "/v1/rating/quote",
-        &[("Content-Type", "application/json")],
+        &[("Content-Type", "application/json"), ("X-Auth-Token", &sid)],
         None,
     );
     assert_eq!(a.status, 400);
-    let raw = ureq::post(&c.url("/v1/rating/quote")).send_string("{not json");
+    let raw = ureq::post(&c.url("/v1/rating/quote"))
+        .set("X-Auth-Token", &sid)
+        .send_string("{not json");
     assert!(matches!(raw, Err(ureq::Error::Status(400, _))));
 
     // Routing: unknown URLs get a plain 404, wrong methods a 405; /v1 describes itself.
