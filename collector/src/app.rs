@@ -37,6 +37,8 @@ pub struct App {
     /// Growing delays after failed logins.
     pub logins: LoginThrottle,
     cpu_slots: Arc<Semaphore>,
+    /// Agent batches being checked and stored at once ([`crate::ingest::MAX_CONCURRENT_INGESTS`]).
+    pub ingest_slots: Semaphore,
 }
 
 /// CPU-heavy requests run at once (pricing a quote, …), on the blocking pool.
@@ -59,6 +61,7 @@ impl App {
             passwords: PasswordChecker::default(),
             logins: LoginThrottle::default(),
             cpu_slots: Arc::new(Semaphore::new(CPU_SLOTS)),
+            ingest_slots: Semaphore::new(crate::ingest::MAX_CONCURRENT_INGESTS),
         })
     }
 

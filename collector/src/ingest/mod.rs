@@ -20,6 +20,11 @@ use crate::App;
 use crate::error::CollectorError;
 use crate::store::{self, AgentTokenRow};
 
+/// Batches checked and handed to the store at once, across all agents; more wait (their agents
+/// wait for the acknowledgement, so nothing is dropped), which bounds the parsed batches the
+/// collector holds besides those still being received.
+pub const MAX_CONCURRENT_INGESTS: usize = 4;
+
 /// Checks and stores `batch` from an agent holding `token`; `Ok(true)` when it was new, `Ok(false)`
 /// for a batch id stored before (nothing is counted again).
 ///
@@ -30,6 +35,8 @@ pub async fn ingest(
     token: &AgentTokenRow,
     mut batch: ReportBatch,
 ) -> Result<bool, CollectorError> {
+    // The semaphore is never closed, so acquiring only waits.
+    let _slot = app.ingest_slots.acquire().await.ok();
     checks::check_cdn_permission(token, &batch).map_err(CollectorError::InvalidBatch)?;
     checks::cap_cmds(&mut batch);
     checks::validate_batch(&batch).map_err(CollectorError::InvalidBatch)?;
