@@ -41,6 +41,7 @@ pub async fn ingest(
     let _slot = app.ingest_slots.acquire().await.ok();
     checks::check_cdn_permission(token, &batch).map_err(CollectorError::InvalidBatch)?;
     checks::cap_cmds(&mut batch);
+    checks::clamp_percentages(&mut batch);
     checks::validate_batch(&batch).map_err(CollectorError::InvalidBatch)?;
     let retention_days = app.settings().config.raw_retention_days;
     checks::validate_times(&batch, now_ms(), retention_days)

@@ -271,4 +271,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
     DROP INDEX flow_days_time;
     CREATE INDEX bandwidth_days_time ON bandwidth_days(day_start_ms);
     "#,
+    // Dedup per instance: a batch id is remembered with the instance that sent it, so one tenant's
+    // batch id can never make another tenant's batch a silent duplicate.
+    r#"
+    CREATE TABLE batches_per_instance (
+        instance_id    TEXT NOT NULL,
+        batch_id       TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, batch_id)
+    ) WITHOUT ROWID;
+    INSERT INTO batches_per_instance (instance_id, batch_id, received_at_ms)
+        SELECT instance_id, batch_id, received_at_ms FROM batches;
+    DROP TABLE batches;
+    ALTER TABLE batches_per_instance RENAME TO batches;
+    CREATE INDEX batches_received ON batches(received_at_ms);
+    "#,
 ];

@@ -68,7 +68,8 @@ pub struct ProcessRow {
     pub shutdown_time: Option<f64>,
 }
 
-/// Stores a batch unless its id was stored before; true when stored, false for a duplicate.
+/// Stores a batch unless this instance sent its id before (dedup is per instance); true when
+/// stored, false for a duplicate.
 pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms) VALUES (?1, ?2, ?3)",
@@ -268,8 +269,8 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
         )?;
     }
     n += conn.execute(
-        "DELETE FROM batches WHERE batch_id IN (
-             SELECT batch_id FROM batches WHERE received_at_ms < ?1 LIMIT ?2)",
+        "DELETE FROM batches WHERE (instance_id, batch_id) IN (
+             SELECT instance_id, batch_id FROM batches WHERE received_at_ms < ?1 LIMIT ?2)",
         params![cutoff_ms, max_rows],
     )?;
     Ok(n)

@@ -82,6 +82,28 @@ async fn duplicate_batch_is_stored_once() {
         .await
         .unwrap();
     assert_eq!(n, 1);
+    // The same batch id from another instance (another tenant's agent) is its own batch.
+    store
+        .write(|c| {
+            instances::register(c, "i-2", &token(), &Inventory::default(), 30, 0)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut other = batch.clone();
+    other.instance_id = "i-2".into();
+    assert!(
+        store
+            .write(move |c| samples::insert_batch(c, &other, 3))
+            .await
+            .unwrap(),
+        "dedup is per instance"
+    );
+    let n = store
+        .read(|c| samples::vm_sample_count(c, "i-2"))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
 }
 
 #[tokio::test]
