@@ -3,7 +3,7 @@
 //!
 //! Layers, each looking only down (docs/ARCHITECTURE.md has the map):
 //!
-//! 1. rules, pure functions: [`bandwidth`], [`cdn`], [`rating`] (plus `config`);
+//! 1. rules, pure functions: [`bandwidth`], [`cdn`], [`rating`], [`timeaxis`] (plus `config`);
 //! 2. [`store`]: all SQL;
 //! 3. actions and jobs: [`admin`], [`auth`], [`control`], [`ingest`], [`jobs`] (and [`App`]);
 //! 4. transports: [`http`] (axum) and [`rpc`] (jsonrpsee), joined on one listener by [`server`].
@@ -23,6 +23,7 @@ pub mod rating;
 pub(crate) mod rpc;
 pub mod server;
 pub mod store;
+pub mod timeaxis;
 
 pub use app::{App, Settings};
 pub use config::CollectorConfig;

@@ -266,6 +266,9 @@ pub struct VmServer {
     pub region: String,
     /// Samples the agent had to drop (spool full), total.
     pub dropped_samples: i64,
+    /// How far the guest's clock is ahead of the time its samples are placed at, seconds
+    /// (negative: behind); 0 for a good clock. See `collector/src/timeaxis.rs`.
+    pub clock_skew_secs: i64,
 }
 
 /// The `/mana_api/vm` answer.
@@ -302,6 +305,7 @@ pub fn vm_entry(tz: Tz, row: &InstanceRow, now_ms: i64) -> VmServer {
         party: row.party.clone(),
         region: row.region.clone(),
         dropped_samples: row.dropped_samples,
+        clock_skew_secs: -row.clock_offset_ms / 1000,
     }
 }
 
@@ -670,6 +674,7 @@ mod tests {
             },
             dropped_samples: 0,
             spooled_batches: 0,
+            clock_offset_ms: 0,
         };
         assert_eq!(status(&row, 100_000 + 90_000), "ACTIVE");
         assert_eq!(status(&row, 100_000 + 90_001), "SHUTOFF");

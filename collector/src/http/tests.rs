@@ -1021,3 +1021,110 @@ async fn quote_needs_a_session_and_links_never_reflect_a_hostile_host() {
     cfg.public_url = Some("ftp://x".into());
     assert!(cfg.validate().is_err());
 }
+
+/// Issue: a guest clock 30 min fast, then stepped back by NTP, with steady traffic of 1 MB a
+/// minute. No 10-minute bucket may show more than the real rate, the month's peak is the real
+/// rate, and the newest record is the live one.
+#[tokio::test]
+async fn a_stepped_guest_clock_bills_the_real_rate() {
+    let w = World::new().await;
+    const MIN: i64 = 60_000;
+    let t0 = (store::now_ms() - 3 * 3_600_000) / 600_000 * 600_000;
+    let (_, token) = admin::create_token(&w.app.store, "pc", "r1", "x", false)
+        .await
+        .unwrap();
+    let hash = auth::token_sha256(&token);
+    let row = w
+        .app
+        .store
+        .read(move |c| store::users::agent_token_by_hash(c, &hash))
+        .await
+        .unwrap()
+        .unwrap();
+    w.app
+        .store
+        .write(move |c| {
+            store::instances::register(c, "c1", &row, &Inventory::default(), 60, t0)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    for k in 0..=90i64 {
+        let fast = if k < 40 { 30 * MIN } else { 0 };
+        let mut vm = vm_sample(t0 + k * MIN + fast, 1.0);
+        vm.elapsed_ms = if k == 0 { 0 } else { MIN as u64 };
+        vm.rx_bytes_total = k as u64 * 1_000_000;
+        vm.tx_bytes_total = 0;
+        let batch = ReportBatch {
+            batch_id: uuid::Uuid::new_v4(),
+            instance_id: "c1".into(),
+            seq: k as u64,
+            dropped_samples_total: 0,
+            samples: vec![Sample {
+                vm,
+                processes: None,
+            }],
+            cdn: Vec::new(),
+            cdn_tail: None,
+        };
+        let received = t0 + k * MIN + 500;
+        w.app
+            .store
+            .write_unguarded(move |c| ingest::store_batch(c, &batch, received))
+            .await
+            .unwrap();
+    }
+    let a = w
+        .call(
+            Method::GET,
+            "/mana_api/flow?project_id=pc",
+            &[("X-Auth-Token", ADMIN_SID)],
+            "",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let rows = a.json()["data"].as_array().unwrap().clone();
+    let total: i64 = rows.iter().map(|r| r["in_bytes"].as_i64().unwrap()).sum();
+    assert_eq!(total, 90_000_000, "every byte once");
+    let peak = rows
+        .iter()
+        .map(|r| r["in_bytes"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        peak <= 10_000_000,
+        "no bucket above the real 10 MB per 10 min: {peak}"
+    );
+    let a = w
+        .call(
+            Method::GET,
+            "/mana_api/flow_monthly?project_id=pc",
+            &[("X-Auth-Token", ADMIN_SID)],
+            "",
+        )
+        .await;
+    let months = a.json()["monthly_data"].as_array().unwrap().clone();
+    let max_in_rate = months
+        .iter()
+        .map(|m| m["max_in_rate"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        (max_in_rate - 16_666.67).abs() < 1.0,
+        "peak rate {max_in_rate}"
+    );
+    // The newest record is the live one (placed at its real time), not a future-stamped one.
+    let v = w
+        .legacy(json!({"method": 611611, "session_id": ADMIN_SID, "data": {"instance_id": "c1"}}))
+        .await;
+    assert_eq!(v["data"][0]["rx_bytes"], 90_000_000);
+    // The VM list shows the guest's clock as it is now (stepped back to real time): no skew.
+    let a = w
+        .call(
+            Method::GET,
+            "/mana_api/vm?tenant_id=pc",
+            &[("X-Auth-Token", ADMIN_SID)],
+            "",
+        )
+        .await;
+    assert_eq!(a.json()["vm_servers"][0]["clock_skew_secs"], 0);
+}

@@ -1,8 +1,10 @@
 //! Ingest: what happens to an agent's report batch, in order, in one write transaction.
 //!
 //! 1. [`checks`] refuse what can never be stored (and cut oversized `cmd`s) — before the store;
-//! 2. [`store::samples::insert_batch`] remembers the batch id and stores the raw VM and process
-//!    samples; a batch id seen before stops here (a resend counts once);
+//! 2. [`store::samples::remember_batch`] remembers the batch id for its instance; an id seen
+//!    before stops here (a resend counts once); the samples are placed on the instance's time
+//!    axis ([`crate::timeaxis`]: a stepped or fast guest clock corrected) and
+//!    [`store::samples::insert_samples`] stores the raw VM and process samples;
 //! 3. [`store::bandwidth::apply_batch`] adds the interval bytes to the 10-minute and daily
 //!    bandwidth rollups;
 //! 4. [`store::cdn::apply_batch`] adds the CDN deltas and access-log positions;
@@ -19,6 +21,7 @@ use vmmon_common::wire::ReportBatch;
 use crate::App;
 use crate::error::CollectorError;
 use crate::store::{self, AgentTokenRow};
+use crate::timeaxis;
 
 /// Batches checked and handed to the store at once, across all agents; more wait (their agents
 /// wait for the acknowledgement, so nothing is dropped), which bounds the parsed batches the
@@ -54,13 +57,17 @@ pub async fn ingest(
 }
 
 /// Steps 2–5 on the writer's connection (inside its transaction); also used by benches.
+/// `now_ms` is when the collector received the batch.
 pub fn store_batch(
     conn: &rusqlite::Connection,
     batch: &ReportBatch,
     now_ms: i64,
 ) -> store::Result<bool> {
-    let new = store::samples::insert_batch(conn, batch, now_ms)?;
+    let new = store::samples::remember_batch(conn, batch, now_ms)?;
     if new {
+        let placed = place_on_time_axis(conn, batch, now_ms)?;
+        let batch = placed.as_ref().unwrap_or(batch);
+        store::samples::insert_samples(conn, batch)?;
         store::bandwidth::apply_batch(conn, batch, now_ms)?;
         store::cdn::apply_batch(conn, batch, now_ms)?;
     }
@@ -78,4 +85,41 @@ pub fn store_batch(
         None,
     )?;
     Ok(new)
+}
+
+/// Moves the batch's samples onto the instance's time axis ([`crate::timeaxis`]); `None` when
+/// every sample stays where its agent put it. Each correction is logged.
+fn place_on_time_axis(
+    conn: &rusqlite::Connection,
+    batch: &ReportBatch,
+    received_ms: i64,
+) -> store::Result<Option<ReportBatch>> {
+    let mut state = store::instances::clock_state(conn, &batch.instance_id)?;
+    let mut out: Option<ReportBatch> = None;
+    for (i, sample) in batch.samples.iter().enumerate() {
+        let raw = sample.vm.sampled_at_ms;
+        let elapsed = i64::try_from(sample.vm.elapsed_ms).unwrap_or(i64::MAX);
+        let (placed, next, anomaly) = timeaxis::place(state, raw, elapsed, received_ms);
+        state = Some(next);
+        match anomaly {
+            Some(timeaxis::ClockAnomaly::Stepped { step_ms }) => tracing::warn!(
+                instance_id = %batch.instance_id, step_ms, sampled_at_ms = raw, placed_at_ms = placed,
+                "Agent clock stepped; placing its samples by its monotonic clock."
+            ),
+            Some(timeaxis::ClockAnomaly::Ahead { ahead_ms }) => tracing::warn!(
+                instance_id = %batch.instance_id, ahead_ms, sampled_at_ms = raw, placed_at_ms = placed,
+                "Agent clock is ahead of the collector; placing the sample at its receive time."
+            ),
+            None => {}
+        }
+        if placed != raw {
+            out.get_or_insert_with(|| batch.clone()).samples[i]
+                .vm
+                .sampled_at_ms = placed;
+        }
+    }
+    if let Some(state) = state {
+        store::instances::set_clock_state(conn, &batch.instance_id, state)?;
+    }
+    Ok(out)
 }

@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use vmmon_common::wire::{DesiredState, Inventory};
 
 use super::{AgentTokenRow, Result};
+use crate::timeaxis::ClockState;
 
 /// A registered instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +31,8 @@ pub struct InstanceRow {
     pub dropped_samples: i64,
     /// Batches waiting in the agent's spool at its last heartbeat.
     pub spooled_batches: i64,
+    /// Placed minus guest wall-clock time of the newest sample, ms ([`crate::timeaxis`]).
+    pub clock_offset_ms: i64,
 }
 
 /// Result of a registration attempt.
@@ -43,7 +46,7 @@ pub enum RegisterOutcome {
 
 const COLUMNS: &str = "instance_id, project, region, party, hostname, cpu_count, mem_total_bytes,
     disk_total_bytes, lan_ips, wan_ips, agent_version, os, created_at_ms, updated_at_ms,
-    last_seen_ms, monitoring, interval_secs, dropped_samples, spooled_batches";
+    last_seen_ms, monitoring, interval_secs, dropped_samples, spooled_batches, clock_offset_ms";
 
 fn split_ips(s: String) -> Vec<String> {
     s.split(',')
@@ -77,6 +80,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
         },
         dropped_samples: r.get(17)?,
         spooled_batches: r.get(18)?,
+        clock_offset_ms: r.get(19)?,
     })
 }
 
@@ -200,6 +204,42 @@ pub fn record_seen(
             dropped_samples_total.map(|v| v as i64),
             spooled_batches.map(|v| v as i64)
         ],
+    )?;
+    Ok(())
+}
+
+/// The instance's time-axis state, None before its first sample (or for an unknown id).
+pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockState>> {
+    let row = conn
+        .query_row(
+            "SELECT clock_last_raw_ms, clock_last_placed_ms, clock_offset_ms
+             FROM instances WHERE instance_id = ?1",
+            [instance_id],
+            |r| {
+                Ok((
+                    r.get::<_, Option<i64>>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(match row {
+        Some((Some(last_raw_ms), Some(last_placed_ms), offset_ms)) => Some(ClockState {
+            last_raw_ms,
+            last_placed_ms,
+            offset_ms,
+        }),
+        _ => None,
+    })
+}
+
+/// Keeps the instance's time-axis state after a batch.
+pub fn set_clock_state(conn: &Connection, instance_id: &str, s: ClockState) -> Result<()> {
+    conn.execute(
+        "UPDATE instances SET clock_last_raw_ms = ?2, clock_last_placed_ms = ?3,
+             clock_offset_ms = ?4 WHERE instance_id = ?1",
+        params![instance_id, s.last_raw_ms, s.last_placed_ms, s.offset_ms],
     )?;
     Ok(())
 }

@@ -286,4 +286,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE batches_per_instance RENAME TO batches;
     CREATE INDEX batches_received ON batches(received_at_ms);
     "#,
+    // The time axis of each instance's samples (collector/src/timeaxis.rs): the previous
+    // sample's wall-clock and placed times, and the offset between them. NULL until a sample.
+    r#"
+    ALTER TABLE instances ADD COLUMN clock_last_raw_ms INTEGER;
+    ALTER TABLE instances ADD COLUMN clock_last_placed_ms INTEGER;
+    ALTER TABLE instances ADD COLUMN clock_offset_ms INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

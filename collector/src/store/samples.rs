@@ -71,13 +71,24 @@ pub struct ProcessRow {
 /// Stores a batch unless this instance sent its id before (dedup is per instance); true when
 /// stored, false for a duplicate.
 pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
+    if !remember_batch(conn, batch, now_ms)? {
+        return Ok(false);
+    }
+    insert_samples(conn, batch)?;
+    Ok(true)
+}
+
+/// Remembers the batch's id for its instance; false when it was remembered before (a resend).
+pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms) VALUES (?1, ?2, ?3)",
         params![batch.batch_id.to_string(), batch.instance_id, now_ms],
     )?;
-    if inserted == 0 {
-        return Ok(false);
-    }
+    Ok(inserted > 0)
+}
+
+/// Stores the batch's VM and process samples (call after [`remember_batch`] said it is new).
+pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
     let mut vm_stmt = conn.prepare_cached(
         "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
              disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
@@ -126,7 +137,7 @@ pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resu
             ])?;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 const VM_COLUMNS: &str = "id, instance_id, sampled_at_ms, cpu_pct, mem_pct, disk_read, disk_write,
