@@ -144,7 +144,12 @@ async fn real_path(
     let store = Store::open(dir)?;
     let (_, token) = admin::create_token(&store, "bench", "r1", "x", false).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let app = App::new(CollectorConfig::default(), store);
+    // One token registers every simulated agent at once: no per-token registration limits.
+    let config = CollectorConfig {
+        register_limits: vmmon_collector::store::instances::RegisterLimits::UNLIMITED,
+        ..CollectorConfig::default()
+    };
+    let app = App::new(config, store);
     let running = server::start(app.clone(), listener).await?;
     let url = format!("ws://{}/rpc", running.local_addr);
 

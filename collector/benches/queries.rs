@@ -124,6 +124,7 @@ fn main() -> Result<()> {
                 &Inventory::default(),
                 30,
                 NOW_MS,
+                store::instances::RegisterLimits::UNLIMITED,
             )?;
         }
         Ok(())

@@ -43,6 +43,10 @@ pub struct ConfigFile {
     /// The URL clients reach the collector at (`https://metering.example.com`), used for absolute
     /// links and `Location` headers; without it they come from a validated `Host` header.
     pub public_url: Option<String>,
+    /// Instances one agent token may register in all.
+    pub max_instances_per_token: u32,
+    /// New instances one agent token may register per minute.
+    pub max_new_instances_per_token_per_minute: u32,
     /// The CloudKitty-compatible rating API and its processing (`[rating]`, see docs/rating.md).
     pub rating: RatingConfig,
 }
@@ -60,6 +64,8 @@ impl Default for ConfigFile {
             max_limit: 10_000,
             raw_retention_days: 30,
             public_url: None,
+            max_instances_per_token: 10_000,
+            max_new_instances_per_token_per_minute: 1_000,
             rating: RatingConfig::default(),
         }
     }
@@ -91,6 +97,8 @@ pub struct CollectorConfig {
     pub raw_retention_days: u32,
     /// Where clients reach the collector (http or https, no query), if configured.
     pub public_url: Option<Url>,
+    /// Per-token registration limits (each ≥ 1).
+    pub register_limits: crate::store::instances::RegisterLimits,
     /// `[rating]`, checked.
     pub rating: RatingConfig,
 }
@@ -164,6 +172,12 @@ impl ConfigFile {
                 Err(())
             }
         };
+        if self.max_instances_per_token == 0 || self.max_new_instances_per_token_per_minute == 0 {
+            errors.push(
+                "max_instances_per_token and max_new_instances_per_token_per_minute must be at least 1"
+                    .into(),
+            );
+        }
         errors.extend(self.rating.problems(self.listen));
         match (timezone, default_interval, public_url) {
             (Ok(timezone), Ok(default_interval), Ok(public_url)) if errors.is_empty() => {
@@ -178,6 +192,10 @@ impl ConfigFile {
                     max_limit: self.max_limit,
                     raw_retention_days: self.raw_retention_days,
                     public_url,
+                    register_limits: crate::store::instances::RegisterLimits {
+                        max_instances_per_token: self.max_instances_per_token,
+                        max_new_per_minute: self.max_new_instances_per_token_per_minute,
+                    },
                     rating: self.rating,
                 })
             }

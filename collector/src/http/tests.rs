@@ -115,7 +115,7 @@ impl World {
                 let at = NOW_SECS * 1000 + k as i64 * 1000;
                 store
                     .write_unguarded(move |c| {
-                        store::instances::register(c, &id, &row, &inv, 30, at)?;
+                        store::instances::register(c, &id, &row, &inv, 30, at, Default::default())?;
                         let batch = ReportBatch {
                             batch_id: uuid::Uuid::new_v4(),
                             instance_id: id.clone(),
@@ -1044,7 +1044,15 @@ async fn a_stepped_guest_clock_bills_the_real_rate() {
     w.app
         .store
         .write(move |c| {
-            store::instances::register(c, "c1", &row, &Inventory::default(), 60, t0)?;
+            store::instances::register(
+                c,
+                "c1",
+                &row,
+                &Inventory::default(),
+                60,
+                t0,
+                Default::default(),
+            )?;
             Ok(())
         })
         .await

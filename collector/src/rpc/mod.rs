@@ -136,6 +136,7 @@ impl MonitorApiServer for RpcHandler {
             .get();
         let id = request.instance_id.clone();
         let tok = token.clone();
+        let limits = self.app.settings().config.register_limits;
         let outcome = self
             .app
             .store
@@ -147,6 +148,7 @@ impl MonitorApiServer for RpcHandler {
                     &request.inventory,
                     interval,
                     store::now_ms(),
+                    limits,
                 )
             })
             .await
@@ -158,6 +160,34 @@ impl MonitorApiServer for RpcHandler {
                 Err(CollectorError::Forbidden(format!(
                     "instance {:?} is registered to another project; token of project {:?} may not report it",
                     request.instance_id, token.project
+                ))
+                .into())
+            }
+            RegisterOutcome::CaseCollision { existing } => {
+                tracing::warn!(instance_id = %request.instance_id, %existing, project = %token.project,
+                    "Refused an instance id that differs from a registered one only in letter case.");
+                Err(CollectorError::Forbidden(format!(
+                    "instance id {:?} differs from the registered {existing:?} only in letter case; \
+                     instance ids are unique ignoring case",
+                    request.instance_id
+                ))
+                .into())
+            }
+            RegisterOutcome::QuotaExceeded { limit } => {
+                tracing::warn!(instance_id = %request.instance_id, token_id = token.id, limit,
+                    "Refused a registration: the token's instance quota is used up.");
+                Err(CollectorError::Forbidden(format!(
+                    "this agent token has registered its quota of {limit} instances \
+                     (max_instances_per_token); an admin can remove instances or raise it"
+                ))
+                .into())
+            }
+            RegisterOutcome::RateLimited { per_minute } => {
+                tracing::warn!(instance_id = %request.instance_id, token_id = token.id, per_minute,
+                    "Refused a registration: too many new instances from one token.");
+                Err(CollectorError::Unavailable(format!(
+                    "this agent token registered {per_minute} new instances in the last minute; \
+                     retry later"
                 ))
                 .into())
             }

@@ -42,6 +42,48 @@ pub enum RegisterOutcome {
     Registered(DesiredState),
     /// The instance id belongs to another project; nothing changed.
     ForeignProject,
+    /// A new id equal but for letter case to an existing one (ids are unique ignoring case).
+    CaseCollision {
+        /// The id already registered.
+        existing: String,
+    },
+    /// The token already registered its quota of instances.
+    QuotaExceeded {
+        /// The quota.
+        limit: u32,
+    },
+    /// The token registered its allowance of new instances in the last minute.
+    RateLimited {
+        /// New instances allowed per minute.
+        per_minute: u32,
+    },
+}
+
+/// Limits on the instances one agent token may register (default: the config file's defaults,
+/// 10,000 in all and 1,000 new per minute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterLimits {
+    /// Instances one token may have registered in all.
+    pub max_instances_per_token: u32,
+    /// New instances one token may register per minute.
+    pub max_new_per_minute: u32,
+}
+
+impl RegisterLimits {
+    /// No limits (benches and tools that load a store).
+    pub const UNLIMITED: RegisterLimits = RegisterLimits {
+        max_instances_per_token: u32::MAX,
+        max_new_per_minute: u32::MAX,
+    };
+}
+
+impl Default for RegisterLimits {
+    fn default() -> Self {
+        RegisterLimits {
+            max_instances_per_token: 10_000,
+            max_new_per_minute: 1_000,
+        }
+    }
 }
 
 const COLUMNS: &str = "instance_id, project, region, party, hostname, cpu_count, mem_total_bytes,
@@ -92,6 +134,7 @@ pub fn register(
     inventory: &Inventory,
     configured_interval_secs: u32,
     now_ms: i64,
+    limits: RegisterLimits,
 ) -> Result<RegisterOutcome> {
     let existing = get(conn, instance_id)?;
     if existing
@@ -99,6 +142,34 @@ pub fn register(
         .is_some_and(|row| row.project != token.project)
     {
         return Ok(RegisterOutcome::ForeignProject);
+    }
+    if existing.is_none() {
+        let twin: Option<String> = conn
+            .query_row(
+                "SELECT instance_id FROM instances WHERE instance_id = ?1 COLLATE NOCASE LIMIT 1",
+                [instance_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(existing) = twin {
+            return Ok(RegisterOutcome::CaseCollision { existing });
+        }
+        let (total, recent): (i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(created_at_ms > ?2), 0) FROM instances
+             WHERE token_id = ?1",
+            params![token.id, now_ms - 60_000],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if total >= i64::from(limits.max_instances_per_token) {
+            return Ok(RegisterOutcome::QuotaExceeded {
+                limit: limits.max_instances_per_token,
+            });
+        }
+        if recent >= i64::from(limits.max_new_per_minute) {
+            return Ok(RegisterOutcome::RateLimited {
+                per_minute: limits.max_new_per_minute,
+            });
+        }
     }
     // `updated_at` moves only when what the VM list shows changes.
     let changed = existing.as_ref().is_none_or(|row| {

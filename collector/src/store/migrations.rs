@@ -293,4 +293,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN clock_last_placed_ms INTEGER;
     ALTER TABLE instances ADD COLUMN clock_offset_ms INTEGER NOT NULL DEFAULT 0;
     "#,
+    // Per-token quotas count instances by token; ids are unique ignoring case.
+    r#"
+    CREATE INDEX instances_token ON instances(token_id, created_at_ms);
+    CREATE INDEX instances_id_nocase ON instances(instance_id COLLATE NOCASE);
+    "#,
 ];
