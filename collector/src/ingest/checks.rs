@@ -74,8 +74,33 @@ pub fn validate_times(batch: &ReportBatch, now_ms: i64, retention_days: u32) -> 
             ));
         }
     }
+    // CDN buckets are billed by the log lines' own times: they must lie between the retention
+    // (31 days when raw samples are kept forever) and a few minutes ahead.
+    let window_days = if retention_days > 0 {
+        i64::from(retention_days)
+    } else {
+        CDN_MAX_AGE_DAYS
+    };
+    let oldest = now_ms / 1000 - window_days * 86_400;
+    let newest = now_ms / 1000 + CDN_MAX_AHEAD_SECS;
+    if let Some(d) = batch
+        .cdn
+        .iter()
+        .find(|d| d.bucket_start < oldest || d.bucket_start > newest)
+    {
+        return Err(format!(
+            "CDN bucket at {} s is outside the accepted window ({window_days} days back to \
+             {CDN_MAX_AHEAD_SECS} s ahead of the collector's clock)",
+            d.bucket_start
+        ));
+    }
     Ok(())
 }
+
+/// CDN buckets may start at most this far ahead of the collector's clock, seconds.
+pub const CDN_MAX_AHEAD_SECS: i64 = 600;
+/// Oldest CDN bucket accepted when raw retention is off, days.
+pub const CDN_MAX_AGE_DAYS: i64 = 31;
 
 /// Cuts oversized process names instead of refusing the whole batch for one of them.
 pub fn cap_cmds(batch: &mut ReportBatch) {
@@ -334,6 +359,30 @@ mod tests {
                 }
                 (got, want) => panic!("case {i}: {got:?}, wanted {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn cdn_buckets_outside_the_window_are_refused() {
+        let now = 100 * DAY_MS;
+        let secs = now / 1000;
+        for (start, ok) in [
+            (secs / 300 * 300, true),
+            (secs - 29 * 86_400, true),
+            (secs - 31 * 86_400, false),
+            (300, false),            // 1970
+            (32_503_680_000, false), // year 3000
+            (secs + CDN_MAX_AHEAD_SECS - 300, true),
+        ] {
+            let mut b = cdn_batch(vec![CdnBucketDelta {
+                domain: "a.com".into(),
+                bucket_start: start,
+                bytes: 1,
+                hit_bytes: 0,
+                requests: 1,
+            }]);
+            b.samples[0].vm.sampled_at_ms = now;
+            assert_eq!(validate_times(&b, now, 30).is_ok(), ok, "{start}");
         }
     }
 

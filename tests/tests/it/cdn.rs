@@ -12,8 +12,20 @@ use serde_json::{Value, json};
 use vmmon_tests::*;
 
 const T: Duration = Duration::from_secs(60);
-/// 2024-03-01 10:00 in Asia/Shanghai (the collector's time zone in these tests).
-const T0: i64 = 1_709_258_400;
+/// Start of the test traffic: yesterday, on the hour (epoch seconds). Recent on purpose: the
+/// collector refuses CDN buckets older than its retention.
+fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| (vmmon_common::vocab::now_ms() / 1000 - 86_400) / 3600 * 3600)
+}
+
+/// `t` (epoch seconds) as `yyyy-mm-dd hh:mi` in Asia/Shanghai (UTC+8, no DST).
+fn sh_minute(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t + 8 * 3600, 0)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M")
+        .to_string()
+}
 const BUCKETS: i64 = 6;
 /// Byte amounts are multiples of 1/16 MB, so MB figures are exact.
 const UNIT: u64 = 65_536;
@@ -91,7 +103,7 @@ impl Writer {
     fn next_line(&mut self) -> String {
         let i = self.n;
         self.n += 1;
-        let t = T0 + (i as i64 % BUCKETS) * 300 + (i as i64 * 37) % 300;
+        let t = t0() + (i as i64 % BUCKETS) * 300 + (i as i64 * 37) % 300;
         let host = HOSTS[(i % 3) as usize];
         let cache = CACHE[(i % 7) as usize];
         let bytes = UNIT * (i % 5 + 1);
@@ -199,7 +211,7 @@ fn expected_answer(exp: &Expected, domains: &[&str], sum: bool) -> Value {
     let series = |ds: &[&str]| -> Vec<Value> {
         (0..BUCKETS)
             .map(|k| {
-                let b = T0 + k * 300;
+                let b = t0() + k * 300;
                 let (mut bytes, mut hit) = (0, 0);
                 for d in ds {
                     let v = exp.get(&(d.to_string(), b)).copied().unwrap_or((0, 0));
@@ -326,12 +338,13 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
 
     // The API: JSON, form-encoded and query string give the same exact MB per bucket.
     let sig = sign(&sh_date(0), USER, &secret);
+    let (start, end) = (sh_minute(t0()), sh_minute(t0() + 29 * 60));
     let fields = [
         ("username", USER),
         ("signature", sig.as_str()),
         ("domain", "www.a.com,www.b.com"),
-        ("start_time", "2024-03-01 10:00"),
-        ("end_time", "2024-03-01 10:29"),
+        ("start_time", start.as_str()),
+        ("end_time", end.as_str()),
     ];
     let want = expected_answer(&w.exp, &DOMAINS, false);
     let obj: serde_json::Map<String, Value> = fields
@@ -399,7 +412,7 @@ fn flow_api_errors_each_have_their_own_status() {
     assert_eq!(r["status"], 0, "{r}");
     assert_eq!(
         r["data"],
-        json!([{"domain": "www.a.com", "data": [[T0, 0.0, 0.0], [T0 + 300, 0.0, 0.0]]}])
+        json!([{"domain": "www.a.com", "data": [[1_709_258_400, 0.0, 0.0], [1_709_258_700, 0.0, 0.0]]}])
     );
     // Yesterday's and tomorrow's signatures are accepted, the day before yesterday's is not.
     for d in [-1, 1] {
