@@ -142,7 +142,7 @@ async fn real_path(
     per_agent: Vec<Vec<ReportBatch>>,
 ) -> Result<(f64, usize)> {
     let store = Store::open(dir)?;
-    let (_, token) = admin::create_token(&store, "bench", "r1", "x", false).await?;
+    let (_, token) = admin::create_token(&store, "bench", "r1", "x", false, &[]).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     // One token registers every simulated agent at once: no per-token registration limits.
     let config = CollectorConfig {

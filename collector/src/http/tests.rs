@@ -95,7 +95,7 @@ impl World {
             .await
             .unwrap();
         for (project, ids) in [("pa", &["a1", "a2"][..]), ("pb", &["b1"][..])] {
-            let (_, token) = admin::create_token(&store, project, "r1", "x", false)
+            let (_, token) = admin::create_token(&store, project, "r1", "x", false, &[])
                 .await
                 .unwrap();
             let hash = auth::token_sha256(&token);
@@ -1030,7 +1030,7 @@ async fn a_stepped_guest_clock_bills_the_real_rate() {
     let w = World::new().await;
     const MIN: i64 = 60_000;
     let t0 = (store::now_ms() - 3 * 3_600_000) / 600_000 * 600_000;
-    let (_, token) = admin::create_token(&w.app.store, "pc", "r1", "x", false)
+    let (_, token) = admin::create_token(&w.app.store, "pc", "r1", "x", false, &[])
         .await
         .unwrap();
     let hash = auth::token_sha256(&token);

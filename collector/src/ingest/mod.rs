@@ -43,6 +43,9 @@ pub async fn ingest(
     // The semaphore is never closed, so acquiring only waits.
     let _slot = app.ingest_slots.acquire().await.ok();
     checks::check_cdn_permission(token, &batch).map_err(CollectorError::InvalidBatch)?;
+    if !batch.cdn.is_empty() {
+        keep_bound_domains(app, token, &mut batch).await?;
+    }
     checks::cap_cmds(&mut batch);
     checks::clamp_percentages(&mut batch);
     checks::validate_batch(&batch).map_err(CollectorError::InvalidBatch)?;
@@ -54,6 +57,38 @@ pub async fn ingest(
         .write_unguarded(move |c| store_batch(c, &batch, now_ms()))
         .await?;
     Ok(stored)
+}
+
+/// Drops the CDN deltas of domains that no CDN user bound to the edge token owns (each drop is
+/// logged with its bytes): an edge token bills only its own customers' domains. The rest of the
+/// batch, and its access-log positions, are kept, so the lines are not read again.
+async fn keep_bound_domains(
+    app: &App,
+    token: &AgentTokenRow,
+    batch: &mut ReportBatch,
+) -> Result<(), CollectorError> {
+    let id = token.id;
+    let allowed = app
+        .store
+        .read(move |c| store::cdn::token_domains(c, id))
+        .await?;
+    let before = batch.cdn.len();
+    let mut dropped_bytes = 0u64;
+    batch.cdn.retain(|d| {
+        let ok = allowed.binary_search(&d.domain).is_ok();
+        if !ok {
+            dropped_bytes = dropped_bytes.saturating_add(d.bytes);
+        }
+        ok
+    });
+    if batch.cdn.len() < before {
+        tracing::warn!(
+            instance_id = %batch.instance_id, token_id = id, deltas = before - batch.cdn.len(),
+            bytes = dropped_bytes,
+            "Dropped CDN traffic of domains no CDN user bound to this edge token owns."
+        );
+    }
+    Ok(())
 }
 
 /// Steps 2–5 on the writer's connection (inside its transaction); also used by benches.

@@ -298,4 +298,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX instances_token ON instances(token_id, created_at_ms);
     CREATE INDEX instances_id_nocase ON instances(instance_id COLLATE NOCASE);
     "#,
+    // CDN edge tokens are bound to the CDN users (customers) whose domains they may report.
+    r#"
+    CREATE TABLE agent_token_cdn_users (
+        token_id   INTEGER NOT NULL,
+        user_name  TEXT NOT NULL,
+        PRIMARY KEY (token_id, user_name)
+    ) WITHOUT ROWID;
+    "#,
 ];

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -132,8 +133,13 @@ impl Writer {
         append(path, &text);
     }
 
+    /// Bytes of the domains the edge token's CDN user owns (the others are never stored).
     fn total(&self) -> u64 {
-        self.exp.values().map(|v| v.0).sum()
+        self.exp
+            .iter()
+            .filter(|((d, _), _)| DOMAINS.contains(&d.as_str()))
+            .map(|(_, v)| v.0)
+            .sum()
     }
 }
 
@@ -238,7 +244,7 @@ fn expected_answer(exp: &Expected, domains: &[&str], sum: bool) -> Value {
 fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
     let (c, _cfg) = start_collector();
     let secret = add_user(&c, USER, "www.a.com,www.b.com");
-    let token = c.create_cdn_token("cdn", "edge");
+    let token = c.create_cdn_token("cdn", "edge", &[USER]);
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("access.log");
     let mut w = Writer::new();
@@ -307,8 +313,12 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
     w.write(&log, 30);
     wait_total(&c, &agent, w.total());
 
-    // Per bucket and domain, exactly.
-    for ((domain, bucket), (bytes, hit)) in &w.exp {
+    // Per bucket and domain, exactly (the owned domains; the other one is never stored).
+    for ((domain, bucket), (bytes, hit)) in w
+        .exp
+        .iter()
+        .filter(|((d, _), _)| DOMAINS.contains(&d.as_str()))
+    {
         let p: [&dyn rusqlite::ToSql; 2] = [domain, bucket];
         let got = (
             c.query_i64(
@@ -377,6 +387,14 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
         r["data"],
         expected_answer(&w.exp, &["www.b.com"], false),
         "{r}"
+    );
+    assert_eq!(
+        c.query_i64(
+            "SELECT COUNT(*) FROM cdn_buckets WHERE domain = 'other.example'",
+            &[]
+        )[0],
+        0,
+        "traffic of a domain the edge token's CDN users do not own is not stored"
     );
     assert!(
         w.exp.keys().any(|(d, _)| d == "other.example"),
@@ -542,7 +560,26 @@ fn flow_api_errors_each_have_their_own_status() {
 fn only_cdn_edge_tokens_may_report_cdn_traffic() {
     let c = Collector::start();
     let tenant = c.create_token("tenant-x", "r1");
-    let edge = c.create_cdn_token("cdn", "edge");
+    add_user(&c, "customer_a", "victim.example");
+    add_user(&c, "customer_b", "stolen.example");
+    // An edge token needs its CDN users named, and they must exist.
+    let out = Command::new(bin_path("vmmon-collector"))
+        .args([
+            "token",
+            "create",
+            "--project",
+            "cdn",
+            "--region",
+            "edge",
+            "--cdn",
+            "--data",
+        ])
+        .arg(c.data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cdn-user"));
+    let edge = c.create_cdn_token("cdn", "edge", &["customer_a"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = c.rpc_url();
     let now_ms = std::time::SystemTime::now()
@@ -560,7 +597,9 @@ fn only_cdn_edge_tokens_may_report_cdn_traffic() {
                     "net_in_kib_per_sec": 0.0, "net_out_kib_per_sec": 0.0, "rx_bytes_total": 0,
                     "tx_bytes_total": 0, "proc_count": 1}, "processes": null}],
                 "cdn": [{"domain": "victim.example", "bucket_start": (now_ms / 1000) / 300 * 300,
-                    "bytes": 1_000_000_000u64, "hit_bytes": 0, "requests": 1}]
+                    "bytes": 1_000_000_000u64, "hit_bytes": 0, "requests": 1},
+                    {"domain": "stolen.example", "bucket_start": (now_ms / 1000) / 300 * 300,
+                    "bytes": 5_368_709_120u64, "hit_bytes": 0, "requests": 1}]
             }))
             .unwrap()
         };
@@ -587,5 +626,18 @@ fn only_cdn_edge_tokens_may_report_cdn_traffic() {
         )[0],
         0,
         "the refused batch changed nothing"
+    );
+    // The edge token billed its own customer's domain, never another customer's.
+    let bytes = |d: &str| {
+        c.query_i64(
+            "SELECT COALESCE(SUM(bytes), 0) FROM cdn_buckets WHERE domain = ?1",
+            &[&d],
+        )[0]
+    };
+    assert_eq!(bytes("victim.example"), 1_000_000_000);
+    assert_eq!(
+        bytes("stolen.example"),
+        0,
+        "a domain of a CDN user not bound to the token"
     );
 }

@@ -85,7 +85,7 @@ fn err(c: &Collector, sid: Option<&str>, path: &str, status: u16, needle: &str) 
 }
 
 fn token(c: &Collector, project: &str, region: &str, party: &str) -> String {
-    c.token(project, region, party, false)
+    c.token(project, region, party, None)
 }
 
 /// A client speaking the agents' JSON-RPC protocol over one WebSocket, on its own runtime so
