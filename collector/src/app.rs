@@ -15,6 +15,7 @@ use crate::config::CollectorConfig;
 use crate::control::hub::Hub;
 use crate::rating::Rating;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 
 /// Settings of a running collector that a reload may change together.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct App {
     /// Growing delays after failed logins.
     pub logins: LoginThrottle,
     cpu_slots: Arc<Semaphore>,
+    /// The collector's own figures for `/metrics`.
+    pub telemetry: Telemetry,
     /// Agent batches being checked and stored at once ([`crate::ingest::MAX_CONCURRENT_INGESTS`]).
     pub ingest_slots: Semaphore,
 }
@@ -62,6 +65,7 @@ impl App {
             logins: LoginThrottle::default(),
             cpu_slots: Arc::new(Semaphore::new(CPU_SLOTS)),
             ingest_slots: Semaphore::new(crate::ingest::MAX_CONCURRENT_INGESTS),
+            telemetry: Telemetry::default(),
         })
     }
 

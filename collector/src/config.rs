@@ -43,6 +43,11 @@ pub struct ConfigFile {
     /// The URL clients reach the collector at (`https://metering.example.com`), used for absolute
     /// links and `Location` headers; without it they come from a validated `Host` header.
     pub public_url: Option<String>,
+    /// Bearer token a Prometheus scraper sends to `/metrics` (at least 16 characters); without
+    /// it only admin sessions may scrape.
+    pub metrics_token: Option<String>,
+    /// Also expose each VM's N busiest processes on `/metrics` (0, the default, exposes none).
+    pub metrics_top_processes: u32,
     /// Instances one agent token may register in all.
     pub max_instances_per_token: u32,
     /// New instances one agent token may register per minute.
@@ -64,6 +69,8 @@ impl Default for ConfigFile {
             max_limit: 10_000,
             raw_retention_days: 30,
             public_url: None,
+            metrics_token: None,
+            metrics_top_processes: 0,
             max_instances_per_token: 10_000,
             max_new_instances_per_token_per_minute: 1_000,
             rating: RatingConfig::default(),
@@ -97,6 +104,10 @@ pub struct CollectorConfig {
     pub raw_retention_days: u32,
     /// Where clients reach the collector (http or https, no query), if configured.
     pub public_url: Option<Url>,
+    /// Scrape token of `/metrics` (≥ 16 characters), if any.
+    pub metrics_token: Option<String>,
+    /// Busiest processes per VM on `/metrics` (0–50).
+    pub metrics_top_processes: u32,
     /// Per-token registration limits (each ≥ 1).
     pub register_limits: crate::store::instances::RegisterLimits,
     /// `[rating]`, checked.
@@ -172,6 +183,18 @@ impl ConfigFile {
                 Err(())
             }
         };
+        if self
+            .metrics_token
+            .as_deref()
+            .is_some_and(|t| t.trim().len() < 16 || t.trim() != t)
+        {
+            errors.push(
+                "metrics_token must be at least 16 characters without surrounding spaces".into(),
+            );
+        }
+        if self.metrics_top_processes > 50 {
+            errors.push("metrics_top_processes must be at most 50".into());
+        }
         if self.max_instances_per_token == 0 || self.max_new_instances_per_token_per_minute == 0 {
             errors.push(
                 "max_instances_per_token and max_new_instances_per_token_per_minute must be at least 1"
@@ -192,6 +215,8 @@ impl ConfigFile {
                     max_limit: self.max_limit,
                     raw_retention_days: self.raw_retention_days,
                     public_url,
+                    metrics_token: self.metrics_token,
+                    metrics_top_processes: self.metrics_top_processes,
                     register_limits: crate::store::instances::RegisterLimits {
                         max_instances_per_token: self.max_instances_per_token,
                         max_new_per_minute: self.max_new_instances_per_token_per_minute,

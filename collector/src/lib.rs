@@ -5,7 +5,8 @@
 //!
 //! 1. rules, pure functions: [`bandwidth`], [`cdn`], [`rating`], [`timeaxis`] (plus `config`);
 //! 2. [`store`]: all SQL;
-//! 3. actions and jobs: [`admin`], [`auth`], [`control`], [`ingest`], [`jobs`] (and [`App`]);
+//! 3. actions and jobs: [`admin`], [`auth`], [`control`], [`ingest`], [`jobs`], [`telemetry`]
+//!    (and [`App`]);
 //! 4. transports: [`http`] (axum) and [`rpc`] (jsonrpsee), joined on one listener by [`server`].
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod rating;
 pub(crate) mod rpc;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod timeaxis;
 
 pub use app::{App, Settings};

@@ -46,7 +46,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A fresh id for a connection.
+    /// Agents with a live command subscription (connected), by instance.
+    pub fn connected_agents(&self) -> usize {
+        self.inner.lock().map(|g| g.agents.len()).unwrap_or(0)
+    }
+
+    /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
     }

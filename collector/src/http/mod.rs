@@ -17,6 +17,7 @@
 pub mod cdn;
 pub mod legacy;
 pub mod mana;
+pub mod metrics;
 pub mod rating;
 pub mod repr;
 
@@ -84,12 +85,14 @@ pub fn router(app: Arc<App>) -> HttpService {
         )
         .merge(mana::routes())
         .route(cdn::FLOW_PATH, any(cdn::handle))
+        .route(metrics::METRICS_PATH, get(metrics::handle))
         .route(rating::PREFIX, any(rating::handle))
         .route(
             &format!("{}/{{*rest}}", rating::PREFIX),
             any(rating::handle),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), count_request))
         .layer(layers)
         .with_state(app);
     MapRequest::new(
@@ -150,6 +153,7 @@ async fn index() -> Json<Index> {
             ),
             p(cdn::FLOW_PATH, "POST", "CDN flow query"),
             p(HEALTH_PATH, "GET", "liveness"),
+            p(metrics::METRICS_PATH, "GET", "Prometheus exposition (admin or metrics_token)"),
         ],
     })
 }
@@ -174,6 +178,24 @@ async fn health(State(app): State<Arc<App>>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// Counts each answer by its route pattern (never the raw path: bounded label values) and status.
+async fn count_request(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    app.telemetry
+        .http_request(&route, resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 async fn not_found(uri: Uri, sent: Option<Extension<SentPath>>) -> MsgError {

@@ -1136,3 +1136,64 @@ async fn a_stepped_guest_clock_bills_the_real_rate() {
         .await;
     assert_eq!(a.json()["vm_servers"][0]["clock_skew_secs"], 0);
 }
+
+#[tokio::test]
+async fn metrics_expose_the_fleet_to_admins_and_the_scrape_token() {
+    let w = World::new().await;
+    let token = "scrape-token-0123456789";
+    w.app.reload(
+        crate::config::ConfigFile {
+            metrics_token: Some(token.into()),
+            metrics_top_processes: 1,
+            ..crate::config::ConfigFile::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let bearer = format!("Bearer {token}");
+    // (headers, status)
+    for (headers, status) in [
+        (vec![], StatusCode::UNAUTHORIZED),
+        (vec![("X-Auth-Token", TENANT_A_SID)], StatusCode::FORBIDDEN),
+        (vec![("Authorization", "Bearer wrong-token-0123456789")], StatusCode::UNAUTHORIZED),
+        (vec![("X-Auth-Token", ADMIN_SID)], StatusCode::OK),
+        (vec![("Authorization", bearer.as_str())], StatusCode::OK),
+    ] {
+        let a = w.call(Method::GET, "/metrics", &headers, "").await;
+        assert_eq!(a.status, status, "{headers:?}");
+    }
+    let a = w.call(Method::GET, "/metrics", &[("Authorization", &bearer)], "").await;
+    assert_eq!(a.headers["content-type"], super::metrics::TEXT_CONTENT_TYPE);
+    let text = String::from_utf8(a.body).unwrap();
+    for line in [
+        "# TYPE vmmon_vm_cpu_usage_ratio gauge",
+        r#"vmmon_vm_cpu_usage_ratio{instance_id="a1",project="pa",region="r1"} 0.12345"#,
+        r#"vmmon_vm_memory_usage_ratio{instance_id="b1",project="pb",region="r1"} 0.41256"#,
+        "# TYPE vmmon_vm_network_receive_bytes_total counter",
+        r#"vmmon_vm_network_receive_bytes_total{instance_id="a2",project="pa",region="r1"} 1000"#,
+        r#"vmmon_vm_disk_written_bytes_per_second{instance_id="a1",project="pa",region="r1"} 2048"#,
+        r#"vmmon_vm_last_sample_timestamp_seconds{instance_id="a1",project="pa",region="r1"} 1764500000"#,
+        r#"vmmon_process_cpu_usage_ratio{instance_id="a1",pid="200",cmd="it's-a1"} 0.0925"#,
+        "vmmon_collector_instances 3",
+        "# TYPE vmmon_collector_ingested_batches_total counter",
+        r#"vmmon_collector_http_requests_total{route="/metrics",status="401"} 2"#,
+        "# TYPE vmmon_collector_store_write_duration_seconds histogram",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    assert!(!text.contains("# EOF"));
+    // OpenMetrics when asked for: counters' family names drop _total, units declared, # EOF.
+    let a = w
+        .call(
+            Method::GET,
+            "/metrics",
+            &[("Authorization", &bearer), ("Accept", "application/openmetrics-text; version=1.0.0")],
+            "",
+        )
+        .await;
+    assert_eq!(a.headers["content-type"], super::metrics::OPENMETRICS_CONTENT_TYPE);
+    let text = String::from_utf8(a.body).unwrap();
+    assert!(text.ends_with("# EOF\n"));
+    assert!(text.contains("# TYPE vmmon_vm_network_receive_bytes counter\n"));
+    assert!(text.contains("# UNIT vmmon_vm_memory_usage_ratio ratio\n"));
+}

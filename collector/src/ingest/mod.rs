@@ -21,6 +21,7 @@ use vmmon_common::wire::ReportBatch;
 use crate::App;
 use crate::error::CollectorError;
 use crate::store::{self, AgentTokenRow};
+use crate::telemetry::Anomaly;
 use crate::timeaxis;
 
 /// Batches checked and handed to the store at once, across all agents; more wait (their agents
@@ -42,20 +43,47 @@ pub async fn ingest(
 ) -> Result<bool, CollectorError> {
     // The semaphore is never closed, so acquiring only waits.
     let _slot = app.ingest_slots.acquire().await.ok();
-    checks::check_cdn_permission(token, &batch).map_err(CollectorError::InvalidBatch)?;
+    let refused = |why: String| {
+        app.telemetry.anomaly(Anomaly::BatchRefused);
+        CollectorError::InvalidBatch(why)
+    };
+    checks::check_cdn_permission(token, &batch).map_err(refused)?;
     if !batch.cdn.is_empty() {
         keep_bound_domains(app, token, &mut batch).await?;
     }
     checks::cap_cmds(&mut batch);
     checks::clamp_percentages(&mut batch);
-    checks::validate_batch(&batch).map_err(CollectorError::InvalidBatch)?;
+    checks::validate_batch(&batch).map_err(refused)?;
     let retention_days = app.settings().config.raw_retention_days;
-    checks::validate_times(&batch, now_ms(), retention_days)
-        .map_err(CollectorError::InvalidBatch)?;
-    let stored = app
+    checks::validate_times(&batch, now_ms(), retention_days).map_err(refused)?;
+    let (samples, process_rows) = (
+        batch.samples.len(),
+        batch
+            .samples
+            .iter()
+            .map(|s| s.processes.as_ref().map_or(0, Vec::len))
+            .sum::<usize>(),
+    );
+    let started = std::time::Instant::now();
+    let (stored, anomalies) = app
         .store
-        .write_unguarded(move |c| store_batch(c, &batch, now_ms()))
+        .write_unguarded(move |c| {
+            let mut anomalies = Vec::new();
+            let stored = store_batch_noting(c, &batch, now_ms(), &mut anomalies)?;
+            Ok((stored, anomalies))
+        })
         .await?;
+    let t = &app.telemetry;
+    t.store_write.observe(started.elapsed());
+    if stored {
+        t.batch_stored(samples, process_rows);
+    }
+    for a in anomalies {
+        t.anomaly(match a {
+            timeaxis::ClockAnomaly::Stepped { .. } => Anomaly::ClockStep,
+            timeaxis::ClockAnomaly::Ahead { .. } => Anomaly::ClockAhead,
+        });
+    }
     Ok(stored)
 }
 
@@ -82,6 +110,7 @@ async fn keep_bound_domains(
         ok
     });
     if batch.cdn.len() < before {
+        app.telemetry.anomaly(Anomaly::CdnForeignDomain);
         tracing::warn!(
             instance_id = %batch.instance_id, token_id = id, deltas = before - batch.cdn.len(),
             bytes = dropped_bytes,
@@ -98,9 +127,19 @@ pub fn store_batch(
     batch: &ReportBatch,
     now_ms: i64,
 ) -> store::Result<bool> {
+    store_batch_noting(conn, batch, now_ms, &mut Vec::new())
+}
+
+/// [`store_batch`], adding the clock corrections it made to `anomalies`.
+pub fn store_batch_noting(
+    conn: &rusqlite::Connection,
+    batch: &ReportBatch,
+    now_ms: i64,
+    anomalies: &mut Vec<timeaxis::ClockAnomaly>,
+) -> store::Result<bool> {
     let new = store::samples::remember_batch(conn, batch, now_ms)?;
     if new {
-        let placed = place_on_time_axis(conn, batch, now_ms)?;
+        let placed = place_on_time_axis(conn, batch, now_ms, anomalies)?;
         let batch = placed.as_ref().unwrap_or(batch);
         store::samples::insert_samples(conn, batch)?;
         store::bandwidth::apply_batch(conn, batch, now_ms)?;
@@ -128,6 +167,7 @@ fn place_on_time_axis(
     conn: &rusqlite::Connection,
     batch: &ReportBatch,
     received_ms: i64,
+    anomalies: &mut Vec<timeaxis::ClockAnomaly>,
 ) -> store::Result<Option<ReportBatch>> {
     let mut state = store::instances::clock_state(conn, &batch.instance_id)?;
     let mut out: Option<ReportBatch> = None;
@@ -136,6 +176,7 @@ fn place_on_time_axis(
         let elapsed = i64::try_from(sample.vm.elapsed_ms).unwrap_or(i64::MAX);
         let (placed, next, anomaly) = timeaxis::place(state, raw, elapsed, received_ms);
         state = Some(next);
+        anomalies.extend(anomaly);
         match anomaly {
             Some(timeaxis::ClockAnomaly::Stepped { step_ms }) => tracing::warn!(
                 instance_id = %batch.instance_id, step_ms, sampled_at_ms = raw, placed_at_ms = placed,

@@ -215,6 +215,9 @@ pub fn spawn(app: Arc<App>) {
             drop(settings);
             match step(&app.store, &metrics, period_ms, wait_ms).await {
                 Ok(Ok(o)) => {
+                    app.telemetry
+                        .rating_periods
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if o.points > 0 || o.replaced {
                         tracing::info!(
                             begin = %iso(o.begin_ms), tenants = o.tenants, points = o.points,

@@ -155,6 +155,7 @@ impl MonitorApiServer for RpcHandler {
             .map_err(CollectorError::from)?;
         match outcome {
             RegisterOutcome::ForeignProject => {
+                self.app.telemetry.anomaly(crate::telemetry::Anomaly::RegistrationRefused);
                 tracing::warn!(instance_id = %request.instance_id, project = %token.project,
                     "Refused registration of an instance owned by another project.");
                 Err(CollectorError::Forbidden(format!(
@@ -164,6 +165,7 @@ impl MonitorApiServer for RpcHandler {
                 .into())
             }
             RegisterOutcome::CaseCollision { existing } => {
+                self.app.telemetry.anomaly(crate::telemetry::Anomaly::RegistrationRefused);
                 tracing::warn!(instance_id = %request.instance_id, %existing, project = %token.project,
                     "Refused an instance id that differs from a registered one only in letter case.");
                 Err(CollectorError::Forbidden(format!(
@@ -174,6 +176,7 @@ impl MonitorApiServer for RpcHandler {
                 .into())
             }
             RegisterOutcome::QuotaExceeded { limit } => {
+                self.app.telemetry.anomaly(crate::telemetry::Anomaly::RegistrationRefused);
                 tracing::warn!(instance_id = %request.instance_id, token_id = token.id, limit,
                     "Refused a registration: the token's instance quota is used up.");
                 Err(CollectorError::Forbidden(format!(
@@ -183,6 +186,7 @@ impl MonitorApiServer for RpcHandler {
                 .into())
             }
             RegisterOutcome::RateLimited { per_minute } => {
+                self.app.telemetry.anomaly(crate::telemetry::Anomaly::RegistrationRefused);
                 tracing::warn!(instance_id = %request.instance_id, token_id = token.id, per_minute,
                     "Refused a registration: too many new instances from one token.");
                 Err(CollectorError::Unavailable(format!(

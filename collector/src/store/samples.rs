@@ -197,6 +197,53 @@ pub fn latest_vm(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// One instance's newest VM sample with the instance's labels, for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetRow {
+    /// Project of the instance.
+    pub project: String,
+    /// Region of the instance.
+    pub region: String,
+    /// Samples the agent dropped, total.
+    pub dropped_samples: i64,
+    /// Last register, heartbeat or report, epoch ms.
+    pub last_seen_ms: i64,
+    /// Sampling interval, seconds.
+    pub interval_secs: u32,
+    /// The newest VM sample, if any.
+    pub vm: Option<VmRow>,
+}
+
+/// Every instance (of `project`, or all) with its newest VM sample, by instance id: one index
+/// lookup per instance.
+pub fn fleet(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> {
+    let mut list = conn.prepare_cached(
+        "SELECT instance_id, project, region, dropped_samples, last_seen_ms, interval_secs
+         FROM instances WHERE ?1 IS NULL OR project = ?1 ORDER BY instance_id",
+    )?;
+    let instances = list
+        .query_map([project], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                FleetRow {
+                    project: r.get(1)?,
+                    region: r.get(2)?,
+                    dropped_samples: r.get(3)?,
+                    last_seen_ms: r.get(4)?,
+                    interval_secs: r.get(5)?,
+                    vm: None,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(instances.len());
+    for (id, mut row) in instances {
+        row.vm = latest_vm(conn, &id, 1)?.pop();
+        out.push(row);
+    }
+    Ok(out)
+}
+
 /// The processes of an instance's newest process sample, busiest first, at most `limit`.
 pub fn latest_processes(
     conn: &Connection,
