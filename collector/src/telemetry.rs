@@ -176,6 +176,9 @@ mod tests {
         assert_eq!(s.count, 5);
         assert!((s.sum_secs - 20.315).abs() < 1e-9);
         let at = |le: f64| s.buckets.iter().find(|(b, _)| *b == le).unwrap().1;
-        assert_eq!((at(0.005), at(0.01), at(0.25), at(0.5), at(10.0)), (1, 3, 3, 4, 4));
+        assert_eq!(
+            (at(0.005), at(0.01), at(0.25), at(0.5), at(10.0)),
+            (1, 3, 3, 4, 4)
+        );
     }
 }

@@ -62,7 +62,11 @@ fn number(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }
@@ -145,7 +149,10 @@ async fn authorize(app: &App, headers: &HeaderMap) -> Result<(), MsgError> {
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "Metrics cannot check a session.");
-            MsgError::new(StatusCode::INTERNAL_SERVER_ERROR, "the store is unavailable")
+            MsgError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store is unavailable",
+            )
         })?
         .ok_or_else(|| MsgError::new(StatusCode::UNAUTHORIZED, "session expired or unknown"))?;
     if user.is_admin {
@@ -190,8 +197,11 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "Metrics cannot read the store.");
-            return MsgError::new(StatusCode::INTERNAL_SERVER_ERROR, "the store is unavailable")
-                .into_response();
+            return MsgError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store is unavailable",
+            )
+            .into_response();
         }
     };
     let body = render(&app, &fleet, &procs, store::now_ms(), open_metrics);
@@ -232,19 +242,69 @@ fn render(
     };
     type Figure = fn(&FleetRow, &store::VmRow, i64) -> f64;
     let vm_families: [(&str, Kind, &str, Figure); 10] = [
-        ("vmmon_vm_up", Kind::Gauge, "1 while the VM's agent reports (ACTIVE), 0 after 3 silent intervals (SHUTOFF).", |r, _, now| {
-            let interval_ms = i64::from(r.interval_secs.max(1)) * 1000;
-            f64::from(u8::from(now - r.last_seen_ms <= 3 * interval_ms))
-        }),
-        ("vmmon_vm_cpu_usage_ratio", Kind::Gauge, "Share of all the VM's CPUs the guest ran, 0-1 (611611 cpu_util / 100).", |_, vm, _| vm.cpu_pct / 100.0),
-        ("vmmon_vm_memory_usage_ratio", Kind::Gauge, "(MemTotal - MemAvailable) / MemTotal, 0-1 (611611 mem / 100).", |_, vm, _| vm.mem_pct / 100.0),
-        ("vmmon_vm_disk_read_bytes_per_second", Kind::Gauge, "Read from physical disks, bytes/s.", |_, vm, _| vm.disk_read * 1024.0),
-        ("vmmon_vm_disk_written_bytes_per_second", Kind::Gauge, "Written to physical disks, bytes/s.", |_, vm, _| vm.disk_write * 1024.0),
-        ("vmmon_vm_network_receive_bytes", Kind::Counter, "Bytes received on the VM's own NICs (the agent's cumulative counter, 611611 rx_bytes).", |_, vm, _| vm.rx_bytes_total as f64),
-        ("vmmon_vm_network_transmit_bytes", Kind::Counter, "Bytes sent on the VM's own NICs (611611 tx_bytes).", |_, vm, _| vm.tx_bytes_total as f64),
-        ("vmmon_vm_processes", Kind::Gauge, "Processes in the VM.", |_, vm, _| vm.proc_count as f64),
-        ("vmmon_vm_dropped_samples", Kind::Counter, "Samples the agent had to drop (spool full).", |r, _, _| r.dropped_samples as f64),
-        ("vmmon_vm_last_sample_timestamp_seconds", Kind::Gauge, "Time of the VM's newest sample, epoch seconds.", |_, vm, _| vm.sampled_at_ms as f64 / 1000.0),
+        (
+            "vmmon_vm_up",
+            Kind::Gauge,
+            "1 while the VM's agent reports (ACTIVE), 0 after 3 silent intervals (SHUTOFF).",
+            |r, _, now| {
+                let interval_ms = i64::from(r.interval_secs.max(1)) * 1000;
+                f64::from(u8::from(now - r.last_seen_ms <= 3 * interval_ms))
+            },
+        ),
+        (
+            "vmmon_vm_cpu_usage_ratio",
+            Kind::Gauge,
+            "Share of all the VM's CPUs the guest ran, 0-1 (611611 cpu_util / 100).",
+            |_, vm, _| vm.cpu_pct / 100.0,
+        ),
+        (
+            "vmmon_vm_memory_usage_ratio",
+            Kind::Gauge,
+            "(MemTotal - MemAvailable) / MemTotal, 0-1 (611611 mem / 100).",
+            |_, vm, _| vm.mem_pct / 100.0,
+        ),
+        (
+            "vmmon_vm_disk_read_bytes_per_second",
+            Kind::Gauge,
+            "Read from physical disks, bytes/s.",
+            |_, vm, _| vm.disk_read * 1024.0,
+        ),
+        (
+            "vmmon_vm_disk_written_bytes_per_second",
+            Kind::Gauge,
+            "Written to physical disks, bytes/s.",
+            |_, vm, _| vm.disk_write * 1024.0,
+        ),
+        (
+            "vmmon_vm_network_receive_bytes",
+            Kind::Counter,
+            "Bytes received on the VM's own NICs (the agent's cumulative counter, 611611 rx_bytes).",
+            |_, vm, _| vm.rx_bytes_total as f64,
+        ),
+        (
+            "vmmon_vm_network_transmit_bytes",
+            Kind::Counter,
+            "Bytes sent on the VM's own NICs (611611 tx_bytes).",
+            |_, vm, _| vm.tx_bytes_total as f64,
+        ),
+        (
+            "vmmon_vm_processes",
+            Kind::Gauge,
+            "Processes in the VM.",
+            |_, vm, _| vm.proc_count as f64,
+        ),
+        (
+            "vmmon_vm_dropped_samples",
+            Kind::Counter,
+            "Samples the agent had to drop (spool full).",
+            |r, _, _| r.dropped_samples as f64,
+        ),
+        (
+            "vmmon_vm_last_sample_timestamp_seconds",
+            Kind::Gauge,
+            "Time of the VM's newest sample, epoch seconds.",
+            |_, vm, _| vm.sampled_at_ms as f64 / 1000.0,
+        ),
     ];
     for (name, kind, help, figure) in vm_families {
         e.family(name, kind, help);
@@ -286,27 +346,94 @@ fn render(
         e.family(name, Kind::Counter, help);
         e.sample(&format!("{name}_total"), &[], v as f64);
     };
-    gauge(&mut e, "vmmon_collector_agents_connected", "Agents holding a command subscription now.", app.hub.connected_agents() as f64);
-    gauge(&mut e, "vmmon_collector_instances", "Registered instances.", fleet.len() as f64);
-    counter(&mut e, "vmmon_collector_ingested_batches", "Agent batches stored (resends not counted).", t.ingested_batches.load(Ordering::Relaxed));
-    counter(&mut e, "vmmon_collector_ingested_samples", "VM samples stored.", t.ingested_samples.load(Ordering::Relaxed));
-    counter(&mut e, "vmmon_collector_ingested_process_rows", "Process rows stored.", t.ingested_process_rows.load(Ordering::Relaxed));
-    counter(&mut e, "vmmon_collector_rating_periods_processed", "Rating periods processed by the loop.", t.rating_periods.load(Ordering::Relaxed));
-    gauge(&mut e, "vmmon_collector_store_size_bytes", "Size of the store's files (database and WAL).", store_size_bytes(app) as f64);
-    e.family("vmmon_collector_store_write_duration_seconds", Kind::Histogram, "From handing an agent batch to the store writer to its commit.");
-    e.histogram("vmmon_collector_store_write_duration_seconds", &[], &t.store_write.snapshot());
-    e.family("vmmon_collector_anomalies", Kind::Counter, "Inputs the collector refused or corrected, by kind.");
+    gauge(
+        &mut e,
+        "vmmon_collector_agents_connected",
+        "Agents holding a command subscription now.",
+        app.hub.connected_agents() as f64,
+    );
+    gauge(
+        &mut e,
+        "vmmon_collector_instances",
+        "Registered instances.",
+        fleet.len() as f64,
+    );
+    counter(
+        &mut e,
+        "vmmon_collector_ingested_batches",
+        "Agent batches stored (resends not counted).",
+        t.ingested_batches.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut e,
+        "vmmon_collector_ingested_samples",
+        "VM samples stored.",
+        t.ingested_samples.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut e,
+        "vmmon_collector_ingested_process_rows",
+        "Process rows stored.",
+        t.ingested_process_rows.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut e,
+        "vmmon_collector_rating_periods_processed",
+        "Rating periods processed by the loop.",
+        t.rating_periods.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut e,
+        "vmmon_collector_store_size_bytes",
+        "Size of the store's files (database and WAL).",
+        store_size_bytes(app) as f64,
+    );
+    e.family(
+        "vmmon_collector_store_write_duration_seconds",
+        Kind::Histogram,
+        "From handing an agent batch to the store writer to its commit.",
+    );
+    e.histogram(
+        "vmmon_collector_store_write_duration_seconds",
+        &[],
+        &t.store_write.snapshot(),
+    );
+    e.family(
+        "vmmon_collector_anomalies",
+        Kind::Counter,
+        "Inputs the collector refused or corrected, by kind.",
+    );
     for (kind, n) in t.anomalies() {
-        e.sample("vmmon_collector_anomalies_total", &[("kind", kind.label())], n as f64);
+        e.sample(
+            "vmmon_collector_anomalies_total",
+            &[("kind", kind.label())],
+            n as f64,
+        );
     }
-    e.family("vmmon_collector_http_requests", Kind::Counter, "HTTP answers by route and status.");
+    e.family(
+        "vmmon_collector_http_requests",
+        Kind::Counter,
+        "HTTP answers by route and status.",
+    );
     for ((route, status), n) in t.http_requests() {
         let status = status.to_string();
-        e.sample("vmmon_collector_http_requests_total", &[("route", &route), ("status", &status)], n as f64);
+        e.sample(
+            "vmmon_collector_http_requests_total",
+            &[("route", &route), ("status", &status)],
+            n as f64,
+        );
     }
-    e.family("vmmon_collector_http_request_duration_seconds", Kind::Histogram, "HTTP answer latency by route.");
+    e.family(
+        "vmmon_collector_http_request_duration_seconds",
+        Kind::Histogram,
+        "HTTP answer latency by route.",
+    );
     for (route, h) in t.http_latency() {
-        e.histogram("vmmon_collector_http_request_duration_seconds", &[("route", &route)], &h);
+        e.histogram(
+            "vmmon_collector_http_request_duration_seconds",
+            &[("route", &route)],
+            &h,
+        );
     }
     if open_metrics {
         e.out.push_str("# EOF\n");

@@ -92,7 +92,10 @@ pub fn router(app: Arc<App>) -> HttpService {
             any(rating::handle),
         )
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), count_request))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_request,
+        ))
         .layer(layers)
         .with_state(app);
     MapRequest::new(
@@ -153,7 +156,11 @@ async fn index() -> Json<Index> {
             ),
             p(cdn::FLOW_PATH, "POST", "CDN flow query"),
             p(HEALTH_PATH, "GET", "liveness"),
-            p(metrics::METRICS_PATH, "GET", "Prometheus exposition (admin or metrics_token)"),
+            p(
+                metrics::METRICS_PATH,
+                "GET",
+                "Prometheus exposition (admin or metrics_token)",
+            ),
         ],
     })
 }

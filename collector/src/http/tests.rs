@@ -1155,14 +1155,19 @@ async fn metrics_expose_the_fleet_to_admins_and_the_scrape_token() {
     for (headers, status) in [
         (vec![], StatusCode::UNAUTHORIZED),
         (vec![("X-Auth-Token", TENANT_A_SID)], StatusCode::FORBIDDEN),
-        (vec![("Authorization", "Bearer wrong-token-0123456789")], StatusCode::UNAUTHORIZED),
+        (
+            vec![("Authorization", "Bearer wrong-token-0123456789")],
+            StatusCode::UNAUTHORIZED,
+        ),
         (vec![("X-Auth-Token", ADMIN_SID)], StatusCode::OK),
         (vec![("Authorization", bearer.as_str())], StatusCode::OK),
     ] {
         let a = w.call(Method::GET, "/metrics", &headers, "").await;
         assert_eq!(a.status, status, "{headers:?}");
     }
-    let a = w.call(Method::GET, "/metrics", &[("Authorization", &bearer)], "").await;
+    let a = w
+        .call(Method::GET, "/metrics", &[("Authorization", &bearer)], "")
+        .await;
     assert_eq!(a.headers["content-type"], super::metrics::TEXT_CONTENT_TYPE);
     let text = String::from_utf8(a.body).unwrap();
     for line in [
@@ -1179,7 +1184,10 @@ async fn metrics_expose_the_fleet_to_admins_and_the_scrape_token() {
         r#"vmmon_collector_http_requests_total{route="/metrics",status="401"} 2"#,
         "# TYPE vmmon_collector_store_write_duration_seconds histogram",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
     }
     assert!(!text.contains("# EOF"));
     // OpenMetrics when asked for: counters' family names drop _total, units declared, # EOF.
@@ -1187,13 +1195,59 @@ async fn metrics_expose_the_fleet_to_admins_and_the_scrape_token() {
         .call(
             Method::GET,
             "/metrics",
-            &[("Authorization", &bearer), ("Accept", "application/openmetrics-text; version=1.0.0")],
+            &[
+                ("Authorization", &bearer),
+                ("Accept", "application/openmetrics-text; version=1.0.0"),
+            ],
             "",
         )
         .await;
-    assert_eq!(a.headers["content-type"], super::metrics::OPENMETRICS_CONTENT_TYPE);
+    assert_eq!(
+        a.headers["content-type"],
+        super::metrics::OPENMETRICS_CONTENT_TYPE
+    );
     let text = String::from_utf8(a.body).unwrap();
     assert!(text.ends_with("# EOF\n"));
     assert!(text.contains("# TYPE vmmon_vm_network_receive_bytes counter\n"));
     assert!(text.contains("# UNIT vmmon_vm_memory_usage_ratio ratio\n"));
+}
+
+/// The Grafana dashboard shipped in packaging/ only queries metrics `/metrics` really exposes.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_exposed_metrics() {
+    let w = World::new().await;
+    let dash: Value =
+        serde_json::from_str(include_str!("../../../packaging/grafana/vmmon-fleet.json")).unwrap();
+    let text = String::from_utf8(
+        w.call(Method::GET, "/metrics", &[("X-Auth-Token", ADMIN_SID)], "")
+            .await
+            .body,
+    )
+    .unwrap();
+    let mut exposed: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    // Histogram families expose _bucket/_sum/_count series.
+    let histograms: Vec<String> = exposed.iter().map(|h| format!("{h}_bucket")).collect();
+    exposed.extend(histograms);
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for p in panels {
+        let expr = p["targets"][0]["expr"].as_str().unwrap();
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|t| t.starts_with("vmmon_"))
+            .collect();
+        assert!(!names.is_empty(), "{expr}");
+        for n in names {
+            assert!(
+                exposed.iter().any(|e| e == n),
+                "panel {:?} queries unknown {n}",
+                p["title"]
+            );
+        }
+    }
 }

@@ -155,7 +155,9 @@ impl MonitorApiServer for RpcHandler {
             .map_err(CollectorError::from)?;
         match outcome {
             RegisterOutcome::ForeignProject => {
-                self.app.telemetry.anomaly(crate::telemetry::Anomaly::RegistrationRefused);
+                self.app
+                    .telemetry
+                    .anomaly(crate::telemetry::Anomaly::RegistrationRefused);
                 tracing::warn!(instance_id = %request.instance_id, project = %token.project,
                     "Refused registration of an instance owned by another project.");
                 Err(CollectorError::Forbidden(format!(
@@ -165,7 +167,9 @@ impl MonitorApiServer for RpcHandler {
                 .into())
             }
             RegisterOutcome::CaseCollision { existing } => {
-                self.app.telemetry.anomaly(crate::telemetry::Anomaly::RegistrationRefused);
+                self.app
+                    .telemetry
+                    .anomaly(crate::telemetry::Anomaly::RegistrationRefused);
                 tracing::warn!(instance_id = %request.instance_id, %existing, project = %token.project,
                     "Refused an instance id that differs from a registered one only in letter case.");
                 Err(CollectorError::Forbidden(format!(
@@ -176,7 +180,9 @@ impl MonitorApiServer for RpcHandler {
                 .into())
             }
             RegisterOutcome::QuotaExceeded { limit } => {
-                self.app.telemetry.anomaly(crate::telemetry::Anomaly::RegistrationRefused);
+                self.app
+                    .telemetry
+                    .anomaly(crate::telemetry::Anomaly::RegistrationRefused);
                 tracing::warn!(instance_id = %request.instance_id, token_id = token.id, limit,
                     "Refused a registration: the token's instance quota is used up.");
                 Err(CollectorError::Forbidden(format!(
@@ -186,7 +192,9 @@ impl MonitorApiServer for RpcHandler {
                 .into())
             }
             RegisterOutcome::RateLimited { per_minute } => {
-                self.app.telemetry.anomaly(crate::telemetry::Anomaly::RegistrationRefused);
+                self.app
+                    .telemetry
+                    .anomaly(crate::telemetry::Anomaly::RegistrationRefused);
                 tracing::warn!(instance_id = %request.instance_id, token_id = token.id, per_minute,
                     "Refused a registration: too many new instances from one token.");
                 Err(CollectorError::Unavailable(format!(

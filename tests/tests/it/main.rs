@@ -7,5 +7,6 @@ mod delivery;
 mod hostile;
 mod mana;
 mod netflow;
+mod prometheus;
 mod rating;
 mod service;
