@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::guard::{LoginThrottle, PasswordChecker};
 use crate::config::CollectorConfig;
-use crate::control::hub::Hub;
+use crate::hub::Hub;
 use crate::rating::Rating;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -40,9 +40,16 @@ pub struct App {
     cpu_slots: Arc<Semaphore>,
     /// The collector's own figures for `/metrics`.
     pub telemetry: Telemetry,
-    /// Agent batches being checked and stored at once ([`crate::ingest::MAX_CONCURRENT_INGESTS`]).
+    /// Agent batches being checked and stored at once ([`MAX_CONCURRENT_INGESTS`]).
     pub ingest_slots: Semaphore,
 }
+
+/// Batches checked and handed to the store at once, across all agents; more wait (their agents
+/// wait for the acknowledgement, so nothing is dropped), which bounds the parsed batches the
+/// collector holds besides those still being received. 64 keeps the store writer's group commit
+/// fed (it commits everything waiting in one transaction; a bound of 4 would cut it to 4 batches
+/// per commit) while capping typical held batches (≤ 1 MB each) at ~64 MB.
+pub const MAX_CONCURRENT_INGESTS: usize = 64;
 
 /// CPU-heavy requests run at once (pricing a quote, …), on the blocking pool.
 pub const CPU_SLOTS: usize = 2;
@@ -64,7 +71,7 @@ impl App {
             passwords: PasswordChecker::default(),
             logins: LoginThrottle::default(),
             cpu_slots: Arc::new(Semaphore::new(CPU_SLOTS)),
-            ingest_slots: Semaphore::new(crate::ingest::MAX_CONCURRENT_INGESTS),
+            ingest_slots: Semaphore::new(MAX_CONCURRENT_INGESTS),
             telemetry: Telemetry::default(),
         })
     }

@@ -5,12 +5,12 @@
 //!
 //! 1. rules, pure functions: [`bandwidth`], [`cdn`], [`rating`], [`timeaxis`] (plus `config`);
 //! 2. [`store`]: all SQL;
-//! 3. actions and jobs: [`admin`], [`auth`], [`control`], [`ingest`], [`jobs`], [`telemetry`]
-//!    (and [`App`]);
+//! 3. actions and jobs: [`admin`], [`auth`], [`control`] (with the connected-agent `hub`),
+//!    [`ingest`], [`jobs`], [`telemetry`] (and [`App`]);
 //! 4. transports: [`http`] (axum) and [`rpc`] (jsonrpsee), joined on one listener by [`server`].
 
 pub mod admin;
-mod app;
+pub mod app;
 pub(crate) mod auth;
 pub mod bandwidth;
 pub(crate) mod cdn;
@@ -18,6 +18,7 @@ pub mod config;
 pub(crate) mod control;
 mod error;
 pub mod http;
+pub(crate) mod hub;
 pub mod ingest;
 pub mod jobs;
 pub mod rating;

@@ -24,7 +24,7 @@ use tower::{Service, ServiceExt};
 use vmmon_common::RPC_PATH;
 use vmmon_common::rpc::MonitorApiServer;
 
-use crate::App;
+use crate::app::App;
 use crate::auth;
 use crate::http;
 use crate::rpc::{AgentAuth, RpcHandler};

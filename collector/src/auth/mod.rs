@@ -15,22 +15,22 @@ const SESSION_TOUCH_EVERY_MS: i64 = 60_000;
 /// The user behind a session id if the session is live; marks it used. One implementation for
 /// every API that accepts a login session (wsgi_app.py, mana_api, the rating API).
 pub async fn session_user(
-    app: &crate::App,
+    store: &crate::store::Store,
+    session_idle_ms: i64,
     session_id: &str,
 ) -> Result<Option<crate::store::SessionUser>, crate::store::StoreError> {
     use crate::store;
-    let idle_ms = (app.settings().config.session_idle_secs as i64).saturating_mul(1000);
+    let idle_ms = session_idle_ms;
     let now = store::now_ms();
     let lookup = session_id.to_string();
-    let user = app
-        .store
+    let user = store
         .read(move |c| store::users::session_user(c, &lookup, now, idle_ms))
         .await?;
     if let Some(u) = &user
         && now - u.last_seen_ms > SESSION_TOUCH_EVERY_MS.min(idle_ms / 4)
     {
         let sid = session_id.to_string();
-        app.store
+        store
             .write(move |c| store::users::touch_session(c, &sid, now))
             .await?;
     }
@@ -39,11 +39,11 @@ pub async fn session_user(
 
 /// Ends the session `session_id` (logout); false when it did not exist.
 pub async fn end_session(
-    app: &crate::App,
+    store: &crate::store::Store,
     session_id: &str,
 ) -> Result<bool, crate::store::StoreError> {
     let sid = session_id.to_string();
-    app.store
+    store
         .write(move |c| crate::store::users::delete_session(c, &sid))
         .await
 }

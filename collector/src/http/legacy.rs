@@ -24,11 +24,11 @@ use vmmon_common::vocab::{IntervalSecs, validate_instance_id};
 
 use super::read_body;
 use super::repr::{self, ObjectId};
-use crate::App;
+use crate::app::App;
 use crate::auth;
 use crate::auth::guard::{PASSWORD_WAIT, ThrottleKey};
-use crate::control::hub::PushOutcome;
 use crate::control::{self, Change};
+use crate::hub::PushOutcome;
 use crate::store::{self, InstanceRow, ProcessRow, SessionUser, VmRow};
 
 /// Longest user name or password a login may send.
@@ -211,7 +211,7 @@ async fn dispatch(app: &App, obj: &Map<String, Value>, client: Option<IpAddr>) -
     }
     let user = session(app, obj).await?;
     if method == METHOD_LOGOUT {
-        auth::end_session(app, &user.session_id)
+        auth::end_session(&app.store, &user.session_id)
             .await
             .map_err(store_failure)?;
         return Ok(Reply {
@@ -331,7 +331,7 @@ async fn session(app: &App, obj: &Map<String, Value>) -> Result<SessionUser, Rep
             ));
         }
     };
-    auth::session_user(app, &sid)
+    auth::session_user(&app.store, app.settings().config.session_idle_ms(), &sid)
         .await
         .map_err(store_failure)?
         .ok_or_else(|| Reply::fail("session expired or unknown: log in again (method 458753)"))

@@ -19,7 +19,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use super::MsgError;
-use crate::App;
+use crate::app::App;
 use crate::bandwidth::{self, BUCKET_MS, Month, MonthlyBandwidth};
 use crate::store::{self, InstanceRow, SessionUser};
 
@@ -84,7 +84,7 @@ pub fn routes() -> Router<Arc<App>> {
 async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let ended = async {
         let user = authenticate(&app, &headers).await?;
-        crate::auth::end_session(&app, &user.session_id)
+        crate::auth::end_session(&app.store, &user.session_id)
             .await
             .map_err(internal)
     };
@@ -131,7 +131,7 @@ async fn authenticate(app: &App, headers: &HeaderMap) -> Result<SessionUser, Api
             ));
         }
     };
-    crate::auth::session_user(app, &sid)
+    crate::auth::session_user(&app.store, app.settings().config.session_idle_ms(), &sid)
         .await
         .map_err(internal)?
         .ok_or_else(|| {

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::MsgError;
-use crate::App;
+use crate::app::App;
 use crate::store::{self, samples::FleetRow};
 use crate::telemetry::HistogramSnapshot;
 
@@ -145,16 +145,20 @@ async fn authorize(app: &App, headers: &HeaderMap) -> Result<(), MsgError> {
             "send Authorization: Bearer <metrics_token> or X-Auth-Token of an admin session",
         ));
     };
-    let user = crate::auth::session_user(app, sid.trim())
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "Metrics cannot check a session.");
-            MsgError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store is unavailable",
-            )
-        })?
-        .ok_or_else(|| MsgError::new(StatusCode::UNAUTHORIZED, "session expired or unknown"))?;
+    let user = crate::auth::session_user(
+        &app.store,
+        app.settings().config.session_idle_ms(),
+        sid.trim(),
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "Metrics cannot check a session.");
+        MsgError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the store is unavailable",
+        )
+    })?
+    .ok_or_else(|| MsgError::new(StatusCode::UNAUTHORIZED, "session expired or unknown"))?;
     if user.is_admin {
         Ok(())
     } else {

@@ -39,7 +39,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::App;
+use crate::app::App;
 
 /// Path of the method-coded API (seed 001).
 pub const LEGACY_PATH: &str = "/wsgi_app.py";

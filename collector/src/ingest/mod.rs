@@ -18,18 +18,11 @@ pub mod checks;
 use vmmon_common::vocab::now_ms;
 use vmmon_common::wire::ReportBatch;
 
-use crate::App;
+use crate::app::App;
 use crate::error::CollectorError;
 use crate::store::{self, AgentTokenRow};
 use crate::telemetry::Anomaly;
 use crate::timeaxis;
-
-/// Batches checked and handed to the store at once, across all agents; more wait (their agents
-/// wait for the acknowledgement, so nothing is dropped), which bounds the parsed batches the
-/// collector holds besides those still being received. 64 keeps the store writer's group commit
-/// fed (it commits everything waiting in one transaction; a bound of 4 would cut it to 4 batches
-/// per commit) while capping typical held batches (≤ 1 MB each) at ~64 MB.
-pub const MAX_CONCURRENT_INGESTS: usize = 64;
 
 /// Checks and stores `batch` from an agent holding `token`; `Ok(true)` when it was new, `Ok(false)`
 /// for a batch id stored before (nothing is counted again).

@@ -19,7 +19,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use vmmon_common::vocab::DAY_MS;
 
-use crate::App;
+use crate::app::App;
 use crate::rating::hashmap::Overflow;
 use crate::rating::metrics::MetricsConfig;
 use crate::rating::period::{frames, iso, month_start, period_start};

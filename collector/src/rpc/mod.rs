@@ -16,7 +16,7 @@ use vmmon_common::wire::{
     CommandAck, DesiredState, Heartbeat, RegisterRequest, ReportAck, ReportBatch,
 };
 
-use crate::App;
+use crate::app::App;
 use crate::error::CollectorError;
 use crate::ingest::{self, checks};
 use crate::store::{self, AgentTokenRow, RegisterOutcome};

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 
 use super::Fault;
-use crate::App;
+use crate::app::App;
 use crate::rating::RatingAuth;
 
 /// Session id header (and the token header behind a proxy, which vmmon ignores there).
@@ -154,9 +154,13 @@ pub async fn identify(
                     ));
                 }
             };
-            let user = crate::auth::session_user(app, &sid)
-                .await
-                .map_err(Fault::store)?;
+            let user = crate::auth::session_user(
+                &app.store,
+                app.settings().config.session_idle_ms(),
+                &sid,
+            )
+            .await
+            .map_err(Fault::store)?;
             let Some(user) = user else {
                 return Ok(Caller::Invalid(
                     "X-Auth-Token is expired or unknown: log in again (method 458753)".into(),

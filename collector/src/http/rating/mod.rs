@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::{BodyError, read_body};
-use crate::App;
+use crate::app::App;
 use crate::store::StoreError;
 
 pub use auth::Caller;
@@ -437,7 +437,7 @@ async fn dispatch(ctx: &Ctx<'_>) -> Outcome {
                     session_id: Some(sid),
                     ..
                 } => {
-                    crate::auth::end_session(ctx.app, sid)
+                    crate::auth::end_session(&ctx.app.store, sid)
                         .await
                         .map_err(Fault::store)?;
                     Ok(Reply::NoContent)
