@@ -10,7 +10,7 @@
 //! 4. transports: [`http`] (axum) and [`rpc`] (jsonrpsee), joined on one listener by [`server`].
 
 pub mod admin;
-pub mod app;
+pub(crate) mod app;
 pub(crate) mod auth;
 pub mod bandwidth;
 pub(crate) mod cdn;
