@@ -172,6 +172,7 @@ async fn real_path(
             inventory: Inventory::default(),
             protocol_version: PROTOCOL_VERSION,
             configured_interval_secs: 30,
+            agent_uid: None,
         })
         .await?;
         clients.push(c);

@@ -17,7 +17,7 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use jsonrpsee::server::{ServerConfig, StopHandle, TowerServiceBuilder, stop_channel};
+use jsonrpsee::server::{PingConfig, ServerConfig, StopHandle, TowerServiceBuilder, stop_channel};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Service, ServiceExt};
@@ -81,7 +81,13 @@ impl Running {
 pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Running> {
     let local_addr = listener.local_addr()?;
     let (stop_handle, server_handle) = stop_channel();
+    // WebSocket pings find dead agent connections (a VM that vanished without closing its TCP
+    // connection), so their instances can be claimed by a new agent within a few minutes.
+    let ping = PingConfig::new()
+        .ping_interval(Duration::from_secs(30))
+        .inactive_limit(Duration::from_secs(90));
     let config = ServerConfig::builder()
+        .enable_ws_ping(ping)
         .max_request_body_size(MAX_RPC_MESSAGE_BYTES)
         .max_response_body_size(MAX_RPC_MESSAGE_BYTES)
         .max_connections(MAX_AGENT_CONNECTIONS)

@@ -72,6 +72,8 @@ pub enum Anomaly {
     BatchRefused,
     /// A registration was refused (quota, rate, case collision, another project's id).
     RegistrationRefused,
+    /// A second live agent for one instance was refused (a cloned image).
+    AgentConflict,
 }
 
 impl Anomaly {
@@ -83,6 +85,7 @@ impl Anomaly {
             Anomaly::CdnForeignDomain => "cdn_foreign_domain",
             Anomaly::BatchRefused => "batch_refused",
             Anomaly::RegistrationRefused => "registration_refused",
+            Anomaly::AgentConflict => "agent_conflict",
         }
     }
 }

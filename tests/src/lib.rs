@@ -636,5 +636,6 @@ pub fn register_request(
         inventory: Default::default(),
         protocol_version: vmmon_common::PROTOCOL_VERSION,
         configured_interval_secs: interval_secs,
+        agent_uid: None,
     }
 }

@@ -131,6 +131,7 @@ async fn session(
         inventory,
         protocol_version: PROTOCOL_VERSION,
         configured_interval_secs: cfg.configured_interval_secs,
+        agent_uid: None,
     };
     let desired = match client.register(request).await {
         Ok(d) => d,

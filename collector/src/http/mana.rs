@@ -269,6 +269,8 @@ pub struct VmServer {
     /// How far the guest's clock is ahead of the time its samples are placed at, seconds
     /// (negative: behind); 0 for a good clock. See `collector/src/timeaxis.rs`.
     pub clock_skew_secs: i64,
+    /// Times a second live agent reporting this instance id was refused (a cloned image).
+    pub agent_conflicts: i64,
 }
 
 /// The `/mana_api/vm` answer.
@@ -306,6 +308,7 @@ pub fn vm_entry(tz: Tz, row: &InstanceRow, now_ms: i64) -> VmServer {
         region: row.region.clone(),
         dropped_samples: row.dropped_samples,
         clock_skew_secs: -row.clock_offset_ms / 1000,
+        agent_conflicts: row.agent_conflicts,
     }
 }
 
@@ -675,6 +678,7 @@ mod tests {
             dropped_samples: 0,
             spooled_batches: 0,
             clock_offset_ms: 0,
+            agent_conflicts: 0,
         };
         assert_eq!(status(&row, 100_000 + 90_000), "ACTIVE");
         assert_eq!(status(&row, 100_000 + 90_001), "SHUTOFF");

@@ -18,6 +18,17 @@ const MAX_INVENTORY_IPS: usize = 64;
 /// Samples stamped further ahead of the collector's clock than this are refused.
 const MAX_FUTURE_MS: i64 = DAY_MS;
 
+/// An agent uid: 1–64 of `[A-Za-z0-9-]` (a UUID in practice).
+pub fn validate_agent_uid(uid: &str) -> Result<(), String> {
+    if uid.is_empty()
+        || uid.len() > 64
+        || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err("agent_uid must be 1-64 letters, digits or '-'".into());
+    }
+    Ok(())
+}
+
 /// Refuses CDN traffic from a token that is not a CDN edge token.
 pub fn check_cdn_permission(token: &AgentTokenRow, batch: &ReportBatch) -> Result<(), String> {
     if !token.cdn_edge && (!batch.cdn.is_empty() || batch.cdn_tail.is_some()) {

@@ -44,6 +44,13 @@ pub struct RpcHandler {
 /// How stale a report's "token not revoked" check may be.
 const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
+impl Drop for RpcHandler {
+    /// The connection ended: its instances may be claimed by another agent.
+    fn drop(&mut self) {
+        self.app.hub.release(self.conn_id);
+    }
+}
+
 impl RpcHandler {
     /// A handler for a connection authenticated as `auth`.
     pub fn new(app: Arc<App>, auth: AgentAuth) -> RpcHandler {
@@ -134,6 +141,34 @@ impl MonitorApiServer for RpcHandler {
         let interval = IntervalSecs::new(u64::from(request.configured_interval_secs))
             .unwrap_or(self.app.settings().config.default_interval)
             .get();
+        let agent_uid = match request.agent_uid.as_deref() {
+            Some(uid) => {
+                checks::validate_agent_uid(uid).map_err(CollectorError::InvalidBatch)?;
+                if let Err(owner) = self.app.hub.claim(&request.instance_id, self.conn_id, uid) {
+                    let id = request.instance_id.clone();
+                    let _ = self
+                        .app
+                        .store
+                        .write(move |c| {
+                            store::instances::record_agent_conflict(c, &id, store::now_ms())
+                        })
+                        .await;
+                    self.app
+                        .telemetry
+                        .anomaly(crate::telemetry::Anomaly::AgentConflict);
+                    tracing::warn!(instance_id = %request.instance_id, agent_uid = %uid, live_agent_uid = %owner,
+                        "Refused a second live agent for an instance (a cloned image?).");
+                    return Err(CollectorError::Forbidden(format!(
+                        "instance {:?} is already reported by another live agent ({owner}); \
+                         was this VM cloned from an image? give each VM its own instance id",
+                        request.instance_id
+                    ))
+                    .into());
+                }
+                Some(uid.to_string())
+            }
+            None => None,
+        };
         let id = request.instance_id.clone();
         let tok = token.clone();
         let limits = self.app.settings().config.register_limits;
@@ -141,7 +176,7 @@ impl MonitorApiServer for RpcHandler {
             .app
             .store
             .write(move |c| {
-                store::instances::register(
+                let outcome = store::instances::register(
                     c,
                     &id,
                     &tok,
@@ -149,7 +184,14 @@ impl MonitorApiServer for RpcHandler {
                     interval,
                     store::now_ms(),
                     limits,
-                )
+                )?;
+                if let (RegisterOutcome::Registered(_), Some(uid)) = (&outcome, &agent_uid)
+                    && store::instances::set_agent_uid(c, &id, uid)?
+                {
+                    tracing::info!(instance_id = %id, agent_uid = %uid,
+                        "Another agent now reports this instance; its counters start a new baseline.");
+                }
+                Ok(outcome)
             })
             .await
             .map_err(CollectorError::from)?;

@@ -33,6 +33,8 @@ pub struct InstanceRow {
     pub spooled_batches: i64,
     /// Placed minus guest wall-clock time of the newest sample, ms ([`crate::timeaxis`]).
     pub clock_offset_ms: i64,
+    /// Times a second live agent for this instance was refused (a cloned image).
+    pub agent_conflicts: i64,
 }
 
 /// Result of a registration attempt.
@@ -88,7 +90,7 @@ impl Default for RegisterLimits {
 
 const COLUMNS: &str = "instance_id, project, region, party, hostname, cpu_count, mem_total_bytes,
     disk_total_bytes, lan_ips, wan_ips, agent_version, os, created_at_ms, updated_at_ms,
-    last_seen_ms, monitoring, interval_secs, dropped_samples, spooled_batches, clock_offset_ms";
+    last_seen_ms, monitoring, interval_secs, dropped_samples, spooled_batches, clock_offset_ms, agent_conflicts";
 
 fn split_ips(s: String) -> Vec<String> {
     s.split(',')
@@ -123,6 +125,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
         dropped_samples: r.get(17)?,
         spooled_batches: r.get(18)?,
         clock_offset_ms: r.get(19)?,
+        agent_conflicts: r.get(20)?,
     })
 }
 
@@ -275,6 +278,44 @@ pub fn record_seen(
             dropped_samples_total.map(|v| v as i64),
             spooled_batches.map(|v| v as i64)
         ],
+    )?;
+    Ok(())
+}
+
+/// Records which agent reports the instance. When it is another agent than before (a clone that
+/// took over, a reinstalled VM), the bandwidth baseline and the time axis restart, so counters
+/// are never differenced across two agents. Returns whether the agent changed.
+pub fn set_agent_uid(conn: &Connection, instance_id: &str, agent_uid: &str) -> Result<bool> {
+    let before: Option<String> = conn
+        .query_row(
+            "SELECT agent_uid FROM instances WHERE instance_id = ?1",
+            [instance_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    if before.as_deref() == Some(agent_uid) {
+        return Ok(false);
+    }
+    conn.execute(
+        "UPDATE instances SET agent_uid = ?2, clock_last_raw_ms = NULL,
+             clock_last_placed_ms = NULL, clock_offset_ms = 0
+         WHERE instance_id = ?1",
+        params![instance_id, agent_uid],
+    )?;
+    conn.execute(
+        "DELETE FROM bandwidth_counters WHERE instance_id = ?1",
+        [instance_id],
+    )?;
+    Ok(before.is_some())
+}
+
+/// Counts a refused second live agent for the instance.
+pub fn record_agent_conflict(conn: &Connection, instance_id: &str, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE instances SET agent_conflicts = agent_conflicts + 1, last_conflict_ms = ?2
+         WHERE instance_id = ?1",
+        params![instance_id, now_ms],
     )?;
     Ok(())
 }

@@ -306,4 +306,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (token_id, user_name)
     ) WITHOUT ROWID;
     "#,
+    // Which agent reports each instance (its uid), and how often a second live agent was refused
+    // for it (a cloned image).
+    r#"
+    ALTER TABLE instances ADD COLUMN agent_uid TEXT;
+    ALTER TABLE instances ADD COLUMN agent_conflicts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN last_conflict_ms INTEGER;
+    "#,
 ];
