@@ -692,14 +692,14 @@ fn inventory_from_the_fake_tree() {
     fake.add_block("sdb", true, 1000);
     fake.add_block("loop0", false, 5000);
     let s = sampler(&fake);
-    let inv = s.inventory(&[]);
+    let inv = s.inventory(&[]).0;
     assert_eq!(inv.hostname, "vm-1");
     assert_eq!(inv.cpu_count, 2);
     assert_eq!(inv.mem_total_bytes, 4 * 1024 * 1024 * 1024);
     assert_eq!(inv.disk_total_bytes, (2_000_000 + 1000) * 512);
     assert_eq!(inv.agent_version, env!("CARGO_PKG_VERSION"));
     assert!(!inv.os.is_empty());
-    let pinned = s.inventory(&["198.51.100.10".to_owned()]);
+    let pinned = s.inventory(&["198.51.100.10".to_owned()]).0;
     assert_eq!(pinned.wan_ips, ["198.51.100.10"]);
 }
 
@@ -735,7 +735,7 @@ fn real_proc_finds_this_process() {
     let total_cpu: f64 = procs(&sample).iter().map(|p| p.cpu_pct).sum();
     assert!(total_cpu <= 100.0 + 1e-6, "{total_cpu}");
 
-    let inv = s.inventory(&[]);
+    let inv = s.inventory(&[]).0;
     assert!(inv.cpu_count >= 1 && inv.mem_total_bytes > 0);
     assert!(!inv.hostname.is_empty());
 }

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+use vmmon_common::wire::ext::{self, SampleExt};
 use vmmon_common::wire::{CdnBucketDelta, CdnTailState, DesiredState, ReportBatch, Sample};
 
 const SPOOL_DIR: &str = "spool";
@@ -220,6 +221,19 @@ impl Spool {
         cdn: Vec<CdnBucketDelta>,
         cdn_tail: Option<CdnTailState>,
     ) -> Result<u64, SpoolError> {
+        self.push_batch_ext(instance_id, samples, &[], cdn, cdn_tail)
+    }
+
+    /// [`Self::push_batch`] with the samples' newer figures ([`SampleExt`], one per sample),
+    /// written as extra keys of the same JSON objects (see [`vmmon_common::wire::ext`]).
+    pub fn push_batch_ext(
+        &mut self,
+        instance_id: &str,
+        samples: Vec<Sample>,
+        exts: &[SampleExt],
+        cdn: Vec<CdnBucketDelta>,
+        cdn_tail: Option<CdnTailState>,
+    ) -> Result<u64, SpoolError> {
         let seq = self.state.next_seq;
         let batch = ReportBatch {
             batch_id: Uuid::new_v4(),
@@ -230,7 +244,13 @@ impl Spool {
             cdn,
             cdn_tail,
         };
-        let bytes = serde_json::to_vec(&batch)?;
+        let bytes = if exts.is_empty() {
+            serde_json::to_vec(&batch)?
+        } else {
+            let mut value = serde_json::to_value(&batch)?;
+            ext::merge_samples(&mut value, exts);
+            serde_json::to_vec(&value)?
+        };
         let path = self.batch_path(seq);
         write_atomically(&path, &bytes)?;
         self.state.next_seq = seq + 1;
@@ -264,6 +284,47 @@ impl Spool {
                         .dropped_samples_total
                         .max(self.state.dropped_samples_total);
                     return Ok(Some(batch));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "Spool batch became unreadable; moved aside.");
+                    if path.exists() {
+                        move_aside(&path, &self.corrupt_dir)?;
+                    }
+                    self.forget_front(entry);
+                    self.state.corrupt_files_total += 1;
+                    self.state.dropped_samples_total += entry.samples;
+                    self.save_state()?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The oldest batch as written, extension keys included, for sending: `(seq, JSON)`.
+    /// The JSON is checked to be a [`ReportBatch`]; damaged files are moved aside and skipped
+    /// as in [`Self::oldest`].
+    pub fn oldest_raw(&mut self) -> Result<Option<(u64, serde_json::Value)>, SpoolError> {
+        while let Some(entry) = self.index.front().copied() {
+            let path = self.batch_path(entry.seq);
+            let read = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+                })
+                .and_then(|v| {
+                    let batch = ReportBatch::deserialize(&v).map_err(|e| e.to_string())?;
+                    Ok((batch, v))
+                });
+            match read {
+                Ok((batch, mut value)) => {
+                    // Send the freshest drop count, not the one frozen at write time.
+                    let dropped = batch
+                        .dropped_samples_total
+                        .max(self.state.dropped_samples_total);
+                    if let Some(obj) = value.as_object_mut() {
+                        obj.insert("dropped_samples_total".into(), dropped.into());
+                    }
+                    return Ok(Some((batch.seq, value)));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "Spool batch became unreadable; moved aside.");

@@ -48,7 +48,11 @@ fn extension_keys_land_in_their_objects_and_old_structs_still_parse() {
     merge_samples(&mut v, &[ext]);
     assert_eq!(v["samples"][0]["vm"][KEY_CPU_STEAL_PCT], 50.0);
     assert_eq!(v["samples"][0]["vm"][KEY_UNREADABLE_PROCS], 1);
-    assert!(v["samples"][0]["processes"][0].get(KEY_UNREADABLE).is_none());
+    assert!(
+        v["samples"][0]["processes"][0]
+            .get(KEY_UNREADABLE)
+            .is_none()
+    );
     assert_eq!(
         v["samples"][0]["processes"][1][KEY_UNREADABLE],
         serde_json::json!(DISK_FIELDS)
