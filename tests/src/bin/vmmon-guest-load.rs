@@ -3,9 +3,9 @@
 //! * `reaper DIR MB DELAY_MS`: a parent (`gt-reaper`) that runs a child (`gt-child`) which
 //!   sleeps DELAY_MS, writes MB MiB to DIR (fsynced, one MiB every 100 ms when DELAY_MS > 0,
 //!   else at once) and exits; the parent `wait`s for it, prints `reaped PID`, then idles;
-//! * `child DIR MB DELAY_MS`: the child above;
+//! * `child DIR MB DELAY_MS`: the child above (it also waits DELAY_MS after its last write);
 //! * `zombie-leader MB`: a worker thread keeps MB MiB resident and burns CPU while the main
-//!   thread calls `pthread_exit` (the leader becomes a zombie, the process lives on);
+//!   thread exits alone (`exit(2)`, as `pthread_exit` does; the leader becomes a zombie, the process lives on);
 //! * `title TITLE`: rewrites its argument area to TITLE, as `setproctitle` does (one string,
 //!   the rest zeroed), prints `titled`, then idles. Start it with enough argument bytes (pad);
 //! * `udp-send ADDR:PORT BYTES`: sends BYTES of UDP payload in 1,400-byte datagrams, then exits.
@@ -52,6 +52,8 @@ fn main() {
             }
             f.sync_data().expect("fsync");
             let _ = std::fs::remove_file(&path);
+            // Stay a moment after the last write, so a sample sees it before the reap.
+            std::thread::sleep(Duration::from_millis(num(4)));
         }
         "zombie-leader" => {
             set_comm("gt-zombie");
@@ -66,17 +68,20 @@ fn main() {
                 let mut x: u64 = 0;
                 while started.elapsed() < IDLE_LIMIT {
                     x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    std::hint::black_box(&mut mem[(x as usize >> 8) % mem.len().max(1)..]);
+                    let i = (x as usize >> 8) % mem.len().max(1);
+                    std::hint::black_box(&mut mem[i..]);
                 }
             });
             std::thread::sleep(Duration::from_millis(200));
             println!("leader exiting");
             std::io::stdout().flush().ok();
+            // The raw exit(2) system call ends only the calling thread (exit_group(2) would end
+            // them all). pthread_exit would unwind through Rust's `main`, which aborts.
             #[allow(unsafe_code)]
             // SAFETY: ends only the main thread; the worker keeps the process alive. Nothing on
-            // this thread's stack is used afterwards.
+            // this thread's stack is used afterwards and no lock is held.
             unsafe {
-                libc::pthread_exit(std::ptr::null_mut());
+                libc::syscall(libc::SYS_exit, 0);
             }
         }
         "title" => {

@@ -287,7 +287,11 @@ fn bytes_of(samples: &[Value], pid: u32, field: &str) -> f64 {
                 elapsed
             } else {
                 let age = at - r["start_time"].as_f64().unwrap_or(at);
-                if age > 0.0 && age < elapsed { age } else { elapsed }
+                if age > 0.0 && age < elapsed {
+                    age
+                } else {
+                    elapsed
+                }
             };
             seen = true;
             total += rate * over;
@@ -303,7 +307,11 @@ fn within(got: f64, want: f64, tolerance: f64) -> bool {
 // ---- 1. Reaped children ------------------------------------------------------------------------
 
 /// Starts `vmmon-guest-load reaper` and returns it with its stdout lines.
-fn spawn_reaper(dir: &Path, mb: u32, delay_ms: u32) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
+fn spawn_reaper(
+    dir: &Path,
+    mb: u32,
+    delay_ms: u32,
+) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(bin_path("vmmon-guest-load"))
         .args([
             "reaper",
@@ -431,7 +439,9 @@ fn cumulative_counters_are_running_totals_of_the_vms_interfaces() {
     );
     let to_vm = format!("10.213.{id}.1:9");
     // The agent counts the VM's uplinks, here veths named gtu*.
-    let mut agent = GuestAgent::new(&["--net-include", "gtu*"]).in_netns(vm).start();
+    let mut agent = GuestAgent::new(&["--net-include", "gtu*"])
+        .in_netns(vm)
+        .start();
     agent.wait_samples(2);
 
     // (a) An interface carrying 40 MB of counters is moved into the VM: no byte moved.
@@ -471,7 +481,22 @@ fn cumulative_counters_are_running_totals_of_the_vms_interfaces() {
     ip_in(vm, &["link", "set", "gtu0", "down"]);
     ip_in(vm, &["link", "set", "gtu0", "name", "gtu7"]);
     ip_in(vm, &["link", "set", "gtu7", "up"]);
-    wait_until(T, || Command::new("ip").args(["netns", "exec", vm, "ping", "-c1", "-W1", &format!("10.213.{id}.2")]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()));
+    wait_until(T, || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                vm,
+                "ping",
+                "-c1",
+                "-W1",
+                &format!("10.213.{id}.2"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
     udp_send(peer, &to_vm, 10_000_000);
     let moved = counter(vm, "gtu7", "rx_bytes") - kernel_before;
     let after = last_totals(&agent);
@@ -504,16 +529,50 @@ fn forwarded_container_traffic_is_counted_once_on_the_uplink() {
         out,
         Some(&format!("10.215.{id}.2/30")),
     );
-    ip_in(out, &["route", "add", &format!("10.216.{id}.0/24"), "via", &format!("10.215.{id}.1")]);
+    ip_in(
+        out,
+        &[
+            "route",
+            "add",
+            &format!("10.216.{id}.0/24"),
+            "via",
+            &format!("10.215.{id}.1"),
+        ],
+    );
     ip_in(vm, &["link", "add", "gtbr0", "type", "bridge"]);
-    ip_in(vm, &["addr", "add", &format!("10.216.{id}.1/24"), "dev", "gtbr0"]);
+    ip_in(
+        vm,
+        &["addr", "add", &format!("10.216.{id}.1/24"), "dev", "gtbr0"],
+    );
     ip_in(vm, &["link", "set", "gtbr0", "up"]);
-    veth("gtc0", vm, None, "gtc1", ctr, Some(&format!("10.216.{id}.2/24")));
+    veth(
+        "gtc0",
+        vm,
+        None,
+        "gtc1",
+        ctr,
+        Some(&format!("10.216.{id}.2/24")),
+    );
     ip_in(vm, &["link", "set", "gtc0", "master", "gtbr0"]);
-    ip_in(ctr, &["route", "add", "default", "via", &format!("10.216.{id}.1")]);
-    run("ip", &["netns", "exec", vm, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    ip_in(
+        ctr,
+        &["route", "add", "default", "via", &format!("10.216.{id}.1")],
+    );
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            vm,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    );
 
-    let agent = GuestAgent::new(&["--net-include", "gtu*"]).in_netns(vm).start();
+    let agent = GuestAgent::new(&["--net-include", "gtu*"])
+        .in_netns(vm)
+        .start();
     let before = last_totals(&agent);
     let (veth_rx, br_rx, up_tx, up_rx) = (
         counter(vm, "gtc0", "rx_bytes"),
@@ -525,8 +584,12 @@ fn forwarded_container_traffic_is_counted_once_on_the_uplink() {
     let up_tx = counter(vm, "gtu0", "tx_bytes") - up_tx;
     let up_rx = counter(vm, "gtu0", "rx_bytes") - up_rx;
     // What summing every interface would have billed: veth rx + bridge rx.
-    let hops_rx = counter(vm, "gtc0", "rx_bytes") - veth_rx + counter(vm, "gtbr0", "rx_bytes") - br_rx;
-    assert!(hops_rx > 40_000_000, "the traffic crossed veth and bridge ({hops_rx} B)");
+    let hops_rx =
+        counter(vm, "gtc0", "rx_bytes") - veth_rx + counter(vm, "gtbr0", "rx_bytes") - br_rx;
+    assert!(
+        hops_rx > 40_000_000,
+        "the traffic crossed veth and bridge ({hops_rx} B)"
+    );
     let samples = agent.wait_samples(2);
     let after = *vm_totals(&samples).last().unwrap();
     assert_close("sent through the uplink", after.1 - before.1, up_tx);
@@ -535,7 +598,8 @@ fn forwarded_container_traffic_is_counted_once_on_the_uplink() {
     let sent: f64 = samples
         .iter()
         .map(|s| {
-            s["vm"]["net_out_kib_per_sec"].as_f64().unwrap() * 1024.0
+            s["vm"]["net_out_kib_per_sec"].as_f64().unwrap()
+                * 1024.0
                 * s["vm"]["elapsed_ms"].as_f64().unwrap()
                 / 1000.0
         })
@@ -552,13 +616,25 @@ fn by_default_only_interfaces_backed_by_a_device_count() {
     // The host's own namespace: a real NIC (if any), plus a veth and a bridge we add.
     let id = std::process::id();
     let (veth_a, br) = (format!("gtd{id}a"), format!("gtd{id}br"));
-    ip(&["link", "add", &veth_a, "type", "veth", "peer", "name", &format!("gtd{id}b")]);
+    ip(&[
+        "link",
+        "add",
+        &veth_a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("gtd{id}b"),
+    ]);
     ip(&["link", "add", &br, "type", "bridge"]);
     struct Del(Vec<String>);
     impl Drop for Del {
         fn drop(&mut self) {
             for l in &self.0 {
-                let _ = Command::new("ip").args(["link", "del", l]).stderr(Stdio::null()).status();
+                let _ = Command::new("ip")
+                    .args(["link", "del", l])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
     }
@@ -583,7 +659,12 @@ fn by_default_only_interfaces_backed_by_a_device_count() {
         let target = std::fs::read_link(entry.path()).unwrap();
         let device = !target.to_string_lossy().contains("/devices/virtual/");
         if name != "lo" && counted(&name).is_some() {
-            assert_eq!(counted(&name), Some(device), "{name} → {}", target.display());
+            assert_eq!(
+                counted(&name),
+                Some(device),
+                "{name} → {}",
+                target.display()
+            );
         }
     }
 }
@@ -696,7 +777,10 @@ fn steal_is_not_used_cpu() {
         "private".into(),
         "sh".into(),
         "-c".into(),
-        format!("mount --bind {} /proc/stat && exec \"$0\" \"$@\"", fake.display()),
+        format!(
+            "mount --bind {} /proc/stat && exec \"$0\" \"$@\"",
+            fake.display()
+        ),
     ];
     let agent = agent.start();
     let mut k = 1;
@@ -718,7 +802,10 @@ fn steal_is_not_used_cpu() {
             s["vm"]["cpu_steal_pct"].as_f64().unwrap(),
         );
         // A reading may catch the file mid-write and skip a tick; every delta keeps the mix.
-        assert!((cpu - 25.0).abs() < 0.5, "cpu_util {cpu} (steal excluded: 25)");
+        assert!(
+            (cpu - 25.0).abs() < 0.5,
+            "cpu_util {cpu} (steal excluded: 25)"
+        );
         assert!((steal - 50.0).abs() < 0.5, "cpu_steal_pct {steal}");
     }
 }
@@ -733,8 +820,12 @@ fn figures_an_unprivileged_agent_cannot_read_are_null_and_counted() {
     for p in [agent.state.parent().unwrap(), agent.state.as_path()] {
         std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
     }
-    std::os::unix::fs::chown(agent.state.join("agent-state.json"), Some(NOBODY), Some(NOBODY))
-        .unwrap();
+    std::os::unix::fs::chown(
+        agent.state.join("agent-state.json"),
+        Some(NOBODY),
+        Some(NOBODY),
+    )
+    .unwrap();
     agent.uid = Some(NOBODY);
     let agent = agent.start();
     let samples = agent.wait_samples(4);
@@ -754,7 +845,10 @@ fn figures_an_unprivileged_agent_cannot_read_are_null_and_counted() {
         .iter()
         .filter(|p| p.get("unreadable").is_some())
         .count() as u64;
-    assert!(unreadable >= 1 && unreadable == flagged, "{unreadable} vs {flagged}");
+    assert!(
+        unreadable >= 1 && unreadable == flagged,
+        "{unreadable} vs {flagged}"
+    );
     // Its own processes are readable and not flagged.
     let own = records(last, agent.child.as_ref().unwrap().id());
     assert!(own.first().is_some_and(|r| r.get("unreadable").is_none()));
@@ -770,7 +864,9 @@ fn an_access_log_line_with_a_bracket_in_the_user_is_billed() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let now = chrono::Utc::now().format("%d/%b/%Y:%H:%M:%S +0000").to_string();
+    let now = chrono::Utc::now()
+        .format("%d/%b/%Y:%H:%M:%S +0000")
+        .to_string();
     let lines: String = ["a [b", "john doe", "[admin]"]
         .iter()
         .enumerate()

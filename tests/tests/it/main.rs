@@ -4,6 +4,7 @@
 mod cdn;
 mod core_api;
 mod delivery;
+mod guest_truth;
 mod mana;
 mod netflow;
 mod rating;
