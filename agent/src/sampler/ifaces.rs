@@ -346,8 +346,8 @@ impl NetTotals {
                 }
             };
             if let Some((prx, ptx)) = base {
-                rx = rx.saturating_add(dev.a.checked_sub(prx).unwrap_or(0));
-                tx = tx.saturating_add(dev.b.checked_sub(ptx).unwrap_or(0));
+                rx = rx.saturating_add(dev.a.saturating_sub(prx));
+                tx = tx.saturating_add(dev.b.saturating_sub(ptx));
             }
             next.push(IfaceState {
                 name: dev.name.clone(),

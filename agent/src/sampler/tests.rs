@@ -733,7 +733,7 @@ fn inventory_from_the_fake_tree() {
 fn real_proc_finds_this_process() {
     let mut s = Sampler::new(ProcRoots::default()).expect("sampler over /proc");
     s.sample(SystemTime::now(), true).expect("first");
-    std::thread::sleep(Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(200));
     let sample = s.sample(SystemTime::now(), true).expect("second");
     let me = std::process::id();
     let p = live(&sample, me);
@@ -758,8 +758,11 @@ fn real_proc_finds_this_process() {
     assert!(vm.proc_count >= 1);
     assert!((0.0..=100.0).contains(&vm.cpu_pct) && (0.0..=100.0).contains(&vm.mem_pct));
     assert!(s.process_count_tracked() >= 1);
+    // Shares of the VM. The sum may pass 100 by the clock-tick rounding of the processes'
+    // counters (reaped children's included), a few ticks over a 200 ms window.
+    assert!(procs(&sample).iter().all(|p| (0.0..=100.0).contains(&p.cpu_pct)));
     let total_cpu: f64 = procs(&sample).iter().map(|p| p.cpu_pct).sum();
-    assert!(total_cpu <= 100.0 + 1e-6, "{total_cpu}");
+    assert!(total_cpu <= 125.0, "{total_cpu}");
 
     let inv = s.inventory(&[]).0;
     assert!(inv.cpu_count >= 1 && inv.mem_total_bytes > 0);
