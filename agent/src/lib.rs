@@ -228,7 +228,7 @@ async fn sampling_loop(
             _ = shutdown.changed() => return,
         }
         let now = SystemTime::now();
-        let sample = tokio::task::block_in_place(|| sampler.sample_ext(now, applied.monitoring));
+        let sample = blocking(|| sampler.sample_ext(now, applied.monitoring));
         next += Duration::from_secs(u64::from(applied.interval_secs));
         let catch_up = tokio::time::Instant::now();
         if next < catch_up {
@@ -246,19 +246,17 @@ async fn sampling_loop(
         // the tailer adopts those positions only once the batch is durably spooled.
         let mut poll = tailer
             .as_deref()
-            .map(|t| tokio::task::block_in_place(|| t.poll(now_secs(now))));
+            .map(|t| blocking(|| t.poll(now_secs(now))));
         let (deltas, tail) = match poll.as_mut() {
             Some(p) => (std::mem::take(&mut p.deltas), Some(p.tail_state())),
             None => (Vec::new(), None),
         };
         // The running network totals are persisted before the batch that carries them, so a
         // restart never continues from totals below what was sent.
-        if let Err(e) =
-            tokio::task::block_in_place(|| net_state::save(net_state_path, sampler.net_state()))
-        {
+        if let Err(e) = blocking(|| net_state::save(net_state_path, sampler.net_state())) {
             tracing::warn!(path = %net_state_path.display(), error = %e, "Cannot persist the network totals.");
         }
-        let pushed = tokio::task::block_in_place(|| {
+        let pushed = blocking(|| {
             shared.with_spool(|s| s.push_batch_ext(instance_id, vec![sample], &[ext], deltas, tail))
         });
         if let (Ok(_), Some(t), Some(p)) = (&pushed, tailer.as_deref_mut(), poll) {
@@ -278,14 +276,22 @@ async fn sampling_loop(
     }
 }
 
+/// Runs blocking `/proc` and spool work: through `block_in_place` on a multi-threaded runtime,
+/// inline on the agent's single-threaded one (a tick's few milliseconds of file work delay the
+/// reporter's socket by as much, which is harmless; one thread keeps the daemon small).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn now_secs(t: SystemTime) -> i64 {
     epoch_ms(t).div_euclid(1000)
 }
 
 fn prime(sampler: &mut Sampler, with_processes: bool) {
-    if let Err(e) =
-        tokio::task::block_in_place(|| sampler.sample(SystemTime::now(), with_processes))
-    {
+    if let Err(e) = blocking(|| sampler.sample(SystemTime::now(), with_processes)) {
         tracing::warn!(error = %e, "Priming sample failed.");
     }
 }

@@ -760,7 +760,11 @@ fn real_proc_finds_this_process() {
     assert!(s.process_count_tracked() >= 1);
     // Shares of the VM. The sum may pass 100 by the clock-tick rounding of the processes'
     // counters (reaped children's included), a few ticks over a 200 ms window.
-    assert!(procs(&sample).iter().all(|p| (0.0..=100.0).contains(&p.cpu_pct)));
+    assert!(
+        procs(&sample)
+            .iter()
+            .all(|p| (0.0..=100.0).contains(&p.cpu_pct))
+    );
     let total_cpu: f64 = procs(&sample).iter().map(|p| p.cpu_pct).sum();
     assert!(total_cpu <= 125.0, "{total_cpu}");
 

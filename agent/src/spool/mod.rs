@@ -63,6 +63,27 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
+/// A spooled [`ReportBatch`] with its samples kept as JSON text (extension keys included).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RawBatch {
+    /// As [`ReportBatch::batch_id`].
+    pub batch_id: Uuid,
+    /// As [`ReportBatch::instance_id`].
+    pub instance_id: String,
+    /// As [`ReportBatch::seq`].
+    pub seq: u64,
+    /// As [`ReportBatch::samples`], unparsed.
+    pub samples: Box<serde_json::value::RawValue>,
+    /// As [`ReportBatch::dropped_samples_total`].
+    pub dropped_samples_total: u64,
+    /// As [`ReportBatch::cdn`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdn: Vec<CdnBucketDelta>,
+    /// As [`ReportBatch::cdn_tail`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdn_tail: Option<CdnTailState>,
+}
+
 /// Counters and state that survive agent restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -244,13 +265,10 @@ impl Spool {
             cdn,
             cdn_tail,
         };
-        let bytes = if exts.is_empty() {
-            serde_json::to_vec(&batch)?
-        } else {
-            let mut value = serde_json::to_value(&batch)?;
-            ext::merge_samples(&mut value, exts);
-            serde_json::to_vec(&value)?
-        };
+        let bytes = serde_json::to_vec(&ext::BatchWithExt {
+            batch: &batch,
+            exts,
+        })?;
         let path = self.batch_path(seq);
         write_atomically(&path, &bytes)?;
         self.state.next_seq = seq + 1;
@@ -300,31 +318,23 @@ impl Spool {
         Ok(None)
     }
 
-    /// The oldest batch as written, extension keys included, for sending: `(seq, JSON)`.
-    /// The JSON is checked to be a [`ReportBatch`]; damaged files are moved aside and skipped
-    /// as in [`Self::oldest`].
-    pub fn oldest_raw(&mut self) -> Result<Option<(u64, serde_json::Value)>, SpoolError> {
+    /// The oldest batch as written, extension keys included, for sending: `(seq, batch)`. The
+    /// samples stay raw JSON text (checked for syntax only), so sending a large batch costs a
+    /// copy of its text, not a tree of it. Damaged files are moved aside and skipped as in
+    /// [`Self::oldest`].
+    pub fn oldest_raw(&mut self) -> Result<Option<(u64, RawBatch)>, SpoolError> {
         while let Some(entry) = self.index.front().copied() {
             let path = self.batch_path(entry.seq);
             let read = fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| {
-                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
-                })
-                .and_then(|v| {
-                    let batch = ReportBatch::deserialize(&v).map_err(|e| e.to_string())?;
-                    Ok((batch, v))
-                });
+                .and_then(|b| serde_json::from_slice::<RawBatch>(&b).map_err(|e| e.to_string()));
             match read {
-                Ok((batch, mut value)) => {
+                Ok(mut batch) => {
                     // Send the freshest drop count, not the one frozen at write time.
-                    let dropped = batch
+                    batch.dropped_samples_total = batch
                         .dropped_samples_total
                         .max(self.state.dropped_samples_total);
-                    if let Some(obj) = value.as_object_mut() {
-                        obj.insert("dropped_samples_total".into(), dropped.into());
-                    }
-                    return Ok(Some((batch.seq, value)));
+                    return Ok(Some((batch.seq, batch)));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "Spool batch became unreadable; moved aside.");

@@ -45,7 +45,14 @@ fn extension_keys_land_in_their_objects_and_old_structs_still_parse() {
             },
         )],
     };
-    merge_samples(&mut v, &[ext]);
+    merge_samples(&mut v, std::slice::from_ref(&ext));
+    // The streaming form writes the same JSON.
+    let streamed = serde_json::to_value(BatchWithExt {
+        batch: &batch(),
+        exts: &[ext],
+    })
+    .unwrap();
+    assert_eq!(streamed, v);
     assert_eq!(v["samples"][0]["vm"][KEY_CPU_STEAL_PCT], 50.0);
     assert_eq!(v["samples"][0]["vm"][KEY_UNREADABLE_PROCS], 1);
     assert!(
@@ -74,4 +81,10 @@ fn absent_figures_add_no_keys() {
     let before = v.clone();
     merge_samples(&mut v, &[SampleExt::default()]);
     assert_eq!(v, before);
+    let streamed = serde_json::to_value(BatchWithExt {
+        batch: &batch(),
+        exts: &[],
+    })
+    .unwrap();
+    assert_eq!(streamed, before);
 }
