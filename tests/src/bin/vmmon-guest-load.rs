@@ -8,6 +8,10 @@
 //!   thread exits alone (`exit(2)`, as `pthread_exit` does; the leader becomes a zombie, the process lives on);
 //! * `title TITLE`: rewrites its argument area to TITLE, as `setproctitle` does (one string,
 //!   the rest zeroed), prints `titled`, then idles. Start it with enough argument bytes (pad);
+//! * `burn PCT DELAY_MS`: after DELAY_MS idle, PCT % of one core (busy then asleep in 20 ms
+//!   periods), until killed;
+//! * `write-rate KIB_PER_SEC DIR DELAY_MS`: after DELAY_MS idle, writes to a file in DIR at that
+//!   pace (64 KiB chunks, fsynced), until killed;
 //! * `udp-send ADDR:PORT BYTES`: sends BYTES of UDP payload in 1,400-byte datagrams, then exits.
 //!
 //! Every idle mode ends by itself after 10 minutes.
@@ -89,6 +93,48 @@ fn main() {
             println!("titled");
             std::io::stdout().flush().ok();
             idle();
+        }
+        "burn" => {
+            set_comm(&format!("gt-burn{}", num(2)));
+            std::thread::sleep(Duration::from_millis(num(3)));
+            let period = Duration::from_millis(20);
+            let busy = period * u32::try_from(num(2).min(100)).unwrap_or(100) / 100;
+            let started = std::time::Instant::now();
+            let mut x: u64 = 0;
+            while started.elapsed() < IDLE_LIMIT {
+                let t = std::time::Instant::now();
+                while t.elapsed() < busy {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    std::hint::black_box(x);
+                }
+                if let Some(rest) = period.checked_sub(t.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+        }
+        "write-rate" => {
+            set_comm(&format!("gt-write{}", num(2)));
+            std::thread::sleep(Duration::from_millis(num(4)));
+            let path = std::path::Path::new(&arg(3)).join(format!("gt-{}.bin", std::process::id()));
+            let mut f = std::fs::File::create(&path).expect("create");
+            let chunk = vec![0x5au8; 64 * 1024];
+            let started = std::time::Instant::now();
+            let mut written: u64 = 0;
+            while started.elapsed() < IDLE_LIMIT {
+                // Keep the pace over the whole run, not per chunk.
+                let due = started.elapsed().as_secs_f64() * num(2) as f64 * 1024.0;
+                if (written as f64) < due {
+                    if f.seek(SeekFrom::Start(written % (64 * 1024 * 1024)))
+                        .is_ok()
+                    {
+                        f.write_all(&chunk).expect("write");
+                        f.sync_data().expect("fsync");
+                    }
+                    written += chunk.len() as u64;
+                } else {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
         }
         "udp-send" => {
             let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");

@@ -475,29 +475,22 @@ fn cumulative_counters_are_running_totals_of_the_vms_interfaces() {
     let after = last_totals(&agent);
     assert_close("deleting an interface", after.0 - before.0, moved);
 
-    // (c) The uplink is renamed: it carries on.
+    // (c) The uplink receives 10 MB and is renamed before the next sample: it carries on
+    // (same ifindex), so those bytes count too.
     let before = last_totals(&agent);
     let kernel_before = counter(vm, "gtu0", "rx_bytes");
+    udp_send(peer, &to_vm, 10_000_000);
     ip_in(vm, &["link", "set", "gtu0", "down"]);
     ip_in(vm, &["link", "set", "gtu0", "name", "gtu7"]);
     ip_in(vm, &["link", "set", "gtu7", "up"]);
-    wait_until(T, || {
+    let up = wait_until(T, || {
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                vm,
-                "ping",
-                "-c1",
-                "-W1",
-                &format!("10.213.{id}.2"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+            .args(["netns", "exec", vm, "cat", "/sys/class/net/gtu7/operstate"])
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"up"))
     });
-    udp_send(peer, &to_vm, 10_000_000);
+    assert!(up, "gtu7 did not come up");
+    udp_send(peer, &to_vm, 5_000_000);
     let moved = counter(vm, "gtu7", "rx_bytes") - kernel_before;
     let after = last_totals(&agent);
     assert_close("renaming the uplink", after.0 - before.0, moved);
@@ -895,4 +888,104 @@ fn an_access_log_line_with_a_bracket_in_the_user_is_billed() {
     });
     assert!(ok, "billed {bytes} B of 6000; log:\n{}", agent.log());
     assert_eq!(bytes, 6000);
+}
+
+// ---- Accuracy against /proc truth ---------------------------------------------------------------
+
+fn proc_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    // utime and stime: fields 14 and 15 (index N − 3).
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn proc_write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn process_cpu_and_disk_match_proc_truth() {
+    require_root();
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf reads a configuration value.
+    let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ncpu = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count() as f64;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let agent = GuestAgent::new(&[]).start();
+    agent.wait_samples(1);
+    let load = |args: &[&str]| {
+        ChildGuard(
+            Command::new(bin_path("vmmon-guest-load"))
+                .args(args)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // Idle for 1.5 s first, so the first record (taken within a second) holds ~nothing.
+    let d = dir.path().display().to_string();
+    let burners: Vec<ChildGuard> = ["20", "50", "100"]
+        .iter()
+        .map(|p| load(&["burn", p, "1500"]))
+        .collect();
+    let writers: Vec<ChildGuard> = ["2048", "8192"]
+        .iter()
+        .map(|k| load(&["write-rate", k, &d, "1500"]))
+        .collect();
+    agent.wait_samples(7);
+    // Freeze them: their counters then stop, and two more samples cover the last of it.
+    for c in burners.iter().chain(&writers) {
+        signal(c.pid(), libc::SIGSTOP);
+    }
+    let samples = agent.wait_samples(2);
+    for b in &burners {
+        let truth = proc_cpu_ticks(b.pid()) as f64;
+        let mut seen = false;
+        let reported: f64 = samples
+            .iter()
+            .flat_map(|s| {
+                let elapsed = s["vm"]["elapsed_ms"].as_f64().unwrap() / 1000.0;
+                records(s, b.pid())
+                    .into_iter()
+                    .filter(|r| r["shutdown_time"].is_null())
+                    .map(move |r| (elapsed, r["cpu_pct"].as_f64().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+            .map(|(elapsed, pct)| {
+                // The first record is over the process's age, when it had done ~nothing.
+                let over = if seen { elapsed } else { 0.0 };
+                seen = true;
+                pct / 100.0 * ncpu * clk_tck * over
+            })
+            .sum();
+        assert!(
+            truth > 20.0 && within(reported, truth, 0.05),
+            "burner {}: agent {reported:.0} ticks, /proc {truth:.0}",
+            b.pid()
+        );
+    }
+    for w in &writers {
+        let truth = proc_write_bytes(w.pid()) as f64;
+        let reported = bytes_of(&samples, w.pid(), "disk_write_kib_per_sec");
+        assert!(
+            truth > MIB && within(reported, truth, 0.05),
+            "writer {}: agent {:.2} MiB, /proc {:.2} MiB",
+            w.pid(),
+            reported / MIB,
+            truth / MIB
+        );
+    }
 }
