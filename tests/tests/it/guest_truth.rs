@@ -80,7 +80,10 @@ impl Namespaces {
         let id = std::process::id();
         let full: Vec<String> = names.iter().map(|n| format!("gt{tag}{n}{id}")).collect();
         for n in &full {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(Stdio::null())
+                .status();
             ip(&["netns", "add", n]);
             ip_in(n, &["link", "set", "lo", "up"]);
         }
