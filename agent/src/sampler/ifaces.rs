@@ -16,7 +16,9 @@
 //! on. A counter that goes backwards restarts its delta. The totals and each interface's last
 //! counters are persisted ([`NetState`]), so an agent restarted within the same boot adds the
 //! traffic of its downtime; after a reboot the counted interfaces' counters (since boot) are
-//! added once, so the totals never go backwards.
+//! added once, so the totals never go backwards. With no saved state at all (first start, or an
+//! upgrade from an agent that sent the plain sum) the totals start at the sum of every
+//! interface's counters but `lo`, so they continue that sum instead of dropping below it.
 
 use std::path::{Path, PathBuf};
 
@@ -251,6 +253,11 @@ pub struct NetTotals {
     count_from_zero: bool,
     /// First tick after a restore: the rule may have changed, so every name is asked again.
     reclassify: bool,
+    /// First tick without any saved state: the totals start at the sum of every interface's
+    /// counters (but `lo`), the figure agents before these totals sent, so an upgraded agent's
+    /// totals do not go backwards. The collector takes an instance's first reading as a
+    /// baseline, so this start is never billed.
+    seed_all: bool,
     scratch: Vec<IfaceState>,
 }
 
@@ -271,7 +278,10 @@ impl NetTotals {
                 t.state.tx_total = s.tx_total;
                 t.count_from_zero = true;
             }
-            None => t.count_from_zero = true,
+            None => {
+                t.count_from_zero = true;
+                t.seed_all = true;
+            }
         }
         t.state.boot_id = boot_id.to_owned();
         t
@@ -321,6 +331,10 @@ impl NetTotals {
                 _ => counts(&dev.name),
             };
             let index = if counted { ifindex(&dev.name) } else { None };
+            if self.seed_all && !counted && dev.name != "lo" {
+                self.state.rx_total = self.state.rx_total.saturating_add(dev.a);
+                self.state.tx_total = self.state.tx_total.saturating_add(dev.b);
+            }
             let base = if !counted {
                 None
             } else if !self.primed {
@@ -363,6 +377,7 @@ impl NetTotals {
         self.primed = true;
         self.count_from_zero = false;
         self.reclassify = false;
+        self.seed_all = false;
         (rx, tx)
     }
 }

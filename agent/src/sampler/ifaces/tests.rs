@@ -78,7 +78,8 @@ fn sysfs_tells_devices_from_virtual_interfaces() {
 #[test]
 fn appearing_vanishing_and_renamed_interfaces_add_and_lose_nothing() {
     let mut t = NetTotals::restore(None, "boot-a");
-    // First tick of a boot: counters since boot count; veth never.
+    // First tick without saved state: the totals start at the plain sum older agents sent
+    // (veth0's 5000 included, once); the counted deltas are eth0's counters since boot.
     assert_eq!(
         tick(
             &mut t,
@@ -87,6 +88,18 @@ fn appearing_vanishing_and_renamed_interfaces_add_and_lose_nothing() {
         ),
         (100, 10)
     );
+    assert_eq!(t.totals(), (5100, 5010));
+    // From then on veth0 adds nothing.
+    assert_eq!(
+        tick(
+            &mut t,
+            &[dev("eth0", 100, 10), dev("veth0", 9000, 9000)],
+            &[("eth0", 2)]
+        ),
+        (0, 0)
+    );
+    let mut t = NetTotals::restore(None, "boot-a");
+    tick(&mut t, &[dev("eth0", 100, 10)], &[("eth0", 2)]);
     // eth1 moved in with 200 MB of counters: adds nothing; eth0 +50.
     let moved = 200_000_000;
     assert_eq!(
