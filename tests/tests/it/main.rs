@@ -4,6 +4,7 @@
 mod cdn;
 mod core_api;
 mod delivery;
+mod guest_truth;
 mod hostile;
 mod mana;
 mod netflow;
