@@ -39,6 +39,7 @@ fn batch(instance: &str, seq: u64, at_ms: i64, procs: usize) -> ReportBatch {
             net_in_kib_per_sec: 0.0,
             net_out_kib_per_sec: 0.0,
             shutdown_time: None,
+            unreadable: Vec::new(),
         })
         .collect();
     ReportBatch {
@@ -59,6 +60,8 @@ fn batch(instance: &str, seq: u64, at_ms: i64, procs: usize) -> ReportBatch {
                 tx_bytes_total: 2_000_000 + seq * 1000,
                 proc_count: procs as u32,
                 net_attribution: None,
+                cpu_steal_pct: None,
+                unreadable_procs: None,
             },
             processes: Some(processes),
         }],

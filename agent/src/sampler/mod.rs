@@ -422,6 +422,8 @@ impl Sampler {
             tx_bytes_total,
             proc_count,
             net_attribution: None,
+            cpu_steal_pct: None,
+            unreadable_procs: None,
         };
         let ext = VmSampleExt {
             cpu_steal_pct,

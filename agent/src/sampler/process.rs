@@ -351,6 +351,7 @@ impl ProcessTable {
             net_in_kib_per_sec: 0.0,
             net_out_kib_per_sec: 0.0,
             shutdown_time: None,
+            unreadable: Vec::new(),
         });
     }
 
@@ -571,6 +572,7 @@ fn exit_record(pid: u32, t: Tracked, now_secs: f64) -> ProcessSample {
         net_in_kib_per_sec: 0.0,
         net_out_kib_per_sec: 0.0,
         shutdown_time: Some(now_secs),
+        unreadable: Vec::new(),
     }
 }
 

@@ -456,6 +456,12 @@ pub struct VmRecord {
     pub net_unattributed_in: Option<f64>,
     /// Of net_outgoing, KB/s not attributed; null when not measured.
     pub net_unattributed_out: Option<f64>,
+    /// Share of all CPUs the hypervisor withheld (steal), %; `cpu_util` excludes it; null when
+    /// the agent did not report it.
+    pub cpu_steal: Option<f64>,
+    /// Processes of this sample with a figure the agent could not read (those figures are null
+    /// on their records); null while process sampling is off.
+    pub unreadable_procs: Option<i64>,
 }
 
 /// A 611711/611712 record: one process in one sample, in the seed's field order.
@@ -475,10 +481,10 @@ pub struct ProcRecord {
     pub pid: i64,
     /// Instance id.
     pub instance_id: String,
-    /// `/proc/PID/io` `write_bytes`, KB/s.
-    pub disk_write: f64,
-    /// `/proc/PID/io` `read_bytes`, KB/s.
-    pub disk_read: f64,
+    /// `/proc/PID/io` `write_bytes`, KB/s; null when the agent could not read it.
+    pub disk_write: Option<f64>,
+    /// `/proc/PID/io` `read_bytes`, KB/s; null when the agent could not read it.
+    pub disk_read: Option<f64>,
     /// Sample time, local ISO-8601 with microseconds.
     pub create_date: String,
     /// Stable per record.
@@ -510,6 +516,8 @@ fn vm_record(app: &App, r: &VmRow, dropped: i64) -> VmRecord {
         net_attributed_out: attr(1),
         net_unattributed_in: attr(2),
         net_unattributed_out: attr(3),
+        cpu_steal: r.cpu_steal_pct.map(round2),
+        unreadable_procs: r.unreadable_procs,
     }
 }
 
@@ -522,8 +530,8 @@ fn proc_record(app: &App, r: &ProcessRow) -> ProcRecord {
         cmd: r.cmd.clone(),
         pid: r.pid,
         instance_id: r.instance_id.clone(),
-        disk_write: round2(r.disk_write),
-        disk_read: round2(r.disk_read),
+        disk_write: (!r.disk_unreadable).then(|| round2(r.disk_write)),
+        disk_read: (!r.disk_unreadable).then(|| round2(r.disk_read)),
         create_date: create_date(app, r.sampled_at_ms),
         id: ObjectId::new(r.sampled_at_ms / 1000, TAG_PROC, r.id),
         cpu_util: round2(r.cpu_pct),

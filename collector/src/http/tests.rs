@@ -435,7 +435,9 @@ async fn legacy_queries_answer_the_stored_figures() {
             "net_attributed_in",
             "net_attributed_out",
             "net_unattributed_in",
-            "net_unattributed_out"
+            "net_unattributed_out",
+            "cpu_steal",
+            "unreadable_procs",
         ],
         "the seed's field order"
     );
@@ -1250,4 +1252,83 @@ async fn the_grafana_dashboard_queries_exposed_metrics() {
             );
         }
     }
+}
+
+/// Issue 13 at the collector: steal shown apart from cpu_util, unreadable figures null (not 0)
+/// and counted on the VM record, in JSON and in the Python repr.
+#[tokio::test]
+async fn steal_and_unreadable_figures_reach_the_records() {
+    let w = World::new().await;
+    let mut vm = vm_sample(NOW_SECS * 1000 + 60_000, 25.0);
+    vm.elapsed_ms = 60_000;
+    vm.cpu_steal_pct = Some(50.0);
+    vm.unreadable_procs = Some(1);
+    let mut root_proc = process(300, "rootd", 3.0);
+    root_proc.unreadable = vec![
+        "disk_read_kib_per_sec".into(),
+        "disk_write_kib_per_sec".into(),
+    ];
+    let batch = ReportBatch {
+        batch_id: uuid::Uuid::new_v4(),
+        instance_id: "a1".into(),
+        seq: 9,
+        dropped_samples_total: 0,
+        samples: vec![Sample {
+            vm,
+            processes: Some(vec![root_proc, process(100, "sshd", 1.0)]),
+        }],
+        cdn: Vec::new(),
+        cdn_tail: None,
+    };
+    w.app
+        .store
+        .write_unguarded(move |c| ingest::store_batch(c, &batch, NOW_SECS * 1000 + 60_500))
+        .await
+        .unwrap();
+    let v = w
+        .legacy(json!({"method": 611611, "session_id": ADMIN_SID, "data": {"instance_id": "a1"}}))
+        .await;
+    let r = &v["data"][0];
+    assert_eq!(
+        (r["cpu_util"].clone(), r["cpu_steal"].clone()),
+        (json!(25.0), json!(50.0))
+    );
+    assert_eq!(r["unreadable_procs"], 1);
+    let v = w
+        .legacy(json!({"method": 611711, "session_id": ADMIN_SID, "data": {"instance_id": "a1"}}))
+        .await;
+    let rootd = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["cmd"] == "rootd")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (rootd["disk_read"].clone(), rootd["disk_write"].clone()),
+        (Value::Null, Value::Null)
+    );
+    let sshd = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["cmd"] == "sshd")
+        .unwrap()
+        .clone();
+    assert_eq!(sshd["disk_write"], 5.56, "readable figures stay numbers");
+    let v = w
+        .legacy(json!({"method": 611711, "legacy_repr": true, "session_id": ADMIN_SID, "data": {"instance_id": "a1"}}))
+        .await;
+    let repr = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .find(|r| r.contains("rootd"))
+        .unwrap()
+        .to_string();
+    assert!(
+        repr.contains("u'disk_write': None") && repr.contains("u'disk_read': None"),
+        "{repr}"
+    );
 }

@@ -142,6 +142,9 @@ pub fn clamp_percentages(batch: &mut ReportBatch) {
     };
     for s in &mut batch.samples {
         clamp(&mut s.vm.cpu_pct);
+        if let Some(steal) = s.vm.cpu_steal_pct.as_mut() {
+            clamp(steal);
+        }
         clamp(&mut s.vm.mem_pct);
         for p in s.processes.iter_mut().flatten() {
             clamp(&mut p.cpu_pct);
@@ -161,6 +164,9 @@ fn figure(name: &'static str, v: f64, max: f64) -> Result<(), &'static str> {
 
 fn vm_figures(vm: &VmSample) -> Result<(), &'static str> {
     figure("cpu_pct", vm.cpu_pct, PCT_TOLERANCE)?;
+    if let Some(steal) = vm.cpu_steal_pct {
+        figure("cpu_steal_pct", steal, PCT_TOLERANCE)?;
+    }
     figure("mem_pct", vm.mem_pct, PCT_TOLERANCE)?;
     for (name, v) in [
         ("disk_read_kib_per_sec", vm.disk_read_kib_per_sec),
@@ -297,6 +303,7 @@ mod tests {
                     pid: 1, start_time: 1.0, cmd: cmd.into(), cpu_pct: 0.0, mem_pct: 0.0,
                     disk_read_kib_per_sec: 0.0, disk_write_kib_per_sec: 0.0, net_in_kib_per_sec: 0.0,
                     net_out_kib_per_sec: 0.0, shutdown_time: None,
+                    unreadable: Vec::new(),
                 }]),
             }],
         }))
@@ -330,6 +337,11 @@ mod tests {
             ),
             (|b| b.samples[0].vm.tx_bytes_total = (1 << 63) - 1, None),
             (|b| b.samples[0].vm.cpu_pct = 1e308, Some("cpu_pct")),
+            (|b| b.samples[0].vm.cpu_steal_pct = Some(50.0), None),
+            (
+                |b| b.samples[0].vm.cpu_steal_pct = Some(-1.0),
+                Some("cpu_steal_pct"),
+            ),
             (|b| b.samples[0].vm.cpu_pct = 100.4, None),
             (|b| b.samples[0].vm.cpu_pct = 100.6, Some("cpu_pct")),
             (|b| b.samples[0].vm.mem_pct = f64::NAN, Some("mem_pct")),

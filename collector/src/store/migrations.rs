@@ -313,4 +313,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN agent_conflicts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE instances ADD COLUMN last_conflict_ms INTEGER;
     "#,
+    // Steal and unreadable figures (agent truth): the VM's steal share and how many processes
+    // had a figure the agent could not read; a process's disk figures flagged unreadable (then
+    // served as null).
+    r#"
+    ALTER TABLE vm_samples ADD COLUMN cpu_steal_pct REAL;
+    ALTER TABLE vm_samples ADD COLUMN unreadable_procs INTEGER;
+    ALTER TABLE process_samples ADD COLUMN disk_unreadable INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

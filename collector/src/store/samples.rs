@@ -35,6 +35,10 @@ pub struct VmRow {
     /// Traffic attributed to processes / not, KB/s: `[in, out, unattributed in, unattributed
     /// out]`; `None` where it was not measured.
     pub net_attribution: Option<[f64; 4]>,
+    /// Steal share of all CPUs, %; `None` when the agent did not report it.
+    pub cpu_steal_pct: Option<f64>,
+    /// Processes with a figure the agent could not read; `None` when not reported.
+    pub unreadable_procs: Option<i64>,
 }
 
 /// A stored process sample.
@@ -66,6 +70,8 @@ pub struct ProcessRow {
     pub net_out: f64,
     /// Epoch seconds on an exited process's final record.
     pub shutdown_time: Option<f64>,
+    /// The agent could not read the disk figures (`/proc/PID/io` refused): they are null.
+    pub disk_unreadable: bool,
 }
 
 /// Stores a batch unless this instance sent its id before (dedup is per instance); true when
@@ -92,13 +98,14 @@ pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
     let mut vm_stmt = conn.prepare_cached(
         "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
              disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
-            net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
+            cpu_steal_pct, unreadable_procs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?;
     let mut proc_stmt = conn.prepare_cached(
         "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
-             mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
     for sample in &batch.samples {
         let vm = &sample.vm;
@@ -119,6 +126,8 @@ pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
             vm.net_attribution.map(|a| a.attributed_out_kib_per_sec),
             vm.net_attribution.map(|a| a.unattributed_in_kib_per_sec),
             vm.net_attribution.map(|a| a.unattributed_out_kib_per_sec),
+            vm.cpu_steal_pct,
+            vm.unreadable_procs,
         ])?;
         for p in sample.processes.iter().flatten() {
             proc_stmt.execute(params![
@@ -134,6 +143,7 @@ pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
                 p.net_in_kib_per_sec,
                 p.net_out_kib_per_sec,
                 p.shutdown_time,
+                p.unreadable.iter().any(|f| f.starts_with("disk_")),
             ])?;
         }
     }
@@ -142,7 +152,8 @@ pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
 
 const VM_COLUMNS: &str = "id, instance_id, sampled_at_ms, cpu_pct, mem_pct, disk_read, disk_write,
     net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
-    net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out";
+    net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
+    cpu_steal_pct, unreadable_procs";
 
 fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
     Ok(VmRow {
@@ -162,11 +173,13 @@ fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
             (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
             _ => None,
         },
+        cpu_steal_pct: r.get(16)?,
+        unreadable_procs: r.get(17)?,
     })
 }
 
 const PROC_COLUMNS: &str = "id, instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct, mem_pct,
-    disk_read, disk_write, net_in, net_out, shutdown_time";
+    disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable";
 
 fn proc_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProcessRow> {
     Ok(ProcessRow {
@@ -183,6 +196,7 @@ fn proc_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProcessRow> {
         net_in: r.get(10)?,
         net_out: r.get(11)?,
         shutdown_time: r.get(12)?,
+        disk_unreadable: r.get(13)?,
     })
 }
 

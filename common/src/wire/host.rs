@@ -32,6 +32,15 @@ pub struct VmSample {
     /// field).
     #[serde(default)]
     pub net_attribution: Option<NetAttribution>,
+    /// Share of all CPUs the hypervisor withheld (steal, `/proc/stat`), 0–100 % of the VM;
+    /// `cpu_pct` excludes it. `None` from older agents, on a first sample, or without the
+    /// kernel column. (The agent fills it through [`super::ext::VmSampleExt`], same key.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_steal_pct: Option<f64>,
+    /// Processes of this sample with a figure the agent could not read; `None` while process
+    /// sampling is off or from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable_procs: Option<u32>,
 }
 
 /// How much of a VM's interface traffic (loopback excluded) its processes account for.

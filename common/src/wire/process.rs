@@ -35,4 +35,9 @@ pub struct ProcessSample {
     /// `None` while alive; on the one final record of an exited process, when it was seen gone
     /// (Unix epoch seconds).
     pub shutdown_time: Option<f64>,
+    /// Names of this record's figures the agent could not read (e.g.
+    /// `disk_read_kib_per_sec` when `/proc/PID/io` is refused): they are null, whatever number
+    /// stands beside them. (The agent fills it through [`super::ext::ProcessSampleExt`].)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }

@@ -20,6 +20,7 @@ fn batch() -> ReportBatch {
                     net_in_kib_per_sec: 0.0,
                     net_out_kib_per_sec: 0.0,
                     shutdown_time: None,
+                    unreadable: Vec::new(),
                 };
                 2
             ]),
