@@ -199,7 +199,10 @@ fn extension_keys_are_spooled_and_sent_as_written() {
     // The typed view reads the key into its wire field (`VmSample::cpu_steal_pct`).
     let mut with_steal = sample(7);
     with_steal.vm.cpu_steal_pct = Some(12.5);
-    assert_eq!(spool.oldest().unwrap().unwrap().samples, vec![with_steal.clone()]);
+    assert_eq!(
+        spool.oldest().unwrap().unwrap().samples,
+        vec![with_steal.clone()]
+    );
     let (raw_seq, raw) = spool.oldest_raw().unwrap().unwrap();
     assert_eq!(raw_seq, seq);
     let sent: serde_json::Value = serde_json::to_value(&raw).unwrap();

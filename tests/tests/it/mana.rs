@@ -94,6 +94,7 @@ struct FakeAgent {
     rt: tokio::runtime::Runtime,
     client: WsClient,
     seq: u64,
+    last_at: std::collections::HashMap<String, i64>,
 }
 
 impl FakeAgent {
@@ -104,7 +105,12 @@ impl FakeAgent {
             .build()
             .unwrap();
         let client = rt.block_on(agent_client(&c.rpc_url(), token));
-        FakeAgent { rt, client, seq: 0 }
+        FakeAgent {
+            rt,
+            client,
+            seq: 0,
+            last_at: Default::default(),
+        }
     }
 
     fn register(&self, instance_id: &str, inventory: Inventory) {
@@ -118,16 +124,31 @@ impl FakeAgent {
     /// A batch of `(sampled_at_ms, rx_total, tx_total)` readings.
     fn batch(&mut self, instance_id: &str, readings: &[(i64, u64, u64)]) -> ReportBatch {
         self.seq += 1;
+        // The monotonic time since the instance's previous sample, as a real agent's clock
+        // measures it (0 for its first): the collector checks the wall clock against it.
+        let mut last = self.last_at.get(instance_id).copied();
+        let elapsed: Vec<u64> = readings
+            .iter()
+            .map(|&(at, _, _)| {
+                let e = last.map_or(0, |l| u64::try_from(at - l).unwrap_or(0));
+                last = Some(at);
+                e
+            })
+            .collect();
+        if let Some(l) = last {
+            self.last_at.insert(instance_id.to_string(), l);
+        }
         ReportBatch {
             batch_id: uuid::Uuid::new_v4(),
             instance_id: instance_id.into(),
             seq: self.seq,
             samples: readings
                 .iter()
-                .map(|&(at, rx, tx)| Sample {
+                .zip(elapsed)
+                .map(|(&(at, rx, tx), elapsed_ms)| Sample {
                     vm: VmSample {
                         sampled_at_ms: at,
-                        elapsed_ms: 600_000,
+                        elapsed_ms,
                         cpu_pct: 1.0,
                         mem_pct: 10.0,
                         rx_bytes_total: rx,
@@ -761,6 +782,8 @@ fn vm_list_fields_filters_and_paging() {
             "party": "acme",
             "region": "r1",
             "dropped_samples": 0,
+            "clock_skew_secs": 0,
+            "agent_conflicts": 0,
         })
     );
     assert_eq!(body["vm_servers"][1]["wan_ip_set"], "");
