@@ -10,11 +10,11 @@
 //! future-stamped records ahead of live ones. The rule:
 //!
 //! 1. The placed time is the wall-clock time plus a per-instance offset. The offset starts at 0
-//!    and returns to 0 at every agent start (no monotonic link to the previous sample: the wall
-//!    clock, likely just synced at boot, is the only reference).
+//!    and returns to 0 on every unlinked sample (an instance's first, the first after a reboot:
+//!    the wall clock, likely just synced at boot, is then the only reference).
 //! 2. **Step**: when the wall clock moved more than [`step_tolerance_ms`] away from the
-//!    monotonic `elapsed_ms` since the previous sample, the clock was stepped: the sample is placed
-//!    at the previous placed time + `elapsed_ms`, and the offset changes to keep later samples on
+//!    monotonic time since the previous linked sample, the clock was stepped: the sample is placed
+//!    at the previous placed time + that time, and the offset changes to keep later samples on
 //!    that axis.
 //! 3. **Skew bound**: a placed time more than [`MAX_AHEAD_MS`] after the collector received the
 //!    sample is placed at the receive time instead (the offset follows), so no sample is ever
