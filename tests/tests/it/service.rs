@@ -289,17 +289,24 @@ fn collector_sighup_reloads_in_place_and_drops_no_connection() {
     assert_eq!(code, 200);
     assert!(answer.contains("authentication failed"), "{answer}");
     idle.get_mut().write_all(health.as_bytes()).unwrap();
-    assert_eq!(read_response(&mut idle), (200, r#"{"status":"ok"}"#.to_string()));
+    assert_eq!(
+        read_response(&mut idle),
+        (200, r#"{"status":"ok"}"#.to_string())
+    );
 
     std::fs::write(&cfg, "max_body_bytes = \"lots\"\n").unwrap();
     signal(pid, libc::SIGHUP);
-    assert!(!too_big(&c), "invalid file ignored, old config still serving");
+    assert!(
+        !too_big(&c),
+        "invalid file ignored, old config still serving"
+    );
     // Signals are handled in order: once a later valid file (a 5000-byte cap) applies, the
     // invalid one has been handled, and the collector is still serving.
     std::fs::write(&cfg, "max_body_bytes = 5000\n").unwrap();
     signal(pid, libc::SIGHUP);
     assert!(
-        wait_until(T, || std::panic::catch_unwind(|| too_big(&c)).unwrap_or(false)),
+        wait_until(T, || std::panic::catch_unwind(|| too_big(&c))
+            .unwrap_or(false)),
         "a valid file after an invalid one applies"
     );
     assert_eq!(c.pid(), Some(pid));
