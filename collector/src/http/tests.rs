@@ -76,6 +76,15 @@ impl World {
 
     /// The same world served with `config` (e.g. another time zone).
     async fn with_config(config: CollectorConfig) -> World {
+        World::build(config, true).await
+    }
+
+    /// Only the users and their sessions, no instances, served with `config`.
+    async fn bare(config: CollectorConfig) -> World {
+        World::build(config, false).await
+    }
+
+    async fn build(config: CollectorConfig, instances: bool) -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let admin_id = admin::add_user(&store, "admin", "admin-password", None)
@@ -101,7 +110,12 @@ impl World {
             })
             .await
             .unwrap();
-        for (project, ids) in [("pa", &["a1", "a2"][..]), ("pb", &["b1"][..])] {
+        let seeded: &[(&str, &[&str])] = if instances {
+            &[("pa", &["a1", "a2"]), ("pb", &["b1"])]
+        } else {
+            &[]
+        };
+        for &(project, ids) in seeded {
             let (_, token) = admin::create_token(&store, project, "r1", "x", false)
                 .await
                 .unwrap();

@@ -271,4 +271,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     DROP INDEX flow_days_time;
     CREATE INDEX bandwidth_days_time ON bandwidth_days(day_start_ms);
     "#,
+    // The agent's batch sequence number with each stored batch id: "nothing lost" is then a
+    // question of which numbers are missing, not of gaps in sample times.
+    r#"
+    ALTER TABLE batches ADD COLUMN seq INTEGER;
+    "#,
 ];

@@ -71,8 +71,14 @@ pub struct ProcessRow {
 /// Stores a batch unless its id was stored before; true when stored, false for a duplicate.
 pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
     let inserted = conn.execute(
-        "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms) VALUES (?1, ?2, ?3)",
-        params![batch.batch_id.to_string(), batch.instance_id, now_ms],
+        "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms, seq)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            batch.batch_id.to_string(),
+            batch.instance_id,
+            now_ms,
+            i64::try_from(batch.seq).ok()
+        ],
     )?;
     if inserted == 0 {
         return Ok(false);

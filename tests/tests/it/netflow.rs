@@ -2,8 +2,9 @@
 //! peer in a network namespace behind a veth pair; the real agent attributes it to the right
 //! process and direction, and reports on 611611 how much of the VM's traffic it attributed.
 //!
-//! Needs root (network namespaces, veth) and `ip` (iproute2); CI runs as root. Not root: skipped
-//! with a message.
+//! Needs root (network namespaces, veth) and `ip` (iproute2): `#[ignore = "needs root"]`, and
+//! `scripts/test.sh` (run as root in CI) includes ignored tests; run without root, it fails
+//! loudly instead of passing.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
@@ -202,44 +203,13 @@ fn vm_history(c: &Collector, sid: &str, instance: &str) -> Vec<Value> {
     v
 }
 
-/// `create_date` (`YYYY-MM-DDTHH:MM:SS.ffffff`, the collector's zone: UTC here) as epoch
-/// seconds.
-fn epoch_secs(create_date: &str) -> f64 {
-    let (date, time) = create_date.split_once('T').unwrap();
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
-    let (y, m, day) = (d[0], d[1], d[2]);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let t: Vec<f64> = time.split(':').map(|x| x.parse().unwrap()).collect();
-    days as f64 * 86_400.0 + t[0] * 3600.0 + t[1] * 60.0 + t[2]
-}
-
-/// Bytes a series of records stands for: each record's rate (KB/s) times the time since the
-/// record before it (the interval its rate covers). The first record has no predecessor and
-/// is left out.
-fn bytes_of(records: &[Value], field: &str) -> f64 {
-    records
-        .windows(2)
-        .map(|w| {
-            let dt = epoch_secs(w[1]["create_date"].as_str().unwrap())
-                - epoch_secs(w[0]["create_date"].as_str().unwrap());
-            w[1][field].as_f64().unwrap() * 1024.0 * dt
-        })
-        .sum()
-}
-
 #[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it with --include-ignored"]
 fn tcp_traffic_is_attributed_to_the_right_process_and_direction() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root (CI runs as root)");
-        return;
-    }
+    assert!(
+        is_root(),
+        "needs root for network namespaces: run as root (scripts/test.sh in CI), not a skip"
+    );
     let _exclusive = exclusive();
     let ns = Netns::create();
     let _peer = ns.spawn_load(&["vmmtest-npeer", "peer", PORT]);
