@@ -222,7 +222,12 @@ fn foreign_project_and_revoked_tokens_are_refused() {
         intruder.log()
     );
     let before = times(&c, "vm-dl-e").len();
-    std::thread::sleep(Duration::from_secs(3));
+    // It samples on into its spool and cannot deliver any of it.
+    assert!(
+        wait_until(T, || intruder.spooled() >= 3),
+        "{}",
+        intruder.log()
+    );
     assert_eq!(
         times(&c, "vm-dl-e").len(),
         before,

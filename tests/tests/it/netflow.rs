@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use vmmon_tests::*;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 /// Bytes each way: 12 MiB, about 4 s at the load's 3.2 MiB/s pace.
 const BYTES: u64 = 12 * 1024 * 1024;
 const PORT: &str = "5201";

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vmmon_tests::*;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
