@@ -155,14 +155,23 @@ fn real_processes_show_up_with_true_figures() {
         );
     }
 
-    // 611711: the burner is the busiest process of the newest sample; limit is honoured.
-    let top = q(&c, &sid, 611711, "vm-core-1;", json!({"limit": 2}));
+    // 611711: the newest sample's processes, busiest first, limit honoured. (Other users of a
+    // shared machine may be busier than the burner: it must be among the busiest, not first.)
+    let cpu = |r: &Value| r["cpu_util"].as_f64().expect("cpu_util is a number");
+    let top = q(&c, &sid, 611711, "vm-core-1;", json!({"limit": 10}));
     assert_eq!(top["status_code"], 1);
     let top = top["data"].as_array().unwrap();
-    assert_eq!(top.len(), 2);
-    assert_eq!(top[0]["cmd"], "vmmtest-burn", "{top:?}");
-    let cpu = |r: &Value| r["cpu_util"].as_f64().expect("cpu_util is a number");
-    assert!(cpu(&top[0]) >= cpu(&top[1]), "{top:?}");
+    assert!((2..=10).contains(&top.len()), "{top:?}");
+    assert!(
+        top.windows(2).all(|w| cpu(&w[0]) >= cpu(&w[1])),
+        "busiest first: {top:?}"
+    );
+    assert!(
+        top.iter().any(|r| r["cmd"] == "vmmtest-burn"),
+        "a busy core is among the 10 busiest: {top:?}"
+    );
+    let two = q(&c, &sid, 611711, "vm-core-1;", json!({"limit": 2}));
+    assert_eq!(two["data"].as_array().unwrap().len(), 2, "{two}");
 
     // The writer's 20 MB show as disk_write: it starts once the agent has a baseline of it, and
     // its records' rates times their intervals add up to the bytes written (±15%).
