@@ -7,6 +7,7 @@
 
 mod legacy;
 mod mana;
+mod rating;
 mod rpc;
 
 use std::sync::Arc;
