@@ -175,28 +175,32 @@ fn real_processes_show_up_with_true_figures() {
 
     // The writer's 20 MB show as disk_write: it starts once the agent has a baseline of it, and
     // its records' rates times their intervals add up to the bytes written (±15%).
-    wait_for(T, "two records of the waiting writer", || {
-        (history(&c, &sid, "vm-core-1", "vmmtest-write", 100).len() >= 2).then_some(())
+    let before_go = wait_for(T, "two records of the waiting writer", || {
+        let n = history(&c, &sid, "vm-core-1", "vmmtest-write", 10_000).len();
+        (n >= 2).then_some(n)
     });
     {
         use std::io::Write;
         writeln!(go, "go").unwrap();
     }
+    // From the last record before "go" (the baseline) on, oldest first: writing, then idle.
     let writes = wait_for(
         Duration::from_secs(120),
         "the writer done and seen idle",
         || {
             let mut h = history(&c, &sid, "vm-core-1", "vmmtest-write", 10_000);
             h.reverse();
-            let wrote = h
+            let since_go = h.split_off(before_go - 1);
+            let wrote = since_go
                 .iter()
+                .skip(1)
                 .position(|r| r["disk_write"].as_f64().unwrap() > 0.0)?;
-            let idle_after = h[wrote..]
+            let idle_after = since_go[wrote + 1..]
                 .iter()
                 .rev()
                 .take_while(|r| r["disk_write"].as_f64() == Some(0.0))
                 .count();
-            (idle_after >= 2).then_some(h)
+            (idle_after >= 2).then_some(since_go)
         },
     );
     let written = bytes_of(&writes, "disk_write");
