@@ -19,7 +19,12 @@ stage() { # name
   install -d "$dir/DEBIAN" "$dir/usr/bin" "$dir/lib/systemd/system" "$dir/etc/vmmon" "$dir/etc/default" \
     "$dir/usr/share/doc/$name"
   install -m 0755 "target/release/$name" "$dir/usr/bin/$name"
-  strip --strip-debug "$dir/usr/bin/$name"
+  # Debug info goes to a separate file (kept in target/debian/debug/, linked by name and CRC so
+  # gdb and addr2line find it); the shipped binary is stripped.
+  mkdir -p "$OUT/debug"
+  objcopy --only-keep-debug "$dir/usr/bin/$name" "$OUT/debug/$name.debug"
+  strip --strip-debug --strip-unneeded "$dir/usr/bin/$name"
+  objcopy --add-gnu-debuglink="$OUT/debug/$name.debug" "$dir/usr/bin/$name"
   install -m 0644 "systemd/$name.service" "$dir/lib/systemd/system/$name.service"
   install -m 0644 "systemd/$name.default" "$dir/etc/default/$name"
   install -m 0644 README.md "$dir/usr/share/doc/$name/README.md"

@@ -15,6 +15,9 @@ done
 echo "== agent: per-process network attribution cost with 1,000 TCP sockets"
 target/release/vmmon-sample-bench --procs 500 --sockets 1000 | tail -n 6
 
+echo "== agent daemon: peak RSS (VmHWM) with 1,000 processes, 1 s interval, monitoring on"
+N=1000 SECS=60 scripts/agent_rss.sh | tail -n 1
+
 echo "== collector: ingest over WebSocket JSON-RPC into the durable store vs raw batched insert"
 cargo bench -q -p vmmon-collector --bench ingest 2>/dev/null
 

@@ -82,6 +82,8 @@ More of the same session:
   curl -s -H 'X-Auth-Token: $SID' '$URL/mana_api/vm'                       # VM inventory (mana_api)
   curl -s -H 'X-Auth-Token: $SID' '$URL/mana_api/flow?project_id=demo'     # 10-minute bandwidth
   curl -s -H 'X-Auth-Token: $SID' '$URL/v1/rating/modules'                 # rating (CloudKitty v1)
+  curl -s -H 'X-Auth-Token: $SID' '$URL/metrics' | grep vmmon_vm_          # Prometheus exposition
+  curl -s '$URL/'                                                          # index of every API
 CDN flow needs an edge token and an access log: see README, "CDN flow".
 
 Stop everything with: scripts/quickstart.sh stop

@@ -44,6 +44,16 @@ pub struct Cli {
     /// ` $host $upstream_cache_status`.
     #[arg(long, value_name = "FORMAT")]
     pub cdn_log_format: Option<String>,
+    /// Count this interface in the VM's network figures (glob: `*`, `?`, `[a-z]`; repeat for
+    /// several). Given at least once, it replaces `net_include` of the config file, and only
+    /// the interfaces it names count (instead of the default: those backed by a device, not
+    /// under /sys/devices/virtual/net — no veth, bridge, VLAN, tun).
+    #[arg(long = "net-include", value_name = "GLOB")]
+    pub net_include: Vec<String>,
+    /// Never count this interface (glob; repeat for several; replaces `net_exclude` of the
+    /// config file).
+    #[arg(long = "net-exclude", value_name = "GLOB")]
+    pub net_exclude: Vec<String>,
     /// Validate the configuration and exit (0 when valid).
     #[arg(long)]
     pub check_config: bool,
@@ -84,6 +94,12 @@ impl Cli {
         }
         if let Some(f) = &self.cdn_log_format {
             cfg.cdn_log_format = Some(f.clone());
+        }
+        if !self.net_include.is_empty() {
+            cfg.net_include = self.net_include.clone();
+        }
+        if !self.net_exclude.is_empty() {
+            cfg.net_exclude = self.net_exclude.clone();
         }
     }
 }

@@ -35,6 +35,11 @@ pub struct AgentConfig {
     /// nginx `log_format` string of those logs (default
     /// [`crate::cdn::DEFAULT_LOG_FORMAT`]: `combined` + ` $host $upstream_cache_status`).
     pub cdn_log_format: Option<String>,
+    /// Interfaces the VM's network figures count, as globs (`*`, `?`, `[a-z]`). Empty: those
+    /// backed by a device (not under `/sys/devices/virtual/net`). Non-empty: only these.
+    pub net_include: Vec<String>,
+    /// Interfaces never counted, as globs; applies to the default rule and to `net_include`.
+    pub net_exclude: Vec<String>,
 }
 
 impl Default for AgentConfig {
@@ -51,6 +56,8 @@ impl Default for AgentConfig {
             max_backoff_secs: 60,
             cdn_access_logs: Vec::new(),
             cdn_log_format: None,
+            net_include: Vec::new(),
+            net_exclude: Vec::new(),
         }
     }
 }
@@ -115,6 +122,12 @@ impl AgentConfig {
         {
             errors.push("cdn_access_logs has an empty path".into());
         }
+        if let Err(bad) = self.net_selector() {
+            errors.extend(
+                bad.into_iter()
+                    .map(|e| format!("net_include/net_exclude: {e}")),
+            );
+        }
         if let Some(id) = &self.instance_id
             && (id.is_empty() || id.len() > 128)
         {
@@ -134,6 +147,13 @@ impl AgentConfig {
                 .as_deref()
                 .unwrap_or(crate::cdn::DEFAULT_LOG_FORMAT),
         )
+    }
+
+    /// The interface rule from `net_include` / `net_exclude`.
+    pub fn net_selector(
+        &self,
+    ) -> Result<crate::sampler::ifaces::NetSelector, Vec<crate::sampler::ifaces::GlobError>> {
+        crate::sampler::ifaces::NetSelector::new(&self.net_include, &self.net_exclude)
     }
 
     /// The token, reading `token_file` if that is how it was given.
@@ -184,6 +204,25 @@ mod tests {
             panic!("must be invalid")
         };
         assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn net_globs_are_checked() {
+        let cfg: AgentConfig = toml::from_str(
+            "collector = 'ws://x/rpc'\ntoken = 't'\nnet_include = ['eth*', 'ens[0-9]']\nnet_exclude = ['eth9']",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let sel = cfg.net_selector().unwrap();
+        assert!(sel.counts("eth0", || false) && !sel.counts("eth9", || true));
+        let bad = AgentConfig {
+            net_include: vec!["eth[".into()],
+            ..cfg
+        };
+        let Err(ConfigError::Invalid(errs)) = bad.validate() else {
+            panic!("must be invalid")
+        };
+        assert!(errs[0].contains("eth["), "{errs:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cdn;
 pub mod cli;
 pub mod config;
 pub mod identity;
+mod net_state;
 pub mod reporter;
 pub mod sampler;
 pub mod service;
@@ -24,6 +25,9 @@ use vmmon_common::wire::DesiredState;
 use config::AgentConfig;
 use sampler::{ProcRoots, Sampler};
 use spool::Spool;
+
+/// File in the state directory holding the running network totals ([`sampler::ifaces`]).
+pub const NET_STATE_FILE: &str = "net-totals.json";
 
 /// After start and after monitoring turns on, the first reported tick comes this soon after the
 /// (unreported) priming sample, so rates are available at once instead of one interval later.
@@ -122,6 +126,12 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         new_batch: Notify::new(),
     });
     let mut sampler = Sampler::new(ProcRoots::default())?;
+    let selector = config.net_selector().map_err(|errs| {
+        config::ConfigError::Invalid(errs.iter().map(ToString::to_string).collect())
+    })?;
+    sampler.set_net_selector(selector.clone());
+    let net_state_path = config.state_dir.join(NET_STATE_FILE);
+    sampler.restore_net_state(net_state::load(&net_state_path));
     let wan = config.wan_ips.clone();
     let mut tailer = cdn_tailer(&config, &shared)?;
 
@@ -137,7 +147,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let reporter = tokio::spawn(reporter::run(
         rcfg,
         shared.clone(),
-        move || sampler::inventory(&roots, &wan),
+        move || sampler::inventory(&roots, &wan, &selector),
         shutdown.clone(),
     ));
 
@@ -146,6 +156,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         tailer.as_mut(),
         &shared,
         &instance_id,
+        &net_state_path,
         shutdown,
     )
     .await;
@@ -177,6 +188,7 @@ async fn sampling_loop(
     mut tailer: Option<&mut cdn::Tailer>,
     shared: &Shared,
     instance_id: &str,
+    net_state_path: &std::path::Path,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut desired_rx = shared.desired.subscribe();
@@ -216,14 +228,14 @@ async fn sampling_loop(
             _ = shutdown.changed() => return,
         }
         let now = SystemTime::now();
-        let sample = tokio::task::block_in_place(|| sampler.sample(now, applied.monitoring));
+        let sample = blocking(|| sampler.sample_ext(now, applied.monitoring));
         next += Duration::from_secs(u64::from(applied.interval_secs));
         let catch_up = tokio::time::Instant::now();
         if next < catch_up {
             // Fell behind (suspend, overload): do not burst, restart the cadence.
             next = catch_up + Duration::from_secs(u64::from(applied.interval_secs));
         }
-        let sample = match sample {
+        let (sample, ext) = match sample {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "Sampling failed; skipping this tick.");
@@ -234,13 +246,18 @@ async fn sampling_loop(
         // the tailer adopts those positions only once the batch is durably spooled.
         let mut poll = tailer
             .as_deref()
-            .map(|t| tokio::task::block_in_place(|| t.poll(now_secs(now))));
+            .map(|t| blocking(|| t.poll(now_secs(now))));
         let (deltas, tail) = match poll.as_mut() {
             Some(p) => (std::mem::take(&mut p.deltas), Some(p.tail_state())),
             None => (Vec::new(), None),
         };
-        let pushed = tokio::task::block_in_place(|| {
-            shared.with_spool(|s| s.push_batch(instance_id, vec![sample], deltas, tail))
+        // The running network totals are persisted before the batch that carries them, so a
+        // restart never continues from totals below what was sent.
+        if let Err(e) = blocking(|| net_state::save(net_state_path, sampler.net_state())) {
+            tracing::warn!(path = %net_state_path.display(), error = %e, "Cannot persist the network totals.");
+        }
+        let pushed = blocking(|| {
+            shared.with_spool(|s| s.push_batch_ext(instance_id, vec![sample], &[ext], deltas, tail))
         });
         if let (Ok(_), Some(t), Some(p)) = (&pushed, tailer.as_deref_mut(), poll) {
             t.commit(p);
@@ -259,14 +276,22 @@ async fn sampling_loop(
     }
 }
 
+/// Runs blocking `/proc` and spool work: through `block_in_place` on a multi-threaded runtime,
+/// inline on the agent's single-threaded one (a tick's few milliseconds of file work delay the
+/// reporter's socket by as much, which is harmless; one thread keeps the daemon small).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn now_secs(t: SystemTime) -> i64 {
     epoch_ms(t).div_euclid(1000)
 }
 
 fn prime(sampler: &mut Sampler, with_processes: bool) {
-    if let Err(e) =
-        tokio::task::block_in_place(|| sampler.sample(SystemTime::now(), with_processes))
-    {
+    if let Err(e) = blocking(|| sampler.sample(SystemTime::now(), with_processes)) {
         tracing::warn!(error = %e, "Priming sample failed.");
     }
 }

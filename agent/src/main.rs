@@ -41,8 +41,10 @@ fn main() -> Result<()> {
         println!("config ok");
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    limit_malloc_arenas();
+    // One thread: the agent's work is a few milliseconds per tick, and every extra thread costs
+    // its stack and, with glibc, its own malloc arena (docs/benchmarks.md, daemon peak RSS).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -81,3 +83,20 @@ async fn serve(cli: Cli, mut config: AgentConfig) -> Result<()> {
         }
     }
 }
+
+/// One glibc malloc arena: the default (8 per CPU) lets each thread keep its own freed memory,
+/// which roughly doubled the daemon's resident heap; and a fixed 64 KiB mmap threshold, so the
+/// per-tick buffers of a few hundred KiB (a batch's JSON) go back to the system when freed
+/// instead of fragmenting the heap (docs/benchmarks.md). musl has neither knob.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}

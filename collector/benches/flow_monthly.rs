@@ -73,6 +73,7 @@ fn populate(conn: &Connection) -> anyhow::Result<Duration> {
             &Inventory::default(),
             600,
             0,
+            store::instances::RegisterLimits::UNLIMITED,
         )?;
     }
     conn.execute_batch("COMMIT")?;

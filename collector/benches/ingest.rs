@@ -142,9 +142,14 @@ async fn real_path(
     per_agent: Vec<Vec<ReportBatch>>,
 ) -> Result<(f64, usize)> {
     let store = Store::open(dir)?;
-    let (_, token) = admin::create_token(&store, "bench", "r1", "x", false).await?;
+    let (_, token) = admin::create_token(&store, "bench", "r1", "x", false, &[]).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let app = App::new(CollectorConfig::default(), store);
+    // One token registers every simulated agent at once: no per-token registration limits.
+    let config = CollectorConfig {
+        register_limits: vmmon_collector::store::instances::RegisterLimits::UNLIMITED,
+        ..CollectorConfig::default()
+    };
+    let app = App::new(config, store);
     let running = server::start(app.clone(), listener).await?;
     let url = format!("ws://{}/rpc", running.local_addr);
 
@@ -167,6 +172,7 @@ async fn real_path(
             inventory: Inventory::default(),
             protocol_version: PROTOCOL_VERSION,
             configured_interval_secs: 30,
+            agent_uid: None,
         })
         .await?;
         clients.push(c);

@@ -5,13 +5,17 @@
 //! sees the new values.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
 
+use crate::auth::guard::{LoginThrottle, PasswordChecker};
 use crate::config::CollectorConfig;
-use crate::control::hub::Hub;
+use crate::hub::Hub;
 use crate::rating::Rating;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 
 /// Settings of a running collector that a reload may change together.
 #[derive(Debug)]
@@ -29,7 +33,33 @@ pub struct App {
     pub store: Store,
     /// Connected agents and their pending commands.
     pub hub: Hub,
+    /// Password checks, bounded (see [`crate::auth::guard`]).
+    pub passwords: PasswordChecker,
+    /// Growing delays after failed logins.
+    pub logins: LoginThrottle,
+    cpu_slots: Arc<Semaphore>,
+    /// The collector's own figures for `/metrics`.
+    pub telemetry: Telemetry,
+    /// Agent batches being checked and stored at once ([`MAX_CONCURRENT_INGESTS`]).
+    pub ingest_slots: Semaphore,
 }
+
+/// Batches checked and handed to the store at once, across all agents; more wait (their agents
+/// wait for the acknowledgement, so nothing is dropped), which bounds the parsed batches the
+/// collector holds besides those still being received. 64 keeps the store writer's group commit
+/// fed (it commits everything waiting in one transaction; a bound of 4 would cut it to 4 batches
+/// per commit) while capping typical held batches (≤ 1 MB each) at ~64 MB.
+pub const MAX_CONCURRENT_INGESTS: usize = 64;
+
+/// CPU-heavy requests run at once (pricing a quote, …), on the blocking pool.
+pub const CPU_SLOTS: usize = 2;
+/// Longest a CPU-heavy request waits for a slot before answering busy.
+pub const CPU_WAIT: Duration = Duration::from_secs(5);
+
+/// Every CPU slot stayed taken for [`CPU_WAIT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the collector is busy with other heavy requests; retry in a few seconds")]
+pub struct CpuBusy;
 
 impl App {
     /// Builds the shared state over an opened store.
@@ -38,7 +68,33 @@ impl App {
             settings: ArcSwap::from_pointee(Settings::new(config)),
             store,
             hub: Hub::default(),
+            passwords: PasswordChecker::default(),
+            logins: LoginThrottle::default(),
+            cpu_slots: Arc::new(Semaphore::new(CPU_SLOTS)),
+            ingest_slots: Semaphore::new(MAX_CONCURRENT_INGESTS),
+            telemetry: Telemetry::default(),
         })
+    }
+
+    /// Runs CPU-heavy `work` off the async workers (which must stay free for `/healthz`, agents
+    /// and cheap requests), at most [`CPU_SLOTS`] at once; [`CpuBusy`] after [`CPU_WAIT`].
+    pub async fn run_cpu<T, F>(&self, work: F) -> Result<T, CpuBusy>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let permit = tokio::time::timeout(CPU_WAIT, self.cpu_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| CpuBusy)?
+            .map_err(|_| CpuBusy)?;
+        let out = tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|_| CpuBusy)?;
+        Ok(out)
     }
 
     /// The settings now in force (a snapshot: a reload does not change it under the caller).

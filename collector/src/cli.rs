@@ -89,6 +89,9 @@ pub enum TokenCommand {
         /// bytes count towards CDN customers' flow, so ordinary tenant tokens may not).
         #[arg(long)]
         cdn: bool,
+        /// With --cdn: a CDN user (customer) whose domains this token may report; repeatable.
+        #[arg(long = "cdn-user")]
+        cdn_users: Vec<String>,
     },
     /// List agent tokens (ids, scopes, revocation; never the secrets).
     List(DataArg),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chrono_tz::Tz;
 use serde::Deserialize;
+use url::Url;
 use vmmon_common::vocab::IntervalSecs;
 
 use crate::rating::RatingConfig;
@@ -39,6 +40,18 @@ pub struct ConfigFile {
     /// Raw VM and process samples (and batch ids for dedup) older than this many days are deleted;
     /// the bandwidth, CDN and rating rollups are kept. 0 keeps raw samples forever.
     pub raw_retention_days: u32,
+    /// The URL clients reach the collector at (`https://metering.example.com`), used for absolute
+    /// links and `Location` headers; without it they come from a validated `Host` header.
+    pub public_url: Option<String>,
+    /// Bearer token a Prometheus scraper sends to `/metrics` (at least 16 characters); without
+    /// it only admin sessions may scrape.
+    pub metrics_token: Option<String>,
+    /// Also expose each VM's N busiest processes on `/metrics` (0, the default, exposes none).
+    pub metrics_top_processes: u32,
+    /// Instances one agent token may register in all.
+    pub max_instances_per_token: u32,
+    /// New instances one agent token may register per minute.
+    pub max_new_instances_per_token_per_minute: u32,
     /// The CloudKitty-compatible rating API and its processing (`[rating]`, see docs/rating.md).
     pub rating: RatingConfig,
 }
@@ -55,6 +68,11 @@ impl Default for ConfigFile {
             default_interval_secs: 30,
             max_limit: 10_000,
             raw_retention_days: 30,
+            public_url: None,
+            metrics_token: None,
+            metrics_top_processes: 0,
+            max_instances_per_token: 10_000,
+            max_new_instances_per_token_per_minute: 1_000,
             rating: RatingConfig::default(),
         }
     }
@@ -84,6 +102,14 @@ pub struct CollectorConfig {
     pub max_limit: u32,
     /// Raw-sample retention in days (0 = forever, ≤ 36500).
     pub raw_retention_days: u32,
+    /// Where clients reach the collector (http or https, no query), if configured.
+    pub public_url: Option<Url>,
+    /// Scrape token of `/metrics` (≥ 16 characters), if any.
+    pub metrics_token: Option<String>,
+    /// Busiest processes per VM on `/metrics` (0–50).
+    pub metrics_top_processes: u32,
+    /// Per-token registration limits (each ≥ 1).
+    pub register_limits: crate::store::instances::RegisterLimits,
     /// `[rating]`, checked.
     pub rating: RatingConfig,
 }
@@ -139,20 +165,65 @@ impl ConfigFile {
         if self.raw_retention_days > 36_500 {
             errors.push("raw_retention_days must be at most 36500 (0 keeps forever)".into());
         }
+        let public_url = match self.public_url.as_deref().map(Url::parse) {
+            None => Ok(None),
+            Some(Ok(u))
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                Ok(Some(u))
+            }
+            Some(_) => {
+                errors.push(format!(
+                    "public_url {:?} must be an http(s) URL without query or fragment",
+                    self.public_url.as_deref().unwrap_or("")
+                ));
+                Err(())
+            }
+        };
+        if self
+            .metrics_token
+            .as_deref()
+            .is_some_and(|t| t.trim().len() < 16 || t.trim() != t)
+        {
+            errors.push(
+                "metrics_token must be at least 16 characters without surrounding spaces".into(),
+            );
+        }
+        if self.metrics_top_processes > 50 {
+            errors.push("metrics_top_processes must be at most 50".into());
+        }
+        if self.max_instances_per_token == 0 || self.max_new_instances_per_token_per_minute == 0 {
+            errors.push(
+                "max_instances_per_token and max_new_instances_per_token_per_minute must be at least 1"
+                    .into(),
+            );
+        }
         errors.extend(self.rating.problems(self.listen));
-        match (timezone, default_interval) {
-            (Ok(timezone), Ok(default_interval)) if errors.is_empty() => Ok(CollectorConfig {
-                listen: self.listen,
-                data_dir: self.data_dir,
-                timezone,
-                session_idle_secs: self.session_idle_secs,
-                max_body_bytes: self.max_body_bytes,
-                command_timeout_ms: self.command_timeout_ms,
-                default_interval,
-                max_limit: self.max_limit,
-                raw_retention_days: self.raw_retention_days,
-                rating: self.rating,
-            }),
+        match (timezone, default_interval, public_url) {
+            (Ok(timezone), Ok(default_interval), Ok(public_url)) if errors.is_empty() => {
+                Ok(CollectorConfig {
+                    listen: self.listen,
+                    data_dir: self.data_dir,
+                    timezone,
+                    session_idle_secs: self.session_idle_secs,
+                    max_body_bytes: self.max_body_bytes,
+                    command_timeout_ms: self.command_timeout_ms,
+                    default_interval,
+                    max_limit: self.max_limit,
+                    raw_retention_days: self.raw_retention_days,
+                    public_url,
+                    metrics_token: self.metrics_token,
+                    metrics_top_processes: self.metrics_top_processes,
+                    register_limits: crate::store::instances::RegisterLimits {
+                        max_instances_per_token: self.max_instances_per_token,
+                        max_new_per_minute: self.max_new_instances_per_token_per_minute,
+                    },
+                    rating: self.rating,
+                })
+            }
             _ => Err(ConfigError::Invalid(errors)),
         }
     }

@@ -23,6 +23,9 @@ pub enum CollectorError {
     /// A report that can never be stored.
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
+    /// Refused for now; the same request may succeed later (the agent backs off and retries).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<CollectorError> for ErrorObjectOwned {
@@ -38,6 +41,7 @@ impl From<CollectorError> for ErrorObjectOwned {
             CollectorError::Unauthorized(m) => codes::error(codes::UNAUTHORIZED, m),
             CollectorError::Forbidden(m) => codes::error(codes::FORBIDDEN, m),
             CollectorError::NotRegistered(m) => codes::error(codes::NOT_REGISTERED, m),
+            CollectorError::Unavailable(m) => codes::error(codes::UNAVAILABLE, m),
             CollectorError::InvalidBatch(m) => {
                 codes::error(codes::INVALID_BATCH, format!("invalid batch: {m}"))
             }

@@ -3,13 +3,14 @@
 //!
 //! Layers, each looking only down (docs/ARCHITECTURE.md has the map):
 //!
-//! 1. rules, pure functions: [`bandwidth`], [`cdn`], [`rating`] (plus `config`);
+//! 1. rules, pure functions: [`bandwidth`], [`cdn`], [`rating`], [`timeaxis`] (plus `config`);
 //! 2. [`store`]: all SQL;
-//! 3. actions and jobs: [`admin`], [`auth`], [`control`], [`ingest`], [`jobs`] (and [`App`]);
+//! 3. actions and jobs: [`admin`], [`auth`], [`control`] (with the connected-agent `hub`),
+//!    [`ingest`], [`jobs`], [`telemetry`] (and [`App`]);
 //! 4. transports: [`http`] (axum) and [`rpc`] (jsonrpsee), joined on one listener by [`server`].
 
 pub mod admin;
-mod app;
+pub(crate) mod app;
 pub(crate) mod auth;
 pub mod bandwidth;
 pub(crate) mod cdn;
@@ -17,12 +18,15 @@ pub mod config;
 pub(crate) mod control;
 mod error;
 pub mod http;
+pub(crate) mod hub;
 pub mod ingest;
 pub mod jobs;
 pub mod rating;
 pub(crate) mod rpc;
 pub mod server;
 pub mod store;
+pub mod telemetry;
+pub mod timeaxis;
 
 pub use app::{App, Settings};
 pub use config::CollectorConfig;

@@ -49,9 +49,11 @@ async fn run(cli: Cli) -> Result<()> {
             region,
             party,
             cdn,
+            cdn_users,
         }) => {
             let store = open(&data).await?;
-            let (id, token) = admin::create_token(&store, &project, &region, &party, cdn).await?;
+            let (id, token) =
+                admin::create_token(&store, &project, &region, &party, cdn, &cdn_users).await?;
             println!("agent token {id} for project {project:?} region {region:?} (shown once):");
             println!("{token}");
             Ok(())

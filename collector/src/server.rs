@@ -8,18 +8,23 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use futures::FutureExt;
 use hyper::Request;
 use hyper::body::Incoming;
-use jsonrpsee::server::{ServerConfig, StopHandle, TowerServiceBuilder, stop_channel};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use jsonrpsee::server::{PingConfig, ServerConfig, StopHandle, TowerServiceBuilder, stop_channel};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Service, ServiceExt};
 use vmmon_common::RPC_PATH;
 use vmmon_common::rpc::MonitorApiServer;
 
-use crate::App;
+use crate::app::App;
 use crate::auth;
 use crate::http;
 use crate::rpc::{AgentAuth, RpcHandler};
@@ -33,8 +38,28 @@ const REFUSED_MAX_MESSAGE_BYTES: u32 = 16 * 1024;
 /// Most connections with refused tokens at once.
 const REFUSED_MAX_CONNECTIONS: u32 = 256;
 
-/// Largest JSON-RPC message from an agent (a batch of a full process table).
-const MAX_RPC_MESSAGE_BYTES: u32 = 64 * 1024 * 1024;
+/// Largest JSON-RPC message from an agent. A batch holds one tick's sample; its largest legal
+/// form, [`vmmon_common::wire::MAX_PROCESSES_PER_SAMPLE`] (100,000) process records of about
+/// 230 bytes of JSON each, is ~23 MB, so 32 MiB refuses nothing an agent can legitimately send
+/// while halving what one message may make the collector buffer (it was 64 MiB).
+const MAX_RPC_MESSAGE_BYTES: u32 = 32 * 1024 * 1024;
+
+/// A connection must deliver a request's complete head within this long, counted from when it
+/// opened or finished its previous answer: it is both the header read timeout and the idle
+/// keep-alive timeout (hyper starts the same timer for both). WebSocket connections, once
+/// upgraded, are not subject to it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections at once that are not (yet) agent WebSockets: HTTP API clients and connections
+/// still sending their first request. Slow or idle ones are closed by [`HEADER_READ_TIMEOUT`]
+/// and the body deadline, so they cannot hold these for long; agents' WebSockets leave this pool
+/// once upgraded (they are bounded by [`MAX_AGENT_CONNECTIONS`]).
+pub const MAX_HTTP_CONNECTIONS: usize = 1024;
+/// Connections accepted beyond [`MAX_HTTP_CONNECTIONS`]: they must send their request head within
+/// [`OVERFLOW_HEADER_READ_TIMEOUT`], so idle or slow sockets holding the main pool cannot keep a
+/// prompt client (an agent opening its WebSocket, a health check) out.
+pub const OVERFLOW_CONNECTIONS: usize = 256;
+/// Header read timeout of an overflow connection.
+pub const OVERFLOW_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A running server.
 pub struct Running {
@@ -56,7 +81,13 @@ impl Running {
 pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Running> {
     let local_addr = listener.local_addr()?;
     let (stop_handle, server_handle) = stop_channel();
+    // WebSocket pings find dead agent connections (a VM that vanished without closing its TCP
+    // connection), so their instances can be claimed by a new agent within a few minutes.
+    let ping = PingConfig::new()
+        .ping_interval(Duration::from_secs(30))
+        .inactive_limit(Duration::from_secs(90));
     let config = ServerConfig::builder()
+        .enable_ws_ping(ping)
         .max_request_body_size(MAX_RPC_MESSAGE_BYTES)
         .max_response_body_size(MAX_RPC_MESSAGE_BYTES)
         .max_connections(MAX_AGENT_CONNECTIONS)
@@ -94,40 +125,63 @@ async fn accept_loop(
     refused: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
 ) {
     let api = http::router(app.clone());
+    let http_slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let overflow_slots = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
     loop {
-        let sock = tokio::select! {
+        let (sock, peer) = tokio::select! {
             res = listener.accept() => match res {
-                Ok((sock, _)) => sock,
+                Ok(accepted) => accepted,
                 Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
                     tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = stop_handle.clone().shutdown() => break,
         };
+        let (slot, header_timeout) = match http_slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, HEADER_READ_TIMEOUT),
+            Err(_) => match overflow_slots.clone().try_acquire_owned() {
+                Ok(slot) => (slot, OVERFLOW_HEADER_READ_TIMEOUT),
+                Err(_) => {
+                    tracing::warn!(%peer, max = MAX_HTTP_CONNECTIONS + OVERFLOW_CONNECTIONS,
+                        "Too many HTTP connections; closing a new one.");
+                    drop(sock);
+                    continue;
+                }
+            },
+        };
+        // The slot is released when the connection ends, or when it becomes an agent WebSocket.
+        let slot = Arc::new(std::sync::Mutex::new(Some(slot)));
         let app = app.clone();
         let stop = stop_handle.clone();
         let builder = builder.clone();
         let refused = refused.clone();
         let api = api.clone();
-        let svc = tower::service_fn(move |req: Request<Incoming>| {
+        let conn_slot = slot.clone();
+        let svc = tower::service_fn(move |mut req: Request<Incoming>| {
             let api = api.clone();
             let app = app.clone();
             let stop = stop.clone();
             let builder = builder.clone();
             let refused = refused.clone();
+            let slot = conn_slot.clone();
             async move {
                 if req.uri().path() == RPC_PATH {
                     let auth = authenticate(&app, &req).await;
                     let builder = match auth {
-                        AgentAuth::Token(_) => builder,
+                        AgentAuth::Token(_) => {
+                            release(&slot);
+                            builder
+                        }
                         AgentAuth::Refused(_) => refused,
                     };
                     let methods = RpcHandler::new(app, auth).into_rpc();
                     let mut rpc = builder.build(methods, stop);
                     rpc.call(req).await.map(|r| r.map(Body::new))
                 } else {
+                    req.extensions_mut().insert(ConnectInfo(peer));
                     let resp = api.oneshot(req.map(Body::new)).await;
                     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(match resp {
                         Ok(r) => r,
@@ -137,12 +191,58 @@ async fn accept_loop(
             }
             .boxed()
         });
-        tokio::spawn(jsonrpsee::server::serve_with_graceful_shutdown(
+        tokio::spawn(serve_connection(
             sock,
             svc,
             stop_handle.clone().shutdown(),
+            slot,
+            header_timeout,
         ));
     }
+}
+
+fn release(slot: &std::sync::Mutex<Option<OwnedSemaphorePermit>>) {
+    if let Ok(mut s) = slot.lock() {
+        s.take();
+    }
+}
+
+/// Serves one connection with HTTP/1.1 (upgrades to WebSocket allowed) until it ends or the
+/// server stops; a stop lets the request in progress finish.
+async fn serve_connection<S, B>(
+    sock: TcpStream,
+    svc: S,
+    stopped: impl std::future::Future<Output = ()>,
+    slot: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    header_timeout: Duration,
+) where
+    S: tower::Service<Request<Incoming>, Response = hyper::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let conn = http
+        .serve_connection(TokioIo::new(sock), TowerToHyperService::new(svc))
+        .with_upgrades();
+    tokio::pin!(conn, stopped);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "Connection ended with an error.");
+            }
+        }
+        _ = &mut stopped => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    release(&slot);
 }
 
 /// Checks `Authorization: Bearer <agent token>` on the upgrade request.

@@ -14,6 +14,8 @@ pub const METHOD_START_MONITOR: i64 = 32523;
 pub const METHOD_STOP_MONITOR: i64 = 32524;
 /// `setinterval`: change an agent's sampling interval (vmmon's addition, admin only).
 pub const METHOD_SET_INTERVAL: i64 = 32525;
+/// `logout`: ends the request's session (vmmon's addition, next to login's 458753).
+pub const METHOD_LOGOUT: i64 = 458754;
 
 /// Created / accepted: a handled query, or a command queued for an agent that is not connected.
 pub const STATUS_CREATED: i64 = 1;

@@ -15,6 +15,7 @@ pub fn register_request(
         inventory,
         protocol_version: PROTOCOL_VERSION,
         configured_interval_secs: interval_secs,
+        agent_uid: None,
     }
 }
 

@@ -303,7 +303,13 @@ impl Collector {
     }
 
     /// Creates an agent token (`token create`) and returns it; `cdn` makes a CDN edge token.
-    pub fn token(&self, project: &str, region: &str, party: &str, cdn: bool) -> String {
+    pub fn token(
+        &self,
+        project: &str,
+        region: &str,
+        party: &str,
+        cdn_users: Option<&[&str]>,
+    ) -> String {
         let mut args = vec![
             "token",
             "create",
@@ -314,8 +320,11 @@ impl Collector {
             "--party",
             party,
         ];
-        if cdn {
+        if let Some(users) = cdn_users {
             args.push("--cdn");
+            for u in users {
+                args.extend(["--cdn-user", u]);
+            }
         }
         self.cli(&args, &[])
             .lines()
@@ -327,12 +336,12 @@ impl Collector {
 
     /// Creates an agent token for `project`/`region` (party "acme").
     pub fn create_token(&self, project: &str, region: &str) -> String {
-        self.token(project, region, "acme", false)
+        self.token(project, region, "acme", None)
     }
 
-    /// Creates a CDN edge agent token (may report access-log traffic).
-    pub fn create_cdn_token(&self, project: &str, region: &str) -> String {
-        self.token(project, region, "acme", true)
+    /// Creates a CDN edge agent token that may report the domains of `cdn_users`.
+    pub fn create_cdn_token(&self, project: &str, region: &str, cdn_users: &[&str]) -> String {
+        self.token(project, region, "acme", Some(cdn_users))
     }
 
     /// Adds a tenant user of `project` (password `name` + "-pw").

@@ -1,12 +1,18 @@
 //! nginx `log_format` strings compiled into a line matcher.
 //!
-//! A format is literal text and variables (`$name` or `${name}`). Matching walks the line left to
-//! right: literal text must appear exactly; a variable takes everything up to the next occurrence
-//! of the literal text that follows it in the format (so a variable followed by a space is one
-//! token, `"$http_user_agent"` is the quoted text), the last variable of a format takes the rest of
-//! the line. nginx escapes `"` and control characters inside variables (`\x22`), which is what
-//! makes this unambiguous. Two variables with no literal text between them cannot be split and
-//! are refused when the format is compiled.
+//! A format is literal text and variables (`$name` or `${name}`). Literal text must appear
+//! exactly; a variable takes the text up to an occurrence of the literal text that follows it in
+//! the format, and the last variable of a format takes the rest of the line. Which occurrence is
+//! ambiguous whenever a value may contain the separator: nginx escapes `"`, `\` and control
+//! characters inside variables (`\x22`), but not spaces or brackets, so a `$remote_user` of
+//! `a [b` (from any Basic `Authorization` header) holds the ` [` that ends it in `combined`.
+//! Matching therefore backtracks: every occurrence is tried, leftmost first, and a split is kept
+//! only when the whole line matches and every variable the pipeline reads has the shape it must
+//! have (`$status` and the bytes are numbers, the time parses, the host is a valid domain, the
+//! cache status is one token). Only when no split passes is the leftmost layout-valid split
+//! used, to report which figure is wrong. The search is bounded ([`MAX_MATCH_STEPS`]); a line
+//! that exhausts it is refused as malformed. Two variables with no literal text between them
+//! cannot be split and are refused when the format is compiled.
 //!
 //! Variables the CDN pipeline reads (others match as text and are ignored):
 //! * the domain: `$host`, else `$http_host` (a `:port` suffix is dropped), else `$server_name`;
@@ -25,6 +31,9 @@ pub const DEFAULT_LOG_FORMAT: &str = "$remote_addr - $remote_user [$time_local] 
 /// origin (`STALE`/`UPDATING`: a stale cached copy served; `REVALIDATED`: the origin only
 /// confirmed the cached copy). `MISS`, `BYPASS`, `EXPIRED` and `-` (not cacheable) are not hits.
 pub const HIT_STATUSES: [&str; 4] = ["HIT", "STALE", "UPDATING", "REVALIDATED"];
+
+/// Most steps (parts matched and candidate splits tried) the matcher spends on one line.
+pub const MAX_MATCH_STEPS: u32 = 10_000;
 
 /// Log times before 2000-01-01 are refused as malformed.
 pub const MIN_LOG_TIME: i64 = 946_684_800;
@@ -162,47 +171,32 @@ impl LogFormat {
     /// Parses one line (without its newline) read at `now` (Unix seconds).
     pub fn parse(&self, line: &str, now: i64) -> Result<Entry, LineError> {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        let mut rest = line;
+        let mut values = Vec::with_capacity(self.parts.len());
+        let mut budget = MAX_MATCH_STEPS;
+        if !self.walk(0, line, true, &mut budget, &mut values) {
+            values.clear();
+            budget = MAX_MATCH_STEPS;
+            if !self.walk(0, line, false, &mut budget, &mut values) {
+                return Err(LineError::Layout);
+            }
+        }
         let mut host = None;
         let mut bytes = None;
         let mut time = None;
         let mut cache = None;
-        let mut i = 0;
-        while i < self.parts.len() {
-            match &self.parts[i] {
-                Part::Literal(lit) => {
-                    rest = rest.strip_prefix(lit.as_str()).ok_or(LineError::Layout)?;
-                    i += 1;
-                }
-                Part::Var(field) => {
-                    let value = match self.parts.get(i + 1) {
-                        Some(Part::Literal(next)) => {
-                            let at = rest.find(next.as_str()).ok_or(LineError::Layout)?;
-                            let v = &rest[..at];
-                            rest = &rest[at + next.len()..];
-                            i += 2;
-                            v
-                        }
-                        _ => {
-                            let v = rest;
-                            rest = "";
-                            i += 1;
-                            v
-                        }
-                    };
-                    match *field {
-                        f if f == self.host && host.is_none() => host = Some(value),
-                        f if f == self.bytes && bytes.is_none() => bytes = Some(value),
-                        f if f == self.time && time.is_none() => time = Some(value),
-                        Field::CacheStatus if cache.is_none() => cache = Some(value),
-                        Field::Status if !is_number(value) => return Err(LineError::Status),
-                        _ => {}
-                    }
-                }
+        let vars = self.parts.iter().filter_map(|p| match p {
+            Part::Var(f) => Some(*f),
+            Part::Literal(_) => None,
+        });
+        for (field, value) in vars.zip(values) {
+            match field {
+                f if f == self.host && host.is_none() => host = Some(value),
+                f if f == self.bytes && bytes.is_none() => bytes = Some(value),
+                f if f == self.time && time.is_none() => time = Some(value),
+                Field::CacheStatus if cache.is_none() => cache = Some(value),
+                Field::Status if !is_number(value) => return Err(LineError::Status),
+                _ => {}
             }
-        }
-        if !rest.is_empty() {
-            return Err(LineError::Layout);
         }
         let (Some(host), Some(bytes), Some(time), Some(cache)) = (host, bytes, time, cache) else {
             return Err(LineError::Layout);
@@ -212,14 +206,7 @@ impl LogFormat {
             return Err(LineError::Bytes);
         }
         let bytes: u64 = bytes.parse().map_err(|_| LineError::Bytes)?;
-        let time = match self.time {
-            Field::TimeLocal => parse_time_local(time),
-            Field::TimeIso8601 => DateTime::parse_from_rfc3339(time)
-                .ok()
-                .map(|t| t.timestamp()),
-            _ => parse_msec(time),
-        }
-        .ok_or(LineError::Time)?;
+        let time = self.parse_time(time).ok_or(LineError::Time)?;
         if !(MIN_LOG_TIME..=now.saturating_add(MAX_FUTURE_SECS)).contains(&time) {
             return Err(LineError::Time);
         }
@@ -231,6 +218,78 @@ impl LogFormat {
             bytes,
             hit,
         })
+    }
+
+    fn parse_time(&self, s: &str) -> Option<i64> {
+        match self.time {
+            Field::TimeLocal => parse_time_local(s),
+            Field::TimeIso8601 => DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp()),
+            _ => parse_msec(s),
+        }
+    }
+
+    /// Whether `value` has the shape its variable must have (for choosing among splits).
+    fn plausible(&self, field: Field, value: &str) -> bool {
+        match field {
+            f if f == self.host => normalize_host(value, f == Field::HttpHost).is_some(),
+            f if f == self.bytes => is_number(value) && value.len() <= 19,
+            f if f == self.time => self.parse_time(value).is_some(),
+            Field::Status => is_number(value),
+            Field::CacheStatus => !value.is_empty() && !value.contains(' '),
+            _ => true,
+        }
+    }
+
+    /// Matches `parts[i..]` against `rest`, pushing each variable's value; backtracks over the
+    /// occurrences of the literal after a variable. `strict`: values must be [`Self::plausible`].
+    fn walk<'l>(
+        &self,
+        i: usize,
+        rest: &'l str,
+        strict: bool,
+        budget: &mut u32,
+        values: &mut Vec<&'l str>,
+    ) -> bool {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match self.parts.get(i) {
+            None => rest.is_empty(),
+            Some(Part::Literal(lit)) => rest
+                .strip_prefix(lit.as_str())
+                .is_some_and(|r| self.walk(i + 1, r, strict, budget, values)),
+            Some(Part::Var(field)) => {
+                let Some(Part::Literal(next)) = self.parts.get(i + 1) else {
+                    // The last part: the rest of the line.
+                    if strict && !self.plausible(*field, rest) {
+                        return false;
+                    }
+                    values.push(rest);
+                    return true;
+                };
+                let step = next.chars().next().map_or(1, char::len_utf8);
+                let mut from = 0;
+                while let Some(found) = rest[from..].find(next.as_str()) {
+                    // Every candidate split costs a step, so the search is bounded in work.
+                    if *budget == 0 {
+                        return false;
+                    }
+                    *budget -= 1;
+                    let at = from + found;
+                    let value = &rest[..at];
+                    if !strict || self.plausible(*field, value) {
+                        values.push(value);
+                        if self.walk(i + 2, &rest[at + next.len()..], strict, budget, values) {
+                            return true;
+                        }
+                        values.pop();
+                    }
+                    from = at + step;
+                }
+                false
+            }
+        }
     }
 }
 

@@ -6,16 +6,25 @@ pub mod retry;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::client::Error as ClientError;
+use jsonrpsee::rpc_params;
 use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClient, WsClientBuilder};
 use tokio::sync::watch;
 use vmmon_common::PROTOCOL_VERSION;
 use vmmon_common::rpc::MonitorApiClient;
-use vmmon_common::wire::{CommandAck, DesiredState, Heartbeat, Inventory, RegisterRequest};
+use vmmon_common::wire::ext::{self, InventoryExt};
+use vmmon_common::wire::{
+    CommandAck, DesiredState, Heartbeat, Inventory, RegisterRequest, ReportAck,
+};
 
 use crate::Shared;
 use retry::{Backoff, RetryAction, classify};
 
+/// The report method's wire name (`MonitorApi::report`).
+const REPORT_METHOD: &str = "monitor_report";
+/// The register method's wire name (`MonitorApi::register`).
+const REGISTER_METHOD: &str = "monitor_register";
 /// Batches sent before the session loop looks at commands again.
 const BATCHES_PER_TURN: usize = 16;
 /// First reconnect wait ceiling.
@@ -61,7 +70,7 @@ fn from_client(err: &ClientError, registered: bool) -> SessionEnd {
 pub async fn run(
     cfg: ReporterConfig,
     shared: Arc<Shared>,
-    inventory: impl Fn() -> Inventory,
+    inventory: impl Fn() -> (Inventory, InventoryExt),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(BASE_BACKOFF, cfg.max_backoff);
@@ -119,7 +128,7 @@ async fn connect(cfg: &ReporterConfig) -> Result<WsClient, SessionEnd> {
 async fn session(
     cfg: &ReporterConfig,
     shared: &Shared,
-    inventory: Inventory,
+    (inventory, inventory_ext): (Inventory, InventoryExt),
     backoff: &mut Backoff,
 ) -> SessionEnd {
     let client = match connect(cfg).await {
@@ -131,8 +140,19 @@ async fn session(
         inventory,
         protocol_version: PROTOCOL_VERSION,
         configured_interval_secs: cfg.configured_interval_secs,
+        agent_uid: None,
     };
-    let desired = match client.register(request).await {
+    // Sent as JSON with the inventory's extension keys (vmmon_common::wire::ext).
+    let mut request = match serde_json::to_value(&request) {
+        Ok(v) => v,
+        Err(e) => return ended(RetryAction::Reconnect, format!("cannot encode: {e}"), false),
+    };
+    if let Some(inv) = request.get_mut("inventory") {
+        ext::merge_object(inv, &inventory_ext);
+    }
+    let registered: Result<DesiredState, ClientError> =
+        client.request(REGISTER_METHOD, rpc_params![request]).await;
+    let desired = match registered {
         Ok(d) => d,
         Err(e) => return from_client(&e, false),
     };
@@ -203,7 +223,7 @@ async fn session(
 /// Sends up to [`BATCHES_PER_TURN`] batches oldest first; re-arms itself when more remain.
 async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
     for _ in 0..BATCHES_PER_TURN {
-        let batch = match shared.with_spool(|s| s.oldest()) {
+        let (seq, batch) = match shared.with_spool(|s| s.oldest_raw()) {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -211,8 +231,10 @@ async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
                 return Ok(());
             }
         };
-        let seq = batch.seq;
-        match client.report(batch).await {
+        // Sent as written, so the extension keys (vmmon_common::wire::ext) reach the collector.
+        let sent: Result<ReportAck, ClientError> =
+            client.request(REPORT_METHOD, rpc_params![batch]).await;
+        match sent {
             Ok(ack) => {
                 if ack.duplicate {
                     tracing::debug!(seq, "Collector already had this batch.");

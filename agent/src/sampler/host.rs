@@ -32,15 +32,6 @@ pub struct HostReading {
     pub nets: Vec<DevCounters>,
 }
 
-impl HostReading {
-    /// Sum of the per-interface cumulative `(rx_bytes, tx_bytes)`.
-    pub fn net_totals(&self) -> (u64, u64) {
-        self.nets.iter().fold((0, 0), |(rx, tx), d| {
-            (rx.saturating_add(d.a), tx.saturating_add(d.b))
-        })
-    }
-}
-
 /// Sum over devices present in both readings of their deltas. A device whose counter went
 /// backwards contributes 0 (its delta restarts); a device that appeared or vanished between the
 /// readings contributes nothing, so neither an attach nor a detach makes a spike.

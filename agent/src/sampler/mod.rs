@@ -4,6 +4,7 @@
 //! `/proc/PID/stat` and `/proc/PID/io` for every pid (see `vmmon-sample-bench`).
 
 mod host;
+pub mod ifaces;
 pub mod netflow;
 mod process;
 mod procfs;
@@ -18,9 +19,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[cfg(test)]
 use vmmon_common::wire::ProcessKey;
+use vmmon_common::wire::ext::{self, InventoryExt, ProcessSampleExt, SampleExt, VmSampleExt};
 use vmmon_common::wire::{Inventory, NetAttribution, ProcessSample, Sample, VmSample};
 
 use self::host::{DiskFilter, HostPaths, HostReading};
+use self::ifaces::{NetSelector, NetState, NetTotals, SysNet};
 use self::netflow::{NetFlow, NetStats};
 use self::process::{ProcessTable, TickCtx};
 use self::procfs::{PidPath, ReadBuf};
@@ -121,6 +124,11 @@ pub struct Sampler {
     net: NetFlow,
     /// False: per-process network attribution is skipped (benchmarks compare).
     net_enabled: bool,
+    /// Which interfaces are the VM's own.
+    net_selector: NetSelector,
+    sys_net: SysNet,
+    /// Running byte totals over those interfaces.
+    net_totals: NetTotals,
 }
 
 impl Sampler {
@@ -140,6 +148,8 @@ impl Sampler {
             procfs::parse_stat,
             "no aggregate cpu line",
         )?;
+        let sys_net = SysNet::new(&root.sys);
+        let net_totals = NetTotals::restore(None, &boot_id(&root));
         Ok(Sampler {
             pid_path: PidPath::new(&root.proc),
             disk_filter: DiskFilter::new(&root.sys),
@@ -154,6 +164,9 @@ impl Sampler {
             last_records: 0,
             net: NetFlow::default(),
             net_enabled: true,
+            net_selector: NetSelector::default(),
+            sys_net,
+            net_totals,
         })
     }
 
@@ -172,6 +185,22 @@ impl Sampler {
         self.net.set_count_loopback(on);
     }
 
+    /// Which interfaces the VM's network figures count (default: those backed by a device).
+    pub fn set_net_selector(&mut self, selector: NetSelector) {
+        self.net_selector = selector;
+    }
+
+    /// Continues the running `rx_bytes`/`tx_bytes` totals from a state an earlier run
+    /// persisted ([`Self::net_state`]); see [`ifaces`].
+    pub fn restore_net_state(&mut self, saved: Option<NetState>) {
+        self.net_totals = NetTotals::restore(saved, &boot_id(&self.roots));
+    }
+
+    /// The running network totals and their baselines, to persist after each tick.
+    pub fn net_state(&self) -> &NetState {
+        self.net_totals.state()
+    }
+
     /// Work counters of the network attribution.
     pub fn net_stats(&self) -> NetStats {
         self.net.stats()
@@ -183,6 +212,16 @@ impl Sampler {
         now: SystemTime,
         with_processes: bool,
     ) -> Result<Sample, SamplerError> {
+        self.sample_ext(now, with_processes).map(|(s, _)| s)
+    }
+
+    /// [`Self::sample`] with the figures that travel as wire extensions
+    /// ([`vmmon_common::wire::ext`]): steal, and which figures could not be read.
+    pub fn sample_ext(
+        &mut self,
+        now: SystemTime,
+        with_processes: bool,
+    ) -> Result<(Sample, SampleExt), SamplerError> {
         // Everything that can fail comes first, so a failed tick changes no state.
         let mut cur = std::mem::take(&mut self.scratch);
         let read = self.read_host(&mut cur).and_then(|()| {
@@ -262,19 +301,41 @@ impl Sampler {
             }
         }
 
-        let mut vm = self.vm_figures(&cur, elapsed, now, proc_count);
+        let (mut vm, vm_ext) = self.vm_figures(&cur, elapsed, now, proc_count);
         vm.net_attribution = attributed.map(|(rx, tx)| net_attribution(&vm, rx, tx, elapsed));
+        let mut ext = SampleExt {
+            vm: vm_ext,
+            processes: Vec::new(),
+        };
+        if let Some(table) = self.procs.as_ref() {
+            let unreadable = table.unreadable();
+            ext.vm.unreadable_procs = Some(u32::try_from(unreadable.len()).unwrap_or(u32::MAX));
+            ext.processes = unreadable
+                .iter()
+                .map(|&i| {
+                    (
+                        i,
+                        ProcessSampleExt {
+                            unreadable: ext::DISK_FIELDS.iter().map(|f| (*f).to_owned()).collect(),
+                        },
+                    )
+                })
+                .collect();
+        }
         self.scratch = self.prev.replace(cur).unwrap_or_default();
-        Ok(Sample {
-            vm,
-            processes: records,
-        })
+        Ok((
+            Sample {
+                vm,
+                processes: records,
+            },
+            ext,
+        ))
     }
 
     /// What the collector's inventory shows for this VM. `wan_ips_override`, when not empty,
     /// replaces the public addresses found on the interfaces (for VMs behind 1:1 NAT).
-    pub fn inventory(&self, wan_ips_override: &[String]) -> Inventory {
-        inventory(&self.roots, wan_ips_override)
+    pub fn inventory(&self, wan_ips_override: &[String]) -> (Inventory, InventoryExt) {
+        inventory(&self.roots, wan_ips_override, &self.net_selector)
     }
 
     /// Processes in the table now (0 while process sampling is off).
@@ -320,21 +381,35 @@ impl Sampler {
     }
 
     fn vm_figures(
-        &self,
+        &mut self,
         cur: &HostReading,
         elapsed: Option<Duration>,
         now: SystemTime,
         proc_count: u32,
-    ) -> VmSample {
+    ) -> (VmSample, VmSampleExt) {
         let (mut cpu_pct, mut disk, mut net) = (0.0, (0.0, 0.0), (0.0, 0.0));
+        let mut cpu_steal_pct = None;
+        // The counted interfaces' deltas: the running totals' increment and the VM's rates.
+        let (selector, sys_net, buf) = (&self.net_selector, &self.sys_net, &mut self.buf);
+        let (rx, tx) = self.net_totals.update(
+            &cur.nets,
+            |name| selector.counts(name, || sys_net.backed_by_device(name)),
+            |name| sys_net.ifindex(buf, name),
+        );
         if let Some(prev) = &self.prev {
             cpu_pct = rates::vm_cpu_pct(prev.stat.cpu, cur.stat.cpu).unwrap_or(0.0);
+            cpu_steal_pct = rates::vm_steal_pct(prev.stat.cpu, cur.stat.cpu);
             disk = host::device_kib_per_sec(&prev.disks, &cur.disks, host::SECTOR_BYTES, elapsed);
-            net = host::device_kib_per_sec(&prev.nets, &cur.nets, 1, elapsed);
+            if let Some(elapsed) = elapsed {
+                net = (
+                    rates::kib_per_sec(0, rx, elapsed),
+                    rates::kib_per_sec(0, tx, elapsed),
+                );
+            }
         }
-        let (rx_bytes_total, tx_bytes_total) = cur.net_totals();
+        let (rx_bytes_total, tx_bytes_total) = self.net_totals.totals();
         let used = cur.mem.total_bytes.saturating_sub(cur.mem.available_bytes);
-        VmSample {
+        let vm = VmSample {
             sampled_at_ms: epoch_millis(now),
             elapsed_ms: elapsed.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             cpu_pct,
@@ -347,7 +422,12 @@ impl Sampler {
             tx_bytes_total,
             proc_count,
             net_attribution: None,
-        }
+        };
+        let ext = VmSampleExt {
+            cpu_steal_pct,
+            unreadable_procs: None,
+        };
+        (vm, ext)
     }
 }
 
@@ -414,8 +494,35 @@ fn sysconf(name: libc::c_int) -> Option<u64> {
 #[cfg(test)]
 mod tests;
 
-/// What the collector's inventory shows for this VM, read fresh (no sampler state needed).
-pub fn inventory(roots: &ProcRoots, wan_ips_override: &[String]) -> Inventory {
+/// `/proc/sys/kernel/random/boot_id`, empty when unreadable.
+pub fn boot_id(roots: &ProcRoots) -> String {
+    fs::read_to_string(roots.proc.join("sys/kernel/random/boot_id"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The interfaces `selector` counts among those of `/proc/net/dev` now, sorted.
+pub fn counted_interfaces(roots: &ProcRoots, selector: &NetSelector) -> Vec<String> {
+    let mut buf = ReadBuf::default();
+    let mut nets = Vec::new();
+    host::read_nets(&mut buf, &HostPaths::new(&roots.proc).net_dev, &mut nets);
+    let sys = SysNet::new(&roots.sys);
+    let mut names: Vec<String> = nets
+        .into_iter()
+        .map(|d| d.name)
+        .filter(|n| selector.counts(n, || sys.backed_by_device(n)))
+        .collect();
+    names.sort();
+    names
+}
+
+/// What the collector's inventory shows for this VM, read fresh (no sampler state needed),
+/// with the interfaces the network figures count.
+pub fn inventory(
+    roots: &ProcRoots,
+    wan_ips_override: &[String],
+    selector: &NetSelector,
+) -> (Inventory, InventoryExt) {
     let paths = HostPaths::new(&roots.proc);
     let mut buf = ReadBuf::default();
     let hostname = fs::read_to_string(roots.proc.join("sys/kernel/hostname"))
@@ -437,7 +544,10 @@ pub fn inventory(roots: &ProcRoots, wan_ips_override: &[String]) -> Inventory {
     let addrs = host::interface_addresses();
     let (lan_ips, wan_ips) =
         host::classify_addresses(addrs.iter().map(|(n, lo, ip)| (n.as_str(), *lo, *ip)));
-    Inventory {
+    let ext = InventoryExt {
+        net_interfaces_counted: counted_interfaces(roots, selector),
+    };
+    let inv = Inventory {
         hostname,
         cpu_count,
         mem_total_bytes,
@@ -450,5 +560,6 @@ pub fn inventory(roots: &ProcRoots, wan_ips_override: &[String]) -> Inventory {
         },
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         os: host::os_name(),
-    }
+    };
+    (inv, ext)
 }

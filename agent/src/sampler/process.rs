@@ -41,15 +41,69 @@ impl TickCtx {
     }
 }
 
+/// Cumulative counters of one process as the kernel reports them **including the children it
+/// has reaped**: `wait_task_zombie` (`kernel/exit.c`) adds a reaped child's CPU to the
+/// parent's `cutime`/`cstime` and its I/O to the parent's `signal->ioac`, which
+/// `/proc/PID/io` includes (`fs/proc/base.c` `do_io_accounting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Counters {
+    /// utime + stime + cutime + cstime, clock ticks.
+    cpu_ticks: u64,
+    /// `/proc/PID/io`; `None` while it cannot be read.
+    io: Option<IoCounters>,
+}
+
+/// What a reaped child still owes its parent's next deltas: its counters as last sampled,
+/// which the kernel folds into the parent's and which the child's own records already showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Owed {
+    cpu_ticks: u64,
+    read_bytes: u64,
+    write_bytes: u64,
+}
+
+impl Owed {
+    fn of(c: Counters) -> Owed {
+        let io = c.io.unwrap_or_default();
+        Owed {
+            cpu_ticks: c.cpu_ticks,
+            read_bytes: io.read_bytes,
+            write_bytes: io.write_bytes,
+        }
+    }
+
+    fn add(&mut self, o: Owed) {
+        self.cpu_ticks = self.cpu_ticks.saturating_add(o.cpu_ticks);
+        self.read_bytes = self.read_bytes.saturating_add(o.read_bytes);
+        self.write_bytes = self.write_bytes.saturating_add(o.write_bytes);
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Owed::default()
+    }
+}
+
+/// One tick's deltas of a live process, kept until the tick ends so that a child reaped in the
+/// same tick can still be taken out of them.
+#[derive(Debug, Clone, Copy, Default)]
+struct TickDelta {
+    /// Index of the process's record in this tick's output.
+    record: usize,
+    /// What the rates are over; `None`: the record's rates are 0 (no baseline).
+    over: Option<Duration>,
+    cpu_ticks: u64,
+    /// `None`: unreadable.
+    io: Option<(u64, u64)>,
+}
+
 /// What the table remembers of one live process between ticks.
 #[derive(Debug)]
 struct Tracked {
     start_ticks: u64,
     /// Computed once, so a wall-clock step cannot change a process's identity on the wire.
     start_time: f64,
-    cpu_ticks: u64,
-    /// `None` while `/proc/PID/io` cannot be read.
-    io: Option<IoCounters>,
+    ppid: u32,
+    counters: Counters,
     /// `/proc/PID/io` refused us (EACCES without root/CAP_SYS_PTRACE): not retried for the life
     /// of the process, which saves two system calls per such process per tick.
     io_denied: bool,
@@ -60,16 +114,39 @@ struct Tracked {
     seen: u64,
     /// First seen in the current tick, after it started: its rates are over its age.
     fresh: bool,
+    /// This tick's deltas (valid when `seen` is this tick).
+    delta: TickDelta,
+    /// Owed by children reaped last tick and not yet found in this process's deltas: taken
+    /// out of this tick's, then forgotten (a parent that ignores SIGCHLD never gets them).
+    owed: Owed,
+    /// A live thread whose `statm` gives the RSS while the main thread is a zombie.
+    live_tid: Option<u32>,
 }
 
 /// Processes seen on the previous tick, keyed by pid; the start time stored with each makes the
 /// identity a [`ProcessKey`](vmmon_common::wire::ProcessKey).
+///
+/// Reaped children appear once: a process's counters include its reaped children's (see
+/// [`Counters`]). When a tracked child vanishes, its last sampled counters are taken out of its
+/// parent's deltas of that tick (or, if the parent was read before the reap, of the next tick,
+/// then forgotten), clamped at 0: the child keeps what its records showed, the parent is charged
+/// only what the child did after its last sample. A child that lived and died between two
+/// samples was never tracked, so all of it is charged to the parent that reaped it (as
+/// netdata's apps.plugin does). No extra file is read for this: `ppid`, `cutime` and `cstime`
+/// come from the `stat` already read.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
     entries: HashMap<u32, Tracked>,
     /// False until the first tick completed: that tick has no baseline and reports 0 rates.
     primed: bool,
     generation: u64,
+    /// `(ppid, owed)` of processes gone this tick.
+    reaped: Vec<(u32, Owed)>,
+    /// Indexes of this tick's records whose disk figures could not be read.
+    unreadable: Vec<usize>,
+    /// The unreadable-counter warning was logged.
+    warned_unreadable: bool,
+    task_path: Vec<u8>,
 }
 
 impl ProcessTable {
@@ -87,9 +164,16 @@ impl ProcessTable {
         })
     }
 
+    /// Indexes of this tick's records whose disk figures are unreadable (null).
+    pub fn unreadable(&self) -> &[usize] {
+        &self.unreadable
+    }
+
     /// Starts a tick; every live process must then be passed to [`Self::observe`].
     pub fn begin_tick(&mut self) {
         self.generation += 1;
+        self.reaped.clear();
+        self.unreadable.clear();
     }
 
     /// Reads one pid and appends its record (and, when the pid was reused, the previous
@@ -104,7 +188,7 @@ impl ProcessTable {
         out: &mut Vec<ProcessSample>,
     ) {
         // stat: copy out what is needed before the buffer is reused for io.
-        let (cpu_ticks, start_ticks, rss_pages, new_comm) = {
+        let (st, new_comm) = {
             let Ok(data) = buf.read_single(path.get(pid, b"stat")) else {
                 return;
             };
@@ -119,89 +203,142 @@ impl ProcessTable {
                 Some(t) if *t.comm == *st.comm => None,
                 _ => Some(Box::<[u8]>::from(st.comm)),
             };
-            (st.cpu_ticks, st.start_ticks, st.rss_pages, new_comm)
+            (
+                StatFigures {
+                    state: st.state,
+                    ppid: st.ppid,
+                    cpu_ticks: st.cpu_ticks.saturating_add(st.children_cpu_ticks),
+                    num_threads: st.num_threads,
+                    start_ticks: st.start_ticks,
+                    rss_pages: st.rss_pages,
+                },
+                new_comm,
+            )
         };
+        let start_ticks = st.start_ticks;
         let known = self
             .entries
             .get(&pid)
             .filter(|t| t.start_ticks == start_ticks);
 
-        let io = if known.is_some_and(|t| t.io_denied) {
+        let mut denied = known.is_some_and(|t| t.io_denied);
+        let io = if denied {
             None
         } else {
             match buf.read_single(path.get(pid, b"io")) {
                 Ok(data) => procfs::parse_pid_io(data),
                 Err(e) if procfs::is_vanished(&e) => return,
-                Err(_) => None,
+                Err(e) => {
+                    denied = true;
+                    if !self.warned_unreadable {
+                        self.warned_unreadable = true;
+                        tracing::warn!(pid, error = %e,
+                            "Cannot read /proc/PID/io; the disk figures of such processes are null. Run the agent as root or with CAP_SYS_PTRACE.");
+                    }
+                    None
+                }
             }
         };
         let new_cmd = new_comm
             .as_deref()
             .map(|comm| resolve_cmd(pid, comm, buf, path));
 
+        // A zombie main thread with live threads has no mm, so no RSS in its stat: ask a live
+        // thread (only then; an ordinary process costs no extra read).
+        let mut live_tid = known.and_then(|t| t.live_tid);
+        let rss_pages = if st.rss_pages == 0 && st.state == b'Z' && st.num_threads > 1 {
+            self.thread_rss(pid, &mut live_tid, buf, path).unwrap_or(0)
+        } else {
+            live_tid = None;
+            st.rss_pages
+        };
+
         let mem_pct = rates::pct(rss_pages.saturating_mul(ctx.page_size), ctx.mem_total_bytes);
+        let counters = Counters {
+            cpu_ticks: st.cpu_ticks,
+            io,
+        };
         let generation = self.generation;
+        let record = out.len();
         let fresh = |comm: Box<[u8]>, cmd: String| Tracked {
             start_ticks,
             start_time: ctx.btime_secs + start_ticks as f64 / ctx.clk_tck as f64,
-            cpu_ticks,
-            io,
-            io_denied: io.is_none(),
+            ppid: st.ppid,
+            counters,
+            io_denied: denied,
             comm,
             cmd,
             seen: generation,
             fresh: false,
+            delta: TickDelta::default(),
+            owed: Owed::default(),
+            live_tid,
         };
 
-        let (tracked, (cpu_pct, read_kib, write_kib)) = match self.entries.entry(pid) {
+        let tracked = match self.entries.entry(pid) {
             MapEntry::Occupied(slot) if slot.get().start_ticks == start_ticks => {
                 let t = slot.into_mut();
-                let rates = ctx.elapsed.map_or((0.0, 0.0, 0.0), |elapsed| {
-                    let cpu = rates::counter_delta(t.cpu_ticks, cpu_ticks)
-                        .and_then(|d| rates::process_cpu_pct(d, elapsed, ctx.clk_tck, ctx.ncpu))
-                        .unwrap_or(0.0);
-                    let (r, w) = match (t.io, io) {
-                        (Some(p), Some(c)) => (
-                            rates::kib_per_sec(p.read_bytes, c.read_bytes, elapsed),
-                            rates::kib_per_sec(p.write_bytes, c.write_bytes, elapsed),
-                        ),
-                        _ => (0.0, 0.0),
-                    };
-                    (cpu, r, w)
-                });
-                t.cpu_ticks = cpu_ticks;
-                t.io = io;
-                t.io_denied = io.is_none();
+                let mut delta = TickDelta {
+                    record,
+                    over: ctx.elapsed,
+                    cpu_ticks: rates::counter_delta(t.counters.cpu_ticks, counters.cpu_ticks)
+                        .unwrap_or(0),
+                    io: match (t.counters.io, io) {
+                        (Some(p), Some(c)) => Some((
+                            rates::counter_delta(p.read_bytes, c.read_bytes).unwrap_or(0),
+                            rates::counter_delta(p.write_bytes, c.write_bytes).unwrap_or(0),
+                        )),
+                        (_, Some(_)) => Some((0, 0)),
+                        _ => None,
+                    },
+                };
+                let owed = std::mem::take(&mut t.owed);
+                settle(&mut delta, owed);
+                t.counters = counters;
+                t.ppid = st.ppid;
+                t.io_denied = denied;
                 t.seen = generation;
                 t.fresh = false;
+                t.delta = delta;
+                t.live_tid = live_tid;
                 if let (Some(comm), Some(cmd)) = (new_comm, new_cmd) {
                     t.comm = comm;
                     t.cmd = cmd;
                 }
-                (&*t, rates)
+                &*t
             }
             MapEntry::Occupied(mut slot) => {
                 // Same pid, other start time: the old process exited and the pid was reused.
                 let comm = new_comm.unwrap_or_default();
                 let old = slot.insert(fresh(comm, new_cmd.unwrap_or_default()));
+                self.reaped.push((old.ppid, Owed::of(old.counters)));
                 out.push(exit_record(pid, old, ctx.now_secs));
-                let rates = since_start(ctx, start_ticks, cpu_ticks, io);
                 let t = slot.into_mut();
                 t.fresh = true;
-                (&*t, rates)
+                t.delta = since_start(ctx, start_ticks, counters, record + 1);
+                &*t
             }
             MapEntry::Vacant(slot) => {
-                let rates = if self.primed {
-                    since_start(ctx, start_ticks, cpu_ticks, io)
-                } else {
-                    (0.0, 0.0, 0.0)
-                };
                 let comm = new_comm.unwrap_or_default();
                 let t = slot.insert(fresh(comm, new_cmd.unwrap_or_default()));
                 t.fresh = self.primed;
-                (&*t, rates)
+                t.delta = if self.primed {
+                    since_start(ctx, start_ticks, counters, record)
+                } else {
+                    TickDelta {
+                        record,
+                        over: None,
+                        cpu_ticks: 0,
+                        io: io.map(|_| (0, 0)),
+                    }
+                };
+                &*t
             }
         };
+        let (cpu_pct, read_kib, write_kib) = tick_rates(&tracked.delta, ctx);
+        if tracked.delta.io.is_none() {
+            self.unreadable.push(out.len());
+        }
         out.push(ProcessSample {
             pid,
             start_time: tracked.start_time,
@@ -215,6 +352,40 @@ impl ProcessTable {
             net_out_kib_per_sec: 0.0,
             shutdown_time: None,
         });
+    }
+
+    /// RSS pages of a process whose main thread is a zombie, from a live thread's `statm`
+    /// (threads share the `mm`, so any live one gives the process's RSS). `tid` remembers the
+    /// thread between ticks; `/proc/PID/task` is listed only when it has none or it died.
+    fn thread_rss(
+        &mut self,
+        pid: u32,
+        tid: &mut Option<u32>,
+        buf: &mut ReadBuf,
+        path: &mut PidPath,
+    ) -> Option<u64> {
+        for attempt in 0..2 {
+            if tid.is_none() || attempt == 1 {
+                let dir = std::fs::read_dir(path.get(pid, b"task")).ok()?;
+                *tid = dir
+                    .filter_map(Result::ok)
+                    .filter_map(|e| procfs::parse_pid(e.file_name().as_encoded_bytes()))
+                    .find(|&t| t != pid);
+            }
+            let t = (*tid)?;
+            self.task_path.clear();
+            self.task_path.extend_from_slice(b"task/");
+            self.task_path.extend_from_slice(t.to_string().as_bytes());
+            self.task_path.extend_from_slice(b"/statm");
+            if let Some(pages) = buf
+                .read_single(path.get(pid, &self.task_path))
+                .ok()
+                .and_then(procfs::parse_statm_resident)
+            {
+                return Some(pages);
+            }
+        }
+        None
     }
 
     /// Sets the network rates of this tick's live records from `bytes` (received, sent) per
@@ -257,18 +428,82 @@ impl ProcessTable {
     }
 
     /// Ends a tick: every tracked process not seen in it gets its one final record and is
-    /// forgotten.
+    /// forgotten, and what it owes is taken out of its parent's deltas (see the type's doc).
     pub fn end_tick(&mut self, ctx: &TickCtx, out: &mut Vec<ProcessSample>) {
         let generation = self.generation;
+        let reaped = &mut self.reaped;
         self.entries.retain(|&pid, t| {
             if t.seen == generation {
                 return true;
             }
+            reaped.push((t.ppid, Owed::of(t.counters)));
             out.push(exit_record(pid, std::mem::take(t), ctx.now_secs));
             false
         });
+        for &(ppid, owed) in &self.reaped {
+            let Some(parent) = self.entries.get_mut(&ppid).filter(|p| p.seen == generation) else {
+                continue;
+            };
+            let mut left = owed;
+            settle_into(&mut parent.delta, &mut left);
+            parent.owed.add(left);
+            if let Some(r) = out.get_mut(parent.delta.record) {
+                let (cpu, rd, wr) = tick_rates(&parent.delta, ctx);
+                r.cpu_pct = cpu;
+                r.disk_read_kib_per_sec = rd;
+                r.disk_write_kib_per_sec = wr;
+            }
+        }
         self.primed = true;
     }
+}
+
+/// The `stat` figures a tick keeps, copied out of the read buffer.
+#[derive(Debug, Clone, Copy)]
+struct StatFigures {
+    state: u8,
+    ppid: u32,
+    /// Own and reaped children's.
+    cpu_ticks: u64,
+    num_threads: u64,
+    start_ticks: u64,
+    rss_pages: u64,
+}
+
+/// Takes `owed` out of `delta`, clamped at 0; what remains is forgotten.
+fn settle(delta: &mut TickDelta, mut owed: Owed) {
+    if !owed.is_zero() {
+        settle_into(delta, &mut owed);
+    }
+}
+
+/// Takes `owed` out of `delta`, clamped at 0, leaving in `owed` what did not fit.
+fn settle_into(delta: &mut TickDelta, owed: &mut Owed) {
+    let take = |d: &mut u64, o: &mut u64| {
+        let t = (*d).min(*o);
+        *d -= t;
+        *o -= t;
+    };
+    take(&mut delta.cpu_ticks, &mut owed.cpu_ticks);
+    if let Some((r, w)) = delta.io.as_mut() {
+        take(r, &mut owed.read_bytes);
+        take(w, &mut owed.write_bytes);
+    }
+}
+
+/// The record's rates from its deltas: CPU share of the VM and disk KB/s.
+fn tick_rates(d: &TickDelta, ctx: &TickCtx) -> (f64, f64, f64) {
+    let Some(over) = d.over else {
+        return (0.0, 0.0, 0.0);
+    };
+    let cpu = rates::process_cpu_pct(d.cpu_ticks, over, ctx.clk_tck, ctx.ncpu).unwrap_or(0.0);
+    let (r, w) = d.io.map_or((0.0, 0.0), |(r, w)| {
+        (
+            rates::kib_per_sec(0, r, over),
+            rates::kib_per_sec(0, w, over),
+        )
+    });
+    (cpu, r, w)
 }
 
 impl Default for Tracked {
@@ -276,13 +511,16 @@ impl Default for Tracked {
         Self {
             start_ticks: 0,
             start_time: 0.0,
-            cpu_ticks: 0,
-            io: None,
+            ppid: 0,
+            counters: Counters::default(),
             io_denied: false,
             comm: Box::default(),
             cmd: String::new(),
             seen: 0,
             fresh: false,
+            delta: TickDelta::default(),
+            owed: Owed::default(),
+            live_tid: None,
         }
     }
 }
@@ -306,25 +544,18 @@ impl LiveProcesses for ProcessTable {
     }
 }
 
-/// Rates of a process first seen this tick, over its whole life: it started after the
+/// Deltas of a process first seen this tick, over its whole life: it started after the
 /// previous tick (or we would have seen it), so counters / age is exact for it.
-fn since_start(
-    ctx: &TickCtx,
-    start_ticks: u64,
-    cpu_ticks: u64,
-    io: Option<IoCounters>,
-) -> (f64, f64, f64) {
-    let Some(age) = ctx.uptime.checked_sub(ctx.ticks(start_ticks)) else {
-        return (0.0, 0.0, 0.0);
-    };
-    let cpu = rates::process_cpu_pct(cpu_ticks, age, ctx.clk_tck, ctx.ncpu).unwrap_or(0.0);
-    let (r, w) = io.map_or((0.0, 0.0), |io| {
-        (
-            rates::kib_per_sec(0, io.read_bytes, age),
-            rates::kib_per_sec(0, io.write_bytes, age),
-        )
-    });
-    (cpu, r, w)
+fn since_start(ctx: &TickCtx, start_ticks: u64, c: Counters, record: usize) -> TickDelta {
+    TickDelta {
+        record,
+        over: ctx
+            .uptime
+            .checked_sub(ctx.ticks(start_ticks))
+            .filter(|age| !age.is_zero()),
+        cpu_ticks: c.cpu_ticks,
+        io: c.io.map(|io| (io.read_bytes, io.write_bytes)),
+    }
 }
 
 /// The one record sent for an exited process: rates and memory 0, `shutdown_time` now.

@@ -144,16 +144,25 @@ fn lines(s: &[u8]) -> impl Iterator<Item = &[u8]> {
     s.split(|&b| b == b'\n')
 }
 
-/// What a tick needs from `/proc/PID/stat`.
+/// What a tick needs from `/proc/PID/stat` (kernel `fs/proc/array.c` `do_task_stat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PidStat<'a> {
     /// Between the first `(` and the last `)`: may hold spaces and parentheses.
     pub comm: &'a [u8],
-    /// Field 14 + field 15, clock ticks.
+    /// Field 3, e.g. `b'R'`, `b'S'`, `b'Z'` (zombie).
+    pub state: u8,
+    /// Field 4, the parent's pid.
+    pub ppid: u32,
+    /// Field 14 + field 15 (utime + stime of every thread, dead ones included), clock ticks.
     pub cpu_ticks: u64,
+    /// Field 16 + field 17 (cutime + cstime): CPU of the children this process has reaped
+    /// (`kernel/exit.c` `wait_task_zombie` folds them in), clock ticks.
+    pub children_cpu_ticks: u64,
+    /// Field 20, threads alive.
+    pub num_threads: u64,
     /// Field 22, clock ticks since boot.
     pub start_ticks: u64,
-    /// Field 24, pages.
+    /// Field 24, pages. 0 once the main thread has exited (no `mm` on a zombie leader).
     pub rss_pages: u64,
 }
 
@@ -167,34 +176,45 @@ pub fn parse_pid_stat(data: &[u8]) -> Option<PidStat<'_>> {
         return None;
     }
     let comm = &data[open + 1..close];
-    // Field 3 (state) is index 0 here; field N is index N − 3.
-    let mut utime = None;
-    let mut stime = None;
-    let mut start_ticks = None;
-    let mut rss_pages = None;
+    // Field 3 (state) is index 0 here; field N is index N − 3. Signed fields are never
+    // negative in practice; a negative one reads as 0 rather than failing the process.
+    let signed = |f: &[u8]| {
+        if f.first() == Some(&b'-') {
+            Some(0)
+        } else {
+            parse_u64(f)
+        }
+    };
+    let mut v: [Option<u64>; 22] = [None; 22];
+    let mut state = None;
     for (i, f) in fields(&data[close + 1..]).enumerate() {
         match i {
-            11 => utime = parse_u64(f),
-            12 => stime = parse_u64(f),
-            19 => start_ticks = parse_u64(f),
-            21 => {
-                // Printed as a signed long; never negative in practice, but do not fail on it.
-                rss_pages = if f.first() == Some(&b'-') {
-                    Some(0)
-                } else {
-                    parse_u64(f)
-                };
-                break;
-            }
+            0 => state = f.first().copied(),
+            1 | 11 | 12 | 19 => v[i] = parse_u64(f),
+            13 | 14 | 17 | 21 => v[i] = signed(f),
             _ => {}
+        }
+        if i == 21 {
+            break;
         }
     }
     Some(PidStat {
         comm,
-        cpu_ticks: utime?.saturating_add(stime?),
-        start_ticks: start_ticks?,
-        rss_pages: rss_pages?,
+        state: state?,
+        ppid: u32::try_from(v[1]?).ok()?,
+        cpu_ticks: v[11]?.saturating_add(v[12]?),
+        children_cpu_ticks: v[13]?.saturating_add(v[14]?),
+        num_threads: v[17]?,
+        start_ticks: v[19]?,
+        rss_pages: v[21]?,
     })
+}
+
+/// Resident pages (second field) of `/proc/PID/task/TID/statm` (`fs/proc/array.c`
+/// `proc_pid_statm`).
+#[must_use]
+pub fn parse_statm_resident(data: &[u8]) -> Option<u64> {
+    fields(data).nth(1).and_then(parse_u64)
 }
 
 /// Storage I/O counters of `/proc/PID/io`, bytes.
@@ -224,14 +244,41 @@ pub fn parse_pid_io(data: &[u8]) -> Option<IoCounters> {
     })
 }
 
-/// The untruncated name from `cmdline` for a `comm` the kernel may have cut: the basename of
-/// `argv[0]` when it starts with `comm`. `None` for an empty `cmdline` (kernel threads, zombies)
-/// or an `argv[0]` that does not match (a process that rewrote its title).
+/// The untruncated program name from `cmdline` for a `comm` the kernel may have cut (it keeps
+/// 15 bytes of the executable's basename: `fs/exec.c` `begin_new_exec` → `__set_task_comm`).
+///
+/// The rule: the name is the first place in `argv[0]` that starts with `comm` at the start of
+/// `argv[0]` or right after a `/`, extended to the end of `argv[0]` — or, when `cmdline` holds
+/// nothing after `argv[0]` (a `setproctitle`-style title written as one string, e.g.
+/// `chromium-browser --type=renderer`), only up to the first space after `comm`. So
+/// `/usr/lib/chromium/chromium-browser` and `chromium-browser --type=renderer --path=/a/b` both
+/// give `chromium-browser`, and `/opt/My App/bin/my-long-program-name` keeps its spaces.
+/// `None` for an empty `cmdline` (kernel threads, zombies) or an `argv[0]` where `comm` does
+/// not start a path component (a title that does not name the program).
 #[must_use]
 pub fn name_from_cmdline<'a>(comm: &[u8], cmdline: &'a [u8]) -> Option<&'a [u8]> {
-    let argv0 = cmdline.split(|&b| b == 0).next()?;
-    let base = argv0.rsplit(|&b| b == b'/').next()?;
-    (!base.is_empty() && base.starts_with(comm)).then_some(base)
+    if comm.is_empty() {
+        return None;
+    }
+    let mut args = cmdline.split(|&b| b == 0);
+    let argv0 = args.next()?;
+    let title = args.all(<[u8]>::is_empty);
+    (0..argv0.len())
+        .filter(|&i| (i == 0 || argv0[i - 1] == b'/') && argv0[i..].starts_with(comm))
+        .map(|i| {
+            let rest = &argv0[i..];
+            let end = if title {
+                rest[comm.len()..]
+                    .iter()
+                    .position(|&b| b == b' ')
+                    .map_or(rest.len(), |p| comm.len() + p)
+            } else {
+                rest.len()
+            };
+            &rest[..end]
+        })
+        // A `/` after comm means comm named a directory, not the program.
+        .find(|name| !name.contains(&b'/'))
 }
 
 /// What a tick needs from `/proc/stat`.
@@ -270,7 +317,9 @@ pub fn parse_stat(data: &[u8]) -> Option<StatSummary> {
 }
 
 fn parse_cpu_line(rest: &[u8]) -> Option<CpuTimes> {
-    // user nice system idle iowait irq softirq steal guest guest_nice; older kernels print fewer.
+    // user nice system idle iowait irq softirq steal guest guest_nice (kernel `fs/proc/stat.c`
+    // `show_stat`); older kernels print fewer. guest and guest_nice are already inside user and
+    // nice (`kernel/sched/cputime.c` `account_guest_time`), so they are not added.
     let mut v = [0u64; 8];
     let mut n = 0;
     for (slot, f) in v.iter_mut().zip(fields(rest)) {
@@ -287,6 +336,7 @@ fn parse_cpu_line(rest: &[u8]) -> Option<CpuTimes> {
     Some(CpuTimes {
         total,
         idle: idle.saturating_add(iowait),
+        steal: (n >= 8).then_some(steal),
     })
 }
 

@@ -32,17 +32,23 @@ pub fn kib_per_sec(prev_bytes: u64, cur_bytes: u64, elapsed: Duration) -> f64 {
     per_sec(prev_bytes, cur_bytes, elapsed).map_or(0.0, |b| b / BYTES_PER_KIB)
 }
 
-/// The aggregate `cpu ` line of `/proc/stat`, reduced to what the busy share needs (clock ticks).
+/// The aggregate `cpu ` line of `/proc/stat`, reduced to what the shares need (clock ticks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CpuTimes {
-    /// user + nice + system + idle + iowait + irq + softirq + steal. Guest time is already
-    /// included in user and nice, so it is not added again.
+    /// user + nice + system + idle + iowait + irq + softirq + steal: all the CPUs' time. Guest
+    /// time is already included in user and nice, so it is not added again.
     pub total: u64,
     /// idle + iowait.
     pub idle: u64,
+    /// steal: time the hypervisor ran something else while this guest wanted the CPU; `None`
+    /// on kernels that do not print it.
+    pub steal: Option<u64>,
 }
 
-/// Busy share of the whole VM between two `/proc/stat` readings, 0–100.
+/// Share of the whole VM the guest actually ran between two `/proc/stat` readings, 0–100:
+/// (total − idle − steal) / total. Steal is not the guest's use (the scheduler does not charge
+/// it to any task: `kernel/sched/cputime.c` `account_process_tick` subtracts it), so processes,
+/// measured against wall time × CPUs, sum to this figure.
 ///
 /// `None` when either sum went backwards. Idle can lag total by a tick on some kernels
 /// (iowait is known to decrease); the result is clamped to 0–100 rather than trusted blindly.
@@ -53,8 +59,24 @@ pub fn vm_cpu_pct(prev: CpuTimes, cur: CpuTimes) -> Option<f64> {
     if total == 0 {
         return None;
     }
-    let busy = total.saturating_sub(idle);
+    let steal = match (prev.steal, cur.steal) {
+        (Some(p), Some(c)) => counter_delta(p, c).unwrap_or(0),
+        _ => 0,
+    };
+    let busy = total.saturating_sub(idle).saturating_sub(steal);
     Some(clamp_pct(busy as f64 / total as f64 * 100.0))
+}
+
+/// Share of the whole VM withheld by the hypervisor (steal) between two readings, 0–100;
+/// `None` without a steal column or when a sum went backwards.
+#[must_use]
+pub fn vm_steal_pct(prev: CpuTimes, cur: CpuTimes) -> Option<f64> {
+    let total = counter_delta(prev.total, cur.total)?;
+    let steal = counter_delta(prev.steal?, cur.steal?)?;
+    if total == 0 {
+        return None;
+    }
+    Some(clamp_pct(steal as f64 / total as f64 * 100.0))
 }
 
 /// A process's share of the whole VM, 0–100: `cpu_ticks` of CPU time used over `elapsed`

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+use vmmon_common::wire::ext::{self, SampleExt};
 use vmmon_common::wire::{CdnBucketDelta, CdnTailState, DesiredState, ReportBatch, Sample};
 
 const SPOOL_DIR: &str = "spool";
@@ -60,6 +61,27 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// A spooled [`ReportBatch`] with its samples kept as JSON text (extension keys included).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RawBatch {
+    /// As [`ReportBatch::batch_id`].
+    pub batch_id: Uuid,
+    /// As [`ReportBatch::instance_id`].
+    pub instance_id: String,
+    /// As [`ReportBatch::seq`].
+    pub seq: u64,
+    /// As [`ReportBatch::samples`], unparsed.
+    pub samples: Box<serde_json::value::RawValue>,
+    /// As [`ReportBatch::dropped_samples_total`].
+    pub dropped_samples_total: u64,
+    /// As [`ReportBatch::cdn`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdn: Vec<CdnBucketDelta>,
+    /// As [`ReportBatch::cdn_tail`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdn_tail: Option<CdnTailState>,
 }
 
 /// Counters and state that survive agent restarts.
@@ -220,6 +242,19 @@ impl Spool {
         cdn: Vec<CdnBucketDelta>,
         cdn_tail: Option<CdnTailState>,
     ) -> Result<u64, SpoolError> {
+        self.push_batch_ext(instance_id, samples, &[], cdn, cdn_tail)
+    }
+
+    /// [`Self::push_batch`] with the samples' newer figures ([`SampleExt`], one per sample),
+    /// written as extra keys of the same JSON objects (see [`vmmon_common::wire::ext`]).
+    pub fn push_batch_ext(
+        &mut self,
+        instance_id: &str,
+        samples: Vec<Sample>,
+        exts: &[SampleExt],
+        cdn: Vec<CdnBucketDelta>,
+        cdn_tail: Option<CdnTailState>,
+    ) -> Result<u64, SpoolError> {
         let seq = self.state.next_seq;
         let batch = ReportBatch {
             batch_id: Uuid::new_v4(),
@@ -230,7 +265,10 @@ impl Spool {
             cdn,
             cdn_tail,
         };
-        let bytes = serde_json::to_vec(&batch)?;
+        let bytes = serde_json::to_vec(&ext::BatchWithExt {
+            batch: &batch,
+            exts,
+        })?;
         let path = self.batch_path(seq);
         write_atomically(&path, &bytes)?;
         self.state.next_seq = seq + 1;
@@ -264,6 +302,39 @@ impl Spool {
                         .dropped_samples_total
                         .max(self.state.dropped_samples_total);
                     return Ok(Some(batch));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "Spool batch became unreadable; moved aside.");
+                    if path.exists() {
+                        move_aside(&path, &self.corrupt_dir)?;
+                    }
+                    self.forget_front(entry);
+                    self.state.corrupt_files_total += 1;
+                    self.state.dropped_samples_total += entry.samples;
+                    self.save_state()?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The oldest batch as written, extension keys included, for sending: `(seq, batch)`. The
+    /// samples stay raw JSON text (checked for syntax only), so sending a large batch costs a
+    /// copy of its text, not a tree of it. Damaged files are moved aside and skipped as in
+    /// [`Self::oldest`].
+    pub fn oldest_raw(&mut self) -> Result<Option<(u64, RawBatch)>, SpoolError> {
+        while let Some(entry) = self.index.front().copied() {
+            let path = self.batch_path(entry.seq);
+            let read = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<RawBatch>(&b).map_err(|e| e.to_string()));
+            match read {
+                Ok(mut batch) => {
+                    // Send the freshest drop count, not the one frozen at write time.
+                    batch.dropped_samples_total = batch
+                        .dropped_samples_total
+                        .max(self.state.dropped_samples_total);
+                    return Ok(Some((batch.seq, batch)));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "Spool batch became unreadable; moved aside.");

@@ -180,3 +180,32 @@ fn discard_counts_the_batch_as_dropped() {
     assert_eq!(spool.dropped_samples_total(), 2);
     assert!(spool.is_empty());
 }
+
+#[test]
+fn extension_keys_are_spooled_and_sent_as_written() {
+    use vmmon_common::wire::ext::{SampleExt, VmSampleExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let ext = SampleExt {
+        vm: VmSampleExt {
+            cpu_steal_pct: Some(12.5),
+            unreadable_procs: None,
+        },
+        processes: Vec::new(),
+    };
+    let seq = spool
+        .push_batch_ext("i", vec![sample(7)], &[ext], Vec::new(), None)
+        .unwrap();
+    // The typed view (what a collector that predates the keys reads) is unchanged.
+    assert_eq!(spool.oldest().unwrap().unwrap().samples, vec![sample(7)]);
+    let (raw_seq, raw) = spool.oldest_raw().unwrap().unwrap();
+    assert_eq!(raw_seq, seq);
+    let sent: serde_json::Value = serde_json::to_value(&raw).unwrap();
+    assert_eq!(sent["samples"][0]["vm"]["cpu_steal_pct"], 12.5);
+    let typed: ReportBatch = serde_json::from_value(sent).unwrap();
+    assert_eq!(typed.samples, vec![sample(7)]);
+    // A damaged file is moved aside, as by `oldest`.
+    fs::write(&batch_files(dir.path())[0], b"{\"samples\": [").unwrap();
+    assert!(spool.oldest_raw().unwrap().is_none());
+    assert_eq!(spool.corrupt_files_total(), 1);
+}

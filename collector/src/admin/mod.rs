@@ -113,14 +113,40 @@ pub async fn remove_user(store: &Store, name: &str) -> Result<bool, AdminError> 
 }
 
 /// Creates an agent token for a project and region; returns (id, token). The token is shown once.
-/// `cdn_edge` tokens may also report CDN access-log traffic.
+/// `cdn_edge` tokens may also report CDN access-log traffic, for the domains of the CDN users
+/// named in `cdn_users` (each must exist; an edge token needs at least one).
 pub async fn create_token(
     store: &Store,
     project: &str,
     region: &str,
     party: &str,
     cdn_edge: bool,
+    cdn_users: &[String],
 ) -> Result<(i64, String), AdminError> {
+    if !cdn_edge && !cdn_users.is_empty() {
+        return Err(AdminError::Invalid(
+            "--cdn-user binds a CDN edge token: add --cdn".into(),
+        ));
+    }
+    if cdn_edge && cdn_users.is_empty() {
+        return Err(AdminError::Invalid(
+            "a CDN edge token reports for the CDN users it is bound to: name them with \
+             --cdn-user NAME (see cdn-user list)"
+                .into(),
+        ));
+    }
+    for name in cdn_users {
+        let n = name.clone();
+        let known = store
+            .read(move |c| store::cdn::user_by_name(c, &n))
+            .await?
+            .is_some_and(|u| u.revoked_at_ms.is_none());
+        if !known {
+            return Err(AdminError::Invalid(format!(
+                "no active CDN user named {name:?} (cdn-user add first)"
+            )));
+        }
+    }
     check_name("project", project)?;
     check_name("region", region)?;
     if !party.is_empty() {
@@ -129,9 +155,15 @@ pub async fn create_token(
     let token = auth::new_agent_token();
     let hash = auth::token_sha256(&token);
     let (p, r, x) = (project.to_string(), region.to_string(), party.to_string());
+    let users = cdn_users.to_vec();
     let id = store
         .write(move |c| {
-            store::users::create_agent_token(c, &hash, &p, &r, &x, cdn_edge, store::now_ms())
+            let id =
+                store::users::create_agent_token(c, &hash, &p, &r, &x, cdn_edge, store::now_ms())?;
+            for u in &users {
+                store::cdn::bind_token(c, id, u)?;
+            }
+            Ok(id)
         })
         .await?;
     Ok((id, token))

@@ -4,7 +4,7 @@
 //! loopback, reset on reboot) with each VM sample. The collector turns the difference between two
 //! consecutive readings of one instance into bytes per 10-minute bucket ("in" = rx, traffic into
 //! the VM; "out" = tx) and adds them to a persisted rollup per project, region and bucket (see
-//! [`crate::store::flow`]). This module holds the decisions, free of SQL:
+//! [`crate::store::bandwidth`]). This module holds the decisions, free of SQL:
 //!
 //! * [`split_bytes`]: bytes moved during `[t0, t1)` are spread over the buckets that interval
 //!   touches in proportion to the time spent in each, in whole bytes, so that the parts always add

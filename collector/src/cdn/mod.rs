@@ -1,7 +1,7 @@
-//! CDN flow (SPEC §3.4, seed 004): the signed `POST /api/flow` query's rules as pure functions,
-//! the admin actions behind `vmmon-collector cdn-user …`, and the checks on agents' CDN deltas.
-//! The HTTP glue is [`crate::http::cdn`], the SQL [`crate::store::cdn`]; decisions are in
-//! `docs/cdn.md`.
+//! CDN flow (SPEC §3.4, seed 004): the signed `POST /api/flow` query's rules and the CDN user
+//! name and domain rules, as pure functions. The HTTP glue is [`crate::http::cdn`], the SQL
+//! [`crate::store::cdn`], the `cdn-user` actions [`crate::admin::cdn`], the checks on agents'
+//! CDN deltas [`crate::ingest::checks`]; decisions are in `docs/cdn.md`.
 
 use std::collections::{BTreeMap, HashSet};
 

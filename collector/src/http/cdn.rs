@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Json, Response};
 use chrono::Utc;
 
 use super::{BodyError, read_body};
-use crate::App;
+use crate::app::App;
 use crate::cdn::{self, FlowError, status};
 use crate::store;
 

@@ -10,9 +10,11 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Json, Response};
 use chrono::TimeZone;
 use serde::Serialize;
@@ -22,12 +24,15 @@ use vmmon_common::vocab::{IntervalSecs, validate_instance_id};
 
 use super::read_body;
 use super::repr::{self, ObjectId};
-use crate::App;
+use crate::app::App;
 use crate::auth;
-use crate::control::hub::PushOutcome;
+use crate::auth::guard::{PASSWORD_WAIT, ThrottleKey};
 use crate::control::{self, Change};
+use crate::hub::PushOutcome;
 use crate::store::{self, InstanceRow, ProcessRow, SessionUser, VmRow};
 
+/// Longest user name or password a login may send.
+const MAX_CREDENTIAL_BYTES: usize = 1024;
 /// Most instance ids one request may name.
 const MAX_INSTANCES_PER_REQUEST: usize = 100;
 /// Table tags in `_id`.
@@ -94,6 +99,10 @@ impl IntoResponse for Envelope {
 /// Handles one request.
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Envelope {
     let app = &*app;
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let body = match read_body(req.into_body(), app.settings().config.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return envelope(Value::Null, Reply::fail(e.to_string())),
@@ -114,7 +123,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Envelope {
         );
     };
     let method_echo = obj.get("method").cloned().unwrap_or(Value::Null);
-    let reply = match dispatch(app, &obj).await {
+    let reply = match dispatch(app, &obj, client).await {
         Ok(r) | Err(r) => r,
     };
     // Echo the session the caller sent unless the reply carries a new one.
@@ -168,7 +177,7 @@ fn parse_method(obj: &Map<String, Value>) -> Result<i64, Reply> {
     }
 }
 
-async fn dispatch(app: &App, obj: &Map<String, Value>) -> Outcome {
+async fn dispatch(app: &App, obj: &Map<String, Value>, client: Option<IpAddr>) -> Outcome {
     let method = parse_method(obj)?;
     let legacy_repr = match obj.get("legacy_repr") {
         None | Some(Value::Null) => false,
@@ -183,12 +192,13 @@ async fn dispatch(app: &App, obj: &Map<String, Value>) -> Outcome {
         METHOD_START_MONITOR,
         METHOD_STOP_MONITOR,
         METHOD_SET_INTERVAL,
+        METHOD_LOGOUT,
     ];
     if !known.contains(&method) {
         return Err(Reply::fail(format!(
             "unknown method code {method}; known codes: 458753 login, 611611 getVMMonitoringData, \
              611711 getVMMonitoringProcData, 611712 getVMMonitoringProcByNameData, \
-             32523 startmonitor, 32524 stopmonitor, 32525 setinterval"
+             32523 startmonitor, 32524 stopmonitor, 32525 setinterval, 458754 logout"
         )));
     }
     let data = match obj.get("data") {
@@ -197,9 +207,20 @@ async fn dispatch(app: &App, obj: &Map<String, Value>) -> Outcome {
         Some(_) => return Err(Reply::fail("\"data\" must be a JSON object")),
     };
     if method == METHOD_LOGIN {
-        return login(app, &data).await;
+        return login(app, &data, client).await;
     }
     let user = session(app, obj).await?;
+    if method == METHOD_LOGOUT {
+        auth::end_session(&app.store, &user.session_id)
+            .await
+            .map_err(store_failure)?;
+        return Ok(Reply {
+            status_code: STATUS_SUCCESS,
+            message: "'logged out'".into(),
+            session_id: String::new(),
+            data: None,
+        });
+    }
     let instances = resolve_instances(app, &user, &data).await?;
     match method {
         METHOD_VM_DATA => vm_data(app, obj, &instances, legacy_repr).await,
@@ -232,7 +253,7 @@ fn store_failure(e: store::StoreError) -> Reply {
     Reply::fail("internal error: the store is unavailable, try again")
 }
 
-async fn login(app: &App, data: &Map<String, Value>) -> Outcome {
+async fn login(app: &App, data: &Map<String, Value>, client: Option<IpAddr>) -> Outcome {
     let (Some(Value::String(name)), Some(Value::String(password))) =
         (data.get("user_name"), data.get("password"))
     else {
@@ -240,6 +261,16 @@ async fn login(app: &App, data: &Map<String, Value>) -> Outcome {
             "login needs data.user_name and data.password as strings",
         ));
     };
+    if name.len() > MAX_CREDENTIAL_BYTES || password.len() > MAX_CREDENTIAL_BYTES {
+        return Err(Reply::fail(format!(
+            "user_name and password must be at most {MAX_CREDENTIAL_BYTES} bytes"
+        )));
+    }
+    let mut keys = vec![ThrottleKey::User(name.clone())];
+    keys.extend(client.map(ThrottleKey::Addr));
+    app.logins
+        .check(&keys, Instant::now())
+        .map_err(|t| Reply::fail(format!("'{t}'")))?;
     let lookup = name.clone();
     let user = app
         .store
@@ -251,16 +282,20 @@ async fn login(app: &App, data: &Map<String, Value>) -> Outcome {
         Some(u) => (u.password_hash.clone(), Some(u)),
         None => (dummy_hash().to_string(), None),
     };
-    let pw = password.clone();
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&pw, &hash))
+    let ok = app
+        .passwords
+        .verify(password, &hash, PASSWORD_WAIT)
         .await
-        .unwrap_or(false);
+        .map_err(|busy| Reply::fail(format!("'{busy}'")))?;
     let Some(user) = user.filter(|_| ok) else {
-        tracing::info!(user = %name, "Login refused.");
+        app.logins.failed(&keys, Instant::now());
+        // Debug-escaped: a name holding a newline cannot forge a log line.
+        tracing::info!(user = ?name, client = ?client, "Login refused.");
         return Err(Reply::fail(
             "'authentication failed: wrong user name or password'",
         ));
     };
+    app.logins.succeeded(&keys);
     let session_id = uuid::Uuid::new_v4().to_string();
     let sid = session_id.clone();
     app.store
@@ -296,7 +331,7 @@ async fn session(app: &App, obj: &Map<String, Value>) -> Result<SessionUser, Rep
             ));
         }
     };
-    auth::session_user(app, &sid)
+    auth::session_user(&app.store, app.settings().config.session_idle_ms(), &sid)
         .await
         .map_err(store_failure)?
         .ok_or_else(|| Reply::fail("session expired or unknown: log in again (method 458753)"))
@@ -532,8 +567,8 @@ async fn vm_data(
     legacy_repr: bool,
 ) -> Outcome {
     let limit = limit(app, obj, 1)?;
-    let rows = rows_per_instance(app, instances, move |c, id| {
-        store::samples::latest_vm(c, id, limit)
+    let rows = rows_per_instance(app, instances, limit, move |c, id, n| {
+        store::samples::latest_vm(c, id, n)
     })
     .await?;
     let dropped: std::collections::HashMap<&str, i64> = instances
@@ -562,8 +597,8 @@ async fn proc_data(
 ) -> Outcome {
     // Without a limit: every process of the newest sample.
     let limit = limit(app, obj, u32::MAX)?;
-    let rows = rows_per_instance(app, instances, move |c, id| {
-        store::samples::latest_processes(c, id, limit)
+    let rows = rows_per_instance(app, instances, limit, move |c, id, n| {
+        store::samples::latest_processes(c, id, n)
     })
     .await?;
     let recs = rows.iter().map(|r| proc_record(app, r)).collect();
@@ -573,28 +608,46 @@ async fn proc_data(
     ))
 }
 
-/// Runs `query` for each instance on one read connection and concatenates the rows, in the
-/// order the ids were given.
+/// Runs `query` for each instance (at most `limit` rows each) on one read connection and
+/// concatenates the rows, in the order the ids were given. One answer holds at most `max_limit`
+/// records across all ids (the collector builds it in memory): asking for more fails with a
+/// message saying so, before more than `max_limit + 1` rows are read.
 async fn rows_per_instance<R, Q>(
     app: &App,
     instances: &[InstanceRow],
+    limit: u32,
     query: Q,
 ) -> Result<Vec<R>, Reply>
 where
     R: Send + 'static,
-    Q: Fn(&rusqlite::Connection, &str) -> Result<Vec<R>, store::StoreError> + Send + 'static,
+    Q: Fn(&rusqlite::Connection, &str, u32) -> Result<Vec<R>, store::StoreError> + Send + 'static,
 {
+    let max = app.settings().config.max_limit as usize;
     let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
-    app.store
+    let rows = app
+        .store
         .read(move |c| {
             let mut out = Vec::new();
             for id in &ids {
-                out.extend(query(c, id)?);
+                let room = (max + 1).saturating_sub(out.len());
+                if room == 0 {
+                    break;
+                }
+                let n = limit.min(u32::try_from(room).unwrap_or(u32::MAX));
+                out.extend(query(c, id, n)?);
             }
             Ok(out)
         })
         .await
-        .map_err(store_failure)
+        .map_err(store_failure)?;
+    if rows.len() > max {
+        return Err(Reply::fail(format!(
+            "the answer would hold more than {max} records (max_limit) across the {} instance ids: \
+             give a smaller limit or fewer ids",
+            instances.len()
+        )));
+    }
+    Ok(rows)
 }
 
 async fn proc_by_name(
@@ -618,8 +671,8 @@ async fn proc_by_name(
         return Err(Reply::fail("proc_name is too long"));
     }
     let limit = limit(app, obj, 1)?;
-    let rows = rows_per_instance(app, instances, move |c, id| {
-        store::samples::process_history(c, id, &name, limit)
+    let rows = rows_per_instance(app, instances, limit, move |c, id, n| {
+        store::samples::process_history(c, id, &name, n)
     })
     .await?;
     let recs = rows.iter().map(|r| proc_record(app, r)).collect();

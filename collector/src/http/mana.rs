@@ -19,7 +19,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use super::MsgError;
-use crate::App;
+use crate::app::App;
 use crate::bandwidth::{self, BUCKET_MS, Month, MonthlyBandwidth};
 use crate::store::{self, InstanceRow, SessionUser};
 
@@ -29,6 +29,8 @@ pub const VM_PATH: &str = "/mana_api/vm";
 pub const BANDWIDTH_PATH: &str = "/mana_api/flow";
 /// Monthly bandwidth peaks and totals.
 pub const BANDWIDTH_MONTHLY_PATH: &str = "/mana_api/flow_monthly";
+/// `DELETE` ends the session of `X-Auth-Token` (logout).
+pub const SESSION_PATH: &str = "/mana_api/session";
 /// Header carrying the session id.
 pub const TOKEN_HEADER: &str = "x-auth-token";
 /// Longest time range one `/mana_api/flow` request may cover.
@@ -71,6 +73,25 @@ pub fn routes() -> Router<Arc<App>> {
             BANDWIDTH_MONTHLY_PATH,
             only_get(BANDWIDTH_MONTHLY_PATH, get(bandwidth_monthly)),
         )
+        .route(
+            SESSION_PATH,
+            axum::routing::delete(logout)
+                .fallback(|| async { MsgError::method(format!("use DELETE for {SESSION_PATH}")) }),
+        )
+}
+
+/// `DELETE /mana_api/session`: ends the caller's session; 204.
+async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let ended = async {
+        let user = authenticate(&app, &headers).await?;
+        crate::auth::end_session(&app.store, &user.session_id)
+            .await
+            .map_err(internal)
+    };
+    match ended.await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// What every endpoint starts with: the caller's session and the decoded query.
@@ -110,7 +131,7 @@ async fn authenticate(app: &App, headers: &HeaderMap) -> Result<SessionUser, Api
             ));
         }
     };
-    crate::auth::session_user(app, &sid)
+    crate::auth::session_user(&app.store, app.settings().config.session_idle_ms(), &sid)
         .await
         .map_err(internal)?
         .ok_or_else(|| {
@@ -245,6 +266,11 @@ pub struct VmServer {
     pub region: String,
     /// Samples the agent had to drop (spool full), total.
     pub dropped_samples: i64,
+    /// How far the guest's clock is ahead of the time its samples are placed at, seconds
+    /// (negative: behind); 0 for a good clock. See `collector/src/timeaxis.rs`.
+    pub clock_skew_secs: i64,
+    /// Times a second live agent reporting this instance id was refused (a cloned image).
+    pub agent_conflicts: i64,
 }
 
 /// The `/mana_api/vm` answer.
@@ -281,6 +307,8 @@ pub fn vm_entry(tz: Tz, row: &InstanceRow, now_ms: i64) -> VmServer {
         party: row.party.clone(),
         region: row.region.clone(),
         dropped_samples: row.dropped_samples,
+        clock_skew_secs: -row.clock_offset_ms / 1000,
+        agent_conflicts: row.agent_conflicts,
     }
 }
 
@@ -649,6 +677,8 @@ mod tests {
             },
             dropped_samples: 0,
             spooled_batches: 0,
+            clock_offset_ms: 0,
+            agent_conflicts: 0,
         };
         assert_eq!(status(&row, 100_000 + 90_000), "ACTIVE");
         assert_eq!(status(&row, 100_000 + 90_001), "SHUTOFF");

@@ -17,6 +17,7 @@
 pub mod cdn;
 pub mod legacy;
 pub mod mana;
+pub mod metrics;
 pub mod rating;
 pub mod repr;
 
@@ -38,7 +39,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::App;
+use crate::app::App;
 
 /// Path of the method-coded API (seed 001).
 pub const LEGACY_PATH: &str = "/wsgi_app.py";
@@ -84,12 +85,17 @@ pub fn router(app: Arc<App>) -> HttpService {
         )
         .merge(mana::routes())
         .route(cdn::FLOW_PATH, any(cdn::handle))
+        .route(metrics::METRICS_PATH, get(metrics::handle))
         .route(rating::PREFIX, any(rating::handle))
         .route(
             &format!("{}/{{*rest}}", rating::PREFIX),
             any(rating::handle),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_request,
+        ))
         .layer(layers)
         .with_state(app);
     MapRequest::new(
@@ -150,6 +156,11 @@ async fn index() -> Json<Index> {
             ),
             p(cdn::FLOW_PATH, "POST", "CDN flow query"),
             p(HEALTH_PATH, "GET", "liveness"),
+            p(
+                metrics::METRICS_PATH,
+                "GET",
+                "Prometheus exposition (admin or metrics_token)",
+            ),
         ],
     })
 }
@@ -174,6 +185,24 @@ async fn health(State(app): State<Arc<App>>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// Counts each answer by its route pattern (never the raw path: bounded label values) and status.
+async fn count_request(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    app.telemetry
+        .http_request(&route, resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 async fn not_found(uri: Uri, sent: Option<Extension<SentPath>>) -> MsgError {
@@ -238,12 +267,27 @@ pub enum BodyError {
 /// simply closed.
 const DRAIN_OVERSIZED_BYTES: usize = 16 * 1024 * 1024;
 
-/// Reads a whole body, keeping at most `max` bytes; a larger body is drained (up to a bound)
-/// without being buffered, and refused.
+/// Longest a client may take to send a whole request body (a body trickled byte by byte would
+/// otherwise hold its connection and buffer forever).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a whole body within [`BODY_READ_TIMEOUT`], keeping at most `max` bytes; a larger body is
+/// drained (up to a bound) without being buffered, and refused.
 pub async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
     let mut buf: Vec<u8> = Vec::new();
     let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(BodyError::Read(format!(
+                    "the body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                )));
+            }
+        };
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             seen = seen.saturating_add(data.len());

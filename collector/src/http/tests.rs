@@ -117,7 +117,7 @@ impl World {
             &[]
         };
         for &(project, ids) in seeded {
-            let (_, token) = admin::create_token(&store, project, "r1", "x", false)
+            let (_, token) = admin::create_token(&store, project, "r1", "x", false, &[])
                 .await
                 .unwrap();
             let hash = auth::token_sha256(&token);
@@ -137,7 +137,7 @@ impl World {
                 let at = NOW_SECS * 1000 + k as i64 * 1000;
                 store
                     .write_unguarded(move |c| {
-                        store::instances::register(c, &id, &row, &inv, 30, at)?;
+                        store::instances::register(c, &id, &row, &inv, 30, at, Default::default())?;
                         let batch = ReportBatch {
                             batch_id: uuid::Uuid::new_v4(),
                             instance_id: id.clone(),
@@ -829,4 +829,447 @@ async fn login_then_use_the_session() {
         .legacy(json!({"method": 611611, "session_id": sid, "data": {"instance_id": "a1"}}))
         .await;
     assert_eq!(v["status_code"], 1, "{v}");
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_on_every_api() {
+    let w = World::new().await;
+    let q = |sid: &str| json!({"method": 611611, "session_id": sid, "data": {"instance_id": "a1"}});
+    // (how the session is ended, its session id)
+    let store = &w.app.store;
+    for (how, sid) in [
+        ("458754", "s-legacy"),
+        ("mana", "s-mana"),
+        ("rating", "s-rating"),
+    ] {
+        let s = sid.to_string();
+        store
+            .write(move |c| store::users::create_session(c, &s, 1, store::now_ms()))
+            .await
+            .unwrap();
+        assert_eq!(
+            w.legacy(q(sid)).await["status_code"],
+            1,
+            "{how}: live before"
+        );
+        match how {
+            "458754" => {
+                let v = w.legacy(json!({"method": 458754, "session_id": sid})).await;
+                assert_eq!(
+                    (v["status_code"].clone(), v["message"].clone()),
+                    (json!(2), json!("'logged out'"))
+                );
+            }
+            "mana" => {
+                let a = w
+                    .call(
+                        Method::DELETE,
+                        "/mana_api/session",
+                        &[("X-Auth-Token", sid)],
+                        "",
+                    )
+                    .await;
+                assert_eq!(a.status, StatusCode::NO_CONTENT);
+            }
+            _ => {
+                let a = w
+                    .call(Method::DELETE, "/v1/session", &[("X-Auth-Token", sid)], "")
+                    .await;
+                assert_eq!(a.status, StatusCode::NO_CONTENT);
+            }
+        }
+        let v = w.legacy(q(sid)).await;
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("session expired or unknown"),
+            "{how}: {v}"
+        );
+    }
+    let a = w
+        .call(
+            Method::DELETE,
+            "/mana_api/session",
+            &[("X-Auth-Token", "s-mana")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "an ended session cannot be ended again"
+    );
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_and_a_success_clears() {
+    let w = World::new().await;
+    let login =
+        |pw: &str| json!({"method": 458753, "data": {"user_name": "tenant-a", "password": pw}});
+    for i in 0..=crate::auth::guard::FREE_FAILURES {
+        let v = w.legacy(login("wrong")).await;
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("authentication failed"),
+            "attempt {i}: {v}"
+        );
+    }
+    // Now inside a delay: refused without a password check, even with the right password.
+    let v = w.legacy(login("tenant-a-password")).await;
+    assert_eq!(v["status_code"], 3);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many failed logins"),
+        "{v}"
+    );
+    // Another user is not affected.
+    let v = w
+        .legacy(json!({"method": 458753, "data": {"user_name": "tenant-b", "password": "tenant-b-password"}}))
+        .await;
+    assert_eq!(v["status_code"], 1, "{v}");
+    // A user name with a newline is just a wrong name (and logged escaped).
+    let v = w
+        .legacy(json!({"method": 458753, "data": {"user_name": "x\nINFO Login accepted. user=admin", "password": "p"}}))
+        .await;
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed")
+    );
+}
+
+#[tokio::test]
+async fn one_answer_holds_at_most_max_limit_records() {
+    let w = World::new().await;
+    w.app.reload(CollectorConfig {
+        max_limit: 3,
+        ..CollectorConfig::default()
+    });
+    // (method, limit, ids, records or the error's start)
+    type Case<'a> = (i64, Option<u32>, &'a str, Result<usize, &'a str>);
+    let cases: &[Case] = &[
+        (611611, Some(1), "a1;a2;b1", Ok(3)),
+        (611711, None, "a1", Ok(2)),
+        (
+            611711,
+            None,
+            "a1;a2",
+            Err("the answer would hold more than 3 records"),
+        ),
+        (611711, Some(1), "a1;a2;b1", Ok(3)),
+        (611712, Some(5), "a1;a2;b1", Ok(3)),
+    ];
+    for (method, limit, ids, want) in cases {
+        let mut req = json!({"method": method, "proc_name": "sshd", "session_id": ADMIN_SID, "data": {"instance_id": ids}});
+        if let Some(l) = limit {
+            req["limit"] = json!(l);
+        }
+        let v = w.legacy(req).await;
+        match want {
+            Ok(n) => assert_eq!(
+                v["data"].as_array().map(Vec::len),
+                Some(*n),
+                "{method} {ids}: {v}"
+            ),
+            Err(msg) => {
+                assert_eq!(v["status_code"], 3);
+                assert!(
+                    v["message"].as_str().unwrap().starts_with(msg),
+                    "{method} {ids}: {v}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn quote_needs_a_session_and_links_never_reflect_a_hostile_host() {
+    let w = World::new().await;
+    let body = r#"{"resources": [{"service": "instance", "volume": "1"}]}"#;
+    let a = w.call(Method::POST, "/v1/rating/quote", &[], body).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "anonymous quote");
+    let a = w
+        .call(
+            Method::POST,
+            "/v1/rating/quote",
+            &[("X-Auth-Token", TENANT_A_SID)],
+            body,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "a tenant may ask for a quote");
+    // (Host header, the self link of /v1)
+    for (host, link) in [
+        (
+            "metering.example.com:8086",
+            "http://metering.example.com:8086/v1",
+        ),
+        ("evil.example/x?y", "/v1"),
+        ("a\"b", "/v1"),
+        ("[::1]:80", "http://[::1]:80/v1"),
+    ] {
+        let a = w
+            .call(
+                Method::GET,
+                "/v1",
+                &[("X-Auth-Token", ADMIN_SID), ("Host", host)],
+                "",
+            )
+            .await;
+        assert_eq!(a.json()["links"][0]["href"], link, "{host}");
+    }
+    let mut cfg = crate::config::ConfigFile {
+        public_url: Some("https://metering.example.com/".into()),
+        ..crate::config::ConfigFile::default()
+    };
+    w.app.reload(cfg.clone().validate().unwrap());
+    let a = w
+        .call(
+            Method::GET,
+            "/v1",
+            &[("X-Auth-Token", ADMIN_SID), ("Host", "other")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        a.json()["links"][0]["href"],
+        "https://metering.example.com/v1"
+    );
+    cfg.public_url = Some("ftp://x".into());
+    assert!(cfg.validate().is_err());
+}
+
+/// Issue: a guest clock 30 min fast, then stepped back by NTP, with steady traffic of 1 MB a
+/// minute. No 10-minute bucket may show more than the real rate, the month's peak is the real
+/// rate, and the newest record is the live one.
+#[tokio::test]
+async fn a_stepped_guest_clock_bills_the_real_rate() {
+    let w = World::new().await;
+    const MIN: i64 = 60_000;
+    let t0 = (store::now_ms() - 3 * 3_600_000) / 600_000 * 600_000;
+    let (_, token) = admin::create_token(&w.app.store, "pc", "r1", "x", false, &[])
+        .await
+        .unwrap();
+    let hash = auth::token_sha256(&token);
+    let row = w
+        .app
+        .store
+        .read(move |c| store::users::agent_token_by_hash(c, &hash))
+        .await
+        .unwrap()
+        .unwrap();
+    w.app
+        .store
+        .write(move |c| {
+            store::instances::register(
+                c,
+                "c1",
+                &row,
+                &Inventory::default(),
+                60,
+                t0,
+                Default::default(),
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    for k in 0..=90i64 {
+        let fast = if k < 40 { 30 * MIN } else { 0 };
+        let mut vm = vm_sample(t0 + k * MIN + fast, 1.0);
+        vm.elapsed_ms = if k == 0 { 0 } else { MIN as u64 };
+        vm.rx_bytes_total = k as u64 * 1_000_000;
+        vm.tx_bytes_total = 0;
+        let batch = ReportBatch {
+            batch_id: uuid::Uuid::new_v4(),
+            instance_id: "c1".into(),
+            seq: k as u64,
+            dropped_samples_total: 0,
+            samples: vec![Sample {
+                vm,
+                processes: None,
+            }],
+            cdn: Vec::new(),
+            cdn_tail: None,
+        };
+        let received = t0 + k * MIN + 500;
+        w.app
+            .store
+            .write_unguarded(move |c| ingest::store_batch(c, &batch, received))
+            .await
+            .unwrap();
+    }
+    let a = w
+        .call(
+            Method::GET,
+            "/mana_api/flow?project_id=pc",
+            &[("X-Auth-Token", ADMIN_SID)],
+            "",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let rows = a.json()["data"].as_array().unwrap().clone();
+    let total: i64 = rows.iter().map(|r| r["in_bytes"].as_i64().unwrap()).sum();
+    assert_eq!(total, 90_000_000, "every byte once");
+    let peak = rows
+        .iter()
+        .map(|r| r["in_bytes"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        peak <= 10_000_000,
+        "no bucket above the real 10 MB per 10 min: {peak}"
+    );
+    let a = w
+        .call(
+            Method::GET,
+            "/mana_api/flow_monthly?project_id=pc",
+            &[("X-Auth-Token", ADMIN_SID)],
+            "",
+        )
+        .await;
+    let months = a.json()["monthly_data"].as_array().unwrap().clone();
+    let max_in_rate = months
+        .iter()
+        .map(|m| m["max_in_rate"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        (max_in_rate - 16_666.67).abs() < 1.0,
+        "peak rate {max_in_rate}"
+    );
+    // The newest record is the live one (placed at its real time), not a future-stamped one.
+    let v = w
+        .legacy(json!({"method": 611611, "session_id": ADMIN_SID, "data": {"instance_id": "c1"}}))
+        .await;
+    assert_eq!(v["data"][0]["rx_bytes"], 90_000_000);
+    // The VM list shows the guest's clock as it is now (stepped back to real time): no skew.
+    let a = w
+        .call(
+            Method::GET,
+            "/mana_api/vm?tenant_id=pc",
+            &[("X-Auth-Token", ADMIN_SID)],
+            "",
+        )
+        .await;
+    assert_eq!(a.json()["vm_servers"][0]["clock_skew_secs"], 0);
+}
+
+#[tokio::test]
+async fn metrics_expose_the_fleet_to_admins_and_the_scrape_token() {
+    let w = World::new().await;
+    let token = "scrape-token-0123456789";
+    w.app.reload(
+        crate::config::ConfigFile {
+            metrics_token: Some(token.into()),
+            metrics_top_processes: 1,
+            ..crate::config::ConfigFile::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let bearer = format!("Bearer {token}");
+    // (headers, status)
+    for (headers, status) in [
+        (vec![], StatusCode::UNAUTHORIZED),
+        (vec![("X-Auth-Token", TENANT_A_SID)], StatusCode::FORBIDDEN),
+        (
+            vec![("Authorization", "Bearer wrong-token-0123456789")],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (vec![("X-Auth-Token", ADMIN_SID)], StatusCode::OK),
+        (vec![("Authorization", bearer.as_str())], StatusCode::OK),
+    ] {
+        let a = w.call(Method::GET, "/metrics", &headers, "").await;
+        assert_eq!(a.status, status, "{headers:?}");
+    }
+    let a = w
+        .call(Method::GET, "/metrics", &[("Authorization", &bearer)], "")
+        .await;
+    assert_eq!(a.headers["content-type"], super::metrics::TEXT_CONTENT_TYPE);
+    let text = String::from_utf8(a.body).unwrap();
+    for line in [
+        "# TYPE vmmon_vm_cpu_usage_ratio gauge",
+        r#"vmmon_vm_cpu_usage_ratio{instance_id="a1",project="pa",region="r1"} 0.12345"#,
+        r#"vmmon_vm_memory_usage_ratio{instance_id="b1",project="pb",region="r1"} 0.41256"#,
+        "# TYPE vmmon_vm_network_receive_bytes_total counter",
+        r#"vmmon_vm_network_receive_bytes_total{instance_id="a2",project="pa",region="r1"} 1000"#,
+        r#"vmmon_vm_disk_written_bytes_per_second{instance_id="a1",project="pa",region="r1"} 2048"#,
+        r#"vmmon_vm_last_sample_timestamp_seconds{instance_id="a1",project="pa",region="r1"} 1764500000"#,
+        r#"vmmon_process_cpu_usage_ratio{instance_id="a1",pid="200",cmd="it's-a1"} 0.0925"#,
+        "vmmon_collector_instances 3",
+        "# TYPE vmmon_collector_ingested_batches_total counter",
+        r#"vmmon_collector_http_requests_total{route="/metrics",status="401"} 2"#,
+        "# TYPE vmmon_collector_store_write_duration_seconds histogram",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert!(!text.contains("# EOF"));
+    // OpenMetrics when asked for: counters' family names drop _total, units declared, # EOF.
+    let a = w
+        .call(
+            Method::GET,
+            "/metrics",
+            &[
+                ("Authorization", &bearer),
+                ("Accept", "application/openmetrics-text; version=1.0.0"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(
+        a.headers["content-type"],
+        super::metrics::OPENMETRICS_CONTENT_TYPE
+    );
+    let text = String::from_utf8(a.body).unwrap();
+    assert!(text.ends_with("# EOF\n"));
+    assert!(text.contains("# TYPE vmmon_vm_network_receive_bytes counter\n"));
+    assert!(text.contains("# UNIT vmmon_vm_memory_usage_ratio ratio\n"));
+}
+
+/// The Grafana dashboard shipped in packaging/ only queries metrics `/metrics` really exposes.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_exposed_metrics() {
+    let w = World::new().await;
+    let dash: Value =
+        serde_json::from_str(include_str!("../../../packaging/grafana/vmmon-fleet.json")).unwrap();
+    let text = String::from_utf8(
+        w.call(Method::GET, "/metrics", &[("X-Auth-Token", ADMIN_SID)], "")
+            .await
+            .body,
+    )
+    .unwrap();
+    let mut exposed: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    // Histogram families expose _bucket/_sum/_count series.
+    let histograms: Vec<String> = exposed.iter().map(|h| format!("{h}_bucket")).collect();
+    exposed.extend(histograms);
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for p in panels {
+        let expr = p["targets"][0]["expr"].as_str().unwrap();
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|t| t.starts_with("vmmon_"))
+            .collect();
+        assert!(!names.is_empty(), "{expr}");
+        for n in names {
+            assert!(
+                exposed.iter().any(|e| e == n),
+                "panel {:?} queries unknown {n}",
+                p["title"]
+            );
+        }
+    }
 }

@@ -5,7 +5,8 @@
 use vmmon_common::vocab::{DAY_MS, cap_cmd};
 use vmmon_common::wire::{
     CDN_BUCKET_SECS, Inventory, MAX_CDN_DELTAS_PER_BATCH, MAX_CDN_FILES_PER_BATCH,
-    MAX_PROCESSES_PER_SAMPLE, MAX_SAMPLES_PER_BATCH, ReportBatch, valid_cdn_domain,
+    MAX_PROCESSES_PER_SAMPLE, MAX_SAMPLES_PER_BATCH, ProcessSample, ReportBatch, VmSample,
+    valid_cdn_domain,
 };
 
 use crate::store::AgentTokenRow;
@@ -16,6 +17,17 @@ const MAX_INVENTORY_TEXT: usize = 255;
 const MAX_INVENTORY_IPS: usize = 64;
 /// Samples stamped further ahead of the collector's clock than this are refused.
 const MAX_FUTURE_MS: i64 = DAY_MS;
+
+/// An agent uid: 1–64 of `[A-Za-z0-9-]` (a UUID in practice).
+pub fn validate_agent_uid(uid: &str) -> Result<(), String> {
+    if uid.is_empty()
+        || uid.len() > 64
+        || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err("agent_uid must be 1-64 letters, digits or '-'".into());
+    }
+    Ok(())
+}
 
 /// Refuses CDN traffic from a token that is not a CDN edge token.
 pub fn check_cdn_permission(token: &AgentTokenRow, batch: &ReportBatch) -> Result<(), String> {
@@ -73,8 +85,33 @@ pub fn validate_times(batch: &ReportBatch, now_ms: i64, retention_days: u32) -> 
             ));
         }
     }
+    // CDN buckets are billed by the log lines' own times: they must lie between the retention
+    // (31 days when raw samples are kept forever) and a few minutes ahead.
+    let window_days = if retention_days > 0 {
+        i64::from(retention_days)
+    } else {
+        CDN_MAX_AGE_DAYS
+    };
+    let oldest = now_ms / 1000 - window_days * 86_400;
+    let newest = now_ms / 1000 + CDN_MAX_AHEAD_SECS;
+    if let Some(d) = batch
+        .cdn
+        .iter()
+        .find(|d| d.bucket_start < oldest || d.bucket_start > newest)
+    {
+        return Err(format!(
+            "CDN bucket at {} s is outside the accepted window ({window_days} days back to \
+             {CDN_MAX_AHEAD_SECS} s ahead of the collector's clock)",
+            d.bucket_start
+        ));
+    }
     Ok(())
 }
+
+/// CDN buckets may start at most this far ahead of the collector's clock, seconds.
+pub const CDN_MAX_AHEAD_SECS: i64 = 600;
+/// Oldest CDN bucket accepted when raw retention is off, days.
+pub const CDN_MAX_AGE_DAYS: i64 = 31;
 
 /// Cuts oversized process names instead of refusing the whole batch for one of them.
 pub fn cap_cmds(batch: &mut ReportBatch) {
@@ -87,8 +124,86 @@ pub fn cap_cmds(batch: &mut ReportBatch) {
     }
 }
 
+/// Largest percentage accepted; values in (100, [`PCT_TOLERANCE`]] are an agent's rounding and
+/// are clamped to 100 by [`clamp_percentages`], anything above is refused.
+pub const PCT_TOLERANCE: f64 = 100.5;
+/// Largest rate accepted, KB/s (about 10 TB/s: no NIC or disk of a VM comes near it).
+pub const MAX_RATE_KIB_PER_SEC: f64 = 1e10;
+/// Latest process start or exit time accepted, epoch seconds (year 5138: a sanity bound only).
+const MAX_EPOCH_SECS: f64 = 1e11;
+
+/// Clamps percentages in (100, [`PCT_TOLERANCE`]] to 100 (rounding in the agent, e.g. a process
+/// table summed over a tick), so they never exceed 100 when served.
+pub fn clamp_percentages(batch: &mut ReportBatch) {
+    let clamp = |v: &mut f64| {
+        if *v > 100.0 && *v <= PCT_TOLERANCE {
+            *v = 100.0;
+        }
+    };
+    for s in &mut batch.samples {
+        clamp(&mut s.vm.cpu_pct);
+        clamp(&mut s.vm.mem_pct);
+        for p in s.processes.iter_mut().flatten() {
+            clamp(&mut p.cpu_pct);
+            clamp(&mut p.mem_pct);
+        }
+    }
+}
+
+/// `Err(name)` unless `v` is finite and within `0..=max`.
+fn figure(name: &'static str, v: f64, max: f64) -> Result<(), &'static str> {
+    if v.is_finite() && (0.0..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(name)
+    }
+}
+
+fn vm_figures(vm: &VmSample) -> Result<(), &'static str> {
+    figure("cpu_pct", vm.cpu_pct, PCT_TOLERANCE)?;
+    figure("mem_pct", vm.mem_pct, PCT_TOLERANCE)?;
+    for (name, v) in [
+        ("disk_read_kib_per_sec", vm.disk_read_kib_per_sec),
+        ("disk_write_kib_per_sec", vm.disk_write_kib_per_sec),
+        ("net_in_kib_per_sec", vm.net_in_kib_per_sec),
+        ("net_out_kib_per_sec", vm.net_out_kib_per_sec),
+    ] {
+        figure(name, v, MAX_RATE_KIB_PER_SEC)?;
+    }
+    for (name, v) in [
+        ("rx_bytes_total", vm.rx_bytes_total),
+        ("tx_bytes_total", vm.tx_bytes_total),
+        ("elapsed_ms", vm.elapsed_ms),
+    ] {
+        if i64::try_from(v).is_err() {
+            return Err(name);
+        }
+    }
+    Ok(())
+}
+
+fn process_figures(p: &ProcessSample) -> Result<(), &'static str> {
+    figure("cpu_pct", p.cpu_pct, PCT_TOLERANCE)?;
+    figure("mem_pct", p.mem_pct, PCT_TOLERANCE)?;
+    for (name, v) in [
+        ("disk_read_kib_per_sec", p.disk_read_kib_per_sec),
+        ("disk_write_kib_per_sec", p.disk_write_kib_per_sec),
+        ("net_in_kib_per_sec", p.net_in_kib_per_sec),
+        ("net_out_kib_per_sec", p.net_out_kib_per_sec),
+    ] {
+        figure(name, v, MAX_RATE_KIB_PER_SEC)?;
+    }
+    figure("start_time", p.start_time, MAX_EPOCH_SECS)?;
+    if let Some(t) = p.shutdown_time {
+        figure("shutdown_time", t, MAX_EPOCH_SECS)?;
+    }
+    Ok(())
+}
+
 /// Refuses a batch that can never be stored: empty, too large, or with a figure that is
-/// negative or not finite.
+/// negative, not finite or out of range (percentages above 100, rates above
+/// [`MAX_RATE_KIB_PER_SEC`], cumulative byte counters above 2^63 − 1, which the store keeps as
+/// signed 64-bit integers). The message names the figure.
 pub fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
     if batch.samples.is_empty() {
         return Err("no samples".into());
@@ -99,21 +214,11 @@ pub fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
     }
     for s in &batch.samples {
         let vm = &s.vm;
-        let figures = [
-            vm.cpu_pct,
-            vm.mem_pct,
-            vm.disk_read_kib_per_sec,
-            vm.disk_write_kib_per_sec,
-            vm.net_in_kib_per_sec,
-            vm.net_out_kib_per_sec,
-        ];
-        if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(format!(
-                "VM sample at {} has a negative or non-finite figure",
-                vm.sampled_at_ms
-            ));
-        }
-        if vm.sampled_at_ms <= 0 {
+        let at = vm.sampled_at_ms;
+        vm_figures(vm).map_err(|name| {
+            format!("VM sample at {at}: {name} is negative, not finite or out of range")
+        })?;
+        if at <= 0 {
             return Err("sample time must be positive epoch milliseconds".into());
         }
         let Some(procs) = &s.processes else { continue };
@@ -123,21 +228,12 @@ pub fn validate_batch(batch: &ReportBatch) -> Result<(), String> {
             ));
         }
         for p in procs {
-            let figures = [
-                p.cpu_pct,
-                p.mem_pct,
-                p.disk_read_kib_per_sec,
-                p.disk_write_kib_per_sec,
-                p.net_in_kib_per_sec,
-                p.net_out_kib_per_sec,
-                p.start_time,
-            ];
-            if figures.iter().any(|v| !v.is_finite() || *v < 0.0) {
-                return Err(format!(
-                    "process {} has a negative or non-finite figure",
+            process_figures(p).map_err(|name| {
+                format!(
+                    "process {} at {at}: {name} is negative, not finite or out of range",
                     p.pid
-                ));
-            }
+                )
+            })?;
         }
     }
     Ok(())
@@ -216,6 +312,89 @@ mod tests {
             b.samples[0].processes.as_ref().unwrap()[0].cmd.len(),
             MAX_CMD_BYTES
         );
+    }
+
+    #[test]
+    fn out_of_range_figures_are_refused_and_rounding_is_clamped() {
+        // (what to change, the figure the message must name; None = accepted)
+        type Edit = fn(&mut ReportBatch);
+        let cases: &[(Edit, Option<&str>)] = &[
+            (|_| {}, None),
+            (
+                |b| b.samples[0].vm.rx_bytes_total = u64::MAX,
+                Some("rx_bytes_total"),
+            ),
+            (
+                |b| b.samples[0].vm.tx_bytes_total = 1 << 63,
+                Some("tx_bytes_total"),
+            ),
+            (|b| b.samples[0].vm.tx_bytes_total = (1 << 63) - 1, None),
+            (|b| b.samples[0].vm.cpu_pct = 1e308, Some("cpu_pct")),
+            (|b| b.samples[0].vm.cpu_pct = 100.4, None),
+            (|b| b.samples[0].vm.cpu_pct = 100.6, Some("cpu_pct")),
+            (|b| b.samples[0].vm.mem_pct = f64::NAN, Some("mem_pct")),
+            (
+                |b| b.samples[0].vm.net_in_kib_per_sec = 2e10,
+                Some("net_in_kib_per_sec"),
+            ),
+            (
+                |b| b.samples[0].vm.disk_read_kib_per_sec = -1.0,
+                Some("disk_read_kib_per_sec"),
+            ),
+            (
+                |b| b.samples[0].processes.as_mut().unwrap()[0].cpu_pct = 250.0,
+                Some("cpu_pct"),
+            ),
+            (
+                |b| b.samples[0].processes.as_mut().unwrap()[0].start_time = f64::INFINITY,
+                Some("start_time"),
+            ),
+            (
+                |b| b.samples[0].processes.as_mut().unwrap()[0].shutdown_time = Some(-5.0),
+                Some("shutdown_time"),
+            ),
+        ];
+        for (i, (edit, want)) in cases.iter().enumerate() {
+            let mut b = batch(1_000, "sshd");
+            edit(&mut b);
+            clamp_percentages(&mut b);
+            match (validate_batch(&b), want) {
+                (Ok(()), None) => {
+                    assert!(b.samples[0].vm.cpu_pct <= 100.0, "case {i}: clamped");
+                }
+                (Err(msg), Some(name)) => {
+                    assert!(
+                        msg.contains(&format!("{name} is negative")),
+                        "case {i}: {msg}"
+                    )
+                }
+                (got, want) => panic!("case {i}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cdn_buckets_outside_the_window_are_refused() {
+        let now = 100 * DAY_MS;
+        let secs = now / 1000;
+        for (start, ok) in [
+            (secs / 300 * 300, true),
+            (secs - 29 * 86_400, true),
+            (secs - 31 * 86_400, false),
+            (300, false),            // 1970
+            (32_503_680_000, false), // year 3000
+            (secs + CDN_MAX_AHEAD_SECS - 300, true),
+        ] {
+            let mut b = cdn_batch(vec![CdnBucketDelta {
+                domain: "a.com".into(),
+                bucket_start: start,
+                bytes: 1,
+                hit_bytes: 0,
+                requests: 1,
+            }]);
+            b.samples[0].vm.sampled_at_ms = now;
+            assert_eq!(validate_times(&b, now, 30).is_ok(), ok, "{start}");
+        }
     }
 
     #[test]

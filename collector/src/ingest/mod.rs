@@ -1,8 +1,10 @@
 //! Ingest: what happens to an agent's report batch, in order, in one write transaction.
 //!
 //! 1. [`checks`] refuse what can never be stored (and cut oversized `cmd`s) — before the store;
-//! 2. [`store::samples::insert_batch`] remembers the batch id and stores the raw VM and process
-//!    samples; a batch id seen before stops here (a resend counts once);
+//! 2. [`store::samples::remember_batch`] remembers the batch id for its instance; an id seen
+//!    before stops here (a resend counts once); the samples are placed on the instance's time
+//!    axis ([`crate::timeaxis`]: a stepped or fast guest clock corrected) and
+//!    [`store::samples::insert_samples`] stores the raw VM and process samples;
 //! 3. [`store::bandwidth::apply_batch`] adds the interval bytes to the 10-minute and daily
 //!    bandwidth rollups;
 //! 4. [`store::cdn::apply_batch`] adds the CDN deltas and access-log positions;
@@ -16,9 +18,11 @@ pub mod checks;
 use vmmon_common::vocab::now_ms;
 use vmmon_common::wire::ReportBatch;
 
-use crate::App;
+use crate::app::App;
 use crate::error::CollectorError;
 use crate::store::{self, AgentTokenRow};
+use crate::telemetry::Anomaly;
+use crate::timeaxis;
 
 /// Checks and stores `batch` from an agent holding `token`; `Ok(true)` when it was new, `Ok(false)`
 /// for a batch id stored before (nothing is counted again).
@@ -30,27 +34,107 @@ pub async fn ingest(
     token: &AgentTokenRow,
     mut batch: ReportBatch,
 ) -> Result<bool, CollectorError> {
-    checks::check_cdn_permission(token, &batch).map_err(CollectorError::InvalidBatch)?;
+    // The semaphore is never closed, so acquiring only waits.
+    let _slot = app.ingest_slots.acquire().await.ok();
+    let refused = |why: String| {
+        app.telemetry.anomaly(Anomaly::BatchRefused);
+        CollectorError::InvalidBatch(why)
+    };
+    checks::check_cdn_permission(token, &batch).map_err(refused)?;
+    if !batch.cdn.is_empty() {
+        keep_bound_domains(app, token, &mut batch).await?;
+    }
     checks::cap_cmds(&mut batch);
-    checks::validate_batch(&batch).map_err(CollectorError::InvalidBatch)?;
+    checks::clamp_percentages(&mut batch);
+    checks::validate_batch(&batch).map_err(refused)?;
     let retention_days = app.settings().config.raw_retention_days;
-    checks::validate_times(&batch, now_ms(), retention_days)
-        .map_err(CollectorError::InvalidBatch)?;
-    let stored = app
+    checks::validate_times(&batch, now_ms(), retention_days).map_err(refused)?;
+    let (samples, process_rows) = (
+        batch.samples.len(),
+        batch
+            .samples
+            .iter()
+            .map(|s| s.processes.as_ref().map_or(0, Vec::len))
+            .sum::<usize>(),
+    );
+    let started = std::time::Instant::now();
+    let (stored, anomalies) = app
         .store
-        .write_unguarded(move |c| store_batch(c, &batch, now_ms()))
+        .write_unguarded(move |c| {
+            let mut anomalies = Vec::new();
+            let stored = store_batch_noting(c, &batch, now_ms(), &mut anomalies)?;
+            Ok((stored, anomalies))
+        })
         .await?;
+    let t = &app.telemetry;
+    t.store_write.observe(started.elapsed());
+    if stored {
+        t.batch_stored(samples, process_rows);
+    }
+    for a in anomalies {
+        t.anomaly(match a {
+            timeaxis::ClockAnomaly::Stepped { .. } => Anomaly::ClockStep,
+            timeaxis::ClockAnomaly::Ahead { .. } => Anomaly::ClockAhead,
+        });
+    }
     Ok(stored)
 }
 
+/// Drops the CDN deltas of domains that no CDN user bound to the edge token owns (each drop is
+/// logged with its bytes): an edge token bills only its own customers' domains. The rest of the
+/// batch, and its access-log positions, are kept, so the lines are not read again.
+async fn keep_bound_domains(
+    app: &App,
+    token: &AgentTokenRow,
+    batch: &mut ReportBatch,
+) -> Result<(), CollectorError> {
+    let id = token.id;
+    let allowed = app
+        .store
+        .read(move |c| store::cdn::token_domains(c, id))
+        .await?;
+    let before = batch.cdn.len();
+    let mut dropped_bytes = 0u64;
+    batch.cdn.retain(|d| {
+        let ok = allowed.binary_search(&d.domain).is_ok();
+        if !ok {
+            dropped_bytes = dropped_bytes.saturating_add(d.bytes);
+        }
+        ok
+    });
+    if batch.cdn.len() < before {
+        app.telemetry.anomaly(Anomaly::CdnForeignDomain);
+        tracing::warn!(
+            instance_id = %batch.instance_id, token_id = id, deltas = before - batch.cdn.len(),
+            bytes = dropped_bytes,
+            "Dropped CDN traffic of domains no CDN user bound to this edge token owns."
+        );
+    }
+    Ok(())
+}
+
 /// Steps 2–5 on the writer's connection (inside its transaction); also used by benches.
+/// `now_ms` is when the collector received the batch.
 pub fn store_batch(
     conn: &rusqlite::Connection,
     batch: &ReportBatch,
     now_ms: i64,
 ) -> store::Result<bool> {
-    let new = store::samples::insert_batch(conn, batch, now_ms)?;
+    store_batch_noting(conn, batch, now_ms, &mut Vec::new())
+}
+
+/// [`store_batch`], adding the clock corrections it made to `anomalies`.
+pub fn store_batch_noting(
+    conn: &rusqlite::Connection,
+    batch: &ReportBatch,
+    now_ms: i64,
+    anomalies: &mut Vec<timeaxis::ClockAnomaly>,
+) -> store::Result<bool> {
+    let new = store::samples::remember_batch(conn, batch, now_ms)?;
     if new {
+        let placed = place_on_time_axis(conn, batch, now_ms, anomalies)?;
+        let batch = placed.as_ref().unwrap_or(batch);
+        store::samples::insert_samples(conn, batch)?;
         store::bandwidth::apply_batch(conn, batch, now_ms)?;
         store::cdn::apply_batch(conn, batch, now_ms)?;
     }
@@ -68,4 +152,43 @@ pub fn store_batch(
         None,
     )?;
     Ok(new)
+}
+
+/// Moves the batch's samples onto the instance's time axis ([`crate::timeaxis`]); `None` when
+/// every sample stays where its agent put it. Each correction is logged.
+fn place_on_time_axis(
+    conn: &rusqlite::Connection,
+    batch: &ReportBatch,
+    received_ms: i64,
+    anomalies: &mut Vec<timeaxis::ClockAnomaly>,
+) -> store::Result<Option<ReportBatch>> {
+    let mut state = store::instances::clock_state(conn, &batch.instance_id)?;
+    let mut out: Option<ReportBatch> = None;
+    for (i, sample) in batch.samples.iter().enumerate() {
+        let raw = sample.vm.sampled_at_ms;
+        let elapsed = i64::try_from(sample.vm.elapsed_ms).unwrap_or(i64::MAX);
+        let (placed, next, anomaly) = timeaxis::place(state, raw, elapsed, received_ms);
+        state = Some(next);
+        anomalies.extend(anomaly);
+        match anomaly {
+            Some(timeaxis::ClockAnomaly::Stepped { step_ms }) => tracing::warn!(
+                instance_id = %batch.instance_id, step_ms, sampled_at_ms = raw, placed_at_ms = placed,
+                "Agent clock stepped; placing its samples by its monotonic clock."
+            ),
+            Some(timeaxis::ClockAnomaly::Ahead { ahead_ms }) => tracing::warn!(
+                instance_id = %batch.instance_id, ahead_ms, sampled_at_ms = raw, placed_at_ms = placed,
+                "Agent clock is ahead of the collector; placing the sample at its receive time."
+            ),
+            None => {}
+        }
+        if placed != raw {
+            out.get_or_insert_with(|| batch.clone()).samples[i]
+                .vm
+                .sampled_at_ms = placed;
+        }
+    }
+    if let Some(state) = state {
+        store::instances::set_clock_state(conn, &batch.instance_id, state)?;
+    }
+    Ok(out)
 }

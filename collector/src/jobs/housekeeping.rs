@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vmmon_common::vocab::{DAY_MS, now_ms};
 
-use crate::App;
+use crate::app::App;
 use crate::store;
 
 /// Rows each retention step deletes per table (one short write transaction).

@@ -19,7 +19,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use vmmon_common::vocab::DAY_MS;
 
-use crate::App;
+use crate::app::App;
 use crate::rating::hashmap::Overflow;
 use crate::rating::metrics::MetricsConfig;
 use crate::rating::period::{frames, iso, month_start, period_start};
@@ -215,6 +215,9 @@ pub fn spawn(app: Arc<App>) {
             drop(settings);
             match step(&app.store, &metrics, period_ms, wait_ms).await {
                 Ok(Ok(o)) => {
+                    app.telemetry
+                        .rating_periods
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if o.points > 0 || o.replaced {
                         tracing::info!(
                             begin = %iso(o.begin_ms), tenants = o.tenants, points = o.points,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 /// How `/v1/...` requests are authenticated (SPEC §3.3).
@@ -15,7 +16,8 @@ pub enum RatingAuth {
     #[default]
     Session,
     /// Trust `X-Roles` / `X-Project-Id` set by an authenticating proxy in front of the collector
-    /// (CloudKitty behind Keystone middleware). Only safe when nothing else can reach the port.
+    /// (CloudKitty behind Keystone middleware), but only on requests whose peer address is in
+    /// `trusted_proxies` (required in this mode); from anyone else the headers are ignored.
     TrustedHeaders,
     /// No checks at all, for local development; refused unless the listen address is loopback.
     Noauth,
@@ -37,6 +39,9 @@ pub struct RatingConfig {
     /// Metrics file (TOML, in the spirit of CloudKitty's metrics.yml); the built-in defaults
     /// (`packaging/rating-metrics.example.toml`) when absent.
     pub metrics_file: Option<PathBuf>,
+    /// Addresses (CIDR, e.g. `"10.0.0.5/32"`) of the proxies whose `X-Roles`/`X-Project-Id` are
+    /// trusted with `auth = "trusted_headers"`.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for RatingConfig {
@@ -47,6 +52,7 @@ impl Default for RatingConfig {
             wait_secs: 7200,
             auth: RatingAuth::Session,
             metrics_file: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -68,6 +74,13 @@ impl RatingConfig {
             errors.push(format!(
                 "rating.auth = \"noauth\" is only allowed on a loopback listen address, not {listen}"
             ));
+        }
+        if self.auth == RatingAuth::TrustedHeaders && self.trusted_proxies.is_empty() {
+            errors.push(
+                "rating.auth = \"trusted_headers\" needs rating.trusted_proxies: the CIDRs of the \
+                 authenticating proxies (anyone else could send X-Roles: admin)"
+                    .into(),
+            );
         }
         if let Err(e) = super::metrics::MetricsConfig::load(self.metrics_file.as_deref()) {
             errors.push(e);

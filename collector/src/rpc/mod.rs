@@ -16,7 +16,7 @@ use vmmon_common::wire::{
     CommandAck, DesiredState, Heartbeat, RegisterRequest, ReportAck, ReportBatch,
 };
 
-use crate::App;
+use crate::app::App;
 use crate::error::CollectorError;
 use crate::ingest::{self, checks};
 use crate::store::{self, AgentTokenRow, RegisterOutcome};
@@ -47,6 +47,13 @@ const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often an open command subscription re-reads its token, so that a revocation reaches a
 /// connected agent within 10 s (README) whatever its reporting interval.
 pub(crate) const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(4);
+
+impl Drop for RpcHandler {
+    /// The connection ended: its instances may be claimed by another agent.
+    fn drop(&mut self) {
+        self.app.hub.release(self.conn_id);
+    }
+}
 
 impl RpcHandler {
     /// A handler for a connection authenticated as `auth`.
@@ -138,30 +145,107 @@ impl MonitorApiServer for RpcHandler {
         let interval = IntervalSecs::new(u64::from(request.configured_interval_secs))
             .unwrap_or(self.app.settings().config.default_interval)
             .get();
+        let agent_uid = match request.agent_uid.as_deref() {
+            Some(uid) => {
+                checks::validate_agent_uid(uid).map_err(CollectorError::InvalidBatch)?;
+                if let Err(owner) = self.app.hub.claim(&request.instance_id, self.conn_id, uid) {
+                    let id = request.instance_id.clone();
+                    let _ = self
+                        .app
+                        .store
+                        .write(move |c| {
+                            store::instances::record_agent_conflict(c, &id, store::now_ms())
+                        })
+                        .await;
+                    self.app
+                        .telemetry
+                        .anomaly(crate::telemetry::Anomaly::AgentConflict);
+                    tracing::warn!(instance_id = %request.instance_id, agent_uid = %uid, live_agent_uid = %owner,
+                        "Refused a second live agent for an instance (a cloned image?).");
+                    return Err(CollectorError::Forbidden(format!(
+                        "instance {:?} is already reported by another live agent ({owner}); \
+                         was this VM cloned from an image? give each VM its own instance id",
+                        request.instance_id
+                    ))
+                    .into());
+                }
+                Some(uid.to_string())
+            }
+            None => None,
+        };
         let id = request.instance_id.clone();
         let tok = token.clone();
+        let limits = self.app.settings().config.register_limits;
         let outcome = self
             .app
             .store
             .write(move |c| {
-                store::instances::register(
+                let outcome = store::instances::register(
                     c,
                     &id,
                     &tok,
                     &request.inventory,
                     interval,
                     store::now_ms(),
-                )
+                    limits,
+                )?;
+                if let (RegisterOutcome::Registered(_), Some(uid)) = (&outcome, &agent_uid)
+                    && store::instances::set_agent_uid(c, &id, uid)?
+                {
+                    tracing::info!(instance_id = %id, agent_uid = %uid,
+                        "Another agent now reports this instance; its counters start a new baseline.");
+                }
+                Ok(outcome)
             })
             .await
             .map_err(CollectorError::from)?;
         match outcome {
             RegisterOutcome::ForeignProject => {
+                self.app
+                    .telemetry
+                    .anomaly(crate::telemetry::Anomaly::RegistrationRefused);
                 tracing::warn!(instance_id = %request.instance_id, project = %token.project,
                     "Refused registration of an instance owned by another project.");
                 Err(CollectorError::Forbidden(format!(
                     "instance {:?} is registered to another project; token of project {:?} may not report it",
                     request.instance_id, token.project
+                ))
+                .into())
+            }
+            RegisterOutcome::CaseCollision { existing } => {
+                self.app
+                    .telemetry
+                    .anomaly(crate::telemetry::Anomaly::RegistrationRefused);
+                tracing::warn!(instance_id = %request.instance_id, %existing, project = %token.project,
+                    "Refused an instance id that differs from a registered one only in letter case.");
+                Err(CollectorError::Forbidden(format!(
+                    "instance id {:?} differs from the registered {existing:?} only in letter case; \
+                     instance ids are unique ignoring case",
+                    request.instance_id
+                ))
+                .into())
+            }
+            RegisterOutcome::QuotaExceeded { limit } => {
+                self.app
+                    .telemetry
+                    .anomaly(crate::telemetry::Anomaly::RegistrationRefused);
+                tracing::warn!(instance_id = %request.instance_id, token_id = token.id, limit,
+                    "Refused a registration: the token's instance quota is used up.");
+                Err(CollectorError::Forbidden(format!(
+                    "this agent token has registered its quota of {limit} instances \
+                     (max_instances_per_token); an admin can remove instances or raise it"
+                ))
+                .into())
+            }
+            RegisterOutcome::RateLimited { per_minute } => {
+                self.app
+                    .telemetry
+                    .anomaly(crate::telemetry::Anomaly::RegistrationRefused);
+                tracing::warn!(instance_id = %request.instance_id, token_id = token.id, per_minute,
+                    "Refused a registration: too many new instances from one token.");
+                Err(CollectorError::Unavailable(format!(
+                    "this agent token registered {per_minute} new instances in the last minute; \
+                     retry later"
                 ))
                 .into())
             }

@@ -442,9 +442,33 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         store
             .write(|c| {
-                instances::register(c, "a1", &token("p1", "r1"), &Inventory::default(), 30, 0)?;
-                instances::register(c, "a2", &token("p1", "r1"), &Inventory::default(), 30, 0)?;
-                instances::register(c, "b1", &token("p2", "r1"), &Inventory::default(), 30, 0)?;
+                instances::register(
+                    c,
+                    "a1",
+                    &token("p1", "r1"),
+                    &Inventory::default(),
+                    30,
+                    0,
+                    Default::default(),
+                )?;
+                instances::register(
+                    c,
+                    "a2",
+                    &token("p1", "r1"),
+                    &Inventory::default(),
+                    30,
+                    0,
+                    Default::default(),
+                )?;
+                instances::register(
+                    c,
+                    "b1",
+                    &token("p2", "r1"),
+                    &Inventory::default(),
+                    30,
+                    0,
+                    Default::default(),
+                )?;
                 Ok(())
             })
             .await

@@ -164,6 +164,40 @@ pub fn user_by_name(conn: &Connection, name: &str) -> Result<Option<CdnUserRow>>
     }
 }
 
+/// Binds an edge token to a CDN user: the token may report that user's domains.
+pub fn bind_token(conn: &Connection, token_id: i64, user_name: &str) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO agent_token_cdn_users (token_id, user_name) VALUES (?1, ?2)",
+        params![token_id, user_name],
+    )?;
+    Ok(())
+}
+
+/// The domains an edge token may report: those of the live CDN users bound to it, sorted.
+pub fn token_domains(conn: &Connection, token_id: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT d.domain FROM agent_token_cdn_users b
+         JOIN cdn_users u ON u.name = b.user_name AND u.revoked_at_ms IS NULL
+         JOIN cdn_user_domains d ON d.user_id = u.id
+         WHERE b.token_id = ?1 ORDER BY d.domain",
+    )?;
+    let rows = stmt
+        .query_map([token_id], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The CDN users an edge token is bound to, by name.
+pub fn token_users(conn: &Connection, token_id: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_name FROM agent_token_cdn_users WHERE token_id = ?1 ORDER BY user_name",
+    )?;
+    let rows = stmt
+        .query_map([token_id], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
 /// Every user, by name.
 pub fn list_users(conn: &Connection) -> Result<Vec<CdnUserRow>> {
     let sql = format!("SELECT {USER_COLUMNS} FROM cdn_users ORDER BY name");

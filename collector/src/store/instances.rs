@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use vmmon_common::wire::{DesiredState, Inventory};
 
 use super::{AgentTokenRow, Result};
+use crate::timeaxis::ClockState;
 
 /// A registered instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +31,10 @@ pub struct InstanceRow {
     pub dropped_samples: i64,
     /// Batches waiting in the agent's spool at its last heartbeat.
     pub spooled_batches: i64,
+    /// Placed minus guest wall-clock time of the newest sample, ms ([`crate::timeaxis`]).
+    pub clock_offset_ms: i64,
+    /// Times a second live agent for this instance was refused (a cloned image).
+    pub agent_conflicts: i64,
 }
 
 /// Result of a registration attempt.
@@ -39,11 +44,53 @@ pub enum RegisterOutcome {
     Registered(DesiredState),
     /// The instance id belongs to another project; nothing changed.
     ForeignProject,
+    /// A new id equal but for letter case to an existing one (ids are unique ignoring case).
+    CaseCollision {
+        /// The id already registered.
+        existing: String,
+    },
+    /// The token already registered its quota of instances.
+    QuotaExceeded {
+        /// The quota.
+        limit: u32,
+    },
+    /// The token registered its allowance of new instances in the last minute.
+    RateLimited {
+        /// New instances allowed per minute.
+        per_minute: u32,
+    },
+}
+
+/// Limits on the instances one agent token may register (default: the config file's defaults,
+/// 10,000 in all and 1,000 new per minute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterLimits {
+    /// Instances one token may have registered in all.
+    pub max_instances_per_token: u32,
+    /// New instances one token may register per minute.
+    pub max_new_per_minute: u32,
+}
+
+impl RegisterLimits {
+    /// No limits (benches and tools that load a store).
+    pub const UNLIMITED: RegisterLimits = RegisterLimits {
+        max_instances_per_token: u32::MAX,
+        max_new_per_minute: u32::MAX,
+    };
+}
+
+impl Default for RegisterLimits {
+    fn default() -> Self {
+        RegisterLimits {
+            max_instances_per_token: 10_000,
+            max_new_per_minute: 1_000,
+        }
+    }
 }
 
 const COLUMNS: &str = "instance_id, project, region, party, hostname, cpu_count, mem_total_bytes,
     disk_total_bytes, lan_ips, wan_ips, agent_version, os, created_at_ms, updated_at_ms,
-    last_seen_ms, monitoring, interval_secs, dropped_samples, spooled_batches";
+    last_seen_ms, monitoring, interval_secs, dropped_samples, spooled_batches, clock_offset_ms, agent_conflicts";
 
 fn split_ips(s: String) -> Vec<String> {
     s.split(',')
@@ -77,6 +124,8 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
         },
         dropped_samples: r.get(17)?,
         spooled_batches: r.get(18)?,
+        clock_offset_ms: r.get(19)?,
+        agent_conflicts: r.get(20)?,
     })
 }
 
@@ -88,6 +137,7 @@ pub fn register(
     inventory: &Inventory,
     configured_interval_secs: u32,
     now_ms: i64,
+    limits: RegisterLimits,
 ) -> Result<RegisterOutcome> {
     let existing = get(conn, instance_id)?;
     if existing
@@ -95,6 +145,34 @@ pub fn register(
         .is_some_and(|row| row.project != token.project)
     {
         return Ok(RegisterOutcome::ForeignProject);
+    }
+    if existing.is_none() {
+        let twin: Option<String> = conn
+            .query_row(
+                "SELECT instance_id FROM instances WHERE instance_id = ?1 COLLATE NOCASE LIMIT 1",
+                [instance_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(existing) = twin {
+            return Ok(RegisterOutcome::CaseCollision { existing });
+        }
+        let (total, recent): (i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(created_at_ms > ?2), 0) FROM instances
+             WHERE token_id = ?1",
+            params![token.id, now_ms - 60_000],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if total >= i64::from(limits.max_instances_per_token) {
+            return Ok(RegisterOutcome::QuotaExceeded {
+                limit: limits.max_instances_per_token,
+            });
+        }
+        if recent >= i64::from(limits.max_new_per_minute) {
+            return Ok(RegisterOutcome::RateLimited {
+                per_minute: limits.max_new_per_minute,
+            });
+        }
     }
     // `updated_at` moves only when what the VM list shows changes.
     let changed = existing.as_ref().is_none_or(|row| {
@@ -200,6 +278,80 @@ pub fn record_seen(
             dropped_samples_total.map(|v| v as i64),
             spooled_batches.map(|v| v as i64)
         ],
+    )?;
+    Ok(())
+}
+
+/// Records which agent reports the instance. When it is another agent than before (a clone that
+/// took over, a reinstalled VM), the bandwidth baseline and the time axis restart, so counters
+/// are never differenced across two agents. Returns whether the agent changed.
+pub fn set_agent_uid(conn: &Connection, instance_id: &str, agent_uid: &str) -> Result<bool> {
+    let before: Option<String> = conn
+        .query_row(
+            "SELECT agent_uid FROM instances WHERE instance_id = ?1",
+            [instance_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    if before.as_deref() == Some(agent_uid) {
+        return Ok(false);
+    }
+    conn.execute(
+        "UPDATE instances SET agent_uid = ?2, clock_last_raw_ms = NULL,
+             clock_last_placed_ms = NULL, clock_offset_ms = 0
+         WHERE instance_id = ?1",
+        params![instance_id, agent_uid],
+    )?;
+    conn.execute(
+        "DELETE FROM bandwidth_counters WHERE instance_id = ?1",
+        [instance_id],
+    )?;
+    Ok(before.is_some())
+}
+
+/// Counts a refused second live agent for the instance.
+pub fn record_agent_conflict(conn: &Connection, instance_id: &str, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE instances SET agent_conflicts = agent_conflicts + 1, last_conflict_ms = ?2
+         WHERE instance_id = ?1",
+        params![instance_id, now_ms],
+    )?;
+    Ok(())
+}
+
+/// The instance's time-axis state, None before its first sample (or for an unknown id).
+pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockState>> {
+    let row = conn
+        .query_row(
+            "SELECT clock_last_raw_ms, clock_last_placed_ms, clock_offset_ms
+             FROM instances WHERE instance_id = ?1",
+            [instance_id],
+            |r| {
+                Ok((
+                    r.get::<_, Option<i64>>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(match row {
+        Some((Some(last_raw_ms), Some(last_placed_ms), offset_ms)) => Some(ClockState {
+            last_raw_ms,
+            last_placed_ms,
+            offset_ms,
+        }),
+        _ => None,
+    })
+}
+
+/// Keeps the instance's time-axis state after a batch.
+pub fn set_clock_state(conn: &Connection, instance_id: &str, s: ClockState) -> Result<()> {
+    conn.execute(
+        "UPDATE instances SET clock_last_raw_ms = ?2, clock_last_placed_ms = ?3,
+             clock_offset_ms = ?4 WHERE instance_id = ?1",
+        params![instance_id, s.last_raw_ms, s.last_placed_ms, s.offset_ms],
     )?;
     Ok(())
 }

@@ -271,6 +271,48 @@ pub(super) const MIGRATIONS: &[&str] = &[
     DROP INDEX flow_days_time;
     CREATE INDEX bandwidth_days_time ON bandwidth_days(day_start_ms);
     "#,
+    // Dedup per instance: a batch id is remembered with the instance that sent it, so one tenant's
+    // batch id can never make another tenant's batch a silent duplicate.
+    r#"
+    CREATE TABLE batches_per_instance (
+        instance_id    TEXT NOT NULL,
+        batch_id       TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, batch_id)
+    ) WITHOUT ROWID;
+    INSERT INTO batches_per_instance (instance_id, batch_id, received_at_ms)
+        SELECT instance_id, batch_id, received_at_ms FROM batches;
+    DROP TABLE batches;
+    ALTER TABLE batches_per_instance RENAME TO batches;
+    CREATE INDEX batches_received ON batches(received_at_ms);
+    "#,
+    // The time axis of each instance's samples (collector/src/timeaxis.rs): the previous
+    // sample's wall-clock and placed times, and the offset between them. NULL until a sample.
+    r#"
+    ALTER TABLE instances ADD COLUMN clock_last_raw_ms INTEGER;
+    ALTER TABLE instances ADD COLUMN clock_last_placed_ms INTEGER;
+    ALTER TABLE instances ADD COLUMN clock_offset_ms INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // Per-token quotas count instances by token; ids are unique ignoring case.
+    r#"
+    CREATE INDEX instances_token ON instances(token_id, created_at_ms);
+    CREATE INDEX instances_id_nocase ON instances(instance_id COLLATE NOCASE);
+    "#,
+    // CDN edge tokens are bound to the CDN users (customers) whose domains they may report.
+    r#"
+    CREATE TABLE agent_token_cdn_users (
+        token_id   INTEGER NOT NULL,
+        user_name  TEXT NOT NULL,
+        PRIMARY KEY (token_id, user_name)
+    ) WITHOUT ROWID;
+    "#,
+    // Which agent reports each instance (its uid), and how often a second live agent was refused
+    // for it (a cloned image).
+    r#"
+    ALTER TABLE instances ADD COLUMN agent_uid TEXT;
+    ALTER TABLE instances ADD COLUMN agent_conflicts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN last_conflict_ms INTEGER;
+    "#,
     // The agent's batch sequence number with each stored batch id: "nothing lost" is then a
     // question of which numbers are missing, not of gaps in sample times.
     r#"

@@ -32,6 +32,9 @@ pub const DB_FILE: &str = "vmmon.sqlite3";
 const MAX_JOBS_PER_TX: usize = 512;
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
+/// Reads running at once (each holds a blocking-pool thread and a connection with its own page
+/// cache); more wait their turn, so a burst of requests cannot multiply threads and memory.
+pub const MAX_CONCURRENT_READS: usize = 8;
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,7 @@ struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
+    read_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Store {
@@ -101,6 +105,7 @@ impl Store {
                 path,
                 writer: tx,
                 readers: Mutex::new(Vec::new()),
+                read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_READS)),
             }),
         })
     }
@@ -171,10 +176,17 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let inner = self.inner.clone();
+        let permit = inner
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::ReadTask(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
             let conn = inner.take_reader()?;
             let res = f(&conn);
             inner.put_reader(conn);
+            drop(permit);
             res
         })
         .await

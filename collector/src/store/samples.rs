@@ -68,8 +68,18 @@ pub struct ProcessRow {
     pub shutdown_time: Option<f64>,
 }
 
-/// Stores a batch unless its id was stored before; true when stored, false for a duplicate.
+/// Stores a batch unless this instance sent its id before (dedup is per instance); true when
+/// stored, false for a duplicate.
 pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
+    if !remember_batch(conn, batch, now_ms)? {
+        return Ok(false);
+    }
+    insert_samples(conn, batch)?;
+    Ok(true)
+}
+
+/// Remembers the batch's id for its instance; false when it was remembered before (a resend).
+pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms, seq)
          VALUES (?1, ?2, ?3, ?4)",
@@ -80,9 +90,11 @@ pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resu
             i64::try_from(batch.seq).ok()
         ],
     )?;
-    if inserted == 0 {
-        return Ok(false);
-    }
+    Ok(inserted > 0)
+}
+
+/// Stores the batch's VM and process samples (call after [`remember_batch`] said it is new).
+pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
     let mut vm_stmt = conn.prepare_cached(
         "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
              disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
@@ -131,7 +143,7 @@ pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resu
             ])?;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 const VM_COLUMNS: &str = "id, instance_id, sampled_at_ms, cpu_pct, mem_pct, disk_read, disk_write,
@@ -189,6 +201,53 @@ pub fn latest_vm(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![instance_id, limit], vm_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// One instance's newest VM sample with the instance's labels, for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetRow {
+    /// Project of the instance.
+    pub project: String,
+    /// Region of the instance.
+    pub region: String,
+    /// Samples the agent dropped, total.
+    pub dropped_samples: i64,
+    /// Last register, heartbeat or report, epoch ms.
+    pub last_seen_ms: i64,
+    /// Sampling interval, seconds.
+    pub interval_secs: u32,
+    /// The newest VM sample, if any.
+    pub vm: Option<VmRow>,
+}
+
+/// Every instance (of `project`, or all) with its newest VM sample, by instance id: one index
+/// lookup per instance.
+pub fn fleet(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> {
+    let mut list = conn.prepare_cached(
+        "SELECT instance_id, project, region, dropped_samples, last_seen_ms, interval_secs
+         FROM instances WHERE ?1 IS NULL OR project = ?1 ORDER BY instance_id",
+    )?;
+    let instances = list
+        .query_map([project], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                FleetRow {
+                    project: r.get(1)?,
+                    region: r.get(2)?,
+                    dropped_samples: r.get(3)?,
+                    last_seen_ms: r.get(4)?,
+                    interval_secs: r.get(5)?,
+                    vm: None,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(instances.len());
+    for (id, mut row) in instances {
+        row.vm = latest_vm(conn, &id, 1)?.pop();
+        out.push(row);
+    }
+    Ok(out)
 }
 
 /// The processes of an instance's newest process sample, busiest first, at most `limit`.
@@ -274,8 +333,8 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
         )?;
     }
     n += conn.execute(
-        "DELETE FROM batches WHERE batch_id IN (
-             SELECT batch_id FROM batches WHERE received_at_ms < ?1 LIMIT ?2)",
+        "DELETE FROM batches WHERE (instance_id, batch_id) IN (
+             SELECT instance_id, batch_id FROM batches WHERE received_at_ms < ?1 LIMIT ?2)",
         params![cutoff_ms, max_rows],
     )?;
     Ok(n)

@@ -46,7 +46,15 @@ async fn duplicate_batch_is_stored_once() {
     let store = Store::open(dir.path()).unwrap();
     store
         .write(|c| {
-            instances::register(c, "i-1", &token(), &Inventory::default(), 30, 0)?;
+            instances::register(
+                c,
+                "i-1",
+                &token(),
+                &Inventory::default(),
+                30,
+                0,
+                Default::default(),
+            )?;
             Ok(())
         })
         .await
@@ -79,6 +87,36 @@ async fn duplicate_batch_is_stored_once() {
     );
     let n = store
         .read(|c| samples::vm_sample_count(c, "i-1"))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // The same batch id from another instance (another tenant's agent) is its own batch.
+    store
+        .write(|c| {
+            instances::register(
+                c,
+                "i-2",
+                &token(),
+                &Inventory::default(),
+                30,
+                0,
+                Default::default(),
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut other = batch.clone();
+    other.instance_id = "i-2".into();
+    assert!(
+        store
+            .write(move |c| samples::insert_batch(c, &other, 3))
+            .await
+            .unwrap(),
+        "dedup is per instance"
+    );
+    let n = store
+        .read(|c| samples::vm_sample_count(c, "i-2"))
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -115,8 +153,24 @@ async fn foreign_project_cannot_take_over_an_instance() {
     other.project = "p2".into();
     let out = store
         .write(move |c| {
-            instances::register(c, "i-1", &token(), &Inventory::default(), 30, 0)?;
-            instances::register(c, "i-1", &other, &Inventory::default(), 30, 0)
+            instances::register(
+                c,
+                "i-1",
+                &token(),
+                &Inventory::default(),
+                30,
+                0,
+                Default::default(),
+            )?;
+            instances::register(
+                c,
+                "i-1",
+                &other,
+                &Inventory::default(),
+                30,
+                0,
+                Default::default(),
+            )
         })
         .await
         .unwrap();
@@ -158,7 +212,15 @@ async fn retention_deletes_only_old_raw_rows() {
     let store = Store::open(dir.path()).unwrap();
     store
         .write(|c| {
-            instances::register(c, "i-1", &token(), &Inventory::default(), 30, 0)?;
+            instances::register(
+                c,
+                "i-1",
+                &token(),
+                &Inventory::default(),
+                30,
+                0,
+                Default::default(),
+            )?;
             Ok(())
         })
         .await
@@ -246,4 +308,58 @@ async fn unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears()
         .write(|c| users::upsert_user(c, "c", "h", false, Some("p"), 0))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn registration_limits_per_token_and_ids_unique_ignoring_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let limits = instances::RegisterLimits {
+        max_instances_per_token: 5,
+        max_new_per_minute: 3,
+    };
+    let t = 1_000_000;
+    let reg = |id: &'static str, at: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |c| {
+                    instances::register(c, id, &token(), &Inventory::default(), 30, at, limits)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let ok = |o: &RegisterOutcome| matches!(o, RegisterOutcome::Registered(_));
+    // (id, time, expected outcome)
+    for (id, at, want) in [
+        ("vm-b-001", t, "ok"),
+        ("VM-B-001", t, "case"),
+        ("vm-b-002", t, "ok"),
+        ("vm-b-003", t, "ok"),
+        ("vm-b-004", t + 1_000, "rate"),
+        ("vm-b-001", t + 1_000, "ok"), // a known instance re-registers freely
+        ("vm-b-004", t + 61_000, "ok"),
+        ("vm-b-005", t + 61_000, "ok"),
+        ("vm-b-006", t + 200_000, "quota"),
+    ] {
+        let out = reg(id, at).await;
+        let got = match &out {
+            o if ok(o) => "ok",
+            RegisterOutcome::CaseCollision { existing } => {
+                assert_eq!(existing, "vm-b-001");
+                "case"
+            }
+            RegisterOutcome::RateLimited { per_minute } => {
+                assert_eq!(*per_minute, 3);
+                "rate"
+            }
+            RegisterOutcome::QuotaExceeded { limit } => {
+                assert_eq!(*limit, 5);
+                "quota"
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got, want, "{id} at {at}");
+    }
 }

@@ -170,6 +170,11 @@ pub fn touch_session(conn: &Connection, session_id: &str, now_ms: i64) -> Result
     Ok(())
 }
 
+/// Ends one session; false when there was none.
+pub fn delete_session(conn: &Connection, session_id: &str) -> Result<bool> {
+    Ok(conn.execute("DELETE FROM sessions WHERE id = ?1", [session_id])? > 0)
+}
+
 /// Deletes sessions idle for longer than `idle_ms`; returns how many.
 pub fn purge_sessions(conn: &Connection, now_ms: i64, idle_ms: i64) -> Result<usize> {
     Ok(conn.execute(

@@ -16,6 +16,12 @@ pub struct RegisterRequest {
     /// The interval the agent was configured with; the collector adopts it unless an admin has
     /// set one for this instance.
     pub configured_interval_secs: u32,
+    /// Who is reporting: a random id the agent keeps in its state dir and renews when the kernel's
+    /// boot id changes, so two VMs cloned from one image (even with the state dir) differ. The
+    /// collector refuses a second live agent for an instance and never differences counters
+    /// across two identities. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_uid: Option<String>,
 }
 
 /// What the collector wants the agent to do; persisted by the collector.

@@ -2,6 +2,7 @@
 
 mod cdn;
 mod control;
+pub mod ext;
 mod host;
 mod process;
 

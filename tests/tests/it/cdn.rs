@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -12,8 +13,20 @@ use serde_json::{Value, json};
 use vmmon_tests::*;
 
 const T: Duration = Duration::from_secs(60);
-/// 2024-03-01 10:00 in Asia/Shanghai (the collector's time zone in these tests).
-const T0: i64 = 1_709_258_400;
+/// Start of the test traffic: yesterday, on the hour (epoch seconds). Recent on purpose: the
+/// collector refuses CDN buckets older than its retention.
+fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| (vmmon_common::vocab::now_ms() / 1000 - 86_400) / 3600 * 3600)
+}
+
+/// `t` (epoch seconds) as `yyyy-mm-dd hh:mi` in Asia/Shanghai (UTC+8, no DST).
+fn sh_minute(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t + 8 * 3600, 0)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M")
+        .to_string()
+}
 const BUCKETS: i64 = 6;
 /// Byte amounts are multiples of 1/16 MB, so MB figures are exact.
 const UNIT: u64 = 65_536;
@@ -91,7 +104,7 @@ impl Writer {
     fn next_line(&mut self) -> String {
         let i = self.n;
         self.n += 1;
-        let t = T0 + (i as i64 % BUCKETS) * 300 + (i as i64 * 37) % 300;
+        let t = t0() + (i as i64 % BUCKETS) * 300 + (i as i64 * 37) % 300;
         let host = HOSTS[(i % 3) as usize];
         let cache = CACHE[(i % 7) as usize];
         let bytes = UNIT * (i % 5 + 1);
@@ -120,8 +133,13 @@ impl Writer {
         append(path, &text);
     }
 
+    /// Bytes of the domains the edge token's CDN user owns (the others are never stored).
     fn total(&self) -> u64 {
-        self.exp.values().map(|v| v.0).sum()
+        self.exp
+            .iter()
+            .filter(|((d, _), _)| DOMAINS.contains(&d.as_str()))
+            .map(|(_, v)| v.0)
+            .sum()
     }
 }
 
@@ -231,7 +249,7 @@ fn expected_answer(exp: &Expected, domains: &[&str], sum: bool) -> Value {
     let series = |ds: &[&str]| -> Vec<Value> {
         (0..BUCKETS)
             .map(|k| {
-                let b = T0 + k * 300;
+                let b = t0() + k * 300;
                 let (mut bytes, mut hit) = (0, 0);
                 for d in ds {
                     let v = exp.get(&(d.to_string(), b)).copied().unwrap_or((0, 0));
@@ -258,7 +276,7 @@ fn expected_answer(exp: &Expected, domains: &[&str], sum: bool) -> Value {
 fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
     let (c, _cfg) = start_collector();
     let secret = add_user(&c, USER, "www.a.com,www.b.com");
-    let token = c.create_cdn_token("cdn", "edge");
+    let token = c.create_cdn_token("cdn", "edge", &[USER]);
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("access.log");
     let mut w = Writer::new();
@@ -327,8 +345,12 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
     w.write(&log, 30);
     wait_total(&c, &agent, logs.path(), w.total());
 
-    // Per bucket and domain, exactly.
-    for ((domain, bucket), (bytes, hit)) in &w.exp {
+    // Per bucket and domain, exactly (the owned domains; the other one is never stored).
+    for ((domain, bucket), (bytes, hit)) in w
+        .exp
+        .iter()
+        .filter(|((d, _), _)| DOMAINS.contains(&d.as_str()))
+    {
         let p: [&dyn rusqlite::ToSql; 2] = [domain, bucket];
         let got = (
             c.query_i64(
@@ -358,12 +380,13 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
 
     // The API: JSON, form-encoded and query string give the same exact MB per bucket.
     let sig = sign(&sh_date(0), USER, &secret);
+    let (start, end) = (sh_minute(t0()), sh_minute(t0() + 29 * 60));
     let fields = [
         ("username", USER),
         ("signature", sig.as_str()),
         ("domain", "www.a.com,www.b.com"),
-        ("start_time", "2024-03-01 10:00"),
-        ("end_time", "2024-03-01 10:29"),
+        ("start_time", start.as_str()),
+        ("end_time", end.as_str()),
     ];
     let want = expected_answer(&w.exp, &DOMAINS, false);
     let obj: serde_json::Map<String, Value> = fields
@@ -396,6 +419,14 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
         r["data"],
         expected_answer(&w.exp, &["www.b.com"], false),
         "{r}"
+    );
+    assert_eq!(
+        c.query_i64(
+            "SELECT COUNT(*) FROM cdn_buckets WHERE domain = 'other.example'",
+            &[]
+        )[0],
+        0,
+        "traffic of a domain the edge token's CDN users do not own is not stored"
     );
     assert!(
         w.exp.keys().any(|(d, _)| d == "other.example"),
@@ -431,7 +462,7 @@ fn flow_api_errors_each_have_their_own_status() {
     assert_eq!(r["status"], 0, "{r}");
     assert_eq!(
         r["data"],
-        json!([{"domain": "www.a.com", "data": [[T0, 0.0, 0.0], [T0 + 300, 0.0, 0.0]]}])
+        json!([{"domain": "www.a.com", "data": [[1_709_258_400, 0.0, 0.0], [1_709_258_700, 0.0, 0.0]]}])
     );
     // Yesterday's and tomorrow's signatures are accepted, the day before yesterday's is not.
     for d in [-1, 1] {
@@ -561,7 +592,26 @@ fn flow_api_errors_each_have_their_own_status() {
 fn only_cdn_edge_tokens_may_report_cdn_traffic() {
     let c = Collector::start();
     let tenant = c.create_token("tenant-x", "r1");
-    let edge = c.create_cdn_token("cdn", "edge");
+    add_user(&c, "customer_a", "victim.example");
+    add_user(&c, "customer_b", "stolen.example");
+    // An edge token needs its CDN users named, and they must exist.
+    let out = Command::new(bin_path("vmmon-collector"))
+        .args([
+            "token",
+            "create",
+            "--project",
+            "cdn",
+            "--region",
+            "edge",
+            "--cdn",
+            "--data",
+        ])
+        .arg(c.data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cdn-user"));
+    let edge = c.create_cdn_token("cdn", "edge", &["customer_a"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = c.rpc_url();
     let now_ms = now_ms();
@@ -576,7 +626,9 @@ fn only_cdn_edge_tokens_may_report_cdn_traffic() {
                     "net_in_kib_per_sec": 0.0, "net_out_kib_per_sec": 0.0, "rx_bytes_total": 0,
                     "tx_bytes_total": 0, "proc_count": 1}, "processes": null}],
                 "cdn": [{"domain": "victim.example", "bucket_start": (now_ms / 1000) / 300 * 300,
-                    "bytes": 1_000_000_000u64, "hit_bytes": 0, "requests": 1}]
+                    "bytes": 1_000_000_000u64, "hit_bytes": 0, "requests": 1},
+                    {"domain": "stolen.example", "bucket_start": (now_ms / 1000) / 300 * 300,
+                    "bytes": 5_368_709_120u64, "hit_bytes": 0, "requests": 1}]
             }))
             .unwrap()
         };
@@ -603,5 +655,18 @@ fn only_cdn_edge_tokens_may_report_cdn_traffic() {
         )[0],
         0,
         "the refused batch changed nothing"
+    );
+    // The edge token billed its own customer's domain, never another customer's.
+    let bytes = |d: &str| {
+        c.query_i64(
+            "SELECT COALESCE(SUM(bytes), 0) FROM cdn_buckets WHERE domain = ?1",
+            &[&d],
+        )[0]
+    };
+    assert_eq!(bytes("victim.example"), 1_000_000_000);
+    assert_eq!(
+        bytes("stolen.example"),
+        0,
+        "a domain of a CDN user not bound to the token"
     );
 }

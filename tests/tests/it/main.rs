@@ -4,7 +4,10 @@
 mod cdn;
 mod core_api;
 mod delivery;
+mod guest_truth;
+mod hostile;
 mod mana;
 mod netflow;
+mod prometheus;
 mod rating;
 mod service;

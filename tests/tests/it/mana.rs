@@ -17,7 +17,7 @@ fn ok(c: &Collector, sid: &str, path: &str) -> Value {
 }
 
 fn token(c: &Collector, project: &str, region: &str, party: &str) -> String {
-    c.token(project, region, party, false)
+    c.token(project, region, party, None)
 }
 
 fn rows(body: &Value) -> Vec<Value> {

@@ -688,7 +688,37 @@ fn processing_loop_rates_due_periods_once() {
 
 #[test]
 fn auth_modes_trusted_headers_and_noauth() {
-    let (_d, cfg) = collector_config("[rating]\nauth = \"trusted_headers\"\nprocess = false\n");
+    // Without the proxies' addresses the mode is refused at config load.
+    let (_d0, cfg0) = collector_config("[rating]\nauth = \"trusted_headers\"\nprocess = false\n");
+    let out = Command::new(bin_path("vmmon-collector"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&cfg0)
+        .arg("--data")
+        .arg(_d0.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("trusted_proxies"),
+        "{out:?}"
+    );
+    // Headers from an address that is not a trusted proxy identify nobody.
+    let (_d1, cfg1) = collector_config(
+        "[rating]\nauth = \"trusted_headers\"\ntrusted_proxies = [\"192.0.2.0/24\"]\nprocess = false\n",
+    );
+    let c = Collector::start_with(&["--config", cfg1.to_str().unwrap()]);
+    let forged = Api::with(&c, &[("X-Roles", "admin"), ("X-Project-Id", "ops")]);
+    fault(
+        &forged.get("/v1/rating/modules"),
+        401,
+        "identity headers are only accepted from the configured trusted proxies",
+    );
+    drop(c);
+
+    let (_d, cfg) = collector_config(
+        "[rating]\nauth = \"trusted_headers\"\ntrusted_proxies = [\"127.0.0.0/8\", \"::1/128\"]\nprocess = false\n",
+    );
     let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
     let admin = Api::with(&c, &[("X-Roles", "reader,admin"), ("X-Project-Id", "ops")]);
     let member = Api::with(&c, &[("X-Roles", "member"), ("X-Project-Id", "proj-a")]);

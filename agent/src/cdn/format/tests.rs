@@ -194,3 +194,119 @@ fn bad_formats_are_refused() {
         Err(FormatError::Missing(m)) if m.contains("upstream_cache_status")
     ));
 }
+
+/// A default-format line with the given free-text fields.
+fn line_with(user: &str, request: &str, referer: &str, agent: &str, host: &str) -> String {
+    format!(
+        r#"203.0.113.9 - {user} [01/Mar/2024:10:00:00 +0000] "{request}" 200 777 "{referer}" "{agent}" {host} HIT"#
+    )
+}
+
+#[test]
+fn remote_users_holding_the_formats_separators_are_counted() {
+    let f = default();
+    for user in [
+        "a [b",
+        "john doe",
+        "[admin]",
+        "a] [b",
+        "x] [01/Mar/2024:10:00:00 +0000",
+        "[01/Mar/2024:10:00:00 +0000] \\x22GET",
+        " [ [ [",
+        "-",
+    ] {
+        let e = f
+            .parse(
+                &line_with(user, "GET / HTTP/1.1", "-", "curl", "a.com"),
+                NOW,
+            )
+            .unwrap_or_else(|err| panic!("{user:?}: {err}"));
+        assert_eq!(
+            (e.bytes, e.time, e.domain.as_str()),
+            (777, 1_709_287_200, "a.com"),
+            "{user:?}"
+        );
+    }
+    // Requests and agents with spaces and brackets too.
+    let e = f
+        .parse(
+            &line_with("u", "GET /a b [c] HTTP/1.1", "x] y", "M [x] 200 5", "a.com"),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(e.bytes, 777);
+}
+
+#[test]
+fn a_hostile_line_exhausts_the_search_bound_not_the_cpu() {
+    // Thousands of separators the backtracking could try: answered (refused) quickly.
+    let f =
+        LogFormat::compile("$a $b $c $d $e $host $bytes_sent $time_local $upstream_cache_status")
+            .unwrap();
+    let line = " ".repeat(5000);
+    let started = std::time::Instant::now();
+    assert!(f.parse(&line, NOW).is_err());
+    let line = format!(
+        "{} a.com 5 [01/Mar/2024:10:00:00 +0000] HIT",
+        " x".repeat(3000)
+    );
+    assert!(f.parse(&line, NOW).is_err() || f.parse(&line, NOW).is_ok());
+    // Generous: the bound is in steps; this only catches an unbounded search.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text nginx may write inside a variable: printable ASCII except `"` and `\` (escaped as
+    /// `\x22`, `\x5C`), plus such escapes; rich in the default format's separators.
+    fn free_text() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                4 => "[ -!#-\\[\\]-~]",
+                2 => prop::sample::select(vec![" [", "] ", "] \"", "\" ", " \"", "[", "]", " - "])
+                    .prop_map(|s| s.replace('"', "\\x22")),
+                1 => Just("\\x22".to_owned()),
+            ],
+            0..12,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    fn domain() -> impl Strategy<Value = String> {
+        ("[a-z][a-z0-9-]{0,8}[a-z0-9]", "[a-z]{2,6}").prop_map(|(a, b)| format!("{a}.{b}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn default_format_recovers_every_field(
+            addr in "[0-9a-f.:]{1,20}",
+            user in free_text(),
+            request in free_text(),
+            referer in free_text(),
+            agent in free_text(),
+            host in domain(),
+            bytes in 0u64..1_000_000_000_000,
+            secs in 946_684_800i64..1_800_000_000,
+            offset_min in -720i64..=840,
+            status in 100u16..600,
+            cache in prop::sample::select(vec!["HIT", "MISS", "-", "STALE", "BYPASS"]),
+        ) {
+            let zone = chrono::FixedOffset::east_opt(i32::try_from(offset_min * 60).unwrap()).unwrap();
+            let local = chrono::DateTime::from_timestamp(secs, 0).unwrap().with_timezone(&zone);
+            let time = local.format("%d/%b/%Y:%H:%M:%S %z").to_string();
+            let line = format!(
+                r#"{addr} - {user} [{time}] "{request}" {status} {bytes} "{referer}" "{agent}" {host} {cache}"#
+            );
+            let e = default().parse(&line, NOW);
+            prop_assert_eq!(
+                e,
+                Ok(Entry { domain: host, time: secs, bytes, hit: matches!(cache, "HIT" | "STALE") }),
+                "{}", line
+            );
+        }
+    }
+}

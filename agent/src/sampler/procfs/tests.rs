@@ -93,6 +93,36 @@ fn cmdline_names() {
         (b"postgres-someth", b"postgres: checkpointer\0", None),
         (b"sshd-session-xy", b"sshd: root@pts/0", None),
         (b"abc", b"/x/\0", None),
+        // setproctitle: the whole title is argv[0], as one string.
+        (
+            b"chromium-browse",
+            b"chromium-browser --type=renderer --enable-pinch",
+            Some(b"chromium-browser"),
+        ),
+        (
+            b"chromium-browse",
+            b"chromium-browser --type=renderer --enable-pinch\0\0\0\0",
+            Some(b"chromium-browser"),
+        ),
+        (
+            b"chromium-browse",
+            b"/usr/lib/chromium/chromium-browser --type=renderer --path=/a/b\0",
+            Some(b"chromium-browser"),
+        ),
+        // Separate arguments: argv[0] is the path, spaces and all.
+        (
+            b"my long progra",
+            b"/opt/My App/bin/my long program\0--flag\0",
+            Some(b"my long program"),
+        ),
+        // comm naming a directory on the way is skipped.
+        (
+            b"chromium-browse",
+            b"/opt/chromium-browser/chromium-browser-beta\0-x\0",
+            Some(b"chromium-browser-beta"),
+        ),
+        // comm only in the middle of a word is not the program.
+        (b"chromium-browse", b"xchromium-browser --a", None),
     ];
     for &(comm, cmdline, want) in cases {
         assert_eq!(
@@ -259,4 +289,40 @@ fn read_buf_reads_whole_files_of_any_size() {
         .read_all(&dir.path().join("missing"))
         .expect_err("missing");
     assert!(is_vanished(&err));
+}
+
+#[test]
+fn pid_stat_state_parent_children_threads() {
+    // 42 (w) Z ppid=7 ... utime 3 stime 4 cutime 50 cstime 60 ... threads 3, rss 0.
+    let line = "42 (w) Z 7 42 42 0 -1 4194304 10 0 0 0 3 4 50 60 20 0 3 0 900 0 0 \
+                18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
+    let st = parse_pid_stat(line.as_bytes()).expect("parses");
+    assert_eq!(
+        (
+            st.state,
+            st.ppid,
+            st.cpu_ticks,
+            st.children_cpu_ticks,
+            st.num_threads
+        ),
+        (b'Z', 7, 7, 110, 3)
+    );
+    assert_eq!((st.start_ticks, st.rss_pages), (900, 0));
+}
+
+#[test]
+fn statm_resident() {
+    assert_eq!(
+        parse_statm_resident(b"1000 131072 50 1 0 20 0\n"),
+        Some(131_072)
+    );
+    assert_eq!(parse_statm_resident(b"1000\n"), None);
+}
+
+#[test]
+fn stat_steal_column() {
+    let s = parse_stat(b"cpu  25 0 0 25 0 0 0 50 10 0\n").expect("parses");
+    assert_eq!((s.cpu.total, s.cpu.idle, s.cpu.steal), (100, 25, Some(50)));
+    let old = parse_stat(b"cpu  1 2 3 4 5 6 7\n").expect("parses");
+    assert_eq!(old.cpu.steal, None);
 }

@@ -55,7 +55,11 @@ fn kib_per_sec_table() {
 
 #[test]
 fn vm_cpu_pct_table() {
-    let t = |total, idle| CpuTimes { total, idle };
+    let t = |total, idle| CpuTimes {
+        total,
+        idle,
+        steal: None,
+    };
     let cases: &[(CpuTimes, CpuTimes, Option<f64>)] = &[
         (t(1000, 800), t(1200, 900), Some(50.0)),
         (t(1000, 800), t(1200, 1000), Some(0.0)),
@@ -118,10 +122,11 @@ fn processes_sum_to_vm_share() {
         .filter_map(|&t| process_cpu_pct(t, elapsed, 100, 2))
         .sum();
     let vm = vm_cpu_pct(
-        CpuTimes { total: 0, idle: 0 },
+        CpuTimes::default(),
         CpuTimes {
             total: 2000,
             idle: 1000,
+            steal: None,
         },
     );
     assert_eq!(vm, Some(50.0));
@@ -140,4 +145,24 @@ fn pct_table() {
     for &(part, whole, want) in cases {
         assert!(close(pct(part, whole), want), "{part}/{whole}");
     }
+}
+
+#[test]
+fn steal_is_not_used_cpu() {
+    // 25 % user, 50 % steal, 25 % idle over 100 ticks.
+    let prev = CpuTimes {
+        total: 1000,
+        idle: 500,
+        steal: Some(100),
+    };
+    let cur = CpuTimes {
+        total: 1100,
+        idle: 525,
+        steal: Some(150),
+    };
+    assert_eq!(vm_cpu_pct(prev, cur), Some(25.0));
+    assert_eq!(vm_steal_pct(prev, cur), Some(50.0));
+    let no_steal = CpuTimes { steal: None, ..cur };
+    assert_eq!(vm_steal_pct(prev, no_steal), None);
+    assert_eq!(vm_cpu_pct(prev, no_steal), Some(75.0));
 }

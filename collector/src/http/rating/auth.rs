@@ -3,14 +3,17 @@
 //! * `session` (default): `X-Auth-Token` is a session id from the method-coded login (458753);
 //!   admins (`users.is_admin`) pass every policy, a tenant user acts for its own project.
 //! * `trusted_headers`: `X-Roles` (comma-separated; `admin` makes an admin) and `X-Project-Id`
-//!   as an authenticating proxy (Keystone middleware) sets them. A request with neither is
-//!   anonymous.
+//!   as an authenticating proxy (Keystone middleware) sets them, honoured only on connections
+//!   from `rating.trusted_proxies`; anyone else is refused (401). A proxied request with
+//!   neither header is anonymous.
 //! * `noauth`: every check passes and the caller has no project (upstream's noauth).
+
+use std::net::IpAddr;
 
 use axum::http::HeaderMap;
 
 use super::Fault;
-use crate::App;
+use crate::app::App;
 use crate::rating::RatingAuth;
 
 /// Session id header (and the token header behind a proxy, which vmmon ignores there).
@@ -37,6 +40,8 @@ pub enum Caller {
         admin: bool,
         /// The project it acts for.
         project: Option<String>,
+        /// The login session it came with (`auth = "session"`).
+        session_id: Option<String>,
     },
 }
 
@@ -101,11 +106,29 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Str
     }
 }
 
-/// Identifies the caller of a request.
-pub async fn identify(app: &App, headers: &HeaderMap) -> Result<Caller, Fault> {
-    match app.settings().config.rating.auth {
+/// Identifies the caller of a request from `peer` (None in process, without a socket).
+pub async fn identify(
+    app: &App,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Result<Caller, Fault> {
+    let settings = app.settings();
+    match settings.config.rating.auth {
         RatingAuth::Noauth => Ok(Caller::NoAuth),
         RatingAuth::TrustedHeaders => {
+            let trusted = peer.is_some_and(|ip| {
+                settings
+                    .config
+                    .rating
+                    .trusted_proxies
+                    .iter()
+                    .any(|net| net.contains(&ip))
+            });
+            if !trusted {
+                return Ok(Caller::Invalid(
+                    "identity headers are only accepted from the configured trusted proxies".into(),
+                ));
+            }
             let roles = header(headers, ROLES_HEADER).map_err(|e| Fault::unauthorized(&e))?;
             let project = header(headers, PROJECT_HEADER).map_err(|e| Fault::unauthorized(&e))?;
             if roles.is_none() && project.is_none() {
@@ -118,6 +141,7 @@ pub async fn identify(app: &App, headers: &HeaderMap) -> Result<Caller, Fault> {
             Ok(Caller::User {
                 admin,
                 project: project.map(str::to_string),
+                session_id: None,
             })
         }
         RatingAuth::Session => {
@@ -130,9 +154,13 @@ pub async fn identify(app: &App, headers: &HeaderMap) -> Result<Caller, Fault> {
                     ));
                 }
             };
-            let user = crate::auth::session_user(app, &sid)
-                .await
-                .map_err(Fault::store)?;
+            let user = crate::auth::session_user(
+                &app.store,
+                app.settings().config.session_idle_ms(),
+                &sid,
+            )
+            .await
+            .map_err(Fault::store)?;
             let Some(user) = user else {
                 return Ok(Caller::Invalid(
                     "X-Auth-Token is expired or unknown: log in again (method 458753)".into(),
@@ -141,6 +169,7 @@ pub async fn identify(app: &App, headers: &HeaderMap) -> Result<Caller, Fault> {
             Ok(Caller::User {
                 admin: user.is_admin,
                 project: user.project,
+                session_id: Some(user.session_id),
             })
         }
     }
@@ -156,10 +185,12 @@ mod tests {
         let admin = Caller::User {
             admin: true,
             project: None,
+            session_id: None,
         };
         let tenant = Caller::User {
             admin: false,
             project: Some("p1".into()),
+            session_id: None,
         };
         let invalid = Caller::Invalid("x".into());
         let cases: Vec<(&Caller, Option<&str>, Option<u16>, Option<u16>)> = vec![

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::{BodyError, read_body};
-use crate::App;
+use crate::app::App;
 use crate::store::StoreError;
 
 pub use auth::Caller;
@@ -42,7 +42,8 @@ pub struct Fault {
 }
 
 impl Fault {
-    fn new(status: StatusCode, message: impl Into<String>) -> Fault {
+    /// A fault with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Fault {
         Fault {
             status,
             message: message.into(),
@@ -323,6 +324,29 @@ pub fn parse_datetime(v: &str) -> Option<i64> {
         .map(|t| Utc.from_utc_datetime(&t).timestamp_millis())
 }
 
+/// `scheme://host[:port]` for absolute links and Location headers: the configured `public_url`,
+/// else the request's `Host` when it is a plain host name or address with an optional port
+/// (anything else, e.g. a Host holding a path or quotes, gives relative links instead of
+/// reflecting it).
+fn origin(app: &App, headers: &axum::http::HeaderMap) -> String {
+    if let Some(url) = &app.settings().config.public_url {
+        return url.as_str().trim_end_matches('/').to_string();
+    }
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.parse::<axum::http::uri::Authority>()
+                    .is_ok_and(|a| a.as_str() == *h)
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(|h| format!("http://{h}"))
+        .unwrap_or_default()
+}
+
 /// Handles one request under [`PREFIX`].
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let app = &*app;
@@ -365,16 +389,15 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             Err(e) => return Fault::bad(format!("malformed JSON body: {e}")).into_response(),
         }
     };
-    let caller = match auth::identify(app, &parts.headers).await {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let caller = match auth::identify(app, &parts.headers, peer).await {
         Ok(c) => c,
         Err(f) => return f.into_response(),
     };
-    let origin = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| format!("http://{h}"))
-        .unwrap_or_default();
+    let origin = origin(app, &parts.headers);
     let ctx = Ctx {
         app,
         method: parts.method,
@@ -407,6 +430,23 @@ async fn dispatch(ctx: &Ctx<'_>) -> Outcome {
             _ => Ok(Reply::BadMethod),
         },
         Some((&"collector", rest)) => collector::handle(ctx, rest).await,
+        Some((&"session", [])) => match ctx.method {
+            // vmmon's logout for a session used on this API (upstream has Keystone for that).
+            Method::DELETE => match &ctx.caller {
+                Caller::User {
+                    session_id: Some(sid),
+                    ..
+                } => {
+                    crate::auth::end_session(&ctx.app.store, sid)
+                        .await
+                        .map_err(Fault::store)?;
+                    Ok(Reply::NoContent)
+                }
+                Caller::Invalid(why) => Err(Fault::unauthorized(why)),
+                _ => Err(Fault::unauthorized("no session to end: send X-Auth-Token")),
+            },
+            _ => Ok(Reply::BadMethod),
+        },
         Some((&"info", rest)) => info::handle(ctx, rest),
         Some((&"rating", rest)) => modules::handle(ctx, rest).await,
         Some((&"report", rest)) => report::handle(ctx, rest).await,

@@ -1,7 +1,7 @@
 //! `/v1/rating/...` (alias `/v1/billing/...`): rating modules, quote, reload, and the modules'
 //! own config APIs under `module_config/<module>`.
 
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
@@ -181,6 +181,10 @@ fn describe(desc: &Map<String, Value>) -> Result<Described, Fault> {
 }
 
 async fn quote(ctx: &Ctx<'_>) -> Outcome {
+    // Upstream CloudKitty requires a token for a quote too; an anonymous quote would let anyone
+    // spend the collector's CPU.
+    ctx.caller
+        .require_reader("rating:quote", ctx.caller.project())?;
     let list = match &ctx.body {
         Value::Object(o) => {
             if let Some(k) = o.keys().find(|k| *k != "resources") {
@@ -204,6 +208,7 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
         )));
     }
     let mut usage: Usage = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for r in &list {
         let Value::Object(r) = r else {
             return Err(Fault::bad("each resource must be a JSON object"));
@@ -250,9 +255,12 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
             groupby,
             metadata,
         };
-        match usage.iter_mut().find(|(s, _)| *s == service) {
-            Some((_, points)) => points.push(point),
-            None => usage.push((service, vec![point])),
+        match index.get(&service) {
+            Some(&i) => usage[i].1.push(point),
+            None => {
+                index.insert(service.clone(), usage.len());
+                usage.push((service, vec![point]));
+            }
         }
     }
     let (rows, rules) = ctx
@@ -266,8 +274,15 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
         })
         .await
         .map_err(Fault::store)?;
-    let order = modules::run_order(&modules::states(&rows));
-    crate::rating::rate(&order, &rules.compile(None), &mut usage)
+    // Pricing is CPU work: off the async workers, bounded (see `App::run_cpu`).
+    let usage = ctx
+        .app
+        .run_cpu(move || {
+            let order = modules::run_order(&modules::states(&rows));
+            crate::rating::rate(&order, &rules.compile(None), &mut usage).map(|()| usage)
+        })
+        .await
+        .map_err(|busy| Fault::new(StatusCode::SERVICE_UNAVAILABLE, busy.to_string()))?
         .map_err(|e| Fault::bad(e.to_string()))?;
     let mut total = Decimal::ZERO;
     for p in usage.iter().flat_map(|(_, p)| p) {

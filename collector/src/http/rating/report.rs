@@ -179,6 +179,7 @@ pub async fn storage(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
         Caller::User {
             admin: false,
             project: None,
+            ..
         } => return Ok(Reply::Ok(json!({"dataframes": []}))),
         c => {
             let t = asked.or_else(|| c.project().map(str::to_string));

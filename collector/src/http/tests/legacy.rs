@@ -32,7 +32,7 @@ const PY2_PROCS: &[Py2Proc] = &[
         "it's",
         90.0,
         33.333333,
-        1e16,
+        1e10,
         123456789.125,
         1e-05,
         0.5,
@@ -52,7 +52,16 @@ const PY2_PROCS: &[Py2Proc] = &[
         Some(1764000123.25),
     ),
     (
-        103, "both '\"", 70.0, 99.999, 5e-3, 1e15, 7.77777, 0.125, 0.0, None,
+        103,
+        "both '\"",
+        70.0,
+        99.999,
+        5e-3,
+        9876543210.987,
+        7.77777,
+        0.125,
+        0.0,
+        None,
     ),
     (104, "back\\slash", 60.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, None),
     (
@@ -110,9 +119,9 @@ const PY2_PROCS: &[Py2Proc] = &[
 /// What CPython 2.7.18 (UCS-4 build) printed for each record of [`PY2_PROCS`]
 /// (`python2.7 legacy_repr_py2.py`), with `@DATE@` and `@ID@` standing for the record's values.
 const PY2_REPRS: &[&str] = &[
-    r#"{u'net_incoming': 0.0, u'shutdown_time': None, u'mem': 33.33, u'net_outgoing': 0.5, u'cmd': u"it's", u'pid': 101, u'instance_id': u'py1', u'disk_write': 1e+16, u'disk_read': 123456789.13, u'create_date': u'@DATE@', u'_id': ObjectId('@ID@'), u'cpu_util': 90.0, u'running_time': 1764000000.5}"#,
+    r#"{u'net_incoming': 0.0, u'shutdown_time': None, u'mem': 33.33, u'net_outgoing': 0.5, u'cmd': u"it's", u'pid': 101, u'instance_id': u'py1', u'disk_write': 10000000000.0, u'disk_read': 123456789.13, u'create_date': u'@DATE@', u'_id': ObjectId('@ID@'), u'cpu_util': 90.0, u'running_time': 1764000000.5}"#,
     r#"{u'net_incoming': 0.0, u'shutdown_time': 1764000123.25, u'mem': 0.1, u'net_outgoing': 100.0, u'cmd': u'say "hi"', u'pid': 102, u'instance_id': u'py1', u'disk_write': 1.0, u'disk_read': 2.68, u'create_date': u'@DATE@', u'_id': ObjectId('@ID@'), u'cpu_util': 80.0, u'running_time': 1234.0}"#,
-    r#"{u'net_incoming': 7.78, u'shutdown_time': None, u'mem': 100.0, u'net_outgoing': 0.13, u'cmd': u'both \'"', u'pid': 103, u'instance_id': u'py1', u'disk_write': 0.01, u'disk_read': 1000000000000000.0, u'create_date': u'@DATE@', u'_id': ObjectId('@ID@'), u'cpu_util': 70.0, u'running_time': 0.0}"#,
+    r#"{u'net_incoming': 7.78, u'shutdown_time': None, u'mem': 100.0, u'net_outgoing': 0.13, u'cmd': u'both \'"', u'pid': 103, u'instance_id': u'py1', u'disk_write': 0.01, u'disk_read': 9876543210.99, u'create_date': u'@DATE@', u'_id': ObjectId('@ID@'), u'cpu_util': 70.0, u'running_time': 0.0}"#,
     r#"{u'net_incoming': 0.0, u'shutdown_time': None, u'mem': 1.0, u'net_outgoing': 0.0, u'cmd': u'back\\slash', u'pid': 104, u'instance_id': u'py1', u'disk_write': 0.0, u'disk_read': 0.0, u'create_date': u'@DATE@', u'_id': ObjectId('@ID@'), u'cpu_util': 60.0, u'running_time': 1.0}"#,
     r#"{u'net_incoming': 0.0, u'shutdown_time': None, u'mem': 1.0, u'net_outgoing': 0.0, u'cmd': u'tab\there\nnl\rcr', u'pid': 105, u'instance_id': u'py1', u'disk_write': 0.0, u'disk_read': 0.0, u'create_date': u'@DATE@', u'_id': ObjectId('@ID@'), u'cpu_util': 50.0, u'running_time': 1.0}"#,
     r#"{u'net_incoming': 0.0, u'shutdown_time': None, u'mem': 1.0, u'net_outgoing': 0.0, u'cmd': u'ctl\x01\x1f', u'pid': 106, u'instance_id': u'py1', u'disk_write': 0.0, u'disk_read': 0.0, u'create_date': u'@DATE@', u'_id': ObjectId('@ID@'), u'cpu_util': 40.0, u'running_time': 1.0}"#,
@@ -270,7 +279,7 @@ async fn validation_names_the_exact_problem() {
         ),
         (
             json!({"method": 999999, "session_id": ADMIN_SID}),
-            "unknown method code 999999; known codes: 458753 login, 611611 getVMMonitoringData, 611711 getVMMonitoringProcData, 611712 getVMMonitoringProcByNameData, 32523 startmonitor, 32524 stopmonitor, 32525 setinterval",
+            "unknown method code 999999; known codes: 458753 login, 611611 getVMMonitoringData, 611711 getVMMonitoringProcData, 611712 getVMMonitoringProcByNameData, 32523 startmonitor, 32524 stopmonitor, 32525 setinterval, 458754 logout",
         ),
         (
             json!({"method": {"x": 1}, "session_id": ADMIN_SID}),

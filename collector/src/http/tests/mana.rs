@@ -819,6 +819,8 @@ async fn vm_list_fields_filters_and_paging() {
             "party": "acme",
             "region": "r1",
             "dropped_samples": 0,
+            "clock_skew_secs": 0,
+            "agent_conflicts": 0,
         })
     );
     assert_eq!(body["vm_servers"][1]["wan_ip_set"], "");

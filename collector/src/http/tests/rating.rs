@@ -759,8 +759,14 @@ fn modules_info_collector_quote_and_routing() {
         &format!("{HM}/thresholds"),
         json!({"service_id": out["service_id"], "level": 1, "cost": "0.5", "type": "rate"}),
     );
+    // A quote needs a session like the rest of /v1 (upstream requires a token too).
+    assert_eq!(
+        anon.post("/v1/rating/quote/", json!({"resources": []}))
+            .status,
+        401
+    );
     let quote = |body: Value| {
-        let a = anon.post("/v1/rating/quote/", body.clone());
+        let a = api.post("/v1/rating/quote/", body.clone());
         assert_eq!(a.status, 200, "{body}: {}", a.body);
         a.body
     };
@@ -808,17 +814,25 @@ fn modules_info_collector_quote_and_routing() {
         ),
         (json!({"other": []}), 400),
     ] {
-        let a = anon.post("/v1/rating/quote", body.clone());
+        let a = api.post("/v1/rating/quote", body.clone());
         assert_eq!(a.status, status, "{body}: {}", a.body);
         assert_eq!(a.body["faultcode"], "Client");
     }
-    let a = Api::with(&h, &[("Content-Type", "application/json")]).req(
+    let a = Api::with(
+        &h,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Auth-Token", ADMIN_SID),
+        ],
+    )
+    .req("POST", "/v1/rating/quote", None);
+    assert_eq!(a.status, 400);
+    let raw = h.call(
         "POST",
         "/v1/rating/quote",
-        None,
+        &[("X-Auth-Token", ADMIN_SID)],
+        "{not json",
     );
-    assert_eq!(a.status, 400);
-    let raw = h.call("POST", "/v1/rating/quote", &[], "{not json");
     assert_eq!(raw.status, 400);
 
     // Routing: unknown URLs get a plain 404, wrong methods a 405; /v1 describes itself.

@@ -25,6 +25,10 @@ use crate::{App, admin, auth, store};
 pub(super) struct FakeAgent {
     module: RpcModule<RpcHandler>,
     seq: u64,
+    /// Each instance's last sample time: `elapsed_ms` is what a monotonic clock would have
+    /// measured since then (0 for the first sample, as after an agent start, and for a sample
+    /// older than the last, which only a restarted agent could send).
+    last_at: std::collections::HashMap<String, i64>,
 }
 
 impl FakeAgent {
@@ -44,6 +48,7 @@ impl FakeAgent {
         FakeAgent {
             module: RpcHandler::new(app.clone(), auth).into_rpc(),
             seq: 0,
+            last_at: std::collections::HashMap::new(),
         }
     }
 
@@ -54,7 +59,7 @@ impl FakeAgent {
         region: &str,
         party: &str,
     ) -> (FakeAgent, i64) {
-        let (id, token) = admin::create_token(&app.store, project, region, party, false)
+        let (id, token) = admin::create_token(&app.store, project, region, party, false, &[])
             .await
             .unwrap();
         (FakeAgent::connect(app, &token).await, id)
@@ -96,7 +101,8 @@ impl FakeAgent {
         readings: &[(i64, u64, u64)],
     ) -> ReportBatch {
         self.seq += 1;
-        let b = counters_batch(instance_id, self.seq, readings);
+        let mut b = counters_batch(instance_id, self.seq, readings);
+        self.set_elapsed(&mut b);
         let ack = self.send(&b).await.unwrap();
         assert!(!ack.duplicate, "a new batch is stored");
         b
@@ -109,7 +115,20 @@ impl FakeAgent {
         samples: Vec<Sample>,
     ) -> Result<ReportAck, ErrorObjectOwned> {
         self.seq += 1;
-        self.send(&ts::batch(instance_id, self.seq, samples)).await
+        let mut b = ts::batch(instance_id, self.seq, samples);
+        self.set_elapsed(&mut b);
+        self.send(&b).await
+    }
+
+    fn set_elapsed(&mut self, b: &mut ReportBatch) {
+        for s in &mut b.samples {
+            let at = s.vm.sampled_at_ms;
+            let last = self.last_at.insert(b.instance_id.clone(), at);
+            s.vm.elapsed_ms = match last {
+                Some(l) if at > l => u64::try_from(at - l).unwrap(),
+                _ => 0,
+            };
+        }
     }
 }
 

@@ -1,15 +1,13 @@
 //! Changing what agents do: persist the desired state first, then push it to a connected agent.
 
-pub mod hub;
-
 use std::time::Duration;
 
 use vmmon_common::vocab::IntervalSecs;
 use vmmon_common::wire::DesiredState;
 
-use crate::App;
+use crate::app::App;
+use crate::hub::PushOutcome;
 use crate::store::{self, StoreError};
-use hub::PushOutcome;
 
 /// A change an operator asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

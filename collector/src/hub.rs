@@ -34,6 +34,8 @@ struct Attached {
 #[derive(Default)]
 struct HubInner {
     agents: HashMap<String, Attached>,
+    /// Which live connection reports each instance, with its agent's identity.
+    owners: HashMap<String, (u64, String)>,
     pending: HashMap<u64, (String, oneshot::Sender<()>)>,
 }
 
@@ -46,7 +48,37 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A fresh id for a connection.
+    /// Agents with a live command subscription (connected), by instance.
+    pub fn connected_agents(&self) -> usize {
+        self.inner.lock().map(|g| g.agents.len()).unwrap_or(0)
+    }
+
+    /// Claims `instance_id` for connection `conn_id` of the agent identified by `agent_uid`. The
+    /// same agent (same uid) on a new connection replaces its stale one; another agent while the
+    /// owner's connection is live is refused with the owner's uid.
+    pub fn claim(&self, instance_id: &str, conn_id: u64, agent_uid: &str) -> Result<(), String> {
+        let Ok(mut g) = self.inner.lock() else {
+            return Ok(());
+        };
+        if let Some((owner_conn, owner_uid)) = g.owners.get(instance_id)
+            && *owner_conn != conn_id
+            && owner_uid != agent_uid
+        {
+            return Err(owner_uid.clone());
+        }
+        g.owners
+            .insert(instance_id.to_string(), (conn_id, agent_uid.to_string()));
+        Ok(())
+    }
+
+    /// Releases every instance connection `conn_id` owns (the connection ended).
+    pub fn release(&self, conn_id: u64) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.owners.retain(|_, (c, _)| *c != conn_id);
+        }
+    }
+
+    /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -129,6 +161,44 @@ impl Hub {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::*;
+
+    #[test]
+    fn one_live_agent_per_instance_and_the_same_agent_may_reconnect() {
+        let hub = Hub::default();
+        assert_eq!(hub.claim("vm-1", 1, "uid-a"), Ok(()));
+        assert_eq!(
+            hub.claim("vm-1", 1, "uid-a"),
+            Ok(()),
+            "again on its connection"
+        );
+        assert_eq!(
+            hub.claim("vm-1", 2, "uid-b"),
+            Err("uid-a".into()),
+            "a clone is refused"
+        );
+        assert_eq!(
+            hub.claim("vm-1", 3, "uid-a"),
+            Ok(()),
+            "the same agent reconnecting"
+        );
+        assert_eq!(hub.claim("vm-1", 2, "uid-b"), Err("uid-a".into()));
+        hub.release(3);
+        assert_eq!(
+            hub.claim("vm-1", 2, "uid-b"),
+            Ok(()),
+            "after the owner left"
+        );
+        assert_eq!(
+            hub.claim("vm-2", 9, "uid-a"),
+            Ok(()),
+            "instances are separate"
+        );
     }
 }
 

@@ -1,0 +1,204 @@
+//! Figures newer than the wire structs: sent in the same JSON objects they extend.
+//!
+//! [`VmSample`](super::VmSample), [`ProcessSample`](super::ProcessSample) and
+//! [`Inventory`](super::Inventory) are built field by field in the collector, so a new Rust
+//! field there would break it until it is taught the figure. These figures therefore travel as
+//! extra keys of the same JSON objects: a collector that does not know a key ignores it (no
+//! struct here denies unknown fields), one that does reads it as an ordinary
+//! `#[serde(default)]` field. When the collector adopts a figure, move it into its struct with
+//! the same name and `#[serde(default)]`: the JSON does not change.
+//!
+//! | object | key | type | meaning |
+//! |---|---|---|---|
+//! | `samples[i].vm` | `cpu_steal_pct` | number or absent | [`VmSampleExt::cpu_steal_pct`] |
+//! | `samples[i].vm` | `unreadable_procs` | integer or absent | [`VmSampleExt::unreadable_procs`] |
+//! | `samples[i].processes[j]` | `unreadable` | list of field names | [`ProcessSampleExt::unreadable`] |
+//! | `inventory` (register) | `net_interfaces_counted` | list of names | [`InventoryExt::net_interfaces_counted`] |
+//!
+//! A figure named in `unreadable` is **null**: the agent could not read it (e.g. `/proc/PID/io`
+//! refused with `EACCES` to an agent without `CAP_SYS_PTRACE`); the number beside it is a
+//! placeholder 0 kept only so that collectors which predate the key still parse the record.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Key of [`VmSampleExt::cpu_steal_pct`].
+pub const KEY_CPU_STEAL_PCT: &str = "cpu_steal_pct";
+/// Key of [`VmSampleExt::unreadable_procs`].
+pub const KEY_UNREADABLE_PROCS: &str = "unreadable_procs";
+/// Key of [`ProcessSampleExt::unreadable`].
+pub const KEY_UNREADABLE: &str = "unreadable";
+/// Key of [`InventoryExt::net_interfaces_counted`].
+pub const KEY_NET_INTERFACES_COUNTED: &str = "net_interfaces_counted";
+
+/// Names used in [`ProcessSampleExt::unreadable`] for the disk figures.
+pub const DISK_FIELDS: [&str; 2] = ["disk_read_kib_per_sec", "disk_write_kib_per_sec"];
+
+/// Whole-VM figures beside [`VmSample`](super::VmSample).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct VmSampleExt {
+    /// Share of all CPUs the hypervisor withheld since the previous sample (`steal` of the
+    /// aggregate `cpu` line of `/proc/stat`, kernel `fs/proc/stat.c`), 0–100 % of the VM.
+    /// `VmSample::cpu_pct` excludes it. `None` on the first sample and on kernels that print
+    /// no steal column (before 2.6.11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_steal_pct: Option<f64>,
+    /// Processes of this sample with at least one figure the agent could not read (listed in
+    /// their [`ProcessSampleExt::unreadable`]); `None` while process sampling is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable_procs: Option<u32>,
+}
+
+/// Per-process figures beside [`ProcessSample`](super::ProcessSample).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProcessSampleExt {
+    /// Names of the record's figures that are null (could not be read), e.g. [`DISK_FIELDS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
+}
+
+/// Extra figures of one [`Sample`](super::Sample): the VM's, and those of the processes that
+/// have any, by index into `Sample::processes`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SampleExt {
+    /// Beside `vm`.
+    pub vm: VmSampleExt,
+    /// `(index into processes, extension)`, only for records that carry one.
+    pub processes: Vec<(usize, ProcessSampleExt)>,
+}
+
+/// Inventory figures beside [`Inventory`](super::Inventory).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct InventoryExt {
+    /// The interfaces whose traffic the VM's network figures count (`net_in`/`net_out`,
+    /// `rx_bytes`/`tx_bytes`), sorted.
+    #[serde(default)]
+    pub net_interfaces_counted: Vec<String>,
+}
+
+/// A [`ReportBatch`](super::ReportBatch) serialized with its samples' extension keys, without
+/// building a JSON tree (the batch of a 1,000-process tick is a few hundred KB of JSON, and a
+/// tree of it several MB). Same JSON as [`merge_samples`] on the serialized batch.
+pub struct BatchWithExt<'a> {
+    /// The batch.
+    pub batch: &'a super::ReportBatch,
+    /// One per sample (missing ones add nothing).
+    pub exts: &'a [SampleExt],
+}
+
+impl Serialize for BatchWithExt<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let b = self.batch;
+        let samples: Vec<SampleOut<'_>> = b
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(i, sample)| SampleOut {
+                sample,
+                ext: self.exts.get(i),
+            })
+            .collect();
+        let mut st = s.serialize_struct("ReportBatch", 7)?;
+        st.serialize_field("batch_id", &b.batch_id)?;
+        st.serialize_field("instance_id", &b.instance_id)?;
+        st.serialize_field("seq", &b.seq)?;
+        st.serialize_field("samples", &samples)?;
+        st.serialize_field("dropped_samples_total", &b.dropped_samples_total)?;
+        if !b.cdn.is_empty() {
+            st.serialize_field("cdn", &b.cdn)?;
+        }
+        if b.cdn_tail.is_some() {
+            st.serialize_field("cdn_tail", &b.cdn_tail)?;
+        }
+        st.end()
+    }
+}
+
+struct SampleOut<'a> {
+    sample: &'a super::Sample,
+    ext: Option<&'a SampleExt>,
+}
+
+#[derive(Serialize)]
+struct Flat<'a, T: Serialize, E: Serialize> {
+    #[serde(flatten)]
+    base: &'a T,
+    #[serde(flatten)]
+    ext: E,
+}
+
+impl Serialize for SampleOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let vm = Flat {
+            base: &self.sample.vm,
+            ext: self.ext.map(|e| e.vm).unwrap_or_default(),
+        };
+        let procs = self.sample.processes.as_ref().map(|ps| {
+            let ext = self.ext.map_or(&[][..], |e| e.processes.as_slice());
+            ProcsOut { ps, ext }
+        });
+        let mut st = s.serialize_struct("Sample", 2)?;
+        st.serialize_field("vm", &vm)?;
+        st.serialize_field("processes", &procs)?;
+        st.end()
+    }
+}
+
+struct ProcsOut<'a> {
+    ps: &'a [super::ProcessSample],
+    /// Sorted by index.
+    ext: &'a [(usize, ProcessSampleExt)],
+}
+
+impl Serialize for ProcsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.ps.len()))?;
+        let mut ext = self.ext.iter().peekable();
+        for (i, p) in self.ps.iter().enumerate() {
+            while ext.next_if(|(j, _)| *j < i).is_some() {}
+            match ext.next_if(|(j, _)| *j == i) {
+                Some((_, e)) => seq.serialize_element(&Flat { base: p, ext: e })?,
+                None => seq.serialize_element(p)?,
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Merges the fields of `ext` (a struct serializing to an object) into the JSON object `target`.
+/// Does nothing when either is not an object.
+pub fn merge_object<T: Serialize>(target: &mut Value, ext: &T) {
+    let (Some(obj), Ok(Value::Object(extra))) = (target.as_object_mut(), serde_json::to_value(ext))
+    else {
+        return;
+    };
+    for (k, v) in extra {
+        obj.insert(k, v);
+    }
+}
+
+/// Merges `exts[i]` into `samples[i]` of a serialized [`ReportBatch`](super::ReportBatch).
+pub fn merge_samples(batch: &mut Value, exts: &[SampleExt]) {
+    let Some(samples) = batch.get_mut("samples").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for (sample, ext) in samples.iter_mut().zip(exts) {
+        if let Some(vm) = sample.get_mut("vm") {
+            merge_object(vm, &ext.vm);
+        }
+        let Some(procs) = sample.get_mut("processes").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for (i, p) in &ext.processes {
+            if let Some(rec) = procs.get_mut(*i) {
+                merge_object(rec, p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

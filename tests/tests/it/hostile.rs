@@ -1,0 +1,175 @@
+//! Hostile load against the real collector, loopback only: every loop is bounded in count and
+//! time and stops by itself. Each test asserts a bound (memory, connections closed, answers
+//! still given), never a speed; the figures it prints are recorded in docs/benchmarks.md.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vmmon_tests::*;
+
+/// Peak resident memory of `pid` (`VmHWM` in `/proc/PID/status`), bytes.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+fn healthz_ms(c: &Collector) -> f64 {
+    let t = Instant::now();
+    assert_eq!(c.healthz(), 200, "/healthz must keep answering");
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// 2,000 wrong-password logins, 100 at once: without a bound every one would hold a 19 MiB argon2
+/// buffer at the same time (gigabytes); with the password pool and the throttle the collector's
+/// peak RSS stays under 150 MB and `/healthz` keeps answering.
+#[test]
+fn login_flood_keeps_memory_bounded() {
+    let _x = exclusive();
+    let c = Collector::start();
+    let url = c.url("/wsgi_app.py");
+    let (busy, throttled, refused) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..100)
+            .map(|w| {
+                let url = url.clone();
+                s.spawn(move || {
+                    let mut counts = (0, 0, 0);
+                    for i in 0..20 {
+                        let body = json!({"method": 458753,
+                            "data": {"user_name": format!("intruder-{w}-{i}"), "password": "guess"}});
+                        let v: serde_json::Value = ureq::post(&url)
+                            .timeout(Duration::from_secs(60))
+                            .send_json(body)
+                            .unwrap()
+                            .into_json()
+                            .unwrap();
+                        assert_eq!(v["status_code"], 3, "{v}");
+                        let m = v["message"].as_str().unwrap();
+                        if m.contains("busy") {
+                            counts.0 += 1;
+                        } else if m.contains("too many failed logins") {
+                            counts.1 += 1;
+                        } else {
+                            assert!(m.contains("authentication failed"), "{m}");
+                            counts.2 += 1;
+                        }
+                    }
+                    counts
+                })
+            })
+            .collect();
+        let mut health = Vec::new();
+        while workers.iter().any(|w| !w.is_finished()) {
+            health.push(healthz_ms(&c));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !health.is_empty() {
+            println!(
+                "login flood: /healthz p50 {:.1} ms, p99 {:.1} ms over {} probes",
+                percentile(&mut health, 0.5),
+                percentile(&mut health, 0.99),
+                health.len()
+            );
+        }
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    });
+    let peak = peak_rss_bytes(c.pid().unwrap());
+    println!(
+        "login flood: {refused} checked and refused, {busy} busy, {throttled} throttled; \
+         collector peak RSS {:.1} MB",
+        peak as f64 / 1e6
+    );
+    assert_eq!(busy + throttled + refused, 2000);
+    assert!(
+        throttled > 0,
+        "the address is throttled after repeated failures"
+    );
+    assert!(peak < 150_000_000, "peak RSS {peak} bytes");
+}
+
+/// Sockets that send half a request head, or a body one byte at a time, are closed by the
+/// collector (header read timeout 10 s, body deadline 30 s), and while they are held `/healthz`
+/// and a login still work.
+#[test]
+fn slow_clients_are_cut_off() {
+    let c = Collector::start();
+    let open = || {
+        let s = TcpStream::connect(c.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+        s
+    };
+    let mut partial: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = open();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut idle: Vec<TcpStream> = (0..50).map(|_| open()).collect();
+    assert_eq!(c.healthz(), 200);
+    assert!(!c.admin_session().is_empty());
+    // The trickled body: a head promising 1,000 bytes, then one byte every second.
+    let mut trickle = open();
+    write!(
+        trickle,
+        "POST /wsgi_app.py HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{"
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut probe = [0u8; 512];
+    trickle
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    while started.elapsed() < Duration::from_secs(90) {
+        match trickle.read(&mut probe) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&probe[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        if trickle.write_all(b" ").is_err() {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.contains("did not arrive within 30 s"),
+        "the trickled body gets its answer: {answer:?}"
+    );
+    // Every held socket is closed by the server (EOF or reset), well before the 90 s read timeout.
+    for s in partial.iter_mut().chain(idle.iter_mut()) {
+        let mut buf = [0u8; 1024];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) => {
+                    break !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        };
+        assert!(closed);
+    }
+    assert_eq!(c.healthz(), 200);
+}
