@@ -225,8 +225,11 @@ fn tcp_traffic_is_attributed_to_the_right_process_and_direction() {
     // The veth stands for the VM's NIC here; a veth is not counted by default (issue 13).
     let _agent = Agent::start(&c, &token, "vm-net-1", 1, &["--net-include", "vmmnf*"]);
     let sid = c.admin_session();
+    // Not `q`: until the agent registered, the id is unknown (status 3), which is not a failure.
     wait_for(T, "first VM record", || {
-        let r = q(&c, &sid, 611611, "vm-net-1", json!({}));
+        let r = c.legacy(
+            &json!({"method": 611611, "data": {"instance_id": "vm-net-1"}, "session_id": sid}),
+        );
         r["data"]
             .as_array()
             .is_some_and(|a| !a.is_empty())
