@@ -325,4 +325,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE instances ADD COLUMN clock_last_uptime_ms INTEGER;
     "#,
+    // The agent's batch sequence number with each stored batch id: "nothing lost" is then a
+    // question of which numbers are missing, not of gaps in sample times.
+    r#"
+    ALTER TABLE batches ADD COLUMN seq INTEGER;
+    "#,
 ];
