@@ -68,6 +68,7 @@ pub fn process(pid: u32, cmd: &str, cpu_pct: f64) -> ProcessSample {
         net_in_kib_per_sec: 0.0,
         net_out_kib_per_sec: 0.0,
         shutdown_time: None,
+        unreadable: Vec::new(),
     }
 }
 

@@ -151,6 +151,7 @@ async fn repr_matches_a_real_python_2_7() {
                 net_out_kib_per_sec: no,
                 start_time: start,
                 shutdown_time: shutdown,
+                unreadable: Vec::new(),
             },
         )
         .collect();
