@@ -37,6 +37,7 @@ pub fn inventory(
         wan_ips: wan.iter().map(|s| s.to_string()).collect(),
         agent_version: "test".into(),
         os: "Test OS".into(),
+        net_interfaces_counted: Vec::new(),
     }
 }
 

@@ -563,6 +563,7 @@ pub fn inventory(
         },
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         os: host::os_name(),
+        net_interfaces_counted: Vec::new(),
     };
     (inv, ext)
 }

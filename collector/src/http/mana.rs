@@ -271,6 +271,9 @@ pub struct VmServer {
     pub clock_skew_secs: i64,
     /// Times a second live agent reporting this instance id was refused (a cloned image).
     pub agent_conflicts: i64,
+    /// The interfaces the VM's network figures count, comma-separated (empty from older
+    /// agents).
+    pub net_interfaces: String,
 }
 
 /// The `/mana_api/vm` answer.
@@ -309,6 +312,7 @@ pub fn vm_entry(tz: Tz, row: &InstanceRow, now_ms: i64) -> VmServer {
         dropped_samples: row.dropped_samples,
         clock_skew_secs: -row.clock_offset_ms / 1000,
         agent_conflicts: row.agent_conflicts,
+        net_interfaces: inv.net_interfaces_counted.join(","),
     }
 }
 

@@ -323,6 +323,19 @@ fn render(
             e.sample(&sample_name, &l, figure(r, vm, now_ms));
         }
     }
+    // Steal only for VMs whose agent reports it (no sample rather than a false 0).
+    e.family(
+        "vmmon_vm_cpu_steal_ratio",
+        Kind::Gauge,
+        "Share of all the VM's CPUs the hypervisor withheld (steal), 0-1 (611611 cpu_steal / 100).",
+    );
+    for (r, vm) in &with_vm {
+        if let Some(steal) = vm.cpu_steal_pct {
+            let l = labels(r, vm);
+            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            e.sample("vmmon_vm_cpu_steal_ratio", &l, steal / 100.0);
+        }
+    }
     if !procs.is_empty() {
         e.family(
             "vmmon_process_cpu_usage_ratio",

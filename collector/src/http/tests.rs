@@ -1354,3 +1354,41 @@ async fn steal_and_unreadable_figures_reach_the_records() {
         "{repr}"
     );
 }
+
+/// The VM list says which interfaces an agent's network figures count (from its inventory).
+#[tokio::test]
+async fn the_vm_list_names_the_counted_interfaces() {
+    let w = World::new().await;
+    let (_, token) = admin::create_token(&w.app.store, "pn", "r1", "x", false, &[])
+        .await
+        .unwrap();
+    let hash = auth::token_sha256(&token);
+    let row = w
+        .app
+        .store
+        .read(move |c| store::users::agent_token_by_hash(c, &hash))
+        .await
+        .unwrap()
+        .unwrap();
+    let inv = Inventory {
+        net_interfaces_counted: vec!["ens3".into(), "ens4".into()],
+        ..Inventory::default()
+    };
+    w.app
+        .store
+        .write(move |c| {
+            store::instances::register(c, "n1", &row, &inv, 30, 1, Default::default())?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let a = w
+        .call(
+            Method::GET,
+            "/mana_api/vm?tenant_id=pn",
+            &[("X-Auth-Token", ADMIN_SID)],
+            "",
+        )
+        .await;
+    assert_eq!(a.json()["vm_servers"][0]["net_interfaces"], "ens3,ens4");
+}

@@ -54,6 +54,16 @@ pub fn validate_inventory(inv: &Inventory) -> Result<(), String> {
             ));
         }
     }
+    if inv.net_interfaces_counted.len() > MAX_INVENTORY_IPS
+        || inv
+            .net_interfaces_counted
+            .iter()
+            .any(|n| n.is_empty() || n.len() > 64 || n.contains(','))
+    {
+        return Err(format!(
+            "inventory net_interfaces_counted must be at most {MAX_INVENTORY_IPS} interface names"
+        ));
+    }
     for (name, ips) in [("lan_ips", &inv.lan_ips), ("wan_ips", &inv.wan_ips)] {
         if ips.len() > MAX_INVENTORY_IPS || ips.iter().any(|ip| ip.len() > 64 || ip.contains(',')) {
             return Err(format!(

@@ -90,7 +90,7 @@ impl Default for RegisterLimits {
 
 const COLUMNS: &str = "instance_id, project, region, party, hostname, cpu_count, mem_total_bytes,
     disk_total_bytes, lan_ips, wan_ips, agent_version, os, created_at_ms, updated_at_ms,
-    last_seen_ms, monitoring, interval_secs, dropped_samples, spooled_batches, clock_offset_ms, agent_conflicts";
+    last_seen_ms, monitoring, interval_secs, dropped_samples, spooled_batches, clock_offset_ms, agent_conflicts, net_interfaces";
 
 fn split_ips(s: String) -> Vec<String> {
     s.split(',')
@@ -114,6 +114,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
             wan_ips: split_ips(r.get(9)?),
             agent_version: r.get(10)?,
             os: r.get(11)?,
+            net_interfaces_counted: split_ips(r.get(21)?),
         },
         created_at_ms: r.get(12)?,
         updated_at_ms: r.get(13)?,
@@ -181,14 +182,17 @@ pub fn register(
     conn.execute(
         "INSERT INTO instances (instance_id, project, region, party, token_id, hostname,
              cpu_count, mem_total_bytes, disk_total_bytes, lan_ips, wan_ips, agent_version,
-             os, created_at_ms, updated_at_ms, last_seen_ms, monitoring, interval_secs)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?14, 0, ?15)
+             os, created_at_ms, updated_at_ms, last_seen_ms, monitoring, interval_secs,
+             net_interfaces)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?14, 0, ?15,
+             ?17)
          ON CONFLICT(instance_id) DO UPDATE SET
              region = excluded.region, party = excluded.party, token_id = excluded.token_id,
              hostname = excluded.hostname, cpu_count = excluded.cpu_count,
              mem_total_bytes = excluded.mem_total_bytes,
              disk_total_bytes = excluded.disk_total_bytes, lan_ips = excluded.lan_ips,
              wan_ips = excluded.wan_ips, agent_version = excluded.agent_version, os = excluded.os,
+             net_interfaces = excluded.net_interfaces,
              last_seen_ms = excluded.last_seen_ms,
              updated_at_ms = CASE WHEN ?16 THEN excluded.updated_at_ms ELSE updated_at_ms END,
              interval_secs = CASE WHEN interval_by_admin THEN interval_secs
@@ -210,6 +214,7 @@ pub fn register(
             now_ms,
             configured_interval_secs,
             changed,
+            inventory.net_interfaces_counted.join(","),
         ],
     )?;
     let desired = get(conn, instance_id)?.map_or(

@@ -330,4 +330,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE batches ADD COLUMN seq INTEGER;
     "#,
+    // The interfaces an agent's network figures count, from its inventory (comma-separated).
+    r#"
+    ALTER TABLE instances ADD COLUMN net_interfaces TEXT NOT NULL DEFAULT '';
+    "#,
 ];

@@ -87,6 +87,10 @@ pub struct Inventory {
     pub agent_version: String,
     /// Operating system (PRETTY_NAME of /etc/os-release).
     pub os: String,
+    /// The interfaces the VM's network figures count (its own NICs by default; see the agent's
+    /// `net_include`/`net_exclude`), sorted. Empty from older agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_interfaces_counted: Vec<String>,
 }
 
 #[cfg(test)]

@@ -166,6 +166,7 @@ fn feed(c: &Collector, token: &str, hour: i64, vm: &Vm) {
                     wan_ips: vec![],
                     agent_version: "test".into(),
                     os: "Linux".into(),
+                    net_interfaces_counted: Vec::new(),
                 },
                 ..register_request(vm.id, 600)
             })

@@ -821,6 +821,7 @@ async fn vm_list_fields_filters_and_paging() {
             "dropped_samples": 0,
             "clock_skew_secs": 0,
             "agent_conflicts": 0,
+            "net_interfaces": "",
         })
     );
     assert_eq!(body["vm_servers"][1]["wan_ip_set"], "");
