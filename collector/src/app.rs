@@ -46,10 +46,10 @@ pub struct App {
 
 /// Batches checked and handed to the store at once, across all agents; more wait (their agents
 /// wait for the acknowledgement, so nothing is dropped), which bounds the parsed batches the
-/// collector holds besides those still being received. 64 keeps the store writer's group commit
-/// fed (it commits everything waiting in one transaction; a bound of 4 would cut it to 4 batches
-/// per commit) while capping typical held batches (≤ 1 MB each) at ~64 MB.
-pub const MAX_CONCURRENT_INGESTS: usize = 64;
+/// collector holds besides those still being received. 512, the most jobs the store writer
+/// commits in one transaction, keeps its group commit fed (a bound of 4 cut it to 4 batches per
+/// commit) while capping typical held batches (≤ 100 KB each at 100 processes) at ~50 MB.
+pub const MAX_CONCURRENT_INGESTS: usize = 512;
 
 /// CPU-heavy requests run at once (pricing a quote, …), on the blocking pool.
 pub const CPU_SLOTS: usize = 2;

@@ -272,18 +272,19 @@ pub fn record_seen(
     dropped_samples_total: Option<u64>,
     spooled_batches: Option<u64>,
 ) -> Result<()> {
-    conn.execute(
+    // Cached statements: these run once per ingested batch.
+    conn.prepare_cached(
         "UPDATE instances SET last_seen_ms = MAX(last_seen_ms, ?2),
              dropped_samples = MAX(dropped_samples, COALESCE(?3, 0)),
              spooled_batches = COALESCE(?4, spooled_batches)
          WHERE instance_id = ?1",
-        params![
-            instance_id,
-            now_ms,
-            dropped_samples_total.map(|v| v as i64),
-            spooled_batches.map(|v| v as i64)
-        ],
-    )?;
+    )?
+    .execute(params![
+        instance_id,
+        now_ms,
+        dropped_samples_total.map(|v| v as i64),
+        spooled_batches.map(|v| v as i64)
+    ])?;
     Ok(())
 }
 
@@ -328,20 +329,19 @@ pub fn record_agent_conflict(conn: &Connection, instance_id: &str, now_ms: i64) 
 /// The instance's time-axis state, None before its first sample (or for an unknown id).
 pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockState>> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT clock_last_raw_ms, clock_last_placed_ms, clock_offset_ms,
                  clock_last_uptime_ms
              FROM instances WHERE instance_id = ?1",
-            [instance_id],
-            |r| {
-                Ok((
-                    r.get::<_, Option<i64>>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
-            },
-        )
+        )?
+        .query_row([instance_id], |r| {
+            Ok((
+                r.get::<_, Option<i64>>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
         .optional()?;
     Ok(match row {
         Some((Some(last_raw_ms), Some(last_placed_ms), offset_ms, last_uptime_ms)) => {
@@ -358,17 +358,17 @@ pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockS
 
 /// Keeps the instance's time-axis state after a batch.
 pub fn set_clock_state(conn: &Connection, instance_id: &str, s: ClockState) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE instances SET clock_last_raw_ms = ?2, clock_last_placed_ms = ?3,
              clock_offset_ms = ?4, clock_last_uptime_ms = ?5 WHERE instance_id = ?1",
-        params![
-            instance_id,
-            s.last_raw_ms,
-            s.last_placed_ms,
-            s.offset_ms,
-            s.last_uptime_ms
-        ],
-    )?;
+    )?
+    .execute(params![
+        instance_id,
+        s.last_raw_ms,
+        s.last_placed_ms,
+        s.offset_ms,
+        s.last_uptime_ms
+    ])?;
     Ok(())
 }
 
