@@ -48,6 +48,46 @@ pub enum AgentError {
     /// No instance id configured and none found on the system.
     #[error("no instance id: set --instance-id (none found in cloud-init, DMI or /etc/machine-id)")]
     NoIdentity,
+    /// The state dir is not safe to write as this user (see [`check_state_dir`]).
+    #[error("unsafe state dir {path}: {why}")]
+    UnsafeStateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Refuses a state dir that another user could tamper with: it must be a real directory (not a
+/// symlink), owned by the user the agent runs as, and not writable by group or others. The
+/// agent usually runs as root and writes its spool and state there.
+pub fn check_state_dir(dir: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    let unsafe_dir = |why: String| AgentError::UnsafeStateDir {
+        path: dir.to_path_buf(),
+        why,
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| unsafe_dir(e.to_string()))?;
+    if !meta.file_type().is_dir() {
+        return Err(unsafe_dir("not a directory (a symlink is refused)".into()));
+    }
+    // /proc/self belongs to this process's effective user.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid());
+    if let Ok(me) = me
+        && meta.uid() != me
+    {
+        return Err(unsafe_dir(format!(
+            "owned by uid {}, the agent runs as uid {me}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "writable by group or others (mode {:o}); chmod go-w it",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// State shared by the sampling loop and the reporter.
@@ -76,7 +116,15 @@ impl Shared {
     }
 
     /// Applies and persists a desired state from the collector.
-    pub fn apply_desired(&self, desired: DesiredState) {
+    pub fn apply_desired(&self, desired: DesiredState) -> Result<(), DesiredRefused> {
+        // The collector is not trusted with the agent's health: an interval outside the
+        // contract (0 would spin the sampler and panic the heartbeat timer; u32::MAX would stop
+        // sampling for 136 years) is refused, logged, and the running state stays.
+        if let Err(e) = vmmon_common::vocab::IntervalSecs::new(u64::from(desired.interval_secs)) {
+            tracing::error!(interval_secs = desired.interval_secs, error = %e,
+                "Refused a desired state from the collector; keeping the running one.");
+            return Err(DesiredRefused(e));
+        }
         self.desired.send_if_modified(|cur| {
             let changed = *cur != desired;
             *cur = desired;
@@ -85,8 +133,14 @@ impl Shared {
         if let Err(e) = self.with_spool(|s| s.set_desired(desired)) {
             tracing::warn!(error = %e, "Cannot persist the desired state.");
         }
+        Ok(())
     }
 }
+
+/// A desired state from the collector outside the contract (refused, not applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("desired state refused: {0}")]
+pub struct DesiredRefused(pub vmmon_common::vocab::IntervalOutOfRange);
 
 fn epoch_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -107,6 +161,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         path: config.state_dir.clone(),
         source,
     })?;
+    check_state_dir(&config.state_dir)?;
     let (spool, report) = Spool::open(&config.state_dir, config.spool_max_bytes)?;
     if report.moved_aside > 0 {
         tracing::warn!(
@@ -294,5 +349,73 @@ fn now_secs(t: SystemTime) -> i64 {
 fn prime(sampler: &mut Sampler, with_processes: bool) {
     if let Err(e) = blocking(|| sampler.sample(SystemTime::now(), with_processes)) {
         tracing::warn!(error = %e, "Priming sample failed.");
+    }
+}
+
+#[cfg(test)]
+mod hostile_input_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn unsafe_state_dirs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(check_state_dir(dir.path()).is_ok());
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_state_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("writable by group or others"), "{e}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        assert!(
+            check_state_dir(&link)
+                .unwrap_err()
+                .to_string()
+                .contains("symlink")
+        );
+    }
+
+    #[test]
+    fn hostile_intervals_from_the_collector_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let start = DesiredState {
+            monitoring: false,
+            interval_secs: 30,
+        };
+        let (tx, rx) = watch::channel(start);
+        let shared = Shared {
+            spool: Mutex::new(spool),
+            desired: tx,
+            new_batch: Notify::new(),
+        };
+        for interval_secs in [0, 86_401, u32::MAX] {
+            let bad = DesiredState {
+                monitoring: true,
+                interval_secs,
+            };
+            assert!(shared.apply_desired(bad).is_err(), "{interval_secs}");
+            assert_eq!(
+                *rx.borrow(),
+                start,
+                "{interval_secs}: the running state stays"
+            );
+        }
+        let good = DesiredState {
+            monitoring: true,
+            interval_secs: 1,
+        };
+        assert!(shared.apply_desired(good).is_ok());
+        assert_eq!(*rx.borrow(), good);
+        // A bad persisted state (an older agent accepted 0) is not resumed.
+        let persisted = DesiredState {
+            monitoring: true,
+            interval_secs: 0,
+        };
+        assert_eq!(
+            reporter::initial_desired(Some(persisted), 30).interval_secs,
+            30
+        );
     }
 }

@@ -158,7 +158,16 @@ async fn session(
         Ok(d) => d,
         Err(e) => return from_client(&e, false),
     };
-    shared.apply_desired(desired);
+    if shared.apply_desired(desired).is_err() {
+        return ended(
+            RetryAction::Reconnect,
+            format!(
+                "the collector answered register with an invalid interval of {} s",
+                desired.interval_secs
+            ),
+            false,
+        );
+    }
     let mut commands = match client.subscribe_commands(cfg.instance_id.clone()).await {
         Ok(s) => s,
         Err(e) => return from_client(&e, true),
@@ -183,7 +192,10 @@ async fn session(
                     None => return ended(RetryAction::Reconnect, "command subscription closed", true),
                 };
                 tracing::info!(id = cmd.id, monitoring = cmd.state.monitoring, interval_secs = cmd.state.interval_secs, "Command from the collector.");
-                shared.apply_desired(cmd.state);
+                if shared.apply_desired(cmd.state).is_err() {
+                    // Not acknowledged: the collector reports the command as not confirmed.
+                    continue;
+                }
                 let ack = CommandAck { instance_id: cfg.instance_id.clone(), id: cmd.id };
                 if let Err(e) = client.ack_command(ack).await {
                     return from_client(&e, true);
@@ -206,7 +218,9 @@ async fn session(
                     dropped_samples_total: dropped,
                 };
                 match client.heartbeat(hb).await {
-                    Ok(d) => shared.apply_desired(d),
+                    Ok(d) => {
+                        let _ = shared.apply_desired(d);
+                    }
                     Err(e) => return from_client(&e, true),
                 }
             }
@@ -266,8 +280,11 @@ pub fn initial_desired(
     persisted: Option<DesiredState>,
     configured_interval_secs: u32,
 ) -> DesiredState {
-    persisted.unwrap_or(DesiredState {
-        monitoring: false,
-        interval_secs: configured_interval_secs,
-    })
+    // A persisted state outside the contract (written by an older agent) is not resumed.
+    persisted
+        .filter(|d| vmmon_common::vocab::IntervalSecs::new(u64::from(d.interval_secs)).is_ok())
+        .unwrap_or(DesiredState {
+            monitoring: false,
+            interval_secs: configured_interval_secs,
+        })
 }

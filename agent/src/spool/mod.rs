@@ -505,10 +505,17 @@ fn move_aside(path: &Path, corrupt_dir: &Path) -> Result<(), SpoolError> {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     let tmp = path.with_extension("tmp");
     {
+        // The agent runs as root: a planted `…tmp` symlink must not make it write through the
+        // link. Remove whatever is there (a link is removed, not followed) and create the file
+        // exclusively (O_CREAT|O_EXCL never follows a link).
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&tmp)(e)),
+        }
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)
             .map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;

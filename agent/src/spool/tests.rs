@@ -214,3 +214,29 @@ fn extension_keys_are_spooled_and_sent_as_written() {
     assert!(spool.oldest_raw().unwrap().is_none());
     assert_eq!(spool.corrupt_files_total(), 1);
 }
+
+/// A planted symlink at the spool's temp path is replaced, never written through (the agent
+/// runs as root).
+#[test]
+fn a_planted_temp_symlink_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    // The state file's temp name, and a batch file's temp name for the next push.
+    for tmp in [
+        "agent-state.tmp",
+        "spool/00000000000000000000.tmp",
+        "spool/00000000000000000001.tmp",
+    ] {
+        let p = dir.path().join(tmp);
+        let _ = fs::remove_file(&p);
+        if let Some(parent) = p.parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+    }
+    spool.push("i", vec![sample(1)]).unwrap();
+    spool.push("i", vec![sample(2)]).unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+}
