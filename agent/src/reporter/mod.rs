@@ -259,6 +259,18 @@ async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
                     tracing::error!(error = %e, seq, "Cannot delete an acknowledged batch.");
                 }
             }
+            // This session registered this agent's own instance, so "not registered" can only
+            // mean a batch spooled under another instance id (the id changed while the state dir
+            // kept its spool): no retry can deliver it. Set it aside, counted, and go on.
+            Err(ClientError::Call(ref o))
+                if o.code() == vmmon_common::rpc::codes::NOT_REGISTERED =>
+            {
+                tracing::warn!(seq, error = %o.message(),
+                    "A spooled batch of another instance id cannot be delivered; dropped and counted.");
+                if let Err(e) = shared.with_spool(|s| s.discard(seq)) {
+                    tracing::error!(error = %e, seq, "Cannot discard an undeliverable batch.");
+                }
+            }
             Err(e) => match classify(&e) {
                 RetryAction::DropBatch => {
                     tracing::warn!(seq, error = %e, "Collector refused a batch as invalid; dropped and counted.");

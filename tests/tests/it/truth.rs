@@ -77,3 +77,52 @@ fn a_cloned_image_is_refused_while_the_original_reports_and_takes_over_after_it(
         (records(&c) >= before + 3).then_some(())
     });
 }
+
+/// Batches spooled under another instance id (the id changed while the state dir kept its
+/// spool) cannot be delivered by this agent: they are set aside and counted, and delivery of the
+/// agent's own samples goes on.
+#[test]
+fn batches_of_a_former_instance_id_are_set_aside_and_delivery_goes_on() {
+    let c = Collector::start();
+    let token = c.create_token("p-rename", "r1");
+    // First life: "vm-old" samples into its spool while no collector listens.
+    let nowhere = format!("ws://{}/rpc", free_addr());
+    let mut old = Agent::prepare(&nowhere, &token, "vm-old", 1, &[]);
+    old.spawn();
+    assert!(
+        wait_until(T, || old.spooled() >= 3),
+        "spooled under the old id"
+    );
+    old.kill();
+    // Second life: same state dir, new id, a reachable collector.
+    let state = old.state.path().display().to_string();
+    old.set_args(&[
+        "--collector",
+        &c.rpc_url(),
+        "--token",
+        &token,
+        "--instance-id",
+        "vm-new",
+        "--interval",
+        "1",
+        "--state-dir",
+        &state,
+    ]);
+    old.spawn();
+    let sid = c.admin_session();
+    wait_for(T, "the new id's samples delivered", || {
+        let v = c.legacy(&json!({"method": 611611, "session_id": sid, "limit": 3,
+            "data": {"instance_id": "vm-new"}}));
+        (v["data"].as_array().map_or(0, Vec::len) >= 3).then_some(())
+    });
+    assert!(
+        wait_until(T, || old.spooled() <= 1),
+        "the old id's batches no longer block the spool"
+    );
+    let v = c.legacy(&json!({"method": 611611, "session_id": sid,
+        "data": {"instance_id": "vm-new"}}));
+    assert!(
+        v["data"][0]["dropped_samples"].as_i64().unwrap_or(0) >= 3,
+        "the set-aside samples are counted: {v}"
+    );
+}
