@@ -418,4 +418,32 @@ mod hostile_input_tests {
             30
         );
     }
+
+    proptest::proptest! {
+        /// Whatever state the collector sends (register answer, heartbeat answer, pushed
+        /// command), the agent neither panics nor applies a value outside the contract.
+        #[test]
+        fn any_desired_state_is_applied_only_when_valid(monitoring: bool, interval_secs: u32) {
+            let dir = tempfile::tempdir().unwrap();
+            let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+            let start = DesiredState { monitoring: false, interval_secs: 30 };
+            let (tx, rx) = watch::channel(start);
+            let shared = Shared { spool: Mutex::new(spool), desired: tx, new_batch: Notify::new() };
+            let sent = DesiredState { monitoring, interval_secs };
+            let valid = (1..=86_400).contains(&interval_secs);
+            proptest::prop_assert_eq!(shared.apply_desired(sent).is_ok(), valid);
+            let now = *rx.borrow();
+            proptest::prop_assert_eq!(now, if valid { sent } else { start });
+            let resumed = reporter::initial_desired(Some(sent), 30);
+            proptest::prop_assert!((1..=86_400).contains(&resumed.interval_secs));
+        }
+
+        /// Arbitrary bytes as a command or a desired state from the collector parse or fail
+        /// cleanly.
+        #[test]
+        fn arbitrary_collector_messages_never_panic(text in ".{0,200}") {
+            let _ = serde_json::from_str::<vmmon_common::wire::Command>(&text);
+            let _ = serde_json::from_str::<DesiredState>(&text);
+        }
+    }
 }
