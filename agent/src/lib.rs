@@ -141,6 +141,9 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         instance_id: instance_id.clone(),
         configured_interval_secs: config.interval_secs,
         max_backoff: Duration::from_secs(config.max_backoff_secs),
+        tls: config
+            .tls_client_config()
+            .map_err(|e| config::ConfigError::Invalid(vec![e.to_string()]))?,
     };
     // Inventory is read fresh on every (re)connect.
     let roots = ProcRoots::default();
