@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
+use jsonrpsee::client_transport::ws::WsHandshakeError;
 use jsonrpsee::core::client::Error as ClientError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -272,8 +273,13 @@ fn find_rustls_error(err: &ClientError) -> Option<&rustls::Error> {
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
             return Some(r);
         }
-        if let Some(r) = e
-            .downcast_ref::<std::io::Error>()
+        // tokio-rustls reports a refused handshake as an I/O error around the rustls one, and
+        // jsonrpsee's `WsHandshakeError::Io` holds that I/O error without naming it as source.
+        let io = match e.downcast_ref::<WsHandshakeError>() {
+            Some(WsHandshakeError::Io(io)) => Some(io),
+            _ => e.downcast_ref::<std::io::Error>(),
+        };
+        if let Some(r) = io
             .and_then(|io| io.get_ref())
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {

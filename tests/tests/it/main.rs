@@ -11,3 +11,4 @@ mod netflow;
 mod prometheus;
 mod rating;
 mod service;
+mod tls;

@@ -133,7 +133,8 @@ fn refusals_are_explained() {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(cert_err),
         );
-        let err = ClientError::Transport(Box::new(io));
+        // As jsonrpsee's ws-client reports it.
+        let err = ClientError::Transport(Box::new(WsHandshakeError::Io(io)));
         let why = refusal_reason(&err).unwrap();
         assert!(why.contains(want), "{why}");
     }
