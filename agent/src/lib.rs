@@ -140,6 +140,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         token,
         instance_id: instance_id.clone(),
         configured_interval_secs: config.interval_secs,
+        agent_uid: identity::agent_uid(&config.state_dir, &sampler::boot_id(&ProcRoots::default())),
         max_backoff: Duration::from_secs(config.max_backoff_secs),
         tls: config
             .tls_client_config()

@@ -66,6 +66,7 @@ fn batch(instance: &str, seq: u64, at_ms: i64, procs: usize) -> ReportBatch {
                 net_attribution: None,
                 cpu_steal_pct: None,
                 unreadable_procs: None,
+                uptime_ms: None,
             },
             processes: Some(processes),
         }],

@@ -308,6 +308,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             );
         }
     }
+    // Signal handlers before the address is announced: a SIGHUP that arrives as soon as a
+    // client (or systemd) sees the collector up must reload it, not kill it (the default action).
+    let signals = Signals::install().context("cannot watch signals")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -323,7 +326,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     jobs::rating::spawn(app.clone());
     service::notify_ready();
     service::spawn_watchdog(app.clone());
-    wait_for_stop(&args, &app).await;
+    wait_for_stop(signals, &args, &app).await;
     tracing::info!("Shutting down.");
     running.stop().await;
     // Let queued writes commit before the process ends.
@@ -331,19 +334,28 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The signals `serve` obeys, watched from before the listener is bound.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Serves until SIGTERM/SIGINT. A SIGHUP reloads the config file in place: the new settings
 /// apply to every request that starts afterwards, while the listener, every agent connection and
 /// every request in flight carry on untouched. An invalid file is logged and the running
 /// settings stay.
-async fn wait_for_stop(args: &ServeArgs, app: &App) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
+async fn wait_for_stop(signals: Signals, args: &ServeArgs, app: &App) {
+    let Signals { mut term, mut hup } = signals;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,

@@ -1,18 +1,20 @@
 //! Where a sample goes on the collector's time axis, when the guest's wall clock cannot be
 //! trusted (pure rules; the state lives in the store's `instances` row).
 //!
-//! Each sample carries the guest's wall-clock time (`sampled_at_ms`) and the time the agent's
-//! monotonic clock measured since its previous sample (`elapsed_ms`, 0 for the first sample after
-//! an agent start). A guest clock that NTP steps, or that runs ahead of the collector, would
+//! Each sample carries the guest's wall-clock time (`sampled_at_ms`) and its boot-time clock
+//! (`uptime_ms`, `/proc/uptime`: monotonic for the whole boot, across agent restarts). Two
+//! consecutive samples of one boot are *linked*: the uptime between them is the real time that
+//! passed. (Agents that predate `uptime_ms` are linked by `elapsed_ms`, the time since their
+//! previous sample, 0 after an agent start.) A guest clock that NTP steps, or that runs ahead of the collector, would
 //! otherwise squeeze or stretch the intervals the bandwidth rollup divides bytes by, and put
 //! future-stamped records ahead of live ones. The rule:
 //!
 //! 1. The placed time is the wall-clock time plus a per-instance offset. The offset starts at 0
-//!    and returns to 0 at every agent start (no monotonic link to the previous sample: the wall
-//!    clock, likely just synced at boot, is the only reference).
+//!    and returns to 0 on every unlinked sample (an instance's first, the first after a reboot:
+//!    the wall clock, likely just synced at boot, is then the only reference).
 //! 2. **Step**: when the wall clock moved more than [`step_tolerance_ms`] away from the
-//!    monotonic `elapsed_ms` since the previous sample, the clock was stepped: the sample is placed
-//!    at the previous placed time + `elapsed_ms`, and the offset changes to keep later samples on
+//!    monotonic time since the previous linked sample, the clock was stepped: the sample is placed
+//!    at the previous placed time + that time, and the offset changes to keep later samples on
 //!    that axis.
 //! 3. **Skew bound**: a placed time more than [`MAX_AHEAD_MS`] after the collector received the
 //!    sample is placed at the receive time instead (the offset follows), so no sample is ever
@@ -41,6 +43,29 @@ pub struct ClockState {
     pub last_placed_ms: i64,
     /// Placed minus wall-clock time, ms.
     pub offset_ms: i64,
+    /// The previous sample's `uptime_ms`, if its agent sent one.
+    pub last_uptime_ms: Option<i64>,
+}
+
+/// What links a sample to the previous one of its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Monotonic {
+    /// The agent's `elapsed_ms` (0: no link, the agent just started).
+    pub elapsed_ms: i64,
+    /// The guest's `/proc/uptime`, ms, when sent.
+    pub uptime_ms: Option<i64>,
+}
+
+impl Monotonic {
+    /// The real time since `prev`, when the two samples are linked: by uptime within one boot
+    /// (a later uptime), else, for agents without uptime, by a non-zero `elapsed_ms`.
+    fn since(self, prev: &ClockState) -> Option<i64> {
+        match (self.uptime_ms, prev.last_uptime_ms) {
+            (Some(now), Some(before)) => (now > before).then_some(now - before),
+            (Some(_), None) | (None, Some(_)) => None,
+            (None, None) => (self.elapsed_ms > 0).then_some(self.elapsed_ms),
+        }
+    }
 }
 
 /// Something the rule corrected, to log and count.
@@ -64,10 +89,12 @@ pub enum ClockAnomaly {
 pub fn place(
     state: Option<ClockState>,
     raw_ms: i64,
-    elapsed_ms: i64,
+    link: Monotonic,
     received_ms: i64,
 ) -> (i64, ClockState, Option<ClockAnomaly>) {
-    let linked = state.filter(|_| elapsed_ms > 0);
+    let linked = state.and_then(|s| link.since(&s).map(|elapsed| (s, elapsed)));
+    let elapsed_ms = linked.map_or(0, |(_, e)| e);
+    let linked = linked.map(|(s, _)| s);
     let mut offset = linked.map_or(0, |s| s.offset_ms);
     let mut anomaly = None;
     if let Some(prev) = linked {
@@ -101,6 +128,7 @@ pub fn place(
             last_raw_ms: raw_ms,
             last_placed_ms: placed,
             offset_ms: offset,
+            last_uptime_ms: link.uptime_ms,
         },
         anomaly,
     )
@@ -119,7 +147,11 @@ mod tests {
         let mut placed = Vec::new();
         let mut anomalies = Vec::new();
         for &(raw, elapsed, received) in samples {
-            let (p, s, a) = place(state, raw, elapsed, received);
+            let link = Monotonic {
+                elapsed_ms: elapsed,
+                uptime_ms: None,
+            };
+            let (p, s, a) = place(state, raw, link, received);
             state = Some(s);
             placed.push(p);
             anomalies.push(a);
@@ -183,6 +215,37 @@ mod tests {
             Some(ClockAnomaly::Stepped { step_ms: 20 * MIN })
         );
         assert!(anomalies[4].is_none(), "a restart is not a step");
+    }
+
+    #[test]
+    fn uptime_links_samples_across_agent_restarts_and_a_reboot_unlinks() {
+        let t = 1_700_000_000_000;
+        let up = |u: i64, e: i64| Monotonic {
+            elapsed_ms: e,
+            uptime_ms: Some(u),
+        };
+        let mut state = None;
+        let mut go = |raw: i64, link: Monotonic, received: i64| {
+            let (p, s, a) = place(state, raw, link, received);
+            state = Some(s);
+            (p, a)
+        };
+        assert_eq!(go(t, up(1_000_000, 0), t), (t, None));
+        // The agent restarts 2 s later; its first sample's elapsed_ms covers only its own
+        // baseline tick, but the uptime shows the real 3 s: no step.
+        assert_eq!(
+            go(t + 3_000, up(1_003_000, 500), t + 3_000),
+            (t + 3_000, None)
+        );
+        // A 30 min step back of the wall clock while uptime moved on 1 min: corrected.
+        let (p, a) = go(t + 63_000 - 30 * MIN, up(1_063_000, 60_000), t + 63_000);
+        assert_eq!(p, t + 63_000);
+        assert_eq!(a, Some(ClockAnomaly::Stepped { step_ms: -30 * MIN }));
+        // A reboot (uptime starts again): not linked, the wall clock is taken as is.
+        assert_eq!(
+            go(t + 10 * MIN, up(5_000, 0), t + 10 * MIN),
+            (t + 10 * MIN, None)
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@
 pub mod config;
 pub mod legacy;
 pub mod rpc;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod vocab;
 pub mod wire;
 

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub use vmmon_common::vocab::now_ms;
+
 /// Admin password every test collector starts with.
 pub const ADMIN_PASSWORD: &str = "admin-test-pw";
 
@@ -221,9 +223,29 @@ impl Collector {
             .collect()
     }
 
+    /// The agent batch sequence numbers stored for `instance`, ascending (a number stored twice
+    /// appears twice).
+    pub fn batch_seqs(&self, instance: &str) -> Vec<u64> {
+        self.query_i64(
+            "SELECT seq FROM batches WHERE instance_id = ?1 ORDER BY seq",
+            &[&instance],
+        )
+        .into_iter()
+        .map(|s| u64::try_from(s).unwrap())
+        .collect()
+    }
+
     /// The collector's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the collector process we started is still running (not exited, not re-executed
+    /// into a child we do not know).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Status of GET /healthz.
@@ -530,6 +552,22 @@ impl Agent {
             .unwrap_or(0)
     }
 
+    /// Sequence numbers of the batches waiting in the spool, ascending.
+    pub fn spooled_seqs(&self) -> Vec<u64> {
+        let mut seqs: Vec<u64> = std::fs::read_dir(self.state.path().join("spool"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| {
+                        let name = e.file_name().into_string().ok()?;
+                        name.strip_suffix(".batch")?.parse().ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        seqs.sort_unstable();
+        seqs
+    }
+
     /// The agent's persisted state file as JSON (null before the agent wrote it).
     pub fn state_file(&self) -> Value {
         std::fs::read_to_string(self.state.path().join("agent-state.json"))
@@ -596,6 +634,43 @@ pub fn spawn_writer(name: &str, dir: &Path, mb: u32) -> ChildGuard {
     spawn_load(&[name, "write", &mb.to_string(), &dir.display().to_string()])
 }
 
+/// Starts `vmmon-test-load NAME write MB DIR` waiting for the returned stdin to say go (write a
+/// line), so that a test can let the agent see the process before it writes.
+pub fn spawn_writer_on_go(
+    name: &str,
+    dir: &Path,
+    mb: u32,
+) -> (ChildGuard, std::process::ChildStdin) {
+    let mut child = Command::new(bin_path("vmmon-test-load"))
+        .args([name, "write", &mb.to_string(), &dir.display().to_string()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (ChildGuard(child), stdin)
+}
+
+/// `create_date` of an API record (`YYYY-MM-DDTHH:MM:SS.ffffff`, local time at UTC+`offset_secs`)
+/// as epoch seconds.
+pub fn create_date_secs(create_date: &str, offset_secs: i32) -> f64 {
+    let t = chrono::NaiveDateTime::parse_from_str(create_date, "%Y-%m-%dT%H:%M:%S%.f")
+        .unwrap_or_else(|e| panic!("create_date {create_date:?}: {e}"));
+    (t.and_utc().timestamp_micros() - i64::from(offset_secs) * 1_000_000) as f64 / 1e6
+}
+
+/// Bytes a series of records (oldest first, collector in UTC) stands for: each record's rate
+/// (KB/s) times the time since the record before it (the interval its rate covers). The first
+/// record has no predecessor and is left out.
+pub fn bytes_of(records: &[Value], field: &str) -> f64 {
+    records
+        .windows(2)
+        .map(|w| {
+            let at = |r: &Value| create_date_secs(r["create_date"].as_str().unwrap(), 0);
+            w[1][field].as_f64().unwrap() * 1024.0 * (at(&w[1]) - at(&w[0]))
+        })
+        .sum()
+}
+
 /// Starts `vmmon-test-load NAME idle`.
 pub fn spawn_idle(name: &str) -> ChildGuard {
     spawn_load(&[name, "idle"])
@@ -631,13 +706,7 @@ pub fn register_request(
     instance_id: &str,
     interval_secs: u32,
 ) -> vmmon_common::wire::RegisterRequest {
-    vmmon_common::wire::RegisterRequest {
-        instance_id: instance_id.to_string(),
-        inventory: Default::default(),
-        protocol_version: vmmon_common::PROTOCOL_VERSION,
-        configured_interval_secs: interval_secs,
-        agent_uid: None,
-    }
+    vmmon_common::test_support::register_request(instance_id, interval_secs, Default::default())
 }
 
 /// A date: (year, month, day).

@@ -42,6 +42,8 @@ pub struct ReporterConfig {
     pub instance_id: String,
     /// The interval from the agent's own configuration.
     pub configured_interval_secs: u32,
+    /// This agent's identity ([`crate::identity::agent_uid`]).
+    pub agent_uid: String,
     /// Longest reconnect wait.
     pub max_backoff: Duration,
     /// For `wss://`: how the collector is verified (see [`tls`]).
@@ -177,7 +179,7 @@ async fn session(
         inventory,
         protocol_version: PROTOCOL_VERSION,
         configured_interval_secs: cfg.configured_interval_secs,
-        agent_uid: None,
+        agent_uid: Some(cfg.agent_uid.clone()),
     };
     // Sent as JSON with the inventory's extension keys (vmmon_common::wire::ext).
     let mut request = match serde_json::to_value(&request) {

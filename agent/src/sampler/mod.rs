@@ -412,6 +412,7 @@ impl Sampler {
         let vm = VmSample {
             sampled_at_ms: epoch_millis(now),
             elapsed_ms: elapsed.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            uptime_ms: Some(u64::try_from(cur.uptime.as_millis()).unwrap_or(u64::MAX)),
             cpu_pct,
             mem_pct: rates::pct(used, cur.mem.total_bytes),
             disk_read_kib_per_sec: disk.0,

@@ -196,14 +196,19 @@ fn extension_keys_are_spooled_and_sent_as_written() {
     let seq = spool
         .push_batch_ext("i", vec![sample(7)], &[ext], Vec::new(), None)
         .unwrap();
-    // The typed view (what a collector that predates the keys reads) is unchanged.
-    assert_eq!(spool.oldest().unwrap().unwrap().samples, vec![sample(7)]);
+    // The typed view reads the key into its wire field (`VmSample::cpu_steal_pct`).
+    let mut with_steal = sample(7);
+    with_steal.vm.cpu_steal_pct = Some(12.5);
+    assert_eq!(
+        spool.oldest().unwrap().unwrap().samples,
+        vec![with_steal.clone()]
+    );
     let (raw_seq, raw) = spool.oldest_raw().unwrap().unwrap();
     assert_eq!(raw_seq, seq);
     let sent: serde_json::Value = serde_json::to_value(&raw).unwrap();
     assert_eq!(sent["samples"][0]["vm"]["cpu_steal_pct"], 12.5);
     let typed: ReportBatch = serde_json::from_value(sent).unwrap();
-    assert_eq!(typed.samples, vec![sample(7)]);
+    assert_eq!(typed.samples, vec![with_steal]);
     // A damaged file is moved aside, as by `oldest`.
     fs::write(&batch_files(dir.path())[0], b"{\"samples\": [").unwrap();
     assert!(spool.oldest_raw().unwrap().is_none());

@@ -174,16 +174,39 @@ pub fn step(last: Option<Reading>, cur: Reading, now_ms: i64) -> Step {
     )
 }
 
-/// Epoch ms of a local date-time in `tz`: the earlier instant when it is ambiguous (DST end), the
-/// first valid instant after it when it does not exist (DST start).
+/// Epoch ms of a local date-time in `tz`: the earlier instant when it is ambiguous (DST end); when
+/// it does not exist (inside a DST-start gap), the gap's end, i.e. the first local time that
+/// exists after it (02:10 in a 02:00–03:00 gap is 03:00, as docs/mana_api.md documents). Gaps
+/// longer than about two days (none in the tz database) give `None`.
 pub fn local_to_utc_ms(tz: Tz, local: NaiveDateTime) -> Option<i64> {
-    for quarter in 0..=12 {
-        let t = local + chrono::Duration::minutes(15 * quarter);
-        if let Some(dt) = tz.from_local_datetime(&t).earliest() {
-            return Some(dt.timestamp_millis());
+    let exists = |t: NaiveDateTime| tz.from_local_datetime(&t).earliest();
+    if let Some(dt) = exists(local) {
+        return Some(dt.timestamp_millis());
+    }
+    // A gap is one contiguous run of missing local times: find a time past it by doubling the
+    // step, then the first existing second by bisection (missing at `lo`, existing at `hi`).
+    let mut lo = local;
+    let mut step_secs = 60;
+    let mut hi = loop {
+        let t = local + chrono::Duration::seconds(step_secs);
+        if exists(t).is_some() {
+            break t;
+        }
+        lo = t;
+        step_secs *= 2;
+        if step_secs > 2 * 86_400 {
+            return None;
+        }
+    };
+    while (hi - lo).num_seconds() > 1 {
+        let mid = lo + chrono::Duration::seconds((hi - lo).num_seconds() / 2);
+        if exists(mid).is_some() {
+            hi = mid;
+        } else {
+            lo = mid;
         }
     }
-    None
+    exists(hi).map(|dt| dt.timestamp_millis())
 }
 
 /// `YYYY-MM-DD HH:MM:SS` of `ms` in `tz`.
@@ -429,7 +452,15 @@ mod plausibility_tests {
             tx: 10,
         };
         match step(Some(prev), cur, 10_000_000) {
-            Step::Flow(b) => assert!(b.iter().all(|x| x.in_bytes == 0 && x.out_bytes == 0)),
+            // The interval's one bucket is marked observed, with nothing added.
+            Step::Flow(b) => assert_eq!(
+                b,
+                vec![BucketBytes {
+                    bucket_start_ms: 600_000,
+                    in_bytes: 0,
+                    out_bytes: 0
+                }]
+            ),
             other => panic!("{other:?}"),
         }
     }

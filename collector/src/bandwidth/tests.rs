@@ -308,3 +308,83 @@ fn rate_is_bytes_per_second() {
     assert_eq!(rate(60_000), 100.0);
     assert_eq!(rate(0), 0.0);
 }
+
+#[test]
+fn dst_ambiguous_is_the_earlier_instant_and_a_gap_time_is_the_gap_end() {
+    // (zone, local time, the UTC instant it must mean)
+    let cases = [
+        // Europe/Berlin 2025-03-30: 02:00 CET → 03:00 CEST; a time in the gap is its end,
+        // 03:00 CEST = 01:00 UTC (not 02:10 + 1 h).
+        (
+            "Europe/Berlin",
+            "2025-03-30 02:10:00",
+            "2025-03-30 01:00:00",
+        ),
+        (
+            "Europe/Berlin",
+            "2025-03-30 02:00:00",
+            "2025-03-30 01:00:00",
+        ),
+        (
+            "Europe/Berlin",
+            "2025-03-30 02:59:59",
+            "2025-03-30 01:00:00",
+        ),
+        (
+            "Europe/Berlin",
+            "2025-03-30 01:59:59",
+            "2025-03-30 00:59:59",
+        ),
+        (
+            "Europe/Berlin",
+            "2025-03-30 03:00:00",
+            "2025-03-30 01:00:00",
+        ),
+        // 2025-10-26: 03:00 CEST → 02:00 CET; 02:30 happens twice, the earlier (CEST) wins.
+        (
+            "Europe/Berlin",
+            "2025-10-26 02:30:00",
+            "2025-10-26 00:30:00",
+        ),
+        (
+            "Europe/Berlin",
+            "2025-10-26 03:00:00",
+            "2025-10-26 02:00:00",
+        ),
+        // America/New_York 2025-03-09 02:00 EST → 03:00 EDT; 2025-11-02 01:30 twice.
+        (
+            "America/New_York",
+            "2025-03-09 02:10:00",
+            "2025-03-09 07:00:00",
+        ),
+        (
+            "America/New_York",
+            "2025-11-02 01:30:00",
+            "2025-11-02 05:30:00",
+        ),
+        // Australia/Lord_Howe moves by 30 minutes: 02:00 → 02:30 on 2025-10-05.
+        (
+            "Australia/Lord_Howe",
+            "2025-10-05 02:10:00",
+            "2025-10-04 15:30:00",
+        ),
+        // Samoa skipped all of 2011-12-30.
+        ("Pacific/Apia", "2011-12-30 12:00:00", "2011-12-30 10:00:00"),
+        // No DST: unchanged.
+        (
+            "Asia/Shanghai",
+            "2025-03-30 02:10:00",
+            "2025-03-29 18:10:00",
+        ),
+    ];
+    let parse = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap();
+    for (zone, local, utc) in cases {
+        let tz: Tz = zone.parse().unwrap();
+        let want = parse(utc).and_utc().timestamp_millis();
+        assert_eq!(
+            local_to_utc_ms(tz, parse(local)),
+            Some(want),
+            "{zone} {local}: want {utc} UTC"
+        );
+    }
+}

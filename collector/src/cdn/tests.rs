@@ -236,3 +236,65 @@ fn domain_lists_for_cdn_user_add() {
     assert!(check_name("a b").is_err());
     assert!(check_name("").is_err());
 }
+
+#[test]
+fn windows_in_a_dst_zone_count_real_5_minute_buckets() {
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    let utc = |s: &str| {
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M")
+            .unwrap()
+            .and_utc()
+            .timestamp()
+    };
+    let now = utc("2026-01-01 00:00");
+    // (start, end local, first and last bucket in UTC, buckets)
+    let cases = [
+        // 23-hour day: 01:50 CET to 03:10 CEST is 20 real minutes, the missing hour has none.
+        (
+            "2025-03-30 01:50",
+            "2025-03-30 03:10",
+            "2025-03-30 00:50",
+            "2025-03-30 01:10",
+            5,
+        ),
+        // A start inside the gap is the gap's end.
+        (
+            "2025-03-30 02:30",
+            "2025-03-30 03:10",
+            "2025-03-30 01:00",
+            "2025-03-30 01:10",
+            3,
+        ),
+        // 25-hour day: 02:00 is ambiguous (the earlier, CEST); 02:00 CEST to 03:00 CET is 2 h.
+        (
+            "2025-10-26 02:00",
+            "2025-10-26 03:00",
+            "2025-10-26 00:00",
+            "2025-10-26 02:00",
+            25,
+        ),
+        // Whole days: 23 h and 25 h of buckets (both ends inclusive).
+        (
+            "2025-03-30 00:00",
+            "2025-03-31 00:00",
+            "2025-03-29 23:00",
+            "2025-03-30 22:00",
+            23 * 12 + 1,
+        ),
+        (
+            "2025-10-26 00:00",
+            "2025-10-27 00:00",
+            "2025-10-25 22:00",
+            "2025-10-26 23:00",
+            25 * 12 + 1,
+        ),
+    ];
+    for (start, end, first, last, n) in cases {
+        let w = window(tz, start, Some(end), now).unwrap();
+        assert_eq!(
+            (w.first, w.last, w.starts().count()),
+            (utc(first), utc(last), n),
+            "{start} → {end}"
+        );
+    }
+}

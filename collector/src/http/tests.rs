@@ -1,6 +1,14 @@
 //! The HTTP APIs in process: the real router over a real SQLite store in a temp dir, driven with
 //! `tower::ServiceExt::oneshot` (no binary, no socket). Cases are tables: one line per request and
 //! what it must answer.
+//!
+//! Submodules (in `tests/`) hold one API each; they share [`World`] and the in-process
+//! [`rpc::FakeAgent`] that feeds it through the real RPC handler.
+
+mod legacy;
+mod mana;
+mod rating;
+mod rpc;
 
 use std::sync::Arc;
 
@@ -59,16 +67,25 @@ fn vm_sample(at_ms: i64, cpu: f64) -> VmSample {
 }
 
 fn process(pid: u32, cmd: &str, cpu: f64) -> ProcessSample {
-    serde_json::from_value(json!({
-        "pid": pid, "start_time": 1_764_000_000.5, "cmd": cmd, "cpu_pct": cpu, "mem_pct": 1.234,
-        "disk_read_kib_per_sec": 0.0, "disk_write_kib_per_sec": 5.555,
-        "net_in_kib_per_sec": 0.0, "net_out_kib_per_sec": 0.0, "shutdown_time": null
-    }))
-    .unwrap()
+    vmmon_common::test_support::process(pid, cmd, cpu)
 }
 
 impl World {
     async fn new() -> World {
+        World::with_config(CollectorConfig::default()).await
+    }
+
+    /// The same world served with `config` (e.g. another time zone).
+    async fn with_config(config: CollectorConfig) -> World {
+        World::build(config, true).await
+    }
+
+    /// Only the users and their sessions, no instances, served with `config`.
+    async fn bare(config: CollectorConfig) -> World {
+        World::build(config, false).await
+    }
+
+    async fn build(config: CollectorConfig, instances: bool) -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let admin_id = admin::add_user(&store, "admin", "admin-password", None)
@@ -94,7 +111,12 @@ impl World {
             })
             .await
             .unwrap();
-        for (project, ids) in [("pa", &["a1", "a2"][..]), ("pb", &["b1"][..])] {
+        let seeded: &[(&str, &[&str])] = if instances {
+            &[("pa", &["a1", "a2"]), ("pb", &["b1"])]
+        } else {
+            &[]
+        };
+        for &(project, ids) in seeded {
             let (_, token) = admin::create_token(&store, project, "r1", "x", false, &[])
                 .await
                 .unwrap();
@@ -137,7 +159,7 @@ impl World {
                     .unwrap();
             }
         }
-        let app = App::new(CollectorConfig::default(), store);
+        let app = App::new(config, store);
         World {
             _dir: dir,
             svc: router(app.clone()),

@@ -166,8 +166,11 @@ fn place_on_time_axis(
     let mut out: Option<ReportBatch> = None;
     for (i, sample) in batch.samples.iter().enumerate() {
         let raw = sample.vm.sampled_at_ms;
-        let elapsed = i64::try_from(sample.vm.elapsed_ms).unwrap_or(i64::MAX);
-        let (placed, next, anomaly) = timeaxis::place(state, raw, elapsed, received_ms);
+        let link = timeaxis::Monotonic {
+            elapsed_ms: i64::try_from(sample.vm.elapsed_ms).unwrap_or(i64::MAX),
+            uptime_ms: sample.vm.uptime_ms.and_then(|u| i64::try_from(u).ok()),
+        };
+        let (placed, next, anomaly) = timeaxis::place(state, raw, link, received_ms);
         state = Some(next);
         anomalies.extend(anomaly);
         match anomaly {

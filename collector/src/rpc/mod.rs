@@ -44,6 +44,10 @@ pub struct RpcHandler {
 /// How stale a report's "token not revoked" check may be.
 const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often an open command subscription re-reads its token, so that a revocation reaches a
+/// connected agent within 10 s (README) whatever its reporting interval.
+pub(crate) const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(4);
+
 impl Drop for RpcHandler {
     /// The connection ended: its instances may be claimed by another agent.
     fn drop(&mut self) {
@@ -321,22 +325,32 @@ impl MonitorApiServer for RpcHandler {
         let conn_id = self.conn_id;
         let mut rx = app.hub.attach(&instance_id, conn_id);
         tracing::debug!(%instance_id, conn_id, "Agent command subscription attached.");
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    cmd = rx.recv() => {
-                        let Some(cmd) = cmd else { break };
-                        let Ok(msg) = serde_json::value::to_raw_value(&cmd) else { break };
-                        if sink.send(msg).await.is_err() {
-                            break;
-                        }
+        // jsonrpsee runs this future as its own task. The subscription is the one thing every
+        // agent keeps open, so it also carries revocation to an agent whose interval is long:
+        // the token is re-read every REVOCATION_CHECK, and a revoked one closes the
+        // subscription with an error; the agent reconnects and is refused at the upgrade.
+        let mut check = tokio::time::interval(REVOCATION_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break Ok(()) };
+                    let Ok(msg) = serde_json::value::to_raw_value(&cmd) else { break Ok(()) };
+                    if sink.send(msg).await.is_err() {
+                        break Ok(());
                     }
-                    _ = sink.closed() => break,
+                }
+                _ = sink.closed() => break Ok(()),
+                _ = check.tick() => {
+                    if let Err(CollectorError::Unauthorized(why)) = self.ensure_token_live().await {
+                        tracing::warn!(%instance_id, conn_id, "Agent token revoked; closing its command subscription.");
+                        break Err(why);
+                    }
                 }
             }
-            app.hub.detach(&instance_id, conn_id);
-            tracing::debug!(%instance_id, conn_id, "Agent command subscription detached.");
-        });
-        Ok(())
+        };
+        app.hub.detach(&instance_id, conn_id);
+        tracing::debug!(%instance_id, conn_id, "Agent command subscription detached.");
+        end.map_err(Into::into)
     }
 }

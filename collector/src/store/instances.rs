@@ -299,7 +299,7 @@ pub fn set_agent_uid(conn: &Connection, instance_id: &str, agent_uid: &str) -> R
     }
     conn.execute(
         "UPDATE instances SET agent_uid = ?2, clock_last_raw_ms = NULL,
-             clock_last_placed_ms = NULL, clock_offset_ms = 0
+             clock_last_placed_ms = NULL, clock_offset_ms = 0, clock_last_uptime_ms = NULL
          WHERE instance_id = ?1",
         params![instance_id, agent_uid],
     )?;
@@ -324,7 +324,8 @@ pub fn record_agent_conflict(conn: &Connection, instance_id: &str, now_ms: i64) 
 pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockState>> {
     let row = conn
         .query_row(
-            "SELECT clock_last_raw_ms, clock_last_placed_ms, clock_offset_ms
+            "SELECT clock_last_raw_ms, clock_last_placed_ms, clock_offset_ms,
+                 clock_last_uptime_ms
              FROM instances WHERE instance_id = ?1",
             [instance_id],
             |r| {
@@ -332,16 +333,20 @@ pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockS
                     r.get::<_, Option<i64>>(0)?,
                     r.get::<_, Option<i64>>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
                 ))
             },
         )
         .optional()?;
     Ok(match row {
-        Some((Some(last_raw_ms), Some(last_placed_ms), offset_ms)) => Some(ClockState {
-            last_raw_ms,
-            last_placed_ms,
-            offset_ms,
-        }),
+        Some((Some(last_raw_ms), Some(last_placed_ms), offset_ms, last_uptime_ms)) => {
+            Some(ClockState {
+                last_raw_ms,
+                last_placed_ms,
+                offset_ms,
+                last_uptime_ms,
+            })
+        }
         _ => None,
     })
 }
@@ -350,8 +355,14 @@ pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockS
 pub fn set_clock_state(conn: &Connection, instance_id: &str, s: ClockState) -> Result<()> {
     conn.execute(
         "UPDATE instances SET clock_last_raw_ms = ?2, clock_last_placed_ms = ?3,
-             clock_offset_ms = ?4 WHERE instance_id = ?1",
-        params![instance_id, s.last_raw_ms, s.last_placed_ms, s.offset_ms],
+             clock_offset_ms = ?4, clock_last_uptime_ms = ?5 WHERE instance_id = ?1",
+        params![
+            instance_id,
+            s.last_raw_ms,
+            s.last_placed_ms,
+            s.offset_ms,
+            s.last_uptime_ms
+        ],
     )?;
     Ok(())
 }

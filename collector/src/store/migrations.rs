@@ -321,4 +321,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE vm_samples ADD COLUMN unreadable_procs INTEGER;
     ALTER TABLE process_samples ADD COLUMN disk_unreadable INTEGER NOT NULL DEFAULT 0;
     "#,
+    // The previous sample's guest uptime, which links samples of one boot on the time axis.
+    r#"
+    ALTER TABLE instances ADD COLUMN clock_last_uptime_ms INTEGER;
+    "#,
+    // The agent's batch sequence number with each stored batch id: "nothing lost" is then a
+    // question of which numbers are missing, not of gaps in sample times.
+    r#"
+    ALTER TABLE batches ADD COLUMN seq INTEGER;
+    "#,
 ];

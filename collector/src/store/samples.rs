@@ -87,8 +87,14 @@ pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resu
 /// Remembers the batch's id for its instance; false when it was remembered before (a resend).
 pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
     let inserted = conn.execute(
-        "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms) VALUES (?1, ?2, ?3)",
-        params![batch.batch_id.to_string(), batch.instance_id, now_ms],
+        "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms, seq)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            batch.batch_id.to_string(),
+            batch.instance_id,
+            now_ms,
+            i64::try_from(batch.seq).ok()
+        ],
     )?;
     Ok(inserted > 0)
 }

@@ -41,6 +41,12 @@ pub struct VmSample {
     /// sampling is off or from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable_procs: Option<u32>,
+    /// The guest's `/proc/uptime` at the sample, ms (CLOCK_BOOTTIME: monotonic for the whole
+    /// boot, across agent restarts, untouched by wall-clock steps). The collector links
+    /// consecutive samples of one boot by it to detect a stepped wall clock. `None` from older
+    /// agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
 }
 
 /// How much of a VM's interface traffic (loopback excluded) its processes account for.

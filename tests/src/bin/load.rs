@@ -1,7 +1,8 @@
 //! `vmmon-test-load NAME MODE [ARGS]`: a process with a chosen name that makes a known load, for
 //! the end-to-end tests. Modes:
 //! * `burn`: one core, forever;
-//! * `write MB DIR`: MB megabytes in 1 MB fsynced chunks every 100 ms, then idle;
+//! * `write MB DIR`: waits for a line (or EOF) on stdin, then writes MB megabytes in 1 MB
+//!   fsynced chunks every 100 ms, then idles;
 //! * `idle`;
 //! * `peer PORT`: a TCP server on `0.0.0.0:PORT`. Each connection sends one request line:
 //!   `sink` (the server reads and discards until EOF) or `source N` (it sends N bytes, paced,
@@ -48,6 +49,7 @@ fn main() {
             let path = std::path::Path::new(&dir).join(format!("load-{}.bin", std::process::id()));
             let mut f = std::fs::File::create(&path).expect("create");
             let chunk = vec![0x5au8; 1024 * 1024];
+            wait_for_go();
             for _ in 0..mb {
                 f.write_all(&chunk).expect("write");
                 f.sync_data().expect("fsync");

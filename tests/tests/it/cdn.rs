@@ -156,15 +156,47 @@ fn stored_total(c: &Collector) -> u64 {
     c.query_i64("SELECT COALESCE(SUM(bytes), 0) FROM cdn_buckets", &[])[0] as u64
 }
 
-fn wait_total(c: &Collector, agent: &Agent, want: u64) {
+/// Whether the agent has read the live access log and every rotated file it still tracks (by
+/// inode) to the end, and delivered all of it (its spool is empty; a batch carries the positions
+/// it read up to, so an empty spool means everything read is stored).
+fn caught_up(agent: &Agent, logs: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if agent.spooled() != 0 {
+        return false;
+    }
+    let state = agent.state_file();
+    let Some(files) = state["cdn_tail"]["files"].as_array() else {
+        return false;
+    };
+    let sizes: std::collections::HashMap<u64, u64> = std::fs::read_dir(logs)
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| (m.ino(), m.len()))
+        .collect();
+    let Ok(live) = std::fs::metadata(logs.join("access.log")) else {
+        return false;
+    };
+    files
+        .iter()
+        .any(|f| f["inode"].as_u64() == Some(live.ino()))
+        && files.iter().all(|f| {
+            let ino = f["inode"].as_u64().unwrap_or(0);
+            sizes
+                .get(&ino)
+                .is_none_or(|&len| f["offset"].as_u64() == Some(len))
+        })
+}
+
+/// Waits until the agent has caught up with the logs (no fixed settling time), then checks that
+/// every byte was stored exactly once: a double count shows as more, a loss as less.
+fn wait_total(c: &Collector, agent: &Agent, logs: &Path, want: u64) {
     assert!(
-        wait_until(T, || stored_total(c) >= want),
-        "stored {} of {want} bytes; agent log: {}",
+        wait_until(T, || stored_total(c) >= want && caught_up(agent, logs)),
+        "stored {} of {want} bytes; agent state {}; log: {}",
         stored_total(c),
+        agent.state_file(),
         agent.log()
     );
-    // Settle: a double count would show up as more.
-    std::thread::sleep(Duration::from_millis(2_500));
     assert_eq!(stored_total(c), want, "every line exactly once");
 }
 
@@ -262,7 +294,7 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
     );
     let log_arg = log.display().to_string();
     let mut agent = Agent::start(&c, &token, "edge-1", 1, &["--cdn-access-log", &log_arg]);
-    wait_total(&c, &agent, w.total());
+    wait_total(&c, &agent, logs.path(), w.total());
 
     // Phase 2: rename rotation; nginx keeps writing to the renamed file until it reopens (and
     // creates the new file).
@@ -271,7 +303,7 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
     std::thread::sleep(Duration::from_millis(1_200));
     w.write(&logs.path().join("access.log.1"), 5);
     w.write(&log, 20);
-    wait_total(&c, &agent, w.total());
+    wait_total(&c, &agent, logs.path(), w.total());
 
     // Phase 3: lines keep coming while the agent is SIGKILLed twice, once with a rename rotation
     // while it is down.
@@ -293,7 +325,7 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    wait_total(&c, &agent, w.total());
+    wait_total(&c, &agent, logs.path(), w.total());
 
     // Phase 4: copytruncate (the copy is a new inode and is not read), shorter and longer refills.
     std::fs::copy(&log, logs.path().join("access.log.3")).unwrap();
@@ -303,7 +335,7 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
         .open(&log)
         .unwrap();
     w.write(&log, 2);
-    wait_total(&c, &agent, w.total());
+    wait_total(&c, &agent, logs.path(), w.total());
     std::fs::copy(&log, logs.path().join("access.log.4")).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
@@ -311,7 +343,7 @@ fn access_log_rotations_and_agent_kills_count_every_line_exactly_once() {
         .open(&log)
         .unwrap();
     w.write(&log, 30);
-    wait_total(&c, &agent, w.total());
+    wait_total(&c, &agent, logs.path(), w.total());
 
     // Per bucket and domain, exactly (the owned domains; the other one is never stored).
     for ((domain, bucket), (bytes, hit)) in w
@@ -582,10 +614,7 @@ fn only_cdn_edge_tokens_may_report_cdn_traffic() {
     let edge = c.create_cdn_token("cdn", "edge", &["customer_a"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = c.rpc_url();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now_ms = now_ms();
     let (tenant_err, edge_ok) = rt.block_on(async move {
         use vmmon_common::rpc::MonitorApiClient;
         let batch = |instance: &str| -> vmmon_common::wire::ReportBatch {

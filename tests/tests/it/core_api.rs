@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use vmmon_tests::*;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 fn ncpu() -> f64 {
     std::thread::available_parallelism()
@@ -79,7 +79,7 @@ fn real_processes_show_up_with_true_figures() {
 
     let burner = spawn_burner("vmmtest-burn");
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let _writer = spawn_writer("vmmtest-write", dir.path(), 20);
+    let (_writer, mut go) = spawn_writer_on_go("vmmtest-write", dir.path(), 20);
 
     // cpu_util of a one-core burner is 100/ncpu % of the VM. The truth is measured independently
     // from the burner's own /proc/PID/stat over the window of three fresh records, so a shared,
@@ -155,27 +155,63 @@ fn real_processes_show_up_with_true_figures() {
         );
     }
 
-    // 611711: the burner is the busiest process of the newest sample; limit is honoured.
-    let top = q(&c, &sid, 611711, "vm-core-1;", json!({"limit": 2}));
+    // 611711: the newest sample's processes, busiest first, limit honoured. (Other users of a
+    // shared machine may be busier than the burner: it must be among the busiest, not first.)
+    let cpu = |r: &Value| r["cpu_util"].as_f64().expect("cpu_util is a number");
+    let top = q(&c, &sid, 611711, "vm-core-1;", json!({"limit": 10}));
     assert_eq!(top["status_code"], 1);
     let top = top["data"].as_array().unwrap();
-    assert_eq!(top.len(), 2);
-    assert_eq!(top[0]["cmd"], "vmmtest-burn", "{top:?}");
-    assert!(top[0]["cpu_util"].as_f64() >= top[1]["cpu_util"].as_f64());
+    assert!((2..=10).contains(&top.len()), "{top:?}");
+    assert!(
+        top.windows(2).all(|w| cpu(&w[0]) >= cpu(&w[1])),
+        "busiest first: {top:?}"
+    );
+    assert!(
+        top.iter().any(|r| r["cmd"] == "vmmtest-burn"),
+        "a busy core is among the 10 busiest: {top:?}"
+    );
+    let two = q(&c, &sid, 611711, "vm-core-1;", json!({"limit": 2}));
+    assert_eq!(two["data"].as_array().unwrap().len(), 2, "{two}");
 
-    // The writer's 20 MB show as disk_write.
-    wait_for(T, "writer disk_write > 0", || {
-        history(&c, &sid, "vm-core-1", "vmmtest-write", 30)
-            .iter()
-            .any(|r| r["disk_write"].as_f64().unwrap() > 0.0)
-            .then_some(())
+    // The writer's 20 MB show as disk_write: it starts once the agent has a baseline of it, and
+    // its records' rates times their intervals add up to the bytes written (±15%).
+    let before_go = wait_for(T, "two records of the waiting writer", || {
+        let n = history(&c, &sid, "vm-core-1", "vmmtest-write", 10_000).len();
+        (n >= 2).then_some(n)
     });
+    {
+        use std::io::Write;
+        writeln!(go, "go").unwrap();
+    }
+    // From the last record before "go" (the baseline) on, oldest first: writing, then idle.
+    let writes = wait_for(
+        Duration::from_secs(120),
+        "the writer done and seen idle",
+        || {
+            let mut h = history(&c, &sid, "vm-core-1", "vmmtest-write", 10_000);
+            h.reverse();
+            let since_go = h.split_off(before_go - 1);
+            let wrote = since_go
+                .iter()
+                .skip(1)
+                .position(|r| r["disk_write"].as_f64().unwrap() > 0.0)?;
+            let idle_after = since_go[wrote + 1..]
+                .iter()
+                .rev()
+                .take_while(|r| r["disk_write"].as_f64() == Some(0.0))
+                .count();
+            (idle_after >= 2).then_some(since_go)
+        },
+    );
+    let written = bytes_of(&writes, "disk_write");
+    let truth = 20.0 * 1024.0 * 1024.0;
+    assert!(
+        (written - truth).abs() <= truth * 0.15,
+        "disk_write × interval = {written:.0} bytes, the writer wrote {truth}: {writes:#?}"
+    );
 
     // A killed process gets one final record with shutdown_time.
-    let killed_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let killed_at = now_ms() as f64 / 1000.0;
     drop(burner);
     let last = wait_for(T, "burner shutdown record", || {
         let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 1);
@@ -186,7 +222,12 @@ fn real_processes_show_up_with_true_figures() {
         t >= killed_at - 1.0 && t <= killed_at + 10.0,
         "shutdown_time {t} vs kill at {killed_at}"
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    // Three more samples later (VM records prove the agent sampled on), still the same newest.
+    let vm_now = q(&c, &sid, 611611, "vm-core-1", json!({}))["data"][0]["_id"].clone();
+    wait_for(T, "three more samples", || {
+        let r = q(&c, &sid, 611611, "vm-core-1", json!({"limit": 4}));
+        (r["data"][3]["_id"] == vm_now).then_some(())
+    });
     let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 1);
     assert_eq!(
         h[0]["_id"], last["_id"],
@@ -217,40 +258,8 @@ fn real_processes_show_up_with_true_figures() {
 }
 
 #[test]
-fn legacy_repr_and_multiple_instances() {
-    let c = Collector::start();
-    let token = c.create_token("p1", "r1");
-    let _a = Agent::start(&c, &token, "vm-multi-a", 1, &[]);
-    let _b = Agent::start(&c, &token, "vm-multi-b", 1, &[]);
-    let sid = c.admin_session();
-    wait_reporting(&c, &sid, "vm-multi-a");
-    wait_reporting(&c, &sid, "vm-multi-b");
-    let r = q(
-        &c,
-        &sid,
-        611611,
-        "vm-multi-a;vm-multi-b;",
-        json!({"legacy_repr": true}),
-    );
-    assert_eq!(r["status_code"], 1);
-    assert_eq!(r["message"], "'success query vm information'");
-    let data = r["data"].as_array().unwrap();
-    assert_eq!(data.len(), 2, "one newest record per instance");
-    let s = data[0].as_str().unwrap();
-    assert!(s.starts_with("{u'net_incoming': "), "{s}");
-    assert!(s.contains("u'instance_id': u'vm-multi-a'"), "{s}");
-    assert!(s.contains("u'_id': ObjectId('"), "{s}");
-    assert!(
-        data[1]
-            .as_str()
-            .unwrap()
-            .contains("u'instance_id': u'vm-multi-b'")
-    );
-}
-
-#[test]
 fn startmonitor_statuses_and_state_survives_restart() {
-    let (_cfg_dir, cfg) = collector_config("command_timeout_ms = 800\n");
+    let (_cfg_dir, cfg) = collector_config("command_timeout_ms = 5000\n");
     let mut c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
     let token = c.create_token("p1", "r1");
     let mut agent = Agent::start(&c, &token, "vm-ctl-1", 1, &[]);
@@ -303,8 +312,9 @@ fn startmonitor_statuses_and_state_survives_restart() {
         "the desired state is persisted even when the agent is silent"
     );
 
-    // Not connected: 1 (queued). The desired state survives a collector restart and reaches the
-    // agent when it reconnects.
+    // Not connected: 1 (queued). The desired state survives a collector restart and reaches an
+    // agent that has no state of its own: a fresh state directory, so only the collector can
+    // tell it that monitoring is on.
     agent.kill();
     let r = wait_for(T, "status 1 for a disconnected agent", || {
         let r = q(&c, &sid, 32524, "vm-ctl-1;", json!({}));
@@ -314,7 +324,8 @@ fn startmonitor_statuses_and_state_survives_restart() {
     assert_eq!(q(&c, &sid, 32523, "vm-ctl-1;", json!({}))["status_code"], 1);
     c.restart();
     let sid = c.admin_session();
-    agent.restart();
+    drop(agent);
+    let _agent = Agent::start(&c, &token, "vm-ctl-1", 1, &[]);
     let _burner = spawn_burner("vmmtest-ctl");
     // Process records only exist while monitoring is on: they arrive without any new command.
     wait_for(T, "process records after restart", || {
@@ -338,132 +349,4 @@ fn no_process_records_before_startmonitor() {
     let r = q(&c, &sid, 611711, "vm-idle-1", json!({}));
     assert_eq!(r["status_code"], 1);
     assert_eq!(r["data"], json!([]));
-}
-
-#[test]
-fn bad_requests_answer_status_3_and_change_nothing() {
-    let (_cfg_dir, cfg) = collector_config("session_idle_secs = 2\nmax_body_bytes = 4096\n");
-    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
-    let token = c.create_token("p1", "r1");
-    let _agent = Agent::start(&c, &token, "vm-bad-1", 1, &[]);
-    let sid = c.admin_session();
-    wait_reporting(&c, &sid, "vm-bad-1");
-    let sessions_before = c.query_i64("SELECT COUNT(*) FROM sessions", &[])[0];
-
-    let fail = |r: Value, needle: &str| {
-        assert_eq!(r["status_code"], 3, "{r}");
-        assert_eq!(r["message_id"], "");
-        let msg = r["message"].as_str().unwrap();
-        assert!(
-            msg.contains(needle),
-            "message {msg:?} should mention {needle:?}"
-        );
-    };
-    fail(
-        c.legacy(&json!({"method": 458753, "data": {"user_name": "admin", "password": "wrong"}})),
-        "authentication failed",
-    );
-    fail(
-        c.legacy(&json!({"method": 458753, "data": {"user_name": "nobody", "password": "x"}})),
-        "authentication failed",
-    );
-    fail(
-        c.legacy(&json!({"method": 458753, "data": {"user_name": 5, "password": "x"}})),
-        "user_name",
-    );
-    fail(
-        c.legacy_raw("{\"method\": 611611, \"data\": "),
-        "malformed JSON",
-    );
-    fail(c.legacy_raw("[1,2]"), "JSON object");
-    fail(
-        c.legacy_raw(&format!(
-            "{{\"method\": 611611, \"pad\": \"{}\"}}",
-            "x".repeat(5000)
-        )),
-        "exceeds the limit",
-    );
-    fail(
-        c.legacy(&json!({"method": 999999, "session_id": sid})),
-        "unknown method code 999999",
-    );
-    fail(
-        c.legacy(&json!({"method": {"x": 1}, "session_id": sid})),
-        "integer code",
-    );
-    fail(c.legacy(&json!({"data": {}})), "missing \"method\"");
-    fail(
-        c.legacy(&json!({"method": 611611, "data": {"instance_id": "vm-bad-1"}})),
-        "missing session_id",
-    );
-    fail(
-        c.legacy(
-            &json!({"method": 611611, "data": {"instance_id": "vm-bad-1"}, "session_id": "forged"}),
-        ),
-        "session expired or unknown",
-    );
-    fail(
-        q(&c, &sid, 611611, "no-such-vm", json!({})),
-        "unknown instance_id",
-    );
-    fail(
-        q(&c, &sid, 611611, "x' OR '1'='1", json!({})),
-        "instance_id",
-    );
-    fail(
-        c.legacy(&json!({"method": 611611, "data": {"instance_id": 7}, "session_id": sid})),
-        "instance_id must be a string",
-    );
-    fail(
-        q(&c, &sid, 611611, "vm-bad-1", json!({"limit": -1})),
-        "limit",
-    );
-    fail(
-        q(&c, &sid, 611611, "vm-bad-1", json!({"limit": "many"})),
-        "limit",
-    );
-    fail(q(&c, &sid, 611712, "vm-bad-1", json!({})), "proc_name");
-    fail(q(&c, &sid, 32525, "vm-bad-1", json!({})), "interval_secs");
-
-    // A tenant of another project cannot see (or probe) p1's instance.
-    let pw = c.add_tenant("tenant2", "p2");
-    let tsid = c.login("tenant2", &pw);
-    fail(
-        q(&c, &tsid, 611611, "vm-bad-1", json!({})),
-        "unknown instance_id",
-    );
-    fail(
-        q(&c, &tsid, 32523, "vm-bad-1", json!({})),
-        "unknown instance_id",
-    );
-    fail(
-        q(&c, &tsid, 32525, "vm-bad-1", json!({})),
-        "unknown instance_id",
-    );
-
-    // Nothing above changed state: no sessions from failed logins, no monitoring switched on.
-    assert_eq!(
-        c.query_i64("SELECT COUNT(*) FROM sessions", &[])[0],
-        sessions_before + 1
-    );
-    assert_eq!(
-        c.query_i64("SELECT monitoring FROM instances", &[]),
-        vec![0]
-    );
-
-    // A session in use stays alive past session_idle_secs (each use marks it)...
-    for _ in 0..6 {
-        std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(
-            q(&c, &sid, 611611, "vm-bad-1", json!({}))["status_code"],
-            1,
-            "an active session must not expire"
-        );
-    }
-    // ...and an idle one expires: nothing uses it for longer than session_idle_secs.
-    std::thread::sleep(Duration::from_millis(2_600));
-    fail(
-        q(&c, &tsid, 611611, "vm-bad-1", json!({})),
-        "session expired",
-    );
 }

@@ -12,3 +12,4 @@ mod prometheus;
 mod rating;
 mod service;
 mod tls;
+mod truth;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vmmon_tests::*;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -236,13 +236,73 @@ fn read_response(conn: &mut std::io::BufReader<std::net::TcpStream>) -> (u16, St
     (code, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// The inode of the socket listening on `addr` (from /proc/net/tcp): a re-executed or re-bound
+/// listener is a new socket with a new inode, even at the same pid and port.
+fn listener_inode(addr: std::net::SocketAddr) -> Option<u64> {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f[1] == want && f[3] == "0A")
+        .and_then(|f| f[9].parse().ok())
+}
+
+/// Connects to `addr` in a loop until stopped; counts the refused attempts.
+struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, u32)>,
+}
+
+impl Prober {
+    fn start(addr: std::net::SocketAddr) -> Prober {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut refused) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                match std::net::TcpStream::connect_timeout(&addr, T) {
+                    Ok(_) => ok += 1,
+                    Err(_) => refused += 1,
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (ok, refused)
+        });
+        Prober { stop, thread }
+    }
+
+    /// (connections accepted, refused).
+    fn finish(self) -> (u32, u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 #[test]
 fn collector_sighup_reloads_in_place_and_drops_no_connection() {
     use std::io::Write;
+    use vmmon_common::rpc::MonitorApiClient;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("collector.toml");
     std::fs::write(&cfg, "max_body_bytes = 4096\n").unwrap();
-    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let mut c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let listener = listener_inode(c.addr).expect("the collector's listening socket");
+    // An agent connection (WebSocket JSON-RPC), registered before the reload.
+    let token = c.create_token("p1", "r1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = rt.block_on(agent_client(&c.rpc_url(), &token));
+    rt.block_on(agent.register(register_request("vm-hup-c", 30)))
+        .unwrap();
     let big = format!("{{\"method\": 458753, \"pad\": \"{}\"}}", "x".repeat(6000));
     let too_big = |c: &Collector| {
         c.legacy_raw(&big)["message"]
@@ -276,12 +336,29 @@ fn collector_sighup_reloads_in_place_and_drops_no_connection() {
 
     std::fs::write(&cfg, "max_body_bytes = 1048576\n").unwrap();
     let pid = c.pid().unwrap();
+    let prober = Prober::start(c.addr);
     signal(pid, libc::SIGHUP);
     assert!(
         wait_until(T, || std::panic::catch_unwind(|| !too_big(&c))
             .unwrap_or(false)),
         "new cap applies after SIGHUP"
     );
+    let (accepted, refused) = prober.finish();
+    assert_eq!(
+        listener_inode(c.addr),
+        Some(listener),
+        "the same listening socket serves on (no re-exec, no re-bind)"
+    );
+    assert!(c.is_running(), "the process we started still runs");
+    assert_eq!(
+        refused,
+        0,
+        "the port refused {refused} of {} connections during the reload",
+        accepted + refused
+    );
+    assert!(agent.is_connected(), "the agent connection survived");
+    rt.block_on(agent.register(register_request("vm-hup-c", 30)))
+        .expect("and still answers");
     // Both connections survived the reload: the in-flight request completes and is answered,
     // the idle one answers its next request.
     in_flight.get_mut().write_all(rest.as_bytes()).unwrap();
@@ -309,7 +386,8 @@ fn collector_sighup_reloads_in_place_and_drops_no_connection() {
             .unwrap_or(false)),
         "a valid file after an invalid one applies"
     );
-    assert_eq!(c.pid(), Some(pid));
+    assert!(c.is_running());
+    assert_eq!(listener_inode(c.addr), Some(listener));
     assert_eq!(c.healthz(), 200);
     idle.get_mut().write_all(health.as_bytes()).unwrap();
     assert_eq!(read_response(&mut idle).0, 200, "still the same connection");
