@@ -58,6 +58,7 @@ impl std::fmt::Debug for ReporterConfig {
             .field("token", &"<redacted>")
             .field("instance_id", &self.instance_id)
             .field("configured_interval_secs", &self.configured_interval_secs)
+            .field("agent_uid", &self.agent_uid)
             .field("max_backoff", &self.max_backoff)
             .field("tls", &self.tls.is_some())
             .finish()
