@@ -152,3 +152,6 @@ impl Settings {
         Settings { config, rating }
     }
 }
+
+#[cfg(test)]
+mod tests;
