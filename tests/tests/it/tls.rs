@@ -349,3 +349,26 @@ fn self_signed_quick_setup_in_three_commands() {
     );
     assert_eq!(c.https_get(&leaf.cert_pem, "/healthz").unwrap().0, 200);
 }
+
+#[test]
+fn a_silent_client_cannot_hold_a_tls_slot() {
+    use std::io::Read;
+    let ca = TestCa::new("right CA");
+    let c = TlsCollector::start(&ca.leaf(&["127.0.0.1"]));
+    let mut sock = std::net::TcpStream::connect(c.collector.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let opened = std::time::Instant::now();
+    // No ClientHello: the collector closes the socket when the handshake deadline passes
+    // (the 10 s header read timeout), without ever answering.
+    let mut buf = [0u8; 64];
+    let n = sock.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the socket closed");
+    let held = opened.elapsed();
+    assert!(
+        held >= Duration::from_secs(8) && held < Duration::from_secs(25),
+        "closed after {held:?}"
+    );
+    // And the collector still serves handshakes.
+    assert!(c.https_get(&ca.pem, "/healthz").is_ok());
+}
