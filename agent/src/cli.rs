@@ -57,6 +57,19 @@ pub struct Cli {
     /// Validate the configuration and exit (0 when valid).
     #[arg(long)]
     pub check_config: bool,
+    /// wss:// only: PEM file of the CA certificate(s) the collector's certificate must chain to
+    /// (default: the system roots). Replaces `ca_file` of the config file.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// wss:// only: also require the collector's public key to have this pin, the base64
+    /// SHA-256 of its SubjectPublicKeyInfo (`vmmon-collector tls self-signed` prints it; curl's
+    /// `sha256//…` form is accepted). Replaces `pin_sha256` of the config file.
+    #[arg(long, value_name = "BASE64")]
+    pub pin_sha256: Option<String>,
+    /// Allow plain ws:// to a collector that is not on this machine (the token and the data
+    /// cross the network unencrypted; only for networks you trust).
+    #[arg(long)]
+    pub allow_plaintext: bool,
 }
 
 impl Cli {
@@ -100,6 +113,15 @@ impl Cli {
         }
         if !self.net_exclude.is_empty() {
             cfg.net_exclude = self.net_exclude.clone();
+        }
+        if let Some(f) = &self.ca_file {
+            cfg.ca_file = Some(f.clone());
+        }
+        if let Some(p) = &self.pin_sha256 {
+            cfg.pin_sha256 = Some(p.clone());
+        }
+        if self.allow_plaintext {
+            cfg.allow_plaintext = true;
         }
     }
 }

@@ -40,6 +40,14 @@ pub struct AgentConfig {
     pub net_include: Vec<String>,
     /// Interfaces never counted, as globs; applies to the default rule and to `net_include`.
     pub net_exclude: Vec<String>,
+    /// `wss://` only: PEM CA certificate(s) the collector's certificate must chain to, instead
+    /// of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// `wss://` only: base64 SHA-256 of the collector's SubjectPublicKeyInfo (as `vmmon-collector
+    /// tls self-signed` prints it); checked after normal verification.
+    pub pin_sha256: Option<String>,
+    /// Allow plain `ws://` to a non-loopback collector (token and data unencrypted).
+    pub allow_plaintext: bool,
 }
 
 impl Default for AgentConfig {
@@ -58,6 +66,9 @@ impl Default for AgentConfig {
             cdn_log_format: None,
             net_include: Vec::new(),
             net_exclude: Vec::new(),
+            ca_file: None,
+            pin_sha256: None,
+            allow_plaintext: false,
         }
     }
 }
@@ -95,6 +106,7 @@ impl AgentConfig {
                 self.collector
             ));
         }
+        errors.extend(self.tls_problems());
         match (&self.token, &self.token_file) {
             (None, None) => {
                 errors.push("an agent token is required (--token or --token-file)".into())
@@ -138,6 +150,48 @@ impl AgentConfig {
         } else {
             Err(ConfigError::Invalid(errors))
         }
+    }
+
+    /// Problems with the link's security settings (see [`crate::reporter::tls`]).
+    fn tls_problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(why) =
+            crate::reporter::tls::plaintext_refusal(&self.collector, self.allow_plaintext)
+        {
+            errors.push(why);
+        }
+        if self.collector.starts_with("ws://")
+            && (self.ca_file.is_some() || self.pin_sha256.is_some())
+        {
+            errors.push("ca_file and pin_sha256 need a wss:// collector URL".into());
+        }
+        if let Some(Err(e)) = self
+            .pin_sha256
+            .as_deref()
+            .map(crate::reporter::tls::Pin::parse)
+        {
+            errors.push(e);
+        }
+        if errors.is_empty()
+            && let Err(e) = self.tls_client_config()
+        {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+
+    /// The rustls client settings for a `wss://` collector (None for `ws://`).
+    pub fn tls_client_config(
+        &self,
+    ) -> Result<Option<rustls::ClientConfig>, crate::reporter::tls::TlsSetupError> {
+        if !self.collector.starts_with("wss://") {
+            return Ok(None);
+        }
+        let pin = self
+            .pin_sha256
+            .as_deref()
+            .and_then(|p| crate::reporter::tls::Pin::parse(p).ok());
+        crate::reporter::tls::client_config(self.ca_file.as_deref(), pin).map(Some)
     }
 
     /// The compiled CDN access-log format.
@@ -209,7 +263,7 @@ mod tests {
     #[test]
     fn net_globs_are_checked() {
         let cfg: AgentConfig = toml::from_str(
-            "collector = 'ws://x/rpc'\ntoken = 't'\nnet_include = ['eth*', 'ens[0-9]']\nnet_exclude = ['eth9']",
+            "collector = 'ws://127.0.0.1/rpc'\ntoken = 't'\nnet_include = ['eth*', 'ens[0-9]']\nnet_exclude = ['eth9']",
         )
         .unwrap();
         cfg.validate().unwrap();
@@ -223,6 +277,71 @@ mod tests {
             panic!("must be invalid")
         };
         assert!(errs[0].contains("eth["), "{errs:?}");
+    }
+
+    #[test]
+    fn link_security_is_checked() {
+        let base: AgentConfig =
+            toml::from_str("collector = 'ws://127.0.0.1/rpc'\ntoken = 't'").unwrap();
+        base.validate().unwrap();
+        let pin = "sha256//".to_string() + &"A".repeat(43) + "=";
+        let cases: Vec<(AgentConfig, &str)> = vec![
+            (
+                AgentConfig {
+                    collector: "ws://10.1.2.3:8086/rpc".into(),
+                    ..base.clone()
+                },
+                "non-loopback",
+            ),
+            (
+                AgentConfig {
+                    pin_sha256: Some(pin.clone()),
+                    ..base.clone()
+                },
+                "need a wss://",
+            ),
+            (
+                AgentConfig {
+                    collector: "wss://c.example/rpc".into(),
+                    pin_sha256: Some("nope!".into()),
+                    ..base.clone()
+                },
+                "not base64",
+            ),
+            (
+                AgentConfig {
+                    collector: "wss://c.example/rpc".into(),
+                    ca_file: Some("/nonexistent/ca.pem".into()),
+                    ..base.clone()
+                },
+                "cannot read ca_file",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let Err(ConfigError::Invalid(errs)) = cfg.validate() else {
+                panic!("{want}: must be invalid")
+            };
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
+        let ok = [
+            AgentConfig {
+                collector: "ws://10.1.2.3:8086/rpc".into(),
+                allow_plaintext: true,
+                ..base.clone()
+            },
+            AgentConfig {
+                collector: "wss://c.example/rpc".into(),
+                pin_sha256: Some(pin),
+                ..base.clone()
+            },
+        ];
+        for cfg in ok {
+            cfg.validate().unwrap();
+            assert_eq!(
+                cfg.tls_client_config().unwrap().is_some(),
+                cfg.collector.starts_with("wss")
+            );
+        }
     }
 
     #[test]

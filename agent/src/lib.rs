@@ -197,6 +197,9 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         configured_interval_secs: config.interval_secs,
         agent_uid: identity::agent_uid(&config.state_dir, &sampler::boot_id(&ProcRoots::default())),
         max_backoff: Duration::from_secs(config.max_backoff_secs),
+        tls: config
+            .tls_client_config()
+            .map_err(|e| config::ConfigError::Invalid(vec![e.to_string()]))?,
     };
     // Inventory is read fresh on every (re)connect.
     let roots = ProcRoots::default();

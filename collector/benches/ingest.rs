@@ -1,6 +1,9 @@
 //! Bench: collector ingest through the real path — simulated agents send real report batches over
 //! WebSocket JSON-RPC into a real, durable store (WAL, committed before the ack) — against the
 //! floor: a raw batched SQLite insert of the same rows into the same schema, in the same run.
+//! The real path runs twice, over plain `ws://` and over `wss://` (rustls, a self-signed
+//! certificate the clients trust), and prints the cost of TLS as the ratio of the two
+//! (the target is wss ≥ 0.8 × ws).
 //!
 //! `cargo bench -p vmmon-collector --bench ingest` (env: `VMMON_BENCH_AGENTS` default 1000,
 //! `VMMON_BENCH_BATCHES` per agent default 10, `VMMON_BENCH_PROCS` per sample default 100).
@@ -11,8 +14,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
 use rusqlite::{Connection, params};
+use vmmon_collector::config::TlsSettings;
 use vmmon_collector::store::{self, Store};
-use vmmon_collector::{App, CollectorConfig, admin, server};
+use vmmon_collector::{App, CollectorConfig, admin, server, tls};
 use vmmon_common::PROTOCOL_VERSION;
 use vmmon_common::rpc::MonitorApiClient;
 use vmmon_common::wire::{
@@ -140,22 +144,52 @@ fn raw_insert(dir: &std::path::Path, batches: &[ReportBatch]) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// TLS for the real path: the collector's settings and the clients' rustls config.
+fn tls_pair(dir: &std::path::Path) -> Result<(TlsSettings, rustls::ClientConfig)> {
+    let made = tls::write_self_signed(&dir.join("tls"), &["127.0.0.1".to_string()])?;
+    let certified = tls::load_certified_key(&made.cert_file, &made.key_file)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert[0].clone())?;
+    let client = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((
+        TlsSettings {
+            cert_file: made.cert_file,
+            key_file: made.key_file,
+            certified,
+        },
+        client,
+    ))
+}
+
 async fn real_path(
     dir: &std::path::Path,
     agents: usize,
     per_agent: Vec<Vec<ReportBatch>>,
+    with_tls: bool,
 ) -> Result<(f64, usize)> {
+    let (tls_settings, client_tls) = match with_tls {
+        true => {
+            let (s, c) = tls_pair(dir)?;
+            (Some(s), Some(c))
+        }
+        false => (None, None),
+    };
     let store = Store::open(dir)?;
     let (_, token) = admin::create_token(&store, "bench", "r1", "x", false, &[]).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     // One token registers every simulated agent at once: no per-token registration limits.
     let config = CollectorConfig {
         register_limits: vmmon_collector::store::instances::RegisterLimits::UNLIMITED,
+        tls: tls_settings,
         ..CollectorConfig::default()
     };
     let app = App::new(config, store);
     let running = server::start(app.clone(), listener).await?;
-    let url = format!("ws://{}/rpc", running.local_addr);
+    let scheme = if with_tls { "wss" } else { "ws" };
+    let url = format!("{scheme}://{}/rpc", running.local_addr);
 
     // Connect and register every agent first: the timed part is the report traffic.
     let mut clients = Vec::with_capacity(agents);
@@ -165,7 +199,11 @@ async fn real_path(
             "authorization",
             HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
-        let c = WsClientBuilder::default()
+        let mut builder = WsClientBuilder::default();
+        if let Some(tls) = &client_tls {
+            builder = builder.with_custom_cert_store(tls.clone());
+        }
+        let c = builder
             .set_headers(h)
             .max_request_size(64 << 20)
             .build(&url)
@@ -247,8 +285,14 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let tls_dir = tempfile::tempdir()?;
+    let (tls_secs, tls_rows) =
+        rt.block_on(real_path(tls_dir.path(), agents, per_agent.clone(), true))?;
+    let tls_rate = tls_rows as f64 / tls_secs;
+    drop(tls_dir);
     let real_dir = tempfile::tempdir()?;
-    let (real_secs, real_rows) = rt.block_on(real_path(real_dir.path(), agents, per_agent))?;
+    let (real_secs, real_rows) =
+        rt.block_on(real_path(real_dir.path(), agents, per_agent, false))?;
     let real_rate = real_rows as f64 / real_secs;
     let db_bytes = std::fs::metadata(real_dir.path().join(store::DB_FILE))?.len()
         + std::fs::metadata(real_dir.path().join(format!("{}-wal", store::DB_FILE)))
@@ -263,8 +307,16 @@ fn main() -> Result<()> {
         real_rate
     );
     println!(
+        "ingest real path over wss (rustls):               {:.0} rows/s ({tls_secs:.2} s)",
+        tls_rate
+    );
+    println!(
         "ingest floor (raw batched SQLite insert):        {:.0} rows/s ({floor_secs:.2} s)",
         floor_rate
+    );
+    println!(
+        "ingest ratio wss/ws: {:.2} (target >= 0.80)",
+        tls_rate / real_rate
     );
     println!("ingest ratio real/floor: {:.2}", real_rate / floor_rate);
     println!(

@@ -16,6 +16,7 @@ use crate::hub::Hub;
 use crate::rating::Rating;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+use crate::tls::CertResolver;
 
 /// Settings of a running collector that a reload may change together.
 #[derive(Debug)]
@@ -42,6 +43,9 @@ pub struct App {
     pub telemetry: Telemetry,
     /// Agent batches being checked and stored at once ([`MAX_CONCURRENT_INGESTS`]).
     pub ingest_slots: Semaphore,
+    /// The listener's certificate when it serves TLS (fixed at start: TLS on or off needs a
+    /// restart; the certificate itself is replaced by [`App::reload`]).
+    tls: Option<Arc<CertResolver>>,
 }
 
 /// Batches checked and handed to the store at once, across all agents; more wait (their agents
@@ -64,7 +68,12 @@ pub struct CpuBusy;
 impl App {
     /// Builds the shared state over an opened store.
     pub fn new(config: CollectorConfig, store: Store) -> Arc<App> {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| Arc::new(CertResolver::new(t.certified.clone())));
         Arc::new(App {
+            tls,
             settings: ArcSwap::from_pointee(Settings::new(config)),
             store,
             hub: Hub::default(),
@@ -97,14 +106,21 @@ impl App {
         Ok(out)
     }
 
+    /// The listener's certificate resolver, when it serves TLS.
+    pub fn tls(&self) -> Option<Arc<CertResolver>> {
+        self.tls.clone()
+    }
+
     /// The settings now in force (a snapshot: a reload does not change it under the caller).
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.load_full()
     }
 
     /// Replaces the settings (a validated config); requests that start afterwards see them.
-    /// `listen` and `data_dir` cannot change in place: they keep their running values, and a
-    /// change of either is returned so the caller can say that it needs a restart.
+    /// `listen` and `data_dir` cannot change in place, nor can TLS be switched on or off: they
+    /// keep their running values, and such a change is returned so the caller can say that it
+    /// needs a restart. A new certificate (the files re-read by the caller's validation) is
+    /// served to every handshake from now on.
     pub fn reload(&self, mut config: CollectorConfig) -> Vec<&'static str> {
         let old = self.settings();
         let mut ignored = Vec::new();
@@ -115,6 +131,15 @@ impl App {
         if config.data_dir != old.config.data_dir {
             config.data_dir = old.config.data_dir.clone();
             ignored.push("data_dir");
+        }
+        match (&self.tls, &config.tls) {
+            // New handshakes get the new certificate; established connections keep theirs.
+            (Some(resolver), Some(tls)) => resolver.set(tls.certified.clone()),
+            (None, None) => {}
+            _ => {
+                config.tls = old.config.tls.clone();
+                ignored.push("tls_cert_file");
+            }
         }
         self.settings.store(Arc::new(Settings::new(config)));
         ignored
@@ -127,3 +152,6 @@ impl Settings {
         Settings { config, rating }
     }
 }
+
+#[cfg(test)]
+mod tests;

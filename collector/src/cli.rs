@@ -40,6 +40,26 @@ pub enum Command {
     CdnUser(CdnUserCommand),
     /// Agents tailing CDN access logs: files followed, malformed lines skipped, last report.
     CdnSources(DataArg),
+    /// TLS certificates for HTTPS/WSS on the listener.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+/// `tls …`
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Make a self-signed certificate and key for a quick set-up: writes DIR/tls/cert.pem and
+    /// DIR/tls/key.pem (replacing them), prints the config lines that use them, and prints the
+    /// agents' --pin-sha256 value alone on the last line. Agents trust it with
+    /// `--ca-file cert.pem` (copy the file to them) or with that pin.
+    SelfSigned {
+        /// Data directory; the files go to its `tls/` subdirectory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Name agents and clients connect to (DNS name or IP address); repeat for several.
+        #[arg(long, required = true)]
+        hostname: Vec<String>,
+    },
 }
 
 /// Options of `serve`.

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono_tz::Tz;
 use serde::Deserialize;
@@ -54,6 +55,11 @@ pub struct ConfigFile {
     pub max_new_instances_per_token_per_minute: u32,
     /// The CloudKitty-compatible rating API and its processing (`[rating]`, see docs/rating.md).
     pub rating: RatingConfig,
+    /// PEM certificate chain (leaf first) for HTTPS/WSS on `listen`; give `tls_key_file` too.
+    /// Without both, the listener speaks plain HTTP/WS (loopback and development).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ConfigFile {
@@ -74,6 +80,8 @@ impl Default for ConfigFile {
             max_instances_per_token: 10_000,
             max_new_instances_per_token_per_minute: 1_000,
             rating: RatingConfig::default(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -112,6 +120,28 @@ pub struct CollectorConfig {
     pub register_limits: crate::store::instances::RegisterLimits,
     /// `[rating]`, checked.
     pub rating: RatingConfig,
+    /// HTTPS/WSS: the certificate files and what was loaded from them (None: plain HTTP/WS).
+    pub tls: Option<TlsSettings>,
+}
+
+/// The listener's certificate: the configured files and the chain and key loaded from them
+/// (read and checked when the config is validated, so a config that loaded serves).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// The chain and key, ready for rustls.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl PartialEq for TlsSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert_file == other.cert_file
+            && self.key_file == other.key_file
+            && self.certified.cert == other.certified.cert
+    }
 }
 
 impl Default for CollectorConfig {
@@ -202,6 +232,26 @@ impl ConfigFile {
             );
         }
         errors.extend(self.rating.problems(self.listen));
+        let tls = match (self.tls_cert_file, self.tls_key_file) {
+            (None, None) => None,
+            (Some(cert_file), Some(key_file)) => {
+                match crate::tls::load_certified_key(&cert_file, &key_file) {
+                    Ok(certified) => Some(TlsSettings {
+                        cert_file,
+                        key_file,
+                        certified,
+                    }),
+                    Err(e) => {
+                        errors.push(format!("tls_cert_file/tls_key_file: {e}"));
+                        None
+                    }
+                }
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                errors.push("tls_cert_file and tls_key_file must be given together".into());
+                None
+            }
+        };
         match (timezone, default_interval, public_url) {
             (Ok(timezone), Ok(default_interval), Ok(public_url)) if errors.is_empty() => {
                 Ok(CollectorConfig {
@@ -222,6 +272,7 @@ impl ConfigFile {
                         max_new_per_minute: self.max_new_instances_per_token_per_minute,
                     },
                     rating: self.rating,
+                    tls,
                 })
             }
             _ => Err(ConfigError::Invalid(errors)),
@@ -279,5 +330,52 @@ mod tests {
         assert!(errs[0].contains("Mars/Olympus"), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("default_interval_secs")));
         assert!(toml::from_str::<ConfigFile>("lisen = '1'").is_err());
+    }
+
+    #[test]
+    fn tls_files_are_loaded_and_checked_at_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let made =
+            crate::tls::write_self_signed(dir.path(), &["collector.example".to_string()]).unwrap();
+        let text = format!(
+            "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+            made.cert_file, made.key_file
+        );
+        let cfg: ConfigFile = toml::from_str(&text).unwrap();
+        let tls = cfg.validate().unwrap().tls.unwrap();
+        assert_eq!(tls.cert_file, made.cert_file);
+        assert_eq!(
+            crate::tls::spki_pin(&tls.certified.cert[0]).unwrap(),
+            made.pin
+        );
+
+        let cases = [
+            (Some(made.cert_file.clone()), None, "given together"),
+            (None, Some(made.key_file.clone()), "given together"),
+            (
+                Some(dir.path().join("missing.pem")),
+                Some(made.key_file.clone()),
+                "cannot read",
+            ),
+            (
+                Some(made.key_file.clone()),
+                Some(made.key_file.clone()),
+                "no CERTIFICATE",
+            ),
+        ];
+        for (cert, key, want) in cases {
+            let cfg = ConfigFile {
+                tls_cert_file: cert,
+                tls_key_file: key,
+                max_limit: 0,
+                ..ConfigFile::default()
+            };
+            let Err(ConfigError::Invalid(errs)) = cfg.validate() else {
+                panic!("must be invalid")
+            };
+            // Every problem is listed, the TLS one among them.
+            assert_eq!(errs.len(), 2, "{errs:?}");
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Layers, each looking only down (docs/ARCHITECTURE.md has the map):
 //!
-//! 1. rules, pure functions: [`bandwidth`], [`cdn`], [`rating`], [`timeaxis`] (plus `config`);
+//! 1. rules, pure functions: [`bandwidth`], [`cdn`], [`rating`], [`timeaxis`] (plus `config`
+//!    and [`tls`], which reads certificate files as `config` reads its own);
 //! 2. [`store`]: all SQL;
 //! 3. actions and jobs: [`admin`], [`auth`], [`control`] (with the connected-agent `hub`),
 //!    [`ingest`], [`jobs`], [`telemetry`] (and [`App`]);
@@ -27,6 +28,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod timeaxis;
+pub mod tls;
 
 pub use app::{App, Settings};
 pub use config::CollectorConfig;

@@ -13,8 +13,8 @@ use vmmon_collector::config::ConfigFile;
 use vmmon_collector::{App, CollectorConfig, admin, jobs, server, store::Store};
 
 use cli::{
-    CdnUserCommand, Cli, Command, InstanceCommand, RatingCommand, ServeArgs, TokenCommand,
-    UserCommand,
+    CdnUserCommand, Cli, Command, InstanceCommand, RatingCommand, ServeArgs, TlsCommand,
+    TokenCommand, UserCommand,
 };
 
 fn main() -> Result<()> {
@@ -146,6 +146,26 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::CdnUser(cmd) => cdn_user(cmd).await,
+        Command::Tls(TlsCommand::SelfSigned { data, hostname }) => {
+            use vmmon_collector::tls;
+            let made = tls::write_self_signed(&data.join(tls::SELF_SIGNED_DIR), &hostname)?;
+            println!(
+                "self-signed certificate for {} written; in the collector config:",
+                hostname.join(", ")
+            );
+            println!(
+                "  tls_cert_file = {:?}",
+                made.cert_file.display().to_string()
+            );
+            println!("  tls_key_file = {:?}", made.key_file.display().to_string());
+            println!(
+                "agents: --collector wss://{}:PORT/rpc with --ca-file {} (a copy) or this --pin-sha256:",
+                hostname[0],
+                made.cert_file.display()
+            );
+            println!("{}", made.pin);
+            Ok(())
+        }
         Command::CdnSources(d) => {
             let store = open(&d.data).await?;
             println!("instance_id\tfiles\tmalformed_lines\tlast_report_utc");
@@ -297,6 +317,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let app: Arc<App> = App::new(config, store);
     let running = server::start(app.clone(), listener).await?;
     println!("vmmon-collector listening on {}", running.local_addr);
+    if let Some(tls) = &app.settings().config.tls {
+        let pin = vmmon_collector::tls::spki_pin(&tls.certified.cert[0]).unwrap_or_default();
+        tracing::info!(cert = %tls.cert_file.display(), pin_sha256 = %pin, "Serving HTTPS and WSS.");
+    }
     tracing::info!(addr = %running.local_addr, data = %app.settings().config.data_dir.display(), "Collector ready.");
     jobs::housekeeping::spawn(app.clone());
     jobs::rating::spawn(app.clone());

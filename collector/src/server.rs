@@ -5,6 +5,13 @@
 //! [`crate::http`]), following jsonrpsee's `jsonrpsee_as_service` example. One port keeps firewall
 //! rules and the agents' config simple. The agent token is read from the upgrade request and
 //! checked once per connection; the result is baked into that connection's [`RpcHandler`].
+//!
+//! TLS: with `tls_cert_file`/`tls_key_file` configured, every accepted socket goes through a
+//! rustls handshake (bounded by the connection's header read timeout, so a slow or silent
+//! client cannot hold a slot longer than a slow HTTP client could) before hyper sees it; the
+//! same port then carries HTTPS and WSS only. The certificate comes from [`crate::tls::CertResolver`],
+//! which a reload swaps without touching established connections. Without them the listener
+//! speaks plain HTTP/WS, meant for loopback and development.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +25,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use jsonrpsee::server::{PingConfig, ServerConfig, StopHandle, TowerServiceBuilder, stop_channel};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 use vmmon_common::RPC_PATH;
 use vmmon_common::rpc::MonitorApiServer;
@@ -80,6 +88,18 @@ impl Running {
 /// Binds `addr` and serves until stopped.
 pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Running> {
     let local_addr = listener.local_addr()?;
+    let tls = match app.tls() {
+        Some(resolver) => Some(TlsAcceptor::from(
+            crate::tls::server_config(resolver).map_err(std::io::Error::other)?,
+        )),
+        None => {
+            if !local_addr.ip().is_loopback() {
+                tracing::warn!(addr = %local_addr,
+                    "Serving plain HTTP on a non-loopback address: agent tokens, passwords and sessions cross the network unencrypted. Set tls_cert_file and tls_key_file.");
+            }
+            None
+        }
+    };
     let (stop_handle, server_handle) = stop_channel();
     // WebSocket pings find dead agent connections (a VM that vanished without closing its TCP
     // connection), so their instances can be claimed by a new agent within a few minutes.
@@ -109,7 +129,14 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
         .set_config(refused_config)
         .to_service_builder()
         .max_connections(REFUSED_MAX_CONNECTIONS);
-    let task = tokio::spawn(accept_loop(app, listener, stop_handle, builder, refused));
+    let task = tokio::spawn(accept_loop(
+        app,
+        listener,
+        tls,
+        stop_handle,
+        builder,
+        refused,
+    ));
     Ok(Running {
         local_addr,
         stop: server_handle,
@@ -120,6 +147,7 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
 async fn accept_loop(
     app: Arc<App>,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     stop_handle: StopHandle,
     builder: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
     refused: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
@@ -191,10 +219,17 @@ async fn accept_loop(
             }
             .boxed()
         });
-        tokio::spawn(serve_connection(
+        let stopped = stop_handle.clone().shutdown();
+        let Some(acceptor) = tls.clone() else {
+            tokio::spawn(serve_connection(sock, svc, stopped, slot, header_timeout));
+            continue;
+        };
+        tokio::spawn(serve_tls_connection(
+            acceptor,
             sock,
+            peer,
             svc,
-            stop_handle.clone().shutdown(),
+            stopped,
             slot,
             header_timeout,
         ));
@@ -207,15 +242,47 @@ fn release(slot: &std::sync::Mutex<Option<OwnedSemaphorePermit>>) {
     }
 }
 
-/// Serves one connection with HTTP/1.1 (upgrades to WebSocket allowed) until it ends or the
-/// server stops; a stop lets the request in progress finish.
-async fn serve_connection<S, B>(
-    sock: TcpStream,
+/// Completes the TLS handshake within `header_timeout`, then serves the connection as
+/// [`serve_connection`] does; a failed or slow handshake closes it.
+async fn serve_tls_connection<S, B>(
+    acceptor: TlsAcceptor,
+    sock: tokio::net::TcpStream,
+    peer: SocketAddr,
     svc: S,
     stopped: impl std::future::Future<Output = ()>,
     slot: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     header_timeout: Duration,
 ) where
+    S: tower::Service<Request<Incoming>, Response = hyper::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(header_timeout, acceptor.accept(sock)).await {
+        Ok(Ok(stream)) => serve_connection(stream, svc, stopped, slot, header_timeout).await,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed.");
+            release(&slot);
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out.");
+            release(&slot);
+        }
+    }
+}
+
+/// Serves one connection with HTTP/1.1 (upgrades to WebSocket allowed) until it ends or the
+/// server stops; a stop lets the request in progress finish.
+async fn serve_connection<I, S, B>(
+    sock: I,
+    svc: S,
+    stopped: impl std::future::Future<Output = ()>,
+    slot: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    header_timeout: Duration,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = hyper::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -44,6 +44,8 @@ install_agent() {
   sed -i "s|^collector = .*|collector = \"ws://10.0.2.2:$port/rpc\"|; s|^interval_secs = .*|interval_secs = 5|" "$ROOT/etc/vmmon/agent.toml"
   sed -i '/^instance_id = /d' "$ROOT/etc/vmmon/agent.toml"
   echo 'instance_id = "qemu-demo-vm"' >>"$ROOT/etc/vmmon/agent.toml"
+  # 10.0.2.2 is the host's loopback seen through qemu's user-mode network, not a real network.
+  echo 'allow_plaintext = true' >>"$ROOT/etc/vmmon/agent.toml"
   echo "qemu-demo-vm" >"$ROOT/etc/hostname"
   # DHCP on the first virtio NIC via systemd-networkd.
   mkdir -p "$ROOT/etc/systemd/network"

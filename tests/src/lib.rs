@@ -708,3 +708,176 @@ pub fn register_request(
 ) -> vmmon_common::wire::RegisterRequest {
     vmmon_common::test_support::register_request(instance_id, interval_secs, Default::default())
 }
+
+/// A date: (year, month, day).
+pub type Ymd = (i32, u8, u8);
+
+/// A test certificate authority (rcgen), for TLS tests.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM (what an agent's `--ca-file` or `curl --cacert` takes).
+    pub pem: String,
+}
+
+/// A server certificate and its key, PEM, with the agents' pin of its key.
+#[derive(Clone)]
+pub struct Leaf {
+    /// Certificate chain (the leaf only).
+    pub cert_pem: String,
+    /// Private key.
+    pub key_pem: String,
+    /// base64 SHA-256 of the key's SubjectPublicKeyInfo.
+    pub pin: String,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IPs), valid now.
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_valid(names, None)
+    }
+
+    /// A server certificate for `names`, valid from/to the given (year, month, day) when given.
+    pub fn leaf_valid(&self, names: &[&str], validity: Option<(Ymd, Ymd)>) -> Leaf {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        if let Some(((y0, m0, d0), (y1, m1, d1))) = validity {
+            params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+            params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        use base64::Engine;
+        use sha2::Digest;
+        let pin = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
+            rcgen::PublicKeyData::subject_public_key_info(&key),
+        ));
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            pin,
+        }
+    }
+}
+
+fn write_cert_files(dir: &Path, leaf: &Leaf) {
+    std::fs::write(dir.join("key.pem"), &leaf.key_pem).unwrap();
+    std::fs::write(dir.join("cert.pem"), &leaf.cert_pem).unwrap();
+}
+
+/// A collector serving HTTPS/WSS from certificate files it re-reads on SIGHUP.
+pub struct TlsCollector {
+    /// The collector.
+    pub collector: Collector,
+    /// Holds the config and certificate files.
+    pub dir: tempfile::TempDir,
+}
+
+impl TlsCollector {
+    /// Starts a collector serving `leaf`.
+    pub fn start(leaf: &Leaf) -> TlsCollector {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("collector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+                dir.path().join("cert.pem"),
+                dir.path().join("key.pem")
+            ),
+        )
+        .unwrap();
+        write_cert_files(dir.path(), leaf);
+        let collector = Collector::start_with(&["--config", &config.display().to_string()]);
+        TlsCollector { collector, dir }
+    }
+
+    /// Writes `leaf` over the certificate files (the collector serves it after a SIGHUP).
+    pub fn write_cert(&self, leaf: &Leaf) {
+        write_cert_files(self.dir.path(), leaf);
+    }
+
+    /// Writes `leaf` and sends SIGHUP.
+    pub fn reload_cert(&self, leaf: &Leaf) {
+        self.write_cert(leaf);
+        signal(self.collector.pid().unwrap(), libc::SIGHUP);
+    }
+
+    /// `wss://127.0.0.1:PORT/rpc`.
+    pub fn wss_url(&self) -> String {
+        format!("wss://127.0.0.1:{}/rpc", self.collector.addr.port())
+    }
+
+    /// `https://127.0.0.1:PORT` + path.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{}", self.collector.addr.port(), path)
+    }
+
+    /// GET `path` over TLS trusting only `ca_pem`; returns the status and body, or the TLS or
+    /// I/O error (a rustls client, so the test does not depend on curl).
+    pub fn https_get(&self, ca_pem: &str, path: &str) -> Result<(u16, String), String> {
+        use rustls::pki_types::pem::PemObject;
+        use std::io::{Read, Write};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(|e| e.to_string())?;
+        let sock = std::net::TcpStream::connect(self.collector.addr).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        write!(
+            tls,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        match tls.read_to_end(&mut out) {
+            Ok(_) => {}
+            // The server may close without close_notify after the answer.
+            Err(e) if !out.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no HTTP status in {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+}

@@ -2,6 +2,7 @@
 //! first, applying pushed commands, and heartbeating; reconnects with backoff on any failure.
 
 pub mod retry;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,7 @@ const BATCHES_PER_TURN: usize = 16;
 const BASE_BACKOFF: Duration = Duration::from_millis(500);
 
 /// How to reach the collector.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReporterConfig {
     /// `ws://host:port/rpc`.
     pub url: String,
@@ -45,6 +46,23 @@ pub struct ReporterConfig {
     pub agent_uid: String,
     /// Longest reconnect wait.
     pub max_backoff: Duration,
+    /// For `wss://`: how the collector is verified (see [`tls`]).
+    pub tls: Option<rustls::ClientConfig>,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for ReporterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReporterConfig")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .field("instance_id", &self.instance_id)
+            .field("configured_interval_secs", &self.configured_interval_secs)
+            .field("agent_uid", &self.agent_uid)
+            .field("max_backoff", &self.max_backoff)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// Why a session ended.
@@ -54,6 +72,8 @@ struct SessionEnd {
     reason: String,
     /// Whether the session got as far as a successful registration.
     registered: bool,
+    /// The TLS handshake was refused (the reason is in `reason`).
+    tls_refused: bool,
 }
 
 fn ended(action: RetryAction, reason: impl Into<String>, registered: bool) -> SessionEnd {
@@ -61,10 +81,17 @@ fn ended(action: RetryAction, reason: impl Into<String>, registered: bool) -> Se
         action,
         reason: reason.into(),
         registered,
+        tls_refused: false,
     }
 }
 
 fn from_client(err: &ClientError, registered: bool) -> SessionEnd {
+    if let Some(why) = tls::refusal_reason(err) {
+        return SessionEnd {
+            tls_refused: true,
+            ..ended(RetryAction::Reconnect, why, registered)
+        };
+    }
     ended(classify(err), err.to_string(), registered)
 }
 
@@ -89,6 +116,11 @@ pub async fn run(
                 tracing::error!(collector = %cfg.url, reason = %end.reason,
                     "Collector refused this agent's token; fix the token or its project. Backing off.");
                 backoff.refused_delay()
+            }
+            _ if end.tls_refused => {
+                tracing::error!(collector = %cfg.url, reason = %end.reason,
+                    "Collector's TLS certificate refused; samples stay spooled until it is fixed. Backing off.");
+                backoff.next_delay()
             }
             _ => {
                 if end.registered {
@@ -116,8 +148,14 @@ async fn connect(cfg: &ReporterConfig) -> Result<WsClient, SessionEnd> {
             false,
         )
     })?;
+    let mut value = value;
+    value.set_sensitive(true);
     headers.insert("authorization", value);
-    WsClientBuilder::default()
+    let mut builder = WsClientBuilder::default();
+    if let Some(tls) = &cfg.tls {
+        builder = builder.with_custom_cert_store(tls.clone());
+    }
+    builder
         .set_headers(headers)
         .connection_timeout(Duration::from_secs(10))
         .request_timeout(Duration::from_secs(30))

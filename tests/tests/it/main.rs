@@ -11,4 +11,5 @@ mod netflow;
 mod prometheus;
 mod rating;
 mod service;
+mod tls;
 mod truth;
