@@ -75,6 +75,37 @@ impl Default for AgentConfig {
 
 pub use vmmon_common::config::ConfigError;
 
+/// What [`AgentConfig::validate`] built while checking: used by the running agent as is.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The agent token (from `token`, or read from `token_file`), trimmed.
+    pub token: String,
+    /// The compiled CDN access-log format.
+    pub cdn_format: crate::cdn::LogFormat,
+    /// The rule that picks the VM's own interfaces.
+    pub net_selector: crate::sampler::ifaces::NetSelector,
+}
+
+/// A configuration that passed [`AgentConfig::validate`], with what the checks built.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// The settings.
+    pub config: AgentConfig,
+    /// Token, CDN format, interface rule.
+    pub checked: Checked,
+}
+
+impl AgentConfig {
+    /// Validates and keeps what the checks built.
+    pub fn into_valid(self) -> Result<ValidConfig, ConfigError> {
+        let checked = self.validate()?;
+        Ok(ValidConfig {
+            config: self,
+            checked,
+        })
+    }
+}
+
 impl AgentConfig {
     /// Loads `path`; `None` reads [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults.
     pub fn load(path: Option<&Path>) -> Result<AgentConfig, ConfigError> {
@@ -95,8 +126,10 @@ impl AgentConfig {
         })
     }
 
-    /// Checks every value; reports all problems at once.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value, once, and hands back what the checks built (the token read from its
+    /// file, the compiled CDN log format, the interface rule), so nothing is read or compiled
+    /// twice; reports all problems at once.
+    pub fn validate(&self) -> Result<Checked, ConfigError> {
         let mut errors = Vec::new();
         if self.collector.is_empty() {
             errors.push("collector URL is required (--collector ws://HOST:PORT/rpc)".to_string());
@@ -107,16 +140,20 @@ impl AgentConfig {
             ));
         }
         errors.extend(self.tls_problems());
+        let mut token = None;
         match (&self.token, &self.token_file) {
             (None, None) => {
                 errors.push("an agent token is required (--token or --token-file)".into())
             }
             (Some(_), Some(_)) => errors.push("give either token or token_file, not both".into()),
             (Some(t), None) if t.trim().is_empty() => errors.push("token is empty".into()),
-            _ => {}
+            _ => match self.resolve_token() {
+                Ok(t) => token = Some(t),
+                Err(e) => errors.push(e.to_string()),
+            },
         }
-        if !(1..=86_400).contains(&self.interval_secs) {
-            errors.push("interval_secs must be within 1..=86400".into());
+        if let Err(e) = vmmon_common::vocab::IntervalSecs::new(u64::from(self.interval_secs)) {
+            errors.push(format!("interval_secs: {e}"));
         }
         if self.spool_max_bytes < 1024 {
             errors.push("spool_max_bytes must be at least 1024".into());
@@ -124,9 +161,10 @@ impl AgentConfig {
         if self.max_backoff_secs == 0 {
             errors.push("max_backoff_secs must be at least 1".into());
         }
-        if let Err(e) = self.cdn_format() {
-            errors.push(format!("cdn_log_format: {e}"));
-        }
+        let cdn_format = self
+            .cdn_format()
+            .map_err(|e| errors.push(format!("cdn_log_format: {e}")))
+            .ok();
         if self
             .cdn_access_logs
             .iter()
@@ -134,21 +172,29 @@ impl AgentConfig {
         {
             errors.push("cdn_access_logs has an empty path".into());
         }
-        if let Err(bad) = self.net_selector() {
-            errors.extend(
-                bad.into_iter()
-                    .map(|e| format!("net_include/net_exclude: {e}")),
-            );
-        }
+        let net_selector = self
+            .net_selector()
+            .map_err(|bad| {
+                errors.extend(
+                    bad.into_iter()
+                        .map(|e| format!("net_include/net_exclude: {e}")),
+                )
+            })
+            .ok();
         if let Some(id) = &self.instance_id
             && (id.is_empty() || id.len() > 128)
         {
             errors.push("instance_id must be 1–128 characters".into());
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errors))
+        match (token, cdn_format, net_selector) {
+            (Some(token), Some(cdn_format), Some(net_selector)) if errors.is_empty() => {
+                Ok(Checked {
+                    token,
+                    cdn_format,
+                    net_selector,
+                })
+            }
+            _ => Err(ConfigError::Invalid(errors)),
         }
     }
 
@@ -211,7 +257,7 @@ impl AgentConfig {
     }
 
     /// The token, reading `token_file` if that is how it was given.
-    pub fn resolve_token(&self) -> Result<String, ConfigError> {
+    fn resolve_token(&self) -> Result<String, ConfigError> {
         if let Some(t) = &self.token {
             return Ok(t.trim().to_string());
         }
@@ -242,8 +288,19 @@ mod tests {
     #[test]
     fn example_file_parses_and_validates() {
         let text = include_str!("../../packaging/agent.example.toml");
-        let cfg: AgentConfig = toml::from_str(text).unwrap();
-        cfg.validate().unwrap();
+        let mut cfg: AgentConfig = toml::from_str(text).unwrap();
+        // Validation reads the token file: the example's path, /etc/vmmon/agent.token, with a
+        // token in a temp dir instead.
+        let Err(ConfigError::Invalid(errs)) = cfg.validate() else {
+            panic!("the example's token file does not exist here")
+        };
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("agent.token"), "{errs:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("agent.token");
+        std::fs::write(&token, "vmt_example\n").unwrap();
+        cfg.token_file = Some(token);
+        assert_eq!(cfg.validate().unwrap().token, "vmt_example");
     }
 
     #[test]

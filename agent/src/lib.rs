@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 use vmmon_common::wire::DesiredState;
 
-use config::AgentConfig;
+use config::{AgentConfig, ValidConfig};
 use sampler::{ProcRoots, Sampler};
 use spool::Spool;
 
@@ -149,9 +149,9 @@ fn epoch_ms(t: SystemTime) -> i64 {
 }
 
 /// Runs the agent until `shutdown` flips to true.
-pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    config.validate()?;
-    let token = config.resolve_token()?;
+pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let ValidConfig { config, checked } = valid;
+    let token = checked.token;
     let instance_id = identity::resolve_instance_id(
         config.instance_id.as_deref(),
         &identity::IdentitySources::default(),
@@ -181,14 +181,12 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         new_batch: Notify::new(),
     });
     let mut sampler = Sampler::new(ProcRoots::default())?;
-    let selector = config.net_selector().map_err(|errs| {
-        config::ConfigError::Invalid(errs.iter().map(ToString::to_string).collect())
-    })?;
+    let selector = checked.net_selector;
     sampler.set_net_selector(selector.clone());
     let net_state_path = config.state_dir.join(NET_STATE_FILE);
     sampler.restore_net_state(net_state::load(&net_state_path));
     let wan = config.wan_ips.clone();
-    let mut tailer = cdn_tailer(&config, &shared)?;
+    let mut tailer = cdn_tailer(&config, checked.cdn_format, &shared);
 
     let rcfg = reporter::ReporterConfig {
         url: config.collector.clone(),
@@ -225,21 +223,22 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
 }
 
 /// The access-log tailer when CDN logs are configured, resuming from the spool's checkpoint.
-fn cdn_tailer(config: &AgentConfig, shared: &Shared) -> Result<Option<cdn::Tailer>, AgentError> {
+fn cdn_tailer(
+    config: &AgentConfig,
+    format: cdn::LogFormat,
+    shared: &Shared,
+) -> Option<cdn::Tailer> {
     if config.cdn_access_logs.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let format = config
-        .cdn_format()
-        .map_err(|e| config::ConfigError::Invalid(vec![format!("cdn_log_format: {e}")]))?;
     let checkpoint = shared.with_spool(|s| s.cdn_checkpoint().cloned());
     tracing::info!(logs = ?config.cdn_access_logs, resumed = checkpoint.is_some(), "Tailing CDN access logs.");
-    Ok(Some(cdn::Tailer::new(
+    Some(cdn::Tailer::new(
         &config.cdn_access_logs,
         format,
         checkpoint.as_ref(),
         cdn::tail::DEFAULT_MAX_BYTES_PER_POLL,
-    )))
+    ))
 }
 
 async fn sampling_loop(

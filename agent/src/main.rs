@@ -11,19 +11,17 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use vmmon_agent::cli::Cli;
-use vmmon_agent::config::AgentConfig;
+use vmmon_agent::config::{AgentConfig, ValidConfig};
 
-fn load(cli: &Cli) -> Result<AgentConfig> {
+fn load(cli: &Cli) -> Result<ValidConfig> {
     let mut config = AgentConfig::load(cli.config.as_deref())?;
     cli.apply(&mut config);
-    config.validate()?;
-    config.resolve_token()?;
-    Ok(config)
+    Ok(config.into_valid()?)
 }
 
 enum Event {
     Shutdown,
-    Reload(Box<AgentConfig>),
+    Reload(Box<ValidConfig>),
 }
 
 fn main() -> Result<()> {
@@ -51,7 +49,7 @@ fn main() -> Result<()> {
     rt.block_on(serve(cli, config))
 }
 
-async fn serve(cli: Cli, mut config: AgentConfig) -> Result<()> {
+async fn serve(cli: Cli, mut config: ValidConfig) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
