@@ -8,18 +8,19 @@ fail() { echo "check-debs: $*" >&2; exit 1; }
 AGENT=$(ls target/debian/vmmon-agent_*.deb)
 COLL=$(ls target/debian/vmmon-collector_*.deb)
 
-has() { dpkg-deb -c "$1" | awk '{print $NF}' | grep -qx "$2" || fail "$(basename "$1") lacks $2"; }
+# grep reads all its input (no -q): with pipefail, an early exit would SIGPIPE the producer.
+has() { dpkg-deb -c "$1" | awk '{print $NF}' | grep -x "$2" >/dev/null || fail "$(basename "$1") lacks $2"; }
 for f in ./usr/bin/vmmon-agent ./lib/systemd/system/vmmon-agent.service ./etc/vmmon/agent.toml \
          ./etc/default/vmmon-agent ./var/lib/vmmon/; do has "$AGENT" "$f"; done
 for f in ./usr/bin/vmmon-collector ./lib/systemd/system/vmmon-collector.service ./etc/vmmon/collector.toml \
          ./etc/default/vmmon-collector ./var/lib/vmmon-collector/; do has "$COLL" "$f"; done
 conf() { dpkg-deb --ctrl-tarfile "$1" | tar -xO ./conffiles; }
-conf "$AGENT" | grep -qx /etc/vmmon/agent.toml || fail "agent.toml is not a conffile"
-conf "$COLL" | grep -qx /etc/vmmon/collector.toml || fail "collector.toml is not a conffile"
+conf "$AGENT" | grep -x /etc/vmmon/agent.toml >/dev/null || fail "agent.toml is not a conffile"
+conf "$COLL" | grep -x /etc/vmmon/collector.toml >/dev/null || fail "collector.toml is not a conffile"
 for s in postinst prerm postrm; do
-  dpkg-deb --ctrl-tarfile "$AGENT" | tar -t | grep -qx "./$s" || fail "agent lacks $s"
+  dpkg-deb --ctrl-tarfile "$AGENT" | tar -t | grep -x "./$s" >/dev/null || fail "agent lacks $s"
 done
-dpkg-deb --ctrl-tarfile "$AGENT" | tar -xO ./postinst | grep -q "enable vmmon-agent.service" || fail "postinst does not enable"
+dpkg-deb --ctrl-tarfile "$AGENT" | tar -xO ./postinst | grep "enable vmmon-agent.service" >/dev/null || fail "postinst does not enable"
 
 # The shipped binaries run and their default configs validate (the agent's needs a token file).
 TMP=$(mktemp -d)
