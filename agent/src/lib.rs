@@ -98,6 +98,12 @@ pub struct Shared {
     pub desired: watch::Sender<DesiredState>,
     /// Signalled when a batch was spooled.
     pub new_batch: Notify,
+    /// Set when the agent has CDN logs but no positions of its own (state lost): the reporter
+    /// asks the collector for the positions of the newest stored batch and puts them in
+    /// `cdn_resume` (`Some(None)`: the collector has none).
+    pub cdn_resume_wanted: std::sync::atomic::AtomicBool,
+    /// The collector's answer to that question.
+    pub cdn_resume: Mutex<Option<Option<vmmon_common::wire::CdnTailState>>>,
 }
 
 impl Shared {
@@ -179,6 +185,8 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
         spool: Mutex::new(spool),
         desired: desired_tx,
         new_batch: Notify::new(),
+        cdn_resume_wanted: Default::default(),
+        cdn_resume: Mutex::new(None),
     });
     let mut sampler = Sampler::new(ProcRoots::default())?;
     let selector = checked.net_selector;
@@ -186,7 +194,21 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
     let net_state_path = config.state_dir.join(NET_STATE_FILE);
     sampler.restore_net_state(net_state::load(&net_state_path));
     let wan = config.wan_ips.clone();
-    let mut tailer = cdn_tailer(&config, checked.cdn_format, &shared);
+    // Without positions of its own (a lost state dir) the agent waits for the collector's before
+    // reading its access logs: reading them from the start would bill their lines again.
+    let mut pending_cdn = None;
+    let mut tailer = if config.cdn_access_logs.is_empty()
+        || shared.with_spool(|s| s.cdn_checkpoint().is_some())
+    {
+        cdn_tailer(&config, checked.cdn_format, &shared)
+    } else {
+        tracing::info!("No CDN access-log positions of our own; asking the collector first.");
+        shared
+            .cdn_resume_wanted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        pending_cdn = Some((config.cdn_access_logs.clone(), checked.cdn_format));
+        None
+    };
 
     let rcfg = reporter::ReporterConfig {
         url: config.collector.clone(),
@@ -210,7 +232,8 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
 
     sampling_loop(
         &mut sampler,
-        tailer.as_mut(),
+        &mut tailer,
+        &mut pending_cdn,
         &shared,
         &instance_id,
         &net_state_path,
@@ -241,9 +264,13 @@ fn cdn_tailer(
     ))
 }
 
+/// Access logs waiting for the collector's positions before they are read.
+type PendingCdn = Option<(Vec<std::path::PathBuf>, cdn::LogFormat)>;
+
 async fn sampling_loop(
     sampler: &mut Sampler,
-    mut tailer: Option<&mut cdn::Tailer>,
+    tailer_slot: &mut Option<cdn::Tailer>,
+    pending_cdn: &mut PendingCdn,
     shared: &Shared,
     instance_id: &str,
     net_state_path: &std::path::Path,
@@ -300,6 +327,23 @@ async fn sampling_loop(
                 continue;
             }
         };
+        if tailer_slot.is_none()
+            && pending_cdn.is_some()
+            && let Some(resume) = shared.cdn_resume.lock().ok().and_then(|g| g.clone())
+            && let Some((logs, format)) = pending_cdn.take()
+        {
+            tracing::info!(
+                resumed = resume.is_some(),
+                "Tailing CDN access logs from the collector's positions."
+            );
+            *tailer_slot = Some(cdn::Tailer::new(
+                &logs,
+                format,
+                resume.as_ref(),
+                cdn::tail::DEFAULT_MAX_BYTES_PER_POLL,
+            ));
+        }
+        let mut tailer = tailer_slot.as_mut();
         // The tick's access-log lines travel in the tick's batch, with the positions after them;
         // the tailer adopts those positions only once the batch is durably spooled.
         let mut poll = tailer
@@ -391,6 +435,8 @@ mod hostile_input_tests {
             spool: Mutex::new(spool),
             desired: tx,
             new_batch: Notify::new(),
+            cdn_resume_wanted: Default::default(),
+            cdn_resume: Mutex::new(None),
         };
         for interval_secs in [0, 86_401, u32::MAX] {
             let bad = DesiredState {
@@ -430,7 +476,13 @@ mod hostile_input_tests {
             let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
             let start = DesiredState { monitoring: false, interval_secs: 30 };
             let (tx, rx) = watch::channel(start);
-            let shared = Shared { spool: Mutex::new(spool), desired: tx, new_batch: Notify::new() };
+            let shared = Shared {
+                spool: Mutex::new(spool),
+                desired: tx,
+                new_batch: Notify::new(),
+                cdn_resume_wanted: Default::default(),
+                cdn_resume: Mutex::new(None),
+            };
             let sent = DesiredState { monitoring, interval_secs };
             let valid = (1..=86_400).contains(&interval_secs);
             proptest::prop_assert_eq!(shared.apply_desired(sent).is_ok(), valid);

@@ -210,6 +210,27 @@ async fn session(
         Ok(s) => s,
         Err(e) => return from_client(&e, true),
     };
+    if shared
+        .cdn_resume_wanted
+        .load(std::sync::atomic::Ordering::Relaxed)
+        && shared
+            .cdn_resume
+            .lock()
+            .map(|g| g.is_none())
+            .unwrap_or(false)
+    {
+        let positions = match client.cdn_positions(cfg.instance_id.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                // An older collector, or no edge token: read the logs as before.
+                tracing::warn!(error = %e, "The collector has no CDN positions for us; reading the access logs from their start.");
+                None
+            }
+        };
+        if let Ok(mut g) = shared.cdn_resume.lock() {
+            *g = Some(positions);
+        }
+    }
     backoff.reset();
     tracing::info!(collector = %cfg.url, instance_id = %cfg.instance_id,
         monitoring = desired.monitoring, interval_secs = desired.interval_secs, "Connected to the collector.");

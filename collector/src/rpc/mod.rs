@@ -13,7 +13,7 @@ use vmmon_common::PROTOCOL_VERSION;
 use vmmon_common::rpc::MonitorApiServer;
 use vmmon_common::vocab::{IntervalSecs, validate_instance_id};
 use vmmon_common::wire::{
-    CommandAck, DesiredState, Heartbeat, RegisterRequest, ReportAck, ReportBatch,
+    CdnTailState, CommandAck, DesiredState, Heartbeat, RegisterRequest, ReportAck, ReportBatch,
 };
 
 use crate::app::App;
@@ -297,6 +297,27 @@ impl MonitorApiServer for RpcHandler {
             batch_id,
             duplicate: !stored,
         })
+    }
+
+    async fn cdn_positions(
+        &self,
+        instance_id: String,
+    ) -> Result<Option<CdnTailState>, ErrorObjectOwned> {
+        let token = self.token()?;
+        if !token.cdn_edge {
+            return Err(CollectorError::Forbidden(
+                "only a CDN edge token has access-log positions".into(),
+            )
+            .into());
+        }
+        self.ensure_registered(&instance_id)?;
+        let positions = self
+            .app
+            .store
+            .read(move |c| store::cdn::positions(c, &instance_id))
+            .await
+            .map_err(CollectorError::from)?;
+        Ok(positions)
     }
 
     async fn ack_command(&self, ack: CommandAck) -> Result<(), ErrorObjectOwned> {

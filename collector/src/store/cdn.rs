@@ -6,6 +6,7 @@
 //! can only be checked with the secret itself.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use vmmon_common::wire::CdnTailState;
 use vmmon_common::wire::ReportBatch;
 
 use super::Result;
@@ -95,17 +96,19 @@ pub fn apply_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resul
     }
     if let Some(tail) = &batch.cdn_tail {
         conn.prepare_cached(
-            "INSERT INTO cdn_sources (instance_id, files, malformed_lines_total, last_report_ms)
-             VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO cdn_sources (instance_id, files, malformed_lines_total, last_report_ms,
+                 tail_json)
+             VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(instance_id) DO UPDATE SET files = excluded.files,
                  malformed_lines_total = excluded.malformed_lines_total,
-                 last_report_ms = excluded.last_report_ms",
+                 last_report_ms = excluded.last_report_ms, tail_json = excluded.tail_json",
         )?
         .execute(params![
             batch.instance_id,
             tail.files.len() as i64,
             to_i64(tail.malformed_lines_total),
-            now_ms
+            now_ms,
+            serde_json::to_string(tail).ok()
         ])?;
     }
     Ok(())
@@ -196,6 +199,24 @@ pub fn token_users(conn: &Connection, token_id: i64) -> Result<Vec<String>> {
         .query_map([token_id], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// The access-log positions after the instance's newest stored batch, if any.
+pub fn positions(conn: &Connection, instance_id: &str) -> Result<Option<CdnTailState>> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT tail_json FROM cdn_sources WHERE instance_id = ?1",
+            [instance_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    match text {
+        None => Ok(None),
+        Some(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| super::StoreError::Corrupt(format!("cdn_sources.tail_json: {e}"))),
+    }
 }
 
 /// Every user, by name.

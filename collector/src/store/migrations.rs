@@ -334,4 +334,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE instances ADD COLUMN net_interfaces TEXT NOT NULL DEFAULT '';
     "#,
+    // The access-log positions after an edge agent's newest stored batch: handed back to an agent
+    // that lost its state, so it does not bill its logs again.
+    r#"
+    ALTER TABLE cdn_sources ADD COLUMN tail_json TEXT;
+    "#,
 ];

@@ -10,7 +10,8 @@ use jsonrpsee::proc_macros::rpc;
 use jsonrpsee::types::ErrorObjectOwned;
 
 use crate::wire::{
-    Command, CommandAck, DesiredState, Heartbeat, RegisterRequest, ReportAck, ReportBatch,
+    CdnTailState, Command, CommandAck, DesiredState, Heartbeat, RegisterRequest, ReportAck,
+    ReportBatch,
 };
 
 /// Methods the collector serves to agents.
@@ -27,6 +28,15 @@ pub trait MonitorApi {
     /// Stores one report batch at most once (dedup by `batch_id`) and acknowledges it.
     #[method(name = "report")]
     async fn report(&self, batch: ReportBatch) -> Result<ReportAck, ErrorObjectOwned>;
+
+    /// The CDN access-log positions of the newest batch the collector stored for `instance_id`
+    /// (registered on this connection), `None` when it has none: an edge agent that lost its
+    /// state resumes from them instead of reading its logs again from the start.
+    #[method(name = "cdnPositions")]
+    async fn cdn_positions(
+        &self,
+        instance_id: String,
+    ) -> Result<Option<CdnTailState>, ErrorObjectOwned>;
 
     /// Confirms that a pushed [`Command`] was applied.
     #[method(name = "ackCommand")]

@@ -670,3 +670,33 @@ fn only_cdn_edge_tokens_may_report_cdn_traffic() {
         "a domain of a CDN user not bound to the token"
     );
 }
+
+/// An edge agent that lost its state dir (a reinstall with purge, a tmpfs) resumes from the
+/// positions of its newest batch the collector stored, instead of billing its logs again.
+#[test]
+fn an_edge_agent_that_lost_its_state_does_not_bill_its_logs_twice() {
+    let (c, _cfg) = start_collector();
+    add_user(&c, USER, "www.a.com,www.b.com");
+    let token = c.create_cdn_token("cdn", "edge", &[USER]);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let mut w = Writer::new();
+    w.write(&log, 60);
+    let log_arg = log.display().to_string();
+    let mut agent = Agent::start(&c, &token, "edge-lost", 1, &["--cdn-access-log", &log_arg]);
+    wait_total(&c, &agent, logs.path(), w.total());
+    agent.kill();
+    // The state dir is emptied: no spool, no positions.
+    for entry in std::fs::read_dir(agent.state.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    w.write(&log, 25);
+    agent.spawn();
+    // Only the 25 new lines are added: the 60 counted ones are not billed again.
+    wait_total(&c, &agent, logs.path(), w.total());
+}
