@@ -343,7 +343,7 @@ async fn sampling_loop(
                 cdn::tail::DEFAULT_MAX_BYTES_PER_POLL,
             ));
         }
-        let mut tailer = tailer_slot.as_mut();
+        let tailer = tailer_slot.as_mut();
         // The tick's access-log lines travel in the tick's batch, with the positions after them;
         // the tailer adopts those positions only once the batch is durably spooled.
         let mut poll = tailer
@@ -361,7 +361,7 @@ async fn sampling_loop(
         let pushed = blocking(|| {
             shared.with_spool(|s| s.push_batch_ext(instance_id, vec![sample], &[ext], deltas, tail))
         });
-        if let (Ok(_), Some(t), Some(p)) = (&pushed, tailer.as_deref_mut(), poll) {
+        if let (Ok(_), Some(t), Some(p)) = (&pushed, tailer, poll) {
             t.commit(p);
         }
         match pushed {
