@@ -874,23 +874,38 @@ fn an_access_log_line_with_a_bracket_in_the_user_is_billed() {
         })
         .collect();
     std::fs::write(&log, lines).unwrap();
-    let agent = GuestAgent::new(&["--cdn-access-log", &log.display().to_string()]).start();
-    let mut bytes = 0;
-    let ok = wait_until(T, || {
-        bytes = std::fs::read_dir(agent.state.join("spool"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| std::fs::read(e.path()).ok())
-                    .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
-                    .flat_map(|b| b["cdn"].as_array().cloned().unwrap_or_default())
-                    .map(|d| d["bytes"].as_u64().unwrap_or(0))
-                    .sum::<u64>()
-            })
-            .unwrap_or(0);
-        bytes >= 6000
-    });
-    assert!(ok, "billed {bytes} B of 6000; log:\n{}", agent.log());
-    assert_eq!(bytes, 6000);
+    // A real collector: an edge agent without positions of its own asks it for them before it
+    // reads its logs (so a lost state dir never bills the logs twice).
+    let c = Collector::start();
+    c.cli(
+        &[
+            "cdn-user",
+            "add",
+            "--name",
+            "edge_user",
+            "--domains",
+            "cdn.example.com",
+        ],
+        &[],
+    );
+    let token = c.create_cdn_token("cdn", "edge", &["edge_user"]);
+    let log_arg = log.display().to_string();
+    let agent = Agent::start(
+        &c,
+        &token,
+        "edge-bracket",
+        1,
+        &["--cdn-access-log", &log_arg],
+    );
+    let billed = || {
+        c.query_i64(
+            "SELECT COALESCE(SUM(bytes), 0) FROM cdn_buckets WHERE domain = 'cdn.example.com'",
+            &[],
+        )[0]
+    };
+    let ok = wait_until(T, || billed() >= 6000);
+    assert!(ok, "billed {} B of 6000; log:\n{}", billed(), agent.log());
+    assert_eq!(billed(), 6000);
 }
 
 // ---- Accuracy against /proc truth ---------------------------------------------------------------
