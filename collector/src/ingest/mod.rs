@@ -62,7 +62,7 @@ pub async fn ingest(
         .store
         .write_unguarded(move |c| {
             let mut anomalies = Vec::new();
-            let stored = store_batch_noting(c, &batch, now_ms(), &mut anomalies)?;
+            let stored = store_batch_noting(c, &mut batch, now_ms(), &mut anomalies)?;
             Ok((stored, anomalies))
         })
         .await?;
@@ -113,27 +113,29 @@ async fn keep_bound_domains(
     Ok(())
 }
 
-/// Steps 2–5 on the writer's connection (inside its transaction); also used by benches.
+/// Steps 2–5 for a batch the caller keeps (tests, benches, tools): works on a copy. The ingest
+/// path uses [`store_batch_noting`], which places the samples in the batch itself.
 /// `now_ms` is when the collector received the batch.
 pub fn store_batch(
     conn: &rusqlite::Connection,
     batch: &ReportBatch,
     now_ms: i64,
 ) -> store::Result<bool> {
-    store_batch_noting(conn, batch, now_ms, &mut Vec::new())
+    store_batch_noting(conn, &mut batch.clone(), now_ms, &mut Vec::new())
 }
 
-/// [`store_batch`], adding the clock corrections it made to `anomalies`.
+/// Steps 2–5 on the writer's connection (inside its transaction): the batch's sample times are
+/// moved onto the instance's time axis in place, and the clock corrections made are added to
+/// `anomalies`. `now_ms` is when the collector received the batch.
 pub fn store_batch_noting(
     conn: &rusqlite::Connection,
-    batch: &ReportBatch,
+    batch: &mut ReportBatch,
     now_ms: i64,
     anomalies: &mut Vec<timeaxis::ClockAnomaly>,
 ) -> store::Result<bool> {
     let new = store::samples::remember_batch(conn, batch, now_ms)?;
     if new {
-        let placed = place_on_time_axis(conn, batch, now_ms, anomalies)?;
-        let batch = placed.as_ref().unwrap_or(batch);
+        place_on_time_axis(conn, batch, now_ms, anomalies)?;
         store::samples::insert_samples(conn, batch)?;
         store::bandwidth::apply_batch(conn, batch, now_ms)?;
         store::cdn::apply_batch(conn, batch, now_ms)?;
@@ -154,17 +156,16 @@ pub fn store_batch_noting(
     Ok(new)
 }
 
-/// Moves the batch's samples onto the instance's time axis ([`crate::timeaxis`]); `None` when
-/// every sample stays where its agent put it. Each correction is logged.
+/// Moves the batch's sample times onto the instance's time axis ([`crate::timeaxis`]) in
+/// place (no copy of the batch on the ingest path). Each correction is logged.
 fn place_on_time_axis(
     conn: &rusqlite::Connection,
-    batch: &ReportBatch,
+    batch: &mut ReportBatch,
     received_ms: i64,
     anomalies: &mut Vec<timeaxis::ClockAnomaly>,
-) -> store::Result<Option<ReportBatch>> {
+) -> store::Result<()> {
     let mut state = store::instances::clock_state(conn, &batch.instance_id)?;
-    let mut out: Option<ReportBatch> = None;
-    for (i, sample) in batch.samples.iter().enumerate() {
+    for sample in &mut batch.samples {
         let raw = sample.vm.sampled_at_ms;
         let link = timeaxis::Monotonic {
             elapsed_ms: i64::try_from(sample.vm.elapsed_ms).unwrap_or(i64::MAX),
@@ -184,14 +185,10 @@ fn place_on_time_axis(
             ),
             None => {}
         }
-        if placed != raw {
-            out.get_or_insert_with(|| batch.clone()).samples[i]
-                .vm
-                .sampled_at_ms = placed;
-        }
+        sample.vm.sampled_at_ms = placed;
     }
     if let Some(state) = state {
         store::instances::set_clock_state(conn, &batch.instance_id, state)?;
     }
-    Ok(out)
+    Ok(())
 }

@@ -75,7 +75,9 @@ pub struct ProcessRow {
 }
 
 /// Stores a batch unless this instance sent its id before (dedup is per instance); true when
-/// stored, false for a duplicate.
+/// stored, false for a duplicate. (Store tests only: ingest runs [`remember_batch`] and
+/// [`insert_samples`] itself, with the time axis between them.)
+#[cfg(test)]
 pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
     if !remember_batch(conn, batch, now_ms)? {
         return Ok(false);
