@@ -178,7 +178,7 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
         );
     }
     let desired = reporter::initial_desired(spool.desired(), config.interval_secs);
-    tracing::info!(%instance_id, collector = %config.collector, spooled = report.batches,
+    tracing::info!(%instance_id, collector = ?config.collector, spooled = report.batches,
         monitoring = desired.monitoring, interval_secs = desired.interval_secs, "Agent starting.");
     let (desired_tx, _) = watch::channel(desired);
     let shared = Arc::new(Shared {
@@ -211,7 +211,7 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
     };
 
     let rcfg = reporter::ReporterConfig {
-        url: config.collector.clone(),
+        urls: config.collector.clone(),
         token,
         instance_id: instance_id.clone(),
         configured_interval_secs: config.interval_secs,

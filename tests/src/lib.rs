@@ -203,6 +203,33 @@ impl Collector {
         }
     }
 
+    /// A second collector on a free port whose store starts as a snapshot of this one's (same
+    /// users, tokens, instances), for failover tests: the agent's token is valid on both.
+    pub fn start_sibling(&self) -> Collector {
+        let run = shared_claim();
+        let data = tempfile::tempdir().unwrap();
+        let conn = rusqlite::Connection::open_with_flags(
+            self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute(
+            "VACUUM INTO ?1",
+            [data.path().join("vmmon.sqlite3").display().to_string()],
+        )
+        .unwrap();
+        drop(conn);
+        let (child, addr) = spawn_collector(data.path(), "127.0.0.1:0", &self.extra);
+        Collector {
+            data,
+            _run: run,
+            addr,
+            child: Some(child),
+            extra: self.extra.clone(),
+        }
+    }
+
     /// The SQLite file, for tests that check what was stored.
     pub fn db_path(&self) -> PathBuf {
         self.data.path().join("vmmon.sqlite3")
