@@ -237,6 +237,10 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
         &shared,
         &instance_id,
         &net_state_path,
+        Watchdog {
+            period: service::watchdog_period(),
+            pet: Box::new(service::notify_watchdog),
+        },
         shutdown,
     )
     .await;
@@ -264,6 +268,15 @@ fn cdn_tailer(
     ))
 }
 
+/// How the sampling loop shows systemd it is alive: `pet` every `period` (half of
+/// `WatchdogSec=`), from the loop itself.
+struct Watchdog {
+    /// None: no watchdog configured, never pet.
+    period: Option<Duration>,
+    /// Sends `WATCHDOG=1` (a counter in tests).
+    pet: Box<dyn Fn() + Send>,
+}
+
 /// Access logs waiting for the collector's positions before they are read.
 type PendingCdn = Option<(Vec<std::path::PathBuf>, cdn::LogFormat)>;
 
@@ -274,6 +287,7 @@ async fn sampling_loop(
     shared: &Shared,
     instance_id: &str,
     net_state_path: &std::path::Path,
+    watchdog: Watchdog,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut desired_rx = shared.desired.subscribe();
@@ -282,15 +296,14 @@ async fn sampling_loop(
     let mut next = tokio::time::Instant::now() + FIRST_TICK_AFTER;
     // The watchdog is petted from this loop, so a sampler stuck in a /proc read stops the pets
     // and systemd restarts the agent.
-    let watchdog = service::watchdog_period();
-    let mut pet = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut pet = tokio::time::interval(watchdog.period.unwrap_or(Duration::from_secs(3600)));
     let mut ready_sent = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = pet.tick() => {
-                if watchdog.is_some() {
-                    service::notify_watchdog();
+                if watchdog.period.is_some() {
+                    (watchdog.pet)();
                 }
                 continue;
             }
@@ -499,5 +512,135 @@ mod hostile_input_tests {
             let _ = serde_json::from_str::<vmmon_common::wire::Command>(&text);
             let _ = serde_json::from_str::<DesiredState>(&text);
         }
+    }
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const STAT: &str = "cpu  10 0 0 90 0 0 0 0 0 0\ncpu0 10 0 0 90 0 0 0 0 0 0\nbtime 1700000000\n";
+
+    fn wait(what: &str, mut cond: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < end,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The pets come from the sampling loop, so a sampler stuck in a `/proc` read (here a FIFO
+    /// with a silent writer standing in for `/proc/stat`) stops them and systemd restarts the
+    /// agent; once the read returns, they resume. A watchdog petted from another thread would
+    /// keep petting a hung sampler, and this test would fail.
+    #[test]
+    fn watchdog_pets_stop_while_the_sampler_is_stuck_in_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        let sys = dir.path().join("sys");
+        std::fs::create_dir_all(&proc).unwrap();
+        std::fs::create_dir_all(&sys).unwrap();
+        std::fs::write(proc.join("stat"), STAT).unwrap();
+        std::fs::write(
+            proc.join("meminfo"),
+            "MemTotal: 1000 kB\nMemFree: 500 kB\nMemAvailable: 600 kB\n",
+        )
+        .unwrap();
+        std::fs::write(proc.join("uptime"), "100.00 50.00\n").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(state.path(), 1 << 20).unwrap();
+        let (desired, _) = watch::channel(DesiredState {
+            monitoring: false,
+            interval_secs: 1,
+        });
+        let shared = Arc::new(Shared {
+            spool: Mutex::new(spool),
+            desired,
+            new_batch: Notify::new(),
+            cdn_resume_wanted: Default::default(),
+            cdn_resume: Mutex::new(None),
+        });
+        let pets = Arc::new(AtomicUsize::new(0));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let roots = ProcRoots {
+            proc: proc.clone(),
+            sys,
+        };
+        let counter = pets.clone();
+        let net_state = state.path().join(NET_STATE_FILE);
+        // The agent's own runtime flavour: one thread, blocking /proc reads inline.
+        let looping = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut sampler = Sampler::new(roots).unwrap();
+                sampling_loop(
+                    &mut sampler,
+                    &mut None,
+                    &mut None,
+                    &shared,
+                    "vm-watchdog",
+                    &net_state,
+                    Watchdog {
+                        period: Some(Duration::from_millis(20)),
+                        pet: Box::new(move || {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }),
+                    },
+                    stop_rx,
+                )
+                .await;
+            });
+        });
+        wait("pets while sampling works", || {
+            pets.load(Ordering::SeqCst) >= 3
+        });
+
+        // /proc/stat becomes a FIFO: the next tick's read blocks until a writer opens it and
+        // then until the writer closes it.
+        std::fs::remove_file(proc.join("stat")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(proc.join("stat"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opening the write end without blocking succeeds only once the sampler holds the read
+        // end: from then on the loop is inside the read.
+        let mut writer = None;
+        wait("the sampler to open the FIFO", || {
+            writer = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(proc.join("stat"))
+                .ok();
+            writer.is_some()
+        });
+        let stuck_at = pets.load(Ordering::SeqCst);
+        // Fifty watchdog periods with the read stuck: not one pet.
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            pets.load(Ordering::SeqCst),
+            stuck_at,
+            "the watchdog was petted while the sampler hung"
+        );
+
+        // The read returns: sampling and pets resume.
+        let mut w = writer.take().unwrap();
+        std::io::Write::write_all(&mut w, STAT.as_bytes()).unwrap();
+        drop(w);
+        std::fs::remove_file(proc.join("stat")).unwrap();
+        std::fs::write(proc.join("stat"), STAT).unwrap();
+        wait("pets after the read returned", || {
+            pets.load(Ordering::SeqCst) > stuck_at + 3
+        });
+        stop_tx.send(true).unwrap();
+        looping.join().unwrap();
     }
 }
