@@ -197,7 +197,7 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
     // Without positions of its own (a lost state dir) the agent waits for the collector's before
     // reading its access logs: reading them from the start would bill their lines again.
     let mut pending_cdn = None;
-    let mut tailer = if config.cdn_access_logs.is_empty()
+    let tailer = if config.cdn_access_logs.is_empty()
         || shared.with_spool(|s| s.cdn_checkpoint().is_some())
     {
         cdn_tailer(&config, checked.cdn_format, &shared)
@@ -232,8 +232,10 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
 
     sampling_loop(
         &mut sampler,
-        &mut tailer,
-        &mut pending_cdn,
+        &mut CdnLogs {
+            tailer,
+            pending: pending_cdn,
+        },
         &shared,
         &instance_id,
         &net_state_path,
@@ -280,10 +282,16 @@ struct Watchdog {
 /// Access logs waiting for the collector's positions before they are read.
 type PendingCdn = Option<(Vec<std::path::PathBuf>, cdn::LogFormat)>;
 
+/// The CDN access logs the sampling loop tails: the tailer once it can start, or the logs still
+/// waiting for the collector's positions.
+struct CdnLogs {
+    tailer: Option<cdn::Tailer>,
+    pending: PendingCdn,
+}
+
 async fn sampling_loop(
     sampler: &mut Sampler,
-    tailer_slot: &mut Option<cdn::Tailer>,
-    pending_cdn: &mut PendingCdn,
+    cdn_logs: &mut CdnLogs,
     shared: &Shared,
     instance_id: &str,
     net_state_path: &std::path::Path,
@@ -340,6 +348,10 @@ async fn sampling_loop(
                 continue;
             }
         };
+        let CdnLogs {
+            tailer: tailer_slot,
+            pending: pending_cdn,
+        } = &mut *cdn_logs;
         if tailer_slot.is_none()
             && pending_cdn.is_some()
             && let Some(resume) = shared.cdn_resume.lock().ok().and_then(|g| g.clone())
@@ -583,8 +595,10 @@ mod watchdog_tests {
                 let mut sampler = Sampler::new(roots).unwrap();
                 sampling_loop(
                     &mut sampler,
-                    &mut None,
-                    &mut None,
+                    &mut CdnLogs {
+                        tailer: None,
+                        pending: None,
+                    },
                     &shared,
                     "vm-watchdog",
                     &net_state,
