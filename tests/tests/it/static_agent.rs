@@ -145,7 +145,9 @@ fn q(c: &Collector, sid: &str, method: i64, instance: &str, extra: Value) -> Val
 
 /// The whole check: registered and reporting, monitoring turned on, and a record of a real host
 /// process (spawned here, so its pid is known) arrives with figures read from the host's /proc.
-fn runs_in_empty_chroot(binary: &str, emulator: Option<&Path>, instance: &str) {
+/// `proc_name` (≤ 15 characters) is the host process's name, one per test: tests run in
+/// parallel and every agent sees every process of the host.
+fn runs_in_empty_chroot(binary: &str, emulator: Option<&Path>, instance: &str, proc_name: &str) {
     // SAFETY: geteuid has no preconditions.
     #[allow(unsafe_code)]
     let euid = unsafe { libc::geteuid() };
@@ -172,7 +174,7 @@ fn runs_in_empty_chroot(binary: &str, emulator: Option<&Path>, instance: &str) {
     // Monitoring on; a host process started outside the chroot must show up with its pid.
     let start = q(&c, &sid, 32523, &format!("{instance};"), json!({}));
     assert_eq!(start["status_code"], 2, "startmonitor confirmed: {start}");
-    let idle = spawn_idle("vmmtest-static");
+    let idle = spawn_idle(proc_name);
     let rec = wait_for(T, "a record of the host process", || {
         agent.assert_running();
         let r = q(
@@ -180,7 +182,7 @@ fn runs_in_empty_chroot(binary: &str, emulator: Option<&Path>, instance: &str) {
             &sid,
             611712,
             instance,
-            json!({"proc_name": "vmmtest-static", "limit": 1}),
+            json!({"proc_name": proc_name, "limit": 1}),
         );
         r["data"].as_array().and_then(|a| a.first().cloned())
     });
@@ -205,7 +207,12 @@ fn runs_in_empty_chroot(binary: &str, emulator: Option<&Path>, instance: &str) {
 #[test]
 #[ignore = "needs root and target/packages (packaging/build-packages.sh); scripts/test.sh runs it"]
 fn static_x86_64_agent_runs_in_an_empty_chroot() {
-    runs_in_empty_chroot("vmmon-agent-x86_64", None, "vm-static-x86-64");
+    runs_in_empty_chroot(
+        "vmmon-agent-x86_64",
+        None,
+        "vm-static-x86-64",
+        "vmmt-static-x86",
+    );
 }
 
 #[test]
@@ -216,5 +223,10 @@ fn static_aarch64_agent_runs_under_qemu_user_in_an_empty_chroot() {
         qemu.exists(),
         "qemu-aarch64-static is missing: apt-get install qemu-user-static (.ci/run does)"
     );
-    runs_in_empty_chroot("vmmon-agent-aarch64", Some(qemu), "vm-static-aarch64");
+    runs_in_empty_chroot(
+        "vmmon-agent-aarch64",
+        Some(qemu),
+        "vm-static-aarch64",
+        "vmmt-static-arm",
+    );
 }
