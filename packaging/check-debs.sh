@@ -66,6 +66,14 @@ if [ "${1:-}" = "--install" ]; then
   test -L /etc/systemd/system/multi-user.target.wants/vmmon-collector.service || fail "collector not enabled"
   getent passwd vmmon >/dev/null || fail "vmmon user not created"
   [ "$(stat -c %U /var/lib/vmmon-collector)" = vmmon ] || fail "collector state dir not owned by vmmon"
+  # Upgrade (the same package again runs the upgrade path): the operator's config and the
+  # state stay, the service stays enabled.
+  echo '# operator edit' >>/etc/vmmon/agent.toml
+  echo state >/var/lib/vmmon/agent-state.json
+  dpkg -i --force-confold "$AGENT" >/dev/null
+  grep -q '# operator edit' /etc/vmmon/agent.toml || fail "upgrade replaced the changed config"
+  test -f /var/lib/vmmon/agent-state.json || fail "upgrade lost the state"
+  test -L /etc/systemd/system/multi-user.target.wants/vmmon-agent.service || fail "upgrade disabled the agent"
   dpkg -r vmmon-agent vmmon-collector >/dev/null
   test ! -e /usr/bin/vmmon-agent || fail "remove left the binary"
   test -f /etc/vmmon/agent.toml || fail "remove must keep conffiles"
@@ -73,6 +81,7 @@ if [ "${1:-}" = "--install" ]; then
   dpkg -P vmmon-agent vmmon-collector >/dev/null
   test ! -e /etc/vmmon/agent.toml || fail "purge left the conffile"
   test ! -e /var/lib/vmmon-collector || fail "purge left the state dir"
-  echo "install/remove/purge: ok"
+  test ! -e /var/lib/vmmon || fail "purge left the agent's state dir"
+  echo "install/upgrade/remove/purge: ok"
 fi
 echo "check-debs: ok"
