@@ -18,4 +18,13 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   echo "NOTE: prometheus/promtool not installed: SKIPPING prometheus::* (apt-get install prometheus)" >&2
   skip=(--skip prometheus::)
 fi
+# The static-agent tests run the binaries of packaging/build-packages.sh (.ci/run builds them
+# first); on a machine that has not built them they are skipped, and say so.
+if ! [ -x target/packages/vmmon-agent-x86_64 ] || ! [ -x target/packages/vmmon-agent-aarch64 ]; then
+  echo "NOTE: target/packages/vmmon-agent-* not built: SKIPPING static_agent::* (packaging/build-packages.sh)" >&2
+  skip+=(--skip static_agent::)
+elif ! command -v qemu-aarch64-static >/dev/null; then
+  echo "NOTE: qemu-aarch64-static not installed: SKIPPING static_agent::static_aarch64* (apt-get install qemu-user-static)" >&2
+  skip+=(--skip static_agent::static_aarch64)
+fi
 cargo test --workspace "$@" -- --include-ignored ${skip[@]+"${skip[@]}"}

@@ -12,5 +12,6 @@ mod netflow;
 mod prometheus;
 mod rating;
 mod service;
+mod static_agent;
 mod tls;
 mod truth;
