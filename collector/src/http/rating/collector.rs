@@ -52,7 +52,7 @@ async fn mappings(ctx: &Ctx<'_>, path: &[&str]) -> Outcome {
                 .await
                 .map_err(Fault::store)?;
             let list: Vec<Value> = rows.iter().map(|(s, c)| mapping(s, c)).collect();
-            Ok(Reply::Ok(json!({"mappings": list})))
+            Reply::ok(&json!({"mappings": list}))
         }
         (&Method::GET, 1) => {
             ctx.caller.require_admin("collector:get_mapping")?;
@@ -63,7 +63,7 @@ async fn mappings(ctx: &Ctx<'_>, path: &[&str]) -> Outcome {
                 .await
                 .map_err(Fault::store)?
             {
-                Some(collector) => Ok(Reply::Ok(mapping(&service, &collector))),
+                Some(collector) => Reply::ok(&mapping(&service, &collector)),
                 None => Err(Fault::not_found(format!(
                     "No mapping for service: {service}"
                 ))),
@@ -78,7 +78,7 @@ async fn mappings(ctx: &Ctx<'_>, path: &[&str]) -> Outcome {
                 .write(move |conn| store::rating::set_collector_mapping(conn, &s, &c))
                 .await
                 .map_err(Fault::store)?;
-            Ok(Reply::Ok(mapping(&service, &collector)))
+            Reply::ok(&mapping(&service, &collector))
         }
         (&Method::DELETE, 0 | 1) => {
             ctx.caller.require_admin("collector:manage_mapping")?;
@@ -113,7 +113,7 @@ async fn state(ctx: &Ctx<'_>, path_name: Option<String>) -> Outcome {
                 .await
                 .map_err(Fault::store)?
                 .unwrap_or(false);
-            Ok(Reply::Ok(json!({"name": n, "enabled": enabled})))
+            Reply::ok(&json!({"name": n, "enabled": enabled}))
         }
         Method::PUT => {
             ctx.caller.require_admin("collector:update_state")?;
@@ -140,7 +140,7 @@ async fn state(ctx: &Ctx<'_>, path_name: Option<String>) -> Outcome {
                 .write(move |c| store::rating::set_collector_state(c, &key, enabled))
                 .await
                 .map_err(Fault::store)?;
-            Ok(Reply::Ok(json!({"name": n, "enabled": enabled})))
+            Reply::ok(&json!({"name": n, "enabled": enabled}))
         }
         _ => Ok(Reply::BadMethod),
     }

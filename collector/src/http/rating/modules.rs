@@ -40,7 +40,7 @@ pub async fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
             Method::GET => {
                 ctx.caller.require_admin("rating:list_modules")?;
                 let list: Vec<Value> = states(ctx).await?.iter().map(module_json).collect();
-                Ok(Reply::Ok(json!({"modules": list})))
+                Reply::ok(&json!({"modules": list}))
             }
             Method::PUT => update(ctx, ctx.arg("module_id")).await,
             _ => Ok(Reply::BadMethod),
@@ -49,7 +49,7 @@ pub async fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
             Method::GET => {
                 ctx.caller.require_admin("rating:get_module")?;
                 match states(ctx).await?.iter().find(|s| s.info.id == *id) {
-                    Some(s) => Ok(Reply::Ok(module_json(s))),
+                    Some(s) => Reply::ok(&module_json(s)),
                     None => Err(Fault::not_found("Module not found.")),
                 }
             }
@@ -279,6 +279,7 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
         .app
         .run_cpu(move || {
             let order = modules::run_order(&modules::states(&rows));
+            let rules = rules.at(crate::store::now_ms());
             crate::rating::rate(&order, &rules.compile(None), &mut usage).map(|()| usage)
         })
         .await
@@ -305,5 +306,5 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
             }
         })
         .unwrap_or_else(|| json!(text));
-    Ok(Reply::Ok(number))
+    Reply::ok(&number)
 }

@@ -83,7 +83,7 @@ pub async fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
                 .read(move |c| store::rating::tenants(c, begin_ms, end_ms))
                 .await
                 .map_err(Fault::store)?;
-            Ok(Reply::Ok(json!(list)))
+            Reply::ok(&json!(list))
         }
         "total" => {
             let tenant_id = target(ctx, "report:get_total")?;
@@ -104,7 +104,7 @@ pub async fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
                     .checked_add(r.rate)
                     .ok_or_else(|| Fault::bad("total overflows"))?;
             }
-            Ok(Reply::Ok(json!(decimal::to_text(sum))))
+            Reply::ok(&json!(decimal::to_text(sum)))
         }
         _ => summary(ctx, begin_ms, end_ms).await,
     }
@@ -159,7 +159,7 @@ async fn summary(ctx: &Ctx<'_>, begin_ms: i64, end_ms: i64) -> Outcome {
             })
         })
         .collect();
-    Ok(Reply::Ok(json!({"summary": elements})))
+    Reply::ok(&json!({"summary": elements}))
 }
 
 /// Routes `/v1/storage/<rest>`.
@@ -180,7 +180,7 @@ pub async fn storage(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
             admin: false,
             project: None,
             ..
-        } => return Ok(Reply::Ok(json!({"dataframes": []}))),
+        } => return Reply::ok(&json!({"dataframes": []})),
         c => {
             let t = asked.or_else(|| c.project().map(str::to_string));
             c.require_reader(rule, t.as_deref())?;
@@ -225,5 +225,5 @@ pub async fn storage(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
         }));
         key = Some(k);
     }
-    Ok(Reply::Ok(json!({"dataframes": frames})))
+    Reply::ok(&json!({"dataframes": frames}))
 }
