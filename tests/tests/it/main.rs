@@ -10,6 +10,7 @@ mod mana;
 mod netflow;
 mod prometheus;
 mod rating;
+mod rating_client;
 mod service;
 mod tls;
 mod truth;

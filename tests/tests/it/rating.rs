@@ -11,13 +11,13 @@ use serde_json::{Value, json};
 use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 use vmmon_tests::*;
 
-const HOUR_MS: i64 = 3_600_000;
+pub(crate) const HOUR_MS: i64 = 3_600_000;
 const MIN_MS: i64 = 60_000;
 const GIB: u64 = 1 << 30;
 const HM: &str = "/v1/rating/module_config/hashmap";
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) of epoch `ms`.
-fn iso(ms: i64) -> String {
+pub(crate) fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap()
         .format("%Y-%m-%dT%H:%M:%S")
@@ -25,10 +25,10 @@ fn iso(ms: i64) -> String {
 }
 
 /// An HTTP answer: status, Location header, JSON body (Null when empty, a string when not JSON).
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     location: Option<String>,
-    body: Value,
+    pub(crate) body: Value,
 }
 
 fn call(
@@ -70,7 +70,7 @@ fn call(
 }
 
 /// A client acting with one set of headers.
-struct Api<'a> {
+pub(crate) struct Api<'a> {
     c: &'a Collector,
     headers: Vec<(String, String)>,
 }
@@ -82,7 +82,7 @@ impl<'a> Api<'a> {
             headers: vec![("X-Auth-Token".into(), sid.into())],
         }
     }
-    fn with(c: &'a Collector, headers: &[(&str, &str)]) -> Api<'a> {
+    pub(crate) fn with(c: &'a Collector, headers: &[(&str, &str)]) -> Api<'a> {
         Api {
             c,
             headers: headers
@@ -99,16 +99,16 @@ impl<'a> Api<'a> {
             .collect();
         call(self.c, method, path, &h, body.as_ref())
     }
-    fn get(&self, path: &str) -> Answer {
+    pub(crate) fn get(&self, path: &str) -> Answer {
         self.req("GET", path, None)
     }
     /// GET that must answer 200; the body.
-    fn ok(&self, path: &str) -> Value {
+    pub(crate) fn ok(&self, path: &str) -> Value {
         let a = self.get(path);
         assert_eq!(a.status, 200, "GET {path}: {}", a.body);
         a.body
     }
-    fn post(&self, path: &str, body: Value) -> Answer {
+    pub(crate) fn post(&self, path: &str, body: Value) -> Answer {
         self.req("POST", path, Some(body))
     }
     /// POST that must create (201 + Location); the object.
@@ -266,7 +266,7 @@ fn vms() -> Vec<(&'static str, Vm)> {
     ]
 }
 
-fn feed_all(c: &Collector, hour: i64) {
+pub(crate) fn feed_all(c: &Collector, hour: i64) {
     let ta = c.create_token("proj-a", "r1");
     let tb = c.create_token("proj-b", "r2");
     for (project, vm) in vms() {
@@ -275,7 +275,7 @@ fn feed_all(c: &Collector, hour: i64) {
 }
 
 /// The hashmap rules of the test, created through the API; returns (service ids by name).
-fn price_book(api: &Api<'_>) -> Value {
+pub(crate) fn price_book(api: &Api<'_>) -> Value {
     let mut ids = serde_json::Map::new();
     for name in ["instance", "cpu.hours", "network.out", "disk.size"] {
         let s = api.create(&format!("{HM}/services"), json!({"name": name}));
@@ -330,7 +330,7 @@ fn price_book(api: &Api<'_>) -> Value {
     Value::Object(ids)
 }
 
-fn q(path: &str, params: &[(&str, &str)]) -> String {
+pub(crate) fn q(path: &str, params: &[(&str, &str)]) -> String {
     let mut s = path.to_string();
     for (i, (k, v)) in params.iter().enumerate() {
         s.push(if i == 0 { '?' } else { '&' });

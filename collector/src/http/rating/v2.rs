@@ -1183,6 +1183,9 @@ struct ScopeBody {
     last_processed_timestamp: String,
     active: bool,
     scope_activation_toggle_date: Option<String>,
+    /// The same time as `last_processed_timestamp`, under the key the `cloudkitty scope state
+    /// get` command of python-cloudkittyclient shows (older servers' name).
+    state: String,
 }
 
 #[derive(Serialize)]
@@ -1233,6 +1236,7 @@ fn scope_body((r, at): (db::ScopeRow, i64)) -> ScopeBody {
         last_processed_timestamp: iso(at),
         active: r.active,
         scope_activation_toggle_date: r.toggled_ms.map(iso),
+        state: iso(at),
     }
 }
 
