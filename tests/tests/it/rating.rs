@@ -784,3 +784,73 @@ fn auth_modes_trusted_headers_and_noauth() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("noauth") && err.contains("loopback"), "{err}");
 }
+
+/// The Horizon recipe (docs/rating.md "Running under Horizon"): behind a Keystone-validating
+/// proxy, `X-Identity-Status` decides first, 401 texts name the proxy's headers, and links follow
+/// the proxy's `X-Forwarded-*`; a member reads only its project on `/v2`.
+#[test]
+fn keystone_proxy_identity_status_forwarded_links_and_v2_scoping() {
+    let (_d, cfg) = collector_config(
+        "[rating]\nauth = \"trusted_headers\"\ntrusted_proxies = [\"127.0.0.0/8\", \"::1/128\"]\nprocess = false\n",
+    );
+    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let confirmed = [("X-Identity-Status", "Confirmed")];
+    let admin = Api::with(
+        &c,
+        &[confirmed[0], ("X-Roles", "admin"), ("X-Project-Id", "ops")],
+    );
+    let member = Api::with(
+        &c,
+        &[
+            confirmed[0],
+            ("X-Roles", "member"),
+            ("X-Project-Id", "proj-a"),
+        ],
+    );
+    // keystonemiddleware with delay_auth_decision: an invalid token still forwards the request.
+    let invalid = Api::with(
+        &c,
+        &[
+            ("X-Identity-Status", "Invalid"),
+            ("X-Roles", "admin"),
+            ("X-Project-Id", "ops"),
+        ],
+    );
+    let nobody = Api::with(&c, &[]);
+    assert_eq!(admin.get("/v2/rating/modules").status, 200);
+    for (api, path, want) in [
+        (&invalid, "/v2/rating/modules", "X-Identity-Status: Invalid"),
+        (&invalid, "/v1/rating/modules", "X-Identity-Status: Invalid"),
+        (&nobody, "/v2/summary", "sent no identity"),
+        (&nobody, "/v1/report/total", "sent no identity"),
+    ] {
+        let a = api.get(path);
+        assert_eq!(a.status, 401, "{path}: {}", a.body);
+        let text = a.body["message"]
+            .as_str()
+            .or(a.body["faultstring"].as_str())
+            .unwrap();
+        assert!(text.contains(want), "{path}: {text}");
+    }
+    let a = member.get("/v2/scope");
+    assert_eq!(a.status, 403, "{}", a.body);
+    // An unscoped answer for a member: its own project only (nothing rated: no rows).
+    let s = member.ok("/v2/summary?groupby=project_id&filters=project_id:proj-b");
+    assert_eq!(s["total"], 0);
+    // Links from the proxy's X-Forwarded-Proto/Host.
+    let fwd = Api::with(
+        &c,
+        &[
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "rating.example.com"),
+        ],
+    );
+    assert_eq!(
+        fwd.ok("/v2")["links"][0]["href"],
+        "https://rating.example.com/v2"
+    );
+    assert_eq!(
+        fwd.ok("/")["versions"][0]["links"][0]["href"],
+        "https://rating.example.com/v1"
+    );
+}

@@ -1109,7 +1109,10 @@ fn v2_api_shapes_statuses_and_errors() {
     );
     assert_eq!(s["results"][0][0], "2019-07-23T12:00:00+00:00");
     let s = admin.ok(&format!("/v2/summary?{w}&groupby=time-d&groupby=time-y"));
-    assert_eq!(s["results"][0].as_array().unwrap()[4..], [json!("204"), json!("2019")]);
+    assert_eq!(
+        s["results"][0].as_array().unwrap()[4..],
+        [json!("204"), json!("2019")]
+    );
     let s = admin.ok(&format!(
         "/v2/summary?{w}&groupby=project_id&limit=1&offset=1"
     ));
