@@ -314,10 +314,12 @@ impl Ctx<'_> {
         Ok(obj)
     }
 
+    /// 401 for a caller without (valid) credentials, in the words of the auth mode.
     fn unauthenticated(&self) -> Result<(), V2Fault> {
         match &self.caller {
+            // A reader check on no target fails with 401 for these callers before any policy.
             Caller::Anonymous | Caller::Invalid(_) => {
-                Err(self.caller.require_admin("").unwrap_err().into())
+                self.caller.require_reader("", None).map_err(V2Fault::from)
             }
             _ => Ok(()),
         }
