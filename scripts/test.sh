@@ -27,4 +27,20 @@ elif ! command -v qemu-aarch64-static >/dev/null; then
   echo "NOTE: qemu-aarch64-static not installed: SKIPPING static_agent::static_aarch64* (apt-get install qemu-user-static)" >&2
   skip+=(--skip static_agent::static_aarch64)
 fi
+# The real CloudKitty client (python-cloudkittyclient, pinned) for rating_client::*, in a venv
+# under target/ that is reused when present; when python3 -m venv or pip cannot make it, those
+# tests are skipped, and this says so.
+ck_venv=target/cloudkitty-venv
+if [ ! -x "$ck_venv/bin/cloudkitty" ]; then
+  rm -rf "$ck_venv"
+  mkdir -p target
+  if ! { python3 -m venv "$ck_venv" &&
+         "$ck_venv/bin/pip" install -q "python-cloudkittyclient==6.2.0"; } >target/cloudkitty-venv.log 2>&1; then
+    rm -rf "$ck_venv"
+  fi
+fi
+if [ ! -x "$ck_venv/bin/cloudkitty" ]; then
+  echo "NOTE: no python-cloudkittyclient venv (python3 -m venv + pip failed, see target/cloudkitty-venv.log): SKIPPING rating_client::*" >&2
+  skip+=(--skip rating_client::)
+fi
 cargo test --workspace "$@" -- --include-ignored ${skip[@]+"${skip[@]}"}

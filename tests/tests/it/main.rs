@@ -11,6 +11,7 @@ mod mana;
 mod netflow;
 mod prometheus;
 mod rating;
+mod rating_client;
 mod service;
 mod static_agent;
 mod tls;
