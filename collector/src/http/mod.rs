@@ -20,6 +20,7 @@ pub mod mana;
 pub mod metrics;
 pub mod rating;
 pub mod repr;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -86,6 +87,7 @@ pub fn router(app: Arc<App>) -> HttpService {
         .merge(mana::routes())
         .route(cdn::FLOW_PATH, any(cdn::handle))
         .route(metrics::METRICS_PATH, get(metrics::handle))
+        .merge(ui::routes())
         .route(rating::PREFIX, any(rating::handle))
         .route(
             &format!("{}/{{*rest}}", rating::PREFIX),
@@ -156,6 +158,12 @@ async fn index() -> Json<Index> {
             ),
             p(cdn::FLOW_PATH, "POST", "CDN flow query"),
             p(HEALTH_PATH, "GET", "liveness"),
+            p(ui::UI_PATH, "GET", "operator dashboard (browser)"),
+            p(
+                ui::series::SERIES_PATH,
+                "GET",
+                "a VM metric downsampled for charts",
+            ),
             p(
                 metrics::METRICS_PATH,
                 "GET",
