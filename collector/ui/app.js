@@ -90,20 +90,21 @@
 
   // A time chart: `x` epoch seconds, `lines` [{label, values, dash}], drawn into `box`.
   function chart(box, title, unit, x, lines, opts) {
-    const width = Math.max(320, (box.clientWidth || 560) - 10);
     const series = [{}].concat(lines.map((l, i) => ({
       label: l.label, stroke: l.color || COLORS[i % COLORS.length], width: 1.5,
       dash: l.dash, value: (u, v) => (v === null || v === undefined ? '–' : fmt(v) + ' ' + unit),
     })));
     const o = {
-      width: width, height: 220, series: series,
-      axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => fmt(v, v < 10 ? 1 : 0)) }],
+      width: 560, height: 220, series: series,
+      axes: [{}, { size: 70 }],
       scales: { x: { time: true } },
       legend: { live: true },
     };
     if (opts && opts.utc) o.tzDate = (ts) => uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC');
     const holder = el('div', { class: 'chart', data: { chart: title } }, el('h3', { text: title + ' (' + unit + ')' }));
     box.append(holder);
+    // Sized to its grid cell, measured once it is in the page.
+    o.width = Math.max(320, (holder.clientWidth || 570) - 10);
     const u = new uPlot(o, [x].concat(lines.map((l) => l.values)), holder);
     S.charts.push(u);
     return u;
