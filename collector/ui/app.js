@@ -368,12 +368,12 @@
     for (const r of d.data) {
       const t = Date.parse(r.begin_rate_date.replace(' ', 'T') + 'Z') / 1000;
       const e = by.get(t) || { in: 0, out: 0 };
-      e.in += r.in_rate * 8;
-      e.out += r.out_rate * 8;
+      e.in += (r.in_rate * 8) / 1e6;
+      e.out += (r.out_rate * 8) / 1e6;
       by.set(t, e);
     }
     const ts = Array.from(by.keys()).sort((a, b) => a - b);
-    chart(charts, 'Project ' + project + ' traffic', 'bit/s', ts,
+    chart(charts, 'Project ' + project + ' traffic', 'Mbit/s', ts,
       [{ label: 'in', values: ts.map((t) => by.get(t).in) }, { label: 'out', values: ts.map((t) => by.get(t).out) }], { utc: true });
     charts.dataset.ready = '1';
     const cols = [
@@ -430,9 +430,9 @@
     if (!user) { charts.append(el('p', { class: 'note', text: 'no CDN user yet' })); return; }
     const f = await get('/ui/api/cdn?' + new URLSearchParams({ user: user }));
     for (const d of f.domains) {
-      chart(charts, d.domain, 'bit/s', d.t_s, [
-        { label: 'flow', values: d.bytes.map((b) => (b * 8) / 300) },
-        { label: 'hit flow', values: d.hit_bytes.map((b) => (b * 8) / 300) },
+      chart(charts, d.domain, 'Mbit/s', d.t_s, [
+        { label: 'flow', values: d.bytes.map((b) => (b * 8) / 300 / 1e6) },
+        { label: 'hit flow', values: d.hit_bytes.map((b) => (b * 8) / 300 / 1e6) },
       ]);
     }
     if (!f.domains.length) charts.append(el('p', { class: 'note', text: 'this user has no domain' }));

@@ -9,7 +9,8 @@
 //! (its series colour is on the canvas), no console errors and no CSP violations. Screenshots go
 //! to `target/dashboard/`; the speed figures (not asserted) are printed and written to
 //! `target/dashboard/figures.txt` for docs/benchmarks.md. Env `VMMON_UI_SERIES_DAYS` (default
-//! 1) sets how many days of 1 s samples the month series holds (30 for the full figure).
+//! 1, at most 29: raw samples older than the 30-day retention are refused) sets how many days
+//! of 1 s samples the month series holds (29 for the full figure).
 //!
 //! Without chromium/chromedriver this test fails and says how to install them
 //! (`scripts/test.sh` skips it visibly instead).
@@ -383,6 +384,7 @@ async fn dashboard_in_a_real_browser() {
     let spark_px = b.series_pixels("#fleet-table").await;
     assert_eq!(spark_px.len(), FLEET_VMS, "one sparkline per VM");
     assert!(spark_px.iter().filter(|&&n| n > 10).count() >= FLEET_VMS - 2);
+    b.screenshot("fleet.png").await;
     b.c.find(Locator::Css("#fleet-filter"))
         .await
         .unwrap()
@@ -390,7 +392,7 @@ async fn dashboard_in_a_real_browser() {
         .await
         .unwrap();
     b.wait_text(&format!("1 of {FLEET_VMS} VMs")).await;
-    b.screenshot("fleet.png").await;
+    b.screenshot("fleet-filtered.png").await;
 
     // The VM: charts, then start monitoring from the page (agent confirms: status 2).
     b.goto("#/vm/vm-ui-1").await;
