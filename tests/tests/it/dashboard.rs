@@ -28,8 +28,9 @@ use vmmon_tests::*;
 const T: Duration = Duration::from_secs(120);
 const FLEET_VMS: usize = 1_000;
 const BURNER: &str = "vmmtest-uiburn";
-/// The charts' first series colour (app.js `COLORS[0]`), rgb.
-const SERIES_RGB: [u8; 3] = [31, 119, 180];
+/// The charts' first two series colours (app.js `COLORS[0]`, `COLORS[1]`), rgb: a line of all
+/// zeros is drawn over by the second series, so either colour counts.
+const SERIES_RGB: [[u8; 3]; 2] = [[31, 119, 180], [214, 39, 40]];
 
 fn which(bin: &str) -> bool {
     Command::new("sh")
@@ -205,21 +206,22 @@ impl Browser {
         }
     }
 
-    /// How many pixels of each chart canvas under `css` have the series colour (one per
+    /// How many pixels of each chart canvas under `css` have a series colour (one count per
     /// canvas).
     async fn series_pixels(&self, css: &str) -> Vec<u64> {
         let script = format!(
             "return Array.from(document.querySelectorAll('{css} canvas')).map(function (c) {{
                var d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, n = 0;
+               var cs = {colours};
                for (var i = 0; i < d.length; i += 4) {{
-                 if (Math.abs(d[i] - {r}) < 40 && Math.abs(d[i + 1] - {g}) < 40 &&
-                     Math.abs(d[i + 2] - {b}) < 40 && d[i + 3] > 100) n++;
+                 for (var k = 0; k < cs.length; k++) {{
+                   if (Math.abs(d[i] - cs[k][0]) < 40 && Math.abs(d[i + 1] - cs[k][1]) < 40 &&
+                       Math.abs(d[i + 2] - cs[k][2]) < 40 && d[i + 3] > 100) {{ n++; break; }}
+                 }}
                }}
                return n;
              }});",
-            r = SERIES_RGB[0],
-            g = SERIES_RGB[1],
-            b = SERIES_RGB[2]
+            colours = serde_json::to_string(&SERIES_RGB).unwrap()
         );
         self.js(&script)
             .await
