@@ -43,4 +43,10 @@ if [ ! -x "$ck_venv/bin/cloudkitty" ]; then
   echo "NOTE: no python-cloudkittyclient venv (python3 -m venv + pip failed, see target/cloudkitty-venv.log): SKIPPING rating_client::*" >&2
   skip+=(--skip rating_client::)
 fi
+# The dashboard's browser test needs Debian's chromium and chromium-driver (.ci/run installs them);
+# without them it is skipped, visibly.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "NOTE: chromium/chromedriver not installed: SKIPPING dashboard::* (apt-get install chromium chromium-driver)" >&2
+  skip+=(--skip dashboard::)
+fi
 cargo test --workspace "$@" -- --include-ignored ${skip[@]+"${skip[@]}"}

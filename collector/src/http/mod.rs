@@ -20,6 +20,7 @@ pub mod mana;
 pub mod metrics;
 pub mod rating;
 pub mod repr;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -87,6 +88,7 @@ pub fn router(app: Arc<App>) -> HttpService {
         .route(cdn::FLOW_PATH, any(cdn::handle))
         .route(metrics::METRICS_PATH, get(metrics::handle))
         .merge(rating::routes(app.clone()))
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -164,6 +166,12 @@ async fn index(State(app): State<Arc<App>>, req: Request) -> Json<Index> {
             ),
             p(cdn::FLOW_PATH, "POST", "CDN flow query"),
             p(HEALTH_PATH, "GET", "liveness"),
+            p(ui::UI_PATH, "GET", "operator dashboard (browser)"),
+            p(
+                ui::series::SERIES_PATH,
+                "GET",
+                "a VM metric downsampled for charts",
+            ),
             p(
                 metrics::METRICS_PATH,
                 "GET",

@@ -13,6 +13,7 @@ pub mod instances;
 mod migrations;
 pub mod rating;
 pub mod samples;
+pub mod series;
 pub mod users;
 
 pub use instances::{InstanceRow, RegisterOutcome};

@@ -3,6 +3,7 @@
 
 mod cdn;
 mod core_api;
+mod dashboard;
 mod delivery;
 mod failover;
 mod guest_truth;
