@@ -215,12 +215,9 @@ fn describe(desc: &Map<String, Value>) -> Result<Described, Fault> {
     }
 }
 
-async fn quote(ctx: &Ctx<'_>) -> Outcome {
-    // Upstream CloudKitty requires a token for a quote too; an anonymous quote would let anyone
-    // spend the collector's CPU.
-    ctx.caller
-        .require_reader("rating:quote", ctx.caller.project())?;
-    let list = match &ctx.body {
+/// The quote's resources as usage per service, checked as upstream's WSME types check them.
+fn quote_usage(body: &Value) -> Result<Usage, Fault> {
+    let list = match body {
         Value::Object(o) => {
             if let Some(k) = o.keys().find(|k| *k != "resources") {
                 return Err(Fault::bad(format!(
@@ -228,12 +225,12 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
                 )));
             }
             match o.get("resources") {
-                Some(Value::Array(a)) => a.clone(),
+                Some(Value::Array(a)) => a,
                 None | Some(Value::Null) => return Err(Fault::mandatory("resources")),
                 Some(_) => return Err(Fault::bad("resources must be a list of resources")),
             }
         }
-        Value::Array(a) => a.clone(),
+        Value::Array(a) => a,
         Value::Null => return Err(Fault::mandatory("resources")),
         _ => return Err(Fault::bad("the body must be {\"resources\": [...]}")),
     };
@@ -244,7 +241,7 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
     }
     let mut usage: Usage = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for r in &list {
+    for r in list {
         let Value::Object(r) = r else {
             return Err(Fault::bad("each resource must be a JSON object"));
         };
@@ -298,6 +295,14 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
             }
         }
     }
+    Ok(usage)
+}
+
+async fn quote(ctx: &Ctx<'_>) -> Outcome {
+    // Upstream CloudKitty requires a token for a quote too; an anonymous quote would let anyone
+    // spend the collector's CPU.
+    ctx.caller
+        .require_reader("rating:quote", ctx.caller.project())?;
     let (rows, rules) = ctx
         .app
         .store
@@ -309,17 +314,21 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
         })
         .await
         .map_err(Fault::store)?;
-    // Pricing is CPU work: off the async workers, bounded (see `App::run_cpu`).
+    // Reading 10,000 resources and pricing them is CPU work: off the async workers, bounded
+    // (see `App::run_cpu`).
+    let body = ctx.body.clone();
     let usage = ctx
         .app
         .run_cpu(move || {
+            let mut usage = quote_usage(&body)?;
             let order = modules::run_order(&modules::states(&rows));
             let rules = rules.at(crate::store::now_ms());
-            crate::rating::rate(&order, &rules.compile(None), &mut usage).map(|()| usage)
+            crate::rating::rate(&order, &rules.compile(None), &mut usage)
+                .map(|()| usage)
+                .map_err(|e| Fault::bad(e.to_string()))
         })
         .await
-        .map_err(|busy| Fault::new(StatusCode::SERVICE_UNAVAILABLE, busy.to_string()))?
-        .map_err(|e| Fault::bad(e.to_string()))?;
+        .map_err(|busy| Fault::new(StatusCode::SERVICE_UNAVAILABLE, busy.to_string()))??;
     let mut total = Decimal::ZERO;
     for p in usage.iter().flat_map(|(_, p)| p) {
         total = total

@@ -427,14 +427,13 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         }
         Err(e) => return V2Fault::bad(e.to_string()).into_response(),
     };
-    let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                return V2Fault::bad(format!("Failed to decode JSON object: {e}")).into_response();
-            }
+    let body = match super::parse_body(&app, bytes).await {
+        Ok(v) => v,
+        Err(super::BodyParse::Busy(why)) => {
+            return V2Fault::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+        }
+        Err(super::BodyParse::Malformed(e)) => {
+            return V2Fault::bad(format!("Failed to decode JSON object: {e}")).into_response();
         }
     };
     let peer = parts
