@@ -72,6 +72,7 @@ vmmon is running.
   admin:       user admin, password $ADMIN_PASSWORD
   instance:    $INSTANCE (project demo, region local), monitoring on
   session id:  $SID   (expires after 24 h idle; log in again with method 458753)
+  dashboard:   $URL/ui/   (log in as admin in a browser)
 
 Top 5 processes of this host right now (method 611711):
 
@@ -82,6 +83,8 @@ More of the same session:
   curl -s -H 'X-Auth-Token: $SID' '$URL/mana_api/vm'                       # VM inventory (mana_api)
   curl -s -H 'X-Auth-Token: $SID' '$URL/mana_api/flow?project_id=demo'     # 10-minute bandwidth
   curl -s -H 'X-Auth-Token: $SID' '$URL/v1/rating/modules'                 # rating (CloudKitty v1)
+  curl -s -H 'X-Auth-Token: $SID' '$URL/v2/summary'                         # rating (CloudKitty v2)
+  curl -s -H 'X-Auth-Token: $SID' "$URL/api/series?instance_id=$INSTANCE&metric=cpu&points=60"  # a chart's series
   curl -s -H 'X-Auth-Token: $SID' '$URL/metrics' | grep vmmon_vm_          # Prometheus exposition
   curl -s '$URL/'                                                          # index of every API
 CDN flow needs an edge token and an access log: see README, "CDN flow".
