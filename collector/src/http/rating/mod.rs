@@ -671,35 +671,6 @@ async fn dispatch(ctx: &Ctx<'_>) -> Outcome {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parsing_helpers() {
-        let ms = |s: &str| parse_datetime(s);
-        let h = Some(1_420_376_400_000); // 2015-01-04T13:00:00Z
-        assert_eq!(ms("2015-01-04T13:00:00"), h);
-        assert_eq!(ms("2015-01-04T13:00:00Z"), h);
-        assert_eq!(ms("2015-01-04T14:00:00+01:00"), h);
-        assert_eq!(ms("2015-01-04 13:00:00"), h);
-        assert_eq!(ms("2015-01-04T13:00:00.000000"), h);
-        assert_eq!(ms("2015-01-04T13:00"), h);
-        assert_eq!(ms("2015-01-04"), Some(1_420_329_600_000));
-        assert_eq!(ms("yesterday"), None);
-        for (t, want) in [
-            ("T", Some(true)),
-            ("on", Some(true)),
-            ("0", Some(false)),
-            ("2", None),
-        ] {
-            assert_eq!(parse_bool(t), want, "{t}");
-        }
-        assert_eq!(percent_decode("image%2Esize"), "image.size");
-        assert_eq!(percent_decode("a%2"), "a%2");
-    }
-}
-
 /// Bodies larger than this are parsed on the CPU pool ([`App::run_cpu`]) rather than on an async
 /// worker: a 1 MiB JSON body (a 10,000-resource quote is ~370 KB) takes milliseconds to parse,
 /// and 16 clients sending them would otherwise hold up `/healthz` and every agent.
@@ -728,4 +699,33 @@ pub(super) async fn parse_body(app: &App, bytes: axum::body::Bytes) -> Result<Va
         parse()
     };
     parsed.map_err(BodyParse::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsing_helpers() {
+        let ms = |s: &str| parse_datetime(s);
+        let h = Some(1_420_376_400_000); // 2015-01-04T13:00:00Z
+        assert_eq!(ms("2015-01-04T13:00:00"), h);
+        assert_eq!(ms("2015-01-04T13:00:00Z"), h);
+        assert_eq!(ms("2015-01-04T14:00:00+01:00"), h);
+        assert_eq!(ms("2015-01-04 13:00:00"), h);
+        assert_eq!(ms("2015-01-04T13:00:00.000000"), h);
+        assert_eq!(ms("2015-01-04T13:00"), h);
+        assert_eq!(ms("2015-01-04"), Some(1_420_329_600_000));
+        assert_eq!(ms("yesterday"), None);
+        for (t, want) in [
+            ("T", Some(true)),
+            ("on", Some(true)),
+            ("0", Some(false)),
+            ("2", None),
+        ] {
+            assert_eq!(parse_bool(t), want, "{t}");
+        }
+        assert_eq!(percent_decode("image%2Esize"), "image.size");
+        assert_eq!(percent_decode("a%2"), "a%2");
+    }
 }
