@@ -10,7 +10,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use vmmon_collector::config::ConfigFile;
-use vmmon_collector::{App, CollectorConfig, admin, jobs, server, store::Store};
+use vmmon_collector::store::{Store, StoreLocation};
+use vmmon_collector::{App, CollectorConfig, admin, jobs, server};
 
 use cli::{
     CdnUserCommand, Cli, Command, InstanceCommand, RatingCommand, ServeArgs, TlsCommand,
@@ -31,8 +32,20 @@ fn main() -> Result<()> {
     rt.block_on(run(cli))
 }
 
+/// Opens the store named by `--data`/`--store`: a data directory or a `postgres://` URL.
 async fn open(data: &std::path::Path) -> Result<Store> {
-    Store::open(data).with_context(|| format!("cannot open the store in {}", data.display()))
+    let location = StoreLocation::parse(&data.to_string_lossy());
+    open_location(&location).await
+}
+
+async fn open_location(location: &StoreLocation) -> Result<Store> {
+    if let StoreLocation::Postgres(url) = location {
+        vmmon_collector::config::check_store_url(url)
+            .map_err(|e| anyhow::anyhow!("store URL {location}: {e}"))?;
+    }
+    Store::open_location(location)
+        .await
+        .with_context(|| format!("cannot open the store {location}"))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -40,7 +53,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(d) => {
             let store = open(&d.data).await?;
-            println!("store {} is up to date", store.path().display());
+            println!("store {} is up to date", store.describe());
             Ok(())
         }
         Command::Token(TokenCommand::Create {
@@ -276,6 +289,9 @@ fn load_config(args: &ServeArgs) -> Result<CollectorConfig> {
     if let Some(listen) = args.listen {
         file.listen = listen;
     }
+    if let Some(url) = &args.store {
+        file.store_url = Some(url.clone());
+    }
     if let Some(data) = &args.data {
         file.data_dir = data.clone();
     } else if args.config.is_none()
@@ -292,7 +308,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         println!("config ok");
         return Ok(());
     }
-    let store = open(&config.data_dir).await?;
+    let location = match &config.store_url {
+        Some(url) => StoreLocation::Postgres(url.clone()),
+        None => StoreLocation::Sqlite(config.data_dir.clone()),
+    };
+    let store = open_location(&location).await?;
     if let Some(admin) =
         admin::bootstrap_admin(&store, std::env::var("VMMON_ADMIN_PASSWORD").ok()).await?
     {

@@ -459,7 +459,9 @@ fn render(
 }
 
 fn store_size_bytes(app: &App) -> u64 {
-    let path = app.store.path();
+    let Some(path) = app.store.path() else {
+        return 0;
+    };
     let mut total = 0;
     for suffix in ["", "-wal", "-shm"] {
         let mut p = path.as_os_str().to_owned();

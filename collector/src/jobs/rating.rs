@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use crate::store::Connection;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use vmmon_common::vocab::DAY_MS;

@@ -4,7 +4,7 @@
 //! Decimals (costs, levels, quantities, prices) are stored as their exact text and parsed back
 //! with [`crate::rating::decimal`]; SQLite never does arithmetic on them.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Connection, OptionalExtension, Row, params};
 use rust_decimal::Decimal;
 
 use super::{Result, StoreError};
@@ -29,8 +29,8 @@ fn dec(what: &str, v: &str) -> Result<Decimal> {
 /// Stored module states `(module_id, enabled, priority)`.
 pub fn module_rows(conn: &Connection) -> Result<Vec<(String, bool, i64)>> {
     let mut stmt = conn.prepare("SELECT module_id, enabled, priority FROM rating_modules")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Stores a module's state.
@@ -54,18 +54,17 @@ pub fn collector_mappings(
          WHERE ?1 IS NULL OR collector = ?1 ORDER BY rowid",
     )?;
     let rows = stmt.query_map([collector], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// The collector a service is mapped to.
 pub fn collector_mapping(conn: &Connection, service: &str) -> Result<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT collector FROM rating_collector_mappings WHERE service = ?1",
-            [service],
-            |r| r.get(0),
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT collector FROM rating_collector_mappings WHERE service = ?1",
+        [service],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Maps a service to a collector (replacing an existing mapping).
@@ -88,13 +87,12 @@ pub fn delete_collector_mapping(conn: &Connection, service: &str) -> Result<bool
 
 /// A collector's stored enabled state.
 pub fn collector_state(conn: &Connection, name: &str) -> Result<Option<bool>> {
-    Ok(conn
-        .query_row(
-            "SELECT enabled FROM rating_collector_states WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT enabled FROM rating_collector_states WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Stores a collector's enabled state.
@@ -110,7 +108,7 @@ pub fn set_collector_state(conn: &Connection, name: &str, enabled: bool) -> Resu
 // ---------------------------------------------------------------------------------------------
 // Hashmap: services, fields, groups
 
-fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Service> {
+fn service_row(r: &Row<'_>) -> Result<Service> {
     Ok(Service {
         service_id: r.get(0)?,
         name: r.get(1)?,
@@ -120,30 +118,28 @@ fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Service> {
 /// Every service, oldest first.
 pub fn services(conn: &Connection) -> Result<Vec<Service>> {
     let mut stmt = conn.prepare("SELECT service_id, name FROM hashmap_services ORDER BY rowid")?;
-    let rows = stmt.query_map([], service_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], service_row)?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// One service by id.
 pub fn service(conn: &Connection, service_id: &str) -> Result<Option<Service>> {
-    Ok(conn
-        .query_row(
-            "SELECT service_id, name FROM hashmap_services WHERE service_id = ?1",
-            [service_id],
-            service_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT service_id, name FROM hashmap_services WHERE service_id = ?1",
+        [service_id],
+        service_row,
+    )
+    .optional()
 }
 
 /// One service by name.
 pub fn service_by_name(conn: &Connection, name: &str) -> Result<Option<Service>> {
-    Ok(conn
-        .query_row(
-            "SELECT service_id, name FROM hashmap_services WHERE name = ?1",
-            [name],
-            service_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT service_id, name FROM hashmap_services WHERE name = ?1",
+        [name],
+        service_row,
+    )
+    .optional()
 }
 
 /// Creates a service (the caller checked the name is free).
@@ -163,7 +159,7 @@ pub fn delete_service(conn: &Connection, service_id: &str) -> Result<bool> {
     )? > 0)
 }
 
-fn field_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Field> {
+fn field_row(r: &Row<'_>) -> Result<Field> {
     Ok(Field {
         field_id: r.get(0)?,
         service_id: r.get(1)?,
@@ -178,30 +174,28 @@ pub fn fields(conn: &Connection, service_id: Option<&str>) -> Result<Vec<Field>>
          WHERE ?1 IS NULL OR service_id = ?1 ORDER BY rowid",
     )?;
     let rows = stmt.query_map([service_id], field_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// One field by id.
 pub fn field(conn: &Connection, field_id: &str) -> Result<Option<Field>> {
-    Ok(conn
-        .query_row(
-            "SELECT field_id, service_id, name FROM hashmap_fields WHERE field_id = ?1",
-            [field_id],
-            field_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT field_id, service_id, name FROM hashmap_fields WHERE field_id = ?1",
+        [field_id],
+        field_row,
+    )
+    .optional()
 }
 
 /// A service's field by name.
 pub fn field_by_name(conn: &Connection, service_id: &str, name: &str) -> Result<Option<Field>> {
-    Ok(conn
-        .query_row(
-            "SELECT field_id, service_id, name FROM hashmap_fields
+    conn.query_row(
+        "SELECT field_id, service_id, name FROM hashmap_fields
              WHERE service_id = ?1 AND name = ?2",
-            [service_id, name],
-            field_row,
-        )
-        .optional()?)
+        [service_id, name],
+        field_row,
+    )
+    .optional()
 }
 
 /// Creates a field.
@@ -218,7 +212,7 @@ pub fn delete_field(conn: &Connection, field_id: &str) -> Result<bool> {
     Ok(conn.execute("DELETE FROM hashmap_fields WHERE field_id = ?1", [field_id])? > 0)
 }
 
-fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Group> {
+fn group_row(r: &Row<'_>) -> Result<Group> {
     Ok(Group {
         group_id: r.get(0)?,
         name: r.get(1)?,
@@ -228,30 +222,28 @@ fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Group> {
 /// Every group, oldest first.
 pub fn groups(conn: &Connection) -> Result<Vec<Group>> {
     let mut stmt = conn.prepare("SELECT group_id, name FROM hashmap_groups ORDER BY rowid")?;
-    let rows = stmt.query_map([], group_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], group_row)?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// One group by id.
 pub fn group(conn: &Connection, group_id: &str) -> Result<Option<Group>> {
-    Ok(conn
-        .query_row(
-            "SELECT group_id, name FROM hashmap_groups WHERE group_id = ?1",
-            [group_id],
-            group_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT group_id, name FROM hashmap_groups WHERE group_id = ?1",
+        [group_id],
+        group_row,
+    )
+    .optional()
 }
 
 /// One group by name.
 pub fn group_by_name(conn: &Connection, name: &str) -> Result<Option<Group>> {
-    Ok(conn
-        .query_row(
-            "SELECT group_id, name FROM hashmap_groups WHERE name = ?1",
-            [name],
-            group_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT group_id, name FROM hashmap_groups WHERE name = ?1",
+        [name],
+        group_row,
+    )
+    .optional()
 }
 
 /// Creates a group.
@@ -335,7 +327,7 @@ fn rule_columns(kind: RuleKind) -> String {
     )
 }
 
-fn rule_from(kind: RuleKind, r: &rusqlite::Row<'_>) -> rusqlite::Result<(Rule, String, String)> {
+fn rule_from(kind: RuleKind, r: &Row<'_>) -> Result<(Rule, String, String)> {
     let key: Option<String> = r.get(1)?;
     let map_type: String = r.get(2)?;
     let cost: String = r.get(3)?;
@@ -370,7 +362,7 @@ pub fn rules(conn: &Connection, kind: RuleKind, filter: &RuleFilter) -> Result<V
     let sql = format!(
         "SELECT {} FROM {} WHERE (?1 IS NULL OR service_id = ?1) AND (?2 IS NULL OR field_id = ?2)
          AND (?3 IS NULL OR group_id = ?3) AND (?4 = 0 OR group_id IS NULL)
-         AND (?5 = 0 OR tenant_id IS ?6) ORDER BY rowid",
+         AND (?5 = 0 OR tenant_id IS NOT DISTINCT FROM ?6) ORDER BY rowid",
         rule_columns(kind),
         kind.table()
     );
@@ -423,20 +415,19 @@ pub fn duplicate_rule(conn: &Connection, kind: RuleKind, r: &Rule) -> Result<Opt
         t = kind.table(),
         k = kind.key_col()
     );
-    Ok(conn
-        .query_row(
-            &sql,
-            params![
-                key_text(kind, r),
-                r.service_id,
-                r.field_id,
-                r.tenant_id,
-                r.group_id,
-                r.id
-            ],
-            |row| row.get(0),
-        )
-        .optional()?)
+    conn.query_row(
+        &sql,
+        params![
+            key_text(kind, r),
+            r.service_id,
+            r.field_id,
+            r.tenant_id,
+            r.group_id,
+            r.id
+        ],
+        |row| row.get(0),
+    )
+    .optional()
 }
 
 /// Inserts or replaces (by id) a rule.
@@ -487,13 +478,12 @@ pub fn hashmap_rules(conn: &Connection) -> Result<HashmapRules> {
 
 /// A stored processing state value.
 pub fn state(conn: &Connection, name: &str) -> Result<Option<i64>> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM rating_state WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT value FROM rating_state WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Stores a processing state value.
@@ -511,7 +501,7 @@ pub type PeriodSamples = (InstanceInfo, Option<SampleRow>, Vec<SampleRow>);
 
 const SAMPLE_COLUMNS: &str = "sampled_at_ms, elapsed_ms, cpu_pct, rx_bytes_total, tx_bytes_total";
 
-fn sample_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
+fn sample_row(r: &Row<'_>) -> Result<SampleRow> {
     Ok(SampleRow {
         at_ms: r.get(0)?,
         elapsed_ms: r.get(1)?,
@@ -555,7 +545,7 @@ pub fn period_samples(
                 agent_version: r.get(9)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     let mut in_period = conn.prepare_cached(&format!(
         "SELECT {SAMPLE_COLUMNS} FROM vm_samples WHERE instance_id = ?1
          AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3 ORDER BY sampled_at_ms, id"
@@ -572,7 +562,7 @@ pub fn period_samples(
     for info in infos {
         let mut rows = in_period
             .query_map(params![info.instance_id, begin_ms, end_ms], sample_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         if let Some(t) = tail
             .query_row(
                 params![
@@ -737,7 +727,7 @@ pub fn tenants(conn: &Connection, begin_ms: i64, end_ms: i64) -> Result<Vec<Stri
          ORDER BY tenant_id",
     )?;
     let rows = stmt.query_map(params![begin_ms, end_ms], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Rated datapoints matching `f`, by period, tenant, type and insertion.
@@ -763,5 +753,5 @@ pub fn points(conn: &Connection, f: &ReportFilter) -> Result<Vec<PointRow>> {
             })
         },
     )?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }

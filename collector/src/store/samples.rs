@@ -1,6 +1,6 @@
 //! VM and process samples: deduplicated batch inserts and the legacy API's queries.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Connection, OptionalExtension, Row, params};
 use vmmon_common::wire::ReportBatch;
 
 use super::Result;
@@ -91,8 +91,8 @@ pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Re
     // Cached: runs once per ingested batch.
     let inserted = conn
         .prepare_cached(
-            "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms, seq)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO batches (batch_id, instance_id, received_at_ms, seq)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
         )?
         .execute(params![
             batch.batch_id.to_string(),
@@ -165,7 +165,7 @@ const VM_COLUMNS: &str = "id, instance_id, sampled_at_ms, cpu_pct, mem_pct, disk
     net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
     cpu_steal_pct, unreadable_procs";
 
-fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
+fn vm_from_row(r: &Row<'_>) -> Result<VmRow> {
     Ok(VmRow {
         id: r.get(0)?,
         instance_id: r.get(1)?,
@@ -191,7 +191,7 @@ fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
 const PROC_COLUMNS: &str = "id, instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct, mem_pct,
     disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable";
 
-fn proc_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProcessRow> {
+fn proc_from_row(r: &Row<'_>) -> Result<ProcessRow> {
     Ok(ProcessRow {
         id: r.get(0)?,
         instance_id: r.get(1)?,
@@ -218,7 +218,7 @@ pub fn latest_vm(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![instance_id, limit], vm_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// One instance's newest VM sample with the instance's labels, for `/metrics`.
@@ -259,7 +259,7 @@ pub fn fleet(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> 
                 },
             ))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(instances.len());
     for (id, mut row) in instances {
         row.vm = latest_vm(conn, &id, 1)?.pop();
@@ -288,7 +288,7 @@ pub fn latest_processes(
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![instance_id, newest, limit], proc_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// The newest `limit` records of processes named `cmd` on an instance, newest first.
@@ -304,16 +304,16 @@ pub fn process_history(
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![instance_id, cmd, limit], proc_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Count of VM samples of an instance (diagnostics and tests).
 pub fn vm_sample_count(conn: &Connection, instance_id: &str) -> Result<i64> {
-    Ok(conn.query_row(
+    conn.query_row(
         "SELECT COUNT(*) FROM vm_samples WHERE instance_id = ?1",
         [instance_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// Deletes up to `max_rows` of each raw table's rows older than `cutoff_ms` (samples by sample
@@ -338,7 +338,7 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
             Some(id) => id,
             None => conn.query_row(
                 &format!("SELECT COALESCE(MAX(id), 0) + 1 FROM {table}"),
-                [],
+                params![],
                 |r| r.get(0),
             )?,
         };

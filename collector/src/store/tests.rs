@@ -31,7 +31,7 @@ async fn migrates_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let v: usize = store
-        .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+        .read(|c| c.query_row("PRAGMA user_version", params![], |r| r.get(0)))
         .await
         .unwrap();
     assert_eq!(v, migrations::MIGRATIONS.len());
