@@ -86,8 +86,14 @@ impl World {
     }
 
     async fn build(config: CollectorConfig, instances: bool) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        // `VMMON_TEST_STORE=postgres` runs every API case against PostgreSQL (scripts/test.sh
+        // runs this suite once per backend).
+        let backend = match std::env::var("VMMON_TEST_STORE").as_deref() {
+            Ok("postgres") => store::testing::Backend::Pg,
+            _ => store::testing::Backend::Sqlite,
+        };
+        let t = store::testing::open(backend).await;
+        let (dir, store) = (t.dir, t.store);
         let admin_id = admin::add_user(&store, "admin", "admin-password", None)
             .await
             .unwrap();

@@ -86,11 +86,11 @@ pub fn add_bucket_bytes(
 ) -> Result<()> {
     let (new_in, new_out): (i64, i64) = conn
         .prepare_cached(
-            "INSERT INTO bandwidth_buckets (project, bucket_start_ms, region, in_bytes, out_bytes)
+            "INSERT INTO bandwidth_buckets AS b (project, bucket_start_ms, region, in_bytes, out_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(project, bucket_start_ms, region) DO UPDATE SET
-                 in_bytes = CASE WHEN bandwidth_buckets.in_bytes > 9223372036854775807 - excluded.in_bytes THEN 9223372036854775807 ELSE bandwidth_buckets.in_bytes + excluded.in_bytes END,
-                     out_bytes = CASE WHEN bandwidth_buckets.out_bytes > 9223372036854775807 - excluded.out_bytes THEN 9223372036854775807 ELSE bandwidth_buckets.out_bytes + excluded.out_bytes END
+                 in_bytes = CASE WHEN b.in_bytes > 9223372036854775807 - excluded.in_bytes THEN 9223372036854775807 ELSE b.in_bytes + excluded.in_bytes END,
+                     out_bytes = CASE WHEN b.out_bytes > 9223372036854775807 - excluded.out_bytes THEN 9223372036854775807 ELSE b.out_bytes + excluded.out_bytes END
              RETURNING in_bytes, out_bytes",
         )?
         .query_row(

@@ -77,12 +77,15 @@ fn to_i64(v: u64) -> i64 {
 pub fn apply_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<()> {
     if !batch.cdn.is_empty() {
         let mut stmt = conn.prepare_cached(
-            "INSERT INTO cdn_buckets (domain, bucket_start, bytes, hit_bytes, requests)
+            "INSERT INTO cdn_buckets AS b (domain, bucket_start, bytes, hit_bytes, requests)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(domain, bucket_start) DO UPDATE SET
-                 bytes = CASE WHEN bytes > 9223372036854775807 - excluded.bytes THEN 9223372036854775807 ELSE bytes + excluded.bytes END,
-                 hit_bytes = CASE WHEN hit_bytes > 9223372036854775807 - excluded.hit_bytes THEN 9223372036854775807 ELSE hit_bytes + excluded.hit_bytes END,
-                 requests = CASE WHEN requests > 9223372036854775807 - excluded.requests THEN 9223372036854775807 ELSE requests + excluded.requests END",
+                 bytes = CASE WHEN b.bytes > 9223372036854775807 - excluded.bytes
+                     THEN 9223372036854775807 ELSE b.bytes + excluded.bytes END,
+                 hit_bytes = CASE WHEN b.hit_bytes > 9223372036854775807 - excluded.hit_bytes
+                     THEN 9223372036854775807 ELSE b.hit_bytes + excluded.hit_bytes END,
+                 requests = CASE WHEN b.requests > 9223372036854775807 - excluded.requests
+                     THEN 9223372036854775807 ELSE b.requests + excluded.requests END",
         )?;
         for d in &batch.cdn {
             stmt.execute(params![

@@ -181,7 +181,7 @@ pub fn register(
         row.inventory != *inventory || row.region != token.region || row.party != token.party
     });
     conn.execute(
-        "INSERT INTO instances (instance_id, project, region, party, token_id, hostname,
+        "INSERT INTO instances AS t (instance_id, project, region, party, token_id, hostname,
              cpu_count, mem_total_bytes, disk_total_bytes, lan_ips, wan_ips, agent_version,
              os, created_at_ms, updated_at_ms, last_seen_ms, monitoring, interval_secs,
              net_interfaces)
@@ -195,8 +195,8 @@ pub fn register(
              wan_ips = excluded.wan_ips, agent_version = excluded.agent_version, os = excluded.os,
              net_interfaces = excluded.net_interfaces,
              last_seen_ms = excluded.last_seen_ms,
-             updated_at_ms = CASE WHEN ?16 THEN excluded.updated_at_ms ELSE updated_at_ms END,
-             interval_secs = CASE WHEN interval_by_admin THEN interval_secs
+             updated_at_ms = CASE WHEN ?16 THEN excluded.updated_at_ms ELSE t.updated_at_ms END,
+             interval_secs = CASE WHEN t.interval_by_admin <> 0 THEN t.interval_secs
                                   ELSE excluded.interval_secs END",
         params![
             instance_id,

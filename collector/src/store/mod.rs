@@ -503,4 +503,6 @@ pub fn ping(conn: &Connection) -> Result<()> {
 }
 
 #[cfg(test)]
+pub mod testing;
+#[cfg(test)]
 mod tests;

@@ -1,3 +1,4 @@
+use super::testing::Backend;
 use super::*;
 use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 
@@ -40,10 +41,9 @@ async fn migrates_and_reopens() {
     Store::open(dir.path()).unwrap();
 }
 
-#[tokio::test]
-async fn duplicate_batch_is_stored_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn duplicate_batch_is_stored_once(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     store
         .write(|c| {
             instances::register(
@@ -122,10 +122,9 @@ async fn duplicate_batch_is_stored_once() {
     assert_eq!(n, 1);
 }
 
-#[tokio::test]
-async fn failed_job_rolls_back_only_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn failed_job_rolls_back_only_itself(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     let s1 = store.clone();
     let bad = tokio::spawn(async move {
         s1.write(|c| {
@@ -145,10 +144,9 @@ async fn failed_job_rolls_back_only_itself() {
     assert_eq!(names, vec!["b".to_string()]);
 }
 
-#[tokio::test]
-async fn foreign_project_cannot_take_over_an_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn foreign_project_cannot_take_over_an_instance(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     let mut other = token();
     other.project = "p2".into();
     let out = store
@@ -183,10 +181,9 @@ async fn foreign_project_cannot_take_over_an_instance() {
     assert_eq!(row.project, "p1");
 }
 
-#[tokio::test]
-async fn sessions_expire_when_idle() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn sessions_expire_when_idle(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     store
         .write(|c| {
             let id = users::upsert_user(c, "u", "h", false, Some("p"), 0)?;
@@ -206,10 +203,9 @@ async fn sessions_expire_when_idle() {
     assert!(dead.is_none());
 }
 
-#[tokio::test]
-async fn retention_deletes_only_old_raw_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn retention_deletes_only_old_raw_rows(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     store
         .write(|c| {
             instances::register(
@@ -266,10 +262,9 @@ async fn retention_deletes_only_old_raw_rows() {
     );
 }
 
-#[tokio::test]
-async fn unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     // Submit both before the writer can run either, so they share one transaction.
     let s1 = store.clone();
     let s2 = store.clone();
@@ -310,10 +305,9 @@ async fn unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears()
         .unwrap();
 }
 
-#[tokio::test]
-async fn registration_limits_per_token_and_ids_unique_ignoring_case() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn registration_limits_per_token_and_ids_unique_ignoring_case(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     let limits = instances::RegisterLimits {
         max_instances_per_token: 5,
         max_new_per_minute: 3,
@@ -363,3 +357,40 @@ async fn registration_limits_per_token_and_ids_unique_ignoring_case() {
         assert_eq!(got, want, "{id} at {at}");
     }
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+async fn pg_migrates_once_and_reopens() {
+    let url = testing::fresh_pg_url().await;
+    let location = StoreLocation::Postgres(url);
+    // Two collectors starting together: the advisory lock lets one migrate, the other finds the
+    // schema current.
+    let (a, b) = tokio::join!(
+        Store::open_location(&location),
+        Store::open_location(&location)
+    );
+    let (a, _b) = (a.unwrap(), b.unwrap());
+    let v: i64 = a
+        .read(|c| {
+            c.query_row(
+                "SELECT MAX(version) FROM schema_migrations",
+                params![],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(v as usize, super::pg::MIGRATIONS.len());
+    drop(a);
+    Store::open_location(&location).await.unwrap();
+}
+
+crate::on_both_backends!(
+    duplicate_batch_is_stored_once,
+    failed_job_rolls_back_only_itself,
+    foreign_project_cannot_take_over_an_instance,
+    sessions_expire_when_idle,
+    retention_deletes_only_old_raw_rows,
+    unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears,
+    registration_limits_per_token_and_ids_unique_ignoring_case
+);
