@@ -18,4 +18,25 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   echo "NOTE: prometheus/promtool not installed: SKIPPING prometheus::* (apt-get install prometheus)" >&2
   skip=(--skip prometheus::)
 fi
+# PostgreSQL (the second store backend): a throw-away cluster in a temp dir on a free port when
+# the server binaries are installed (.ci/run installs Debian's postgresql); the tests marked
+# "needs PostgreSQL" each create a database of their own in it. Without the binaries they are
+# skipped, and this says so.
+pg_dir=""
+pg_cleanup() { [ -n "$pg_dir" ] && scripts/pg-cluster.sh stop "$pg_dir" && rm -rf "$pg_dir"; true; }
+trap pg_cleanup EXIT
+pg_dir=$(mktemp -d /tmp/vmmon-pg.XXXXXX)
+if url=$(scripts/pg-cluster.sh start "$pg_dir/cluster"); then
+  export VMMON_TEST_PG_URL=$url
+  echo "PostgreSQL test cluster at $url" >&2
+else
+  echo "NOTE: PostgreSQL server binaries not installed: SKIPPING the PostgreSQL store tests (apt-get install postgresql)" >&2
+  rm -rf "$pg_dir"
+  pg_dir=""
+  skip+=(--skip ::pg:: --skip pg_)
+fi
 cargo test --workspace "$@" -- --include-ignored ${skip[@]+"${skip[@]}"}
+if [ -n "${VMMON_TEST_PG_URL:-}" ]; then
+  # The in-process API cases once more, over a PostgreSQL store.
+  VMMON_TEST_STORE=postgres cargo test -p vmmon-collector --lib "$@" -- http::tests
+fi

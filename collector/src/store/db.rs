@@ -478,7 +478,10 @@ impl PgConn {
         }
     }
 
-    fn statement(&self, sql: &str) -> Result<tokio_postgres::Statement> {
+    /// The prepared statement for `sql` with these values: each non-null value's type is given
+    /// (`int8`, `float8`, `text`, `bytea`), so `?1 IS NULL OR col = ?1` prepares; a NULL's type is
+    /// inferred, or `text` when the server cannot infer it.
+    fn statement(&self, sql: &str, values: &[Value<'_>]) -> Result<tokio_postgres::Statement> {
         let text = {
             let mut cache = self
                 .translated
@@ -493,17 +496,44 @@ impl PgConn {
                 }
             }
         };
-        Ok(self.rt.block_on(self.client.prepare_cached(&text))?)
+        let typed = |null: Type| -> Vec<Type> {
+            values
+                .iter()
+                .map(|v| match v {
+                    Value::Null => null.clone(),
+                    Value::Int(_) => Type::INT8,
+                    Value::Real(_) => Type::FLOAT8,
+                    Value::Text(_) => Type::TEXT,
+                    Value::Blob(_) => Type::BYTEA,
+                })
+                .collect()
+        };
+        // Type::UNKNOWN asks the server to infer the parameter's type.
+        match self.rt.block_on(
+            self.client
+                .prepare_typed_cached(&text, &typed(Type::UNKNOWN)),
+        ) {
+            Ok(s) => Ok(s),
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::INDETERMINATE_DATATYPE)
+                    || e.code() == Some(&tokio_postgres::error::SqlState::AMBIGUOUS_PARAMETER) =>
+            {
+                Ok(self
+                    .rt
+                    .block_on(self.client.prepare_typed_cached(&text, &typed(Type::TEXT)))?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn query(&self, sql: &str, values: &[Value<'_>]) -> Result<Vec<tokio_postgres::Row>> {
-        let stmt = self.statement(sql)?;
+        let stmt = self.statement(sql, values)?;
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
         Ok(self.rt.block_on(self.client.query(&stmt, &refs))?)
     }
 
     fn execute(&self, sql: &str, values: &[Value<'_>]) -> Result<usize> {
-        let stmt = self.statement(sql)?;
+        let stmt = self.statement(sql, values)?;
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
         let n = self.rt.block_on(self.client.execute(&stmt, &refs))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))

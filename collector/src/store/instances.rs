@@ -195,7 +195,7 @@ pub fn register(
              wan_ips = excluded.wan_ips, agent_version = excluded.agent_version, os = excluded.os,
              net_interfaces = excluded.net_interfaces,
              last_seen_ms = excluded.last_seen_ms,
-             updated_at_ms = CASE WHEN ?16 THEN excluded.updated_at_ms ELSE t.updated_at_ms END,
+             updated_at_ms = CASE WHEN ?16 <> 0 THEN excluded.updated_at_ms ELSE t.updated_at_ms END,
              interval_secs = CASE WHEN t.interval_by_admin <> 0 THEN t.interval_secs
                                   ELSE excluded.interval_secs END",
         params![
@@ -254,7 +254,7 @@ pub fn set_desired(
 ) -> Result<bool> {
     Ok(conn.execute(
         "UPDATE instances SET monitoring = ?2, interval_secs = ?3,
-             interval_by_admin = interval_by_admin OR ?4
+             interval_by_admin = CASE WHEN interval_by_admin <> 0 OR ?4 <> 0 THEN 1 ELSE 0 END
          WHERE instance_id = ?1",
         params![
             instance_id,

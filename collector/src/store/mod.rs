@@ -67,7 +67,7 @@ pub enum StoreError {
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
     /// PostgreSQL reported an error (or the connection to it failed).
-    #[error("database error: {0}")]
+    #[error("database error: {}", pg_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No PostgreSQL connection could be had from the pool.
     #[error("database pool: {0}")]
@@ -81,6 +81,14 @@ pub enum StoreError {
     /// The store location is not usable (e.g. a malformed `postgres://` URL).
     #[error("store location: {0}")]
     Location(String),
+}
+
+/// A PostgreSQL error with the server's message and code (tokio-postgres shows only "db error").
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// Result alias for store operations.

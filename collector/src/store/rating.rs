@@ -409,8 +409,8 @@ fn key_text(kind: RuleKind, r: &Rule) -> Option<String> {
 /// Another rule with the same key, parent, tenant and group as `r` (a duplicate).
 pub fn duplicate_rule(conn: &Connection, kind: RuleKind, r: &Rule) -> Result<Option<String>> {
     let sql = format!(
-        "SELECT {id} FROM {t} WHERE {k} IS ?1 AND service_id IS ?2 AND field_id IS ?3
-         AND tenant_id IS ?4 AND group_id IS ?5 AND {id} <> ?6 LIMIT 1",
+        "SELECT {id} FROM {t} WHERE {k} IS NOT DISTINCT FROM ?1 AND service_id IS NOT DISTINCT FROM ?2 AND field_id IS NOT DISTINCT FROM ?3
+         AND tenant_id IS NOT DISTINCT FROM ?4 AND group_id IS NOT DISTINCT FROM ?5 AND {id} <> ?6 LIMIT 1",
         id = kind.id_col(),
         t = kind.table(),
         k = kind.key_col()
