@@ -215,6 +215,10 @@ pub fn fresh_pg_database() -> String {
 /// Runs a read-only query on a PostgreSQL store: SQLite's `?N` placeholders become `$N`, each
 /// parameter an integer or text; the first column of each row as i64.
 fn pg_query_i64(url: &str, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Vec<i64> {
+    pg_run(url, sql, params, true)
+}
+
+fn pg_run(url: &str, sql: &str, params: &[&dyn rusqlite::ToSql], select: bool) -> Vec<i64> {
     use rusqlite::types::{ToSqlOutput, Value as V, ValueRef as R};
     let mut text = String::new();
     let mut chars = sql.chars().peekable();
@@ -247,9 +251,16 @@ fn pg_query_i64(url: &str, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Vec<i6
         owned.iter().map(|b| b.as_ref()).collect();
     let rt = pg_runtime();
     let (client, _task) = pg_connect(&rt, url);
+    if !select {
+        rt.block_on(client.execute(&text, &refs))
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"));
+        return Vec::new();
+    }
     // Sums are numeric on PostgreSQL: read the first column as bigint.
     let text = format!("SELECT CAST(q.c AS BIGINT) FROM ({text}) AS q(c)");
-    let rows = rt.block_on(client.query(&text, &refs)).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+    let rows = rt
+        .block_on(client.query(&text, &refs))
+        .unwrap_or_else(|e| panic!("{text}: {e:?}"));
     rows.iter()
         .map(|r| {
             r.try_get::<_, i64>(0)
@@ -337,8 +348,7 @@ impl Collector {
     /// Runs one write statement on the store (either backend), e.g. to set up a state.
     pub fn execute_sql(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) {
         if let Some(url) = &self.store_url {
-            let wrapped = format!("WITH w AS ({sql} RETURNING 1) SELECT COUNT(*) FROM w");
-            pg_query_i64(url, &wrapped, params);
+            pg_run(url, sql, params, false);
             return;
         }
         let conn = rusqlite::Connection::open(self.db_path()).unwrap();

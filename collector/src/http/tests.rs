@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use vmmon_common::wire::{Inventory, ProcessSample, ReportBatch, Sample, VmSample};
 
 use super::{HttpService, router};
-use crate::store::{self, Store};
+use crate::store;
 use crate::{App, CollectorConfig, admin, auth, ingest};
 
 const NOW_SECS: i64 = 1_764_500_000; // 2025-11-30T10:53:20Z

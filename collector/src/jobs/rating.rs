@@ -158,18 +158,38 @@ pub async fn process_range(
     Ok(out)
 }
 
-/// Processes the next due period, if any; returns it, or how long until one is due.
+/// Retry delay when another collector (sharing a PostgreSQL store) is rating.
+const BUSY_SLEEP: Duration = Duration::from_secs(5);
+
+/// Processes the next due period, if any; returns it, or how long until one is due. Collectors
+/// sharing a PostgreSQL store rate each period once: only the holder of the rating lock works,
+/// and it checks inside the write that the period is still the next one.
 async fn step(
     store: &Store,
     metrics: &Arc<MetricsConfig>,
     period_ms: i64,
     wait_ms: i64,
 ) -> store::Result<Result<PeriodOutcome, Duration>> {
+    let Some(lock) = store.try_job_lock(store::locks::Job::Rating).await? else {
+        return Ok(Err(BUSY_SLEEP));
+    };
+    let res = step_locked(store, metrics, period_ms, wait_ms).await;
+    lock.release().await;
+    res
+}
+
+async fn step_locked(
+    store: &Store,
+    metrics: &Arc<MetricsConfig>,
+    period_ms: i64,
+    wait_ms: i64,
+) -> store::Result<Result<PeriodOutcome, Duration>> {
     let now = store::now_ms();
+    let first = period_start(month_start(now), period_ms);
     let next = store
         .read(|c| db::state(c, db::NEXT_PERIOD))
         .await?
-        .unwrap_or_else(|| period_start(month_start(now), period_ms));
+        .unwrap_or(first);
     let due_at = next + period_ms + wait_ms;
     if due_at > now {
         let ms = u64::try_from(due_at - now).unwrap_or(0);
@@ -178,12 +198,16 @@ async fn step(
     let m = metrics.clone();
     let outcome = store
         .write(move |c| {
+            // Another collector may have rated it between our read and our lock.
+            if db::state(c, db::NEXT_PERIOD)?.unwrap_or(first) != next {
+                return Ok(None);
+            }
             let o = process_period(c, &m, next, next + period_ms, store::now_ms())?;
             db::set_state(c, db::NEXT_PERIOD, next + period_ms)?;
-            Ok(o)
+            Ok(Some(o))
         })
         .await?;
-    Ok(Ok(outcome))
+    Ok(outcome.ok_or(Duration::ZERO))
 }
 
 /// Starts the processing loop (when `rating.process` is on and the metrics config loaded).

@@ -467,6 +467,12 @@ pub struct PgConn {
     pub(super) rt: tokio::runtime::Handle,
     /// `?N` SQL text → `$N` SQL text.
     translated: Mutex<HashMap<String, std::sync::Arc<str>>>,
+    /// Statements (SQL + which parameters were NULL) whose NULL parameters the server could not
+    /// type: they are prepared with `text` NULLs straight away.
+    null_text: Mutex<std::collections::HashSet<String>>,
+    /// Inside `BEGIN` … `COMMIT`/`ROLLBACK` (a failed prepare there must be undone by a
+    /// savepoint, or it aborts the transaction).
+    in_tx: std::sync::atomic::AtomicBool,
 }
 
 impl PgConn {
@@ -475,6 +481,8 @@ impl PgConn {
             client,
             rt,
             translated: Mutex::new(HashMap::new()),
+            null_text: Mutex::new(std::collections::HashSet::new()),
+            in_tx: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -508,21 +516,73 @@ impl PgConn {
                 })
                 .collect()
         };
-        // Type::UNKNOWN asks the server to infer the parameter's type.
-        match self.rt.block_on(
+        if !values.contains(&Value::Null) {
+            return Ok(self.rt.block_on(
+                self.client
+                    .prepare_typed_cached(&text, &typed(Type::UNKNOWN)),
+            )?);
+        }
+        let key: String = values
+            .iter()
+            .map(|v| if *v == Value::Null { 'n' } else { 'v' })
+            .chain(sql.chars())
+            .collect();
+        let known_text = self
+            .null_text
+            .lock()
+            .map(|k| k.contains(&key))
+            .unwrap_or(false);
+        if known_text {
+            return Ok(self
+                .rt
+                .block_on(self.client.prepare_typed_cached(&text, &typed(Type::TEXT)))?);
+        }
+        // Type::UNKNOWN asks the server to infer the NULL parameters' types; where it cannot
+        // (`?1 IS NULL OR col = ?1`), they are text. Inside a transaction the first try runs in
+        // a savepoint, so its failure does not abort the transaction.
+        let in_tx = self.in_tx.load(std::sync::atomic::Ordering::Relaxed);
+        if in_tx {
+            self.rt
+                .block_on(self.client.batch_execute("SAVEPOINT vmmon_prepare"))?;
+        }
+        let first = self.rt.block_on(
             self.client
                 .prepare_typed_cached(&text, &typed(Type::UNKNOWN)),
-        ) {
-            Ok(s) => Ok(s),
+        );
+        match first {
+            Ok(s) => {
+                if in_tx {
+                    self.rt
+                        .block_on(self.client.batch_execute("RELEASE vmmon_prepare"))?;
+                }
+                Ok(s)
+            }
             Err(e)
                 if e.code() == Some(&tokio_postgres::error::SqlState::INDETERMINATE_DATATYPE)
                     || e.code() == Some(&tokio_postgres::error::SqlState::AMBIGUOUS_PARAMETER) =>
             {
+                if in_tx {
+                    self.rt.block_on(
+                        self.client
+                            .batch_execute("ROLLBACK TO vmmon_prepare; RELEASE vmmon_prepare"),
+                    )?;
+                }
+                if let Ok(mut k) = self.null_text.lock() {
+                    k.insert(key);
+                }
                 Ok(self
                     .rt
                     .block_on(self.client.prepare_typed_cached(&text, &typed(Type::TEXT)))?)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                if in_tx {
+                    let _ = self.rt.block_on(
+                        self.client
+                            .batch_execute("ROLLBACK TO vmmon_prepare; RELEASE vmmon_prepare"),
+                    );
+                }
+                Err(e.into())
+            }
         }
     }
 
@@ -589,7 +649,7 @@ pub enum Connection {
     /// The embedded default.
     Sqlite(rusqlite::Connection),
     /// A shared PostgreSQL database.
-    Pg(PgConn),
+    Pg(Box<PgConn>),
 }
 
 impl Connection {
@@ -607,7 +667,16 @@ impl Connection {
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match self {
             Connection::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Connection::Pg(c) => Ok(c.rt.block_on(c.client.batch_execute(sql))?),
+            Connection::Pg(c) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let res = c.rt.block_on(c.client.batch_execute(sql));
+                match sql {
+                    "BEGIN" if res.is_ok() => c.in_tx.store(true, Relaxed),
+                    "COMMIT" | "ROLLBACK" => c.in_tx.store(false, Relaxed),
+                    _ => {}
+                }
+                Ok(res?)
+            }
         }
     }
 

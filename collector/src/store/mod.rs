@@ -11,6 +11,7 @@ pub mod bandwidth;
 pub mod cdn;
 pub mod db;
 pub mod instances;
+pub mod locks;
 mod migrations;
 mod pg;
 pub mod rating;
@@ -206,7 +207,7 @@ impl Store {
                     .map_err(|e| StoreError::Pool(e.to_string()))?;
                 pg::migrate(&first).await?;
                 let writer = spawn_writer(
-                    Connection::Pg(db::PgConn::new(first, rt.clone())),
+                    Connection::Pg(Box::new(db::PgConn::new(first, rt.clone()))),
                     Some((pool.clone(), rt.clone())),
                 )?;
                 Ok(Store {
@@ -322,12 +323,12 @@ impl Store {
             .await
             .map_err(|e| StoreError::ReadTask(e.to_string()))?;
         let pg = match &inner.backend {
-            Backend::Pg { pool, rt, .. } => Some(db::PgConn::new(
+            Backend::Pg { pool, rt, .. } => Some(Box::new(db::PgConn::new(
                 pool.get()
                     .await
                     .map_err(|e| StoreError::Pool(e.to_string()))?,
                 rt.clone(),
-            )),
+            ))),
             Backend::Sqlite { .. } => None,
         };
         tokio::task::spawn_blocking(move || {
@@ -457,7 +458,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Rec
         {
             // The server connection went away (a restart or failover): take a fresh one.
             match rt.block_on(pool.get()) {
-                Ok(fresh) => conn = Connection::Pg(db::PgConn::new(fresh, rt.clone())),
+                Ok(fresh) => conn = Connection::Pg(Box::new(db::PgConn::new(fresh, rt.clone()))),
                 Err(e) => tracing::error!(error = %e, "Store writer cannot reconnect."),
             }
         }

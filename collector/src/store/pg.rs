@@ -37,7 +37,9 @@ pub fn pool(url: &str) -> Result<deadpool_postgres::Pool> {
 
 /// Applies the migrations the database has not seen, in one transaction.
 pub async fn migrate(client: &deadpool_postgres::Object) -> Result<()> {
-    client.batch_execute("BEGIN").await?;
+    client
+        .batch_execute("BEGIN; SET LOCAL client_min_messages = warning")
+        .await?;
     let res = async {
         client
             .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])

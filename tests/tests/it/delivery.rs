@@ -287,7 +287,6 @@ fn foreign_project_and_revoked_tokens_are_refused() {
     assert!(live.is_running());
 }
 
-
 #[test]
 fn rpc_errors_name_the_problem() {
     let c = Collector::start();
