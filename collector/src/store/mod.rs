@@ -13,6 +13,7 @@ pub mod db;
 pub mod instances;
 pub mod locks;
 mod migrations;
+pub mod notify;
 mod pg;
 pub mod rating;
 pub mod samples;
@@ -160,6 +161,7 @@ enum Backend {
         pool: deadpool_postgres::Pool,
         rt: tokio::runtime::Handle,
         shown: String,
+        url: String,
     },
 }
 
@@ -216,6 +218,7 @@ impl Store {
                             pool,
                             rt,
                             shown: location.to_string(),
+                            url: url.clone(),
                         },
                         writer,
                         read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_READS)),

@@ -11,5 +11,6 @@ mod netflow;
 mod prometheus;
 mod rating;
 mod service;
+mod shared_store;
 mod tls;
 mod truth;
