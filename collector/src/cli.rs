@@ -43,6 +43,25 @@ pub enum Command {
     /// TLS certificates for HTTPS/WSS on the listener.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// The store itself: move a SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `store …`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a SQLite store (every table: samples, rollups, users, sessions, tokens, ratings,
+    /// hashmap rules, CDN) into an empty PostgreSQL store in one transaction; prints each
+    /// table's row count and checksum on both sides (a mismatch copies nothing).
+    Copy {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        from: PathBuf,
+        /// `postgres://user:password@host:port/db` (migrated first; must be empty).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// `tls …`

@@ -14,8 +14,8 @@ use vmmon_collector::store::{Store, StoreLocation};
 use vmmon_collector::{App, CollectorConfig, admin, jobs, server};
 
 use cli::{
-    CdnUserCommand, Cli, Command, InstanceCommand, RatingCommand, ServeArgs, TlsCommand,
-    TokenCommand, UserCommand,
+    CdnUserCommand, Cli, Command, InstanceCommand, RatingCommand, ServeArgs, StoreCommand,
+    TlsCommand, TokenCommand, UserCommand,
 };
 
 fn main() -> Result<()> {
@@ -177,6 +177,24 @@ async fn run(cli: Cli) -> Result<()> {
                 made.cert_file.display()
             );
             println!("{}", made.pin);
+            Ok(())
+        }
+        Command::Store(StoreCommand::Copy { from, to }) => {
+            let location = StoreLocation::parse(&to);
+            if !matches!(location, StoreLocation::Postgres(_)) {
+                bail!("--to must be a postgres:// URL, not {to:?}");
+            }
+            let target = open_location(&location).await?;
+            let tables = admin::copy_store(&from, &target)
+                .await
+                .with_context(|| format!("cannot copy {} to {location}", from.display()))?;
+            println!("table\tsqlite_rows\tsqlite_checksum\tpostgres_rows\tpostgres_checksum");
+            for t in tables {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    t.table, t.source_rows, t.source_checksum, t.target_rows, t.target_checksum
+                );
+            }
             Ok(())
         }
         Command::CdnSources(d) => {

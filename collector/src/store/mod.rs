@@ -9,6 +9,7 @@
 
 pub mod bandwidth;
 pub mod cdn;
+pub mod copy;
 pub mod db;
 pub mod instances;
 pub mod locks;

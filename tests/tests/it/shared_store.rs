@@ -87,3 +87,89 @@ fn commands_to_b_reach_an_agent_on_a_with_the_same_statuses() {
     assert_eq!(r["status_code"], 1);
     assert_eq!(monitoring(), 0);
 }
+
+#[test]
+#[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+fn store_copy_moves_a_sqlite_store_with_matching_counts_and_checksums() {
+    // A SQLite collector with samples, users, sessions, tokens and a CDN user.
+    let mut c = Collector::start_on_store("127.0.0.1:0", &[], None);
+    let token = c.create_token("p1", "r1");
+    c.add_tenant("tenant-x", "p1");
+    c.cli(
+        &[
+            "cdn-user",
+            "add",
+            "--name",
+            "cdn-x",
+            "--domains",
+            "a.example,b.example",
+        ],
+        &[("VMMON_CDN_SECRET", "s3cret-s3cret")],
+    );
+    let mut agent = Agent::start(&c, &token, "vm-copy-1", 1, &[]);
+    let sid = c.admin_session();
+    wait_for(T, "a few stored batches", || {
+        (c.batch_seqs("vm-copy-1").len() >= 3).then_some(())
+    });
+    agent.kill();
+    let before = q(&c, &sid, 611611, "vm-copy-1", json!({"limit": 1000}));
+    c.kill();
+    let db = fresh_pg_database();
+    let out = std::process::Command::new(bin_path("vmmon-collector"))
+        .args(["store", "copy", "--from"])
+        .arg(c.data.path())
+        .args(["--to", &db])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), 5, "{line}");
+        assert_eq!(f[1], f[3], "row counts of {}", f[0]);
+        assert_eq!(f[2], f[4], "checksums of {}", f[0]);
+        seen.insert(f[0].to_string(), f[1].parse::<u64>().unwrap());
+    }
+    for (table, at_least) in [
+        ("vm_samples", 3),
+        ("batches", 3),
+        ("users", 2),
+        ("sessions", 1),
+        ("agent_tokens", 1),
+        ("instances", 1),
+        ("cdn_users", 1),
+        ("cdn_user_domains", 2),
+    ] {
+        assert!(
+            seen.get(table).copied().unwrap_or(0) >= at_least,
+            "{table}: {text}"
+        );
+    }
+    // A second copy into the now non-empty store is refused and changes nothing.
+    let again = std::process::Command::new(bin_path("vmmon-collector"))
+        .args(["store", "copy", "--from"])
+        .arg(c.data.path())
+        .args(["--to", &db])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("copy only into an empty store"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // A collector on the PostgreSQL copy serves the same records, and the old session works.
+    let p = Collector::start_on_store("127.0.0.1:0", &[], Some(db));
+    let after = q(&p, &sid, 611611, "vm-copy-1", json!({"limit": 1000}));
+    assert_eq!(after, before);
+    assert_eq!(
+        p.batch_seqs("vm-copy-1").len(),
+        seen["batches"] as usize,
+        "every batch id kept for dedup"
+    );
+}
