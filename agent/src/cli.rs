@@ -10,9 +10,11 @@ use crate::config::AgentConfig;
 #[derive(Debug, Parser)]
 #[command(name = "vmmon-agent", version, about, long_about = None)]
 pub struct Cli {
-    /// Collector's WebSocket JSON-RPC URL, e.g. ws://127.0.0.1:8086/rpc.
-    #[arg(long)]
-    pub collector: Option<String>,
+    /// Collector's WebSocket JSON-RPC URL, e.g. ws://127.0.0.1:8086/rpc. Repeat for collectors
+    /// sharing one store: they are tried in order, the next when one cannot be reached. Replaces
+    /// `collector` of the config file.
+    #[arg(long = "collector", value_name = "URL")]
+    pub collectors: Vec<String>,
     /// Agent token from `vmmon-collector token create` (visible in `ps`; prefer --token-file).
     #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
@@ -75,8 +77,8 @@ pub struct Cli {
 impl Cli {
     /// Applies the flags given on top of `cfg`.
     pub fn apply(&self, cfg: &mut AgentConfig) {
-        if let Some(c) = &self.collector {
-            cfg.collector = c.clone();
+        if !self.collectors.is_empty() {
+            cfg.collector = self.collectors.clone();
         }
         if let Some(t) = &self.token {
             cfg.token = Some(t.clone());

@@ -11,8 +11,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmmon/agent.toml";
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Collector's WebSocket JSON-RPC URL, e.g. `ws://collector:8086/rpc`.
-    pub collector: String,
+    /// Collector WebSocket JSON-RPC URLs, e.g. `ws://collector:8086/rpc`, tried in order: the
+    /// agent moves to the next when one cannot be reached (collectors sharing one PostgreSQL
+    /// store). In the file either one string or an array of strings.
+    #[serde(deserialize_with = "one_or_many")]
+    pub collector: Vec<String>,
     /// Agent token (prefer `token_file` in production).
     pub token: Option<String>,
     /// File holding the agent token.
@@ -53,7 +56,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
-            collector: String::new(),
+            collector: Vec::new(),
             token: None,
             token_file: None,
             interval_secs: 30,
@@ -74,6 +77,26 @@ impl Default for AgentConfig {
 }
 
 pub use vmmon_common::config::ConfigError;
+
+/// Most collector URLs one agent takes (a failover list, not a fan-out).
+pub const MAX_COLLECTORS: usize = 16;
+
+/// `collector = "ws://…"` or `collector = ["ws://a…", "ws://b…"]`.
+fn one_or_many<'de, D>(de: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(de)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
 
 /// What [`AgentConfig::validate`] built while checking: used by the running agent as is.
 #[derive(Debug, Clone)]
@@ -133,11 +156,19 @@ impl AgentConfig {
         let mut errors = Vec::new();
         if self.collector.is_empty() {
             errors.push("collector URL is required (--collector ws://HOST:PORT/rpc)".to_string());
-        } else if !(self.collector.starts_with("ws://") || self.collector.starts_with("wss://")) {
+        }
+        if self.collector.len() > MAX_COLLECTORS {
             errors.push(format!(
-                "collector URL {:?} must start with ws:// or wss://",
-                self.collector
+                "at most {MAX_COLLECTORS} collector URLs, not {}",
+                self.collector.len()
             ));
+        }
+        for url in &self.collector {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                errors.push(format!(
+                    "collector URL {url:?} must start with ws:// or wss://"
+                ));
+            }
         }
         errors.extend(self.tls_problems());
         let mut token = None;
@@ -200,15 +231,12 @@ impl AgentConfig {
 
     /// Problems with the link's security settings (see [`crate::reporter::tls`]).
     fn tls_problems(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        if let Some(why) =
-            crate::reporter::tls::plaintext_refusal(&self.collector, self.allow_plaintext)
-        {
-            errors.push(why);
-        }
-        if self.collector.starts_with("ws://")
-            && (self.ca_file.is_some() || self.pin_sha256.is_some())
-        {
+        let mut errors: Vec<String> = self
+            .collector
+            .iter()
+            .filter_map(|url| crate::reporter::tls::plaintext_refusal(url, self.allow_plaintext))
+            .collect();
+        if !self.any_wss() && (self.ca_file.is_some() || self.pin_sha256.is_some()) {
             errors.push("ca_file and pin_sha256 need a wss:// collector URL".into());
         }
         if let Some(Err(e)) = self
@@ -226,11 +254,16 @@ impl AgentConfig {
         errors
     }
 
-    /// The rustls client settings for a `wss://` collector (None for `ws://`).
+    /// Whether any collector URL is `wss://`.
+    fn any_wss(&self) -> bool {
+        self.collector.iter().any(|u| u.starts_with("wss://"))
+    }
+
+    /// The rustls client settings for the `wss://` collectors (None when all are `ws://`).
     pub fn tls_client_config(
         &self,
     ) -> Result<Option<rustls::ClientConfig>, crate::reporter::tls::TlsSetupError> {
-        if !self.collector.starts_with("wss://") {
+        if !self.any_wss() {
             return Ok(None);
         }
         let pin = self
@@ -307,7 +340,7 @@ mod tests {
     fn unknown_fields_and_bad_values_are_reported() {
         assert!(toml::from_str::<AgentConfig>("colector = 'x'").is_err());
         let cfg = AgentConfig {
-            collector: "http://x".into(),
+            collector: vec!["http://x".into()],
             interval_secs: 0,
             ..AgentConfig::default()
         };
@@ -345,7 +378,7 @@ mod tests {
         let cases: Vec<(AgentConfig, &str)> = vec![
             (
                 AgentConfig {
-                    collector: "ws://10.1.2.3:8086/rpc".into(),
+                    collector: vec!["ws://10.1.2.3:8086/rpc".into()],
                     ..base.clone()
                 },
                 "non-loopback",
@@ -359,7 +392,7 @@ mod tests {
             ),
             (
                 AgentConfig {
-                    collector: "wss://c.example/rpc".into(),
+                    collector: vec!["wss://c.example/rpc".into()],
                     pin_sha256: Some("nope!".into()),
                     ..base.clone()
                 },
@@ -367,7 +400,7 @@ mod tests {
             ),
             (
                 AgentConfig {
-                    collector: "wss://c.example/rpc".into(),
+                    collector: vec!["wss://c.example/rpc".into()],
                     ca_file: Some("/nonexistent/ca.pem".into()),
                     ..base.clone()
                 },
@@ -382,12 +415,12 @@ mod tests {
         }
         let ok = [
             AgentConfig {
-                collector: "ws://10.1.2.3:8086/rpc".into(),
+                collector: vec!["ws://10.1.2.3:8086/rpc".into()],
                 allow_plaintext: true,
                 ..base.clone()
             },
             AgentConfig {
-                collector: "wss://c.example/rpc".into(),
+                collector: vec!["wss://c.example/rpc".into()],
                 pin_sha256: Some(pin),
                 ..base.clone()
             },
@@ -396,9 +429,54 @@ mod tests {
             cfg.validate().unwrap();
             assert_eq!(
                 cfg.tls_client_config().unwrap().is_some(),
-                cfg.collector.starts_with("wss")
+                cfg.collector[0].starts_with("wss")
             );
         }
+    }
+
+    #[test]
+    fn collector_is_one_url_or_a_list_each_checked() {
+        let one: AgentConfig =
+            toml::from_str("collector = 'ws://127.0.0.1:1/rpc'\ntoken = 't'").unwrap();
+        assert_eq!(one.collector, ["ws://127.0.0.1:1/rpc"]);
+        let two: AgentConfig =
+            toml::from_str("collector = ['ws://127.0.0.1:1/rpc', 'ws://[::1]:2/rpc']\ntoken = 't'")
+                .unwrap();
+        two.validate().unwrap();
+        assert_eq!(two.collector.len(), 2);
+        assert!(toml::from_str::<AgentConfig>("collector = 3").is_err());
+        let cases: Vec<(Vec<String>, &str)> = vec![
+            (vec![], "collector URL is required"),
+            (
+                vec!["ws://127.0.0.1/rpc".into(), "http://127.0.0.1/rpc".into()],
+                "\"http://127.0.0.1/rpc\" must start with ws://",
+            ),
+            (
+                vec!["ws://127.0.0.1/rpc".into(), "ws://10.0.0.9/rpc".into()],
+                "non-loopback",
+            ),
+            (
+                vec!["ws://127.0.0.1/rpc".into(); MAX_COLLECTORS + 1],
+                "at most 16 collector URLs",
+            ),
+        ];
+        for (urls, want) in cases {
+            let cfg = AgentConfig {
+                collector: urls,
+                ..one.clone()
+            };
+            let Err(ConfigError::Invalid(errs)) = cfg.validate() else {
+                panic!("{want}: must be invalid")
+            };
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
+        // A wss:// URL anywhere in the list builds the TLS settings.
+        let mixed = AgentConfig {
+            collector: vec!["ws://127.0.0.1/rpc".into(), "wss://c.example/rpc".into()],
+            ..one
+        };
+        mixed.validate().unwrap();
+        assert!(mixed.tls_client_config().unwrap().is_some());
     }
 
     #[test]

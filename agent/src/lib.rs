@@ -178,7 +178,7 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
         );
     }
     let desired = reporter::initial_desired(spool.desired(), config.interval_secs);
-    tracing::info!(%instance_id, collector = %config.collector, spooled = report.batches,
+    tracing::info!(%instance_id, collector = ?config.collector, spooled = report.batches,
         monitoring = desired.monitoring, interval_secs = desired.interval_secs, "Agent starting.");
     let (desired_tx, _) = watch::channel(desired);
     let shared = Arc::new(Shared {
@@ -197,7 +197,7 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
     // Without positions of its own (a lost state dir) the agent waits for the collector's before
     // reading its access logs: reading them from the start would bill their lines again.
     let mut pending_cdn = None;
-    let mut tailer = if config.cdn_access_logs.is_empty()
+    let tailer = if config.cdn_access_logs.is_empty()
         || shared.with_spool(|s| s.cdn_checkpoint().is_some())
     {
         cdn_tailer(&config, checked.cdn_format, &shared)
@@ -211,7 +211,7 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
     };
 
     let rcfg = reporter::ReporterConfig {
-        url: config.collector.clone(),
+        urls: config.collector.clone(),
         token,
         instance_id: instance_id.clone(),
         configured_interval_secs: config.interval_secs,
@@ -232,11 +232,17 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
 
     sampling_loop(
         &mut sampler,
-        &mut tailer,
-        &mut pending_cdn,
+        &mut CdnLogs {
+            tailer,
+            pending: pending_cdn,
+        },
         &shared,
         &instance_id,
         &net_state_path,
+        Watchdog {
+            period: service::watchdog_period(),
+            pet: Box::new(service::notify_watchdog),
+        },
         shutdown,
     )
     .await;
@@ -264,16 +270,32 @@ fn cdn_tailer(
     ))
 }
 
+/// How the sampling loop shows systemd it is alive: `pet` every `period` (half of
+/// `WatchdogSec=`), from the loop itself.
+struct Watchdog {
+    /// None: no watchdog configured, never pet.
+    period: Option<Duration>,
+    /// Sends `WATCHDOG=1` (a counter in tests).
+    pet: Box<dyn Fn() + Send>,
+}
+
 /// Access logs waiting for the collector's positions before they are read.
 type PendingCdn = Option<(Vec<std::path::PathBuf>, cdn::LogFormat)>;
 
+/// The CDN access logs the sampling loop tails: the tailer once it can start, or the logs still
+/// waiting for the collector's positions.
+struct CdnLogs {
+    tailer: Option<cdn::Tailer>,
+    pending: PendingCdn,
+}
+
 async fn sampling_loop(
     sampler: &mut Sampler,
-    tailer_slot: &mut Option<cdn::Tailer>,
-    pending_cdn: &mut PendingCdn,
+    cdn_logs: &mut CdnLogs,
     shared: &Shared,
     instance_id: &str,
     net_state_path: &std::path::Path,
+    watchdog: Watchdog,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut desired_rx = shared.desired.subscribe();
@@ -282,15 +304,14 @@ async fn sampling_loop(
     let mut next = tokio::time::Instant::now() + FIRST_TICK_AFTER;
     // The watchdog is petted from this loop, so a sampler stuck in a /proc read stops the pets
     // and systemd restarts the agent.
-    let watchdog = service::watchdog_period();
-    let mut pet = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut pet = tokio::time::interval(watchdog.period.unwrap_or(Duration::from_secs(3600)));
     let mut ready_sent = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = pet.tick() => {
-                if watchdog.is_some() {
-                    service::notify_watchdog();
+                if watchdog.period.is_some() {
+                    (watchdog.pet)();
                 }
                 continue;
             }
@@ -327,6 +348,10 @@ async fn sampling_loop(
                 continue;
             }
         };
+        let CdnLogs {
+            tailer: tailer_slot,
+            pending: pending_cdn,
+        } = &mut *cdn_logs;
         if tailer_slot.is_none()
             && pending_cdn.is_some()
             && let Some(resume) = shared.cdn_resume.lock().ok().and_then(|g| g.clone())
@@ -499,5 +524,137 @@ mod hostile_input_tests {
             let _ = serde_json::from_str::<vmmon_common::wire::Command>(&text);
             let _ = serde_json::from_str::<DesiredState>(&text);
         }
+    }
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const STAT: &str = "cpu  10 0 0 90 0 0 0 0 0 0\ncpu0 10 0 0 90 0 0 0 0 0 0\nbtime 1700000000\n";
+
+    fn wait(what: &str, mut cond: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < end,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The pets come from the sampling loop, so a sampler stuck in a `/proc` read (here a FIFO
+    /// with a silent writer standing in for `/proc/stat`) stops them and systemd restarts the
+    /// agent; once the read returns, they resume. A watchdog petted from another thread would
+    /// keep petting a hung sampler, and this test would fail.
+    #[test]
+    fn watchdog_pets_stop_while_the_sampler_is_stuck_in_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        let sys = dir.path().join("sys");
+        std::fs::create_dir_all(&proc).unwrap();
+        std::fs::create_dir_all(&sys).unwrap();
+        std::fs::write(proc.join("stat"), STAT).unwrap();
+        std::fs::write(
+            proc.join("meminfo"),
+            "MemTotal: 1000 kB\nMemFree: 500 kB\nMemAvailable: 600 kB\n",
+        )
+        .unwrap();
+        std::fs::write(proc.join("uptime"), "100.00 50.00\n").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(state.path(), 1 << 20).unwrap();
+        let (desired, _) = watch::channel(DesiredState {
+            monitoring: false,
+            interval_secs: 1,
+        });
+        let shared = Arc::new(Shared {
+            spool: Mutex::new(spool),
+            desired,
+            new_batch: Notify::new(),
+            cdn_resume_wanted: Default::default(),
+            cdn_resume: Mutex::new(None),
+        });
+        let pets = Arc::new(AtomicUsize::new(0));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let roots = ProcRoots {
+            proc: proc.clone(),
+            sys,
+        };
+        let counter = pets.clone();
+        let net_state = state.path().join(NET_STATE_FILE);
+        // The agent's own runtime flavour: one thread, blocking /proc reads inline.
+        let looping = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut sampler = Sampler::new(roots).unwrap();
+                sampling_loop(
+                    &mut sampler,
+                    &mut CdnLogs {
+                        tailer: None,
+                        pending: None,
+                    },
+                    &shared,
+                    "vm-watchdog",
+                    &net_state,
+                    Watchdog {
+                        period: Some(Duration::from_millis(20)),
+                        pet: Box::new(move || {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }),
+                    },
+                    stop_rx,
+                )
+                .await;
+            });
+        });
+        wait("pets while sampling works", || {
+            pets.load(Ordering::SeqCst) >= 3
+        });
+
+        // /proc/stat becomes a FIFO: the next tick's read blocks until a writer opens it and
+        // then until the writer closes it.
+        std::fs::remove_file(proc.join("stat")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(proc.join("stat"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opening the write end without blocking succeeds only once the sampler holds the read
+        // end: from then on the loop is inside the read.
+        let mut writer = None;
+        wait("the sampler to open the FIFO", || {
+            writer = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(proc.join("stat"))
+                .ok();
+            writer.is_some()
+        });
+        let stuck_at = pets.load(Ordering::SeqCst);
+        // Fifty watchdog periods with the read stuck: not one pet.
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            pets.load(Ordering::SeqCst),
+            stuck_at,
+            "the watchdog was petted while the sampler hung"
+        );
+
+        // The read returns: sampling and pets resume.
+        let mut w = writer.take().unwrap();
+        std::io::Write::write_all(&mut w, STAT.as_bytes()).unwrap();
+        drop(w);
+        std::fs::remove_file(proc.join("stat")).unwrap();
+        std::fs::write(proc.join("stat"), STAT).unwrap();
+        wait("pets after the read returned", || {
+            pets.load(Ordering::SeqCst) > stuck_at + 3
+        });
+        stop_tx.send(true).unwrap();
+        looping.join().unwrap();
     }
 }

@@ -321,6 +321,47 @@ impl Collector {
         }
     }
 
+    /// A second collector on a free port whose store starts as a snapshot of this one's (same
+    /// users, tokens, instances), for failover tests: the agent's token is valid on both. On a
+    /// PostgreSQL run it shares this collector's store instead (many collectors, one database).
+    pub fn start_sibling(&self) -> Collector {
+        let run = shared_claim();
+        let data = tempfile::tempdir().unwrap();
+        if self.store_url.is_some() {
+            // `extra` already names the shared store (--store).
+            let (child, addr) = spawn_collector(data.path(), "127.0.0.1:0", &self.extra);
+            return Collector {
+                data,
+                store_url: self.store_url.clone(),
+                _run: run,
+                addr,
+                child: Some(child),
+                extra: self.extra.clone(),
+            };
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute(
+            "VACUUM INTO ?1",
+            [data.path().join("vmmon.sqlite3").display().to_string()],
+        )
+        .unwrap();
+        drop(conn);
+        let (child, addr) = spawn_collector(data.path(), "127.0.0.1:0", &self.extra);
+        Collector {
+            data,
+            store_url: None,
+            _run: run,
+            addr,
+            child: Some(child),
+            extra: self.extra.clone(),
+        }
+    }
+
     /// The SQLite file, for tests that check what was stored (SQLite runs only; see
     /// [`Self::query_i64`] for checks on either backend).
     pub fn db_path(&self) -> PathBuf {

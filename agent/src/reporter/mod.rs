@@ -1,5 +1,7 @@
 //! The delivery side: one WebSocket session at a time to the collector, sending the spool oldest
 //! first, applying pushed commands, and heartbeating; reconnects with backoff on any failure.
+//! Given several collector URLs (collectors sharing one store), it moves to the next when one
+//! cannot be reached, and backs off only once every URL failed in a row ([`Failover`]).
 
 pub mod retry;
 pub mod tls;
@@ -34,8 +36,8 @@ const BASE_BACKOFF: Duration = Duration::from_millis(500);
 /// How to reach the collector.
 #[derive(Clone)]
 pub struct ReporterConfig {
-    /// `ws://host:port/rpc`.
-    pub url: String,
+    /// `ws://host:port/rpc` of each collector, in the order they are tried (at least one).
+    pub urls: Vec<String>,
     /// Agent token.
     pub token: String,
     /// This instance.
@@ -54,7 +56,7 @@ pub struct ReporterConfig {
 impl std::fmt::Debug for ReporterConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReporterConfig")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("token", &"<redacted>")
             .field("instance_id", &self.instance_id)
             .field("configured_interval_secs", &self.configured_interval_secs)
@@ -103,34 +105,52 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(BASE_BACKOFF, cfg.max_backoff);
+    let mut failover = Failover::new(cfg.urls.len());
     loop {
         if *shutdown.borrow() {
             return;
         }
+        let url = cfg.urls.get(failover.current()).map_or("", String::as_str);
         let end = tokio::select! {
-            end = session(&cfg, &shared, inventory(), &mut backoff) => end,
+            end = session(&cfg, url, &shared, inventory(), &mut backoff) => end,
             _ = shutdown.changed() => return,
         };
+        let wait = failover.session_ended(end.registered);
         let delay = match end.action {
             RetryAction::AuthRefused => {
-                tracing::error!(collector = %cfg.url, reason = %end.reason,
+                tracing::error!(collector = %url, reason = %end.reason,
                     "Collector refused this agent's token; fix the token or its project. Backing off.");
-                backoff.refused_delay()
+                if wait {
+                    backoff.refused_delay()
+                } else {
+                    Duration::ZERO
+                }
             }
             _ if end.tls_refused => {
-                tracing::error!(collector = %cfg.url, reason = %end.reason,
+                tracing::error!(collector = %url, reason = %end.reason,
                     "Collector's TLS certificate refused; samples stay spooled until it is fixed. Backing off.");
-                backoff.next_delay()
+                if wait {
+                    backoff.next_delay()
+                } else {
+                    Duration::ZERO
+                }
             }
             _ => {
                 if end.registered {
-                    tracing::warn!(reason = %end.reason, "Connection to the collector lost; reconnecting.");
+                    tracing::warn!(collector = %url, reason = %end.reason, "Connection to the collector lost; reconnecting.");
                 } else {
-                    tracing::warn!(collector = %cfg.url, reason = %end.reason, "Cannot reach the collector; will retry.");
+                    tracing::warn!(collector = %url, reason = %end.reason, "Cannot reach the collector; will retry.");
                 }
-                backoff.next_delay()
+                if wait {
+                    backoff.next_delay()
+                } else {
+                    Duration::ZERO
+                }
             }
         };
+        if !wait {
+            tracing::info!(from = %url, to = %cfg.urls[failover.current()], "Trying the next collector.");
+        }
         tracing::debug!(delay_ms = delay.as_millis() as u64, "Reconnect backoff.");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {},
@@ -139,7 +159,47 @@ pub async fn run(
     }
 }
 
-async fn connect(cfg: &ReporterConfig) -> Result<WsClient, SessionEnd> {
+/// Which collector URL to try, and whether to back off before trying it.
+///
+/// A session that registered and then ended is retried on the same collector after the (reset,
+/// short) backoff; a collector that could not be reached or refused is left for the next one at
+/// once; the agent waits its backoff only after every URL failed in a row, so one dead collector
+/// costs one refused connection, not a backoff.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    urls: usize,
+    current: usize,
+    failed_in_row: usize,
+}
+
+impl Failover {
+    /// For `urls` collector URLs (at least one is assumed; zero behaves as one).
+    pub fn new(urls: usize) -> Failover {
+        Failover {
+            urls: urls.max(1),
+            current: 0,
+            failed_in_row: 0,
+        }
+    }
+
+    /// Index of the URL to try now.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// Records how a session ended; returns whether to wait the backoff before the next attempt.
+    pub fn session_ended(&mut self, registered: bool) -> bool {
+        if registered {
+            self.failed_in_row = 0;
+            return true;
+        }
+        self.failed_in_row += 1;
+        self.current = (self.current + 1) % self.urls;
+        self.failed_in_row % self.urls == 0
+    }
+}
+
+async fn connect(cfg: &ReporterConfig, url: &str) -> Result<WsClient, SessionEnd> {
     let mut headers = HeaderMap::new();
     let value = HeaderValue::from_str(&format!("Bearer {}", cfg.token)).map_err(|_| {
         ended(
@@ -160,18 +220,19 @@ async fn connect(cfg: &ReporterConfig) -> Result<WsClient, SessionEnd> {
         .connection_timeout(Duration::from_secs(10))
         .request_timeout(Duration::from_secs(30))
         .max_request_size(64 * 1024 * 1024)
-        .build(&cfg.url)
+        .build(url)
         .await
         .map_err(|e| from_client(&e, false))
 }
 
 async fn session(
     cfg: &ReporterConfig,
+    url: &str,
     shared: &Shared,
     (inventory, inventory_ext): (Inventory, InventoryExt),
     backoff: &mut Backoff,
 ) -> SessionEnd {
-    let client = match connect(cfg).await {
+    let client = match connect(cfg, url).await {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -232,7 +293,7 @@ async fn session(
         }
     }
     backoff.reset();
-    tracing::info!(collector = %cfg.url, instance_id = %cfg.instance_id,
+    tracing::info!(collector = %url, instance_id = %cfg.instance_id,
         monitoring = desired.monitoring, interval_secs = desired.interval_secs, "Connected to the collector.");
 
     let mut desired_rx = shared.desired.subscribe();
@@ -358,4 +419,45 @@ pub fn initial_desired(
             monitoring: false,
             interval_secs: configured_interval_secs,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failover;
+
+    /// Drives the policy through a sequence of session outcomes: (registered?, expected wait,
+    /// expected URL index tried next).
+    fn run(urls: usize, steps: &[(bool, bool, usize)]) {
+        let mut f = Failover::new(urls);
+        assert_eq!(f.current(), 0);
+        for (i, &(registered, wait, next)) in steps.iter().enumerate() {
+            assert_eq!(f.session_ended(registered), wait, "step {i}: wait");
+            assert_eq!(f.current(), next, "step {i}: next url");
+        }
+    }
+
+    #[test]
+    fn one_url_always_backs_off_on_the_same_url() {
+        run(1, &[(false, true, 0), (false, true, 0), (true, true, 0)]);
+    }
+
+    #[test]
+    fn a_dead_collector_is_left_at_once_and_a_full_round_backs_off() {
+        run(
+            3,
+            &[
+                // A was up, then lost: retry A after the short backoff.
+                (true, true, 0),
+                // A refuses: on to B without waiting; B refuses: on to C at once.
+                (false, false, 1),
+                (false, false, 2),
+                // C refuses too: every URL failed in a row, back off, start again at A.
+                (false, true, 0),
+                (false, false, 1),
+                // B answers and later drops: retry B.
+                (true, true, 1),
+                (false, false, 2),
+            ],
+        );
+    }
 }

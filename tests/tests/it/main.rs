@@ -4,6 +4,7 @@
 mod cdn;
 mod core_api;
 mod delivery;
+mod failover;
 mod guest_truth;
 mod hostile;
 mod mana;
