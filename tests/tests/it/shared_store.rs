@@ -173,3 +173,51 @@ fn store_copy_moves_a_sqlite_store_with_matching_counts_and_checksums() {
         "every batch id kept for dedup"
     );
 }
+
+#[test]
+#[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+fn failover_between_collectors_on_one_postgres_loses_and_doubles_nothing() {
+    let db = fresh_pg_database();
+    let mut a = Collector::start_on_store("127.0.0.1:0", &[], Some(db.clone()));
+    let b = Collector::start_on_store("127.0.0.1:0", &[], Some(db));
+    let token = a.create_token("p1", "r1");
+    let ids = ["vm-fo-pg-1", "vm-fo-pg-2"];
+    let mut agents: Vec<Agent> = ids
+        .iter()
+        .map(|id| Agent::start(&a, &token, id, 1, &["--collector", &b.rpc_url()]))
+        .collect();
+    for id in ids {
+        wait_for(T, "batches through A", || {
+            (a.batch_seqs(id).len() >= 3).then_some(())
+        });
+    }
+    // SIGKILL A: the agents go on to B within their backoff, into the same store.
+    a.kill();
+    let stored_before: Vec<usize> = ids.iter().map(|id| b.batch_seqs(id).len()).collect();
+    for (id, before) in ids.iter().zip(&stored_before) {
+        wait_for(T, "batches through B after A died", || {
+            (b.batch_seqs(id).len() >= before + 3).then_some(())
+        });
+    }
+    // Commands sent to B reach the agents now on B: confirmed.
+    let sid = b.admin_session();
+    for id in ids {
+        let r = q(&b, &sid, 32523, &format!("{id};"), json!({}));
+        assert_eq!(r["status_code"], 2, "{id}: {r}");
+    }
+    for (agent, id) in agents.iter_mut().zip(ids) {
+        agent.kill();
+        // Each batch the agent made is stored exactly once (a resend of what A had stored but
+        // not acknowledged is a duplicate in the shared store) or is still in its spool.
+        let stored = b.batch_seqs(id);
+        let mut once = stored.clone();
+        once.dedup();
+        assert_eq!(once, stored, "{id}: a batch stored twice");
+        let spooled = agent.spooled_seqs();
+        let next = agent.state_file()["next_seq"].as_u64().unwrap();
+        let missing: Vec<u64> = (0..next)
+            .filter(|s| !stored.contains(s) && !spooled.contains(s))
+            .collect();
+        assert_eq!(missing, Vec::<u64>::new(), "{id}: batches lost");
+    }
+}
