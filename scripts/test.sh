@@ -26,9 +26,15 @@ pg_dir=""
 pg_cleanup() { [ -n "$pg_dir" ] && scripts/pg-cluster.sh stop "$pg_dir" && rm -rf "$pg_dir"; true; }
 trap pg_cleanup EXIT
 pg_dir=$(mktemp -d /tmp/vmmon-pg.XXXXXX)
-if url=$(scripts/pg-cluster.sh start "$pg_dir/cluster"); then
+chmod 755 "$pg_dir" # the server runs as the unprivileged postgres user when we are root
+pg_rc=0
+url=$(scripts/pg-cluster.sh start "$pg_dir/cluster") || pg_rc=$?
+if [ "$pg_rc" -eq 0 ]; then
   export VMMON_TEST_PG_URL=$url
   echo "PostgreSQL test cluster at $url" >&2
+elif [ "$pg_rc" -ne 3 ]; then
+  echo "error: PostgreSQL is installed but the test cluster did not start" >&2
+  exit 1
 else
   echo "NOTE: PostgreSQL server binaries not installed: SKIPPING the PostgreSQL store tests (apt-get install postgresql)" >&2
   rm -rf "$pg_dir"
