@@ -599,6 +599,13 @@ impl PgConn {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
+    /// Runs `sql` (PostgreSQL text, `$N` placeholders) with native parameters, e.g. arrays for
+    /// `UNNEST` bulk inserts; the rows changed.
+    pub fn execute_native(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let stmt = self.rt.block_on(self.client.prepare_cached(sql))?;
+        Ok(self.rt.block_on(self.client.execute(&stmt, params))?)
+    }
+
     /// Whether the server connection has gone.
     pub(super) fn is_closed(&self) -> bool {
         self.client.is_closed()

@@ -105,6 +105,9 @@ pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Re
 
 /// Stores the batch's VM and process samples (call after [`remember_batch`] said it is new).
 pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
+    if let Connection::Pg(pg) = conn {
+        return insert_samples_pg(pg, batch);
+    }
     let mut vm_stmt = conn.prepare_cached(
         "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
              disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
@@ -356,4 +359,115 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
         params![cutoff_ms, max_rows],
     )?;
     Ok(n)
+}
+
+/// PostgreSQL: each table's rows of the batch in one statement (`UNNEST` of column arrays), one
+/// round trip instead of one per row.
+fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> {
+    let n = batch.samples.len();
+    let ids: Vec<&str> = vec![batch.instance_id.as_str(); n];
+    let vms: Vec<_> = batch.samples.iter().map(|s| &s.vm).collect();
+    let col_i = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> i64| {
+        vms.iter().map(|v| f(v)).collect::<Vec<i64>>()
+    };
+    let col_f = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> f64| {
+        vms.iter().map(|v| f(v)).collect::<Vec<f64>>()
+    };
+    let col_of = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> Option<f64>| {
+        vms.iter().map(|v| f(v)).collect::<Vec<Option<f64>>>()
+    };
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let at = col_i(&|v| v.sampled_at_ms);
+    let elapsed = col_i(&|v| to_i64(v.elapsed_ms));
+    let cpu = col_f(&|v| v.cpu_pct);
+    let mem = col_f(&|v| v.mem_pct);
+    let dr = col_f(&|v| v.disk_read_kib_per_sec);
+    let dw = col_f(&|v| v.disk_write_kib_per_sec);
+    let ni = col_f(&|v| v.net_in_kib_per_sec);
+    let no = col_f(&|v| v.net_out_kib_per_sec);
+    let rx = col_i(&|v| to_i64(v.rx_bytes_total));
+    let tx = col_i(&|v| to_i64(v.tx_bytes_total));
+    let pc = col_i(&|v| i64::from(v.proc_count));
+    let ai = col_of(&|v| v.net_attribution.map(|a| a.attributed_in_kib_per_sec));
+    let ao = col_of(&|v| v.net_attribution.map(|a| a.attributed_out_kib_per_sec));
+    let ui = col_of(&|v| v.net_attribution.map(|a| a.unattributed_in_kib_per_sec));
+    let uo = col_of(&|v| v.net_attribution.map(|a| a.unattributed_out_kib_per_sec));
+    let steal = col_of(&|v| v.cpu_steal_pct);
+    let unreadable: Vec<Option<i64>> = vms
+        .iter()
+        .map(|v| v.unreadable_procs.map(i64::from))
+        .collect();
+    pg.execute_native(
+        "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
+             disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
+             net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
+             cpu_steal_pct, unreadable_procs)
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[],
+             $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[],
+             $12::int8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
+             $17::float8[], $18::int8[])",
+        &[
+            &ids,
+            &at,
+            &elapsed,
+            &cpu,
+            &mem,
+            &dr,
+            &dw,
+            &ni,
+            &no,
+            &rx,
+            &tx,
+            &pc,
+            &ai,
+            &ao,
+            &ui,
+            &uo,
+            &steal,
+            &unreadable,
+        ],
+    )?;
+    let procs: Vec<(i64, &vmmon_common::wire::ProcessSample)> = batch
+        .samples
+        .iter()
+        .flat_map(|s| {
+            s.processes
+                .iter()
+                .flatten()
+                .map(move |p| (s.vm.sampled_at_ms, p))
+        })
+        .collect();
+    if procs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = vec![batch.instance_id.as_str(); procs.len()];
+    let at: Vec<i64> = procs.iter().map(|(t, _)| *t).collect();
+    let pid: Vec<i64> = procs.iter().map(|(_, p)| i64::from(p.pid)).collect();
+    let start: Vec<f64> = procs.iter().map(|(_, p)| p.start_time).collect();
+    let cmd: Vec<&str> = procs.iter().map(|(_, p)| p.cmd.as_str()).collect();
+    let f = |g: &dyn Fn(&vmmon_common::wire::ProcessSample) -> f64| {
+        procs.iter().map(|(_, p)| g(p)).collect::<Vec<f64>>()
+    };
+    let (cpu, mem) = (f(&|p| p.cpu_pct), f(&|p| p.mem_pct));
+    let (dr, dw) = (
+        f(&|p| p.disk_read_kib_per_sec),
+        f(&|p| p.disk_write_kib_per_sec),
+    );
+    let (ni, no) = (f(&|p| p.net_in_kib_per_sec), f(&|p| p.net_out_kib_per_sec));
+    let shut: Vec<Option<f64>> = procs.iter().map(|(_, p)| p.shutdown_time).collect();
+    let unread: Vec<i64> = procs
+        .iter()
+        .map(|(_, p)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
+        .collect();
+    pg.execute_native(
+        "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
+             mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::text[],
+             $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
+             $12::float8[], $13::int8[])",
+        &[
+            &ids, &at, &pid, &start, &cmd, &cpu, &mem, &dr, &dw, &ni, &no, &shut, &unread,
+        ],
+    )?;
+    Ok(())
 }
