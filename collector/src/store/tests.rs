@@ -394,3 +394,65 @@ crate::on_both_backends!(
     unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears,
     registration_limits_per_token_and_ids_unique_ignoring_case
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+async fn pg_job_locks_let_one_collector_run_a_job() {
+    use super::locks::Job;
+    let location = StoreLocation::Postgres(testing::fresh_pg_url().await);
+    let a = Store::open_location(&location).await.unwrap();
+    let b = Store::open_location(&location).await.unwrap();
+    let held = a
+        .try_job_lock(Job::Rating)
+        .await
+        .unwrap()
+        .expect("A gets it");
+    assert!(
+        b.try_job_lock(Job::Rating).await.unwrap().is_none(),
+        "B skips the round"
+    );
+    let other = b.try_job_lock(Job::Housekeeping).await.unwrap();
+    assert!(other.is_some(), "jobs are locked separately");
+    held.release().await;
+    let again = b.try_job_lock(Job::Rating).await.unwrap();
+    assert!(again.is_some(), "free again after release");
+    // A lock dropped without release ends with its connection.
+    drop(again);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(l) = a.try_job_lock(Job::Rating).await.unwrap() {
+            l.release().await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped lock was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+async fn pg_notifications_reach_every_listener() {
+    let location = StoreLocation::Postgres(testing::fresh_pg_url().await);
+    let a = Store::open_location(&location).await.unwrap();
+    let b = Store::open_location(&location).await.unwrap();
+    let mut rx = b.listen("vmmon_test");
+    // LISTEN starts asynchronously: send until one arrives.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            a.notify("vmmon_test", "hello").await.unwrap();
+            if let Ok(Some(m)) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), rx.recv()).await
+            {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "hello");
+    let too_big = "x".repeat(super::notify::MAX_PAYLOAD + 1);
+    assert!(a.notify("vmmon_test", &too_big).await.is_err());
+}
