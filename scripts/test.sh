@@ -45,7 +45,7 @@ cargo test --workspace "$@" -- --include-ignored ${skip[@]+"${skip[@]}"}
 if [ -n "${VMMON_TEST_PG_URL:-}" ]; then
   # The in-process API cases and the end-to-end suites that touch the store once more, with
   # every collector on a PostgreSQL store (a database of its own each).
-  VMMON_TEST_STORE=postgres cargo test -p vmmon-collector --lib "$@" -- http::tests
+  VMMON_TEST_STORE=postgres cargo test -p vmmon-collector --lib "$@" -- http::
   VMMON_TEST_STORE=postgres cargo test -p vmmon-tests --test it "$@" -- --include-ignored \
     core_api:: delivery:: rating:: cdn:: mana:: truth::
 fi
