@@ -1200,6 +1200,13 @@ async fn metrics_expose_the_fleet_to_admins_and_the_scrape_token() {
         .await;
     assert_eq!(a.headers["content-type"], super::metrics::TEXT_CONTENT_TYPE);
     let text = String::from_utf8(a.body).unwrap();
+    // The store's size: its SQLite files, or the PostgreSQL database (either backend, > 0).
+    let size: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("vmmon_collector_store_size_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no store size in {text}"));
+    assert!(size > 0.0, "store size {size}");
     for line in [
         "# TYPE vmmon_vm_cpu_usage_ratio gauge",
         r#"vmmon_vm_cpu_usage_ratio{instance_id="a1",project="pa",region="r1"} 0.12345"#,

@@ -509,6 +509,20 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Rec
 
 pub use vmmon_common::vocab::now_ms;
 
+/// The PostgreSQL database's size in bytes (`pg_database_size`); `None` on SQLite, whose size is
+/// its files'.
+pub fn database_size(conn: &Connection) -> Result<Option<u64>> {
+    if !conn.is_pg() {
+        return Ok(None);
+    }
+    let n: i64 = conn.query_row(
+        "SELECT pg_database_size(current_database())",
+        params![],
+        |r| r.get(0),
+    )?;
+    Ok(Some(u64::try_from(n).unwrap_or(0)))
+}
+
 /// A trivial query: proves a read connection works (the health check).
 pub fn ping(conn: &Connection) -> Result<()> {
     conn.query_row("SELECT 1", params![], |r| r.get::<_, i64>(0))?;
