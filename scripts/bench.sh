@@ -15,8 +15,14 @@ done
 echo "== agent: per-process network attribution cost with 1,000 TCP sockets"
 target/release/vmmon-sample-bench --procs 500 --sockets 1000 | tail -n 6
 
-echo "== agent daemon: peak RSS (VmHWM) with 1,000 processes, 1 s interval, monitoring on"
-N=1000 SECS=60 scripts/agent_rss.sh | tail -n 1
+echo "== agent daemon: peak RSS (VmHWM) and CPU per tick with 1,000 processes, 1 s interval, monitoring on"
+N=1000 SECS=60 scripts/agent_rss.sh | tail -n 3
+if [ -x target/packages/vmmon-agent-x86_64 ]; then
+  echo "== the same with the static (musl) agent of packaging/build-packages.sh"
+  AGENT_BIN=target/packages/vmmon-agent-x86_64 N=1000 SECS=60 scripts/agent_rss.sh | tail -n 3
+else
+  echo "NOTE: target/packages/vmmon-agent-x86_64 not built: static agent not measured (packaging/build-packages.sh)"
+fi
 
 echo "== collector: ingest over WebSocket JSON-RPC into the durable store vs raw batched insert"
 cargo bench -q -p vmmon-collector --bench ingest 2>/dev/null

@@ -18,6 +18,37 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   echo "NOTE: prometheus/promtool not installed: SKIPPING prometheus::* (apt-get install prometheus)" >&2
   skip=(--skip prometheus::)
 fi
+# The static-agent tests run the binaries of packaging/build-packages.sh (.ci/run builds them
+# first); on a machine that has not built them they are skipped, and say so.
+if ! [ -x target/packages/vmmon-agent-x86_64 ] || ! [ -x target/packages/vmmon-agent-aarch64 ]; then
+  echo "NOTE: target/packages/vmmon-agent-* not built: SKIPPING static_agent::* (packaging/build-packages.sh)" >&2
+  skip+=(--skip static_agent::)
+elif ! command -v qemu-aarch64-static >/dev/null; then
+  echo "NOTE: qemu-aarch64-static not installed: SKIPPING static_agent::static_aarch64* (apt-get install qemu-user-static)" >&2
+  skip+=(--skip static_agent::static_aarch64)
+fi
+# The real CloudKitty client (python-cloudkittyclient, pinned) for rating_client::*, in a venv
+# under target/ that is reused when present; when python3 -m venv or pip cannot make it, those
+# tests are skipped, and this says so.
+ck_venv=target/cloudkitty-venv
+if [ ! -x "$ck_venv/bin/cloudkitty" ]; then
+  rm -rf "$ck_venv"
+  mkdir -p target
+  if ! { python3 -m venv "$ck_venv" &&
+         "$ck_venv/bin/pip" install -q "python-cloudkittyclient==6.2.0"; } >target/cloudkitty-venv.log 2>&1; then
+    rm -rf "$ck_venv"
+  fi
+fi
+if [ ! -x "$ck_venv/bin/cloudkitty" ]; then
+  echo "NOTE: no python-cloudkittyclient venv (python3 -m venv + pip failed, see target/cloudkitty-venv.log): SKIPPING rating_client::*" >&2
+  skip+=(--skip rating_client::)
+fi
+# The dashboard's browser test needs Debian's chromium and chromium-driver (.ci/run installs them);
+# without them it is skipped, visibly.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "NOTE: chromium/chromedriver not installed: SKIPPING dashboard::* (apt-get install chromium chromium-driver)" >&2
+  skip+=(--skip dashboard::)
+fi
 # PostgreSQL (the second store backend): a throw-away cluster in a temp dir on a free port when
 # the server binaries are installed (.ci/run installs Debian's postgresql); the tests marked
 # "needs PostgreSQL" each create a database of their own in it. Without the binaries they are

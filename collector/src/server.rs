@@ -24,7 +24,10 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use jsonrpsee::server::{PingConfig, ServerConfig, StopHandle, TowerServiceBuilder, stop_channel};
+use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
+use jsonrpsee::server::{
+    BatchRequestConfig, PingConfig, ServerConfig, StopHandle, TowerServiceBuilder, stop_channel,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -35,6 +38,7 @@ use vmmon_common::rpc::MonitorApiServer;
 use crate::app::App;
 use crate::auth;
 use crate::http;
+use crate::rpc::budget::{REPORT_BYTES_IN_FLIGHT, ReportBudgetLayer};
 use crate::rpc::{AgentAuth, RpcHandler};
 use crate::store;
 
@@ -106,8 +110,11 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
     let ping = PingConfig::new()
         .ping_interval(Duration::from_secs(30))
         .inactive_limit(Duration::from_secs(90));
+    // One budget for report bytes being decoded and stored, shared by every agent connection.
+    let budget = RpcServiceBuilder::new().layer(ReportBudgetLayer::new(REPORT_BYTES_IN_FLIGHT));
     let config = ServerConfig::builder()
         .enable_ws_ping(ping)
+        .set_batch_request_config(BatchRequestConfig::Disabled)
         .max_request_body_size(MAX_RPC_MESSAGE_BYTES)
         .max_response_body_size(MAX_RPC_MESSAGE_BYTES)
         .max_connections(MAX_AGENT_CONNECTIONS)
@@ -115,11 +122,13 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
     let builder = jsonrpsee::server::Server::builder()
         .set_config(config)
         .to_service_builder()
+        .set_rpc_middleware(budget.clone())
         .max_connections(MAX_AGENT_CONNECTIONS);
     // A connection whose token was refused still gets typed JSON-RPC errors (so its agent can
     // log why and back off), but may only send tiny messages and holds few slots: nobody without
     // a token can make the collector parse large payloads or hold many connections.
     let refused_config = ServerConfig::builder()
+        .set_batch_request_config(BatchRequestConfig::Disabled)
         .max_request_body_size(REFUSED_MAX_MESSAGE_BYTES)
         .max_response_body_size(REFUSED_MAX_MESSAGE_BYTES)
         .max_connections(REFUSED_MAX_CONNECTIONS)
@@ -128,6 +137,7 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
     let refused = jsonrpsee::server::Server::builder()
         .set_config(refused_config)
         .to_service_builder()
+        .set_rpc_middleware(budget)
         .max_connections(REFUSED_MAX_CONNECTIONS);
     let task = tokio::spawn(accept_loop(
         app,
@@ -144,13 +154,19 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
     })
 }
 
+/// How each agent connection's JSON-RPC service is built: the report budget as RPC middleware.
+type AgentServiceBuilder = TowerServiceBuilder<
+    tower::layer::util::Stack<ReportBudgetLayer, tower::layer::util::Identity>,
+    tower::layer::util::Identity,
+>;
+
 async fn accept_loop(
     app: Arc<App>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     stop_handle: StopHandle,
-    builder: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
-    refused: TowerServiceBuilder<tower::layer::util::Identity, tower::layer::util::Identity>,
+    builder: AgentServiceBuilder,
+    refused: AgentServiceBuilder,
 ) {
     let api = http::router(app.clone());
     let http_slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));

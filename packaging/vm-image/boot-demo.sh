@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 WORK=${WORK:-target/vm-image}
 PORT=${PORT:-18086}
 mkdir -p "$WORK"
-[ "${NO_BUILD:-0}" = 1 ] || packaging/build-debs.sh >/dev/null
+[ "${NO_BUILD:-0}" = 1 ] || packaging/build-packages.sh >/dev/null
 [ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p vmmon-collector
 
 DATA="$WORK/collector-data"

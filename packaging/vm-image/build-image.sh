@@ -8,14 +8,15 @@
 #   packaging/vm-image/build-image.sh disk     WORKDIR              # ext4 disk image + kernel for qemu
 #
 # Needs root, debootstrap, and for `disk` e2fsprogs (mke2fs -d). Packages come from Debian's
-# mirror; the agent comes only from target/debian/vmmon-agent_*.deb (build-debs.sh).
+# mirror; the agent comes only from target/packages/vmmon-agent_*_amd64.deb (build-packages.sh:
+# the static binary).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODE=${1:?install|disk}
 WORK=${2:?workdir}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 ROOT="$WORK/root"
-DEB=$(ls target/debian/vmmon-agent_*.deb | head -n 1)
+DEB=$(ls target/packages/vmmon-agent_*_"$(dpkg --print-architecture)".deb | head -n 1)
 mkdir -p "$WORK"
 
 base() {

@@ -102,7 +102,12 @@ pub enum SamplerError {
 /// `/proc/PID/fd`, read only when a socket needs an owner. Loopback traffic is left out, as in
 /// the VM figures. The VM sample then says how much of its interface traffic was attributed
 /// ([`NetAttribution`]); without process sampling, or without a working `sock_diag`, that is
-/// `None` and the processes' network rates are 0.
+/// `None`, and (with process sampling) every live process's network figures are null (named
+/// in its `unreadable` list, see [`vmmon_common::wire::ext`]).
+///
+/// Older kernels (docs/compatibility.md): without `MemAvailable` (< 3.14) memory use is
+/// estimated; without `/proc/PID/io` (no task I/O accounting) the disk figures are null;
+/// without `tcp_info` byte counters (< 4.1) the network figures are null. Each is logged once.
 #[derive(Debug)]
 pub struct Sampler {
     roots: ProcRoots,
@@ -129,6 +134,8 @@ pub struct Sampler {
     sys_net: SysNet,
     /// Running byte totals over those interfaces.
     net_totals: NetTotals,
+    /// The MemAvailable-estimate warning was logged.
+    warned_mem_estimate: bool,
 }
 
 impl Sampler {
@@ -167,6 +174,7 @@ impl Sampler {
             net_selector: NetSelector::default(),
             sys_net,
             net_totals,
+            warned_mem_estimate: false,
         })
     }
 
@@ -307,20 +315,24 @@ impl Sampler {
             vm: vm_ext,
             processes: Vec::new(),
         };
-        if let Some(table) = self.procs.as_ref() {
-            let unreadable = table.unreadable();
-            ext.vm.unreadable_procs = Some(u32::try_from(unreadable.len()).unwrap_or(u32::MAX));
-            ext.processes = unreadable
-                .iter()
-                .map(|&i| {
-                    (
-                        i,
-                        ProcessSampleExt {
-                            unreadable: ext::DISK_FIELDS.iter().map(|f| (*f).to_owned()).collect(),
-                        },
-                    )
-                })
-                .collect();
+        if let (Some(table), Some(out)) = (self.procs.as_ref(), records.as_ref()) {
+            // Null figures: disk where /proc/PID/io is unreadable or absent; network for every
+            // live process while the tick's sockets could not be measured.
+            let net_null = attributed.is_none();
+            let mut disk = table.unreadable().iter().copied().peekable();
+            for (i, r) in out.iter().enumerate() {
+                let mut unreadable = Vec::new();
+                if disk.next_if_eq(&i).is_some() {
+                    unreadable.extend(ext::DISK_FIELDS.map(str::to_owned));
+                }
+                if net_null && r.shutdown_time.is_none() {
+                    unreadable.extend(ext::NET_FIELDS.map(str::to_owned));
+                }
+                if !unreadable.is_empty() {
+                    ext.processes.push((i, ProcessSampleExt { unreadable }));
+                }
+            }
+            ext.vm.unreadable_procs = Some(u32::try_from(ext.processes.len()).unwrap_or(u32::MAX));
         }
         self.scratch = self.prev.replace(cur).unwrap_or_default();
         Ok((
@@ -370,6 +382,13 @@ impl Sampler {
             procfs::parse_meminfo,
             "no MemTotal",
         )?;
+        if !cur.mem.available_reported && !self.warned_mem_estimate {
+            self.warned_mem_estimate = true;
+            tracing::warn!(
+                "/proc/meminfo has no MemAvailable (Linux < 3.14): memory use is estimated from \
+                 MemFree + Buffers + Cached + SReclaimable."
+            );
+        }
         host::read_disks(
             &mut self.buf,
             &self.paths.diskstats,

@@ -182,6 +182,12 @@ impl NetFlow {
         n
     }
 
+    /// Swaps the source, keeping every followed socket (tests that change the kernel's answer).
+    #[cfg(test)]
+    pub fn replace_source_for_test(&mut self, source: Box<dyn SocketSource>) {
+        self.source = SourceSlot::Ready(source);
+    }
+
     /// Whether a `sock_diag` source is open.
     #[cfg(test)]
     pub fn is_available(&self) -> bool {
@@ -227,7 +233,7 @@ impl NetFlow {
                     if !self.warned_open {
                         tracing::warn!(error = %e,
                             "Cannot open a NETLINK_SOCK_DIAG socket: per-process network figures \
-                             will be 0 and the VM's attributed traffic is not reported.");
+                             are null and the VM's attributed traffic is not reported.");
                         self.warned_open = true;
                     }
                     SourceSlot::Unavailable
@@ -245,11 +251,23 @@ impl NetFlow {
                     self.warned_dump = false;
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                // The kernel cannot count (tcp_info too old): not tried again until process
+                // sampling is next turned on, and said once for the agent's life.
+                self.socks.clear();
+                self.source = SourceSlot::Unavailable;
+                if !self.warned_open {
+                    tracing::warn!(error = %e,
+                        "sock_diag gives no socket byte counters: per-process network figures \
+                         are null and the VM's attributed traffic is not reported.");
+                    self.warned_open = true;
+                }
+            }
             Err(e) => {
                 self.socks.clear();
                 if !self.warned_dump {
                     tracing::warn!(error = %e,
-                        "sock_diag dump failed: per-process network figures are 0 until it works again.");
+                        "sock_diag dump failed: per-process network figures are null until it works again.");
                     self.warned_dump = true;
                 }
             }

@@ -146,6 +146,9 @@ pub struct ProcessTable {
     unreadable: Vec<usize>,
     /// The unreadable-counter warning was logged.
     warned_unreadable: bool,
+    /// This kernel has no `/proc/PID/io` at all (built without `CONFIG_TASK_IO_ACCOUNTING`):
+    /// no process's is read again, and every disk figure is null.
+    io_absent: bool,
     task_path: Vec<u8>,
 }
 
@@ -221,13 +224,28 @@ impl ProcessTable {
             .get(&pid)
             .filter(|t| t.start_ticks == start_ticks);
 
-        let mut denied = known.is_some_and(|t| t.io_denied);
+        let mut denied = self.io_absent || known.is_some_and(|t| t.io_denied);
         let io = if denied {
             None
         } else {
-            match buf.read_single(path.get(pid, b"io")) {
-                Ok(data) => procfs::parse_pid_io(data),
-                Err(e) if procfs::is_vanished(&e) => return,
+            match buf
+                .read_single(path.get(pid, b"io"))
+                .map(procfs::parse_pid_io)
+            {
+                Ok(io) => io,
+                Err(e) if procfs::is_vanished(&e) => {
+                    if buf.read_single(path.get(pid, b"stat")).is_err() {
+                        return; // exited between the two reads
+                    }
+                    // No `io` beside a readable `stat`: the kernel has no task I/O accounting.
+                    self.io_absent = true;
+                    denied = true;
+                    tracing::warn!(
+                        pid,
+                        "This kernel has no /proc/PID/io (built without CONFIG_TASK_IO_ACCOUNTING); the disk figures of every process are null."
+                    );
+                    None
+                }
                 Err(e) => {
                     denied = true;
                     if !self.warned_unreadable {

@@ -345,14 +345,19 @@ fn parse_cpu_line(rest: &[u8]) -> Option<CpuTimes> {
 pub struct MemInfo {
     /// `MemTotal`.
     pub total_bytes: u64,
-    /// `MemAvailable`, or `MemFree + Buffers + Cached` on kernels before 3.14.
+    /// `MemAvailable`, or on kernels before 3.14 (which lack it) `MemFree + Buffers + Cached +
+    /// SReclaimable` (the page cache and the reclaimable slab the kernel's own estimate starts
+    /// from; `SReclaimable` appeared in 2.6.19), capped at `MemTotal`.
     pub available_bytes: u64,
+    /// `false` when `available_bytes` was estimated (no `MemAvailable` line).
+    pub available_reported: bool,
 }
 
 /// Parses `/proc/meminfo`; `None` without `MemTotal`.
 #[must_use]
 pub fn parse_meminfo(data: &[u8]) -> Option<MemInfo> {
-    let (mut total, mut available, mut free, mut buffers, mut cached) = (None, None, 0, 0, 0);
+    let (mut total, mut available) = (None, None);
+    let (mut free, mut buffers, mut cached, mut reclaimable) = (0u64, 0u64, 0u64, 0u64);
     for line in lines(data) {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
@@ -365,16 +370,23 @@ pub fn parse_meminfo(data: &[u8]) -> Option<MemInfo> {
             b"MemFree" => free = kib().unwrap_or(0),
             b"Buffers" => buffers = kib().unwrap_or(0),
             b"Cached" => cached = kib().unwrap_or(0),
+            b"SReclaimable" => reclaimable = kib().unwrap_or(0),
             _ => {}
         }
     }
     let total = total?;
+    let available_reported = available.is_some();
     let available = available
-        .unwrap_or_else(|| free + buffers + cached)
+        .unwrap_or_else(|| {
+            free.saturating_add(buffers)
+                .saturating_add(cached)
+                .saturating_add(reclaimable)
+        })
         .min(total);
     Some(MemInfo {
         total_bytes: total.saturating_mul(1024),
         available_bytes: available.saturating_mul(1024),
+        available_reported,
     })
 }
 

@@ -14,7 +14,9 @@
 //!   included (what crosses the interface), else `tcpi_bytes_acked` (offset 120, Linux ≥ 4.1) on
 //!   older kernels: payload bytes the peer acknowledged.
 //!
-//! A `tcp_info` too short for the received counter (Linux < 4.1) yields no socket at all.
+//! A `tcp_info` too short for the received counter (Linux < 4.1, e.g. 3.10 as in CentOS 7)
+//! fails the dump with [`io::ErrorKind::Unsupported`]: the kernel cannot count any socket's
+//! bytes, so the per-process network figures are not measured (null), never 0.
 
 use std::io::{self, Read};
 use std::time::Duration;
@@ -41,6 +43,10 @@ const RTA_HDRLEN: usize = 4;
 const TCPI_BYTES_ACKED: usize = 120;
 const TCPI_BYTES_RECEIVED: usize = 128;
 const TCPI_BYTES_SENT: usize = 200;
+
+/// The error of a dump on a kernel whose `tcp_info` has no byte counters.
+pub const TCP_INFO_TOO_SHORT: &str =
+    "this kernel's tcp_info has no byte counters (tcpi_bytes_received needs Linux 4.1)";
 
 /// A whole request: `nlmsghdr` + `inet_diag_req_v2`.
 pub const REQUEST_LEN: usize = NLMSG_HDRLEN + REQ_V2_LEN;
@@ -127,7 +133,7 @@ pub fn parse_datagram(data: &[u8], seq: u32, out: &mut Vec<TcpSocket>) -> io::Re
                 return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
             }
             SOCK_DIAG_BY_FAMILY => {
-                if let Some(s) = parse_diag_msg(payload) {
+                if let Some(s) = parse_diag_msg_checked(payload)? {
                     out.push(s);
                 }
             }
@@ -140,8 +146,14 @@ pub fn parse_datagram(data: &[u8], seq: u32, out: &mut Vec<TcpSocket>) -> io::Re
 /// One `inet_diag_msg` and its attributes; `None` without a usable `tcp_info`.
 #[must_use]
 pub fn parse_diag_msg(payload: &[u8]) -> Option<TcpSocket> {
+    parse_diag_msg_checked(payload).ok().flatten()
+}
+
+/// [`parse_diag_msg`], failing with [`io::ErrorKind::Unsupported`] on a `tcp_info` that has no
+/// byte counters (a kernel before 4.1).
+fn parse_diag_msg_checked(payload: &[u8]) -> io::Result<Option<TcpSocket>> {
     if payload.len() < DIAG_MSG_LEN {
-        return None;
+        return Ok(None);
     }
     let family = payload[0];
     let src = &payload[8..24];
@@ -152,21 +164,27 @@ pub fn parse_diag_msg(payload: &[u8]) -> Option<TcpSocket> {
     while attrs.len() >= RTA_HDRLEN {
         let len = usize::from(u16_at(attrs, 0));
         if len < RTA_HDRLEN || len > attrs.len() {
-            return None;
+            return Ok(None);
         }
         if u16_at(attrs, 2) == INET_DIAG_INFO {
-            let (bytes_received, bytes_sent) = tcp_info_counters(&attrs[RTA_HDRLEN..len])?;
-            return Some(TcpSocket {
+            let Some((bytes_received, bytes_sent)) = tcp_info_counters(&attrs[RTA_HDRLEN..len])
+            else {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    TCP_INFO_TOO_SHORT,
+                ));
+            };
+            return Ok(Some(TcpSocket {
                 cookie,
                 inode,
                 loopback: is_local_traffic(family, src, dst),
                 bytes_received,
                 bytes_sent,
-            });
+            }));
         }
         attrs = &attrs[align4(len).min(attrs.len())..];
     }
-    None
+    Ok(None)
 }
 
 /// `(received, sent)` from a `struct tcp_info` of whatever length the kernel gave.

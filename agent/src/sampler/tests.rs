@@ -655,10 +655,8 @@ fn unreadable_io_and_vanishing_pids_do_not_fail_the_sample() {
     fake.set_proc(&denied);
     // A pid directory whose files are gone (exited between readdir and open).
     fs::create_dir_all(fake.proc().join("555")).expect("mkdir");
-    // A process whose io is gone but stat is not (exited between the two reads).
-    let half = FakeProc::new(556, "half", 0);
-    fake.set_proc(&half);
-    fs::remove_file(fake.proc().join("556/io")).expect("rm");
+    // (An `io` missing beside a readable `stat` is a kernel without task I/O accounting, not a
+    // vanished process: see `kernel_3_10_layout_*`.)
     // Not pids.
     fs::create_dir_all(fake.proc().join("self")).expect("mkdir");
 
@@ -668,7 +666,7 @@ fn unreadable_io_and_vanishing_pids_do_not_fail_the_sample() {
     denied.utime = s.clk_tck * 10;
     fake.set_proc(&denied);
     let sample = s.sample(at(1010), true).expect("second");
-    assert_eq!(sample.vm.proc_count, 3);
+    assert_eq!(sample.vm.proc_count, 2);
     assert_eq!(procs(&sample).len(), 1, "{:#?}", sample.processes);
     let p = live(&sample, 100);
     assert_eq!(
@@ -1058,6 +1056,9 @@ fn unreadable_figures_are_flagged_and_counted() {
     fake.set_proc(&denied);
     fake.set_proc(&FakeProc::new(101, "open", 0));
     let mut s = sampler(&fake);
+    // A working (empty) socket source, whatever this machine's sock_diag allows: only the disk
+    // figures are unreadable here.
+    s.net = netflow::NetFlow::with_source(Box::new(Sockets::default()));
     s.sample(at(1000), true).expect("first");
     fake.set_uptime(1010.0);
     let (sample, ext) = s.sample_ext(at(1010), true).expect("second");
@@ -1116,4 +1117,237 @@ fn vm_network_counts_device_interfaces_once_with_running_totals() {
     // Glob rules: include replaces the device rule.
     s.set_net_selector(ifaces::NetSelector::new(&["veth*".into()], &[]).expect("globs"));
     assert_eq!(s.inventory(&[]).1.net_interfaces_counted, ["veth1"]);
+}
+
+// ---- Issue 15: old kernels degrade to null figures, never to made-up zeros -------------------
+
+/// Log lines captured from the sampler (the warnings must come once, not once per tick).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Runs `f` with this buffer as the log (WARN and above).
+    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        let me = self.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || me.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f)
+    }
+}
+
+/// A `sock_diag` answer as the kernel sends it: one `SOCK_DIAG_BY_FAMILY` message per socket
+/// with an `INET_DIAG_INFO` of `info_len` bytes (the kernel's `sizeof(struct tcp_info)`), then
+/// `NLMSG_DONE`; parsed by the agent's own datagram parser.
+#[derive(Debug)]
+struct KernelDump {
+    info_len: usize,
+    /// `(cookie, inode, bytes_acked, bytes_received, bytes_sent)`.
+    socks: Vec<(u64, u32, u64, u64, u64)>,
+}
+
+impl KernelDump {
+    fn datagram(&self) -> Vec<u8> {
+        let msg = |kind: u16, payload: &[u8]| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
+            m.extend_from_slice(&kind.to_ne_bytes());
+            m.extend_from_slice(&0x300u16.to_ne_bytes());
+            m.extend_from_slice(&1u32.to_ne_bytes()); // seq
+            m.extend_from_slice(&0u32.to_ne_bytes());
+            m.extend_from_slice(payload);
+            m
+        };
+        let mut d = Vec::new();
+        for &(cookie, inode, acked, received, sent) in &self.socks {
+            // inet_diag_msg (72 bytes): AF_INET, ESTABLISHED, 10.0.0.2 → 10.0.0.9.
+            let mut p = vec![0u8; 72];
+            p[0] = libc::AF_INET as u8;
+            p[1] = 1;
+            p[8..12].copy_from_slice(&[10, 0, 0, 2]);
+            p[24..28].copy_from_slice(&[10, 0, 0, 9]);
+            p[44..48].copy_from_slice(&(cookie as u32).to_ne_bytes());
+            p[48..52].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+            p[68..72].copy_from_slice(&inode.to_ne_bytes());
+            // struct tcp_info: bytes_acked at 120, bytes_received at 128, bytes_sent at 200.
+            let mut info = vec![0u8; self.info_len.max(208)];
+            info[120..128].copy_from_slice(&acked.to_ne_bytes());
+            info[128..136].copy_from_slice(&received.to_ne_bytes());
+            info[200..208].copy_from_slice(&sent.to_ne_bytes());
+            info.truncate(self.info_len);
+            p.extend_from_slice(&((4 + info.len()) as u16).to_ne_bytes());
+            p.extend_from_slice(&2u16.to_ne_bytes()); // INET_DIAG_INFO
+            p.extend_from_slice(&info);
+            d.extend_from_slice(&msg(20, &p));
+        }
+        d.extend_from_slice(&msg(3, &0i32.to_ne_bytes()));
+        d
+    }
+}
+
+impl netflow::SocketSource for KernelDump {
+    fn dump(&mut self, out: &mut Vec<sockdiag::TcpSocket>) -> std::io::Result<()> {
+        out.clear();
+        sockdiag::parse_datagram(&self.datagram(), 1, out).map(|_| ())
+    }
+}
+
+/// `/proc/meminfo` of a 3.10 kernel (CentOS 7): no `MemAvailable`.
+const MEMINFO_3_10: &[u8] = b"MemTotal:        4194304 kB\nMemFree:          524288 kB\n\
+Buffers:           65536 kB\nCached:          1048576 kB\nSwapCached:            0 kB\n\
+Active:          2097152 kB\nInactive:         786432 kB\nSlab:             262144 kB\n\
+SReclaimable:     196608 kB\nSUnreclaim:        65536 kB\nCommitLimit:     2097152 kB\n";
+
+/// `/proc/diskstats` line of a 3.10 kernel (14 fields) and of a 4.18 kernel (18: discards).
+fn diskstats_line(fields: usize, read: u64, written: u64) -> String {
+    let mut line = format!(" 253       0 vda 10 0 {read} 5 20 0 {written} 7 0 9 12");
+    if fields == 18 {
+        line.push_str(" 0 0 0 0");
+    }
+    line.push('\n');
+    line
+}
+
+/// A fake tree in the layout of a 3.10 kernel: 14-field diskstats, no `MemAvailable`, no
+/// `/proc/PID/io` (built without task I/O accounting), a 104-byte `tcp_info` (no byte
+/// counters).
+fn kernel_3_10_tree() -> (Fake, Sampler) {
+    let fake = Fake::new();
+    fake.write("proc/meminfo", MEMINFO_3_10);
+    fake.write("proc/diskstats", diskstats_line(14, 0, 0).as_bytes());
+    for (pid, comm) in [(100, "httpd"), (101, "sshd")] {
+        let mut p = FakeProc::new(pid, comm, 100);
+        p.rss_pages = 1024;
+        fake.set_proc(&p);
+        fs::remove_file(fake.proc().join(format!("{pid}/io"))).expect("rm io");
+    }
+    hold_socket(&fake, 100, 3, 7);
+    let mut s = sampler(&fake);
+    s.net = netflow::NetFlow::with_source(Box::new(KernelDump {
+        info_len: 104,
+        socks: vec![(1, 7, 0, 0, 0)],
+    }));
+    (fake, s)
+}
+
+#[test]
+fn kernel_3_10_layout_gives_null_figures_and_one_warning_each() {
+    let log = Captured::default();
+    let (fake, mut s) = kernel_3_10_tree();
+    let ticks = log.run(|| {
+        let mut ticks = Vec::new();
+        for (t, written) in [(1000u64, 0u64), (1010, 20_480), (1020, 40_960)] {
+            fake.set_uptime(t as f64);
+            fake.write("proc/diskstats", diskstats_line(14, 0, written).as_bytes());
+            ticks.push(s.sample_ext(at(t), true).expect("sample"));
+        }
+        ticks
+    });
+    let (sample, ext) = &ticks[2];
+    // Memory: estimated from MemFree + Buffers + Cached + SReclaimable, not 0 and not 100 %.
+    let available = 524_288 + 65_536 + 1_048_576 + 196_608;
+    let want = (4_194_304.0 - f64::from(available)) / 4_194_304.0 * 100.0;
+    assert!(
+        close(sample.vm.mem_pct, want),
+        "{} vs {want}",
+        sample.vm.mem_pct
+    );
+    // Disk (VM): 14-field diskstats read; 20,480 sectors of 512 B in 10 s = 1,024 KiB/s.
+    assert!(
+        close(sample.vm.disk_write_kib_per_sec, 1024.0),
+        "{:?}",
+        sample.vm
+    );
+    // Every process is still reported, with its CPU and memory...
+    assert_eq!(procs(sample).len(), 2, "{:#?}", sample.processes);
+    assert!(live(sample, 100).mem_pct > 0.0);
+    // ...and its disk and network figures null (named unreadable), not 0.
+    assert_eq!(sample.vm.net_attribution, None);
+    assert_eq!(ext.vm.unreadable_procs, Some(2));
+    let mut want_null: Vec<&str> = vmmon_common::wire::ext::DISK_FIELDS.to_vec();
+    want_null.extend(vmmon_common::wire::ext::NET_FIELDS);
+    assert_eq!(ext.processes.len(), 2);
+    for (_, flags) in &ext.processes {
+        assert_eq!(flags.unreadable, want_null);
+    }
+    // One warning per missing feature over three ticks.
+    let text = log.text();
+    for what in [
+        "no MemAvailable",
+        "no /proc/PID/io",
+        "no socket byte counters",
+    ] {
+        assert_eq!(text.matches(what).count(), 1, "{what:?} once in:\n{text}");
+    }
+}
+
+#[test]
+fn kernel_4_18_layout_counts_with_acked_bytes() {
+    // RHEL 8: MemAvailable, 18-field diskstats, /proc/PID/io, a 200-byte tcp_info (bytes
+    // received, but bytes_acked instead of bytes_sent, which came in 4.19).
+    let log = Captured::default();
+    let fake = Fake::new();
+    fake.set_mem(4 * 1024 * 1024, 1024 * 1024);
+    let mut p = FakeProc::new(100, "curl", 100);
+    fake.set_proc(&p);
+    hold_socket(&fake, 100, 3, 7);
+    let mut s = sampler(&fake);
+    let dump = |acked: u64, received: u64| KernelDump {
+        info_len: 200,
+        socks: vec![(1, 7, acked, received, 999_999)],
+    };
+    let ticks = log.run(|| {
+        fake.write("proc/diskstats", diskstats_line(18, 0, 0).as_bytes());
+        s.net = netflow::NetFlow::with_source(Box::new(dump(0, 0)));
+        let first = s.sample_ext(at(1000), true).expect("first");
+        fake.set_uptime(1010.0);
+        fake.write("proc/diskstats", diskstats_line(18, 20_480, 0).as_bytes());
+        (p.io, p.utime) = (Some((1024 * 1024, 0)), 0);
+        fake.set_proc(&p);
+        // The source is replaced by one with grown counters (the followed state stays).
+        s.net
+            .replace_source_for_test(Box::new(dump(102_400, 204_800)));
+        let second = s.sample_ext(at(1010), true).expect("second");
+        vec![first, second]
+    });
+    let (sample, ext) = &ticks[1];
+    assert!(close(sample.vm.mem_pct, 75.0));
+    assert!(
+        close(sample.vm.disk_read_kib_per_sec, 1024.0),
+        "{:?}",
+        sample.vm
+    );
+    let curl = live(sample, 100);
+    assert!(close(curl.disk_read_kib_per_sec, 102.4), "{curl:?}");
+    assert!(close(curl.net_in_kib_per_sec, 20.0), "{curl:?}");
+    assert!(
+        close(curl.net_out_kib_per_sec, 10.0),
+        "sent = acked: {curl:?}"
+    );
+    assert!(
+        ext.processes.is_empty(),
+        "nothing null: {:?}",
+        ext.processes
+    );
+    assert!(sample.vm.net_attribution.is_some());
+    assert!(log.text().is_empty(), "no warning on 4.18: {}", log.text());
 }

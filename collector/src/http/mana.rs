@@ -116,7 +116,7 @@ fn answer<T: Serialize>(a: Answer<T>) -> Response {
 }
 
 /// The session behind `X-Auth-Token`, or 401.
-async fn authenticate(app: &App, headers: &HeaderMap) -> Result<SessionUser, ApiError> {
+pub(crate) async fn authenticate(app: &App, headers: &HeaderMap) -> Result<SessionUser, ApiError> {
     let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, msg);
     let sid = match headers.get(TOKEN_HEADER).map(|v| v.to_str()) {
         None => {

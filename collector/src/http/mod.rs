@@ -20,6 +20,7 @@ pub mod mana;
 pub mod metrics;
 pub mod rating;
 pub mod repr;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -86,11 +87,8 @@ pub fn router(app: Arc<App>) -> HttpService {
         .merge(mana::routes())
         .route(cdn::FLOW_PATH, any(cdn::handle))
         .route(metrics::METRICS_PATH, get(metrics::handle))
-        .route(rating::PREFIX, any(rating::handle))
-        .route(
-            &format!("{}/{{*rest}}", rating::PREFIX),
-            any(rating::handle),
-        )
+        .merge(rating::routes(app.clone()))
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -113,6 +111,8 @@ pub struct Index {
     pub version: &'static str,
     /// The API paths served on this port.
     pub paths: Vec<IndexPath>,
+    /// The CloudKitty versions document (what CloudKitty clients read at `GET /`).
+    pub versions: Vec<rating::VersionDoc>,
 }
 
 /// One entry of [`Index::paths`].
@@ -126,7 +126,12 @@ pub struct IndexPath {
     pub what: &'static str,
 }
 
-async fn index() -> Json<Index> {
+async fn index(State(app): State<Arc<App>>, req: Request) -> Json<Index> {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let origin = rating::root_origin(&app, req.headers(), peer);
     let p = |path, methods, what| IndexPath {
         path,
         methods,
@@ -154,14 +159,26 @@ async fn index() -> Json<Index> {
                 "GET POST PUT DELETE",
                 "CloudKitty-compatible rating API v1",
             ),
+            p(
+                rating::v2::PREFIX,
+                "GET POST PUT PATCH",
+                "CloudKitty-compatible rating API v2",
+            ),
             p(cdn::FLOW_PATH, "POST", "CDN flow query"),
             p(HEALTH_PATH, "GET", "liveness"),
+            p(ui::UI_PATH, "GET", "operator dashboard (browser)"),
+            p(
+                ui::series::SERIES_PATH,
+                "GET",
+                "a VM metric downsampled for charts",
+            ),
             p(
                 metrics::METRICS_PATH,
                 "GET",
                 "Prometheus exposition (admin or metrics_token)",
             ),
         ],
+        versions: rating::VersionDoc::all(&origin),
     })
 }
 

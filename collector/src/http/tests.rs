@@ -9,6 +9,7 @@ mod legacy;
 mod mana;
 mod rating;
 mod rpc;
+mod ui;
 
 use std::sync::Arc;
 

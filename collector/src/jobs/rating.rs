@@ -52,13 +52,16 @@ fn overflow(e: Overflow) -> StoreError {
     StoreError::Corrupt(format!("rating: {e}"))
 }
 
-/// Reads, prices and stores `[begin_ms, end_ms)` on `conn` (call inside one write transaction).
+/// Reads, prices and stores `[begin_ms, end_ms)` on `conn` (call inside one write transaction)
+/// for every active scope (tenant), or only for `only` (a scope's reprocessing, active or not).
+/// Hashmap rules count when their validity period holds `begin_ms`.
 pub fn process_period(
     conn: &Connection,
     metrics: &MetricsConfig,
     begin_ms: i64,
     end_ms: i64,
     now_ms: i64,
+    only: Option<&str>,
 ) -> store::Result<PeriodOutcome> {
     let rows = db::period_samples(conn, begin_ms, end_ms, usage::MAX_WINDOW_MS)?;
     let usages: Vec<InstanceUsage> = rows
@@ -67,11 +70,22 @@ pub fn process_period(
         .collect();
     let states = modules::states(&db::module_rows(conn)?);
     let order = modules::run_order(&states);
-    let rules = db::hashmap_rules(conn)?;
+    let rules = db::hashmap_rules(conn)?.at(begin_ms);
     let mut points = Vec::new();
     let mut totals = Vec::new();
     let mut total = Decimal::ZERO;
-    let frames = frames(metrics, &usages);
+    let mut frames = frames(metrics, &usages);
+    let which = match only {
+        Some(t) => {
+            frames.retain(|tenant, _| tenant == t);
+            db::Replace::Only(t)
+        }
+        None => {
+            let inactive = db::inactive_scopes(conn)?;
+            frames.retain(|tenant, _| !inactive.contains(tenant));
+            db::Replace::Active
+        }
+    };
     let tenants = frames.len();
     for (tenant, mut usage) in frames {
         rate(&order, &rules.compile(Some(&tenant)), &mut usage).map_err(overflow)?;
@@ -104,7 +118,7 @@ pub fn process_period(
             });
         }
     }
-    let removed = db::replace_period(conn, begin_ms, end_ms, &points, &totals, now_ms)?;
+    let removed = db::replace_period(conn, begin_ms, end_ms, which, &points, &totals, now_ms)?;
     Ok(PeriodOutcome {
         begin_ms,
         end_ms,
@@ -129,15 +143,7 @@ pub async fn process_range(
 ) -> Result<Vec<PeriodOutcome>, String> {
     let first = period_start(start_ms, period_ms);
     let now = store::now_ms();
-    if raw_retention_days > 0
-        && first < now - i64::from(raw_retention_days) * DAY_MS + usage::MAX_WINDOW_MS
-    {
-        return Err(format!(
-            "the period starting at {} is older than raw_retention_days ({raw_retention_days}): \
-             its samples may be deleted, and rating it again would erase its stored ratings",
-            iso(first)
-        ));
-    }
+    check_retention(first, now, raw_retention_days)?;
     let mut out = Vec::new();
     for i in 0..i64::from(count) {
         let b = first + i * period_ms;
@@ -150,7 +156,7 @@ pub async fn process_range(
         }
         let m = metrics.clone();
         let outcome = store
-            .write(move |c| process_period(c, &m, b, e, store::now_ms()))
+            .write(move |c| process_period(c, &m, b, e, store::now_ms(), None))
             .await
             .map_err(|e| e.to_string())?;
         out.push(outcome);
@@ -160,6 +166,82 @@ pub async fn process_range(
 
 /// Retry delay when another collector (sharing a PostgreSQL store) is rating.
 const BUSY_SLEEP: Duration = Duration::from_secs(5);
+/// How often a drain of the reprocessing schedules asks again for the rating lock while another
+/// collector sharing the PostgreSQL store holds it.
+const LOCK_RETRY: Duration = Duration::from_millis(250);
+
+/// Refuses to re-rate from `first_ms` when its raw samples may already be deleted (older than
+/// `raw_retention_days`, 0 = kept forever): rating it again would replace its stored ratings
+/// with nothing.
+pub fn check_retention(first_ms: i64, now_ms: i64, raw_retention_days: u32) -> Result<(), String> {
+    if raw_retention_days > 0
+        && first_ms < now_ms - i64::from(raw_retention_days) * DAY_MS + usage::MAX_WINDOW_MS
+    {
+        return Err(format!(
+            "the period starting at {} is older than raw_retention_days ({raw_retention_days}): \
+             its samples may be deleted, and rating it again would erase its stored ratings",
+            iso(first_ms)
+        ));
+    }
+    Ok(())
+}
+
+/// One drainer of reprocessing schedules at a time (a second one waits, then finds what the
+/// first left, so a schedule added while one runs is never missed).
+static DRAINING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs every unfinished reprocessing schedule (`/v2/task/reprocesses`, `/v2/scope` resets) to
+/// its end, oldest first, one period of one scope per write transaction (the scope's stored
+/// ratings of that period are replaced, so re-rating is idempotent); returns how many periods it
+/// re-rated. Progress is stored, so a restart resumes where it stopped.
+pub async fn drain_reprocesses(app: &App) -> store::Result<usize> {
+    let _one = DRAINING.lock().await;
+    // Collectors sharing a PostgreSQL store: one re-rates at a time, and not while another one
+    // rates a period (both replace stored ratings); the lock is always granted on SQLite.
+    let lock = loop {
+        match app.store.try_job_lock(store::locks::Job::Rating).await? {
+            Some(lock) => break lock,
+            None => tokio::time::sleep(LOCK_RETRY).await,
+        }
+    };
+    let res = drain_locked(app).await;
+    lock.release().await;
+    res
+}
+
+async fn drain_locked(app: &App) -> store::Result<usize> {
+    let mut done = 0;
+    loop {
+        let settings = app.settings();
+        let Ok(metrics) = settings.rating.metrics.clone() else {
+            return Ok(done);
+        };
+        let period_ms = (settings.config.rating.period_secs as i64).saturating_mul(1000);
+        drop(settings);
+        let Some(r) = app.store.read(db::next_reprocess).await? else {
+            return Ok(done);
+        };
+        let begin = r.current_ms;
+        let end = begin.saturating_add(period_ms).min(r.end_ms).max(begin + 1);
+        app.store
+            .write(move |c| {
+                process_period(c, &metrics, begin, end, store::now_ms(), Some(&r.scope_id))?;
+                db::advance_reprocess(c, r.id, end)
+            })
+            .await?;
+        done += 1;
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Drains the reprocessing schedules in the background (after a schedule was added).
+pub fn spawn_drain(app: Arc<App>) {
+    tokio::spawn(async move {
+        if let Err(e) = drain_reprocesses(&app).await {
+            tracing::error!(error = %e, "Reprocessing failed; the rating loop retries it.");
+        }
+    });
+}
 
 /// Processes the next due period, if any; returns it, or how long until one is due. Collectors
 /// sharing a PostgreSQL store rate each period once: only the holder of the rating lock works,
@@ -202,7 +284,7 @@ async fn step_locked(
             if db::state(c, db::NEXT_PERIOD)?.unwrap_or(first) != next {
                 return Ok(None);
             }
-            let o = process_period(c, &m, next, next + period_ms, store::now_ms())?;
+            let o = process_period(c, &m, next, next + period_ms, store::now_ms(), None)?;
             db::set_state(c, db::NEXT_PERIOD, next + period_ms)?;
             Ok(Some(o))
         })
@@ -218,6 +300,9 @@ pub fn spawn(app: Arc<App>) {
     tokio::spawn(async move {
         let mut said_off = false;
         loop {
+            if let Err(e) = drain_reprocesses(&app).await {
+                tracing::error!(error = %e, "Reprocessing failed; retrying in a minute.");
+            }
             let settings = app.settings();
             let cfg = &settings.config.rating;
             let metrics = match (&settings.rating.metrics, cfg.process) {

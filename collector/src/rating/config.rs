@@ -40,8 +40,12 @@ pub struct RatingConfig {
     /// (`packaging/rating-metrics.example.toml`) when absent.
     pub metrics_file: Option<PathBuf>,
     /// Addresses (CIDR, e.g. `"10.0.0.5/32"`) of the proxies whose `X-Roles`/`X-Project-Id` are
-    /// trusted with `auth = "trusted_headers"`.
+    /// trusted with `auth = "trusted_headers"`; their `X-Forwarded-Proto`/`X-Forwarded-Host` are
+    /// also honoured in the rating APIs' links and Location headers (any auth mode).
     pub trusted_proxies: Vec<IpNet>,
+    /// Browser origins (`scheme://host[:port]`, or `"*"`) allowed to call `/v1` and `/v2`
+    /// cross-origin (CORS), e.g. a Horizon served from another host; empty (default): none.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for RatingConfig {
@@ -53,6 +57,7 @@ impl Default for RatingConfig {
             auth: RatingAuth::Session,
             metrics_file: None,
             trusted_proxies: Vec::new(),
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -81,6 +86,23 @@ impl RatingConfig {
                  authenticating proxies (anyone else could send X-Roles: admin)"
                     .into(),
             );
+        }
+        for o in &self.cors_allowed_origins {
+            let valid = o == "*"
+                || url::Url::parse(o).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some()
+                        && u.path() == "/"
+                        && !o.ends_with('/')
+                        && u.query().is_none()
+                        && u.username().is_empty()
+                });
+            if !valid {
+                errors.push(format!(
+                    "rating.cors_allowed_origins: {o:?} is not an origin (scheme://host[:port], \
+                     no path) or \"*\""
+                ));
+            }
         }
         if let Err(e) = super::metrics::MetricsConfig::load(self.metrics_file.as_deref()) {
             errors.push(e);

@@ -102,6 +102,35 @@ pub struct Rule {
     pub group_id: Option<String>,
     /// Tenant the rule applies to (None: every tenant).
     pub tenant_id: Option<String>,
+    /// Validity: the rule charges a period only when `start_ms <= period begin` (None: always
+    /// started), epoch ms.
+    pub start_ms: Option<i64>,
+    /// Validity: the rule charges a period only when `period begin < end_ms` (None: never ends).
+    pub end_ms: Option<i64>,
+    /// Optional name (upstream 2025.2; informative).
+    pub name: Option<String>,
+    /// Optional description (informative).
+    pub description: Option<String>,
+}
+
+impl Rule {
+    /// Whether the rule charges a period beginning at `at_ms` (`start <= at < end`).
+    pub fn valid_at(&self, at_ms: i64) -> bool {
+        self.start_ms.is_none_or(|s| s <= at_ms) && self.end_ms.is_none_or(|e| at_ms < e)
+    }
+
+    /// Whether the validity periods of `self` and `other` overlap (unbounded ends overlap all).
+    pub fn overlaps(&self, other: &Rule) -> bool {
+        let (a0, a1) = (
+            self.start_ms.unwrap_or(i64::MIN),
+            self.end_ms.unwrap_or(i64::MAX),
+        );
+        let (b0, b1) = (
+            other.start_ms.unwrap_or(i64::MIN),
+            other.end_ms.unwrap_or(i64::MAX),
+        );
+        a0 < b1 && b0 < a1
+    }
 }
 
 /// Every stored hashmap rule, in creation order.
@@ -187,6 +216,27 @@ fn effective<'a>(all: &'a [Rule], tenant: Option<&str>) -> Vec<&'a Rule> {
 }
 
 impl HashmapRules {
+    /// The rules whose validity period holds a period beginning at `at_ms` (see
+    /// [`Rule::valid_at`]); services and fields are kept.
+    pub fn at(&self, at_ms: i64) -> HashmapRules {
+        HashmapRules {
+            services: self.services.clone(),
+            fields: self.fields.clone(),
+            mappings: self
+                .mappings
+                .iter()
+                .filter(|r| r.valid_at(at_ms))
+                .cloned()
+                .collect(),
+            thresholds: self
+                .thresholds
+                .iter()
+                .filter(|r| r.valid_at(at_ms))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The rules in effect for `tenant` (None: global rules only, as the quote uses).
     pub fn compile(&self, tenant: Option<&str>) -> Compiled {
         let mut services: BTreeMap<String, ServiceRules> = BTreeMap::new();
@@ -467,6 +517,10 @@ mod tests {
                 field_id,
                 group_id: group.map(str::to_string),
                 tenant_id: tenant.map(str::to_string),
+                start_ms: None,
+                end_ms: None,
+                name: None,
+                description: None,
             };
             if threshold {
                 self.rules.thresholds.push(r);

@@ -17,7 +17,7 @@
 use std::path::Path;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::DataPoint;
@@ -113,6 +113,18 @@ pub struct MetricDef {
     pub mutate: Mutate,
     /// For [`Mutate::Map`].
     pub mutate_map: Vec<(Decimal, Decimal)>,
+}
+
+/// One metric as `/v1/info/metrics` writes it: `{"metric_id","metadata","unit"}` (metadata
+/// made unique, in config order).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricInfo<'a> {
+    /// The rated type (alt_name).
+    pub metric_id: &'a str,
+    /// The metadata attributes.
+    pub metadata: Vec<&'a str>,
+    /// Display unit.
+    pub unit: &'a str,
 }
 
 /// A loaded and validated metrics config.
@@ -296,14 +308,18 @@ impl MetricsConfig {
 
 impl MetricDef {
     /// `{"metric_id","metadata","unit"}` for `/v1/info/metrics`.
-    pub fn info(&self) -> Value {
-        let mut seen = Vec::new();
+    pub fn info(&self) -> MetricInfo<'_> {
+        let mut metadata: Vec<&str> = Vec::new();
         for m in &self.metadata {
-            if !seen.contains(m) {
-                seen.push(m.clone());
+            if !metadata.contains(&m.as_str()) {
+                metadata.push(m);
             }
         }
-        json!({"metric_id": self.alt_name, "metadata": seen, "unit": self.unit})
+        MetricInfo {
+            metric_id: &self.alt_name,
+            metadata,
+            unit: &self.unit,
+        }
     }
 
     /// The collected value → the rated quantity: × factor + offset, then mutate.
@@ -409,7 +425,7 @@ mod tests {
         assert!(inst.groupby.contains(&"project_id".to_string()));
         assert_eq!(m.raw["metrics"]["uptime"]["alt_name"], "instance");
         assert_eq!(
-            inst.info(),
+            serde_json::to_value(inst.info()).unwrap(),
             json!({"metric_id": "instance", "metadata": inst.metadata, "unit": "instance"})
         );
     }

@@ -3,6 +3,8 @@
 //! The connection's agent token is checked once at the upgrade (see [`crate::server`]) and the
 //! result travels in the handler, so every method knows which project it may touch.
 
+pub mod budget;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 

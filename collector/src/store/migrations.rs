@@ -339,4 +339,36 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE cdn_sources ADD COLUMN tail_json TEXT;
     "#,
+    // Rating (issue 20): CloudKitty v2 scope states (one row per scope whose state was touched;
+    // scopes themselves are the projects that have instances or ratings), reprocessing schedules,
+    // and hashmap rule validity periods (upstream 2025.2: a rule charges only for periods with
+    // start <= period begin < end; NULL = unbounded).
+    r#"
+    CREATE TABLE rating_scopes (
+        scope_id    TEXT PRIMARY KEY,
+        scope_key   TEXT NOT NULL DEFAULT 'project_id',
+        fetcher     TEXT NOT NULL DEFAULT 'vmmon',
+        collector   TEXT NOT NULL DEFAULT 'vmmon',
+        active      INTEGER NOT NULL DEFAULT 1,
+        toggled_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE rating_reprocesses (
+        id          INTEGER PRIMARY KEY,
+        scope_id    TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        start_ms    INTEGER NOT NULL,
+        end_ms      INTEGER NOT NULL,
+        current_ms  INTEGER NOT NULL,
+        created_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX rating_reprocesses_scope ON rating_reprocesses(scope_id, start_ms);
+    ALTER TABLE hashmap_mappings ADD COLUMN start_ms INTEGER;
+    ALTER TABLE hashmap_mappings ADD COLUMN end_ms INTEGER;
+    ALTER TABLE hashmap_mappings ADD COLUMN name TEXT;
+    ALTER TABLE hashmap_mappings ADD COLUMN description TEXT;
+    ALTER TABLE hashmap_thresholds ADD COLUMN start_ms INTEGER;
+    ALTER TABLE hashmap_thresholds ADD COLUMN end_ms INTEGER;
+    ALTER TABLE hashmap_thresholds ADD COLUMN name TEXT;
+    ALTER TABLE hashmap_thresholds ADD COLUMN description TEXT;
+    "#,
 ];

@@ -18,6 +18,7 @@ pub mod notify;
 mod pg;
 pub mod rating;
 pub mod samples;
+pub mod series;
 pub mod users;
 
 pub use instances::{InstanceRow, RegisterOutcome};

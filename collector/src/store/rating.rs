@@ -321,7 +321,8 @@ pub struct RuleFilter {
 
 fn rule_columns(kind: RuleKind) -> String {
     format!(
-        "{}, {}, map_type, cost, service_id, field_id, group_id, tenant_id",
+        "{}, {}, map_type, cost, service_id, field_id, group_id, tenant_id, start_ms, end_ms, \
+         name, description",
         kind.id_col(),
         kind.key_col()
     )
@@ -345,6 +346,10 @@ fn rule_from(kind: RuleKind, r: &Row<'_>) -> Result<(Rule, String, String)> {
         field_id: r.get(5)?,
         group_id: r.get(6)?,
         tenant_id: r.get(7)?,
+        start_ms: r.get(8)?,
+        end_ms: r.get(9)?,
+        name: r.get(10)?,
+        description: r.get(11)?,
     };
     Ok((rule, key.unwrap_or_default(), cost))
 }
@@ -406,11 +411,15 @@ fn key_text(kind: RuleKind, r: &Rule) -> Option<String> {
     }
 }
 
-/// Another rule with the same key, parent, tenant and group as `r` (a duplicate).
+/// Another rule with the same key, parent, tenant and group as `r` whose validity period
+/// overlaps `r`'s (a duplicate); its id.
 pub fn duplicate_rule(conn: &Connection, kind: RuleKind, r: &Rule) -> Result<Option<String>> {
     let sql = format!(
-        "SELECT {id} FROM {t} WHERE {k} IS NOT DISTINCT FROM ?1 AND service_id IS NOT DISTINCT FROM ?2 AND field_id IS NOT DISTINCT FROM ?3
-         AND tenant_id IS NOT DISTINCT FROM ?4 AND group_id IS NOT DISTINCT FROM ?5 AND {id} <> ?6 LIMIT 1",
+        "SELECT {id} FROM {t} WHERE {k} IS NOT DISTINCT FROM ?1 AND service_id IS NOT DISTINCT FROM ?2
+         AND field_id IS NOT DISTINCT FROM ?3 AND tenant_id IS NOT DISTINCT FROM ?4
+         AND group_id IS NOT DISTINCT FROM ?5 AND {id} <> ?6
+         AND (start_ms IS NULL OR ?8 IS NULL OR start_ms < ?8)
+         AND (end_ms IS NULL OR ?7 IS NULL OR ?7 < end_ms) LIMIT 1",
         id = kind.id_col(),
         t = kind.table(),
         k = kind.key_col()
@@ -423,7 +432,9 @@ pub fn duplicate_rule(conn: &Connection, kind: RuleKind, r: &Rule) -> Result<Opt
             r.field_id,
             r.tenant_id,
             r.group_id,
-            r.id
+            r.id,
+            r.start_ms,
+            r.end_ms
         ],
         |row| row.get(0),
     )
@@ -433,9 +444,11 @@ pub fn duplicate_rule(conn: &Connection, kind: RuleKind, r: &Rule) -> Result<Opt
 /// Inserts or replaces (by id) a rule.
 pub fn save_rule(conn: &Connection, kind: RuleKind, r: &Rule) -> Result<()> {
     let sql = format!(
-        "INSERT INTO {t} ({cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO {t} ({cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT({id}) DO UPDATE SET {k} = excluded.{k}, map_type = excluded.map_type,
-             cost = excluded.cost, group_id = excluded.group_id, tenant_id = excluded.tenant_id",
+             cost = excluded.cost, group_id = excluded.group_id, tenant_id = excluded.tenant_id,
+             start_ms = excluded.start_ms, end_ms = excluded.end_ms, name = excluded.name,
+             description = excluded.description",
         t = kind.table(),
         cols = rule_columns(kind),
         id = kind.id_col(),
@@ -451,7 +464,11 @@ pub fn save_rule(conn: &Connection, kind: RuleKind, r: &Rule) -> Result<()> {
             r.service_id,
             r.field_id,
             r.group_id,
-            r.tenant_id
+            r.tenant_id,
+            r.start_ms,
+            r.end_ms,
+            r.name,
+            r.description
         ],
     )?;
     Ok(())
@@ -623,23 +640,41 @@ pub struct TotalRow {
     pub rate: Decimal,
 }
 
-/// Replaces everything stored for periods overlapping `[begin_ms, end_ms)` with `points` and
-/// `totals` (so rerunning a period never double-counts); returns how many rows were removed.
+/// Which tenants' stored ratings a re-rating of a period replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace<'a> {
+    /// Every tenant except the inactive scopes (whose ratings stay as they are).
+    Active,
+    /// One tenant (a scope's reprocessing).
+    Only(&'a str),
+}
+
+/// Replaces what is stored for periods overlapping `[begin_ms, end_ms)` of the tenants `which`
+/// names with `points` and `totals` (so rerunning a period never double-counts); returns how
+/// many rows were removed.
 pub fn replace_period(
     conn: &Connection,
     begin_ms: i64,
     end_ms: i64,
+    which: Replace<'_>,
     points: &[PointRow],
     totals: &[TotalRow],
     now_ms: i64,
 ) -> Result<usize> {
+    let (cond, tenant) = match which {
+        Replace::Active => (
+            "tenant_id NOT IN (SELECT scope_id FROM rating_scopes WHERE active = 0) AND ?3 IS NULL",
+            None,
+        ),
+        Replace::Only(t) => ("tenant_id = ?3", Some(t)),
+    };
     let removed = conn.execute(
-        "DELETE FROM rated_points WHERE begin_ms < ?2 AND end_ms > ?1",
-        params![begin_ms, end_ms],
+        &format!("DELETE FROM rated_points WHERE begin_ms < ?2 AND end_ms > ?1 AND {cond}"),
+        params![begin_ms, end_ms, tenant],
     )?;
     conn.execute(
-        "DELETE FROM rated_totals WHERE begin_ms < ?2 AND end_ms > ?1",
-        params![begin_ms, end_ms],
+        &format!("DELETE FROM rated_totals WHERE begin_ms < ?2 AND end_ms > ?1 AND {cond}"),
+        params![begin_ms, end_ms, tenant],
     )?;
     let mut ins = conn.prepare_cached(
         "INSERT INTO rated_points (begin_ms, end_ms, tenant_id, res_type, unit, qty, rating,
@@ -754,4 +789,284 @@ pub fn points(conn: &Connection, f: &ReportFilter) -> Result<Vec<PointRow>> {
         },
     )?;
     rows.collect::<Result<Vec<_>>>()
+}
+
+/// Calls `each` with every rated datapoint matching `f` (by period, tenant, type and insertion),
+/// without holding them all in memory; stops at the first error `each` returns.
+pub fn for_each_point(
+    conn: &Connection,
+    f: &ReportFilter,
+    mut each: impl FnMut(PointRow) -> Result<()>,
+) -> Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT begin_ms, end_ms, tenant_id, res_type, unit, qty, rating, descr FROM rated_points
+         WHERE begin_ms >= ?1 AND end_ms <= ?2 AND (?3 IS NULL OR tenant_id = ?3)
+           AND (?4 IS NULL OR res_type = ?4)
+         ORDER BY begin_ms, tenant_id, res_type, id",
+    )?;
+    stmt.for_each(
+        params![f.begin_ms, f.end_ms, f.tenant_id, f.res_type],
+        |r| {
+            each(PointRow {
+                begin_ms: r.get(0)?,
+                end_ms: r.get(1)?,
+                tenant_id: r.get(2)?,
+                res_type: r.get(3)?,
+                unit: r.get(4)?,
+                qty: r.get(5)?,
+                rating: r.get(6)?,
+                desc: r.get(7)?,
+            })
+        },
+    )
+}
+
+/// Adds pushed datapoints (`POST /v2/dataframes`) to what is stored: the points are inserted
+/// and each (period, tenant, type) total grows by their prices (exact decimals). A later
+/// re-rating of the period replaces them, as upstream's reprocessing does.
+pub fn add_points(conn: &Connection, points: &[PointRow], now_ms: i64) -> Result<()> {
+    let mut ins = conn.prepare_cached(
+        "INSERT INTO rated_points (begin_ms, end_ms, tenant_id, res_type, unit, qty, rating,
+             descr, processed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut sums: std::collections::BTreeMap<(i64, String, String), (i64, Decimal)> =
+        std::collections::BTreeMap::new();
+    for p in points {
+        ins.execute(params![
+            p.begin_ms,
+            p.end_ms,
+            p.tenant_id,
+            p.res_type,
+            p.unit,
+            p.qty,
+            p.rating,
+            p.desc,
+            now_ms
+        ])?;
+        let price = dec("pushed price", &p.rating)?;
+        let e = sums
+            .entry((p.begin_ms, p.tenant_id.clone(), p.res_type.clone()))
+            .or_insert((p.end_ms, Decimal::ZERO));
+        e.1 =
+            e.1.checked_add(price)
+                .ok_or_else(|| corrupt("pushed total overflows", &p.rating))?;
+    }
+    for ((begin_ms, tenant_id, res_type), (end_ms, add)) in sums {
+        let old: Option<String> = conn
+            .query_row(
+                "SELECT rate FROM rated_totals WHERE begin_ms = ?1 AND tenant_id = ?2
+                 AND res_type = ?3",
+                params![begin_ms, tenant_id, res_type],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let sum = match old {
+            Some(t) => dec("rated total", &t)?
+                .checked_add(add)
+                .ok_or_else(|| corrupt("pushed total overflows", &t))?,
+            None => add,
+        };
+        conn.execute(
+            "INSERT INTO rated_totals (begin_ms, end_ms, tenant_id, res_type, rate)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(begin_ms, tenant_id, res_type) DO UPDATE SET rate = excluded.rate",
+            params![begin_ms, end_ms, tenant_id, res_type, decimal::to_text(sum)],
+        )?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scopes (CloudKitty v2 scope state) and reprocessing schedules
+
+/// A scope (a project) and its stored state attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeRow {
+    /// The project id.
+    pub scope_id: String,
+    /// Informative (default `project_id`).
+    pub scope_key: String,
+    /// Informative (default `vmmon`).
+    pub fetcher: String,
+    /// Informative (default `vmmon`).
+    pub collector: String,
+    /// Inactive scopes are skipped by the processing loop.
+    pub active: bool,
+    /// When `active` last changed, epoch ms (None: never).
+    pub toggled_ms: Option<i64>,
+}
+
+/// Every scope: the projects with instances or stored ratings, and those with a stored state,
+/// by id.
+pub fn scopes(conn: &Connection) -> Result<Vec<ScopeRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT s.id, COALESCE(r.scope_key, 'project_id'), COALESCE(r.fetcher, 'vmmon'),
+             COALESCE(r.collector, 'vmmon'), COALESCE(r.active, 1), r.toggled_ms
+         FROM (SELECT project AS id FROM instances WHERE project IS NOT NULL AND project <> ''
+               UNION SELECT tenant_id FROM rated_totals
+               UNION SELECT scope_id FROM rating_scopes) s
+         LEFT JOIN rating_scopes r ON r.scope_id = s.id ORDER BY s.id",
+    )?;
+    let rows = stmt.query_map(params![], |r| {
+        Ok(ScopeRow {
+            scope_id: r.get(0)?,
+            scope_key: r.get(1)?,
+            fetcher: r.get(2)?,
+            collector: r.get(3)?,
+            active: r.get(4)?,
+            toggled_ms: r.get(5)?,
+        })
+    })?;
+    rows.collect::<Result<Vec<_>>>()
+}
+
+/// Stores a scope's state attributes.
+pub fn set_scope(conn: &Connection, s: &ScopeRow, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO rating_scopes (scope_id, scope_key, fetcher, collector, active, toggled_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(scope_id) DO UPDATE SET scope_key = excluded.scope_key,
+             fetcher = excluded.fetcher, collector = excluded.collector,
+             active = excluded.active, toggled_ms = excluded.toggled_ms",
+        params![
+            s.scope_id,
+            s.scope_key,
+            s.fetcher,
+            s.collector,
+            s.active,
+            s.toggled_ms.unwrap_or(now_ms)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Ids of the inactive scopes.
+pub fn inactive_scopes(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT scope_id FROM rating_scopes WHERE active = 0")?;
+    let rows = stmt.query_map(params![], |r| r.get(0))?;
+    rows.collect::<Result<Vec<_>>>()
+}
+
+/// A reprocessing schedule: re-rate `[start_ms, end_ms)` of one scope, period by period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReprocessRow {
+    /// Row id (creation order).
+    pub id: i64,
+    /// The scope (project).
+    pub scope_id: String,
+    /// Why (free text, required).
+    pub reason: String,
+    /// First period start, epoch ms.
+    pub start_ms: i64,
+    /// End of the last period, epoch ms.
+    pub end_ms: i64,
+    /// Start of the next period to re-rate; `end_ms` once done.
+    pub current_ms: i64,
+}
+
+const REPROCESS_COLUMNS: &str = "id, scope_id, reason, start_ms, end_ms, current_ms";
+
+fn reprocess_row(r: &Row<'_>) -> Result<ReprocessRow> {
+    Ok(ReprocessRow {
+        id: r.get(0)?,
+        scope_id: r.get(1)?,
+        reason: r.get(2)?,
+        start_ms: r.get(3)?,
+        end_ms: r.get(4)?,
+        current_ms: r.get(5)?,
+    })
+}
+
+/// Schedules a reprocessing; its id.
+pub fn add_reprocess(
+    conn: &Connection,
+    scope_id: &str,
+    reason: &str,
+    start_ms: i64,
+    end_ms: i64,
+    now_ms: i64,
+) -> Result<i64> {
+    conn.query_row(
+        "INSERT INTO rating_reprocesses (scope_id, reason, start_ms, end_ms, current_ms,
+             created_ms) VALUES (?1, ?2, ?3, ?4, ?3, ?5) RETURNING id",
+        params![scope_id, reason, start_ms, end_ms, now_ms],
+        |r| r.get(0),
+    )
+}
+
+/// Schedules of the scopes `scope_ids` (all when empty), by id ascending or descending, paged.
+pub fn reprocesses(
+    conn: &Connection,
+    scope_ids: &[String],
+    descending: bool,
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<ReprocessRow>> {
+    let order = if descending { "DESC" } else { "ASC" };
+    let ids = serde_json::Value::from(scope_ids.to_vec()).to_string();
+    // The scope ids travel as one JSON array parameter, unpacked by each dialect.
+    let elements = if conn.is_pg() {
+        "SELECT jsonb_array_elements_text(CAST(?1 AS jsonb))"
+    } else {
+        "SELECT value FROM json_each(?1)"
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {REPROCESS_COLUMNS} FROM rating_reprocesses
+         WHERE ?1 = '[]' OR scope_id IN ({elements})
+         ORDER BY id {order} LIMIT ?2 OFFSET ?3"
+    ))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![ids, limit, offset], reprocess_row)?;
+    rows.collect::<Result<Vec<_>>>()
+}
+
+/// An unfinished schedule of `scope_id` overlapping `[start_ms, end_ms)`.
+pub fn overlapping_reprocess(
+    conn: &Connection,
+    scope_id: &str,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Option<ReprocessRow>> {
+    conn.query_row(
+        &format!(
+            "SELECT {REPROCESS_COLUMNS} FROM rating_reprocesses WHERE scope_id = ?1
+             AND current_ms < end_ms AND start_ms < ?3 AND ?2 < end_ms ORDER BY id LIMIT 1"
+        ),
+        params![scope_id, start_ms, end_ms],
+        reprocess_row,
+    )
+    .optional()
+}
+
+/// The oldest unfinished schedule.
+pub fn next_reprocess(conn: &Connection) -> Result<Option<ReprocessRow>> {
+    conn.query_row(
+        &format!(
+            "SELECT {REPROCESS_COLUMNS} FROM rating_reprocesses WHERE current_ms < end_ms
+             ORDER BY id LIMIT 1"
+        ),
+        params![],
+        reprocess_row,
+    )
+    .optional()
+}
+
+/// The earliest period start still to re-rate per scope (unfinished schedules only).
+pub fn pending_reprocess_starts(conn: &Connection) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT scope_id, MIN(current_ms) FROM rating_reprocesses WHERE current_ms < end_ms
+         GROUP BY scope_id",
+    )?;
+    let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect::<Result<Vec<_>>>()
+}
+
+/// Records that a schedule re-rated up to `current_ms`.
+pub fn advance_reprocess(conn: &Connection, id: i64, current_ms: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE rating_reprocesses SET current_ms = ?2 WHERE id = ?1",
+        params![id, current_ms],
+    )?;
+    Ok(())
 }

@@ -33,6 +33,9 @@ pub const KEY_NET_INTERFACES_COUNTED: &str = "net_interfaces_counted";
 
 /// Names used in [`ProcessSampleExt::unreadable`] for the disk figures.
 pub const DISK_FIELDS: [&str; 2] = ["disk_read_kib_per_sec", "disk_write_kib_per_sec"];
+/// Names used in [`ProcessSampleExt::unreadable`] for the network figures (no working
+/// `sock_diag`, or a kernel whose `tcp_info` has no byte counters).
+pub const NET_FIELDS: [&str; 2] = ["net_in_kib_per_sec", "net_out_kib_per_sec"];
 
 /// Whole-VM figures beside [`VmSample`](super::VmSample).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]

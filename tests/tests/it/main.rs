@@ -3,6 +3,7 @@
 
 mod cdn;
 mod core_api;
+mod dashboard;
 mod delivery;
 mod failover;
 mod guest_truth;
@@ -11,7 +12,9 @@ mod mana;
 mod netflow;
 mod prometheus;
 mod rating;
+mod rating_client;
 mod service;
 mod shared_store;
+mod static_agent;
 mod tls;
 mod truth;

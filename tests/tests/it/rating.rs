@@ -11,13 +11,13 @@ use serde_json::{Value, json};
 use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 use vmmon_tests::*;
 
-const HOUR_MS: i64 = 3_600_000;
+pub(crate) const HOUR_MS: i64 = 3_600_000;
 const MIN_MS: i64 = 60_000;
 const GIB: u64 = 1 << 30;
 const HM: &str = "/v1/rating/module_config/hashmap";
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) of epoch `ms`.
-fn iso(ms: i64) -> String {
+pub(crate) fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap()
         .format("%Y-%m-%dT%H:%M:%S")
@@ -25,10 +25,10 @@ fn iso(ms: i64) -> String {
 }
 
 /// An HTTP answer: status, Location header, JSON body (Null when empty, a string when not JSON).
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     location: Option<String>,
-    body: Value,
+    pub(crate) body: Value,
 }
 
 fn call(
@@ -70,7 +70,7 @@ fn call(
 }
 
 /// A client acting with one set of headers.
-struct Api<'a> {
+pub(crate) struct Api<'a> {
     c: &'a Collector,
     headers: Vec<(String, String)>,
 }
@@ -82,7 +82,7 @@ impl<'a> Api<'a> {
             headers: vec![("X-Auth-Token".into(), sid.into())],
         }
     }
-    fn with(c: &'a Collector, headers: &[(&str, &str)]) -> Api<'a> {
+    pub(crate) fn with(c: &'a Collector, headers: &[(&str, &str)]) -> Api<'a> {
         Api {
             c,
             headers: headers
@@ -99,16 +99,16 @@ impl<'a> Api<'a> {
             .collect();
         call(self.c, method, path, &h, body.as_ref())
     }
-    fn get(&self, path: &str) -> Answer {
+    pub(crate) fn get(&self, path: &str) -> Answer {
         self.req("GET", path, None)
     }
     /// GET that must answer 200; the body.
-    fn ok(&self, path: &str) -> Value {
+    pub(crate) fn ok(&self, path: &str) -> Value {
         let a = self.get(path);
         assert_eq!(a.status, 200, "GET {path}: {}", a.body);
         a.body
     }
-    fn post(&self, path: &str, body: Value) -> Answer {
+    pub(crate) fn post(&self, path: &str, body: Value) -> Answer {
         self.req("POST", path, Some(body))
     }
     /// POST that must create (201 + Location); the object.
@@ -266,7 +266,7 @@ fn vms() -> Vec<(&'static str, Vm)> {
     ]
 }
 
-fn feed_all(c: &Collector, hour: i64) {
+pub(crate) fn feed_all(c: &Collector, hour: i64) {
     let ta = c.create_token("proj-a", "r1");
     let tb = c.create_token("proj-b", "r2");
     for (project, vm) in vms() {
@@ -275,7 +275,7 @@ fn feed_all(c: &Collector, hour: i64) {
 }
 
 /// The hashmap rules of the test, created through the API; returns (service ids by name).
-fn price_book(api: &Api<'_>) -> Value {
+pub(crate) fn price_book(api: &Api<'_>) -> Value {
     let mut ids = serde_json::Map::new();
     for name in ["instance", "cpu.hours", "network.out", "disk.size"] {
         let s = api.create(&format!("{HM}/services"), json!({"name": name}));
@@ -330,7 +330,7 @@ fn price_book(api: &Api<'_>) -> Value {
     Value::Object(ids)
 }
 
-fn q(path: &str, params: &[(&str, &str)]) -> String {
+pub(crate) fn q(path: &str, params: &[(&str, &str)]) -> String {
     let mut s = path.to_string();
     for (i, (k, v)) in params.iter().enumerate() {
         s.push(if i == 0 { '?' } else { '&' });
@@ -780,4 +780,74 @@ fn auth_modes_trusted_headers_and_noauth() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("noauth") && err.contains("loopback"), "{err}");
+}
+
+/// The Horizon recipe (docs/rating.md "Running under Horizon"): behind a Keystone-validating
+/// proxy, `X-Identity-Status` decides first, 401 texts name the proxy's headers, and links follow
+/// the proxy's `X-Forwarded-*`; a member reads only its project on `/v2`.
+#[test]
+fn keystone_proxy_identity_status_forwarded_links_and_v2_scoping() {
+    let (_d, cfg) = collector_config(
+        "[rating]\nauth = \"trusted_headers\"\ntrusted_proxies = [\"127.0.0.0/8\", \"::1/128\"]\nprocess = false\n",
+    );
+    let c = Collector::start_with(&["--config", cfg.to_str().unwrap()]);
+    let confirmed = [("X-Identity-Status", "Confirmed")];
+    let admin = Api::with(
+        &c,
+        &[confirmed[0], ("X-Roles", "admin"), ("X-Project-Id", "ops")],
+    );
+    let member = Api::with(
+        &c,
+        &[
+            confirmed[0],
+            ("X-Roles", "member"),
+            ("X-Project-Id", "proj-a"),
+        ],
+    );
+    // keystonemiddleware with delay_auth_decision: an invalid token still forwards the request.
+    let invalid = Api::with(
+        &c,
+        &[
+            ("X-Identity-Status", "Invalid"),
+            ("X-Roles", "admin"),
+            ("X-Project-Id", "ops"),
+        ],
+    );
+    let nobody = Api::with(&c, &[]);
+    assert_eq!(admin.get("/v2/rating/modules").status, 200);
+    for (api, path, want) in [
+        (&invalid, "/v2/rating/modules", "X-Identity-Status: Invalid"),
+        (&invalid, "/v1/rating/modules", "X-Identity-Status: Invalid"),
+        (&nobody, "/v2/summary", "sent no identity"),
+        (&nobody, "/v1/report/total", "sent no identity"),
+    ] {
+        let a = api.get(path);
+        assert_eq!(a.status, 401, "{path}: {}", a.body);
+        let text = a.body["message"]
+            .as_str()
+            .or(a.body["faultstring"].as_str())
+            .unwrap();
+        assert!(text.contains(want), "{path}: {text}");
+    }
+    let a = member.get("/v2/scope");
+    assert_eq!(a.status, 403, "{}", a.body);
+    // An unscoped answer for a member: its own project only (nothing rated: no rows).
+    let s = member.ok("/v2/summary?groupby=project_id&filters=project_id:proj-b");
+    assert_eq!(s["total"], 0);
+    // Links from the proxy's X-Forwarded-Proto/Host.
+    let fwd = Api::with(
+        &c,
+        &[
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "rating.example.com"),
+        ],
+    );
+    assert_eq!(
+        fwd.ok("/v2")["links"][0]["href"],
+        "https://rating.example.com/v2"
+    );
+    assert_eq!(
+        fwd.ok("/")["versions"][0]["links"][0]["href"],
+        "https://rating.example.com/v1"
+    );
 }

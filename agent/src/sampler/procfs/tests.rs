@@ -162,11 +162,18 @@ fn meminfo() {
         (m.total_bytes, m.available_bytes),
         (2000 * 1024, 500 * 1024)
     );
-    // Before MemAvailable existed: free + buffers + cached.
-    let old =
-        parse_meminfo(b"MemTotal: 2000 kB\nMemFree: 100 kB\nBuffers: 20 kB\nCached: 300 kB\n")
-            .expect("parses");
-    assert_eq!(old.available_bytes, 420 * 1024);
+    assert!(m.available_reported);
+    // Before MemAvailable existed (Linux < 3.14): free + buffers + cached + reclaimable slab.
+    let old = parse_meminfo(
+        b"MemTotal: 2000 kB\nMemFree: 100 kB\nBuffers: 20 kB\nCached: 300 kB\nSReclaimable: 30 kB\n",
+    )
+    .expect("parses");
+    assert_eq!(old.available_bytes, 450 * 1024);
+    assert!(!old.available_reported);
+    // Never more than MemTotal.
+    let capped =
+        parse_meminfo(b"MemTotal: 100 kB\nMemFree: 90 kB\nCached: 90 kB\n").expect("parses");
+    assert_eq!(capped.available_bytes, 100 * 1024);
     assert_eq!(parse_meminfo(b"MemFree: 1 kB\n"), None);
 }
 

@@ -354,3 +354,28 @@ fn real_kernel_dump_sees_our_connection() {
         .expect("server socket");
     assert_eq!(server_again.cookie, server_sock.cookie);
 }
+
+#[test]
+fn a_kernel_without_byte_counters_fails_the_dump_as_unsupported() {
+    // A 3.10 kernel's 104-byte tcp_info: the whole dump is unmeasurable, not a dump of 0 bytes.
+    let msg = Msg::v4(EXT, PEER, 1, 1, &tcp_info(104, 0, 0, 0)).payload();
+    let mut d = Vec::new();
+    d.extend_from_slice(&((NLMSG_HDRLEN + msg.len()) as u32).to_ne_bytes());
+    d.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    d.extend_from_slice(&NLM_F_DUMP.to_ne_bytes());
+    d.extend_from_slice(&9u32.to_ne_bytes());
+    d.extend_from_slice(&0u32.to_ne_bytes());
+    d.extend_from_slice(&msg);
+    let mut out = Vec::new();
+    let err = parse_datagram(&d, 9, &mut out).expect_err("unsupported");
+    assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+    assert!(err.to_string().contains("Linux 4.1"), "{err}");
+    assert!(out.is_empty());
+    // A 4.1-era tcp_info (136 bytes) parses.
+    let ok = Msg::v4(EXT, PEER, 1, 1, &tcp_info(136, 5, 10, 20)).payload();
+    let mut d2 = d[..NLMSG_HDRLEN].to_vec();
+    d2[0..4].copy_from_slice(&((NLMSG_HDRLEN + ok.len()) as u32).to_ne_bytes());
+    d2.extend_from_slice(&ok);
+    parse_datagram(&d2, 9, &mut out).expect("parses");
+    assert_eq!((out[0].bytes_received, out[0].bytes_sent), (10, 5));
+}

@@ -4,8 +4,10 @@
 //!   admins (`users.is_admin`) pass every policy, a tenant user acts for its own project.
 //! * `trusted_headers`: `X-Roles` (comma-separated; `admin` makes an admin) and `X-Project-Id`
 //!   as an authenticating proxy (Keystone middleware) sets them, honoured only on connections
-//!   from `rating.trusted_proxies`; anyone else is refused (401). A proxied request with
-//!   neither header is anonymous.
+//!   from `rating.trusted_proxies`; anyone else is refused (401). `X-Identity-Status` (set by
+//!   keystonemiddleware's auth_token, also with `delay_auth_decision`) is honoured: anything but
+//!   `Confirmed` is a 401, whatever the other headers say. A proxied request with no identity
+//!   is refused with a 401 that names the proxy's headers (not vmmon's session login).
 //! * `noauth`: every check passes and the caller has no project (upstream's noauth).
 
 use std::net::IpAddr;
@@ -22,6 +24,8 @@ pub const TOKEN_HEADER: &str = "x-auth-token";
 pub const ROLES_HEADER: &str = "x-roles";
 /// Project set by a trusted proxy.
 pub const PROJECT_HEADER: &str = "x-project-id";
+/// keystonemiddleware's verdict on the token: `Confirmed` or `Invalid`.
+pub const IDENTITY_STATUS_HEADER: &str = "x-identity-status";
 /// Longest accepted token or header value.
 const MAX_HEADER_LEN: usize = 256;
 
@@ -129,10 +133,24 @@ pub async fn identify(
                     "identity headers are only accepted from the configured trusted proxies".into(),
                 ));
             }
+            let status =
+                header(headers, IDENTITY_STATUS_HEADER).map_err(|e| Fault::unauthorized(&e))?;
+            if let Some(s) = status
+                && !s.eq_ignore_ascii_case("confirmed")
+            {
+                return Ok(Caller::Invalid(format!(
+                    "The request you have made requires authentication: the authenticating proxy \
+                     reports X-Identity-Status: {s} (send a valid Keystone token)"
+                )));
+            }
             let roles = header(headers, ROLES_HEADER).map_err(|e| Fault::unauthorized(&e))?;
             let project = header(headers, PROJECT_HEADER).map_err(|e| Fault::unauthorized(&e))?;
             if roles.is_none() && project.is_none() {
-                return Ok(Caller::Anonymous);
+                return Ok(Caller::Invalid(
+                    "The request you have made requires authentication: the authenticating proxy \
+                     sent no identity (X-Roles / X-Project-Id; send a Keystone token)"
+                        .into(),
+                ));
             }
             let admin = roles
                 .unwrap_or("")

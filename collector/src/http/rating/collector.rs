@@ -3,7 +3,8 @@
 //! 2018, change nothing in how usage is collected. All admin.
 
 use axum::http::Method;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::{Ctx, Fault, Outcome, Reply};
 use crate::store;
@@ -23,8 +24,28 @@ fn name(what: &str, v: Option<String>) -> Result<String, Fault> {
     Ok(v)
 }
 
-fn mapping(service: &str, collector: &str) -> Value {
-    json!({"service": service, "collector": collector})
+/// `{"service","collector"}`.
+#[derive(Debug, Serialize)]
+struct MappingBody<'a> {
+    service: &'a str,
+    collector: &'a str,
+}
+
+fn mapping<'a>(service: &'a str, collector: &'a str) -> MappingBody<'a> {
+    MappingBody { service, collector }
+}
+
+/// `{"mappings":[…]}`.
+#[derive(Debug, Serialize)]
+struct MappingList<'a> {
+    mappings: Vec<MappingBody<'a>>,
+}
+
+/// `{"name","enabled"}`.
+#[derive(Debug, Serialize)]
+struct StateBody<'a> {
+    name: &'a str,
+    enabled: bool,
 }
 
 /// Routes `/v1/collector/<rest>`.
@@ -51,8 +72,8 @@ async fn mappings(ctx: &Ctx<'_>, path: &[&str]) -> Outcome {
                 .read(move |c| store::rating::collector_mappings(c, filter.as_deref()))
                 .await
                 .map_err(Fault::store)?;
-            let list: Vec<Value> = rows.iter().map(|(s, c)| mapping(s, c)).collect();
-            Ok(Reply::Ok(json!({"mappings": list})))
+            let mappings = rows.iter().map(|(s, c)| mapping(s, c)).collect();
+            Reply::ok(&MappingList { mappings })
         }
         (&Method::GET, 1) => {
             ctx.caller.require_admin("collector:get_mapping")?;
@@ -63,7 +84,7 @@ async fn mappings(ctx: &Ctx<'_>, path: &[&str]) -> Outcome {
                 .await
                 .map_err(Fault::store)?
             {
-                Some(collector) => Ok(Reply::Ok(mapping(&service, &collector))),
+                Some(collector) => Reply::ok(&mapping(&service, &collector)),
                 None => Err(Fault::not_found(format!(
                     "No mapping for service: {service}"
                 ))),
@@ -78,7 +99,7 @@ async fn mappings(ctx: &Ctx<'_>, path: &[&str]) -> Outcome {
                 .write(move |conn| store::rating::set_collector_mapping(conn, &s, &c))
                 .await
                 .map_err(Fault::store)?;
-            Ok(Reply::Ok(mapping(&service, &collector)))
+            Reply::ok(&mapping(&service, &collector))
         }
         (&Method::DELETE, 0 | 1) => {
             ctx.caller.require_admin("collector:manage_mapping")?;
@@ -113,7 +134,7 @@ async fn state(ctx: &Ctx<'_>, path_name: Option<String>) -> Outcome {
                 .await
                 .map_err(Fault::store)?
                 .unwrap_or(false);
-            Ok(Reply::Ok(json!({"name": n, "enabled": enabled})))
+            Reply::ok(&StateBody { name: &n, enabled })
         }
         Method::PUT => {
             ctx.caller.require_admin("collector:update_state")?;
@@ -140,7 +161,7 @@ async fn state(ctx: &Ctx<'_>, path_name: Option<String>) -> Outcome {
                 .write(move |c| store::rating::set_collector_state(c, &key, enabled))
                 .await
                 .map_err(Fault::store)?;
-            Ok(Reply::Ok(json!({"name": n, "enabled": enabled})))
+            Reply::ok(&StateBody { name: &n, enabled })
         }
         _ => Ok(Reply::BadMethod),
     }

@@ -6,22 +6,33 @@
 //! `Service compute already exists (UUID: …)`, 404 `No such mapping: …`.
 //!
 //! Decisions: an update (PUT) changes only the attributes it carries (upstream's client sends the
-//! whole object back, which works the same); the newer rule attributes (`name`, `description`,
-//! `start`, `end`, audit fields) and `?force=true` are accepted and ignored; a duplicate is the
-//! same key (value or level), parent, tenant and group.
+//! whole object back, which works the same); a duplicate is the same key (value or level),
+//! parent, tenant and group with an overlapping validity period.
+//!
+//! Validity periods (upstream 2025.2): a rule may carry `start` and `end` (naive UTC ISO
+//! datetimes) and then charges only periods with `start <= period begin < end`. A `start` in the
+//! past is refused unless `?force=true`; `end` before `start` is refused. Once a rule with a
+//! `start` has started, only its `end` may change (and only while it has none, to a time not in
+//! the past), as upstream. Rules without `start` (vmmon's rules from before validity periods)
+//! charge every period and stay freely editable. `name` and `description` are stored and shown;
+//! the audit attributes (`created_at`, `created_by`, ...) are accepted and ignored. `start`,
+//! `end`, `name` and `description` are written only when set.
 
 use axum::http::Method;
 use rust_decimal::Decimal;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::{Ctx, Fault, Outcome, Reply};
 use crate::rating::decimal;
 use crate::rating::hashmap::{Field, Group, MapType, Rule, Service};
+use crate::rating::period::iso;
 use crate::store::{self, rating::RuleFilter, rating::RuleKind};
 
 /// Longest service, field, group or tenant name and mapping value.
 const MAX_NAME: usize = 255;
-/// Attributes of newer releases accepted on rules and ignored.
+/// Attributes of newer releases accepted on rules: the validity period and labels (used), then
+/// the audit attributes (ignored).
 const IGNORED_RULE_ATTRS: &[&str] = &[
     "name",
     "description",
@@ -86,38 +97,137 @@ fn name_in(body: &Map<String, Value>) -> Result<String, Fault> {
     }
 }
 
-fn service_json(s: &Service) -> Value {
-    json!({"service_id": s.service_id, "name": s.name})
+/// `{"service_id","name"}`.
+#[derive(Debug, Serialize)]
+struct ServiceBody<'a> {
+    service_id: &'a str,
+    name: &'a str,
 }
 
-fn field_json(f: &Field) -> Value {
-    json!({"field_id": f.field_id, "name": f.name, "service_id": f.service_id})
-}
-
-fn group_json(g: &Group) -> Value {
-    json!({"group_id": g.group_id, "name": g.name})
-}
-
-fn rule_json(kind: RuleKind, r: &Rule) -> Value {
-    let mut m = Map::new();
-    match kind {
-        RuleKind::Mapping => {
-            m.insert("mapping_id".into(), json!(r.id));
-            m.insert("value".into(), json!(r.value));
-        }
-        RuleKind::Threshold => {
-            m.insert("threshold_id".into(), json!(r.id));
-            m.insert("level".into(), json!(r.level.map(decimal::to_text)));
-        }
+fn service_json(s: &Service) -> ServiceBody<'_> {
+    ServiceBody {
+        service_id: &s.service_id,
+        name: &s.name,
     }
-    m.insert("type".into(), json!(r.map_type.as_str()));
-    m.insert("cost".into(), json!(decimal::to_text(r.cost)));
-    m.insert("service_id".into(), json!(r.service_id));
-    m.insert("field_id".into(), json!(r.field_id));
-    m.insert("group_id".into(), json!(r.group_id));
-    m.insert("tenant_id".into(), json!(r.tenant_id));
-    Value::Object(m)
 }
+
+/// `{"field_id","name","service_id"}`.
+#[derive(Debug, Serialize)]
+struct FieldBody<'a> {
+    field_id: &'a str,
+    name: &'a str,
+    service_id: &'a str,
+}
+
+fn field_json(f: &Field) -> FieldBody<'_> {
+    FieldBody {
+        field_id: &f.field_id,
+        name: &f.name,
+        service_id: &f.service_id,
+    }
+}
+
+/// `{"group_id","name"}`.
+#[derive(Debug, Serialize)]
+struct GroupBody<'a> {
+    group_id: &'a str,
+    name: &'a str,
+}
+
+fn group_json(g: &Group) -> GroupBody<'_> {
+    GroupBody {
+        group_id: &g.group_id,
+        name: &g.name,
+    }
+}
+
+/// The attributes mappings and thresholds share, after their id and key. Decimals are strings;
+/// the validity period and labels are written only when set.
+#[derive(Debug, Serialize)]
+struct RuleCommon<'a> {
+    #[serde(rename = "type")]
+    map_type: &'static str,
+    cost: String,
+    service_id: Option<&'a str>,
+    field_id: Option<&'a str>,
+    group_id: Option<&'a str>,
+    tenant_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+}
+
+/// A mapping: `{"mapping_id","value",<common>}`.
+#[derive(Debug, Serialize)]
+struct MappingBody<'a> {
+    mapping_id: &'a str,
+    value: Option<&'a str>,
+    #[serde(flatten)]
+    common: RuleCommon<'a>,
+}
+
+/// A threshold: `{"threshold_id","level",<common>}`.
+#[derive(Debug, Serialize)]
+struct ThresholdBody<'a> {
+    threshold_id: &'a str,
+    level: Option<String>,
+    #[serde(flatten)]
+    common: RuleCommon<'a>,
+}
+
+/// A mapping or a threshold, as the API writes it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum RuleBody<'a> {
+    Mapping(MappingBody<'a>),
+    Threshold(ThresholdBody<'a>),
+}
+
+fn rule_json(kind: RuleKind, r: &Rule) -> RuleBody<'_> {
+    let common = RuleCommon {
+        map_type: r.map_type.as_str(),
+        cost: decimal::to_text(r.cost),
+        service_id: r.service_id.as_deref(),
+        field_id: r.field_id.as_deref(),
+        group_id: r.group_id.as_deref(),
+        tenant_id: r.tenant_id.as_deref(),
+        start: r.start_ms.map(iso),
+        end: r.end_ms.map(iso),
+        name: r.name.as_deref(),
+        description: r.description.as_deref(),
+    };
+    match kind {
+        RuleKind::Mapping => RuleBody::Mapping(MappingBody {
+            mapping_id: &r.id,
+            value: r.value.as_deref(),
+            common,
+        }),
+        RuleKind::Threshold => RuleBody::Threshold(ThresholdBody {
+            threshold_id: &r.id,
+            level: r.level.map(decimal::to_text),
+            common,
+        }),
+    }
+}
+
+/// A wrapped collection: `{"services":[…]}` and so on.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Wrapped<'a> {
+    Services(Vec<ServiceBody<'a>>),
+    Fields(Vec<FieldBody<'a>>),
+    Groups(Vec<GroupBody<'a>>),
+    Mappings(Vec<RuleBody<'a>>),
+    Thresholds(Vec<RuleBody<'a>>),
+}
+
+/// `GET /types`.
+const TYPES: [&str; 2] = ["flat", "rate"];
 
 fn no_service(id: &str) -> Fault {
     Fault::not_found(format!("No such service: None (UUID: {id})"))
@@ -164,7 +274,7 @@ pub async fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
     use RuleKind::{Mapping, Threshold};
     match rest {
         ["types"] => match ctx.method {
-            Method::GET => Ok(Reply::Ok(json!(["flat", "rate"]))),
+            Method::GET => Reply::ok(&TYPES),
             _ => Ok(Reply::BadMethod),
         },
         ["services"] => services(ctx, None).await,
@@ -202,13 +312,12 @@ async fn services(ctx: &Ctx<'_>, path_id: Option<&str>) -> Outcome {
     match (&ctx.method, path_id, id) {
         (&Method::GET, None, _) => {
             let list = read(ctx, store::rating::services).await?;
-            let list: Vec<Value> = list.iter().map(service_json).collect();
-            Ok(Reply::Ok(json!({"services": list})))
+            Reply::ok(&Wrapped::Services(list.iter().map(service_json).collect()))
         }
         (&Method::GET, Some(_), Some(id)) => {
             let lookup = id.clone();
             match read(ctx, move |c| store::rating::service(c, &lookup)).await? {
-                Some(s) => Ok(Reply::Ok(service_json(&s))),
+                Some(s) => Reply::ok(&service_json(&s)),
                 None => Err(no_service(&id)),
             }
         }
@@ -230,10 +339,10 @@ async fn services(ctx: &Ctx<'_>, path_id: Option<&str>) -> Outcome {
                 Ok(Ok(s))
             })
             .await?;
-            Ok(Reply::Created(
-                service_json(&created),
+            Reply::created(
+                &service_json(&created),
                 ctx.location_of(&created.service_id),
-            ))
+            )
         }
         (&Method::DELETE, _, Some(id)) => {
             let del = id.clone();
@@ -269,13 +378,12 @@ async fn fields(ctx: &Ctx<'_>, rest: &[&str], parent: Option<String>) -> Outcome
                     .ok_or_else(|| Fault::bad("Missing argument: \"service_id\""))?,
             };
             let list = read(ctx, move |c| store::rating::fields(c, Some(&service_id))).await?;
-            let list: Vec<Value> = list.iter().map(field_json).collect();
-            Ok(Reply::Ok(json!({"fields": list})))
+            Reply::ok(&Wrapped::Fields(list.iter().map(field_json).collect()))
         }
         (&Method::GET, Some(_), Some(id)) => {
             let lookup = id.clone();
             match read(ctx, move |c| store::rating::field(c, &lookup)).await? {
-                Some(f) => Ok(Reply::Ok(field_json(&f))),
+                Some(f) => Reply::ok(&field_json(&f)),
                 None => Err(no_field(&id)),
             }
         }
@@ -306,10 +414,7 @@ async fn fields(ctx: &Ctx<'_>, rest: &[&str], parent: Option<String>) -> Outcome
                 Ok(Ok(f))
             })
             .await?;
-            Ok(Reply::Created(
-                field_json(&created),
-                ctx.location_of(&created.field_id),
-            ))
+            Reply::created(&field_json(&created), ctx.location_of(&created.field_id))
         }
         (&Method::DELETE, _, Some(id)) => {
             let del = id.clone();
@@ -335,13 +440,12 @@ async fn groups(ctx: &Ctx<'_>, path_id: Option<&str>) -> Outcome {
     match (&ctx.method, path_id, id) {
         (&Method::GET, None, _) => {
             let list = read(ctx, store::rating::groups).await?;
-            let list: Vec<Value> = list.iter().map(group_json).collect();
-            Ok(Reply::Ok(json!({"groups": list})))
+            Reply::ok(&Wrapped::Groups(list.iter().map(group_json).collect()))
         }
         (&Method::GET, Some(_), Some(id)) => {
             let lookup = id.clone();
             match read(ctx, move |c| store::rating::group(c, &lookup)).await? {
-                Some(g) => Ok(Reply::Ok(group_json(&g))),
+                Some(g) => Reply::ok(&group_json(&g)),
                 None => Err(no_group(&id)),
             }
         }
@@ -363,10 +467,7 @@ async fn groups(ctx: &Ctx<'_>, path_id: Option<&str>) -> Outcome {
                 Ok(Ok(g))
             })
             .await?;
-            Ok(Reply::Created(
-                group_json(&created),
-                ctx.location_of(&created.group_id),
-            ))
+            Reply::created(&group_json(&created), ctx.location_of(&created.group_id))
         }
         (&Method::DELETE, _, Some(id)) => {
             let recursive = ctx.bool_arg("recursive", false)?;
@@ -397,17 +498,17 @@ async fn group_rules(ctx: &Ctx<'_>, kind: RuleKind) -> Outcome {
         ..RuleFilter::default()
     };
     let list = read(ctx, move |c| store::rating::rules(c, kind, &filter)).await?;
-    Ok(Reply::Ok(collection(kind, &list)))
+    Reply::ok(&collection(kind, &list))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Mappings and thresholds
 
-fn collection(kind: RuleKind, list: &[Rule]) -> Value {
-    let items: Vec<Value> = list.iter().map(|r| rule_json(kind, r)).collect();
+fn collection(kind: RuleKind, list: &[Rule]) -> Wrapped<'_> {
+    let items = list.iter().map(|r| rule_json(kind, r)).collect();
     match kind {
-        RuleKind::Mapping => json!({"mappings": items}),
-        RuleKind::Threshold => json!({"thresholds": items}),
+        RuleKind::Mapping => Wrapped::Mappings(items),
+        RuleKind::Threshold => Wrapped::Thresholds(items),
     }
 }
 
@@ -442,7 +543,7 @@ async fn rules(ctx: &Ctx<'_>, kind: RuleKind, rest: &[&str], parent: Option<Stri
             RuleKind::Threshold => "Threshold",
         };
         return match group {
-            Some(g) => Ok(Reply::Ok(group_json(&g))),
+            Some(g) => Reply::ok(&group_json(&g)),
             None => Err(Fault::not_found(format!(
                 "{what} has no group (UUID: {id})"
             ))),
@@ -458,7 +559,7 @@ async fn rules(ctx: &Ctx<'_>, kind: RuleKind, rest: &[&str], parent: Option<Stri
         (&Method::GET, Some(_), Some(id)) => {
             let lookup = id.clone();
             match read(ctx, move |c| store::rating::rule(c, kind, &lookup)).await? {
-                Some(r) => Ok(Reply::Ok(rule_json(kind, &r))),
+                Some(r) => Reply::ok(&rule_json(kind, &r)),
                 None => Err(no_rule(kind, &id)),
             }
         }
@@ -509,7 +610,7 @@ async fn list_rules(ctx: &Ctx<'_>, kind: RuleKind, parent: Option<String>) -> Ou
         tenant,
     };
     let list = read(ctx, move |c| store::rating::rules(c, kind, &filter)).await?;
-    Ok(Reply::Ok(collection(kind, &list)))
+    Reply::ok(&collection(kind, &list))
 }
 
 fn allowed_attrs(kind: RuleKind) -> Vec<&'static str> {
@@ -593,6 +694,80 @@ fn apply_body(kind: RuleKind, r: &mut Rule, body: &Map<String, Value>) -> Result
     }
     if let Some(v) = body.get("tenant_id") {
         r.tenant_id = text("tenant_id", v)?.filter(|s| !s.is_empty());
+    }
+    if let Some(v) = body.get("start") {
+        r.start_ms = time_attr("start", v)?;
+    }
+    if let Some(v) = body.get("end") {
+        r.end_ms = time_attr("end", v)?;
+    }
+    if let Some(v) = body.get("name") {
+        r.name = text("name", v)?.filter(|s| !s.is_empty());
+    }
+    if let Some(v) = body.get("description") {
+        r.description = text("description", v)?.filter(|s| !s.is_empty());
+    }
+    Ok(())
+}
+
+/// A datetime attribute (ISO-8601; naive is UTC) as epoch ms; null is None.
+fn time_attr(attr: &str, v: &Value) -> Result<Option<i64>, Fault> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => super::parse_datetime(s).map(Some).ok_or_else(|| {
+            Fault::invalid(attr, s, "Value should be an ISO-8601 date or datetime.")
+        }),
+        other => Err(Fault::invalid(
+            attr,
+            &decimal::python_str(other),
+            "Value should be an ISO-8601 date or datetime.",
+        )),
+    }
+}
+
+/// `end` not before `start` (upstream's words).
+fn check_period(r: &Rule) -> Result<(), Fault> {
+    if let (Some(s), Some(e)) = (r.start_ms, r.end_ms)
+        && e < s
+    {
+        return Err(Fault::bad(format!(
+            "Cannot create a rule with start after end. start=[{}] end=[{}].",
+            iso(s),
+            iso(e)
+        )));
+    }
+    Ok(())
+}
+
+/// What an update of `current` into `new` may change at `now_ms`: once a rule with a `start`
+/// has started, only an `end` it does not have yet, not in the past (upstream 2025.2).
+fn check_update(current: &Rule, new: &Rule, now_ms: i64) -> Result<(), Fault> {
+    let Some(start) = current.start_ms.filter(|s| *s <= now_ms) else {
+        return check_period(new);
+    };
+    if current.end_ms.is_some() {
+        return Err(Fault::bad(
+            "Cannot update a rule that was already processed and has a defined end date.",
+        ));
+    }
+    let mut only_end = current.clone();
+    only_end.end_ms = new.end_ms;
+    if *new != only_end {
+        return Err(Fault::bad(format!(
+            "You are allowed to update only the attribute [end] as this rule is already running \
+             as it started on [{}]",
+            iso(start)
+        )));
+    }
+    if let Some(e) = new.end_ms
+        && e < now_ms
+    {
+        return Err(Fault::bad(format!(
+            "End date must be in the future. end=[{}] current time=[{}]",
+            iso(e),
+            iso(now_ms)
+        )));
     }
     Ok(())
 }
@@ -695,15 +870,28 @@ async fn create_rule(ctx: &Ctx<'_>, kind: RuleKind, parent: Option<String>) -> O
         field_id: id_from("field_id")?,
         group_id: None,
         tenant_id: None,
+        start_ms: None,
+        end_ms: None,
+        name: None,
+        description: None,
     };
     apply_body(kind, &mut rule, &body)?;
     check_shape(kind, &rule)?;
+    let now = store::now_ms();
+    if let Some(start) = rule.start_ms
+        && start < now
+        && !ctx.bool_arg("force", false)?
+    {
+        return Err(Fault::bad(format!(
+            "Cannot create a rule with start in the past. start=[{}] current time=[{}].",
+            iso(start),
+            iso(now)
+        )));
+    }
+    check_period(&rule)?;
     let saved = rule.clone();
     write(ctx, move |c| check_and_save(c, kind, &saved)).await?;
-    Ok(Reply::Created(
-        rule_json(kind, &rule),
-        ctx.location_of(&rule.id),
-    ))
+    Reply::created(&rule_json(kind, &rule), ctx.location_of(&rule.id))
 }
 
 async fn update_rule(ctx: &Ctx<'_>, kind: RuleKind, id: String) -> Outcome {
@@ -719,8 +907,10 @@ async fn update_rule(ctx: &Ctx<'_>, kind: RuleKind, id: String) -> Outcome {
         return Err(no_rule(kind, &id));
     };
     // The parent never changes (upstream ignores service_id/field_id on update).
+    let current = rule.clone();
     apply_body(kind, &mut rule, &body)?;
     check_shape(kind, &rule)?;
+    check_update(&current, &rule, store::now_ms())?;
     write(ctx, move |c| {
         if store::rating::rule(c, kind, &rule.id)?.is_none() {
             return Ok(Err(no_rule(kind, &rule.id)));

@@ -2,7 +2,16 @@
 //! the same data, each under its plural and singular spelling.
 
 use axum::http::Method;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Map;
+
+use crate::rating::metrics::MetricInfo;
+
+/// `{"metrics":[…]}`.
+#[derive(Debug, Serialize)]
+struct MetricList<'a> {
+    metrics: Vec<MetricInfo<'a>>,
+}
 
 use super::{Ctx, Fault, Outcome, Reply};
 
@@ -23,7 +32,7 @@ pub fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
     let settings = ctx.app.settings();
     let metrics = match &settings.rating.metrics {
         Ok(m) => m,
-        Err(_) if rest == ["config"] => return Ok(Reply::Ok(json!({}))),
+        Err(_) if rest == ["config"] => return Reply::ok(&Map::new()),
         Err(_) => {
             return Err(Fault {
                 status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -32,13 +41,13 @@ pub fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
         }
     };
     match rest {
-        ["config"] => Ok(Reply::Ok(metrics.raw.clone())),
+        ["config"] => Reply::ok(&metrics.raw.clone()),
         [_] => {
-            let list: Vec<Value> = metrics.metrics.iter().map(|m| m.info()).collect();
-            Ok(Reply::Ok(json!({"metrics": list})))
+            let metrics = metrics.metrics.iter().map(|m| m.info()).collect();
+            Reply::ok(&MetricList { metrics })
         }
         [_, id] => match metrics.find(id) {
-            Some(m) => Ok(Reply::Ok(m.info())),
+            Some(m) => Reply::ok(&m.info()),
             None => Err(Fault::not_found(*id)),
         },
         _ => Ok(Reply::NoRoute),

@@ -12,6 +12,7 @@ mod hashmap;
 mod info;
 mod modules;
 mod report;
+pub mod v2;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{BodyError, read_body};
 use crate::app::App;
@@ -118,13 +119,30 @@ impl IntoResponse for Fault {
     }
 }
 
+/// A JSON answer body, serialized from a typed record (the wire shape is the record's).
+#[derive(Debug)]
+pub struct JsonBody(Box<serde_json::value::RawValue>);
+
+impl JsonBody {
+    /// Serializes `v`. Only a map with non-string keys can fail, which no record here has; it
+    /// would answer 500.
+    pub fn of<T: Serialize + ?Sized>(v: &T) -> Result<JsonBody, Fault> {
+        serde_json::value::to_raw_value(v)
+            .map(JsonBody)
+            .map_err(|e| {
+                tracing::error!(error = %e, "Rating API answer cannot be serialized.");
+                Fault::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            })
+    }
+}
+
 /// A successful (or plain-404) answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Reply {
     /// 200 with a JSON body.
-    Ok(Value),
+    Ok(JsonBody),
     /// 201 with the created object and `Location: <collection url>/<id>`.
-    Created(Value, String),
+    Created(JsonBody, String),
     /// 204, empty.
     NoContent,
     /// 302 to `Location` (upstream's answer to an update), empty.
@@ -136,6 +154,29 @@ pub enum Reply {
 }
 
 type Outcome = Result<Reply, Fault>;
+
+impl Reply {
+    /// 200 with `v` as the body.
+    pub fn ok<T: Serialize + ?Sized>(v: &T) -> Outcome {
+        Ok(Reply::Ok(JsonBody::of(v)?))
+    }
+    /// 201 with `v` as the body and `Location: location`.
+    pub fn created<T: Serialize + ?Sized>(v: &T, location: String) -> Outcome {
+        Ok(Reply::Created(JsonBody::of(v)?, location))
+    }
+}
+
+fn json_response(status: StatusCode, body: JsonBody) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.0.get().to_string(),
+    )
+        .into_response()
+}
 
 fn empty(status: StatusCode) -> Response {
     (status, Body::empty()).into_response()
@@ -163,10 +204,8 @@ fn with_location(mut r: Response, location: &str) -> Response {
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         match self {
-            Reply::Ok(v) => Json(v).into_response(),
-            Reply::Created(v, loc) => {
-                with_location((StatusCode::CREATED, Json(v)).into_response(), &loc)
-            }
+            Reply::Ok(b) => json_response(StatusCode::OK, b),
+            Reply::Created(b, loc) => with_location(json_response(StatusCode::CREATED, b), &loc),
             Reply::NoContent => empty(StatusCode::NO_CONTENT),
             Reply::Found(loc) => with_location(empty(StatusCode::FOUND), &loc),
             Reply::NoRoute => plain(
@@ -303,7 +342,13 @@ pub fn parse_datetime(v: &str) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Some(t.timestamp_millis());
     }
-    for f in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        // ISO-8601 basic format (upstream's tests push `20190723T122810Z`).
+        "%Y%m%dT%H%M%S%#z",
+        "%Y%m%dT%H%M%S%z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(v, f) {
             return Some(t.timestamp_millis());
         }
@@ -324,27 +369,196 @@ pub fn parse_datetime(v: &str) -> Option<i64> {
         .map(|t| Utc.from_utc_datetime(&t).timestamp_millis())
 }
 
-/// `scheme://host[:port]` for absolute links and Location headers: the configured `public_url`,
-/// else the request's `Host` when it is a plain host name or address with an optional port
-/// (anything else, e.g. a Host holding a path or quotes, gives relative links instead of
-/// reflecting it).
-fn origin(app: &App, headers: &axum::http::HeaderMap) -> String {
-    if let Some(url) = &app.settings().config.public_url {
+/// Whether `h` is a plain host name or address with an optional port (anything else, e.g. a
+/// value holding a path or quotes, is never reflected into links).
+fn plain_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.parse::<axum::http::uri::Authority>()
+            .is_ok_and(|a| a.as_str() == h)
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
+/// `scheme://host[:port]` for absolute links and Location headers: the configured `public_url`;
+/// else, on a connection from one of `rating.trusted_proxies`, the proxy's `X-Forwarded-Proto`
+/// (`http` or `https`) and `X-Forwarded-Host` (the first of a list) over the request's own;
+/// else the request's `Host` over `http`. A host that is not a plain host name or address with
+/// an optional port gives relative links instead of being reflected.
+fn origin_for(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> String {
+    let settings = app.settings();
+    if let Some(url) = &settings.config.public_url {
         return url.as_str().trim_end_matches('/').to_string();
     }
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.parse::<axum::http::uri::Authority>()
-                    .is_ok_and(|a| a.as_str() == *h)
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
-        .map(|h| format!("http://{h}"))
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let proxied = peer.is_some_and(|ip| {
+        settings
+            .config
+            .rating
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
+    });
+    let (mut scheme, mut host) = ("http".to_string(), text(header::HOST.as_str()));
+    if proxied {
+        if let Some(p) = text("x-forwarded-proto").map(|p| p.to_ascii_lowercase())
+            && (p == "http" || p == "https")
+        {
+            scheme = p;
+        }
+        if let Some(h) = text("x-forwarded-host") {
+            host = Some(h);
+        }
+    }
+    host.filter(|h| plain_host(h))
+        .map(|h| format!("{scheme}://{h}"))
         .unwrap_or_default()
+}
+
+/// One API version as the versions documents write it.
+#[derive(Debug, Serialize)]
+pub struct VersionDoc {
+    /// `v1` or `v2`.
+    pub id: &'static str,
+    /// `[{"href": <origin>/<id>, "rel": "self"}]`.
+    pub links: Vec<Link>,
+    /// `CURRENT` (v1) or `EXPERIMENTAL` (v2), as upstream.
+    pub status: &'static str,
+}
+
+/// A link of a [`VersionDoc`].
+#[derive(Debug, Serialize)]
+pub struct Link {
+    /// Absolute when the origin is known.
+    pub href: String,
+    /// `self`.
+    pub rel: &'static str,
+}
+
+impl VersionDoc {
+    /// The document of version `id` under `origin`.
+    pub fn of(origin: &str, id: &'static str) -> VersionDoc {
+        VersionDoc {
+            id,
+            links: vec![Link {
+                href: format!("{origin}/{id}"),
+                rel: "self",
+            }],
+            status: if id == "v1" {
+                "CURRENT"
+            } else {
+                "EXPERIMENTAL"
+            },
+        }
+    }
+
+    /// Both versions, as `GET /` lists them under `versions`.
+    pub fn all(origin: &str) -> Vec<VersionDoc> {
+        vec![VersionDoc::of(origin, "v1"), VersionDoc::of(origin, "v2")]
+    }
+}
+
+/// The origin for the versions list of `GET /`.
+pub fn root_origin(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> String {
+    origin_for(app, headers, peer)
+}
+
+/// The routes of both CloudKitty APIs (`/v1`, `/v2`), behind [`openstack`].
+pub fn routes(app: Arc<App>) -> axum::Router<Arc<App>> {
+    use axum::routing::any;
+    axum::Router::new()
+        .route(PREFIX, any(handle))
+        .route(&format!("{PREFIX}/{{*rest}}"), any(handle))
+        .route(v2::PREFIX, any(v2::handle))
+        .route(&format!("{}/{{*rest}}", v2::PREFIX), any(v2::handle))
+        .layer(axum::middleware::from_fn_with_state(app, openstack))
+}
+
+/// OpenStack's request id header: `req-<the request's x-request-id>`.
+pub const OPENSTACK_REQUEST_ID: &str = "x-openstack-request-id";
+
+/// What OpenStack clients and browsers expect around every CloudKitty answer:
+/// `x-openstack-request-id`, and CORS for the origins in `rating.cors_allowed_origins` (a
+/// preflight `OPTIONS` from an allowed origin answers 200 with the allowed methods and headers;
+/// other origins get no CORS headers, so browsers refuse them).
+pub async fn openstack(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let request_id = req
+        .headers()
+        .get(super::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!("req-{v}"));
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| {
+            app.settings()
+                .config
+                .rating
+                .cors_allowed_origins
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+        })
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = match (&origin, preflight) {
+        (Some(_), true) => {
+            let mut r = empty(StatusCode::OK);
+            let h = r.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(
+                    "Content-Type, Cache-Control, Content-Language, Expires, Last-Modified, \
+                     Pragma, X-Auth-Token, X-Openstack-Request-Id, X-Project-Id, X-Roles, \
+                     X-Identity-Status, X-Request-Id",
+                ),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("3600"),
+            );
+            r
+        }
+        _ => next.run(req).await,
+    };
+    let h = resp.headers_mut();
+    if let Some(id) = request_id.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        h.insert(OPENSTACK_REQUEST_ID, id);
+    }
+    if let Some(o) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("X-Openstack-Request-Id, Location"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
 }
 
 /// Handles one request under [`PREFIX`].
@@ -397,10 +611,11 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(c) => c,
         Err(f) => return f.into_response(),
     };
-    let origin = origin(app, &parts.headers);
+    let origin = origin_for(app, &parts.headers, peer);
+    let head = parts.method == Method::HEAD;
     let ctx = Ctx {
         app,
-        method: parts.method,
+        method: if head { Method::GET } else { parts.method },
         path: if raw_path.is_empty() {
             "/".into()
         } else {
@@ -412,21 +627,21 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         caller,
         origin,
     };
-    match dispatch(&ctx).await {
+    let mut resp = match dispatch(&ctx).await {
         Ok(r) => r.into_response(),
         Err(f) => f.into_response(),
+    };
+    if head {
+        *resp.body_mut() = Body::empty();
     }
+    resp
 }
 
 async fn dispatch(ctx: &Ctx<'_>) -> Outcome {
     let segs: Vec<&str> = ctx.segs.iter().map(String::as_str).collect();
     match segs.split_first() {
         None => match ctx.method {
-            Method::GET => Ok(Reply::Ok(json!({
-                "id": "v1",
-                "links": [{"href": format!("{}/v1", ctx.origin), "rel": "self"}],
-                "status": "CURRENT",
-            }))),
+            Method::GET => Reply::ok(&VersionDoc::of(&ctx.origin, "v1")),
             _ => Ok(Reply::BadMethod),
         },
         Some((&"collector", rest)) => collector::handle(ctx, rest).await,

@@ -3,7 +3,8 @@
 
 use axum::http::{Method, StatusCode};
 use rust_decimal::Decimal;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::{Ctx, Fault, Outcome, Reply};
 use crate::rating::modules::{self, ModuleState};
@@ -13,14 +14,48 @@ use crate::store;
 /// Most resources one quote may describe.
 const MAX_QUOTE_RESOURCES: usize = 10_000;
 
-fn module_json(s: &ModuleState) -> Value {
-    json!({
-        "module_id": s.info.id,
-        "description": s.info.description,
-        "enabled": s.enabled,
-        "hot-config": s.info.hot_config,
-        "priority": s.priority,
-    })
+/// A module as v1 writes it (`hot-config` with a hyphen, as upstream's WSME type).
+#[derive(Debug, Serialize)]
+struct ModuleBody {
+    module_id: &'static str,
+    description: &'static str,
+    enabled: bool,
+    #[serde(rename = "hot-config")]
+    hot_config: bool,
+    priority: i64,
+}
+
+/// `{"modules":[…]}`.
+#[derive(Debug, Serialize)]
+struct ModuleList {
+    modules: Vec<ModuleBody>,
+}
+
+fn module_json(s: &ModuleState) -> ModuleBody {
+    ModuleBody {
+        module_id: s.info.id,
+        description: s.info.description,
+        enabled: s.enabled,
+        hot_config: s.info.hot_config,
+        priority: s.priority,
+    }
+}
+
+/// The quote: a JSON number written from the exact decimal text, with upstream's `.0` on an
+/// integral total (upstream declares it a float; clients call `float()` on it).
+struct QuoteNumber(String);
+
+impl Serialize for QuoteNumber {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = if self.0.contains(['.', 'e', 'E']) {
+            self.0.clone()
+        } else {
+            format!("{}.0", self.0)
+        };
+        serde_json::value::RawValue::from_string(text)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
 }
 
 async fn states(ctx: &Ctx<'_>) -> Result<Vec<ModuleState>, Fault> {
@@ -39,8 +74,8 @@ pub async fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
         ["modules"] => match ctx.method {
             Method::GET => {
                 ctx.caller.require_admin("rating:list_modules")?;
-                let list: Vec<Value> = states(ctx).await?.iter().map(module_json).collect();
-                Ok(Reply::Ok(json!({"modules": list})))
+                let modules = states(ctx).await?.iter().map(module_json).collect();
+                Reply::ok(&ModuleList { modules })
             }
             Method::PUT => update(ctx, ctx.arg("module_id")).await,
             _ => Ok(Reply::BadMethod),
@@ -49,7 +84,7 @@ pub async fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
             Method::GET => {
                 ctx.caller.require_admin("rating:get_module")?;
                 match states(ctx).await?.iter().find(|s| s.info.id == *id) {
-                    Some(s) => Ok(Reply::Ok(module_json(s))),
+                    Some(s) => Reply::ok(&module_json(s)),
                     None => Err(Fault::not_found("Module not found.")),
                 }
             }
@@ -279,6 +314,7 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
         .app
         .run_cpu(move || {
             let order = modules::run_order(&modules::states(&rows));
+            let rules = rules.at(crate::store::now_ms());
             crate::rating::rate(&order, &rules.compile(None), &mut usage).map(|()| usage)
         })
         .await
@@ -290,20 +326,5 @@ async fn quote(ctx: &Ctx<'_>) -> Outcome {
             .checked_add(p.price)
             .ok_or_else(|| Fault::bad("price overflow"))?;
     }
-    // Upstream declares the quote as a float: clients call float() on it. The value is computed
-    // exactly and written as a JSON number from its decimal text.
-    let text = decimal::to_text(total);
-    let number: Value = serde_json::from_str(&text)
-        .ok()
-        .filter(Value::is_number)
-        .map(|n: Value| {
-            // Integral totals keep upstream's "1.0" look.
-            if n.is_f64() {
-                n
-            } else {
-                json!(n.as_f64().unwrap_or(0.0))
-            }
-        })
-        .unwrap_or_else(|| json!(text));
-    Ok(Reply::Ok(number))
+    Reply::ok(&QuoteNumber(decimal::to_text(total)))
 }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use axum::http::Method;
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::{Caller, Ctx, Fault, Outcome, Reply};
 use crate::rating::decimal;
@@ -83,7 +84,7 @@ pub async fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
                 .read(move |c| store::rating::tenants(c, begin_ms, end_ms))
                 .await
                 .map_err(Fault::store)?;
-            Ok(Reply::Ok(json!(list)))
+            Reply::ok(&list)
         }
         "total" => {
             let tenant_id = target(ctx, "report:get_total")?;
@@ -104,7 +105,7 @@ pub async fn handle(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
                     .checked_add(r.rate)
                     .ok_or_else(|| Fault::bad("total overflows"))?;
             }
-            Ok(Reply::Ok(json!(decimal::to_text(sum))))
+            Reply::ok(&decimal::to_text(sum))
         }
         _ => summary(ctx, begin_ms, end_ms).await,
     }
@@ -147,19 +148,17 @@ async fn summary(ctx: &Ctx<'_>, begin_ms: i64, end_ms: i64) -> Outcome {
     let mut list: Vec<(GroupKey, Decimal)> = sums.into_iter().collect();
     list.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
     let all = || "ALL".to_string();
-    let elements: Vec<Value> = list
+    let summary = list
         .into_iter()
-        .map(|((t, r), rate)| {
-            json!({
-                "begin": iso(begin_ms),
-                "end": iso(end_ms),
-                "tenant_id": t.or_else(|| tenant_id.clone()).unwrap_or_else(all),
-                "res_type": r.or_else(|| res_type.clone()).unwrap_or_else(all),
-                "rate": decimal::summary_text(rate),
-            })
+        .map(|((t, r), rate)| SummaryElement {
+            begin: iso(begin_ms),
+            end: iso(end_ms),
+            tenant_id: t.or_else(|| tenant_id.clone()).unwrap_or_else(all),
+            res_type: r.or_else(|| res_type.clone()).unwrap_or_else(all),
+            rate: decimal::summary_text(rate),
         })
         .collect();
-    Ok(Reply::Ok(json!({"summary": elements})))
+    Reply::ok(&Summary { summary })
 }
 
 /// Routes `/v1/storage/<rest>`.
@@ -180,7 +179,7 @@ pub async fn storage(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
             admin: false,
             project: None,
             ..
-        } => return Ok(Reply::Ok(json!({"dataframes": []}))),
+        } => return Reply::ok(&Dataframes { dataframes: vec![] }),
         c => {
             let t = asked.or_else(|| c.project().map(str::to_string));
             c.require_reader(rule, t.as_deref())?;
@@ -200,30 +199,71 @@ pub async fn storage(ctx: &Ctx<'_>, rest: &[&str]) -> Outcome {
         .await
         .map_err(Fault::store)?;
     // One frame per period, tenant and rated type.
-    let mut frames: Vec<Value> = Vec::new();
+    let mut dataframes: Vec<Frame> = Vec::new();
     let mut key: Option<(i64, String, String)> = None;
     for r in rows {
-        let desc: Value = serde_json::from_str(&r.desc).unwrap_or_else(|_| json!({}));
-        let resource = json!({
-            "service": r.res_type,
-            "volume": r.qty,
-            "rating": r.rating,
-            "desc": desc,
-        });
+        let desc: Value =
+            serde_json::from_str(&r.desc).unwrap_or_else(|_| Value::Object(Map::new()));
         let k = (r.begin_ms, r.tenant_id.clone(), r.res_type.clone());
+        let resource = Resource {
+            service: r.res_type,
+            volume: r.qty,
+            rating: r.rating,
+            desc,
+        };
         if key.as_ref() == Some(&k)
-            && let Some(Value::Array(list)) = frames.last_mut().and_then(|f| f.get_mut("resources"))
+            && let Some(f) = dataframes.last_mut()
         {
-            list.push(resource);
+            f.resources.push(resource);
             continue;
         }
-        frames.push(json!({
-            "begin": iso(r.begin_ms),
-            "end": iso(r.end_ms),
-            "tenant_id": r.tenant_id,
-            "resources": [resource],
-        }));
+        dataframes.push(Frame {
+            begin: iso(r.begin_ms),
+            end: iso(r.end_ms),
+            tenant_id: r.tenant_id,
+            resources: vec![resource],
+        });
         key = Some(k);
     }
-    Ok(Reply::Ok(json!({"dataframes": frames})))
+    Reply::ok(&Dataframes { dataframes })
+}
+
+/// One `/v1/report/summary` element; decimals are strings.
+#[derive(Debug, Serialize)]
+struct SummaryElement {
+    begin: String,
+    end: String,
+    tenant_id: String,
+    res_type: String,
+    rate: String,
+}
+
+/// `{"summary":[…]}`.
+#[derive(Debug, Serialize)]
+struct Summary {
+    summary: Vec<SummaryElement>,
+}
+
+/// One rated resource of a v1 dataframe; decimals are strings, `desc` the stored description.
+#[derive(Debug, Serialize)]
+struct Resource {
+    service: String,
+    volume: String,
+    rating: String,
+    desc: Value,
+}
+
+/// One v1 dataframe: a period, tenant and type.
+#[derive(Debug, Serialize)]
+struct Frame {
+    begin: String,
+    end: String,
+    tenant_id: String,
+    resources: Vec<Resource>,
+}
+
+/// `{"dataframes":[…]}`.
+#[derive(Debug, Serialize)]
+struct Dataframes {
+    dataframes: Vec<Frame>,
 }

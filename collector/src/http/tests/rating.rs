@@ -7,7 +7,7 @@
 use axum::http::Method;
 use serde_json::{Value, json};
 
-use super::{ADMIN_SID, World};
+use super::{ADMIN_SID, TENANT_A_SID, World};
 use crate::CollectorConfig;
 
 const HM: &str = "/v1/rating/module_config/hashmap";
@@ -20,12 +20,16 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with(CollectorConfig::default())
+    }
+
+    fn with(config: CollectorConfig) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let w = rt.block_on(World::bare(CollectorConfig::default()));
+        let w = rt.block_on(World::bare(config));
         Harness { rt, w }
     }
 
@@ -40,6 +44,8 @@ impl Harness {
         };
         let text = String::from_utf8_lossy(&a.body).into_owned();
         Answer {
+            request_id: header("x-openstack-request-id"),
+            cors: header("access-control-allow-origin"),
             status: a.status.as_u16(),
             location: header("location"),
             content_type: header("content-type").unwrap_or_default(),
@@ -54,6 +60,10 @@ impl Harness {
 
 /// An HTTP answer: status, Location header, JSON body (Null when empty, a string when not JSON).
 struct Answer {
+    /// `x-openstack-request-id`.
+    request_id: Option<String>,
+    /// `access-control-allow-origin`.
+    cors: Option<String>,
     status: u16,
     location: Option<String>,
     body: Value,
@@ -858,4 +868,539 @@ fn modules_info_collector_quote_and_routing() {
         "Invalid input for field/attribute begin. Value: 'yesterday'. Value should be an ISO-8601 date or datetime.",
     );
     assert_eq!(api.get("/v1/report/total?all_tenants=maybe").status, 400);
+}
+
+fn put(api: &Api<'_>, path: &str, body: Value) -> Answer {
+    api.req("PUT", path, Some(body))
+}
+
+/// `/v2` in process: versions, HEAD, faults, request ids, CORS, and every v2 resource's statuses,
+/// bodies and errors; pushed dataframes are summarised exactly.
+#[test]
+fn v2_api_shapes_statuses_and_errors() {
+    let mut config = CollectorConfig::default();
+    config.rating.cors_allowed_origins = vec!["https://horizon.example".into()];
+    let h = Harness::with(config);
+    let admin = Api::token(&h, ADMIN_SID);
+    let anon = Api::with(&h, &[("Host", "ck.example:8889")]);
+    let tenant = Api::token(&h, TENANT_A_SID);
+
+    // Versions: GET / lists both, /v1 and /v2 their own; HEAD answers with no body.
+    let root = anon.ok("/");
+    assert_eq!(root["versions"][1]["id"], "v2");
+    assert_eq!(
+        root["versions"][0]["links"][0]["href"],
+        "http://ck.example:8889/v1"
+    );
+    assert_eq!(
+        anon.ok("/v2"),
+        json!({"id": "v2", "links": [{"href": "http://ck.example:8889/v2", "rel": "self"}],
+               "status": "EXPERIMENTAL"})
+    );
+    assert_eq!(anon.ok("/v1")["status"], "CURRENT");
+    for path in ["/v1", "/v2", "/v1/info/metrics"] {
+        let a = anon.req("HEAD", path, None);
+        assert_eq!((a.status, &a.body), (200, &Value::Null), "HEAD {path}");
+    }
+    // Every answer carries an OpenStack request id; unknown routes answer in v2's fault format.
+    let a = anon.get("/v2/nope");
+    assert_eq!(a.status, 404);
+    assert!(a.body["message"].as_str().unwrap().contains("not found"));
+    assert!(a.request_id.unwrap().starts_with("req-"));
+    assert_eq!(anon.req("DELETE", "/v2/summary", None).status, 405);
+    // CORS: an allowed origin gets its headers (also on a preflight), another none.
+    let cors = Api::with(&h, &[("Origin", "https://horizon.example")]);
+    assert_eq!(
+        cors.get("/v2").cors.as_deref(),
+        Some("https://horizon.example")
+    );
+    let pre = Api::with(
+        &h,
+        &[
+            ("Origin", "https://horizon.example"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
+    )
+    .req("OPTIONS", "/v2/summary", None);
+    assert_eq!(
+        (pre.status, pre.cors.as_deref()),
+        (200, Some("https://horizon.example"))
+    );
+    let other = Api::with(&h, &[("Origin", "https://evil.example")]);
+    assert_eq!(other.get("/v2").cors, None);
+
+    // Policies: anonymous 401, a tenant 403 on admin resources (v2's words).
+    assert_eq!(anon.get("/v2/rating/modules").status, 401);
+    let a = tenant.get("/v2/scope");
+    assert_eq!(
+        (a.status, &a.body),
+        (
+            403,
+            &json!({"message": "You are not authorized to perform this action"})
+        )
+    );
+
+    // Modules: v2 shape (hot_config), PUT 204, errors.
+    assert_eq!(
+        admin.ok("/v2/rating/modules/noop"),
+        json!({"module_id": "noop", "description": "Dummy test module.", "enabled": true,
+               "hot_config": false, "priority": 1})
+    );
+    let cases: Vec<(&str, Value, u16, Option<&str>)> = vec![
+        (
+            "/v2/rating/modules/hashmap",
+            json!({"priority": 5}),
+            204,
+            None,
+        ),
+        (
+            "/v2/rating/modules/hashmap",
+            json!({"enabled": false}),
+            204,
+            None,
+        ),
+        (
+            "/v2/rating/modules/hashmap",
+            json!({"enabled": true}),
+            204,
+            None,
+        ),
+        (
+            "/v2/rating/modules/nope",
+            json!({"enabled": true}),
+            404,
+            Some("Module 'nope' not found"),
+        ),
+        (
+            "/v2/rating/modules/hashmap",
+            json!({"priority": 0}),
+            400,
+            None,
+        ),
+        (
+            "/v2/rating/modules/hashmap",
+            json!({"colour": 1}),
+            400,
+            None,
+        ),
+        (
+            "/v2/rating/modules/pyscripts",
+            json!({"enabled": true}),
+            400,
+            None,
+        ),
+    ];
+    for (path, body, status, msg) in cases {
+        let a = put(&admin, path, body.clone());
+        assert_eq!(a.status, status, "PUT {path} {body}: {}", a.body);
+        if let Some(m) = msg {
+            assert_eq!(a.body["message"], m);
+        }
+    }
+    let m = admin.ok("/v2/rating/modules");
+    assert_eq!(m["modules"][0]["priority"], 5);
+    assert_eq!(m["modules"][0]["enabled"], true);
+
+    // Dataframes: empty window 404; pushes are checked whole (nothing stored on a bad one).
+    let w = "begin=2019-07-23T00:00:00&end=2019-07-24T00:00:00";
+    let a = admin.get(&format!("/v2/dataframes?{w}"));
+    assert_eq!(
+        (a.status, &a.body),
+        (
+            404,
+            &json!({"message": "No resource found for provided filters."})
+        )
+    );
+    let point = |project: &str, qty: Value, price: Value| {
+        json!({"vol": {"unit": "GiB", "qty": qty}, "rating": {"price": price},
+               "groupby": {"project_id": project, "id": "v1"}, "metadata": {"flavor": "m1"}})
+    };
+    let frame = json!({"period": {"begin": "20190723T120000Z", "end": "20190723T130000Z"},
+        "usage": {"volume": [point("pa", json!(1.2), json!("0.04")),
+                             point("pb", json!("2"), json!(0.1))],
+                  "image": [point("pa", json!(3), json!("0.0000001"))]}});
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            json!({"dataframes": []}),
+            "Parameter dataframes must not be empty.",
+        ),
+        (
+            json!({"dataframes": [frame.clone(), {"period": {"begin": "20190723T120000Z",
+            "end": "20190723T130000Z"}}]}),
+            "usage",
+        ),
+        (
+            json!({"dataframes": [{"period": {"begin": "20190723TZ", "end": "20190723TZ"},
+            "usage": {}}]}),
+            "period.begin",
+        ),
+        (
+            json!({"dataframes": [{"period": {"begin": "20190723T120000Z",
+            "end": "20190723T130000Z"}, "usage": {"x": [{"vol": {"unit": "u", "qty": 1}}]}}]}),
+            "rating.price",
+        ),
+    ];
+    for (body, msg) in bad {
+        let a = admin.post("/v2/dataframes", body.clone());
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+        assert!(
+            a.body["message"].as_str().unwrap().contains(msg),
+            "{}",
+            a.body
+        );
+    }
+    assert_eq!(admin.get(&format!("/v2/dataframes?{w}")).status, 404);
+    assert_eq!(
+        tenant
+            .post("/v2/dataframes", json!({"dataframes": [frame.clone()]}))
+            .status,
+        403
+    );
+    let a = admin.post("/v2/dataframes", json!({"dataframes": [frame]}));
+    assert_eq!(a.status, 204, "{}", a.body);
+
+    let df = admin.ok(&format!("/v2/dataframes?{w}"));
+    assert_eq!(df["total"], 3);
+    assert_eq!(
+        df["dataframes"][0]["period"],
+        json!({"begin": "2019-07-23T12:00:00+00:00", "end": "2019-07-23T13:00:00+00:00"})
+    );
+    assert_eq!(
+        df["dataframes"][0]["usage"]["volume"][0],
+        json!({"vol": {"unit": "GiB", "qty": 1.2}, "rating": {"price": 0.04},
+               "groupby": {"project_id": "pa"}, "metadata": {"flavor": "m1", "id": "v1"}})
+    );
+    // A tenant sees only its project; filters and paging.
+    assert_eq!(tenant.ok(&format!("/v2/dataframes?{w}"))["total"], 2);
+    assert_eq!(
+        admin.ok(&format!("/v2/dataframes?{w}&filters=type:image"))["total"],
+        1
+    );
+    let page = admin.ok(&format!("/v2/dataframes?{w}&offset=1&limit=1"));
+    assert_eq!(page["total"], 3);
+    // Points by period, project, type: pa/image, pa/volume, pb/volume.
+    assert_eq!(
+        page["dataframes"][0]["usage"],
+        json!({"volume": [{"vol": {"unit": "GiB", "qty": 1.2}, "rating": {"price": 0.04},
+               "groupby": {"project_id": "pa"}, "metadata": {"flavor": "m1", "id": "v1"}}]})
+    );
+
+    // Summary: exact sums, groupings, formats, paging, tenant scoping, errors.
+    let s = admin.ok(&format!("/v2/summary?{w}"));
+    assert_eq!(
+        s,
+        json!({"total": 1, "columns": ["begin", "end", "qty", "rate"],
+               "results": [["2019-07-23T00:00:00+00:00", "2019-07-24T00:00:00+00:00", 6.2,
+                            0.1400001]], "format": "table"})
+    );
+    let s = admin.ok(&format!(
+        "/v2/summary?{w}&groupby=type,project_id&response_format=object"
+    ));
+    assert_eq!(s["total"], 3);
+    assert_eq!(
+        s["results"][0],
+        json!({"begin": "2019-07-23T00:00:00+00:00", "end": "2019-07-24T00:00:00+00:00",
+               "qty": 3, "rate": 0.0000001, "type": "image", "project_id": "pa"})
+    );
+    let s = admin.ok(&format!("/v2/summary?{w}&groupby=time&groupby=flavor"));
+    assert_eq!(
+        s["columns"],
+        json!(["begin", "end", "qty", "rate", "flavor"])
+    );
+    assert_eq!(s["results"][0][0], "2019-07-23T12:00:00+00:00");
+    let s = admin.ok(&format!("/v2/summary?{w}&groupby=time-d&groupby=time-y"));
+    assert_eq!(
+        s["results"][0].as_array().unwrap()[4..],
+        [json!("204"), json!("2019")]
+    );
+    let s = admin.ok(&format!(
+        "/v2/summary?{w}&groupby=project_id&limit=1&offset=1"
+    ));
+    assert_eq!(
+        (s["total"].clone(), s["results"][0][4].clone()),
+        (json!(2), json!("pb"))
+    );
+    let s = tenant.ok(&format!("/v2/summary?{w}&filters=project_id:pb"));
+    assert_eq!(
+        s["results"][0][3], 0.0400001,
+        "a tenant's filter is forced to its project"
+    );
+    assert_eq!(
+        admin.ok("/v2/summary?begin=2017-01-01&end=2017-01-02"),
+        json!({"total": 0, "columns": [], "results": [], "format": "table"})
+    );
+    for bad in [
+        "/v2/summary?response_format=csv",
+        "/v2/summary?groupby=time-x",
+        "/v2/summary?limit=0",
+        "/v2/summary?offset=-1",
+        "/v2/summary?begin=yesterday",
+        "/v2/summary?filters=novalue",
+    ] {
+        let a = admin.get(bad);
+        assert_eq!(a.status, 400, "{bad}: {}", a.body);
+        assert!(a.body["message"].is_string(), "{bad}");
+    }
+
+    // Scopes: projects with ratings or instances; errors of reset and patch.
+    let sc = admin.ok("/v2/scope");
+    let ids: Vec<&str> = sc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scope_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["pa", "pb"]);
+    assert_eq!(sc["results"][0]["scope_key"], "project_id");
+    assert_eq!(admin.get("/v2/scope?scope_id=nope").status, 404);
+    assert_eq!(
+        admin.ok("/v2/scope?limit=1&offset=1")["results"][0]["scope_id"],
+        "pb"
+    );
+    let scope_cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "PUT",
+            json!({"scope_key": "project_id", "last_processed_timestamp": "2019-07-16"}),
+            400,
+            "Either all_scopes or a scope_id should be specified.",
+        ),
+        (
+            "PUT",
+            json!({"scope_id": "pa"}),
+            400,
+            "Variable 'last_processed_timestamp' cannot be empty/None.",
+        ),
+        (
+            "PUT",
+            json!({"scope_id": "nope", "state": "2019-07-16"}),
+            404,
+            "No resource found for provided filters.",
+        ),
+        (
+            "PUT",
+            json!({"scope_id": "pa", "all_scopes": true, "state": "2019-07-16"}),
+            400,
+            "exclusion",
+        ),
+        (
+            "PUT",
+            json!({"all_scopes": true, "state": "2999-01-01"}),
+            400,
+            "forward",
+        ),
+        ("PATCH", json!({"active": false}), 400, "scope_id"),
+        (
+            "PATCH",
+            json!({"scope_id": "nope", "active": false}),
+            404,
+            "No resource found",
+        ),
+    ];
+    for (method, body, status, msg) in scope_cases {
+        let a = admin.req(method, "/v2/scope", Some(body.clone()));
+        assert_eq!(a.status, status, "{method} {body}: {}", a.body);
+        assert!(
+            a.body["message"].as_str().unwrap().contains(msg),
+            "{}",
+            a.body
+        );
+    }
+    let a = admin.req(
+        "PATCH",
+        "/v2/scope",
+        Some(json!({"scope_id": "pb", "active": false})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        (a.body["active"].clone(), a.body["scope_id"].clone()),
+        (json!(false), json!("pb"))
+    );
+    assert!(a.body["scope_activation_toggle_date"].is_string());
+    assert_eq!(
+        admin.ok("/v2/scope?active=0")["results"][0]["scope_id"],
+        "pb"
+    );
+
+    // Reprocesses: validation in upstream's words; empty list.
+    assert_eq!(admin.ok("/v2/task/reprocesses"), json!({"results": []}));
+    let re = |scopes: Value, start: &str, end: &str, reason: &str| {
+        json!({"scope_ids": scopes, "start_reprocess_time": start, "end_reprocess_time": end,
+               "reason": reason})
+    };
+    let re_cases: Vec<(Value, &str)> = vec![
+        (
+            re(
+                json!(["ALL", "pa"]),
+                "2019-07-23T12:00:00",
+                "2019-07-23T13:00:00",
+                "r",
+            ),
+            "Cannot use 'ALL'",
+        ),
+        (
+            re(
+                json!("pa"),
+                "2019-07-23T12:00:00",
+                "2019-07-23T13:00:00",
+                "  ",
+            ),
+            "Empty or blank reason",
+        ),
+        (
+            re(
+                json!("pa"),
+                "2019-07-23T13:00:00",
+                "2019-07-23T12:00:00",
+                "r",
+            ),
+            "cannot be less than",
+        ),
+        (
+            re(
+                json!("pa"),
+                "2019-07-23T12:30:00",
+                "2019-07-23T12:45:00",
+                "r",
+            ),
+            "A valid time window near the provided one is ['2019-07-23 12:00:00+00:00', \
+          '2019-07-23 13:00:00+00:00']",
+        ),
+        (
+            re(
+                json!("nope"),
+                "2019-07-23T12:00:00",
+                "2019-07-23T13:00:00",
+                "r",
+            ),
+            "do not exist",
+        ),
+        (
+            re(
+                json!("pa"),
+                "2999-01-01T00:00:00",
+                "2999-01-01T01:00:00",
+                "r",
+            ),
+            "starting after the last possible timestamp",
+        ),
+        (json!({"scope_ids": "pa"}), "required key not provided"),
+    ];
+    for (body, msg) in re_cases {
+        let a = admin.post("/v2/task/reprocesses", body.clone());
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+        assert!(
+            a.body["message"].as_str().unwrap().contains(msg),
+            "{body}: {}",
+            a.body
+        );
+    }
+    assert_eq!(admin.get("/v2/task/reprocesses?order=sideways").status, 400);
+}
+
+/// Hashmap validity periods (upstream 2025.2): a rule charges only inside its period; a price is
+/// replaced at a date by ending the old rule and starting the new one (no 409); a future start
+/// does not charge now; started rules may only get an end.
+#[test]
+fn hashmap_rules_charge_only_inside_their_validity_period() {
+    use crate::rating::hashmap::HashmapRules;
+    use crate::rating::period::iso;
+    let h = Harness::new();
+    let api = Api::token(&h, ADMIN_SID);
+    let svc = api.create(&format!("{HM}/services"), json!({"name": "instance"}));
+    let now = crate::store::now_ms();
+    let day = 86_400_000;
+    let (past, soon, later) = (iso(now - 10 * day), iso(now + day), iso(now + 10 * day));
+    // A past start needs force.
+    let a = api.post(
+        &format!("{HM}/mappings"),
+        json!({"service_id": svc["service_id"], "cost": "1", "start": past}),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        a.body["faultstring"]
+            .as_str()
+            .unwrap()
+            .starts_with("Cannot create a rule with start in the past.")
+    );
+    let old = api.create(
+        &format!("{HM}/mappings?force=true"),
+        json!({"service_id": svc["service_id"], "cost": "1", "start": past, "name": "old"}),
+    );
+    assert_eq!(
+        (old["start"].clone(), old["name"].clone()),
+        (json!(past), json!("old"))
+    );
+    // The replacement overlaps the old open-ended rule: 409 until the old one ends.
+    let next = json!({"service_id": svc["service_id"], "cost": "2", "start": soon});
+    assert_eq!(
+        api.post(&format!("{HM}/mappings"), next.clone()).status,
+        409
+    );
+    let loc = format!("{HM}/mappings/{}", old["mapping_id"].as_str().unwrap());
+    // Started: only end may change.
+    let a = put(&api, &loc, json!({"cost": "5"}));
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        a.body["faultstring"]
+            .as_str()
+            .unwrap()
+            .contains("only the attribute [end]")
+    );
+    assert_eq!(put(&api, &loc, json!({"end": soon})).status, 302);
+    assert_eq!(api.ok(&loc)["end"], json!(soon));
+    let new = api.create(&format!("{HM}/mappings"), next);
+    // Once ended, a started rule is frozen; end before start is refused.
+    assert_eq!(put(&api, &loc, json!({"end": later})).status, 400);
+    let a = api.post(
+        &format!("{HM}/thresholds"),
+        json!({"service_id": svc["service_id"], "level": "1", "cost": "1", "start": later,
+               "end": soon}),
+    );
+    assert_eq!(a.status, 400);
+    assert!(
+        a.body["faultstring"]
+            .as_str()
+            .unwrap()
+            .contains("start after end")
+    );
+    // Rules without dates still show no validity attributes (the v1 wire is unchanged).
+    let plain = api.create(
+        &format!("{HM}/thresholds"),
+        json!({"service_id": svc["service_id"], "level": "3", "cost": "1"}),
+    );
+    assert!(
+        plain.get("start").is_none() && plain.get("name").is_none(),
+        "{plain}"
+    );
+
+    // Pricing: the old cost now, the new one from its start, never both.
+    let rules: HashmapRules =
+        h.rt.block_on(h.w.app.store.read(crate::store::rating::hashmap_rules))
+            .unwrap();
+    let point = crate::rating::DataPoint {
+        unit: "instance".into(),
+        qty: rust_decimal::Decimal::ONE,
+        price: rust_decimal::Decimal::ZERO,
+        groupby: serde_json::Map::new(),
+        metadata: serde_json::Map::new(),
+    };
+    let price = |at: i64| {
+        crate::rating::decimal::to_text(
+            rules
+                .at(at)
+                .compile(None)
+                .price("instance", &point)
+                .unwrap(),
+        )
+    };
+    assert_eq!(price(now), "1");
+    assert_eq!(price(now + 2 * day), "2");
+    assert_eq!(price(now - 20 * day), "0", "before the old rule's start");
+    assert_eq!(new["start"], json!(soon));
+    // The quote uses the rules in force now.
+    let q = api.post(
+        "/v1/rating/quote",
+        json!({"resources": [{"service": "instance", "volume": "1", "desc": {}}]}),
+    );
+    assert_eq!(q.body, json!(1.0));
 }

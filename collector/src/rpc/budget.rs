@@ -1,0 +1,114 @@
+//! A bound on the agent report bytes being decoded and stored at once, across all connections.
+//!
+//! A report's JSON is read whole by jsonrpsee (at most the per-message cap, 32 MiB), then decoded
+//! into typed records and stored; decoded, a report takes about twice its JSON in memory until it
+//! is committed. Without a bound, N agents sending large reports at the same moment cost N times
+//! that (14 reports of 30 MB: 788 MB peak RSS). This middleware makes each `monitor_report` call
+//! hold its JSON size in permits of [`REPORT_BYTES_IN_FLIGHT`] while it is decoded and stored;
+//! further reports wait for permits (back-pressure: the agent waits for its ack, nothing is
+//! dropped). Other methods pass untouched. Batch requests are disabled on the agent endpoint
+//! (agents never send them), so every report passes through [`ReportBudget::call`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use jsonrpsee::core::middleware::{Batch, Notification, RpcServiceT};
+use jsonrpsee::types::Request;
+use tokio::sync::Semaphore;
+
+/// Report JSON bytes decoded and stored at once, across all agents: 64 MiB, room for two
+/// reports of the largest legal size (a sample of 100,000 processes, ~23 MB) or hundreds of
+/// ordinary ones (a 1,000-process sample is ~230 KB).
+pub const REPORT_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
+/// Permits count KiB (a tokio semaphore holds at most `usize::MAX >> 3` permits).
+const PERMIT_BYTES: usize = 1024;
+
+/// The wire name of `MonitorApi::report`.
+const REPORT_METHOD: &str = "monitor_report";
+
+/// Layer that wraps the agent RPC service in a [`ReportBudget`].
+#[derive(Clone, Debug)]
+pub struct ReportBudgetLayer {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl ReportBudgetLayer {
+    /// A budget of `bytes` (rounded up to whole KiB) shared by every connection built with this
+    /// layer.
+    pub fn new(bytes: usize) -> ReportBudgetLayer {
+        let capacity = bytes.div_ceil(PERMIT_BYTES).max(1);
+        ReportBudgetLayer {
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ReportBudgetLayer {
+    type Service = ReportBudget<S>;
+
+    fn layer(&self, inner: S) -> ReportBudget<S> {
+        ReportBudget {
+            inner,
+            permits: self.permits.clone(),
+            capacity: self.capacity,
+        }
+    }
+}
+
+/// The middleware: see the module doc.
+#[derive(Clone, Debug)]
+pub struct ReportBudget<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    /// All permits: a report larger than the budget takes all of it (it still gets through,
+    /// alone).
+    capacity: usize,
+}
+
+impl<S> RpcServiceT for ReportBudget<S>
+where
+    S: RpcServiceT + Clone + Send + Sync + 'static,
+{
+    type MethodResponse = S::MethodResponse;
+    type NotificationResponse = S::NotificationResponse;
+    type BatchResponse = S::BatchResponse;
+
+    fn call<'a>(
+        &self,
+        request: Request<'a>,
+    ) -> impl Future<Output = Self::MethodResponse> + Send + 'a {
+        let inner = self.inner.clone();
+        let permits = self.permits.clone();
+        let capacity = self.capacity;
+        async move {
+            let _held = if request.method_name() == REPORT_METHOD {
+                let bytes = request.params.as_ref().map_or(0, |p| p.get().len());
+                let want = bytes.div_ceil(PERMIT_BYTES).clamp(1, capacity);
+                // u32 is what tokio takes; the capacity is far below it.
+                let want = u32::try_from(want).unwrap_or(u32::MAX);
+                // The semaphore is never closed, so this only waits.
+                permits.acquire_many_owned(want).await.ok()
+            } else {
+                None
+            };
+            inner.call(request).await
+        }
+    }
+
+    fn batch<'a>(
+        &self,
+        requests: Batch<'a>,
+    ) -> impl Future<Output = Self::BatchResponse> + Send + 'a {
+        self.inner.batch(requests)
+    }
+
+    fn notification<'a>(
+        &self,
+        n: Notification<'a>,
+    ) -> impl Future<Output = Self::NotificationResponse> + Send + 'a {
+        self.inner.notification(n)
+    }
+}
