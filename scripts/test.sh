@@ -54,7 +54,7 @@ fi
 # "needs PostgreSQL" each create a database of their own in it. Without the binaries they are
 # skipped, and this says so.
 pg_dir=""
-pg_cleanup() { [ -n "$pg_dir" ] && scripts/pg-cluster.sh stop "$pg_dir" && rm -rf "$pg_dir"; true; }
+pg_cleanup() { [ -n "$pg_dir" ] && scripts/pg-cluster.sh stop "$pg_dir/cluster" && rm -rf "$pg_dir"; true; }
 trap pg_cleanup EXIT
 pg_dir=$(mktemp -d /tmp/vmmon-pg.XXXXXX)
 chmod 755 "$pg_dir" # the server runs as the unprivileged postgres user when we are root
