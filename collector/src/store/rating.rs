@@ -412,14 +412,15 @@ fn key_text(kind: RuleKind, r: &Rule) -> Option<String> {
 }
 
 /// Another rule with the same key, parent, tenant and group as `r` whose validity period
-/// overlaps `r`'s (a duplicate); its id.
+/// overlaps `r`'s (a duplicate); its id. (The casts type a NULL bound for PostgreSQL, which
+/// cannot infer it from `?8 IS NULL`.)
 pub fn duplicate_rule(conn: &Connection, kind: RuleKind, r: &Rule) -> Result<Option<String>> {
     let sql = format!(
         "SELECT {id} FROM {t} WHERE {k} IS NOT DISTINCT FROM ?1 AND service_id IS NOT DISTINCT FROM ?2
          AND field_id IS NOT DISTINCT FROM ?3 AND tenant_id IS NOT DISTINCT FROM ?4
          AND group_id IS NOT DISTINCT FROM ?5 AND {id} <> ?6
-         AND (start_ms IS NULL OR ?8 IS NULL OR start_ms < ?8)
-         AND (end_ms IS NULL OR ?7 IS NULL OR ?7 < end_ms) LIMIT 1",
+         AND (start_ms IS NULL OR ?8 IS NULL OR start_ms < CAST(?8 AS BIGINT))
+         AND (end_ms IS NULL OR ?7 IS NULL OR CAST(?7 AS BIGINT) < end_ms) LIMIT 1",
         id = kind.id_col(),
         t = kind.table(),
         k = kind.key_col()
@@ -1056,7 +1057,7 @@ pub fn next_reprocess(conn: &Connection) -> Result<Option<ReprocessRow>> {
 pub fn pending_reprocess_starts(conn: &Connection) -> Result<Vec<(String, i64)>> {
     let mut stmt = conn.prepare(
         "SELECT scope_id, MIN(current_ms) FROM rating_reprocesses WHERE current_ms < end_ms
-         GROUP BY scope_id",
+         GROUP BY scope_id ORDER BY scope_id",
     )?;
     let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect::<Result<Vec<_>>>()
