@@ -78,5 +78,5 @@ if [ -n "${VMMON_TEST_PG_URL:-}" ]; then
   # every collector on a PostgreSQL store (a database of its own each).
   VMMON_TEST_STORE=postgres cargo test -p vmmon-collector --lib "$@" -- http::
   VMMON_TEST_STORE=postgres cargo test -p vmmon-tests --test it "$@" -- --include-ignored \
-    core_api:: delivery:: rating:: rating_client:: cdn:: mana:: truth:: ${skip[@]+"${skip[@]}"}
+    core_api:: delivery:: rating:: rating_client:: cdn:: mana:: truth:: dashboard:: ${skip[@]+"${skip[@]}"}
 fi

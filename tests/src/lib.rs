@@ -173,6 +173,16 @@ pub fn test_store_is_postgres() -> bool {
     std::env::var("VMMON_TEST_STORE").as_deref() == Ok("postgres")
 }
 
+/// Runs `f` on a thread of its own, so the PostgreSQL helpers (which block on a runtime of their
+/// own) work from async tests too (a runtime cannot be started inside another one).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 fn pg_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -199,11 +209,13 @@ fn pg_connect(
 pub fn fresh_pg_database() -> String {
     let base = std::env::var("VMMON_TEST_PG_URL")
         .expect("VMMON_TEST_PG_URL is not set: run scripts/test.sh, which starts a cluster");
-    let rt = pg_runtime();
-    let (client, _task) = pg_connect(&rt, &base);
     let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    rt.block_on(client.batch_execute(&format!("CREATE DATABASE {name}")))
-        .unwrap();
+    off_runtime(|| {
+        let rt = pg_runtime();
+        let (client, _task) = pg_connect(&rt, &base);
+        rt.block_on(client.batch_execute(&format!("CREATE DATABASE {name}")))
+            .unwrap();
+    });
     match base.rfind('/') {
         Some(i) if base[..i].contains("//") && i > base.find("//").unwrap() + 1 => {
             format!("{}/{name}", &base[..i])
@@ -247,6 +259,16 @@ fn pg_run(url: &str, sql: &str, params: &[&dyn rusqlite::ToSql], select: bool) -
             }
         })
         .collect();
+    off_runtime(|| pg_run_blocking(url, sql, text, &owned, select))
+}
+
+fn pg_run_blocking(
+    url: &str,
+    sql: &str,
+    text: String,
+    owned: &[Box<dyn tokio_postgres::types::ToSql + Sync>],
+    select: bool,
+) -> Vec<i64> {
     let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         owned.iter().map(|b| b.as_ref()).collect();
     let rt = pg_runtime();
