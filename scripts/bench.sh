@@ -27,6 +27,17 @@ fi
 echo "== collector: ingest over WebSocket JSON-RPC into the durable store vs raw batched insert"
 cargo bench -q -p vmmon-collector --bench ingest 2>/dev/null
 
+echo "== collector: ingest into PostgreSQL (one and two collectors) vs a raw COPY"
+pg_dir=$(mktemp -d /tmp/vmmon-pg-bench.XXXXXX)
+chmod 755 "$pg_dir"
+if url=$(scripts/pg-cluster.sh start "$pg_dir/cluster"); then
+  VMMON_BENCH_PG_URL=$url cargo bench -q -p vmmon-collector --bench ingest_pg 2>/dev/null || true
+  scripts/pg-cluster.sh stop "$pg_dir/cluster"
+else
+  echo "NOTE: PostgreSQL server binaries not installed: skipped (apt-get install postgresql)"
+fi
+rm -rf "$pg_dir"
+
 echo "== collector: legacy API queries vs the bare store query"
 cargo bench -q -p vmmon-collector --bench queries 2>/dev/null
 

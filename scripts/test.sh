@@ -49,4 +49,34 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   echo "NOTE: chromium/chromedriver not installed: SKIPPING dashboard::* (apt-get install chromium chromium-driver)" >&2
   skip+=(--skip dashboard::)
 fi
+# PostgreSQL (the second store backend): a throw-away cluster in a temp dir on a free port when
+# the server binaries are installed (.ci/run installs Debian's postgresql); the tests marked
+# "needs PostgreSQL" each create a database of their own in it. Without the binaries they are
+# skipped, and this says so.
+pg_dir=""
+pg_cleanup() { [ -n "$pg_dir" ] && scripts/pg-cluster.sh stop "$pg_dir/cluster" && rm -rf "$pg_dir"; true; }
+trap pg_cleanup EXIT
+pg_dir=$(mktemp -d /tmp/vmmon-pg.XXXXXX)
+chmod 755 "$pg_dir" # the server runs as the unprivileged postgres user when we are root
+pg_rc=0
+url=$(scripts/pg-cluster.sh start "$pg_dir/cluster") || pg_rc=$?
+if [ "$pg_rc" -eq 0 ]; then
+  export VMMON_TEST_PG_URL=$url
+  echo "PostgreSQL test cluster at $url" >&2
+elif [ "$pg_rc" -ne 3 ]; then
+  echo "error: PostgreSQL is installed but the test cluster did not start" >&2
+  exit 1
+else
+  echo "NOTE: PostgreSQL server binaries not installed: SKIPPING the PostgreSQL store tests (apt-get install postgresql)" >&2
+  rm -rf "$pg_dir"
+  pg_dir=""
+  skip+=(--skip ::pg:: --skip pg_ --skip shared_store::)
+fi
 cargo test --workspace "$@" -- --include-ignored ${skip[@]+"${skip[@]}"}
+if [ -n "${VMMON_TEST_PG_URL:-}" ]; then
+  # The in-process API cases and the end-to-end suites that touch the store once more, with
+  # every collector on a PostgreSQL store (a database of its own each).
+  VMMON_TEST_STORE=postgres cargo test -p vmmon-collector --lib "$@" -- http::
+  VMMON_TEST_STORE=postgres cargo test -p vmmon-tests --test it "$@" -- --include-ignored \
+    core_api:: delivery:: rating:: rating_client:: cdn:: mana:: truth:: dashboard:: ${skip[@]+"${skip[@]}"}
+fi

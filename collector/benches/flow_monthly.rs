@@ -14,9 +14,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rusqlite::Connection;
 use vmmon_collector::bandwidth::BUCKET_MS;
 use vmmon_collector::http::mana;
+use vmmon_collector::store::Connection;
 use vmmon_collector::store::{self, AgentTokenRow, Store, bandwidth::Filter};
 use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 
@@ -150,9 +150,12 @@ fn time(label: &str, conn: &Connection, tz: chrono_tz::Tz, filter: &Filter) -> a
     times.sort();
     // Floor: only reading the daily rollup rows the answer folds (no month fold, no JSON).
     let mut floor = Vec::with_capacity(RUNS);
+    let Connection::Sqlite(raw) = conn else {
+        anyhow::bail!("the floor reads SQLite directly");
+    };
     for _ in 0..RUNS {
         let t = Instant::now();
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = raw.prepare_cached(
             "SELECT region, day_start_ms, total_in, total_out, max_in, max_in_at_ms, max_out, max_out_at_ms
              FROM bandwidth_days WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR region = ?2)
                AND (?3 IS NULL OR day_start_ms >= ?3) AND (?4 IS NULL OR day_start_ms < ?4)",
@@ -195,18 +198,24 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path()).context("open store")?;
-    let conn = Connection::open(store.path())?;
-    conn.busy_timeout(Duration::from_secs(30))?;
+    let db_path = store.path().context("a SQLite store")?.to_path_buf();
+    let raw = rusqlite::Connection::open(&db_path)?;
+    raw.busy_timeout(Duration::from_secs(30))?;
+    let conn = Connection::Sqlite(raw);
     let setup = Instant::now();
     populate(&conn)?;
-    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM bandwidth_buckets", [], |r| r.get(0))?;
-    let days: i64 = conn.query_row("SELECT COUNT(*) FROM bandwidth_days", [], |r| r.get(0))?;
+    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM bandwidth_buckets", [0; 0], |r| {
+        r.get(0)
+    })?;
+    let days: i64 = conn.query_row("SELECT COUNT(*) FROM bandwidth_days", [0; 0], |r| r.get(0))?;
     println!(
         "setup: {rows} bucket rows, {days} day rows in {:.1} s",
         setup.elapsed().as_secs_f64()
     );
-    let reader =
-        Connection::open_with_flags(store.path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let reader = Connection::Sqlite(rusqlite::Connection::open_with_flags(
+        &db_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?);
     let tz: chrono_tz::Tz = "Asia/Shanghai"
         .parse()
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -241,11 +241,11 @@ async fn real_path(
     let stored: i64 = app
         .store
         .read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT (SELECT COUNT(*) FROM vm_samples) + (SELECT COUNT(*) FROM process_samples)",
-                [],
+                vmmon_collector::store::params![],
                 |r| r.get(0),
-            )?)
+            )
         })
         .await?;
     anyhow::ensure!(stored as usize == rows, "stored {stored} rows, sent {rows}");

@@ -165,7 +165,7 @@ fn main() -> Result<()> {
         .to_string();
 
     let mut rng = rand::thread_rng();
-    type Floor = Box<dyn Fn(&Connection, &str) -> store::Result<usize>>;
+    type Floor = Box<dyn Fn(&store::Connection, &str) -> store::Result<usize>>;
     let queries: Vec<(&str, String, Floor)> = vec![
         ("611711 (top 10 processes of the newest sample)", r#"{"method":611711,"data":{"instance_id":"ID"},"session_id":"SID","limit":10}"#.into(),
             Box::new(|c, id| Ok(store::samples::latest_processes(c, id, 10)?.len()))),
@@ -174,10 +174,10 @@ fn main() -> Result<()> {
         ("611712 (one process's newest 10 records)", r#"{"method":611712,"data":{"instance_id":"ID"},"session_id":"SID","limit":10,"proc_name":"proc-7"}"#.into(),
             Box::new(|c, id| Ok(store::samples::process_history(c, id, "proc-7", 10)?.len()))),
     ];
-    let reader = Connection::open_with_flags(
+    let reader = store::Connection::Sqlite(Connection::open_with_flags(
         dir.path().join(store::DB_FILE),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
+    )?);
     for (name, template, floor) in &queries {
         let mut api = Vec::with_capacity(calls);
         let mut direct = Vec::with_capacity(calls);

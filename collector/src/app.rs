@@ -34,6 +34,8 @@ pub struct App {
     pub store: Store,
     /// Connected agents and their pending commands.
     pub hub: Hub,
+    /// Commands relayed to agents connected to other collectors (PostgreSQL stores).
+    pub relay: crate::relay::Relay,
     /// Password checks, bounded (see [`crate::auth::guard`]).
     pub passwords: PasswordChecker,
     /// Growing delays after failed logins.
@@ -77,6 +79,7 @@ impl App {
             settings: ArcSwap::from_pointee(Settings::new(config)),
             store,
             hub: Hub::default(),
+            relay: crate::relay::Relay::default(),
             passwords: PasswordChecker::default(),
             logins: LoginThrottle::default(),
             cpu_slots: Arc::new(Semaphore::new(CPU_SLOTS)),

@@ -43,6 +43,25 @@ pub enum Command {
     /// TLS certificates for HTTPS/WSS on the listener.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// The store itself: move a SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `store …`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a SQLite store (every table: samples, rollups, users, sessions, tokens, ratings,
+    /// hashmap rules, CDN) into an empty PostgreSQL store in one transaction; prints each
+    /// table's row count and checksum on both sides (a mismatch copies nothing).
+    Copy {
+        /// Data directory holding the SQLite store.
+        #[arg(long)]
+        from: PathBuf,
+        /// `postgres://user:password@host:port/db` (migrated first; must be empty).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// `tls …`
@@ -72,6 +91,10 @@ pub struct ServeArgs {
     /// or $STATE_DIRECTORY under systemd).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Store URL: `postgres://user:password@host:port/db` keeps the store in a PostgreSQL
+    /// database that several collectors may share (overrides `store_url` in the config file).
+    #[arg(long)]
+    pub store: Option<String>,
     /// TOML config file (see packaging/collector.example.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -83,8 +106,8 @@ pub struct ServeArgs {
 /// Just a data directory.
 #[derive(Debug, Args)]
 pub struct DataArg {
-    /// Data directory holding the SQLite store.
-    #[arg(long)]
+    /// Data directory holding the SQLite store, or a `postgres://` URL (`--store`).
+    #[arg(long, visible_alias = "store")]
     pub data: PathBuf,
 }
 
@@ -93,8 +116,8 @@ pub struct DataArg {
 pub enum TokenCommand {
     /// Create an agent token; prints the token alone on the last line.
     Create {
-        /// Data directory holding the SQLite store.
-        #[arg(long)]
+        /// Data directory holding the SQLite store, or a `postgres://` URL (`--store`).
+        #[arg(long, visible_alias = "store")]
         data: PathBuf,
         /// Project (tenant) the agents report into.
         #[arg(long)]
@@ -117,8 +140,8 @@ pub enum TokenCommand {
     List(DataArg),
     /// Revoke an agent token by id: its agents are refused from then on.
     Revoke {
-        /// Data directory holding the SQLite store.
-        #[arg(long)]
+        /// Data directory holding the SQLite store, or a `postgres://` URL (`--store`).
+        #[arg(long, visible_alias = "store")]
         data: PathBuf,
         /// Token id (from `token list`).
         #[arg(long)]
@@ -131,8 +154,8 @@ pub enum TokenCommand {
 pub enum UserCommand {
     /// Add or replace a user. Password from VMMON_PASSWORD, else prompted.
     Add {
-        /// Data directory holding the SQLite store.
-        #[arg(long)]
+        /// Data directory holding the SQLite store, or a `postgres://` URL (`--store`).
+        #[arg(long, visible_alias = "store")]
         data: PathBuf,
         /// Login name.
         #[arg(long)]
@@ -148,8 +171,8 @@ pub enum UserCommand {
     List(DataArg),
     /// Remove a user (and end its sessions).
     Remove {
-        /// Data directory holding the SQLite store.
-        #[arg(long)]
+        /// Data directory holding the SQLite store, or a `postgres://` URL (`--store`).
+        #[arg(long, visible_alias = "store")]
         data: PathBuf,
         /// Login name.
         #[arg(long)]
@@ -163,8 +186,8 @@ pub enum CdnUserCommand {
     /// Create a CDN user (or replace one, with a new secret); prints the secret alone on the
     /// last line. The secret is stored as is: the MD5 signature can only be checked with it.
     Add {
-        /// Data directory holding the SQLite store.
-        #[arg(long)]
+        /// Data directory holding the SQLite store, or a `postgres://` URL (`--store`).
+        #[arg(long, visible_alias = "store")]
         data: PathBuf,
         /// User name (the API's `username`).
         #[arg(long)]
@@ -177,8 +200,8 @@ pub enum CdnUserCommand {
     List(DataArg),
     /// Revoke a CDN user: its queries are refused from then on (add it again for a new secret).
     Revoke {
-        /// Data directory holding the SQLite store.
-        #[arg(long)]
+        /// Data directory holding the SQLite store, or a `postgres://` URL (`--store`).
+        #[arg(long, visible_alias = "store")]
         data: PathBuf,
         /// User name.
         #[arg(long)]
@@ -192,8 +215,8 @@ pub enum RatingCommand {
     /// Rate periods now (again), replacing what was stored for them: prices usage from the stored
     /// samples with the current modules and hashmap rules. Safe while `serve` runs.
     Process {
-        /// Data directory holding the SQLite store.
-        #[arg(long)]
+        /// Data directory holding the SQLite store, or a `postgres://` URL (`--store`).
+        #[arg(long, visible_alias = "store")]
         data: PathBuf,
         /// Collector config file (for `[rating]` period_secs and metrics_file).
         #[arg(long)]
@@ -215,8 +238,8 @@ pub enum InstanceCommand {
     /// Remove an instance and its raw samples, freeing its id for any project's agent (a
     /// decommissioned VM, or an id another project registered first). Rollups stay.
     Remove {
-        /// Data directory holding the SQLite store.
-        #[arg(long)]
+        /// Data directory holding the SQLite store, or a `postgres://` URL (`--store`).
+        #[arg(long, visible_alias = "store")]
         data: PathBuf,
         /// The instance id.
         #[arg(long)]

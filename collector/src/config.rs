@@ -60,6 +60,9 @@ pub struct ConfigFile {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// `postgres://user:password@host:port/db`: keep the store in PostgreSQL (shared by several
+    /// collectors) instead of SQLite in `data_dir`.
+    pub store_url: Option<String>,
 }
 
 impl Default for ConfigFile {
@@ -82,6 +85,7 @@ impl Default for ConfigFile {
             rating: RatingConfig::default(),
             tls_cert_file: None,
             tls_key_file: None,
+            store_url: None,
         }
     }
 }
@@ -122,6 +126,9 @@ pub struct CollectorConfig {
     pub rating: RatingConfig,
     /// HTTPS/WSS: the certificate files and what was loaded from them (None: plain HTTP/WS).
     pub tls: Option<TlsSettings>,
+    /// A `postgres://`/`postgresql://` URL with a host and a database name, if the store is
+    /// PostgreSQL (None: SQLite in `data_dir`).
+    pub store_url: Option<String>,
 }
 
 /// The listener's certificate: the configured files and the chain and key loaded from them
@@ -142,6 +149,21 @@ impl PartialEq for TlsSettings {
             && self.key_file == other.key_file
             && self.certified.cert == other.certified.cert
     }
+}
+
+/// A store URL must be `postgres://` or `postgresql://` with a host and a database name.
+pub fn check_store_url(u: &str) -> Result<(), String> {
+    let parsed = Url::parse(u).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err("must start with postgres:// or postgresql://".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if parsed.path().trim_start_matches('/').is_empty() {
+        return Err("has no database name".into());
+    }
+    Ok(())
 }
 
 impl Default for CollectorConfig {
@@ -191,6 +213,11 @@ impl ConfigFile {
             .map_err(|e| errors.push(format!("default_interval_secs: {e}")));
         if self.max_limit == 0 {
             errors.push("max_limit must be at least 1".into());
+        }
+        if let Some(u) = &self.store_url
+            && let Err(e) = check_store_url(u)
+        {
+            errors.push(format!("store_url: {e}"));
         }
         if self.raw_retention_days > 36_500 {
             errors.push("raw_retention_days must be at most 36500 (0 keeps forever)".into());
@@ -273,6 +300,7 @@ impl ConfigFile {
                     },
                     rating: self.rating,
                     tls,
+                    store_url: self.store_url,
                 })
             }
             _ => Err(ConfigError::Invalid(errors)),

@@ -45,7 +45,11 @@ pub async fn apply(
         return Ok(None);
     };
     let timeout = Duration::from_millis(app.settings().config.command_timeout_ms);
-    let outcome = app.hub.push(instance_id, desired, timeout).await;
+    let mut outcome = app.hub.push(instance_id, desired, timeout).await;
+    if outcome == PushOutcome::NotConnected {
+        // Another collector sharing the store may have the agent.
+        outcome = app.relay.push(app, instance_id, desired, timeout).await;
+    }
     tracing::info!(instance_id, ?change, ?outcome, "Applied control change.");
     Ok(Some(outcome))
 }

@@ -7,7 +7,7 @@
 //!    and [`tls`], which reads certificate files as `config` reads its own);
 //! 2. [`store`]: all SQL;
 //! 3. actions and jobs: [`admin`], [`auth`], [`control`] (with the connected-agent `hub`),
-//!    [`ingest`], [`jobs`], [`telemetry`] (and [`App`]);
+//!    [`ingest`], [`jobs`], [`relay`], [`telemetry`] (and [`App`]);
 //! 4. transports: [`http`] (axum) and [`rpc`] (jsonrpsee), joined on one listener by [`server`].
 
 pub mod admin;
@@ -23,6 +23,7 @@ pub(crate) mod hub;
 pub mod ingest;
 pub mod jobs;
 pub mod rating;
+pub mod relay;
 pub(crate) mod rpc;
 pub mod server;
 pub mod store;

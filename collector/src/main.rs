@@ -10,11 +10,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use vmmon_collector::config::ConfigFile;
-use vmmon_collector::{App, CollectorConfig, admin, jobs, server, store::Store};
+use vmmon_collector::store::{Store, StoreLocation};
+use vmmon_collector::{App, CollectorConfig, admin, jobs, server};
 
 use cli::{
-    CdnUserCommand, Cli, Command, InstanceCommand, RatingCommand, ServeArgs, TlsCommand,
-    TokenCommand, UserCommand,
+    CdnUserCommand, Cli, Command, InstanceCommand, RatingCommand, ServeArgs, StoreCommand,
+    TlsCommand, TokenCommand, UserCommand,
 };
 
 fn main() -> Result<()> {
@@ -31,8 +32,20 @@ fn main() -> Result<()> {
     rt.block_on(run(cli))
 }
 
+/// Opens the store named by `--data`/`--store`: a data directory or a `postgres://` URL.
 async fn open(data: &std::path::Path) -> Result<Store> {
-    Store::open(data).with_context(|| format!("cannot open the store in {}", data.display()))
+    let location = StoreLocation::parse(&data.to_string_lossy());
+    open_location(&location).await
+}
+
+async fn open_location(location: &StoreLocation) -> Result<Store> {
+    if let StoreLocation::Postgres(url) = location {
+        vmmon_collector::config::check_store_url(url)
+            .map_err(|e| anyhow::anyhow!("store URL {location}: {e}"))?;
+    }
+    Store::open_location(location)
+        .await
+        .with_context(|| format!("cannot open the store {location}"))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -40,7 +53,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(d) => {
             let store = open(&d.data).await?;
-            println!("store {} is up to date", store.path().display());
+            println!("store {} is up to date", store.describe());
             Ok(())
         }
         Command::Token(TokenCommand::Create {
@@ -166,6 +179,24 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", made.pin);
             Ok(())
         }
+        Command::Store(StoreCommand::Copy { from, to }) => {
+            let location = StoreLocation::parse(&to);
+            if !matches!(location, StoreLocation::Postgres(_)) {
+                bail!("--to must be a postgres:// URL, not {to:?}");
+            }
+            let target = open_location(&location).await?;
+            let tables = admin::copy_store(&from, &target)
+                .await
+                .with_context(|| format!("cannot copy {} to {location}", from.display()))?;
+            println!("table\tsqlite_rows\tsqlite_checksum\tpostgres_rows\tpostgres_checksum");
+            for t in tables {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    t.table, t.source_rows, t.source_checksum, t.target_rows, t.target_checksum
+                );
+            }
+            Ok(())
+        }
         Command::CdnSources(d) => {
             let store = open(&d.data).await?;
             println!("instance_id\tfiles\tmalformed_lines\tlast_report_utc");
@@ -276,6 +307,9 @@ fn load_config(args: &ServeArgs) -> Result<CollectorConfig> {
     if let Some(listen) = args.listen {
         file.listen = listen;
     }
+    if let Some(url) = &args.store {
+        file.store_url = Some(url.clone());
+    }
     if let Some(data) = &args.data {
         file.data_dir = data.clone();
     } else if args.config.is_none()
@@ -292,7 +326,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         println!("config ok");
         return Ok(());
     }
-    let store = open(&config.data_dir).await?;
+    let location = match &config.store_url {
+        Some(url) => StoreLocation::Postgres(url.clone()),
+        None => StoreLocation::Sqlite(config.data_dir.clone()),
+    };
+    let store = open_location(&location).await?;
     if let Some(admin) =
         admin::bootstrap_admin(&store, std::env::var("VMMON_ADMIN_PASSWORD").ok()).await?
     {
@@ -324,6 +362,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tracing::info!(addr = %running.local_addr, data = %app.settings().config.data_dir.display(), "Collector ready.");
     jobs::housekeeping::spawn(app.clone());
     jobs::rating::spawn(app.clone());
+    vmmon_collector::relay::spawn(app.clone());
     service::notify_ready();
     service::spawn_watchdog(app.clone());
     wait_for_stop(signals, &args, &app).await;

@@ -166,10 +166,139 @@ fn shared_claim() -> Option<SharedRun> {
     Some(SharedRun(()))
 }
 
+/// The store backend the collectors of this test run use: PostgreSQL when `VMMON_TEST_STORE` is
+/// `postgres` (`scripts/test.sh` runs the store-touching suites once more that way, against the
+/// cluster in `VMMON_TEST_PG_URL`), else SQLite in each collector's data directory.
+pub fn test_store_is_postgres() -> bool {
+    std::env::var("VMMON_TEST_STORE").as_deref() == Ok("postgres")
+}
+
+/// Runs `f` on a thread of its own, so the PostgreSQL helpers (which block on a runtime of their
+/// own) work from async tests too (a runtime cannot be started inside another one).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+fn pg_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn pg_connect(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (client, task)
+    })
+}
+
+/// A new empty database in the test PostgreSQL cluster (`VMMON_TEST_PG_URL`); its URL.
+pub fn fresh_pg_database() -> String {
+    let base = std::env::var("VMMON_TEST_PG_URL")
+        .expect("VMMON_TEST_PG_URL is not set: run scripts/test.sh, which starts a cluster");
+    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    off_runtime(|| {
+        let rt = pg_runtime();
+        let (client, _task) = pg_connect(&rt, &base);
+        rt.block_on(client.batch_execute(&format!("CREATE DATABASE {name}")))
+            .unwrap();
+    });
+    match base.rfind('/') {
+        Some(i) if base[..i].contains("//") && i > base.find("//").unwrap() + 1 => {
+            format!("{}/{name}", &base[..i])
+        }
+        _ => panic!("VMMON_TEST_PG_URL needs a database path: {base}"),
+    }
+}
+
+/// Runs a read-only query on a PostgreSQL store: SQLite's `?N` placeholders become `$N`, each
+/// parameter an integer or text; the first column of each row as i64.
+fn pg_query_i64(url: &str, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Vec<i64> {
+    pg_run(url, sql, params, true)
+}
+
+fn pg_run(url: &str, sql: &str, params: &[&dyn rusqlite::ToSql], select: bool) -> Vec<i64> {
+    use rusqlite::types::{ToSqlOutput, Value as V, ValueRef as R};
+    let mut text = String::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' {
+            text.push('$');
+            if !chars.peek().is_some_and(char::is_ascii_digit) {
+                panic!("use numbered placeholders (?1) in {sql}");
+            }
+        } else {
+            text.push(c);
+        }
+    }
+    let owned: Vec<Box<dyn tokio_postgres::types::ToSql + Sync>> = params
+        .iter()
+        .map(|p| -> Box<dyn tokio_postgres::types::ToSql + Sync> {
+            match p.to_sql().unwrap() {
+                ToSqlOutput::Borrowed(R::Integer(i)) | ToSqlOutput::Owned(V::Integer(i)) => {
+                    Box::new(i)
+                }
+                ToSqlOutput::Borrowed(R::Text(t)) => {
+                    Box::new(String::from_utf8_lossy(t).into_owned())
+                }
+                ToSqlOutput::Owned(V::Text(t)) => Box::new(t),
+                other => panic!("unsupported test parameter {other:?}"),
+            }
+        })
+        .collect();
+    off_runtime(|| pg_run_blocking(url, sql, text, &owned, select))
+}
+
+fn pg_run_blocking(
+    url: &str,
+    sql: &str,
+    text: String,
+    owned: &[Box<dyn tokio_postgres::types::ToSql + Sync>],
+    select: bool,
+) -> Vec<i64> {
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        owned.iter().map(|b| b.as_ref()).collect();
+    let rt = pg_runtime();
+    let (client, _task) = pg_connect(&rt, url);
+    if !select {
+        rt.block_on(client.execute(&text, &refs))
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"));
+        return Vec::new();
+    }
+    // Sums are numeric on PostgreSQL: read the first column as bigint.
+    let text = format!("SELECT CAST(q.c AS BIGINT) FROM ({text}) AS q(c)");
+    let rows = rt
+        .block_on(client.query(&text, &refs))
+        .unwrap_or_else(|e| panic!("{text}: {e:?}"));
+    rows.iter()
+        .map(|r| {
+            r.try_get::<_, i64>(0)
+                .or_else(|_| r.try_get::<_, i32>(0).map(i64::from))
+                .unwrap_or_else(|e| panic!("{sql}: column 0 is not an integer: {e}"))
+        })
+        .collect()
+}
+
 /// A running collector with its own data directory.
 pub struct Collector {
     /// Data directory (kept across restarts).
     pub data: tempfile::TempDir,
+    /// The PostgreSQL URL of its store, when the run uses PostgreSQL (see
+    /// [`test_store_is_postgres`]).
+    pub store_url: Option<String>,
     _run: Option<SharedRun>,
     /// Bound address.
     pub addr: SocketAddr,
@@ -190,12 +319,23 @@ impl Collector {
 
     /// Starts a collector on `listen` (e.g. an address from [`free_addr`]).
     pub fn start_on(listen: &str, extra: &[&str]) -> Collector {
+        let store_url = test_store_is_postgres().then(fresh_pg_database);
+        Self::start_on_store(listen, extra, store_url)
+    }
+
+    /// Starts a collector on `listen` with its store at `store_url` (PostgreSQL; several
+    /// collectors may share one) or, when None, SQLite in its data directory.
+    pub fn start_on_store(listen: &str, extra: &[&str], store_url: Option<String>) -> Collector {
         let run = shared_claim();
         let data = tempfile::tempdir().unwrap();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(url) = &store_url {
+            extra.extend(["--store".to_string(), url.clone()]);
+        }
         let (child, addr) = spawn_collector(data.path(), listen, &extra);
         Collector {
             data,
+            store_url,
             _run: run,
             addr,
             child: Some(child),
@@ -204,10 +344,23 @@ impl Collector {
     }
 
     /// A second collector on a free port whose store starts as a snapshot of this one's (same
-    /// users, tokens, instances), for failover tests: the agent's token is valid on both.
+    /// users, tokens, instances), for failover tests: the agent's token is valid on both. On a
+    /// PostgreSQL run it shares this collector's store instead (many collectors, one database).
     pub fn start_sibling(&self) -> Collector {
         let run = shared_claim();
         let data = tempfile::tempdir().unwrap();
+        if self.store_url.is_some() {
+            // `extra` already names the shared store (--store).
+            let (child, addr) = spawn_collector(data.path(), "127.0.0.1:0", &self.extra);
+            return Collector {
+                data,
+                store_url: self.store_url.clone(),
+                _run: run,
+                addr,
+                child: Some(child),
+                extra: self.extra.clone(),
+            };
+        }
         let conn = rusqlite::Connection::open_with_flags(
             self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -223,6 +376,7 @@ impl Collector {
         let (child, addr) = spawn_collector(data.path(), "127.0.0.1:0", &self.extra);
         Collector {
             data,
+            store_url: None,
             _run: run,
             addr,
             child: Some(child),
@@ -230,13 +384,17 @@ impl Collector {
         }
     }
 
-    /// The SQLite file, for tests that check what was stored.
+    /// The SQLite file, for tests that check what was stored (SQLite runs only; see
+    /// [`Self::query_i64`] for checks on either backend).
     pub fn db_path(&self) -> PathBuf {
         self.data.path().join("vmmon.sqlite3")
     }
 
     /// Runs one read-only query on the store and returns the first column of each row as i64.
     pub fn query_i64(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Vec<i64> {
+        if let Some(url) = &self.store_url {
+            return pg_query_i64(url, sql, params);
+        }
         let conn = rusqlite::Connection::open_with_flags(
             self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -248,6 +406,17 @@ impl Collector {
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    /// Runs one write statement on the store (either backend), e.g. to set up a state.
+    pub fn execute_sql(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) {
+        if let Some(url) = &self.store_url {
+            pg_run(url, sql, params, false);
+            return;
+        }
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute(sql, params).unwrap();
     }
 
     /// The agent batch sequence numbers stored for `instance`, ascending (a number stored twice
@@ -316,7 +485,10 @@ impl Collector {
     /// Runs a `vmmon-collector` admin subcommand against this data dir; returns stdout.
     pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let mut cmd = Command::new(bin_path("vmmon-collector"));
-        cmd.args(args).arg("--data").arg(self.data.path());
+        match &self.store_url {
+            Some(url) => cmd.args(args).arg("--store").arg(url),
+            None => cmd.args(args).arg("--data").arg(self.data.path()),
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -195,3 +195,12 @@ pub async fn remove_instance(store: &Store, instance_id: &str) -> Result<bool, A
 pub async fn list_instances(store: &Store) -> Result<Vec<store::InstanceRow>, AdminError> {
     Ok(store.read(|c| store::instances::list(c, None)).await?)
 }
+
+/// Copies the SQLite store in `from` into the empty PostgreSQL store `to` (see
+/// [`store::copy::sqlite_to_postgres`]): per table, rows and checksums on both sides.
+pub async fn copy_store(
+    from: &std::path::Path,
+    to: &Store,
+) -> Result<Vec<store::copy::TableCopy>, AdminError> {
+    Ok(store::copy::sqlite_to_postgres(from, to).await?)
+}

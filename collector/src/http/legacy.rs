@@ -628,7 +628,9 @@ async fn rows_per_instance<R, Q>(
 ) -> Result<Vec<R>, Reply>
 where
     R: Send + 'static,
-    Q: Fn(&rusqlite::Connection, &str, u32) -> Result<Vec<R>, store::StoreError> + Send + 'static,
+    Q: Fn(&crate::store::Connection, &str, u32) -> Result<Vec<R>, store::StoreError>
+        + Send
+        + 'static,
 {
     let max = app.settings().config.max_limit as usize;
     let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();

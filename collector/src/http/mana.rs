@@ -565,7 +565,7 @@ pub fn monthly_entry(tz: Tz, m: &MonthlyBandwidth) -> MonthlyEntry {
 
 /// The `{"monthly_data": […]}` answer for `filter` (shared with the bench).
 pub fn monthly_answer(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::Connection,
     tz: Tz,
     filter: &store::bandwidth::Filter,
 ) -> store::Result<MonthlyList> {

@@ -183,6 +183,7 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         .store
         .read(move |c| {
             let fleet = store::samples::fleet(c, None)?;
+            let db_size = store::database_size(c)?;
             let mut procs = Vec::new();
             if top > 0 {
                 for row in &fleet {
@@ -194,10 +195,10 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
                     }
                 }
             }
-            Ok((fleet, procs))
+            Ok((fleet, procs, db_size))
         })
         .await;
-    let (fleet, procs) = match snapshot {
+    let (fleet, procs, db_size) = match snapshot {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "Metrics cannot read the store.");
@@ -208,7 +209,8 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
             .into_response();
         }
     };
-    let body = render(&app, &fleet, &procs, store::now_ms(), open_metrics);
+    let size = db_size.unwrap_or_else(|| store_size_bytes(&app));
+    let body = render(&app, &fleet, &procs, size, store::now_ms(), open_metrics);
     let content_type = if open_metrics {
         OPENMETRICS_CONTENT_TYPE
     } else {
@@ -226,6 +228,7 @@ fn render(
     app: &App,
     fleet: &[FleetRow],
     procs: &[(String, Vec<store::ProcessRow>)],
+    store_size: u64,
     now_ms: i64,
     open_metrics: bool,
 ) -> String {
@@ -402,8 +405,8 @@ fn render(
     gauge(
         &mut e,
         "vmmon_collector_store_size_bytes",
-        "Size of the store's files (database and WAL).",
-        store_size_bytes(app) as f64,
+        "Size of the store: the SQLite files (database and WAL), or the PostgreSQL database.",
+        store_size as f64,
     );
     e.family(
         "vmmon_collector_store_write_duration_seconds",
@@ -458,8 +461,11 @@ fn render(
     e.out
 }
 
+/// The SQLite store's files (0 on PostgreSQL, whose size comes from the database).
 fn store_size_bytes(app: &App) -> u64 {
-    let path = app.store.path();
+    let Some(path) = app.store.path() else {
+        return 0;
+    };
     let mut total = 0;
     for suffix in ["", "-wal", "-shm"] {
         let mut p = path.as_os_str().to_owned();

@@ -21,7 +21,7 @@ use tower::ServiceExt;
 use vmmon_common::wire::{Inventory, ProcessSample, ReportBatch, Sample, VmSample};
 
 use super::{HttpService, router};
-use crate::store::{self, Store};
+use crate::store;
 use crate::{App, CollectorConfig, admin, auth, ingest};
 
 const NOW_SECS: i64 = 1_764_500_000; // 2025-11-30T10:53:20Z
@@ -87,8 +87,14 @@ impl World {
     }
 
     async fn build(config: CollectorConfig, instances: bool) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        // `VMMON_TEST_STORE=postgres` runs every API case against PostgreSQL (scripts/test.sh
+        // runs this suite once per backend).
+        let backend = match std::env::var("VMMON_TEST_STORE").as_deref() {
+            Ok("postgres") => store::testing::Backend::Pg,
+            _ => store::testing::Backend::Sqlite,
+        };
+        let t = store::testing::open(backend).await;
+        let (dir, store) = (t.dir, t.store);
         let admin_id = admin::add_user(&store, "admin", "admin-password", None)
             .await
             .unwrap();
@@ -1195,6 +1201,13 @@ async fn metrics_expose_the_fleet_to_admins_and_the_scrape_token() {
         .await;
     assert_eq!(a.headers["content-type"], super::metrics::TEXT_CONTENT_TYPE);
     let text = String::from_utf8(a.body).unwrap();
+    // The store's size: its SQLite files, or the PostgreSQL database (either backend, > 0).
+    let size: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("vmmon_collector_store_size_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no store size in {text}"));
+    assert!(size > 0.0, "store size {size}");
     for line in [
         "# TYPE vmmon_vm_cpu_usage_ratio gauge",
         r#"vmmon_vm_cpu_usage_ratio{instance_id="a1",project="pa",region="r1"} 0.12345"#,

@@ -117,7 +117,7 @@ async fn keep_bound_domains(
 /// path uses [`store_batch_noting`], which places the samples in the batch itself.
 /// `now_ms` is when the collector received the batch.
 pub fn store_batch(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::Connection,
     batch: &ReportBatch,
     now_ms: i64,
 ) -> store::Result<bool> {
@@ -128,7 +128,7 @@ pub fn store_batch(
 /// moved onto the instance's time axis in place, and the clock corrections made are added to
 /// `anomalies`. `now_ms` is when the collector received the batch.
 pub fn store_batch_noting(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::Connection,
     batch: &mut ReportBatch,
     now_ms: i64,
     anomalies: &mut Vec<timeaxis::ClockAnomaly>,
@@ -159,7 +159,7 @@ pub fn store_batch_noting(
 /// Moves the batch's sample times onto the instance's time axis ([`crate::timeaxis`]) in
 /// place (no copy of the batch on the ingest path). Each correction is logged.
 fn place_on_time_axis(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::Connection,
     batch: &mut ReportBatch,
     received_ms: i64,
     anomalies: &mut Vec<timeaxis::ClockAnomaly>,

@@ -24,8 +24,29 @@ pub fn spawn(app: Arc<App>) {
     });
 }
 
-/// One round of upkeep (also used by tests).
+/// One round of upkeep (also used by tests). With collectors sharing a PostgreSQL store, only the
+/// one holding the housekeeping lock does the round; the others skip it.
 pub async fn run_once(app: &App) {
+    let lock = match app
+        .store
+        .try_job_lock(store::locks::Job::Housekeeping)
+        .await
+    {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            tracing::debug!("Another collector is doing the upkeep round.");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot take the upkeep lock.");
+            return;
+        }
+    };
+    upkeep(app).await;
+    lock.release().await;
+}
+
+async fn upkeep(app: &App) {
     let settings = app.settings();
     let idle_ms = settings.config.session_idle_ms();
     match app

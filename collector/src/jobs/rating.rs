@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use crate::store::Connection;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use vmmon_common::vocab::DAY_MS;
@@ -164,6 +164,12 @@ pub async fn process_range(
     Ok(out)
 }
 
+/// Retry delay when another collector (sharing a PostgreSQL store) is rating.
+const BUSY_SLEEP: Duration = Duration::from_secs(5);
+/// How often a drain of the reprocessing schedules asks again for the rating lock while another
+/// collector sharing the PostgreSQL store holds it.
+const LOCK_RETRY: Duration = Duration::from_millis(250);
+
 /// Refuses to re-rate from `first_ms` when its raw samples may already be deleted (older than
 /// `raw_retention_days`, 0 = kept forever): rating it again would replace its stored ratings
 /// with nothing.
@@ -190,6 +196,20 @@ static DRAINING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// re-rated. Progress is stored, so a restart resumes where it stopped.
 pub async fn drain_reprocesses(app: &App) -> store::Result<usize> {
     let _one = DRAINING.lock().await;
+    // Collectors sharing a PostgreSQL store: one re-rates at a time, and not while another one
+    // rates a period (both replace stored ratings); the lock is always granted on SQLite.
+    let lock = loop {
+        match app.store.try_job_lock(store::locks::Job::Rating).await? {
+            Some(lock) => break lock,
+            None => tokio::time::sleep(LOCK_RETRY).await,
+        }
+    };
+    let res = drain_locked(app).await;
+    lock.release().await;
+    res
+}
+
+async fn drain_locked(app: &App) -> store::Result<usize> {
     let mut done = 0;
     loop {
         let settings = app.settings();
@@ -223,18 +243,35 @@ pub fn spawn_drain(app: Arc<App>) {
     });
 }
 
-/// Processes the next due period, if any; returns it, or how long until one is due.
+/// Processes the next due period, if any; returns it, or how long until one is due. Collectors
+/// sharing a PostgreSQL store rate each period once: only the holder of the rating lock works,
+/// and it checks inside the write that the period is still the next one.
 async fn step(
     store: &Store,
     metrics: &Arc<MetricsConfig>,
     period_ms: i64,
     wait_ms: i64,
 ) -> store::Result<Result<PeriodOutcome, Duration>> {
+    let Some(lock) = store.try_job_lock(store::locks::Job::Rating).await? else {
+        return Ok(Err(BUSY_SLEEP));
+    };
+    let res = step_locked(store, metrics, period_ms, wait_ms).await;
+    lock.release().await;
+    res
+}
+
+async fn step_locked(
+    store: &Store,
+    metrics: &Arc<MetricsConfig>,
+    period_ms: i64,
+    wait_ms: i64,
+) -> store::Result<Result<PeriodOutcome, Duration>> {
     let now = store::now_ms();
+    let first = period_start(month_start(now), period_ms);
     let next = store
         .read(|c| db::state(c, db::NEXT_PERIOD))
         .await?
-        .unwrap_or_else(|| period_start(month_start(now), period_ms));
+        .unwrap_or(first);
     let due_at = next + period_ms + wait_ms;
     if due_at > now {
         let ms = u64::try_from(due_at - now).unwrap_or(0);
@@ -243,12 +280,16 @@ async fn step(
     let m = metrics.clone();
     let outcome = store
         .write(move |c| {
+            // Another collector may have rated it between our read and our lock.
+            if db::state(c, db::NEXT_PERIOD)?.unwrap_or(first) != next {
+                return Ok(None);
+            }
             let o = process_period(c, &m, next, next + period_ms, store::now_ms(), None)?;
             db::set_state(c, db::NEXT_PERIOD, next + period_ms)?;
-            Ok(o)
+            Ok(Some(o))
         })
         .await?;
-    Ok(Ok(outcome))
+    Ok(outcome.ok_or(Duration::ZERO))
 }
 
 /// Starts the processing loop (when `rating.process` is on and the metrics config loaded).

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use super::db::{Connection, OptionalExtension, params};
 use chrono_tz::Tz;
-use rusqlite::{Connection, OptionalExtension, params};
 use vmmon_common::wire::ReportBatch;
 
 use super::{Result, StoreError};
@@ -48,19 +48,18 @@ fn to_i64(v: u64) -> i64 {
 
 /// The instance's last counter reading, if any.
 pub fn last_reading(conn: &Connection, instance_id: &str) -> Result<Option<Reading>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT sampled_at_ms, rx_bytes, tx_bytes FROM bandwidth_counters WHERE instance_id = ?1",
-        )?
-        .query_row([instance_id], |r| {
-            Ok(Reading {
-                at_ms: r.get(0)?,
-                // Counters are stored bit-for-bit as i64.
-                rx: r.get::<_, i64>(1)? as u64,
-                tx: r.get::<_, i64>(2)? as u64,
-            })
+    conn.prepare_cached(
+        "SELECT sampled_at_ms, rx_bytes, tx_bytes FROM bandwidth_counters WHERE instance_id = ?1",
+    )?
+    .query_row([instance_id], |r| {
+        Ok(Reading {
+            at_ms: r.get(0)?,
+            // Counters are stored bit-for-bit as i64.
+            rx: r.get::<_, i64>(1)? as u64,
+            tx: r.get::<_, i64>(2)? as u64,
         })
-        .optional()?)
+    })
+    .optional()
 }
 
 fn set_last_reading(conn: &Connection, instance_id: &str, r: Reading) -> Result<()> {
@@ -87,34 +86,37 @@ pub fn add_bucket_bytes(
 ) -> Result<()> {
     let (new_in, new_out): (i64, i64) = conn
         .prepare_cached(
-            "INSERT INTO bandwidth_buckets (project, bucket_start_ms, region, in_bytes, out_bytes)
+            "INSERT INTO bandwidth_buckets AS b (project, bucket_start_ms, region, in_bytes, out_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(project, bucket_start_ms, region) DO UPDATE SET
-                 in_bytes = CASE WHEN in_bytes > 9223372036854775807 - excluded.in_bytes THEN 9223372036854775807 ELSE in_bytes + excluded.in_bytes END,
-                     out_bytes = CASE WHEN out_bytes > 9223372036854775807 - excluded.out_bytes THEN 9223372036854775807 ELSE out_bytes + excluded.out_bytes END
+                 in_bytes = CASE WHEN b.in_bytes > 9223372036854775807 - excluded.in_bytes THEN 9223372036854775807 ELSE b.in_bytes + excluded.in_bytes END,
+                     out_bytes = CASE WHEN b.out_bytes > 9223372036854775807 - excluded.out_bytes THEN 9223372036854775807 ELSE b.out_bytes + excluded.out_bytes END
              RETURNING in_bytes, out_bytes",
         )?
         .query_row(
             params![project, bucket_start_ms, region, in_bytes, out_bytes],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-    conn.prepare_cached(
-        "INSERT INTO bandwidth_days (project, day_start_ms, region, total_in, total_out,
+    let sql = format!(
+        "INSERT INTO bandwidth_days AS d (project, day_start_ms, region, total_in, total_out,
              max_in, max_in_at_ms, max_out, max_out_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)
          ON CONFLICT(project, day_start_ms, region) DO UPDATE SET
-             total_in = CASE WHEN total_in > 9223372036854775807 - excluded.total_in THEN 9223372036854775807 ELSE total_in + excluded.total_in END,
-             total_out = CASE WHEN total_out > 9223372036854775807 - excluded.total_out THEN 9223372036854775807 ELSE total_out + excluded.total_out END,
-             max_in_at_ms = CASE WHEN excluded.max_in > max_in
-                     OR (excluded.max_in = max_in AND excluded.max_in_at_ms < max_in_at_ms)
-                 THEN excluded.max_in_at_ms ELSE max_in_at_ms END,
-             max_in = MAX(max_in, excluded.max_in),
-             max_out_at_ms = CASE WHEN excluded.max_out > max_out
-                     OR (excluded.max_out = max_out AND excluded.max_out_at_ms < max_out_at_ms)
-                 THEN excluded.max_out_at_ms ELSE max_out_at_ms END,
-             max_out = MAX(max_out, excluded.max_out)",
-    )?
-    .execute(params![
+             total_in = CASE WHEN d.total_in > 9223372036854775807 - excluded.total_in
+                 THEN 9223372036854775807 ELSE d.total_in + excluded.total_in END,
+             total_out = CASE WHEN d.total_out > 9223372036854775807 - excluded.total_out
+                 THEN 9223372036854775807 ELSE d.total_out + excluded.total_out END,
+             max_in_at_ms = CASE WHEN excluded.max_in > d.max_in
+                     OR (excluded.max_in = d.max_in AND excluded.max_in_at_ms < d.max_in_at_ms)
+                 THEN excluded.max_in_at_ms ELSE d.max_in_at_ms END,
+             max_in = {greatest}(d.max_in, excluded.max_in),
+             max_out_at_ms = CASE WHEN excluded.max_out > d.max_out
+                     OR (excluded.max_out = d.max_out AND excluded.max_out_at_ms < d.max_out_at_ms)
+                 THEN excluded.max_out_at_ms ELSE d.max_out_at_ms END,
+             max_out = {greatest}(d.max_out, excluded.max_out)",
+        greatest = conn.greatest()
+    );
+    conn.prepare_cached(&sql)?.execute(params![
         project,
         bandwidth::day_start(bucket_start_ms),
         region,
@@ -184,7 +186,7 @@ const BUCKET_SQL_BY_PROJECT: &str = "SELECT project, region, bucket_start_ms, in
 const BUCKET_SQL_ALL: &str = "SELECT project, region, bucket_start_ms, in_bytes, out_bytes
     FROM bandwidth_buckets
     WHERE bucket_start_ms >= ?2 AND bucket_start_ms < ?3 AND (?4 IS NULL OR region = ?4)
-      AND ?1 IS NULL
+      AND CAST(?1 AS TEXT) IS NULL
     ORDER BY project, bucket_start_ms, region";
 
 /// Streams the buckets matching `filter` to `f`, ordered by project, bucket start and region.
@@ -199,18 +201,20 @@ pub fn for_each_bucket(
         BUCKET_SQL_ALL
     };
     let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params![
-        filter.project,
-        filter.from_ms.unwrap_or(i64::MIN),
-        filter.to_ms.unwrap_or(i64::MAX),
-        filter.region,
-    ])?;
-    while let Some(r) = rows.next()? {
-        let project = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-        let region = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-        f(project, region, r.get(2)?, r.get(3)?, r.get(4)?);
-    }
-    Ok(())
+    stmt.for_each(
+        params![
+            filter.project,
+            filter.from_ms.unwrap_or(i64::MIN),
+            filter.to_ms.unwrap_or(i64::MAX),
+            filter.region,
+        ],
+        |r| {
+            let project = r.get_ref(0)?.as_str()?;
+            let region = r.get_ref(1)?.as_str()?;
+            f(project, region, r.get(2)?, r.get(3)?, r.get(4)?);
+            Ok(())
+        },
+    )
 }
 
 /// The buckets matching `filter`, ordered by project, bucket start and region.
@@ -242,7 +246,7 @@ const DAY_SQL_ALL: &str = "SELECT project, region, total_in, total_out, max_in,
         max_in_at_ms, max_out, max_out_at_ms
     FROM bandwidth_days
     WHERE day_start_ms >= ?2 AND day_start_ms < ?3 AND (?4 IS NULL OR region = ?4)
-      AND ?1 IS NULL";
+      AND CAST(?1 AS TEXT) IS NULL";
 
 /// Folds the whole UTC days in `[from_day, to_day)` into `agg` as part of `month`.
 fn add_days(
@@ -259,26 +263,28 @@ fn add_days(
         DAY_SQL_ALL
     };
     let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params![filter.project, from_day, to_day, filter.region])?;
-    while let Some(r) = rows.next()? {
-        let project = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-        let region = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-        agg.add(
-            project,
-            region,
-            month,
-            (r.get(2)?, r.get(3)?),
-            Peak {
-                bytes: r.get(4)?,
-                at_ms: r.get(5)?,
-            },
-            Peak {
-                bytes: r.get(6)?,
-                at_ms: r.get(7)?,
-            },
-        );
-    }
-    Ok(())
+    stmt.for_each(
+        params![filter.project, from_day, to_day, filter.region],
+        |r| {
+            let project = r.get_ref(0)?.as_str()?;
+            let region = r.get_ref(1)?.as_str()?;
+            agg.add(
+                project,
+                region,
+                month,
+                (r.get(2)?, r.get(3)?),
+                Peak {
+                    bytes: r.get(4)?,
+                    at_ms: r.get(5)?,
+                },
+                Peak {
+                    bytes: r.get(6)?,
+                    at_ms: r.get(7)?,
+                },
+            );
+            Ok(())
+        },
+    )
 }
 
 /// Folds the buckets starting in `[from_ms, to_ms)` into `agg` as part of `month`.
@@ -309,7 +315,7 @@ fn bucket_span(conn: &Connection, filter: &Filter) -> Result<Option<(i64, i64)>>
         let scope = if filter.project.is_some() {
             "project = ?1"
         } else {
-            "?1 IS NULL"
+            "CAST(?1 AS TEXT) IS NULL"
         };
         format!(
             "SELECT bucket_start_ms FROM bandwidth_buckets
@@ -387,7 +393,7 @@ pub fn instance_series(
          ORDER BY project, region",
     )?;
     let rows = stmt.query_map(params![project, region], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 #[cfg(test)]

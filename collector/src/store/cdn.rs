@@ -5,7 +5,7 @@
 //! The secrets are stored in plain text: the seed's signature (MD5 of date + username + secret)
 //! can only be checked with the secret itself.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Connection, OptionalExtension, Row, params};
 use vmmon_common::wire::CdnTailState;
 use vmmon_common::wire::ReportBatch;
 
@@ -77,12 +77,15 @@ fn to_i64(v: u64) -> i64 {
 pub fn apply_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<()> {
     if !batch.cdn.is_empty() {
         let mut stmt = conn.prepare_cached(
-            "INSERT INTO cdn_buckets (domain, bucket_start, bytes, hit_bytes, requests)
+            "INSERT INTO cdn_buckets AS b (domain, bucket_start, bytes, hit_bytes, requests)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(domain, bucket_start) DO UPDATE SET
-                 bytes = CASE WHEN bytes > 9223372036854775807 - excluded.bytes THEN 9223372036854775807 ELSE bytes + excluded.bytes END,
-                 hit_bytes = CASE WHEN hit_bytes > 9223372036854775807 - excluded.hit_bytes THEN 9223372036854775807 ELSE hit_bytes + excluded.hit_bytes END,
-                 requests = CASE WHEN requests > 9223372036854775807 - excluded.requests THEN 9223372036854775807 ELSE requests + excluded.requests END",
+                 bytes = CASE WHEN b.bytes > 9223372036854775807 - excluded.bytes
+                     THEN 9223372036854775807 ELSE b.bytes + excluded.bytes END,
+                 hit_bytes = CASE WHEN b.hit_bytes > 9223372036854775807 - excluded.hit_bytes
+                     THEN 9223372036854775807 ELSE b.hit_bytes + excluded.hit_bytes END,
+                 requests = CASE WHEN b.requests > 9223372036854775807 - excluded.requests
+                     THEN 9223372036854775807 ELSE b.requests + excluded.requests END",
         )?;
         for d in &batch.cdn {
             stmt.execute(params![
@@ -128,19 +131,19 @@ pub fn buckets(conn: &Connection, domain: &str, from: i64, to: i64) -> Result<Ve
             requests: r.get(3)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 fn domains_of(conn: &Connection, user_id: i64) -> Result<Vec<String>> {
     let mut stmt = conn
         .prepare_cached("SELECT domain FROM cdn_user_domains WHERE user_id = ?1 ORDER BY domain")?;
     let rows = stmt.query_map([user_id], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    rows.collect::<Result<Vec<String>>>()
 }
 
 const USER_COLUMNS: &str = "id, name, secret, created_at_ms, revoked_at_ms";
 
-fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CdnUserRow> {
+fn user_from_row(r: &Row<'_>) -> Result<CdnUserRow> {
     Ok(CdnUserRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -170,7 +173,8 @@ pub fn user_by_name(conn: &Connection, name: &str) -> Result<Option<CdnUserRow>>
 /// Binds an edge token to a CDN user: the token may report that user's domains.
 pub fn bind_token(conn: &Connection, token_id: i64, user_name: &str) -> Result<()> {
     conn.execute(
-        "INSERT OR IGNORE INTO agent_token_cdn_users (token_id, user_name) VALUES (?1, ?2)",
+        "INSERT INTO agent_token_cdn_users (token_id, user_name) VALUES (?1, ?2)
+         ON CONFLICT DO NOTHING",
         params![token_id, user_name],
     )?;
     Ok(())
@@ -186,7 +190,7 @@ pub fn token_domains(conn: &Connection, token_id: i64) -> Result<Vec<String>> {
     )?;
     let rows = stmt
         .query_map([token_id], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -197,7 +201,7 @@ pub fn token_users(conn: &Connection, token_id: i64) -> Result<Vec<String>> {
     )?;
     let rows = stmt
         .query_map([token_id], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -224,8 +228,8 @@ pub fn list_users(conn: &Connection) -> Result<Vec<CdnUserRow>> {
     let sql = format!("SELECT {USER_COLUMNS} FROM cdn_users ORDER BY name");
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut users = stmt
-        .query_map([], user_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .query_map(params![], user_from_row)?
+        .collect::<Result<Vec<_>>>()?;
     for u in &mut users {
         u.domains = domains_of(conn, u.id)?;
     }
@@ -267,7 +271,7 @@ pub fn upsert_user(
     conn.prepare_cached("DELETE FROM cdn_user_domains WHERE user_id = ?1")?
         .execute([id])?;
     let mut insert = conn.prepare_cached(
-        "INSERT OR IGNORE INTO cdn_user_domains (user_id, domain) VALUES (?1, ?2)",
+        "INSERT INTO cdn_user_domains (user_id, domain) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )?;
     for domain in domains {
         insert.execute(params![id, domain])?;
@@ -291,7 +295,7 @@ pub fn list_sources(conn: &Connection) -> Result<Vec<CdnSourceRow>> {
         "SELECT instance_id, files, malformed_lines_total, last_report_ms FROM cdn_sources
          ORDER BY instance_id",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(params![], |r| {
         Ok(CdnSourceRow {
             instance_id: r.get(0)?,
             files: r.get(1)?,
@@ -299,7 +303,7 @@ pub fn list_sources(conn: &Connection) -> Result<Vec<CdnSourceRow>> {
             last_report_ms: r.get(3)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 #[cfg(test)]

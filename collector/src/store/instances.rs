@@ -1,6 +1,6 @@
 //! Registered instances: inventory, ownership and the persisted desired state.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Connection, OptionalExtension, Row, params};
 use vmmon_common::wire::{DesiredState, Inventory};
 
 use super::{AgentTokenRow, Result};
@@ -99,7 +99,7 @@ fn split_ips(s: String) -> Vec<String> {
         .collect()
 }
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
+fn from_row(r: &Row<'_>) -> Result<InstanceRow> {
     Ok(InstanceRow {
         instance_id: r.get(0)?,
         project: r.get(1)?,
@@ -148,18 +148,19 @@ pub fn register(
         return Ok(RegisterOutcome::ForeignProject);
     }
     if existing.is_none() {
+        let twin_sql = if conn.is_pg() {
+            "SELECT instance_id FROM instances WHERE lower(instance_id) = lower(?1) LIMIT 1"
+        } else {
+            "SELECT instance_id FROM instances WHERE instance_id = ?1 COLLATE NOCASE LIMIT 1"
+        };
         let twin: Option<String> = conn
-            .query_row(
-                "SELECT instance_id FROM instances WHERE instance_id = ?1 COLLATE NOCASE LIMIT 1",
-                [instance_id],
-                |r| r.get(0),
-            )
+            .query_row(twin_sql, [instance_id], |r| r.get(0))
             .optional()?;
         if let Some(existing) = twin {
             return Ok(RegisterOutcome::CaseCollision { existing });
         }
         let (total, recent): (i64, i64) = conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(created_at_ms > ?2), 0) FROM instances
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN created_at_ms > ?2 THEN 1 ELSE 0 END), 0) FROM instances
              WHERE token_id = ?1",
             params![token.id, now_ms - 60_000],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -180,7 +181,7 @@ pub fn register(
         row.inventory != *inventory || row.region != token.region || row.party != token.party
     });
     conn.execute(
-        "INSERT INTO instances (instance_id, project, region, party, token_id, hostname,
+        "INSERT INTO instances AS t (instance_id, project, region, party, token_id, hostname,
              cpu_count, mem_total_bytes, disk_total_bytes, lan_ips, wan_ips, agent_version,
              os, created_at_ms, updated_at_ms, last_seen_ms, monitoring, interval_secs,
              net_interfaces)
@@ -194,8 +195,8 @@ pub fn register(
              wan_ips = excluded.wan_ips, agent_version = excluded.agent_version, os = excluded.os,
              net_interfaces = excluded.net_interfaces,
              last_seen_ms = excluded.last_seen_ms,
-             updated_at_ms = CASE WHEN ?16 THEN excluded.updated_at_ms ELSE updated_at_ms END,
-             interval_secs = CASE WHEN interval_by_admin THEN interval_secs
+             updated_at_ms = CASE WHEN ?16 <> 0 THEN excluded.updated_at_ms ELSE t.updated_at_ms END,
+             interval_secs = CASE WHEN t.interval_by_admin <> 0 THEN t.interval_secs
                                   ELSE excluded.interval_secs END",
         params![
             instance_id,
@@ -230,7 +231,7 @@ pub fn register(
 /// One instance.
 pub fn get(conn: &Connection, instance_id: &str) -> Result<Option<InstanceRow>> {
     let sql = format!("SELECT {COLUMNS} FROM instances WHERE instance_id = ?1");
-    Ok(conn.query_row(&sql, [instance_id], from_row).optional()?)
+    conn.query_row(&sql, [instance_id], from_row).optional()
 }
 
 /// Instances of one project (all projects when `project` is None), by instance id.
@@ -240,7 +241,7 @@ pub fn list(conn: &Connection, project: Option<&str>) -> Result<Vec<InstanceRow>
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map([project], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Persists a new desired state; false when the instance does not exist. `interval_by_admin`
@@ -253,7 +254,7 @@ pub fn set_desired(
 ) -> Result<bool> {
     Ok(conn.execute(
         "UPDATE instances SET monitoring = ?2, interval_secs = ?3,
-             interval_by_admin = interval_by_admin OR ?4
+             interval_by_admin = CASE WHEN interval_by_admin <> 0 OR ?4 <> 0 THEN 1 ELSE 0 END
          WHERE instance_id = ?1",
         params![
             instance_id,
@@ -273,13 +274,18 @@ pub fn record_seen(
     spooled_batches: Option<u64>,
 ) -> Result<()> {
     // Cached statements: these run once per ingested batch.
-    conn.prepare_cached(
+    let sql = if conn.is_pg() {
+        "UPDATE instances SET last_seen_ms = GREATEST(last_seen_ms, ?2),
+             dropped_samples = GREATEST(dropped_samples, COALESCE(CAST(?3 AS BIGINT), 0)),
+             spooled_batches = COALESCE(CAST(?4 AS BIGINT), spooled_batches)
+         WHERE instance_id = ?1"
+    } else {
         "UPDATE instances SET last_seen_ms = MAX(last_seen_ms, ?2),
              dropped_samples = MAX(dropped_samples, COALESCE(?3, 0)),
              spooled_batches = COALESCE(?4, spooled_batches)
-         WHERE instance_id = ?1",
-    )?
-    .execute(params![
+         WHERE instance_id = ?1"
+    };
+    conn.prepare_cached(sql)?.execute(params![
         instance_id,
         now_ms,
         dropped_samples_total.map(|v| v as i64),

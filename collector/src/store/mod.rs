@@ -9,8 +9,13 @@
 
 pub mod bandwidth;
 pub mod cdn;
+pub mod copy;
+pub mod db;
 pub mod instances;
+pub mod locks;
 mod migrations;
+pub mod notify;
+mod pg;
 pub mod rating;
 pub mod samples;
 pub mod series;
@@ -24,8 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::OpenFlags;
 use tokio::sync::{mpsc, oneshot};
+
+pub use db::{Connection, params};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "vmmon.sqlite3";
@@ -63,6 +70,29 @@ pub enum StoreError {
     /// Stored data that does not parse (e.g. a JSON column).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// PostgreSQL reported an error (or the connection to it failed).
+    #[error("database error: {}", pg_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool.
+    #[error("database pool: {0}")]
+    Pool(String),
+    /// A query that must return a row returned none.
+    #[error("query returned no rows")]
+    NoRows,
+    /// A value did not have the type the code reads it as.
+    #[error("column type: {0}")]
+    Type(String),
+    /// The store location is not usable (e.g. a malformed `postgres://` URL).
+    #[error("store location: {0}")]
+    Location(String),
+}
+
+/// A PostgreSQL error with the server's message and code (tokio-postgres shows only "db error").
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// Result alias for store operations.
@@ -73,16 +103,73 @@ type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 /// without a savepoint of its own (the whole transaction must then be rolled back).
 type Job = Box<dyn FnOnce(&Connection) -> (Completion, bool) + Send>;
 
+/// Where the store lives: a SQLite database in a data directory (the embedded default) or a
+/// shared PostgreSQL database (`postgres://user:password@host:port/dbname`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The data directory holding `vmmon.sqlite3`.
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` connection URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// A `postgres://`/`postgresql://` URL is PostgreSQL; anything else is a data directory.
+    pub fn parse(s: &str) -> StoreLocation {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            StoreLocation::Postgres(s.to_string())
+        } else {
+            StoreLocation::Sqlite(PathBuf::from(s))
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    /// The location for logs and messages: a URL's password is never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(dir) => write!(f, "{}", dir.join(DB_FILE).display()),
+            StoreLocation::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("***"));
+                    }
+                    write!(f, "{u}")
+                }
+                Err(_) => write!(f, "postgres://(malformed URL)"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
+enum Backend {
+    Sqlite {
+        path: PathBuf,
+        readers: Mutex<Vec<rusqlite::Connection>>,
+    },
+    Pg {
+        pool: deadpool_postgres::Pool,
+        rt: tokio::runtime::Handle,
+        shown: String,
+        url: String,
+    },
+}
+
 struct Inner {
-    path: PathBuf,
+    backend: Backend,
     writer: mpsc::Sender<Job>,
-    readers: Mutex<Vec<Connection>>,
     read_slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -93,27 +180,84 @@ impl Store {
             StoreError::Commit(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join(DB_FILE);
-        let mut conn = Connection::open(&path)?;
+        let mut conn = rusqlite::Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
-        let (tx, rx) = mpsc::channel::<Job>(4096);
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
-            .map_err(|e| StoreError::Commit(format!("cannot start writer thread: {e}")))?;
+        let writer = spawn_writer(Connection::Sqlite(conn), None)?;
         Ok(Store {
             inner: Arc::new(Inner {
-                path,
-                writer: tx,
-                readers: Mutex::new(Vec::new()),
+                backend: Backend::Sqlite {
+                    path,
+                    readers: Mutex::new(Vec::new()),
+                },
+                writer,
                 read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_READS)),
             }),
         })
     }
 
-    /// Path of the database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Opens the store at `location`: [`Self::open`] for a data directory, else connects to
+    /// PostgreSQL, migrates its schema (under an advisory lock, so collectors starting together
+    /// migrate once) and starts the writer. Must be called inside a tokio runtime.
+    pub async fn open_location(location: &StoreLocation) -> Result<Store> {
+        match location {
+            StoreLocation::Sqlite(dir) => Store::open(dir),
+            StoreLocation::Postgres(url) => {
+                let pool = pg::pool(url)?;
+                let rt = tokio::runtime::Handle::current();
+                let first = pool
+                    .get()
+                    .await
+                    .map_err(|e| StoreError::Pool(e.to_string()))?;
+                pg::migrate(&first).await?;
+                let writer = spawn_writer(
+                    Connection::Pg(Box::new(db::PgConn::new(first, rt.clone()))),
+                    Some((pool.clone(), rt.clone())),
+                )?;
+                Ok(Store {
+                    inner: Arc::new(Inner {
+                        backend: Backend::Pg {
+                            pool,
+                            rt,
+                            shown: location.to_string(),
+                            url: url.clone(),
+                        },
+                        writer,
+                        read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_READS)),
+                    }),
+                })
+            }
+        }
+    }
+
+    /// Path of the SQLite database file; `None` on PostgreSQL.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.backend {
+            Backend::Sqlite { path, .. } => Some(path),
+            Backend::Pg { .. } => None,
+        }
+    }
+
+    /// The store for messages: the SQLite file, or the PostgreSQL URL without its password.
+    pub fn describe(&self) -> String {
+        match &self.inner.backend {
+            Backend::Sqlite { path, .. } => path.display().to_string(),
+            Backend::Pg { shown, .. } => shown.clone(),
+        }
+    }
+
+    /// True when the store is PostgreSQL (shared by several collectors).
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.inner.backend, Backend::Pg { .. })
+    }
+
+    /// The PostgreSQL pool (LISTEN/NOTIFY and advisory locks use their own connections from
+    /// it); `None` on SQLite.
+    pub fn pg_pool(&self) -> Option<&deadpool_postgres::Pool> {
+        match &self.inner.backend {
+            Backend::Pg { pool, .. } => Some(pool),
+            Backend::Sqlite { .. } => None,
+        }
     }
 
     /// Runs `f` on the writer connection inside the current batch transaction; resolves after the
@@ -183,10 +327,27 @@ impl Store {
             .acquire_owned()
             .await
             .map_err(|e| StoreError::ReadTask(e.to_string()))?;
+        let pg = match &inner.backend {
+            Backend::Pg { pool, rt, .. } => Some(Box::new(db::PgConn::new(
+                pool.get()
+                    .await
+                    .map_err(|e| StoreError::Pool(e.to_string()))?,
+                rt.clone(),
+            ))),
+            Backend::Sqlite { .. } => None,
+        };
         tokio::task::spawn_blocking(move || {
-            let conn = inner.take_reader()?;
-            let res = f(&conn);
-            inner.put_reader(conn);
+            let res = match pg {
+                Some(pg) => f(&Connection::Pg(pg)),
+                None => {
+                    let conn = Connection::Sqlite(inner.take_reader()?);
+                    let res = f(&conn);
+                    if let Connection::Sqlite(c) = conn {
+                        inner.put_reader(c);
+                    }
+                    res
+                }
+            };
             drop(permit);
             res
         })
@@ -196,20 +357,24 @@ impl Store {
 }
 
 impl Inner {
-    fn take_reader(&self) -> Result<Connection> {
-        if let Some(conn) = self.readers.lock().ok().and_then(|mut pool| pool.pop()) {
+    fn take_reader(&self) -> Result<rusqlite::Connection> {
+        let Backend::Sqlite { path, readers } = &self.backend else {
+            return Err(StoreError::ReadTask("not a SQLite store".into()));
+        };
+        if let Some(conn) = readers.lock().ok().and_then(|mut pool| pool.pop()) {
             return Ok(conn);
         }
-        let conn = Connection::open_with_flags(
-            &self.path,
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(5))?;
         Ok(conn)
     }
 
-    fn put_reader(&self, conn: Connection) {
-        if let Ok(mut pool) = self.readers.lock()
+    fn put_reader(&self, conn: rusqlite::Connection) {
+        if let Backend::Sqlite { readers, .. } = &self.backend
+            && let Ok(mut pool) = readers.lock()
             && pool.len() < MAX_IDLE_READERS
         {
             pool.push(conn);
@@ -217,7 +382,18 @@ impl Inner {
     }
 }
 
-fn configure(conn: &Connection) -> Result<()> {
+type Reconnect = Option<(deadpool_postgres::Pool, tokio::runtime::Handle)>;
+
+fn spawn_writer(conn: Connection, reconnect: Reconnect) -> Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>(4096);
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer_loop(conn, rx, reconnect))
+        .map_err(|e| StoreError::Commit(format!("cannot start writer thread: {e}")))?;
+    Ok(tx)
+}
+
+fn configure(conn: &rusqlite::Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     // WAL: readers never block the writer; NORMAL sync is durable across process crashes
     // (SIGKILL), which is the failure the agents' resend protocol relies on.
@@ -232,7 +408,7 @@ fn configure(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+fn migrate(conn: &mut rusqlite::Connection) -> Result<()> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let supported = migrations::MIGRATIONS.len();
     if current > supported {
@@ -262,11 +438,16 @@ fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
     match (res, end) {
         (Ok(v), Ok(())) => Ok(v),
         (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(e.into()),
+        (Ok(_), Err(e)) => Err(e),
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Reconnect) {
+    let begin_sql = if conn.is_pg() {
+        "BEGIN"
+    } else {
+        "BEGIN IMMEDIATE"
+    };
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_TX);
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
@@ -277,7 +458,16 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
-        let begin = conn.execute_batch("BEGIN IMMEDIATE");
+        if let (Connection::Pg(pg), Some((pool, rt))) = (&conn, &reconnect)
+            && pg.is_closed()
+        {
+            // The server connection went away (a restart or failover): take a fresh one.
+            match rt.block_on(pool.get()) {
+                Ok(fresh) => conn = Connection::Pg(Box::new(db::PgConn::new(fresh, rt.clone()))),
+                Err(e) => tracing::error!(error = %e, "Store writer cannot reconnect."),
+            }
+        }
+        let begin = conn.execute_batch(begin_sql);
         if let Err(e) = begin {
             let msg = e.to_string();
             tracing::error!(error = %msg, "Store writer cannot begin a transaction.");
@@ -320,11 +510,27 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
 
 pub use vmmon_common::vocab::now_ms;
 
+/// The PostgreSQL database's size in bytes (`pg_database_size`); `None` on SQLite, whose size is
+/// its files'.
+pub fn database_size(conn: &Connection) -> Result<Option<u64>> {
+    if !conn.is_pg() {
+        return Ok(None);
+    }
+    let n: i64 = conn.query_row(
+        "SELECT pg_database_size(current_database())",
+        params![],
+        |r| r.get(0),
+    )?;
+    Ok(Some(u64::try_from(n).unwrap_or(0)))
+}
+
 /// A trivial query: proves a read connection works (the health check).
 pub fn ping(conn: &Connection) -> Result<()> {
-    conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+    conn.query_row("SELECT 1", params![], |r| r.get::<_, i64>(0))?;
     Ok(())
 }
 
+#[cfg(test)]
+pub mod testing;
 #[cfg(test)]
 mod tests;

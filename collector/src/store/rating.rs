@@ -4,7 +4,7 @@
 //! Decimals (costs, levels, quantities, prices) are stored as their exact text and parsed back
 //! with [`crate::rating::decimal`]; SQLite never does arithmetic on them.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Connection, OptionalExtension, Row, params};
 use rust_decimal::Decimal;
 
 use super::{Result, StoreError};
@@ -29,8 +29,8 @@ fn dec(what: &str, v: &str) -> Result<Decimal> {
 /// Stored module states `(module_id, enabled, priority)`.
 pub fn module_rows(conn: &Connection) -> Result<Vec<(String, bool, i64)>> {
     let mut stmt = conn.prepare("SELECT module_id, enabled, priority FROM rating_modules")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Stores a module's state.
@@ -54,18 +54,17 @@ pub fn collector_mappings(
          WHERE ?1 IS NULL OR collector = ?1 ORDER BY rowid",
     )?;
     let rows = stmt.query_map([collector], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// The collector a service is mapped to.
 pub fn collector_mapping(conn: &Connection, service: &str) -> Result<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT collector FROM rating_collector_mappings WHERE service = ?1",
-            [service],
-            |r| r.get(0),
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT collector FROM rating_collector_mappings WHERE service = ?1",
+        [service],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Maps a service to a collector (replacing an existing mapping).
@@ -88,13 +87,12 @@ pub fn delete_collector_mapping(conn: &Connection, service: &str) -> Result<bool
 
 /// A collector's stored enabled state.
 pub fn collector_state(conn: &Connection, name: &str) -> Result<Option<bool>> {
-    Ok(conn
-        .query_row(
-            "SELECT enabled FROM rating_collector_states WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT enabled FROM rating_collector_states WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Stores a collector's enabled state.
@@ -110,7 +108,7 @@ pub fn set_collector_state(conn: &Connection, name: &str, enabled: bool) -> Resu
 // ---------------------------------------------------------------------------------------------
 // Hashmap: services, fields, groups
 
-fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Service> {
+fn service_row(r: &Row<'_>) -> Result<Service> {
     Ok(Service {
         service_id: r.get(0)?,
         name: r.get(1)?,
@@ -120,30 +118,28 @@ fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Service> {
 /// Every service, oldest first.
 pub fn services(conn: &Connection) -> Result<Vec<Service>> {
     let mut stmt = conn.prepare("SELECT service_id, name FROM hashmap_services ORDER BY rowid")?;
-    let rows = stmt.query_map([], service_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], service_row)?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// One service by id.
 pub fn service(conn: &Connection, service_id: &str) -> Result<Option<Service>> {
-    Ok(conn
-        .query_row(
-            "SELECT service_id, name FROM hashmap_services WHERE service_id = ?1",
-            [service_id],
-            service_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT service_id, name FROM hashmap_services WHERE service_id = ?1",
+        [service_id],
+        service_row,
+    )
+    .optional()
 }
 
 /// One service by name.
 pub fn service_by_name(conn: &Connection, name: &str) -> Result<Option<Service>> {
-    Ok(conn
-        .query_row(
-            "SELECT service_id, name FROM hashmap_services WHERE name = ?1",
-            [name],
-            service_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT service_id, name FROM hashmap_services WHERE name = ?1",
+        [name],
+        service_row,
+    )
+    .optional()
 }
 
 /// Creates a service (the caller checked the name is free).
@@ -163,7 +159,7 @@ pub fn delete_service(conn: &Connection, service_id: &str) -> Result<bool> {
     )? > 0)
 }
 
-fn field_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Field> {
+fn field_row(r: &Row<'_>) -> Result<Field> {
     Ok(Field {
         field_id: r.get(0)?,
         service_id: r.get(1)?,
@@ -178,30 +174,28 @@ pub fn fields(conn: &Connection, service_id: Option<&str>) -> Result<Vec<Field>>
          WHERE ?1 IS NULL OR service_id = ?1 ORDER BY rowid",
     )?;
     let rows = stmt.query_map([service_id], field_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// One field by id.
 pub fn field(conn: &Connection, field_id: &str) -> Result<Option<Field>> {
-    Ok(conn
-        .query_row(
-            "SELECT field_id, service_id, name FROM hashmap_fields WHERE field_id = ?1",
-            [field_id],
-            field_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT field_id, service_id, name FROM hashmap_fields WHERE field_id = ?1",
+        [field_id],
+        field_row,
+    )
+    .optional()
 }
 
 /// A service's field by name.
 pub fn field_by_name(conn: &Connection, service_id: &str, name: &str) -> Result<Option<Field>> {
-    Ok(conn
-        .query_row(
-            "SELECT field_id, service_id, name FROM hashmap_fields
+    conn.query_row(
+        "SELECT field_id, service_id, name FROM hashmap_fields
              WHERE service_id = ?1 AND name = ?2",
-            [service_id, name],
-            field_row,
-        )
-        .optional()?)
+        [service_id, name],
+        field_row,
+    )
+    .optional()
 }
 
 /// Creates a field.
@@ -218,7 +212,7 @@ pub fn delete_field(conn: &Connection, field_id: &str) -> Result<bool> {
     Ok(conn.execute("DELETE FROM hashmap_fields WHERE field_id = ?1", [field_id])? > 0)
 }
 
-fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Group> {
+fn group_row(r: &Row<'_>) -> Result<Group> {
     Ok(Group {
         group_id: r.get(0)?,
         name: r.get(1)?,
@@ -228,30 +222,28 @@ fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Group> {
 /// Every group, oldest first.
 pub fn groups(conn: &Connection) -> Result<Vec<Group>> {
     let mut stmt = conn.prepare("SELECT group_id, name FROM hashmap_groups ORDER BY rowid")?;
-    let rows = stmt.query_map([], group_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], group_row)?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// One group by id.
 pub fn group(conn: &Connection, group_id: &str) -> Result<Option<Group>> {
-    Ok(conn
-        .query_row(
-            "SELECT group_id, name FROM hashmap_groups WHERE group_id = ?1",
-            [group_id],
-            group_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT group_id, name FROM hashmap_groups WHERE group_id = ?1",
+        [group_id],
+        group_row,
+    )
+    .optional()
 }
 
 /// One group by name.
 pub fn group_by_name(conn: &Connection, name: &str) -> Result<Option<Group>> {
-    Ok(conn
-        .query_row(
-            "SELECT group_id, name FROM hashmap_groups WHERE name = ?1",
-            [name],
-            group_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT group_id, name FROM hashmap_groups WHERE name = ?1",
+        [name],
+        group_row,
+    )
+    .optional()
 }
 
 /// Creates a group.
@@ -336,7 +328,7 @@ fn rule_columns(kind: RuleKind) -> String {
     )
 }
 
-fn rule_from(kind: RuleKind, r: &rusqlite::Row<'_>) -> rusqlite::Result<(Rule, String, String)> {
+fn rule_from(kind: RuleKind, r: &Row<'_>) -> Result<(Rule, String, String)> {
     let key: Option<String> = r.get(1)?;
     let map_type: String = r.get(2)?;
     let cost: String = r.get(3)?;
@@ -375,7 +367,7 @@ pub fn rules(conn: &Connection, kind: RuleKind, filter: &RuleFilter) -> Result<V
     let sql = format!(
         "SELECT {} FROM {} WHERE (?1 IS NULL OR service_id = ?1) AND (?2 IS NULL OR field_id = ?2)
          AND (?3 IS NULL OR group_id = ?3) AND (?4 = 0 OR group_id IS NULL)
-         AND (?5 = 0 OR tenant_id IS ?6) ORDER BY rowid",
+         AND (?5 = 0 OR tenant_id IS NOT DISTINCT FROM ?6) ORDER BY rowid",
         rule_columns(kind),
         kind.table()
     );
@@ -420,33 +412,34 @@ fn key_text(kind: RuleKind, r: &Rule) -> Option<String> {
 }
 
 /// Another rule with the same key, parent, tenant and group as `r` whose validity period
-/// overlaps `r`'s (a duplicate); its id.
+/// overlaps `r`'s (a duplicate); its id. (The casts type a NULL bound for PostgreSQL, which
+/// cannot infer it from `?8 IS NULL`.)
 pub fn duplicate_rule(conn: &Connection, kind: RuleKind, r: &Rule) -> Result<Option<String>> {
     let sql = format!(
-        "SELECT {id} FROM {t} WHERE {k} IS ?1 AND service_id IS ?2 AND field_id IS ?3
-         AND tenant_id IS ?4 AND group_id IS ?5 AND {id} <> ?6
-         AND (start_ms IS NULL OR ?8 IS NULL OR start_ms < ?8)
-         AND (end_ms IS NULL OR ?7 IS NULL OR ?7 < end_ms) LIMIT 1",
+        "SELECT {id} FROM {t} WHERE {k} IS NOT DISTINCT FROM ?1 AND service_id IS NOT DISTINCT FROM ?2
+         AND field_id IS NOT DISTINCT FROM ?3 AND tenant_id IS NOT DISTINCT FROM ?4
+         AND group_id IS NOT DISTINCT FROM ?5 AND {id} <> ?6
+         AND (start_ms IS NULL OR ?8 IS NULL OR start_ms < CAST(?8 AS BIGINT))
+         AND (end_ms IS NULL OR ?7 IS NULL OR CAST(?7 AS BIGINT) < end_ms) LIMIT 1",
         id = kind.id_col(),
         t = kind.table(),
         k = kind.key_col()
     );
-    Ok(conn
-        .query_row(
-            &sql,
-            params![
-                key_text(kind, r),
-                r.service_id,
-                r.field_id,
-                r.tenant_id,
-                r.group_id,
-                r.id,
-                r.start_ms,
-                r.end_ms
-            ],
-            |row| row.get(0),
-        )
-        .optional()?)
+    conn.query_row(
+        &sql,
+        params![
+            key_text(kind, r),
+            r.service_id,
+            r.field_id,
+            r.tenant_id,
+            r.group_id,
+            r.id,
+            r.start_ms,
+            r.end_ms
+        ],
+        |row| row.get(0),
+    )
+    .optional()
 }
 
 /// Inserts or replaces (by id) a rule.
@@ -503,13 +496,12 @@ pub fn hashmap_rules(conn: &Connection) -> Result<HashmapRules> {
 
 /// A stored processing state value.
 pub fn state(conn: &Connection, name: &str) -> Result<Option<i64>> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM rating_state WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT value FROM rating_state WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Stores a processing state value.
@@ -527,7 +519,7 @@ pub type PeriodSamples = (InstanceInfo, Option<SampleRow>, Vec<SampleRow>);
 
 const SAMPLE_COLUMNS: &str = "sampled_at_ms, elapsed_ms, cpu_pct, rx_bytes_total, tx_bytes_total";
 
-fn sample_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
+fn sample_row(r: &Row<'_>) -> Result<SampleRow> {
     Ok(SampleRow {
         at_ms: r.get(0)?,
         elapsed_ms: r.get(1)?,
@@ -571,7 +563,7 @@ pub fn period_samples(
                 agent_version: r.get(9)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     let mut in_period = conn.prepare_cached(&format!(
         "SELECT {SAMPLE_COLUMNS} FROM vm_samples WHERE instance_id = ?1
          AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3 ORDER BY sampled_at_ms, id"
@@ -588,7 +580,7 @@ pub fn period_samples(
     for info in infos {
         let mut rows = in_period
             .query_map(params![info.instance_id, begin_ms, end_ms], sample_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         if let Some(t) = tail
             .query_row(
                 params![
@@ -771,7 +763,7 @@ pub fn tenants(conn: &Connection, begin_ms: i64, end_ms: i64) -> Result<Vec<Stri
          ORDER BY tenant_id",
     )?;
     let rows = stmt.query_map(params![begin_ms, end_ms], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Rated datapoints matching `f`, by period, tenant, type and insertion.
@@ -797,7 +789,7 @@ pub fn points(conn: &Connection, f: &ReportFilter) -> Result<Vec<PointRow>> {
             })
         },
     )?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Calls `each` with every rated datapoint matching `f` (by period, tenant, type and insertion),
@@ -813,20 +805,21 @@ pub fn for_each_point(
            AND (?4 IS NULL OR res_type = ?4)
          ORDER BY begin_ms, tenant_id, res_type, id",
     )?;
-    let mut rows = stmt.query(params![f.begin_ms, f.end_ms, f.tenant_id, f.res_type])?;
-    while let Some(r) = rows.next()? {
-        each(PointRow {
-            begin_ms: r.get(0)?,
-            end_ms: r.get(1)?,
-            tenant_id: r.get(2)?,
-            res_type: r.get(3)?,
-            unit: r.get(4)?,
-            qty: r.get(5)?,
-            rating: r.get(6)?,
-            desc: r.get(7)?,
-        })?;
-    }
-    Ok(())
+    stmt.for_each(
+        params![f.begin_ms, f.end_ms, f.tenant_id, f.res_type],
+        |r| {
+            each(PointRow {
+                begin_ms: r.get(0)?,
+                end_ms: r.get(1)?,
+                tenant_id: r.get(2)?,
+                res_type: r.get(3)?,
+                unit: r.get(4)?,
+                qty: r.get(5)?,
+                rating: r.get(6)?,
+                desc: r.get(7)?,
+            })
+        },
+    )
 }
 
 /// Adds pushed datapoints (`POST /v2/dataframes`) to what is stored: the points are inserted
@@ -915,7 +908,7 @@ pub fn scopes(conn: &Connection) -> Result<Vec<ScopeRow>> {
                UNION SELECT scope_id FROM rating_scopes) s
          LEFT JOIN rating_scopes r ON r.scope_id = s.id ORDER BY s.id",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(params![], |r| {
         Ok(ScopeRow {
             scope_id: r.get(0)?,
             scope_key: r.get(1)?,
@@ -925,7 +918,7 @@ pub fn scopes(conn: &Connection) -> Result<Vec<ScopeRow>> {
             toggled_ms: r.get(5)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Stores a scope's state attributes.
@@ -951,8 +944,8 @@ pub fn set_scope(conn: &Connection, s: &ScopeRow, now_ms: i64) -> Result<()> {
 /// Ids of the inactive scopes.
 pub fn inactive_scopes(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare("SELECT scope_id FROM rating_scopes WHERE active = 0")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], |r| r.get(0))?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// A reprocessing schedule: re-rate `[start_ms, end_ms)` of one scope, period by period.
@@ -974,7 +967,7 @@ pub struct ReprocessRow {
 
 const REPROCESS_COLUMNS: &str = "id, scope_id, reason, start_ms, end_ms, current_ms";
 
-fn reprocess_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReprocessRow> {
+fn reprocess_row(r: &Row<'_>) -> Result<ReprocessRow> {
     Ok(ReprocessRow {
         id: r.get(0)?,
         scope_id: r.get(1)?,
@@ -994,12 +987,12 @@ pub fn add_reprocess(
     end_ms: i64,
     now_ms: i64,
 ) -> Result<i64> {
-    conn.execute(
+    conn.query_row(
         "INSERT INTO rating_reprocesses (scope_id, reason, start_ms, end_ms, current_ms,
-             created_ms) VALUES (?1, ?2, ?3, ?4, ?3, ?5)",
+             created_ms) VALUES (?1, ?2, ?3, ?4, ?3, ?5) RETURNING id",
         params![scope_id, reason, start_ms, end_ms, now_ms],
-    )?;
-    Ok(conn.last_insert_rowid())
+        |r| r.get(0),
+    )
 }
 
 /// Schedules of the scopes `scope_ids` (all when empty), by id ascending or descending, paged.
@@ -1012,15 +1005,21 @@ pub fn reprocesses(
 ) -> Result<Vec<ReprocessRow>> {
     let order = if descending { "DESC" } else { "ASC" };
     let ids = serde_json::Value::from(scope_ids.to_vec()).to_string();
+    // The scope ids travel as one JSON array parameter, unpacked by each dialect.
+    let elements = if conn.is_pg() {
+        "SELECT jsonb_array_elements_text(CAST(?1 AS jsonb))"
+    } else {
+        "SELECT value FROM json_each(?1)"
+    };
     let mut stmt = conn.prepare(&format!(
         "SELECT {REPROCESS_COLUMNS} FROM rating_reprocesses
-         WHERE ?1 = '[]' OR scope_id IN (SELECT value FROM json_each(?1))
+         WHERE ?1 = '[]' OR scope_id IN ({elements})
          ORDER BY id {order} LIMIT ?2 OFFSET ?3"
     ))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let offset = i64::try_from(offset).unwrap_or(i64::MAX);
     let rows = stmt.query_map(params![ids, limit, offset], reprocess_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// An unfinished schedule of `scope_id` overlapping `[start_ms, end_ms)`.
@@ -1030,40 +1029,38 @@ pub fn overlapping_reprocess(
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Option<ReprocessRow>> {
-    Ok(conn
-        .query_row(
-            &format!(
-                "SELECT {REPROCESS_COLUMNS} FROM rating_reprocesses WHERE scope_id = ?1
-                 AND current_ms < end_ms AND start_ms < ?3 AND ?2 < end_ms ORDER BY id LIMIT 1"
-            ),
-            params![scope_id, start_ms, end_ms],
-            reprocess_row,
-        )
-        .optional()?)
+    conn.query_row(
+        &format!(
+            "SELECT {REPROCESS_COLUMNS} FROM rating_reprocesses WHERE scope_id = ?1
+             AND current_ms < end_ms AND start_ms < ?3 AND ?2 < end_ms ORDER BY id LIMIT 1"
+        ),
+        params![scope_id, start_ms, end_ms],
+        reprocess_row,
+    )
+    .optional()
 }
 
 /// The oldest unfinished schedule.
 pub fn next_reprocess(conn: &Connection) -> Result<Option<ReprocessRow>> {
-    Ok(conn
-        .query_row(
-            &format!(
-                "SELECT {REPROCESS_COLUMNS} FROM rating_reprocesses WHERE current_ms < end_ms
-                 ORDER BY id LIMIT 1"
-            ),
-            [],
-            reprocess_row,
-        )
-        .optional()?)
+    conn.query_row(
+        &format!(
+            "SELECT {REPROCESS_COLUMNS} FROM rating_reprocesses WHERE current_ms < end_ms
+             ORDER BY id LIMIT 1"
+        ),
+        params![],
+        reprocess_row,
+    )
+    .optional()
 }
 
 /// The earliest period start still to re-rate per scope (unfinished schedules only).
 pub fn pending_reprocess_starts(conn: &Connection) -> Result<Vec<(String, i64)>> {
     let mut stmt = conn.prepare(
         "SELECT scope_id, MIN(current_ms) FROM rating_reprocesses WHERE current_ms < end_ms
-         GROUP BY scope_id",
+         GROUP BY scope_id ORDER BY scope_id",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Records that a schedule re-rated up to `current_ms`.

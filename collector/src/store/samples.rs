@@ -1,6 +1,6 @@
 //! VM and process samples: deduplicated batch inserts and the legacy API's queries.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Connection, OptionalExtension, Row, params};
 use vmmon_common::wire::ReportBatch;
 
 use super::Result;
@@ -91,8 +91,8 @@ pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Re
     // Cached: runs once per ingested batch.
     let inserted = conn
         .prepare_cached(
-            "INSERT OR IGNORE INTO batches (batch_id, instance_id, received_at_ms, seq)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO batches (batch_id, instance_id, received_at_ms, seq)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
         )?
         .execute(params![
             batch.batch_id.to_string(),
@@ -105,6 +105,9 @@ pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Re
 
 /// Stores the batch's VM and process samples (call after [`remember_batch`] said it is new).
 pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
+    if let Connection::Pg(pg) = conn {
+        return insert_samples_pg(pg, batch);
+    }
     let mut vm_stmt = conn.prepare_cached(
         "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
              disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
@@ -165,7 +168,7 @@ const VM_COLUMNS: &str = "id, instance_id, sampled_at_ms, cpu_pct, mem_pct, disk
     net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
     cpu_steal_pct, unreadable_procs";
 
-fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
+fn vm_from_row(r: &Row<'_>) -> Result<VmRow> {
     Ok(VmRow {
         id: r.get(0)?,
         instance_id: r.get(1)?,
@@ -191,7 +194,7 @@ fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
 const PROC_COLUMNS: &str = "id, instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct, mem_pct,
     disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable";
 
-fn proc_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProcessRow> {
+fn proc_from_row(r: &Row<'_>) -> Result<ProcessRow> {
     Ok(ProcessRow {
         id: r.get(0)?,
         instance_id: r.get(1)?,
@@ -218,7 +221,7 @@ pub fn latest_vm(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![instance_id, limit], vm_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// One instance's newest VM sample with the instance's labels, for `/metrics`.
@@ -259,7 +262,7 @@ pub fn fleet(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> 
                 },
             ))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(instances.len());
     for (id, mut row) in instances {
         row.vm = latest_vm(conn, &id, 1)?.pop();
@@ -288,7 +291,7 @@ pub fn latest_processes(
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![instance_id, newest, limit], proc_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// The newest `limit` records of processes named `cmd` on an instance, newest first.
@@ -304,16 +307,16 @@ pub fn process_history(
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![instance_id, cmd, limit], proc_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Count of VM samples of an instance (diagnostics and tests).
 pub fn vm_sample_count(conn: &Connection, instance_id: &str) -> Result<i64> {
-    Ok(conn.query_row(
+    conn.query_row(
         "SELECT COUNT(*) FROM vm_samples WHERE instance_id = ?1",
         [instance_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// Deletes up to `max_rows` of each raw table's rows older than `cutoff_ms` (samples by sample
@@ -338,7 +341,7 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
             Some(id) => id,
             None => conn.query_row(
                 &format!("SELECT COALESCE(MAX(id), 0) + 1 FROM {table}"),
-                [],
+                params![],
                 |r| r.get(0),
             )?,
         };
@@ -356,4 +359,115 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
         params![cutoff_ms, max_rows],
     )?;
     Ok(n)
+}
+
+/// PostgreSQL: each table's rows of the batch in one statement (`UNNEST` of column arrays), one
+/// round trip instead of one per row.
+fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> {
+    let n = batch.samples.len();
+    let ids: Vec<&str> = vec![batch.instance_id.as_str(); n];
+    let vms: Vec<_> = batch.samples.iter().map(|s| &s.vm).collect();
+    let col_i = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> i64| {
+        vms.iter().map(|v| f(v)).collect::<Vec<i64>>()
+    };
+    let col_f = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> f64| {
+        vms.iter().map(|v| f(v)).collect::<Vec<f64>>()
+    };
+    let col_of = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> Option<f64>| {
+        vms.iter().map(|v| f(v)).collect::<Vec<Option<f64>>>()
+    };
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let at = col_i(&|v| v.sampled_at_ms);
+    let elapsed = col_i(&|v| to_i64(v.elapsed_ms));
+    let cpu = col_f(&|v| v.cpu_pct);
+    let mem = col_f(&|v| v.mem_pct);
+    let dr = col_f(&|v| v.disk_read_kib_per_sec);
+    let dw = col_f(&|v| v.disk_write_kib_per_sec);
+    let ni = col_f(&|v| v.net_in_kib_per_sec);
+    let no = col_f(&|v| v.net_out_kib_per_sec);
+    let rx = col_i(&|v| to_i64(v.rx_bytes_total));
+    let tx = col_i(&|v| to_i64(v.tx_bytes_total));
+    let pc = col_i(&|v| i64::from(v.proc_count));
+    let ai = col_of(&|v| v.net_attribution.map(|a| a.attributed_in_kib_per_sec));
+    let ao = col_of(&|v| v.net_attribution.map(|a| a.attributed_out_kib_per_sec));
+    let ui = col_of(&|v| v.net_attribution.map(|a| a.unattributed_in_kib_per_sec));
+    let uo = col_of(&|v| v.net_attribution.map(|a| a.unattributed_out_kib_per_sec));
+    let steal = col_of(&|v| v.cpu_steal_pct);
+    let unreadable: Vec<Option<i64>> = vms
+        .iter()
+        .map(|v| v.unreadable_procs.map(i64::from))
+        .collect();
+    pg.execute_native(
+        "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
+             disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
+             net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
+             cpu_steal_pct, unreadable_procs)
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[],
+             $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[],
+             $12::int8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
+             $17::float8[], $18::int8[])",
+        &[
+            &ids,
+            &at,
+            &elapsed,
+            &cpu,
+            &mem,
+            &dr,
+            &dw,
+            &ni,
+            &no,
+            &rx,
+            &tx,
+            &pc,
+            &ai,
+            &ao,
+            &ui,
+            &uo,
+            &steal,
+            &unreadable,
+        ],
+    )?;
+    let procs: Vec<(i64, &vmmon_common::wire::ProcessSample)> = batch
+        .samples
+        .iter()
+        .flat_map(|s| {
+            s.processes
+                .iter()
+                .flatten()
+                .map(move |p| (s.vm.sampled_at_ms, p))
+        })
+        .collect();
+    if procs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = vec![batch.instance_id.as_str(); procs.len()];
+    let at: Vec<i64> = procs.iter().map(|(t, _)| *t).collect();
+    let pid: Vec<i64> = procs.iter().map(|(_, p)| i64::from(p.pid)).collect();
+    let start: Vec<f64> = procs.iter().map(|(_, p)| p.start_time).collect();
+    let cmd: Vec<&str> = procs.iter().map(|(_, p)| p.cmd.as_str()).collect();
+    let f = |g: &dyn Fn(&vmmon_common::wire::ProcessSample) -> f64| {
+        procs.iter().map(|(_, p)| g(p)).collect::<Vec<f64>>()
+    };
+    let (cpu, mem) = (f(&|p| p.cpu_pct), f(&|p| p.mem_pct));
+    let (dr, dw) = (
+        f(&|p| p.disk_read_kib_per_sec),
+        f(&|p| p.disk_write_kib_per_sec),
+    );
+    let (ni, no) = (f(&|p| p.net_in_kib_per_sec), f(&|p| p.net_out_kib_per_sec));
+    let shut: Vec<Option<f64>> = procs.iter().map(|(_, p)| p.shutdown_time).collect();
+    let unread: Vec<i64> = procs
+        .iter()
+        .map(|(_, p)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
+        .collect();
+    pg.execute_native(
+        "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
+             mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::text[],
+             $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
+             $12::float8[], $13::int8[])",
+        &[
+            &ids, &at, &pid, &start, &cmd, &cpu, &mem, &dr, &dw, &ni, &no, &shut, &unread,
+        ],
+    )?;
+    Ok(())
 }

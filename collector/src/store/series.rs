@@ -6,9 +6,8 @@
 
 use std::str::FromStr;
 
-use rusqlite::{Connection, params};
-
 use super::Result;
+use super::db::{Connection, params};
 
 /// Most points one series answer may hold (the endpoint's `points` is capped here).
 pub const MAX_POINTS: u32 = 5_000;
@@ -141,7 +140,7 @@ pub fn vm_series(
             count: r.get(4)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// One instance's CPU sparkline: the average `cpu_pct` per step of `[start_ms, end_ms)`
@@ -169,8 +168,8 @@ pub fn cpu_sparklines(
         "SELECT instance_id FROM instances WHERE ?1 IS NULL OR project = ?1 ORDER BY instance_id",
     )?;
     let ids = list
-        .query_map([project], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .query_map(params![project], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>>>()?;
     let mut per = conn.prepare_cached(
         "SELECT (sampled_at_ms - ?2) / ?4 AS step, AVG(cpu_pct) FROM vm_samples
          WHERE instance_id = ?1 AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3
@@ -199,7 +198,8 @@ pub fn cpu_sparklines(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AgentTokenRow, Store, instances, samples};
+    use crate::store::testing::{self, Backend, TestStore};
+    use crate::store::{AgentTokenRow, instances, samples};
     use vmmon_common::test_support as ts;
     use vmmon_common::wire::{Inventory, Sample, VmSample};
 
@@ -217,14 +217,13 @@ mod tests {
 
     /// A store holding `samples` `(instance, project, at_ms, cpu_pct)`, registered and inserted
     /// through the store's own functions.
-    async fn store_with(samples: &[(&str, &str, i64, f64)]) -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+    async fn store_with(backend: Backend, samples: &[(&str, &str, i64, f64)]) -> TestStore {
+        let t = testing::open(backend).await;
         let rows: Vec<(String, String, i64, f64)> = samples
             .iter()
             .map(|(i, p, at, cpu)| (i.to_string(), p.to_string(), *at, *cpu))
             .collect();
-        store
+        t.store
             .write(move |c| {
                 for (seq, (id, project, at, cpu)) in rows.iter().enumerate() {
                     instances::register(
@@ -255,7 +254,7 @@ mod tests {
             })
             .await
             .unwrap();
-        (dir, store)
+        t
     }
 
     #[test]
@@ -284,16 +283,15 @@ mod tests {
         assert!(e.to_string().contains("unknown metric"), "{e}");
     }
 
-    #[tokio::test]
-    async fn series_gives_min_avg_max_per_step_and_skips_empty_steps() {
+    async fn series_gives_min_avg_max_per_step_and_skips_empty_steps(backend: Backend) {
         // 1 s samples 0..10 s on vm-a, values = seconds; one sample on vm-b that must not leak.
         let mut s: Vec<(&str, &str, i64, f64)> =
             (0..10).map(|i| ("vm-a", "p", i * 1000, i as f64)).collect();
         s.push(("vm-b", "p", 1000, 99.0));
         // A gap: nothing between 10 s and 25 s, then one sample at 25 s.
         s.push(("vm-a", "p", 25_000, 7.0));
-        let (_dir, store) = store_with(&s).await;
-        store
+        let t = store_with(backend, &s).await;
+        t.store
             .read(|c| {
                 let pts = vm_series(c, "vm-a", VmMetric::Cpu, 0, 30_000, 6)?;
                 // Step 5 s: [0,5) = 0..4, [5,10) = 5..9, [25,30) = 7.
@@ -323,12 +321,11 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn many_samples_never_exceed_points() {
+    async fn many_samples_never_exceed_points(backend: Backend) {
         let s: Vec<(&str, &str, i64, f64)> =
             (0..3000).map(|i| ("vm-a", "p", i * 1000, 1.0)).collect();
-        let (_dir, store) = store_with(&s).await;
-        store
+        let t = store_with(backend, &s).await;
+        t.store
             .read(|c| {
                 for points in [1, 7, 100, 999, 5000, 100_000] {
                     let pts = vm_series(c, "vm-a", VmMetric::Cpu, 0, 3_000_000, points)?;
@@ -345,15 +342,17 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn sparklines_are_per_instance_scoped_and_fixed_length() {
-        let (_dir, store) = store_with(&[
-            ("vm-a", "p", 0, 10.0),
-            ("vm-a", "p", 500, 20.0),
-            ("vm-b", "q", 3500, 5.0),
-        ])
+    async fn sparklines_are_per_instance_scoped_and_fixed_length(backend: Backend) {
+        let t = store_with(
+            backend,
+            &[
+                ("vm-a", "p", 0, 10.0),
+                ("vm-a", "p", 500, 20.0),
+                ("vm-b", "q", 3500, 5.0),
+            ],
+        )
         .await;
-        store
+        t.store
             .read(|c| {
                 let all = cpu_sparklines(c, None, 0, 4000, 4)?;
                 assert_eq!(all.len(), 2);
@@ -369,4 +368,10 @@ mod tests {
             .await
             .unwrap();
     }
+
+    crate::on_both_backends!(
+        series_gives_min_avg_max_per_step_and_skips_empty_steps,
+        many_samples_never_exceed_points,
+        sparklines_are_per_instance_scoped_and_fixed_length
+    );
 }

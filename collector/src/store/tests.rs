@@ -1,3 +1,4 @@
+use super::testing::Backend;
 use super::*;
 use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 
@@ -31,7 +32,7 @@ async fn migrates_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let v: usize = store
-        .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+        .read(|c| c.query_row("PRAGMA user_version", params![], |r| r.get(0)))
         .await
         .unwrap();
     assert_eq!(v, migrations::MIGRATIONS.len());
@@ -40,10 +41,9 @@ async fn migrates_and_reopens() {
     Store::open(dir.path()).unwrap();
 }
 
-#[tokio::test]
-async fn duplicate_batch_is_stored_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn duplicate_batch_is_stored_once(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     store
         .write(|c| {
             instances::register(
@@ -122,10 +122,9 @@ async fn duplicate_batch_is_stored_once() {
     assert_eq!(n, 1);
 }
 
-#[tokio::test]
-async fn failed_job_rolls_back_only_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn failed_job_rolls_back_only_itself(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     let s1 = store.clone();
     let bad = tokio::spawn(async move {
         s1.write(|c| {
@@ -145,10 +144,9 @@ async fn failed_job_rolls_back_only_itself() {
     assert_eq!(names, vec!["b".to_string()]);
 }
 
-#[tokio::test]
-async fn foreign_project_cannot_take_over_an_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn foreign_project_cannot_take_over_an_instance(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     let mut other = token();
     other.project = "p2".into();
     let out = store
@@ -183,10 +181,9 @@ async fn foreign_project_cannot_take_over_an_instance() {
     assert_eq!(row.project, "p1");
 }
 
-#[tokio::test]
-async fn sessions_expire_when_idle() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn sessions_expire_when_idle(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     store
         .write(|c| {
             let id = users::upsert_user(c, "u", "h", false, Some("p"), 0)?;
@@ -206,10 +203,9 @@ async fn sessions_expire_when_idle() {
     assert!(dead.is_none());
 }
 
-#[tokio::test]
-async fn retention_deletes_only_old_raw_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn retention_deletes_only_old_raw_rows(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     store
         .write(|c| {
             instances::register(
@@ -266,10 +262,9 @@ async fn retention_deletes_only_old_raw_rows() {
     );
 }
 
-#[tokio::test]
-async fn unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     // Submit both before the writer can run either, so they share one transaction.
     let s1 = store.clone();
     let s2 = store.clone();
@@ -310,10 +305,9 @@ async fn unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears()
         .unwrap();
 }
 
-#[tokio::test]
-async fn registration_limits_per_token_and_ids_unique_ignoring_case() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn registration_limits_per_token_and_ids_unique_ignoring_case(backend: Backend) {
+    let t = testing::open(backend).await;
+    let store = t.store.clone();
     let limits = instances::RegisterLimits {
         max_instances_per_token: 5,
         max_new_per_minute: 3,
@@ -362,4 +356,365 @@ async fn registration_limits_per_token_and_ids_unique_ignoring_case() {
         };
         assert_eq!(got, want, "{id} at {at}");
     }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+async fn pg_migrates_once_and_reopens() {
+    let url = testing::fresh_pg_url().await;
+    let location = StoreLocation::Postgres(url);
+    // Two collectors starting together: the advisory lock lets one migrate, the other finds the
+    // schema current.
+    let (a, b) = tokio::join!(
+        Store::open_location(&location),
+        Store::open_location(&location)
+    );
+    let (a, _b) = (a.unwrap(), b.unwrap());
+    let v: i64 = a
+        .read(|c| {
+            c.query_row(
+                "SELECT MAX(version) FROM schema_migrations",
+                params![],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(v as usize, super::pg::MIGRATIONS.len());
+    drop(a);
+    Store::open_location(&location).await.unwrap();
+}
+
+fn rule(
+    id: &str,
+    value: &str,
+    start_ms: Option<i64>,
+    end_ms: Option<i64>,
+) -> crate::rating::hashmap::Rule {
+    crate::rating::hashmap::Rule {
+        id: id.into(),
+        value: Some(value.into()),
+        level: None,
+        map_type: crate::rating::hashmap::MapType::Flat,
+        cost: rust_decimal::Decimal::new(15, 1),
+        service_id: Some("svc".into()),
+        field_id: None,
+        group_id: None,
+        tenant_id: None,
+        start_ms,
+        end_ms,
+        name: Some(format!("name {id}")),
+        description: None,
+    }
+}
+
+/// Hashmap rules keep their validity periods, names and descriptions; a rule with the same key
+/// duplicates another only when their validity periods overlap (NULL tenants and groups compare
+/// equal).
+async fn rating_rules_keep_validity_and_duplicates_need_overlap(backend: Backend) {
+    use super::rating::{self as db, RuleKind};
+    let t = testing::open(backend).await;
+    t.store
+        .write(|c| {
+            db::insert_service(
+                c,
+                &crate::rating::hashmap::Service {
+                    service_id: "svc".into(),
+                    name: "instance".into(),
+                },
+            )?;
+            let until_1000 = rule("r1", "m1.small", None, Some(1000));
+            db::save_rule(c, RuleKind::Mapping, &until_1000)?;
+            // Starts where r1 ends: no overlap, not a duplicate.
+            let from_1000 = rule("r2", "m1.small", Some(1000), None);
+            assert_eq!(db::duplicate_rule(c, RuleKind::Mapping, &from_1000)?, None);
+            db::save_rule(c, RuleKind::Mapping, &from_1000)?;
+            // Overlaps r2 only.
+            let later = rule("r3", "m1.small", Some(2000), Some(3000));
+            assert_eq!(
+                db::duplicate_rule(c, RuleKind::Mapping, &later)?.as_deref(),
+                Some("r2")
+            );
+            // Unbounded: overlaps both.
+            let always = rule("r4", "m1.small", None, None);
+            assert!(db::duplicate_rule(c, RuleKind::Mapping, &always)?.is_some());
+            // Another value, or another tenant: never a duplicate.
+            assert_eq!(
+                db::duplicate_rule(c, RuleKind::Mapping, &rule("r5", "m1.large", None, None))?,
+                None
+            );
+            let tenant = crate::rating::hashmap::Rule {
+                tenant_id: Some("p1".into()),
+                ..rule("r6", "m1.small", None, None)
+            };
+            assert_eq!(db::duplicate_rule(c, RuleKind::Mapping, &tenant)?, None);
+            // A rule never duplicates itself.
+            assert_eq!(db::duplicate_rule(c, RuleKind::Mapping, &until_1000)?, None);
+            // The validity period, name and description round-trip, and an update changes them.
+            assert_eq!(
+                db::rule(c, RuleKind::Mapping, "r1")?,
+                Some(until_1000.clone())
+            );
+            let changed = crate::rating::hashmap::Rule {
+                end_ms: Some(500),
+                description: Some("shorter".into()),
+                ..until_1000
+            };
+            db::save_rule(c, RuleKind::Mapping, &changed)?;
+            assert_eq!(db::rule(c, RuleKind::Mapping, "r1")?, Some(changed));
+            // Thresholds too (keyed by level).
+            let th = crate::rating::hashmap::Rule {
+                value: None,
+                level: Some(rust_decimal::Decimal::new(10, 0)),
+                ..rule("t1", "", Some(0), Some(100))
+            };
+            db::save_rule(c, RuleKind::Threshold, &th)?;
+            let th2 = crate::rating::hashmap::Rule {
+                id: "t2".into(),
+                start_ms: Some(50),
+                end_ms: None,
+                ..th.clone()
+            };
+            assert_eq!(
+                db::duplicate_rule(c, RuleKind::Threshold, &th2)?.as_deref(),
+                Some("t1")
+            );
+            assert_eq!(db::rule(c, RuleKind::Threshold, "t1")?, Some(th));
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+fn point(begin_ms: i64, tenant: &str, rating: &str) -> super::rating::PointRow {
+    super::rating::PointRow {
+        begin_ms,
+        end_ms: begin_ms + 3_600_000,
+        tenant_id: tenant.into(),
+        res_type: "instance".into(),
+        unit: "instance".into(),
+        qty: "1".into(),
+        rating: rating.into(),
+        desc: "{}".into(),
+    }
+}
+
+/// Scope states, pushed datapoints, re-rating that spares inactive scopes, and reprocessing
+/// schedules (listed by scope, overlapping, next, advanced).
+async fn rating_scopes_points_and_reprocess_schedules(backend: Backend) {
+    use super::rating::{self as db, Replace, ReportFilter, ScopeRow, TotalRow};
+    let t = testing::open(backend).await;
+    t.store
+        .write(|c| {
+            let h = 3_600_000;
+            db::add_points(
+                c,
+                &[
+                    point(0, "p1", "1.5"),
+                    point(0, "p1", "2.25"),
+                    point(0, "p2", "4"),
+                ],
+                7,
+            )?;
+            // Pushed points add to an existing total.
+            db::add_points(c, &[point(0, "p1", "0.25")], 8)?;
+            let all = ReportFilter {
+                begin_ms: 0,
+                end_ms: h,
+                ..ReportFilter::default()
+            };
+            let totals: Vec<(String, String)> = db::totals(c, &all)?
+                .into_iter()
+                .map(|t| (t.tenant_id, crate::rating::decimal::to_text(t.rate)))
+                .collect();
+            assert_eq!(
+                totals,
+                vec![("p1".into(), "4".into()), ("p2".into(), "4".into())]
+            );
+            let mut seen = 0;
+            db::for_each_point(c, &all, |_| {
+                seen += 1;
+                Ok(())
+            })?;
+            assert_eq!(seen, 4);
+            // p2 inactive: re-rating every active tenant leaves its ratings alone.
+            db::set_scope(
+                c,
+                &ScopeRow {
+                    scope_id: "p2".into(),
+                    scope_key: "project_id".into(),
+                    fetcher: "vmmon".into(),
+                    collector: "vmmon".into(),
+                    active: false,
+                    toggled_ms: None,
+                },
+                42,
+            )?;
+            assert_eq!(db::inactive_scopes(c)?, vec!["p2".to_string()]);
+            let scopes = db::scopes(c)?;
+            assert_eq!(
+                scopes
+                    .iter()
+                    .map(|s| (s.scope_id.as_str(), s.active, s.toggled_ms))
+                    .collect::<Vec<_>>(),
+                vec![("p1", true, None), ("p2", false, Some(42))]
+            );
+            let total = |tenant: &str, rate: i64| TotalRow {
+                begin_ms: 0,
+                end_ms: h,
+                tenant_id: tenant.into(),
+                res_type: "instance".into(),
+                rate: rust_decimal::Decimal::new(rate, 0),
+            };
+            let removed = db::replace_period(
+                c,
+                0,
+                h,
+                Replace::Active,
+                &[point(0, "p1", "9")],
+                &[total("p1", 9)],
+                9,
+            )?;
+            assert_eq!(removed, 3, "p1's three points, not p2's");
+            let by_tenant = |c: &Connection| -> Result<Vec<(String, String)>> {
+                Ok(db::totals(c, &all)?
+                    .into_iter()
+                    .map(|t| (t.tenant_id, crate::rating::decimal::to_text(t.rate)))
+                    .collect())
+            };
+            assert_eq!(
+                by_tenant(c)?,
+                vec![("p1".into(), "9".into()), ("p2".into(), "4".into())]
+            );
+            // One scope's reprocessing replaces that scope only.
+            db::replace_period(c, 0, h, Replace::Only("p2"), &[], &[total("p2", 1)], 10)?;
+            assert_eq!(
+                by_tenant(c)?,
+                vec![("p1".into(), "9".into()), ("p2".into(), "1".into())]
+            );
+
+            // Reprocessing schedules.
+            let a = db::add_reprocess(c, "p1", "price fix", 0, 2 * h, 11)?;
+            let b = db::add_reprocess(c, "p2", "late data", h, 3 * h, 12)?;
+            assert!(b > a);
+            let ids =
+                |rows: Vec<db::ReprocessRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+            assert_eq!(ids(db::reprocesses(c, &[], false, 0, 100)?), vec![a, b]);
+            assert_eq!(ids(db::reprocesses(c, &[], true, 0, 100)?), vec![b, a]);
+            assert_eq!(ids(db::reprocesses(c, &[], false, 1, u64::MAX)?), vec![b]);
+            assert_eq!(
+                ids(db::reprocesses(c, &["p2".into()], false, 0, 100)?),
+                vec![b]
+            );
+            assert_eq!(
+                ids(db::reprocesses(
+                    c,
+                    &["p1".into(), "p2".into()],
+                    false,
+                    0,
+                    100
+                )?),
+                vec![a, b]
+            );
+            assert!(db::reprocesses(c, &["nope".into()], false, 0, 100)?.is_empty());
+            let overlap = db::overlapping_reprocess(c, "p1", h, 5 * h)?;
+            assert_eq!(
+                overlap.map(|r| (r.id, r.current_ms, r.reason)),
+                Some((a, 0, "price fix".to_string()))
+            );
+            assert_eq!(db::overlapping_reprocess(c, "p1", 2 * h, 5 * h)?, None);
+            assert_eq!(db::next_reprocess(c)?.map(|r| r.id), Some(a));
+            assert_eq!(
+                db::pending_reprocess_starts(c)?,
+                vec![("p1".to_string(), 0), ("p2".to_string(), h)]
+            );
+            db::advance_reprocess(c, a, 2 * h)?;
+            assert_eq!(db::next_reprocess(c)?.map(|r| r.id), Some(b));
+            assert_eq!(
+                db::overlapping_reprocess(c, "p1", 0, h)?,
+                None,
+                "a done schedule"
+            );
+            assert_eq!(
+                db::pending_reprocess_starts(c)?,
+                vec![("p2".to_string(), h)]
+            );
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+crate::on_both_backends!(
+    duplicate_batch_is_stored_once,
+    failed_job_rolls_back_only_itself,
+    foreign_project_cannot_take_over_an_instance,
+    sessions_expire_when_idle,
+    retention_deletes_only_old_raw_rows,
+    unguarded_failure_rolls_back_its_whole_transaction_and_everyone_hears,
+    registration_limits_per_token_and_ids_unique_ignoring_case,
+    rating_rules_keep_validity_and_duplicates_need_overlap,
+    rating_scopes_points_and_reprocess_schedules
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+async fn pg_job_locks_let_one_collector_run_a_job() {
+    use super::locks::Job;
+    let location = StoreLocation::Postgres(testing::fresh_pg_url().await);
+    let a = Store::open_location(&location).await.unwrap();
+    let b = Store::open_location(&location).await.unwrap();
+    let held = a
+        .try_job_lock(Job::Rating)
+        .await
+        .unwrap()
+        .expect("A gets it");
+    assert!(
+        b.try_job_lock(Job::Rating).await.unwrap().is_none(),
+        "B skips the round"
+    );
+    let other = b.try_job_lock(Job::Housekeeping).await.unwrap();
+    assert!(other.is_some(), "jobs are locked separately");
+    held.release().await;
+    let again = b.try_job_lock(Job::Rating).await.unwrap();
+    assert!(again.is_some(), "free again after release");
+    // A lock dropped without release ends with its connection.
+    drop(again);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(l) = a.try_job_lock(Job::Rating).await.unwrap() {
+            l.release().await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped lock was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+async fn pg_notifications_reach_every_listener() {
+    let location = StoreLocation::Postgres(testing::fresh_pg_url().await);
+    let a = Store::open_location(&location).await.unwrap();
+    let b = Store::open_location(&location).await.unwrap();
+    let mut rx = b.listen("vmmon_test");
+    // LISTEN starts asynchronously: send until one arrives.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            a.notify("vmmon_test", "hello").await.unwrap();
+            if let Ok(Some(m)) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), rx.recv()).await
+            {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "hello");
+    let too_big = "x".repeat(super::notify::MAX_PAYLOAD + 1);
+    assert!(a.notify("vmmon_test", &too_big).await.is_err());
 }

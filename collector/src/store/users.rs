@@ -1,6 +1,6 @@
 //! Users, login sessions and agent tokens.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Connection, OptionalExtension, Row, params};
 
 use super::Result;
 
@@ -55,7 +55,7 @@ pub struct AgentTokenRow {
     pub cdn_edge: bool,
 }
 
-fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+fn user_from_row(r: &Row<'_>) -> Result<UserRow> {
     Ok(UserRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -89,21 +89,20 @@ pub fn upsert_user(
 
 /// Looks a user up by name.
 pub fn user_by_name(conn: &Connection, name: &str) -> Result<Option<UserRow>> {
-    Ok(conn
-        .query_row(
-            "SELECT id, name, password_hash, is_admin, project FROM users WHERE name = ?1",
-            [name],
-            user_from_row,
-        )
-        .optional()?)
+    conn.query_row(
+        "SELECT id, name, password_hash, is_admin, project FROM users WHERE name = ?1",
+        [name],
+        user_from_row,
+    )
+    .optional()
 }
 
 /// All users, by name.
 pub fn list_users(conn: &Connection) -> Result<Vec<UserRow>> {
     let mut stmt =
         conn.prepare("SELECT id, name, password_hash, is_admin, project FROM users ORDER BY name")?;
-    let rows = stmt.query_map([], user_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], user_from_row)?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Deletes a user (and its sessions); true when it existed.
@@ -113,10 +112,10 @@ pub fn delete_user(conn: &Connection, name: &str) -> Result<bool> {
 
 /// Number of admin users.
 pub fn admin_count(conn: &Connection) -> Result<i64> {
-    Ok(
-        conn.query_row("SELECT COUNT(*) FROM users WHERE is_admin = 1", [], |r| {
-            r.get(0)
-        })?,
+    conn.query_row(
+        "SELECT COUNT(*) FROM users WHERE is_admin = 1",
+        params![],
+        |r| r.get(0),
     )
 }
 
@@ -141,24 +140,23 @@ pub fn session_user(
     now_ms: i64,
     idle_ms: i64,
 ) -> Result<Option<SessionUser>> {
-    Ok(conn
-        .query_row(
-            "SELECT s.id, u.id, u.name, u.is_admin, u.project, s.last_seen_ms
+    conn.query_row(
+        "SELECT s.id, u.id, u.name, u.is_admin, u.project, s.last_seen_ms
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.id = ?1 AND s.last_seen_ms > ?2",
-            params![session_id, now_ms - idle_ms],
-            |r| {
-                Ok(SessionUser {
-                    session_id: r.get(0)?,
-                    user_id: r.get(1)?,
-                    name: r.get(2)?,
-                    is_admin: r.get(3)?,
-                    project: r.get(4)?,
-                    last_seen_ms: r.get(5)?,
-                })
-            },
-        )
-        .optional()?)
+        params![session_id, now_ms - idle_ms],
+        |r| {
+            Ok(SessionUser {
+                session_id: r.get(0)?,
+                user_id: r.get(1)?,
+                name: r.get(2)?,
+                is_admin: r.get(3)?,
+                project: r.get(4)?,
+                last_seen_ms: r.get(5)?,
+            })
+        },
+    )
+    .optional()
 }
 
 /// Marks a session used now.
@@ -177,10 +175,10 @@ pub fn delete_session(conn: &Connection, session_id: &str) -> Result<bool> {
 
 /// Deletes sessions idle for longer than `idle_ms`; returns how many.
 pub fn purge_sessions(conn: &Connection, now_ms: i64, idle_ms: i64) -> Result<usize> {
-    Ok(conn.execute(
+    conn.execute(
         "DELETE FROM sessions WHERE last_seen_ms <= ?1",
         [now_ms - idle_ms],
-    )?)
+    )
 }
 
 /// Stores a new agent token by its SHA-256; returns its id.
@@ -193,15 +191,15 @@ pub fn create_agent_token(
     cdn_edge: bool,
     now_ms: i64,
 ) -> Result<i64> {
-    conn.execute(
+    conn.query_row(
         "INSERT INTO agent_tokens (token_sha256, project, region, party, created_at_ms, cdn_edge)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
         params![token_sha256, project, region, party, now_ms, cdn_edge],
-    )?;
-    Ok(conn.last_insert_rowid())
+        |r| r.get(0),
+    )
 }
 
-fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentTokenRow> {
+fn token_from_row(r: &Row<'_>) -> Result<AgentTokenRow> {
     Ok(AgentTokenRow {
         id: r.get(0)?,
         project: r.get(1)?,
@@ -215,26 +213,24 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentTokenRow> {
 
 /// Looks a token up by its SHA-256 (revoked ones included; the caller decides).
 pub fn agent_token_by_hash(conn: &Connection, token_sha256: &str) -> Result<Option<AgentTokenRow>> {
-    Ok(conn
-        .query_row(
-            "SELECT id, project, region, party, created_at_ms, revoked_at_ms, cdn_edge
+    conn.query_row(
+        "SELECT id, project, region, party, created_at_ms, revoked_at_ms, cdn_edge
              FROM agent_tokens WHERE token_sha256 = ?1",
-            [token_sha256],
-            token_from_row,
-        )
-        .optional()?)
+        [token_sha256],
+        token_from_row,
+    )
+    .optional()
 }
 
 /// Looks a token up by id.
 pub fn agent_token_by_id(conn: &Connection, id: i64) -> Result<Option<AgentTokenRow>> {
-    Ok(conn
-        .query_row(
-            "SELECT id, project, region, party, created_at_ms, revoked_at_ms, cdn_edge
+    conn.query_row(
+        "SELECT id, project, region, party, created_at_ms, revoked_at_ms, cdn_edge
              FROM agent_tokens WHERE id = ?1",
-            [id],
-            token_from_row,
-        )
-        .optional()?)
+        [id],
+        token_from_row,
+    )
+    .optional()
 }
 
 /// All tokens, oldest first.
@@ -243,8 +239,8 @@ pub fn list_agent_tokens(conn: &Connection) -> Result<Vec<AgentTokenRow>> {
         "SELECT id, project, region, party, created_at_ms, revoked_at_ms, cdn_edge
          FROM agent_tokens ORDER BY id",
     )?;
-    let rows = stmt.query_map([], token_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![], token_from_row)?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// Revokes a token; true when it existed and was not already revoked.

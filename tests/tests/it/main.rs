@@ -14,6 +14,7 @@ mod prometheus;
 mod rating;
 mod rating_client;
 mod service;
+mod shared_store;
 mod static_agent;
 mod tls;
 mod truth;

@@ -636,13 +636,10 @@ fn processing_loop_rates_due_periods_once() {
     // Start the loop two hours before ours (on first start it would begin at the current UTC
     // month, which misses our hour on the 1st of a month).
     c.kill();
-    let db = rusqlite::Connection::open(c.db_path()).unwrap();
-    db.execute(
+    c.execute_sql(
         "INSERT INTO rating_state (name, value) VALUES ('next_period_ms', ?1)",
-        [hour - 2 * HOUR_MS],
-    )
-    .unwrap();
-    drop(db);
+        &[&(hour - 2 * HOUR_MS)],
+    );
     c.restart();
     let admin = Api::token(&c, &sid);
     let (b, e) = (iso(hour), iso(hour + HOUR_MS));

@@ -85,13 +85,11 @@ fn cloudkitty_cli_and_python_client_v2_agree_with_v1_totals() {
     let out = c.cli(&["rating", "process", "--period-start", &b], &[]);
     assert!(out.contains("total=0.563"), "{out}");
     // The loop has rated up to the end of that hour (as if it had run).
-    let db = rusqlite::Connection::open(c.db_path()).unwrap();
-    db.execute(
+    c.execute_sql(
         "INSERT INTO rating_state (name, value) VALUES ('next_period_ms', ?1)
          ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-        [hour + HOUR_MS],
-    )
-    .unwrap();
+        &[&(hour + HOUR_MS)],
+    );
     assert_eq!(v1_total(&admin, &b, &e, &[]), 0.563);
 
     // CLI: summary get grouped by type and project: one row per (type, project), each equal to

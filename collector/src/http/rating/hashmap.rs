@@ -256,7 +256,7 @@ fn as_bad(f: Fault) -> Fault {
 async fn write<T, F>(ctx: &Ctx<'_>, f: F) -> Result<T, Fault>
 where
     T: Send + 'static,
-    F: FnOnce(&rusqlite::Connection) -> store::Result<Inner<T>> + Send + 'static,
+    F: FnOnce(&crate::store::Connection) -> store::Result<Inner<T>> + Send + 'static,
 {
     ctx.app.store.write(f).await.map_err(Fault::store)?
 }
@@ -264,7 +264,7 @@ where
 async fn read<T, F>(ctx: &Ctx<'_>, f: F) -> Result<T, Fault>
 where
     T: Send + 'static,
-    F: FnOnce(&rusqlite::Connection) -> store::Result<T> + Send + 'static,
+    F: FnOnce(&crate::store::Connection) -> store::Result<T> + Send + 'static,
 {
     ctx.app.store.read(f).await.map_err(Fault::store)
 }
@@ -791,7 +791,11 @@ fn check_shape(kind: RuleKind, r: &Rule) -> Result<(), Fault> {
 }
 
 /// Inside the write transaction: parents exist, no duplicate; then saves.
-fn check_and_save(c: &rusqlite::Connection, kind: RuleKind, r: &Rule) -> store::Result<Inner<()>> {
+fn check_and_save(
+    c: &crate::store::Connection,
+    kind: RuleKind,
+    r: &Rule,
+) -> store::Result<Inner<()>> {
     if let Some(s) = &r.service_id
         && store::rating::service(c, s)?.is_none()
     {

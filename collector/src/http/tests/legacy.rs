@@ -359,8 +359,11 @@ async fn validation_names_the_exact_problem() {
         async move {
             store
                 .read(|c| {
-                    c.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))
-                        .map_err(Into::into)
+                    c.query_row(
+                        "SELECT COUNT(*) FROM sessions",
+                        crate::store::params![],
+                        |r| r.get::<_, i64>(0),
+                    )
                 })
                 .await
                 .unwrap()
@@ -448,7 +451,7 @@ async fn sessions_expire_when_idle_stay_alive_in_use_and_are_purged() {
         .read(|c| {
             let mut st = c.prepare("SELECT id FROM sessions")?;
             let ids = st
-                .query_map([], |r| r.get::<_, String>(0))?
+                .query_map(crate::store::params![], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ids)
         })

@@ -626,7 +626,7 @@ async fn flow_per_bucket_is_exact() {
     w.app
         .store
         .write(|c| {
-            c.execute("DELETE FROM vm_samples", [])?;
+            c.execute("DELETE FROM vm_samples", crate::store::params![])?;
             Ok(())
         })
         .await

@@ -203,7 +203,6 @@ async fn reports_for_an_instance_not_registered_on_this_connection_are_refused()
                 [at],
                 |r| r.get::<_, i64>(0),
             )
-            .map_err(Into::into)
         })
         .await
         .unwrap();

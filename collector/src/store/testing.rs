@@ -1,0 +1,90 @@
+//! Test stores on either backend: a SQLite store in a temp dir, or a fresh database of its own
+//! in the PostgreSQL cluster named by `VMMON_TEST_PG_URL` (`scripts/test.sh` starts one).
+
+use super::{Store, StoreLocation};
+
+/// The backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in a temporary directory.
+    Sqlite,
+    /// A new database in the test PostgreSQL cluster.
+    Pg,
+}
+
+/// A test store and what keeps it alive (the temp dir).
+pub struct TestStore {
+    /// The store.
+    pub store: Store,
+    /// Where it lives (to open it again).
+    pub location: StoreLocation,
+    /// Kept for its lifetime: the SQLite data directory.
+    pub dir: tempfile::TempDir,
+}
+
+/// A URL for a new, empty database in the test cluster. Panics (the test fails) when
+/// `VMMON_TEST_PG_URL` is unset: PostgreSQL tests are `#[ignore]`d for a plain `cargo test`.
+pub async fn fresh_pg_url() -> String {
+    let Ok(base) = std::env::var("VMMON_TEST_PG_URL") else {
+        panic!(
+            "VMMON_TEST_PG_URL is not set: run scripts/test.sh, which starts a PostgreSQL cluster"
+        );
+    };
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {base}: {e}"));
+    let task = tokio::spawn(conn);
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+    drop(client);
+    let _ = task.await;
+    let mut url = url::Url::parse(&base).unwrap_or_else(|e| panic!("bad VMMON_TEST_PG_URL: {e}"));
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// Opens an empty store on `backend`.
+pub async fn open(backend: Backend) -> TestStore {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let location = match backend {
+        Backend::Sqlite => StoreLocation::Sqlite(dir.path().to_path_buf()),
+        Backend::Pg => StoreLocation::Postgres(fresh_pg_url().await),
+    };
+    let store = Store::open_location(&location)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open {location}: {e}"));
+    TestStore {
+        store,
+        location,
+        dir,
+    }
+}
+
+/// Runs each named `async fn NAME(backend: Backend)` as two tests: `sqlite::NAME` and
+/// `pg::NAME` (ignored unless `--include-ignored`, as `scripts/test.sh` runs them).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::store::testing::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod pg {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+                async fn $name() {
+                    super::$name($crate::store::testing::Backend::Pg).await
+                }
+            )+
+        }
+    };
+}
