@@ -235,8 +235,10 @@ impl Browser {
     async fn assert_charts_drew(&self, css: &str, at_least: usize) {
         let px = self.series_pixels(css).await;
         assert!(px.len() >= at_least, "{css}: {} canvases: {px:?}", px.len());
+        // A blank canvas has no pixel of a series colour; a process chart with two or three
+        // points on a busy machine draws ~20, so the bar is "some", not "many".
         assert!(
-            px.iter().all(|&n| n > 20),
+            px.iter().all(|&n| n >= 5),
             "{css}: a chart drew no series: {px:?}"
         );
     }
