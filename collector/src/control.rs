@@ -48,7 +48,10 @@ pub async fn apply(
     let mut outcome = app.hub.push(instance_id, desired, timeout).await;
     if outcome == PushOutcome::NotConnected {
         // Another collector sharing the store may have the agent.
-        outcome = app.relay.push(app, instance_id, desired, timeout).await;
+        outcome = app
+            .relay
+            .push(&app.store, instance_id, desired, timeout)
+            .await;
     }
     tracing::info!(instance_id, ?change, ?outcome, "Applied control change.");
     Ok(Some(outcome))

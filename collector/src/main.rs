@@ -362,7 +362,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tracing::info!(addr = %running.local_addr, data = %app.settings().config.data_dir.display(), "Collector ready.");
     jobs::housekeeping::spawn(app.clone());
     jobs::rating::spawn(app.clone());
-    vmmon_collector::relay::spawn(app.clone());
+    vmmon_collector::jobs::relay::spawn(app.clone());
     service::notify_ready();
     service::spawn_watchdog(app.clone());
     wait_for_stop(signals, &args, &app).await;

@@ -10,15 +10,15 @@
 //! On SQLite there is one collector per store, and nothing is relayed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use vmmon_common::wire::DesiredState;
 
-use crate::app::App;
 use crate::hub::PushOutcome;
+use crate::store::{Store, StoreError};
 
 /// The notification channel of command relays.
 pub const CHANNEL: &str = "vmmon_commands";
@@ -26,9 +26,11 @@ pub const CHANNEL: &str = "vmmon_commands";
 /// owner's own wait, plus the notification round trip).
 pub const ANSWER_MARGIN: Duration = Duration::from_secs(2);
 
+/// One notification on [`CHANNEL`], JSON with an `op` tag.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-enum Message {
+pub(crate) enum Message {
+    /// A collector asks whichever has `instance`'s agent to push `state` to it.
     Push {
         req: String,
         from: String,
@@ -36,6 +38,7 @@ enum Message {
         state: DesiredState,
         timeout_ms: u64,
     },
+    /// The owner's answer to `to`'s request `req`: acked or timed out.
     Result {
         req: String,
         to: String,
@@ -63,12 +66,12 @@ impl Relay {
     /// `TimedOut` from the collector that has it, `NotConnected` when none answers.
     pub async fn push(
         &self,
-        app: &App,
+        store: &Store,
         instance_id: &str,
         state: DesiredState,
         timeout: Duration,
     ) -> PushOutcome {
-        if !app.store.is_postgres() {
+        if !store.is_postgres() {
             return PushOutcome::NotConnected;
         }
         let req = uuid::Uuid::new_v4().to_string();
@@ -84,8 +87,8 @@ impl Relay {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         };
         let sent = match serde_json::to_string(&msg) {
-            Ok(payload) => app.store.notify(CHANNEL, &payload).await,
-            Err(e) => Err(crate::store::StoreError::Corrupt(e.to_string())),
+            Ok(payload) => store.notify(CHANNEL, &payload).await,
+            Err(e) => Err(StoreError::Corrupt(e.to_string())),
         };
         let outcome = match sent {
             Err(e) => {
@@ -104,62 +107,15 @@ impl Relay {
         outcome
     }
 
-    fn answered(&self, req: &str, acked: bool) {
+    /// This collector's relay id (a UUID, new on every start).
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Hands the owner's answer to the waiting [`Relay::push`], if it still waits.
+    pub(crate) fn answered(&self, req: &str, acked: bool) {
         if let Some(tx) = self.waiting.lock().ok().and_then(|mut w| w.remove(req)) {
             let _ = tx.send(acked);
         }
     }
-}
-
-/// Starts listening for relayed commands (PostgreSQL stores only).
-pub fn spawn(app: Arc<App>) {
-    if !app.store.is_postgres() {
-        return;
-    }
-    let mut rx = app.store.listen(CHANNEL);
-    tokio::spawn(async move {
-        while let Some(payload) = rx.recv().await {
-            let msg: Message = match serde_json::from_str(&payload) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Ignoring a malformed relay notification.");
-                    continue;
-                }
-            };
-            match msg {
-                Message::Result { req, to, acked } if to == app.relay.id => {
-                    app.relay.answered(&req, acked)
-                }
-                Message::Result { .. } => {}
-                Message::Push {
-                    req,
-                    from,
-                    instance,
-                    state,
-                    timeout_ms,
-                } if from != app.relay.id && app.hub.is_connected(&instance) => {
-                    let app = app.clone();
-                    tokio::spawn(async move {
-                        let timeout = Duration::from_millis(timeout_ms);
-                        let outcome = app.hub.push(&instance, state, timeout).await;
-                        tracing::info!(instance, ?outcome, "Pushed a relayed command.");
-                        if outcome == PushOutcome::NotConnected {
-                            return; // It left meanwhile; the requester times out to "queued".
-                        }
-                        let answer = Message::Result {
-                            req,
-                            to: from,
-                            acked: outcome == PushOutcome::Acked,
-                        };
-                        if let Ok(payload) = serde_json::to_string(&answer)
-                            && let Err(e) = app.store.notify(CHANNEL, &payload).await
-                        {
-                            tracing::warn!(error = %e, "Cannot answer a relayed command.");
-                        }
-                    });
-                }
-                Message::Push { .. } => {}
-            }
-        }
-    });
 }
