@@ -378,7 +378,8 @@ pub fn set_clock_state(conn: &Connection, instance_id: &str, s: ClockState) -> R
     Ok(())
 }
 
-/// Removes an instance and its raw samples (VM, process, dedup ids, bandwidth counter reading);
+/// Removes an instance and its raw samples (VM, process, their per-minute chart rollup, dedup
+/// ids, bandwidth counter reading);
 /// rollups already computed stay. Frees the id for a registration by any project: for
 /// decommissioned VMs, and for ids another project registered first. False when unknown.
 pub fn remove(conn: &Connection, instance_id: &str) -> Result<bool> {
@@ -393,6 +394,10 @@ pub fn remove(conn: &Connection, instance_id: &str) -> Result<bool> {
         )?;
         conn.execute(
             "DELETE FROM vm_samples WHERE instance_id = ?1",
+            [instance_id],
+        )?;
+        conn.execute(
+            "DELETE FROM vm_minutes WHERE instance_id = ?1",
             [instance_id],
         )?;
         conn.execute("DELETE FROM batches WHERE instance_id = ?1", [instance_id])?;

@@ -371,4 +371,45 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE hashmap_thresholds ADD COLUMN name TEXT;
     ALTER TABLE hashmap_thresholds ADD COLUMN description TEXT;
     "#,
+    // Per-minute rollup of the VM figures (issue 18): min, sum and max of each chartable column
+    // and the sample count per instance and minute (minutes start at multiples of 60,000 ms of
+    // the epoch), written with the samples; `/api/series` reads it for steps of a minute or more.
+    // Existing samples are rolled up here.
+    r#"
+    CREATE TABLE vm_minutes (
+        instance_id   TEXT NOT NULL,
+        minute_ms     INTEGER NOT NULL,
+        samples       INTEGER NOT NULL,
+        cpu_pct_min    REAL NOT NULL,
+        cpu_pct_sum    REAL NOT NULL,
+        cpu_pct_max    REAL NOT NULL,
+        mem_pct_min    REAL NOT NULL,
+        mem_pct_sum    REAL NOT NULL,
+        mem_pct_max    REAL NOT NULL,
+        disk_read_min  REAL NOT NULL,
+        disk_read_sum  REAL NOT NULL,
+        disk_read_max  REAL NOT NULL,
+        disk_write_min REAL NOT NULL,
+        disk_write_sum REAL NOT NULL,
+        disk_write_max REAL NOT NULL,
+        net_in_min     REAL NOT NULL,
+        net_in_sum     REAL NOT NULL,
+        net_in_max     REAL NOT NULL,
+        net_out_min    REAL NOT NULL,
+        net_out_sum    REAL NOT NULL,
+        net_out_max    REAL NOT NULL,
+        PRIMARY KEY (instance_id, minute_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX vm_minutes_time ON vm_minutes(minute_ms);
+    INSERT INTO vm_minutes
+    SELECT instance_id, sampled_at_ms - ((sampled_at_ms % 60000) + 60000) % 60000, COUNT(*),
+        MIN(cpu_pct), SUM(cpu_pct), MAX(cpu_pct),
+        MIN(mem_pct), SUM(mem_pct), MAX(mem_pct),
+        MIN(disk_read), SUM(disk_read), MAX(disk_read),
+        MIN(disk_write), SUM(disk_write), MAX(disk_write),
+        MIN(net_in), SUM(net_in), MAX(net_in),
+        MIN(net_out), SUM(net_out), MAX(net_out)
+    FROM vm_samples
+    GROUP BY instance_id, sampled_at_ms - ((sampled_at_ms % 60000) + 60000) % 60000;
+    "#,
 ];

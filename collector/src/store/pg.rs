@@ -383,4 +383,45 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE hashmap_thresholds ADD COLUMN name TEXT;
     ALTER TABLE hashmap_thresholds ADD COLUMN description TEXT;
     "#,
+    // Per-minute rollup of the VM figures (issue 18; SQLite's version 21): min, sum and max of each chartable column
+    // and the sample count per instance and minute (minutes start at multiples of 60,000 ms of
+    // the epoch), written with the samples; `/api/series` reads it for steps of a minute or more.
+    // Existing samples are rolled up here.
+    r#"
+    CREATE TABLE vm_minutes (
+        instance_id   TEXT NOT NULL,
+        minute_ms     BIGINT NOT NULL,
+        samples       BIGINT NOT NULL,
+        cpu_pct_min    DOUBLE PRECISION NOT NULL,
+        cpu_pct_sum    DOUBLE PRECISION NOT NULL,
+        cpu_pct_max    DOUBLE PRECISION NOT NULL,
+        mem_pct_min    DOUBLE PRECISION NOT NULL,
+        mem_pct_sum    DOUBLE PRECISION NOT NULL,
+        mem_pct_max    DOUBLE PRECISION NOT NULL,
+        disk_read_min  DOUBLE PRECISION NOT NULL,
+        disk_read_sum  DOUBLE PRECISION NOT NULL,
+        disk_read_max  DOUBLE PRECISION NOT NULL,
+        disk_write_min DOUBLE PRECISION NOT NULL,
+        disk_write_sum DOUBLE PRECISION NOT NULL,
+        disk_write_max DOUBLE PRECISION NOT NULL,
+        net_in_min     DOUBLE PRECISION NOT NULL,
+        net_in_sum     DOUBLE PRECISION NOT NULL,
+        net_in_max     DOUBLE PRECISION NOT NULL,
+        net_out_min    DOUBLE PRECISION NOT NULL,
+        net_out_sum    DOUBLE PRECISION NOT NULL,
+        net_out_max    DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (instance_id, minute_ms)
+    );
+    CREATE INDEX vm_minutes_time ON vm_minutes(minute_ms);
+    INSERT INTO vm_minutes
+    SELECT instance_id, sampled_at_ms - ((sampled_at_ms % 60000) + 60000) % 60000, COUNT(*),
+        MIN(cpu_pct), SUM(cpu_pct), MAX(cpu_pct),
+        MIN(mem_pct), SUM(mem_pct), MAX(mem_pct),
+        MIN(disk_read), SUM(disk_read), MAX(disk_read),
+        MIN(disk_write), SUM(disk_write), MAX(disk_write),
+        MIN(net_in), SUM(net_in), MAX(net_in),
+        MIN(net_out), SUM(net_out), MAX(net_out)
+    FROM vm_samples
+    GROUP BY instance_id, sampled_at_ms - ((sampled_at_ms % 60000) + 60000) % 60000;
+    "#,
 ];

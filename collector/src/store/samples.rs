@@ -103,11 +103,18 @@ pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Re
     Ok(inserted > 0)
 }
 
-/// Stores the batch's VM and process samples (call after [`remember_batch`] said it is new).
+/// Stores the batch's VM and process samples, and adds the VM samples to the per-minute
+/// rollup the charts read ([`super::series::add_to_minutes`]). Call after [`remember_batch`]
+/// said the batch is new, in the same transaction.
 pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
-    if let Connection::Pg(pg) = conn {
-        return insert_samples_pg(pg, batch);
+    match conn {
+        Connection::Pg(pg) => insert_samples_pg(pg, batch)?,
+        Connection::Sqlite(_) => insert_samples_sqlite(conn, batch)?,
     }
+    super::series::add_to_minutes(conn, batch)
+}
+
+fn insert_samples_sqlite(conn: &Connection, batch: &ReportBatch) -> Result<()> {
     let mut vm_stmt = conn.prepare_cached(
         "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
              disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
@@ -320,7 +327,8 @@ pub fn vm_sample_count(conn: &Connection, instance_id: &str) -> Result<i64> {
 }
 
 /// Deletes up to `max_rows` of each raw table's rows older than `cutoff_ms` (samples by sample
-/// time, batch ids by receipt time); returns how many rows went. Called repeatedly in small
+/// time, per-minute rollup rows whose minute ended by then, batch ids by receipt time); returns
+/// how many rows went. Called repeatedly in small
 /// chunks so the single writer never stalls ingest for long.
 ///
 /// Sample ids grow with arrival, which is almost time order, so the old rows are the low ids:
@@ -353,6 +361,11 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
             params![bound, cutoff_ms, max_rows],
         )?;
     }
+    n += conn.execute(
+        "DELETE FROM vm_minutes WHERE (instance_id, minute_ms) IN (
+             SELECT instance_id, minute_ms FROM vm_minutes WHERE minute_ms <= ?1 LIMIT ?2)",
+        params![cutoff_ms.saturating_sub(super::series::MINUTE_MS), max_rows],
+    )?;
     n += conn.execute(
         "DELETE FROM batches WHERE (instance_id, batch_id) IN (
              SELECT instance_id, batch_id FROM batches WHERE received_at_ms < ?1 LIMIT ?2)",

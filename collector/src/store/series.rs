@@ -1,13 +1,23 @@
 //! Chart series for the operator dashboard: a VM metric downsampled in SQL (min/avg/max per
 //! step) and the fleet's last-hour CPU sparklines.
 //!
-//! Both read `vm_samples` through its `(instance_id, sampled_at_ms)` index only: one range scan per
-//! instance, never a scan of the whole table, whatever the fleet's size.
+//! Steps shorter than a minute read `vm_samples` through its `(instance_id, sampled_at_ms)`
+//! index: one range scan per instance, never a scan of the whole table. Steps of a minute or
+//! more read `vm_minutes`, the per-minute rollup [`add_to_minutes`] writes in the transaction that
+//! stores the samples (min, sum, max per column and the sample count per instance and minute):
+//! 30 days of 1 s samples are 43,200 rollup rows instead of 2.6 M samples (issue 18 measured the
+//! raw scan at 3.2 s for such a window in a debug build; docs/benchmarks.md §7).
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use vmmon_common::wire::{ReportBatch, VmSample};
+
 use super::Result;
-use super::db::{Connection, params};
+use super::db::{Connection, Param, params};
+
+/// Length of one `vm_minutes` row, ms; minutes start at multiples of it since the epoch.
+pub const MINUTE_MS: i64 = 60_000;
 
 /// Most points one series answer may hold (the endpoint's `points` is capped here).
 pub const MAX_POINTS: u32 = 5_000;
@@ -60,7 +70,20 @@ impl VmMetric {
         }
     }
 
-    /// The `vm_samples` column: a constant, never caller text, so it may be formatted into SQL.
+    /// The metric's figure in an agent's VM sample.
+    fn of(self, vm: &VmSample) -> f64 {
+        match self {
+            VmMetric::Cpu => vm.cpu_pct,
+            VmMetric::Mem => vm.mem_pct,
+            VmMetric::DiskRead => vm.disk_read_kib_per_sec,
+            VmMetric::DiskWrite => vm.disk_write_kib_per_sec,
+            VmMetric::NetIn => vm.net_in_kib_per_sec,
+            VmMetric::NetOut => vm.net_out_kib_per_sec,
+        }
+    }
+
+    /// The `vm_samples` column (and the prefix of its three `vm_minutes` columns `_min`, `_sum`,
+    /// `_max`): a constant, never caller text, so it may be formatted into SQL.
     fn column(self) -> &'static str {
         match self {
             VmMetric::Cpu => "cpu_pct",
@@ -112,8 +135,60 @@ pub fn step_ms(start_ms: i64, end_ms: i64, points: u32) -> i64 {
     ((span + points - 1) / points).max(1)
 }
 
-/// `metric` of `instance_id` over `[start_ms, end_ms)` in steps of [`step_ms`]: min, avg and max
-/// per step, computed by SQLite; steps without samples are absent. Oldest first.
+/// Where a series was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The raw samples (steps shorter than a minute).
+    Samples,
+    /// The per-minute rollup (steps of whole minutes; the window rounded out to whole minutes).
+    Minutes,
+}
+
+impl Resolution {
+    /// The name used on the wire (`resolution` of `GET /api/series`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolution::Samples => "samples",
+            Resolution::Minutes => "minutes",
+        }
+    }
+}
+
+/// A downsampled series and the window and step it was computed for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSeries {
+    /// Window start, epoch ms (inclusive): the asked start, or the start of its minute when read
+    /// from the rollup.
+    pub start_ms: i64,
+    /// Window end, epoch ms (exclusive): the asked end, or the end of its minute when read from
+    /// the rollup.
+    pub end_ms: i64,
+    /// Step length, ms (a whole number of minutes when read from the rollup).
+    pub step_ms: i64,
+    /// Where the figures come from.
+    pub resolution: Resolution,
+    /// The steps that hold samples, oldest first (at most the asked `points`).
+    pub points: Vec<SeriesPoint>,
+}
+
+/// `t` rounded down to the start of its minute.
+fn minute_floor(t: i64) -> i64 {
+    t.div_euclid(MINUTE_MS) * MINUTE_MS
+}
+
+/// `t` rounded up to a minute boundary.
+fn minute_ceil(t: i64) -> i64 {
+    minute_floor(t.saturating_add(MINUTE_MS - 1))
+}
+
+/// `metric` of `instance_id` over `[start_ms, end_ms)` in at most `points` steps: min, avg and
+/// max per step, computed by the database; steps without samples are absent. Oldest first.
+///
+/// When [`step_ms`] of the window is under a minute the raw samples are read and the window is
+/// the asked one. Otherwise the window is rounded out to whole minutes, the step rounded up to
+/// whole minutes so that the rounded window still fits in `points` steps, and the per-minute
+/// rollup is read: the figures are exactly those of the raw samples in the rounded window (the
+/// mean is the sum over the count, not a mean of means).
 pub fn vm_series(
     conn: &Connection,
     instance_id: &str,
@@ -121,16 +196,55 @@ pub fn vm_series(
     start_ms: i64,
     end_ms: i64,
     points: u32,
-) -> Result<Vec<SeriesPoint>> {
-    let step = step_ms(start_ms, end_ms, points);
+) -> Result<VmSeries> {
     let col = metric.column();
+    let step = step_ms(start_ms, end_ms, points);
+    if step < MINUTE_MS {
+        let sql = format!(
+            "SELECT (sampled_at_ms - ?2) / ?4 AS step, MIN({col}), AVG({col}), MAX({col}), COUNT(*)
+             FROM vm_samples
+             WHERE instance_id = ?1 AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3
+             GROUP BY step ORDER BY step"
+        );
+        let points = read_steps(conn, &sql, instance_id, start_ms, end_ms, step)?;
+        return Ok(VmSeries {
+            start_ms,
+            end_ms,
+            step_ms: step,
+            resolution: Resolution::Samples,
+            points,
+        });
+    }
+    let (start, end) = (minute_floor(start_ms), minute_ceil(end_ms));
+    let step = minute_ceil(step_ms(start, end, points));
     let sql = format!(
-        "SELECT (sampled_at_ms - ?2) / ?4 AS step, MIN({col}), AVG({col}), MAX({col}), COUNT(*)
-         FROM vm_samples
-         WHERE instance_id = ?1 AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3
+        "SELECT (minute_ms - ?2) / ?4 AS step, MIN({col}_min), SUM({col}_sum) / SUM(samples),
+             MAX({col}_max), SUM(samples)
+         FROM vm_minutes
+         WHERE instance_id = ?1 AND minute_ms >= ?2 AND minute_ms < ?3
          GROUP BY step ORDER BY step"
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let points = read_steps(conn, &sql, instance_id, start, end, step)?;
+    Ok(VmSeries {
+        start_ms: start,
+        end_ms: end,
+        step_ms: step,
+        resolution: Resolution::Minutes,
+        points,
+    })
+}
+
+/// Runs a series query whose parameters are (instance, start, end, step) and whose columns are
+/// (step index, min, avg, max, count).
+fn read_steps(
+    conn: &Connection,
+    sql: &str,
+    instance_id: &str,
+    start_ms: i64,
+    end_ms: i64,
+    step: i64,
+) -> Result<Vec<SeriesPoint>> {
+    let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(params![instance_id, start_ms, end_ms, step], |r| {
         Ok(SeriesPoint {
             t_ms: start_ms + r.get::<_, i64>(0)? * step,
@@ -141,6 +255,98 @@ pub fn vm_series(
         })
     })?;
     rows.collect::<Result<Vec<_>>>()
+}
+
+/// One minute of one instance's rollup, before it is merged into `vm_minutes`.
+#[derive(Debug, Clone, Copy)]
+struct Minute {
+    samples: i64,
+    min: [f64; 6],
+    sum: [f64; 6],
+    max: [f64; 6],
+}
+
+impl Minute {
+    fn first(vm: &VmSample) -> Minute {
+        let v = VmMetric::ALL.map(|m| m.of(vm));
+        Minute {
+            samples: 1,
+            min: v,
+            sum: v,
+            max: v,
+        }
+    }
+
+    fn add(&mut self, vm: &VmSample) {
+        self.samples += 1;
+        for (i, m) in VmMetric::ALL.into_iter().enumerate() {
+            let v = m.of(vm);
+            self.min[i] = self.min[i].min(v);
+            self.sum[i] += v;
+            self.max[i] = self.max[i].max(v);
+        }
+    }
+}
+
+/// Adds the batch's VM samples to the per-minute rollup `vm_minutes` (one upsert per minute the
+/// batch touches). Call once per stored batch, in its transaction: the dedup before it keeps a
+/// resent batch from being added twice.
+pub fn add_to_minutes(conn: &Connection, batch: &ReportBatch) -> Result<()> {
+    let mut minutes: BTreeMap<i64, Minute> = BTreeMap::new();
+    for sample in &batch.samples {
+        let vm = &sample.vm;
+        minutes
+            .entry(minute_floor(vm.sampled_at_ms))
+            .and_modify(|m| m.add(vm))
+            .or_insert_with(|| Minute::first(vm));
+    }
+    if minutes.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare_cached(&upsert_sql(conn.is_pg()))?;
+    for (minute_ms, m) in minutes {
+        let mut values: Vec<&dyn Param> = vec![&batch.instance_id, &minute_ms, &m.samples];
+        for i in 0..VmMetric::ALL.len() {
+            values.extend([&m.min[i] as &dyn Param, &m.sum[i], &m.max[i]]);
+        }
+        stmt.execute(values.as_slice())?;
+    }
+    Ok(())
+}
+
+/// The `vm_minutes` upsert: a new minute is inserted, a known one merged (counts and sums added,
+/// extremes kept). PostgreSQL's two-argument minimum is `LEAST`, SQLite's `MIN`.
+fn upsert_sql(pg: bool) -> String {
+    let (least, greatest) = if pg {
+        ("LEAST", "GREATEST")
+    } else {
+        ("MIN", "MAX")
+    };
+    let mut cols = vec![
+        "instance_id".to_string(),
+        "minute_ms".into(),
+        "samples".into(),
+    ];
+    let mut sets = vec!["samples = vm_minutes.samples + excluded.samples".to_string()];
+    for m in VmMetric::ALL {
+        let c = m.column();
+        cols.extend([format!("{c}_min"), format!("{c}_sum"), format!("{c}_max")]);
+        sets.push(format!(
+            "{c}_min = {least}(vm_minutes.{c}_min, excluded.{c}_min)"
+        ));
+        sets.push(format!("{c}_sum = vm_minutes.{c}_sum + excluded.{c}_sum"));
+        sets.push(format!(
+            "{c}_max = {greatest}(vm_minutes.{c}_max, excluded.{c}_max)"
+        ));
+    }
+    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO vm_minutes ({}) VALUES ({})
+         ON CONFLICT (instance_id, minute_ms) DO UPDATE SET {}",
+        cols.join(", "),
+        marks.join(", "),
+        sets.join(", ")
+    )
 }
 
 /// One instance's CPU sparkline: the average `cpu_pct` per step of `[start_ms, end_ms)`
@@ -201,7 +407,7 @@ mod tests {
     use crate::store::testing::{self, Backend, TestStore};
     use crate::store::{AgentTokenRow, instances, samples};
     use vmmon_common::test_support as ts;
-    use vmmon_common::wire::{Inventory, Sample, VmSample};
+    use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 
     fn token(project: &str) -> AgentTokenRow {
         AgentTokenRow {
@@ -293,7 +499,7 @@ mod tests {
         let t = store_with(backend, &s).await;
         t.store
             .read(|c| {
-                let pts = vm_series(c, "vm-a", VmMetric::Cpu, 0, 30_000, 6)?;
+                let pts = vm_series(c, "vm-a", VmMetric::Cpu, 0, 30_000, 6)?.points;
                 // Step 5 s: [0,5) = 0..4, [5,10) = 5..9, [25,30) = 7.
                 assert_eq!(pts.len(), 3);
                 assert_eq!(
@@ -307,14 +513,18 @@ mod tests {
                 );
                 assert_eq!((pts[2].t_ms, pts[2].count, pts[2].max), (25_000, 1, 7.0));
                 // The end is exclusive, the start inclusive.
-                let pts = vm_series(c, "vm-a", VmMetric::Cpu, 1000, 3000, 100)?;
+                let pts = vm_series(c, "vm-a", VmMetric::Cpu, 1000, 3000, 100)?.points;
                 assert_eq!(pts.iter().map(|p| p.count).sum::<i64>(), 2);
                 // Another column, another instance, an unknown instance.
-                let pts = vm_series(c, "vm-a", VmMetric::Mem, 0, 30_000, 1)?;
+                let pts = vm_series(c, "vm-a", VmMetric::Mem, 0, 30_000, 1)?.points;
                 assert_eq!((pts.len(), pts[0].avg, pts[0].count), (1, 50.0, 11));
-                let pts = vm_series(c, "vm-b", VmMetric::Cpu, 0, 30_000, 1)?;
+                let pts = vm_series(c, "vm-b", VmMetric::Cpu, 0, 30_000, 1)?.points;
                 assert_eq!(pts[0].max, 99.0);
-                assert!(vm_series(c, "nope", VmMetric::Cpu, 0, 30_000, 10)?.is_empty());
+                assert!(
+                    vm_series(c, "nope", VmMetric::Cpu, 0, 30_000, 10)?
+                        .points
+                        .is_empty()
+                );
                 Ok(())
             })
             .await
@@ -328,7 +538,7 @@ mod tests {
         t.store
             .read(|c| {
                 for points in [1, 7, 100, 999, 5000, 100_000] {
-                    let pts = vm_series(c, "vm-a", VmMetric::Cpu, 0, 3_000_000, points)?;
+                    let pts = vm_series(c, "vm-a", VmMetric::Cpu, 0, 3_000_000, points)?.points;
                     assert!(
                         pts.len() as u32 <= points.min(MAX_POINTS),
                         "{points}: {}",
@@ -369,9 +579,330 @@ mod tests {
             .unwrap();
     }
 
+    /// A VM sample at `at_ms` whose six figures differ (multiples of 0.25, so sums are exact).
+    fn varied(at_ms: i64, i: i64) -> VmSample {
+        let q = |k: i64| ((i * k).rem_euclid(101)) as f64 * 0.25;
+        VmSample {
+            cpu_pct: q(37),
+            mem_pct: q(11),
+            disk_read_kib_per_sec: q(53),
+            disk_write_kib_per_sec: q(7),
+            net_in_kib_per_sec: q(89),
+            net_out_kib_per_sec: q(29),
+            ..ts::vm_sample(at_ms, 0, 0)
+        }
+    }
+
+    /// Stores `samples` of `instance` in batches of `per_batch`, in the order given.
+    async fn insert_in_batches(t: &TestStore, instance: &str, samples: &[VmSample], per: usize) {
+        let batches: Vec<ReportBatch> = samples
+            .chunks(per)
+            .enumerate()
+            .map(|(seq, chunk)| {
+                ts::batch(
+                    instance,
+                    seq as u64,
+                    chunk
+                        .iter()
+                        .map(|vm| Sample {
+                            vm: vm.clone(),
+                            processes: None,
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let id = instance.to_string();
+        t.store
+            .write(move |c| {
+                instances::register(
+                    c,
+                    &id,
+                    &token("p"),
+                    &Inventory::default(),
+                    1,
+                    0,
+                    Default::default(),
+                )?;
+                for b in &batches {
+                    samples::insert_samples(c, b)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The step figures of `samples` over `[start, end)` in steps of `step`, computed here from
+    /// the samples themselves.
+    fn expected(
+        samples: &[VmSample],
+        m: VmMetric,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Vec<SeriesPoint> {
+        let mut steps: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+        for vm in samples {
+            let t = vm.sampled_at_ms;
+            if t >= start && t < end {
+                steps.entry((t - start) / step).or_default().push(m.of(vm));
+            }
+        }
+        steps
+            .into_iter()
+            .map(|(k, v)| SeriesPoint {
+                t_ms: start + k * step,
+                min: v.iter().copied().fold(f64::INFINITY, f64::min),
+                avg: v.iter().sum::<f64>() / v.len() as f64,
+                max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                count: v.len() as i64,
+            })
+            .collect()
+    }
+
+    async fn long_steps_read_the_minute_rollup_and_match_the_samples(backend: Backend) {
+        // 3 hours of samples every 7 s from an unaligned start (minutes straddle batches), sent
+        // out of order: the second half first, so minutes are merged from several batches.
+        let t0 = 1_764_000_000_000 + 12_345;
+        let mut all: Vec<VmSample> = (0..1543).map(|i| varied(t0 + i * 7_000, i)).collect();
+        let t = testing::open(backend).await;
+        let (first, second) = all.split_at(800);
+        let reordered: Vec<VmSample> = second.iter().chain(first).cloned().collect();
+        insert_in_batches(&t, "vm-a", &reordered, 13).await;
+        all.sort_by_key(|v| v.sampled_at_ms);
+        let cases = [
+            // (start, end, points, rounded start, rounded end, step)
+            (
+                t0,
+                t0 + 3 * 3_600_000,
+                100,
+                1_764_000_000_000,
+                1_764_010_860_000,
+                120_000,
+            ),
+            (
+                t0 - 1,
+                t0 + 3_600_000 + 1,
+                60,
+                1_764_000_000_000,
+                1_764_003_660_000,
+                120_000,
+            ),
+            (
+                t0 + 600_000,
+                t0 + 4_200_000,
+                60,
+                1_764_000_600_000,
+                1_764_004_260_000,
+                120_000,
+            ),
+            (
+                t0,
+                t0 + 7_200_000,
+                120,
+                1_764_000_000_000,
+                1_764_007_260_000,
+                120_000,
+            ),
+            (
+                t0,
+                t0 + 7_200_000,
+                1,
+                1_764_000_000_000,
+                1_764_007_260_000,
+                7_260_000,
+            ),
+            (
+                0,
+                2_000_000_000_000,
+                5000,
+                0,
+                2_000_000_040_000,
+                400_020_000,
+            ),
+        ];
+        for (start, end, points, rs, re, step) in cases {
+            for m in VmMetric::ALL {
+                let got = t
+                    .store
+                    .read(move |c| vm_series(c, "vm-a", m, start, end, points))
+                    .await
+                    .unwrap();
+                let what = format!("{} {start}..{end} points={points}", m.name());
+                assert_eq!(got.resolution, Resolution::Minutes, "{what}");
+                assert_eq!(
+                    (got.start_ms, got.end_ms, got.step_ms),
+                    (rs, re, step),
+                    "{what}"
+                );
+                assert!(got.points.len() <= points as usize, "{what}");
+                assert_eq!(got.points, expected(&all, m, rs, re, step), "{what}");
+            }
+        }
+        // Under a minute per step: the raw samples, the window as asked.
+        let got = t
+            .store
+            .read(move |c| vm_series(c, "vm-a", VmMetric::Cpu, t0, t0 + 600_000, 100))
+            .await
+            .unwrap();
+        assert_eq!(got.resolution, Resolution::Samples);
+        assert_eq!(
+            (got.start_ms, got.end_ms, got.step_ms),
+            (t0, t0 + 600_000, 6_000)
+        );
+        assert_eq!(
+            got.points,
+            expected(&all, VmMetric::Cpu, t0, t0 + 600_000, 6_000)
+        );
+    }
+
+    /// (minute, samples, cpu min, cpu sum, cpu max) of every `vm_minutes` row of `instance`.
+    async fn minute_rows(t: &TestStore, instance: &str) -> Vec<(i64, i64, f64, f64, f64)> {
+        let id = instance.to_string();
+        t.store
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT minute_ms, samples, cpu_pct_min, cpu_pct_sum, cpu_pct_max
+                     FROM vm_minutes WHERE instance_id = ?1 ORDER BY minute_ms",
+                )?;
+                let rows = stmt.query_map([id.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+                rows.collect::<Result<Vec<_>>>()
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn a_resent_batch_adds_nothing_and_late_samples_merge(backend: Backend) {
+        let t = testing::open(backend).await;
+        let cpu = |at: i64, v: f64| Sample {
+            vm: VmSample {
+                cpu_pct: v,
+                ..ts::vm_sample(at, 0, 0)
+            },
+            processes: None,
+        };
+        let b1 = ts::batch(
+            "vm-a",
+            1,
+            vec![cpu(60_000, 5.0), cpu(90_000, 7.0), cpu(120_500, 1.0)],
+        );
+        let late = ts::batch("vm-a", 2, vec![cpu(61_000, 2.0), cpu(119_999, 9.5)]);
+        t.store
+            .write(move |c| {
+                instances::register(
+                    c,
+                    "vm-a",
+                    &token("p"),
+                    &Inventory::default(),
+                    1,
+                    0,
+                    Default::default(),
+                )?;
+                assert!(samples::insert_batch(c, &b1, 1)?);
+                assert!(
+                    !samples::insert_batch(c, &b1, 2)?,
+                    "a resend is a duplicate"
+                );
+                assert!(samples::insert_batch(c, &late, 3)?);
+                assert!(!samples::insert_batch(c, &late, 4)?);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            minute_rows(&t, "vm-a").await,
+            vec![(60_000, 4, 2.0, 23.5, 9.5), (120_000, 1, 1.0, 1.0, 1.0)]
+        );
+        // Retention: a minute goes once it has ended by the cutoff, with its samples.
+        let n = t
+            .store
+            .write(|c| samples::purge_raw_before(c, 179_999, 1000))
+            .await
+            .unwrap();
+        assert_eq!(
+            n,
+            5 + 1 + 2,
+            "5 samples, 1 minute, 2 batch ids (received at 1 and 3)"
+        );
+        assert_eq!(
+            minute_rows(&t, "vm-a").await,
+            vec![(120_000, 1, 1.0, 1.0, 1.0)]
+        );
+        // Removing the instance removes its minutes.
+        t.store
+            .write(|c| instances::remove(c, "vm-a"))
+            .await
+            .unwrap();
+        assert!(minute_rows(&t, "vm-a").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_migration_rolls_up_samples_stored_before_it() {
+        // A store at the schema version before the rollup, holding raw samples.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::store::DB_FILE);
+        let before = super::super::migrations::MIGRATIONS.len() - 1;
+        let samples: Vec<VmSample> = (0..300)
+            .map(|i| varied(1_764_000_000_000 + i * 1_000, i))
+            .collect();
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            for sql in &super::super::migrations::MIGRATIONS[..before] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before).unwrap();
+            for (i, vm) in samples.iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct,
+                         mem_pct, disk_read, disk_write, net_in, net_out, rx_bytes_total,
+                         tx_bytes_total, proc_count)
+                     VALUES (?1, ?2, 1000, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, 1)",
+                    rusqlite::params![
+                        if i % 2 == 0 { "vm-a" } else { "vm-b" },
+                        vm.sampled_at_ms,
+                        vm.cpu_pct,
+                        vm.mem_pct,
+                        vm.disk_read_kib_per_sec,
+                        vm.disk_write_kib_per_sec,
+                        vm.net_in_kib_per_sec,
+                        vm.net_out_kib_per_sec
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let t = TestStore {
+            store: crate::store::Store::open(dir.path()).unwrap(),
+            location: crate::store::StoreLocation::Sqlite(dir.path().to_path_buf()),
+            dir,
+        };
+        let a: Vec<VmSample> = samples.iter().step_by(2).cloned().collect();
+        let (start, end) = (1_764_000_000_000, 1_764_000_300_000);
+        for m in VmMetric::ALL {
+            let got = t
+                .store
+                .read(move |c| vm_series(c, "vm-a", m, start, end, 5))
+                .await
+                .unwrap();
+            assert_eq!(got.resolution, Resolution::Minutes);
+            assert_eq!(
+                got.points,
+                expected(&a, m, start, end, 60_000),
+                "{}",
+                m.name()
+            );
+        }
+        assert_eq!(minute_rows(&t, "vm-b").await.len(), 5);
+    }
+
     crate::on_both_backends!(
         series_gives_min_avg_max_per_step_and_skips_empty_steps,
         many_samples_never_exceed_points,
-        sparklines_are_per_instance_scoped_and_fixed_length
+        sparklines_are_per_instance_scoped_and_fixed_length,
+        long_steps_read_the_minute_rollup_and_match_the_samples,
+        a_resent_batch_adds_nothing_and_late_samples_merge
     );
 }

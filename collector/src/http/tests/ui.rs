@@ -213,6 +213,38 @@ async fn series_is_downsampled_scoped_and_checks_its_input() {
     );
     assert_eq!(a["unit"], "%");
     assert_eq!(a["step_ms"], 12_000);
+    assert_eq!(a["resolution"], "samples");
+    // 30 days in 1,000 points: read from the per-minute rollup, the window rounded out to whole
+    // minutes and the step to whole minutes (43.2 min → 44 min), the same figures.
+    let (start, end) = (NOW_SECS * 1000 - 30 * 86_400_000 + 1, NOW_SECS * 1000 + 1);
+    let a = ok(
+        &w,
+        ADMIN_SID,
+        &format!("/api/series?instance_id=a1&metric=cpu&start={start}&end={end}&points=1000"),
+    )
+    .await;
+    assert_eq!(a["resolution"], "minutes", "{a}");
+    assert_eq!(a["step_ms"], 44 * 60_000, "{a}");
+    let (s, e) = (
+        a["start_ms"].as_i64().unwrap(),
+        a["end_ms"].as_i64().unwrap(),
+    );
+    assert!(s % 60_000 == 0 && s <= start && start - s < 60_000, "{a}");
+    assert!(e % 60_000 == 0 && e >= end && e - end < 60_000, "{a}");
+    assert_eq!(
+        (
+            a["count"].clone(),
+            a["min"].clone(),
+            a["avg"].clone(),
+            a["max"].clone()
+        ),
+        (
+            json!([1]),
+            json!([12.345]),
+            json!([12.345]),
+            json!([12.345])
+        )
+    );
     let a = ok(&w, TENANT_B_SID, &series_path("b1", "net_out", "")).await;
     assert_eq!(
         (a["avg"][0].clone(), a["unit"].clone()),

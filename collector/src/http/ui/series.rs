@@ -42,12 +42,15 @@ pub struct Series {
     pub metric: &'static str,
     /// `%` or `KB/s`.
     pub unit: &'static str,
-    /// Window start, epoch ms (inclusive).
+    /// Window start, epoch ms (inclusive): `start`, or the start of its minute when the figures
+    /// come from the per-minute rollup.
     pub start_ms: i64,
-    /// Window end, epoch ms (exclusive).
+    /// Window end, epoch ms (exclusive): `end`, or the end of its minute likewise.
     pub end_ms: i64,
-    /// Step length, ms.
+    /// Step length, ms (whole minutes when read from the rollup).
     pub step_ms: i64,
+    /// `samples` (raw samples, steps under a minute) or `minutes` (the per-minute rollup).
+    pub resolution: &'static str,
     /// Step starts, epoch ms.
     pub t_ms: Vec<i64>,
     /// Smallest value per step.
@@ -107,7 +110,7 @@ async fn series(app: &App, headers: &HeaderMap, raw: Option<&str>) -> Result<Ser
     }
     let lookup = id.clone();
     let project = (!user.is_admin).then(|| user.project.clone());
-    let points_rows = app
+    let series = app
         .store
         .read(move |c| {
             let Some(row) = store::instances::get(c, &lookup)? else {
@@ -125,13 +128,15 @@ async fn series(app: &App, headers: &HeaderMap, raw: Option<&str>) -> Result<Ser
         .ok_or_else(|| {
             MsgError::new(StatusCode::NOT_FOUND, format!("unknown instance_id {id:?}"))
         })?;
+    let points_rows = &series.points;
     Ok(Series {
         instance_id: id,
         metric: metric.name(),
         unit: metric.unit(),
-        start_ms: start,
-        end_ms: end,
-        step_ms: store::series::step_ms(start, end, points),
+        start_ms: series.start_ms,
+        end_ms: series.end_ms,
+        step_ms: series.step_ms,
+        resolution: series.resolution.name(),
         t_ms: points_rows.iter().map(|p| p.t_ms).collect(),
         min: points_rows.iter().map(|p| p.min).collect(),
         avg: points_rows.iter().map(|p| p.avg).collect(),
