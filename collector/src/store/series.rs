@@ -172,12 +172,12 @@ pub struct VmSeries {
 }
 
 /// `t` rounded down to the start of its minute.
-fn minute_floor(t: i64) -> i64 {
+pub fn minute_floor(t: i64) -> i64 {
     t.div_euclid(MINUTE_MS) * MINUTE_MS
 }
 
 /// `t` rounded up to a minute boundary.
-fn minute_ceil(t: i64) -> i64 {
+pub fn minute_ceil(t: i64) -> i64 {
     minute_floor(t.saturating_add(MINUTE_MS - 1))
 }
 
@@ -349,27 +349,46 @@ fn upsert_sql(pg: bool) -> String {
     )
 }
 
-/// One instance's CPU sparkline: the average `cpu_pct` per step of `[start_ms, end_ms)`
-/// (`points` steps, `None` where the step has no sample).
+/// One instance's CPU sparkline: the average `cpu_pct` per step (`None` where the step has no
+/// sample).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sparkline {
     /// Instance id.
     pub instance_id: String,
-    /// One value per step, oldest first; always `points` long.
+    /// One value per step, oldest first; as long as [`Sparklines::steps`].
     pub cpu_pct: Vec<Option<f64>>,
 }
 
-/// CPU sparklines of every instance of `project` (or all), by instance id: one indexed range
-/// query per instance on one connection.
+/// The fleet's sparklines and the window they cover.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sparklines {
+    /// Start of the first step, epoch ms (a minute boundary).
+    pub start_ms: i64,
+    /// Step length, ms (whole minutes).
+    pub step_ms: i64,
+    /// Steps per sparkline (at most the asked `points`).
+    pub steps: usize,
+    /// One per instance, by instance id.
+    pub lines: Vec<Sparkline>,
+}
+
+/// CPU sparklines of every instance of `project` (or all), by instance id, read from the
+/// per-minute rollup: the window is rounded out to whole minutes and the step up to whole
+/// minutes, as in [`vm_series`]. One indexed range query per instance on one connection, reading
+/// at most one row per instance and minute however often the agents sample.
 pub fn cpu_sparklines(
     conn: &Connection,
     project: Option<&str>,
     start_ms: i64,
     end_ms: i64,
     points: u32,
-) -> Result<Vec<Sparkline>> {
-    let points = points.clamp(1, MAX_POINTS);
-    let step = step_ms(start_ms, end_ms, points);
+) -> Result<Sparklines> {
+    let (start, end) = (
+        minute_floor(start_ms),
+        minute_ceil(end_ms.max(start_ms + 1)),
+    );
+    let step = minute_ceil(step_ms(start, end, points));
+    let steps = usize::try_from((end - start + step - 1) / step).unwrap_or(0);
     let mut list = conn.prepare_cached(
         "SELECT instance_id FROM instances WHERE ?1 IS NULL OR project = ?1 ORDER BY instance_id",
     )?;
@@ -377,14 +396,14 @@ pub fn cpu_sparklines(
         .query_map(params![project], |r| r.get::<_, String>(0))?
         .collect::<Result<Vec<_>>>()?;
     let mut per = conn.prepare_cached(
-        "SELECT (sampled_at_ms - ?2) / ?4 AS step, AVG(cpu_pct) FROM vm_samples
-         WHERE instance_id = ?1 AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3
+        "SELECT (minute_ms - ?2) / ?4 AS step, SUM(cpu_pct_sum) / SUM(samples) FROM vm_minutes
+         WHERE instance_id = ?1 AND minute_ms >= ?2 AND minute_ms < ?3
          GROUP BY step",
     )?;
-    let mut out = Vec::with_capacity(ids.len());
+    let mut lines = Vec::with_capacity(ids.len());
     for id in ids {
-        let mut cpu_pct = vec![None; points as usize];
-        let rows = per.query_map(params![id, start_ms, end_ms, step], |r| {
+        let mut cpu_pct = vec![None; steps];
+        let rows = per.query_map(params![id, start, end, step], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
         })?;
         for row in rows {
@@ -393,12 +412,17 @@ pub fn cpu_sparklines(
                 *slot = Some(v);
             }
         }
-        out.push(Sparkline {
+        lines.push(Sparkline {
             instance_id: id,
             cpu_pct,
         });
     }
-    Ok(out)
+    Ok(Sparklines {
+        start_ms: start,
+        step_ms: step,
+        steps,
+        lines,
+    })
 }
 
 #[cfg(test)]
@@ -557,22 +581,37 @@ mod tests {
             backend,
             &[
                 ("vm-a", "p", 0, 10.0),
-                ("vm-a", "p", 500, 20.0),
-                ("vm-b", "q", 3500, 5.0),
+                ("vm-a", "p", 30_000, 20.0),
+                ("vm-b", "q", 210_000, 5.0),
             ],
         )
         .await;
         t.store
             .read(|c| {
-                let all = cpu_sparklines(c, None, 0, 4000, 4)?;
-                assert_eq!(all.len(), 2);
-                assert_eq!(all[0].instance_id, "vm-a");
-                assert_eq!(all[0].cpu_pct, vec![Some(15.0), None, None, None]);
-                assert_eq!(all[1].cpu_pct, vec![None, None, None, Some(5.0)]);
-                let q = cpu_sparklines(c, Some("q"), 0, 4000, 4)?;
+                // The window as whole minutes (here already), 4 steps of a minute.
+                for (start, end) in [(0, 240_000), (1, 239_999), (59_999, 180_001)] {
+                    let all = cpu_sparklines(c, None, start, end, 4)?;
+                    assert_eq!((all.start_ms, all.step_ms, all.steps), (0, 60_000, 4));
+                    assert_eq!(all.lines.len(), 2);
+                    assert_eq!(all.lines[0].instance_id, "vm-a");
+                    assert_eq!(all.lines[0].cpu_pct, vec![Some(15.0), None, None, None]);
+                    assert_eq!(all.lines[1].cpu_pct, vec![None, None, None, Some(5.0)]);
+                }
+                // An hour in 30 points: steps of 2 minutes.
+                let hour = cpu_sparklines(c, None, 3_600_000, 7_200_000, 30)?;
+                assert_eq!(
+                    (hour.start_ms, hour.step_ms, hour.steps),
+                    (3_600_000, 120_000, 30)
+                );
+                assert_eq!(hour.lines[0].cpu_pct, vec![None; 30]);
+                let q = cpu_sparklines(c, Some("q"), 0, 240_000, 4)?.lines;
                 assert_eq!(q.len(), 1);
                 assert_eq!(q[0].instance_id, "vm-b");
-                assert!(cpu_sparklines(c, Some("none"), 0, 4000, 4)?.is_empty());
+                assert!(
+                    cpu_sparklines(c, Some("none"), 0, 240_000, 4)?
+                        .lines
+                        .is_empty()
+                );
                 Ok(())
             })
             .await

@@ -301,15 +301,18 @@ async fn fleet_answer(app: &App, headers: &HeaderMap) -> Result<Fleet, MsgError>
     let user = super::mana::authenticate(app, headers).await?;
     let project = visible_project(&user)?;
     let now = store::now_ms();
-    let start = now - SPARK_SPAN_MS;
-    let (rows, latest, sparks) = app
+    // Whole minutes up to the current one, so the hour is exactly SPARK_POINTS steps of the
+    // per-minute rollup.
+    let spark_end = store::series::minute_ceil(now + 1);
+    let start = spark_end - SPARK_SPAN_MS;
+    let (rows, latest, sparklines) = app
         .store
         .read(move |c| {
             let p = project.as_deref();
             Ok((
                 store::instances::list(c, p)?,
                 store::samples::fleet(c, p)?,
-                store::series::cpu_sparklines(c, p, start, now, SPARK_POINTS)?,
+                store::series::cpu_sparklines(c, p, start, spark_end, SPARK_POINTS)?,
             ))
         })
         .await
@@ -318,7 +321,9 @@ async fn fleet_answer(app: &App, headers: &HeaderMap) -> Result<Fleet, MsgError>
         .iter()
         .filter_map(|f| f.vm.as_ref().map(|v| (v.instance_id.as_str(), v)))
         .collect();
-    let mut sparks: std::collections::HashMap<String, Vec<Option<f64>>> = sparks
+    let (spark_start_ms, spark_step_ms) = (sparklines.start_ms, sparklines.step_ms);
+    let mut sparks: std::collections::HashMap<String, Vec<Option<f64>>> = sparklines
+        .lines
         .into_iter()
         .map(|s| (s.instance_id, s.cpu_pct))
         .collect();
@@ -348,8 +353,8 @@ async fn fleet_answer(app: &App, headers: &HeaderMap) -> Result<Fleet, MsgError>
         .collect();
     Ok(Fleet {
         now_ms: now,
-        spark_start_ms: start,
-        spark_step_ms: store::series::step_ms(start, now, SPARK_POINTS),
+        spark_start_ms,
+        spark_step_ms,
         vms,
     })
 }
