@@ -1,5 +1,6 @@
 //! Background upkeep every 10 minutes: purges expired sessions and raw samples past
-//! `raw_retention_days` (in chunks, yielding to ingest between them).
+//! `raw_retention_days` (in chunks, yielding to ingest between them); on PostgreSQL it also
+//! creates the coming days' sample partitions and drops the days past retention whole.
 
 use std::sync::Arc;
 
@@ -58,11 +59,37 @@ async fn upkeep(app: &App) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "Session purge failed."),
     }
+    // PostgreSQL: the partitions of the coming days exist before their samples arrive.
+    match app
+        .store
+        .write(|c| store::partitions::ensure_days_around(c, now_ms()))
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!(created = n, "Created day partitions."),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "Creating day partitions failed."),
+    }
     let retention_days = settings.config.raw_retention_days;
     if retention_days == 0 {
         return;
     }
     let cutoff = now_ms() - i64::from(retention_days) * DAY_MS;
+    // PostgreSQL: whole days past retention go as tables; the chunked delete below does the rest.
+    match app
+        .store
+        .write(move |c| store::partitions::drop_days_before(c, cutoff))
+        .await
+    {
+        Ok(dropped) if !dropped.is_empty() => {
+            tracing::info!(
+                ?dropped,
+                retention_days,
+                "Dropped day partitions past retention."
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "Dropping day partitions failed."),
+    }
     let mut total = 0usize;
     loop {
         match app

@@ -15,6 +15,7 @@ pub mod instances;
 pub mod locks;
 mod migrations;
 pub mod notify;
+pub mod partitions;
 mod pg;
 pub mod rating;
 pub mod samples;

@@ -77,6 +77,17 @@ pub async fn migrate(client: &deadpool_postgres::Object) -> Result<()> {
                 .await?;
             tracing::info!(version = v, "Migrated PostgreSQL store schema.");
         }
+        // The day partitions around now (housekeeping keeps them coming).
+        let today = vmmon_common::vocab::now_ms().div_euclid(vmmon_common::vocab::DAY_MS)
+            * vmmon_common::vocab::DAY_MS;
+        for table in super::partitions::PARTITIONED_TABLES {
+            for day in -1..=2i64 {
+                let at = today + day * vmmon_common::vocab::DAY_MS;
+                client
+                    .execute("SELECT vmmon_ensure_day_partition($1, $2)", &[&table, &at])
+                    .await?;
+            }
+        }
         Ok(())
     }
     .await;
@@ -423,5 +434,125 @@ pub(super) const MIGRATIONS: &[&str] = &[
         MIN(net_out), SUM(net_out), MAX(net_out)
     FROM vm_samples
     GROUP BY instance_id, sampled_at_ms - ((sampled_at_ms % 60000) + 60000) % 60000;
+    "#,
+    // v4 (issue 17): raw samples partitioned by day of `sampled_at_ms` (UTC), declaratively.
+    // `vmmon_ensure_day_partition` creates a day's partition (moving rows that waited in the
+    // default partition), run at open and by housekeeping for the days around now;
+    // `vmmon_drop_day_partitions_before` is retention: whole days go with `DROP TABLE`. Ids keep
+    // their values (a sequence replaces the identity: the primary key must hold the partition
+    // key). Existing rows move into partitions of their days (the newest 400 days; older ones
+    // into the default partition, purged by the chunked delete).
+    r#"
+    CREATE FUNCTION vmmon_ensure_day_partition(parent TEXT, day_start_ms BIGINT)
+    RETURNS BOOLEAN LANGUAGE plpgsql AS $fn$
+    DECLARE
+        day_ms CONSTANT BIGINT := 86400000;
+        lo BIGINT := day_start_ms - (day_start_ms % day_ms + day_ms) % day_ms;
+        part TEXT := parent || '_p' || to_char(to_timestamp(lo / 1000) AT TIME ZONE 'UTC', 'YYYYMMDD');
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtext('vmmon_partitions'));
+        IF to_regclass(part) IS NOT NULL THEN
+            RETURN FALSE;
+        END IF;
+        EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS)', part, parent);
+        -- Rows that arrived before the day had its partition wait in the default partition.
+        EXECUTE format(
+            'WITH moved AS (DELETE FROM %I WHERE sampled_at_ms >= %s AND sampled_at_ms < %s
+             RETURNING *) INSERT INTO %I SELECT * FROM moved',
+            parent || '_default', lo, lo + day_ms, part);
+        EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%s) TO (%s)',
+            parent, part, lo, lo + day_ms);
+        RETURN TRUE;
+    END
+    $fn$;
+    CREATE FUNCTION vmmon_drop_day_partitions_before(parent TEXT, cutoff_ms BIGINT)
+    RETURNS SETOF TEXT LANGUAGE plpgsql AS $fn$
+    DECLARE
+        part TEXT;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtext('vmmon_partitions'));
+        FOR part IN
+            SELECT c.relname FROM pg_inherits i
+            JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = to_regclass(parent)
+              AND c.relname ~ ('^' || parent || '_p[0-9]{8}$')
+              AND (extract(epoch FROM to_date(right(c.relname, 8), 'YYYYMMDD')) * 1000)::BIGINT
+                  + 86400000 <= cutoff_ms
+            ORDER BY c.relname
+        LOOP
+            EXECUTE format('DROP TABLE %I', part);
+            RETURN NEXT part;
+        END LOOP;
+    END
+    $fn$;
+    ALTER TABLE vm_samples RENAME TO vm_samples_old;
+    ALTER INDEX vm_samples_instance_time RENAME TO vm_samples_old_instance_time;
+    ALTER INDEX vm_samples_time RENAME TO vm_samples_old_time;
+    CREATE SEQUENCE vm_samples_ids;
+    CREATE TABLE vm_samples (
+        id                   BIGINT NOT NULL DEFAULT nextval('vm_samples_ids'),
+        instance_id          TEXT NOT NULL,
+        sampled_at_ms        BIGINT NOT NULL,
+        elapsed_ms           BIGINT NOT NULL,
+        cpu_pct              DOUBLE PRECISION NOT NULL,
+        mem_pct              DOUBLE PRECISION NOT NULL,
+        disk_read            DOUBLE PRECISION NOT NULL,
+        disk_write           DOUBLE PRECISION NOT NULL,
+        net_in               DOUBLE PRECISION NOT NULL,
+        net_out              DOUBLE PRECISION NOT NULL,
+        rx_bytes_total       BIGINT NOT NULL,
+        tx_bytes_total       BIGINT NOT NULL,
+        proc_count           BIGINT NOT NULL,
+        net_attributed_in    DOUBLE PRECISION,
+        net_attributed_out   DOUBLE PRECISION,
+        net_unattributed_in  DOUBLE PRECISION,
+        net_unattributed_out DOUBLE PRECISION,
+        cpu_steal_pct        DOUBLE PRECISION,
+        unreadable_procs     BIGINT,
+        PRIMARY KEY (id, sampled_at_ms)
+    ) PARTITION BY RANGE (sampled_at_ms);
+    ALTER SEQUENCE vm_samples_ids OWNED BY vm_samples.id;
+    CREATE TABLE vm_samples_default PARTITION OF vm_samples DEFAULT;
+    CREATE INDEX vm_samples_instance_time ON vm_samples(instance_id, sampled_at_ms);
+    CREATE INDEX vm_samples_time ON vm_samples(sampled_at_ms);
+    SELECT vmmon_ensure_day_partition('vm_samples', d * 86400000)
+    FROM (SELECT DISTINCT sampled_at_ms / 86400000 AS d FROM vm_samples_old
+          ORDER BY d DESC LIMIT 400) AS days;
+    INSERT INTO vm_samples (id, instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct, disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count, net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out, cpu_steal_pct, unreadable_procs) SELECT id, instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct, disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count, net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out, cpu_steal_pct, unreadable_procs FROM vm_samples_old;
+    SELECT setval('vm_samples_ids', GREATEST((SELECT COALESCE(MAX(id), 0) FROM vm_samples), 1));
+    DROP TABLE vm_samples_old;
+    ALTER TABLE process_samples RENAME TO process_samples_old;
+    ALTER INDEX process_samples_instance_time RENAME TO process_samples_old_instance_time;
+    ALTER INDEX process_samples_instance_cmd RENAME TO process_samples_old_instance_cmd;
+    ALTER INDEX process_samples_time RENAME TO process_samples_old_time;
+    CREATE SEQUENCE process_samples_ids;
+    CREATE TABLE process_samples (
+        id                   BIGINT NOT NULL DEFAULT nextval('process_samples_ids'),
+        instance_id     TEXT NOT NULL,
+        sampled_at_ms   BIGINT NOT NULL,
+        pid             BIGINT NOT NULL,
+        start_time      DOUBLE PRECISION NOT NULL,
+        cmd             TEXT NOT NULL,
+        cpu_pct         DOUBLE PRECISION NOT NULL,
+        mem_pct         DOUBLE PRECISION NOT NULL,
+        disk_read       DOUBLE PRECISION NOT NULL,
+        disk_write      DOUBLE PRECISION NOT NULL,
+        net_in          DOUBLE PRECISION NOT NULL,
+        net_out         DOUBLE PRECISION NOT NULL,
+        shutdown_time   DOUBLE PRECISION,
+        disk_unreadable BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (id, sampled_at_ms)
+    ) PARTITION BY RANGE (sampled_at_ms);
+    ALTER SEQUENCE process_samples_ids OWNED BY process_samples.id;
+    CREATE TABLE process_samples_default PARTITION OF process_samples DEFAULT;
+    CREATE INDEX process_samples_instance_time ON process_samples(instance_id, sampled_at_ms);
+    CREATE INDEX process_samples_instance_cmd ON process_samples(instance_id, cmd, sampled_at_ms);
+    CREATE INDEX process_samples_time ON process_samples(sampled_at_ms);
+    SELECT vmmon_ensure_day_partition('process_samples', d * 86400000)
+    FROM (SELECT DISTINCT sampled_at_ms / 86400000 AS d FROM process_samples_old
+          ORDER BY d DESC LIMIT 400) AS days;
+    INSERT INTO process_samples (id, instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct, mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable) SELECT id, instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct, mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable FROM process_samples_old;
+    SELECT setval('process_samples_ids', GREATEST((SELECT COALESCE(MAX(id), 0) FROM process_samples), 1));
+    DROP TABLE process_samples_old;
     "#,
 ];
