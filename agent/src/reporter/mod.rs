@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::client::Error as ClientError;
+use jsonrpsee::core::traits::ToRpcParams;
 use jsonrpsee::rpc_params;
 use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClient, WsClientBuilder};
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 use vmmon_common::PROTOCOL_VERSION;
 use vmmon_common::rpc::MonitorApiClient;
@@ -359,8 +361,8 @@ async fn session(
 /// Sends up to [`BATCHES_PER_TURN`] batches oldest first; re-arms itself when more remain.
 async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
     for _ in 0..BATCHES_PER_TURN {
-        let (seq, batch) = match shared.with_spool(|s| s.oldest_raw()) {
-            Ok(Some(b)) => b,
+        let (seq, params) = match shared.with_spool(|s| s.next_to_send()) {
+            Ok(Some(out)) => (out.seq, ReportParams(out.params)),
             Ok(None) => return Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, "Cannot read the spool.");
@@ -368,8 +370,7 @@ async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
             }
         };
         // Sent as written, so the extension keys (vmmon_common::wire::ext) reach the collector.
-        let sent: Result<ReportAck, ClientError> =
-            client.request(REPORT_METHOD, rpc_params![batch]).await;
+        let sent: Result<ReportAck, ClientError> = client.request(REPORT_METHOD, params).await;
         match sent {
             Ok(ack) => {
                 if ack.duplicate {
@@ -405,6 +406,17 @@ async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
     // More may remain: come back after looking at commands.
     shared.new_batch.notify_one();
     Ok(())
+}
+
+/// `monitor_report`'s params as the spool made them ([`crate::spool::Outgoing`]): handed to the
+/// client as they are, not serialised again.
+#[derive(Debug)]
+pub struct ReportParams(pub Box<RawValue>);
+
+impl ToRpcParams for ReportParams {
+    fn to_rpc_params(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+        Ok(Some(self.0))
+    }
 }
 
 /// The desired state a fresh agent applies before the collector says otherwise.

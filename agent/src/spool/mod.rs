@@ -15,6 +15,12 @@
 //! which every batch and heartbeat carries to the collector. Memory use is the index only
 //! (a few dozen bytes per batch), whatever the outage length.
 //!
+//! Sending: the newest batch's text stays in memory after it is spooled ([`Spool::next_to_send`]
+//! hands it over as the `monitor_report` params, `[` batch `]`), so the usual tick — spool, send,
+//! acknowledge, delete — serialises the batch once and never reads it back from disk. Only a
+//! batch that waited behind others, or one whose drop count went stale, is read from its file.
+//! The file stays the durable copy either way: it is deleted only after the collector's ack.
+//!
 //! CDN positions: a batch may carry the access-log positions reached after its CDN deltas
 //! ([`ReportBatch::cdn_tail`]); the state keeps the latest ones with the sequence number of their
 //! batch. The batch is written first, then the state, so after a crash in between the newest
@@ -31,6 +37,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 use vmmon_common::wire::ext::{self, SampleExt};
 use vmmon_common::wire::{CdnBucketDelta, CdnTailState, DesiredState, ReportBatch, Sample};
@@ -73,7 +80,7 @@ pub struct RawBatch {
     /// As [`ReportBatch::seq`].
     pub seq: u64,
     /// As [`ReportBatch::samples`], unparsed.
-    pub samples: Box<serde_json::value::RawValue>,
+    pub samples: Box<RawValue>,
     /// As [`ReportBatch::dropped_samples_total`].
     pub dropped_samples_total: u64,
     /// As [`ReportBatch::cdn`].
@@ -83,6 +90,31 @@ pub struct RawBatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdn_tail: Option<CdnTailState>,
 }
+
+/// A spooled batch ready to send: `params` is the `monitor_report` params, a one-element JSON
+/// array holding the batch exactly as spooled (extension keys included).
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The batch's sequence number (for [`Spool::remove`] after the ack).
+    pub seq: u64,
+    /// `[` batch `]`, as sent.
+    pub params: Box<RawValue>,
+}
+
+/// The newest batch's text, kept after spooling so it is sent without a read from disk.
+#[derive(Debug)]
+struct Fresh {
+    seq: u64,
+    /// The drop count written into the batch; sent from memory only while it is still current.
+    dropped_samples_total: u64,
+    /// `[` batch `]`, the file's text between the brackets.
+    params: Box<RawValue>,
+}
+
+/// Batches waiting (the newest included) up to which the newest one's text is kept in memory: it
+/// is sent next, or right after the one before it. With a longer backlog (the collector is
+/// away) the reporter reads from disk anyway, so the memory is let go.
+const KEEP_FRESH_UP_TO: usize = 2;
 
 /// Counters and state that survive agent restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -130,6 +162,8 @@ pub struct Spool {
     state: PersistedState,
     /// The last state write failed: retry before deleting any batch.
     state_dirty: bool,
+    /// The newest batch's text, while it is (nearly) next to send.
+    fresh: Option<Fresh>,
 }
 
 impl Spool {
@@ -220,6 +254,7 @@ impl Spool {
             total_bytes,
             state,
             state_dirty: false,
+            fresh: None,
         };
         spool.save_state()?;
         spool.enforce_bound(0)?;
@@ -265,12 +300,22 @@ impl Spool {
             cdn,
             cdn_tail,
         };
-        let bytes = serde_json::to_vec(&ext::BatchWithExt {
+        // Serialised once, as the report's params (`[` batch `]`); the file holds the batch.
+        let params = serde_json::value::to_raw_value(&[ext::BatchWithExt {
             batch: &batch,
             exts,
-        })?;
+        }])?;
+        let bytes = params
+            .get()
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .ok_or_else(|| {
+                <serde_json::Error as serde::ser::Error>::custom("batch params are not an array")
+            })?
+            .as_bytes();
+        let len = bytes.len() as u64;
         let path = self.batch_path(seq);
-        write_atomically(&path, &bytes)?;
+        write_atomically(&path, bytes)?;
         self.state.next_seq = seq + 1;
         if let Some(tail) = batch.cdn_tail {
             self.state.cdn_tail = Some(tail);
@@ -278,13 +323,18 @@ impl Spool {
         }
         self.index.push_back(Entry {
             seq,
-            bytes: bytes.len() as u64,
+            bytes: len,
             samples: batch.samples.len() as u64,
         });
-        self.total_bytes += bytes.len() as u64;
+        self.total_bytes += len;
         if let Err(e) = self.enforce_bound(1) {
             tracing::error!(error = %e, "Cannot enforce the spool bound.");
         }
+        self.fresh = (self.index.len() <= KEEP_FRESH_UP_TO).then_some(Fresh {
+            seq,
+            dropped_samples_total: batch.dropped_samples_total,
+            params,
+        });
         if let Err(e) = self.save_state() {
             tracing::error!(error = %e, "Cannot write the agent state; retrying before the next delete.");
         }
@@ -351,6 +401,29 @@ impl Spool {
         Ok(None)
     }
 
+    /// The oldest batch, ready to send ([`Outgoing`]). The batch just spooled comes from memory,
+    /// as written (see the module header); any other batch, or one whose drop count has
+    /// changed since it was written, is read from disk as by [`Self::oldest_raw`], with the
+    /// freshest drop count. The batch stays spooled until [`Self::remove`].
+    pub fn next_to_send(&mut self) -> Result<Option<Outgoing>, SpoolError> {
+        let front = self.index.front().map(|e| e.seq);
+        if let Some(fresh) = self.fresh.take_if(|f| {
+            Some(f.seq) == front && f.dropped_samples_total == self.state.dropped_samples_total
+        }) {
+            return Ok(Some(Outgoing {
+                seq: fresh.seq,
+                params: fresh.params,
+            }));
+        }
+        match self.oldest_raw()? {
+            Some((seq, batch)) => Ok(Some(Outgoing {
+                seq,
+                params: serde_json::value::to_raw_value(&[&batch])?,
+            })),
+            None => Ok(None),
+        }
+    }
+
     /// Deletes an acknowledged batch.
     pub fn remove(&mut self, seq: u64) -> Result<(), SpoolError> {
         let Some(pos) = self.index.iter().position(|e| e.seq == seq) else {
@@ -369,6 +442,7 @@ impl Spool {
         if let Some(entry) = self.index.remove(pos) {
             self.total_bytes -= entry.bytes;
         }
+        self.fresh.take_if(|f| f.seq == seq);
         Ok(())
     }
 
@@ -430,6 +504,7 @@ impl Spool {
     fn forget_front(&mut self, entry: Entry) {
         self.index.pop_front();
         self.total_bytes -= entry.bytes;
+        self.fresh.take_if(|f| f.seq == entry.seq);
     }
 
     /// Drops oldest batches while over the bound, keeping at least `keep_newest` batches.

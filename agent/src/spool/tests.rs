@@ -240,3 +240,118 @@ fn a_planted_temp_symlink_is_not_followed() {
     spool.push("i", vec![sample(2)]).unwrap();
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
 }
+
+/// The params of an [`Outgoing`] as the collector receives them: one typed batch.
+fn sent_batch(out: &Outgoing) -> ReportBatch {
+    let mut params: Vec<ReportBatch> = serde_json::from_str(out.params.get()).unwrap();
+    assert_eq!(params.len(), 1, "monitor_report takes one batch");
+    params.remove(0)
+}
+
+#[test]
+fn the_batch_just_spooled_is_sent_from_memory_exactly_as_written() {
+    use vmmon_common::wire::ext::{SampleExt, VmSampleExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let ext = SampleExt {
+        vm: VmSampleExt {
+            cpu_steal_pct: Some(3.5),
+            unreadable_procs: None,
+        },
+        processes: Vec::new(),
+    };
+    let seq = spool
+        .push_batch_ext("i", vec![sample(7)], &[ext], Vec::new(), None)
+        .unwrap();
+    let file = batch_files(dir.path()).remove(0);
+    let written = fs::read_to_string(&file).unwrap();
+    // The file is still the durable copy; spoil it to show the send does not read it back.
+    fs::write(&file, b"{\"samples\": [").unwrap();
+    let out = spool.next_to_send().unwrap().unwrap();
+    assert_eq!(out.seq, seq);
+    assert_eq!(
+        out.params.get(),
+        format!("[{written}]"),
+        "the spooled text, unchanged"
+    );
+    assert_eq!(sent_batch(&out).samples[0].vm.cpu_steal_pct, Some(3.5));
+    assert_eq!(spool.corrupt_files_total(), 0, "nothing was read from disk");
+    // Handed over once: until the ack, a second attempt (after a lost connection) reads the file.
+    assert!(
+        spool.next_to_send().unwrap().is_none(),
+        "the spoiled file is moved aside"
+    );
+    assert_eq!(spool.corrupt_files_total(), 1);
+}
+
+#[test]
+fn a_batch_not_acknowledged_is_sent_again_from_disk_with_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    spool.push("i", vec![sample(1)]).unwrap();
+    let first = sent_batch(&spool.next_to_send().unwrap().unwrap());
+    assert!(spool.fresh.is_none(), "taken by the first attempt");
+    // The send failed: no remove. The retry reads the same batch from its file.
+    let again = spool.next_to_send().unwrap().unwrap();
+    assert_eq!(again.seq, first.seq);
+    assert_eq!(sent_batch(&again), first);
+    spool.remove(again.seq).unwrap();
+    assert!(spool.next_to_send().unwrap().is_none());
+}
+
+#[test]
+fn a_stale_drop_count_is_refreshed_from_disk_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let a = spool.push("i", vec![sample(1)]).unwrap();
+    let b = spool.push("i", vec![sample(2)]).unwrap();
+    assert_eq!(spool.fresh.as_ref().map(|f| f.seq), Some(b));
+    // The collector refuses `a`: one sample dropped after `b` was written with a count of 0.
+    spool.discard(a).unwrap();
+    let out = spool.next_to_send().unwrap().unwrap();
+    assert_eq!(out.seq, b);
+    assert_eq!(
+        sent_batch(&out).dropped_samples_total,
+        1,
+        "the freshest count"
+    );
+}
+
+#[test]
+fn only_the_newest_batch_near_the_front_is_kept_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let a = spool.push("i", vec![sample(1)]).unwrap();
+    let b = spool.push("i", vec![sample(2)]).unwrap();
+    // `b` waits behind `a`: kept, and sent from memory once `a` is acknowledged.
+    let first = spool.next_to_send().unwrap().unwrap();
+    assert_eq!(first.seq, a);
+    assert_eq!(spool.fresh.as_ref().map(|f| f.seq), Some(b));
+    spool.remove(a).unwrap();
+    let second = spool.next_to_send().unwrap().unwrap();
+    assert_eq!(
+        (second.seq, sent_batch(&second).samples[0].vm.sampled_at_ms),
+        (b, 2)
+    );
+    assert!(spool.fresh.is_none());
+    // A backlog (the collector is away): the newest batch's text is not held in memory.
+    for ms in 3..6 {
+        spool.push("i", vec![sample(ms)]).unwrap();
+    }
+    assert!(spool.fresh.is_none(), "backlog of {} batches", spool.len());
+    // Acknowledging the batch in memory lets its text go too.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let c = spool.push("i", vec![sample(1)]).unwrap();
+    spool.remove(c).unwrap();
+    assert!(spool.fresh.is_none());
+    // Every batch goes out once per attempt, oldest first, whichever way it is read.
+    let d = spool.push("i", vec![sample(2)]).unwrap();
+    let e = spool.push("i", vec![sample(3)]).unwrap();
+    let mut sent = Vec::new();
+    while let Some(out) = spool.next_to_send().unwrap() {
+        sent.push(sent_batch(&out).samples[0].vm.sampled_at_ms);
+        spool.remove(out.seq).unwrap();
+    }
+    assert_eq!(sent, vec![2, 3], "seqs {d} and {e}");
+}
