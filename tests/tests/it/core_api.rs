@@ -86,27 +86,37 @@ fn real_processes_show_up_with_true_figures() {
     // busy machine (where the burner gets less than a core) cannot fail a correct agent; on an
     // idle machine that truth is 100/ncpu. Judged on the median of the three records (±15%).
     let ideal = 100.0 / ncpu();
-    let first = wait_for(T, "a burner record", || {
-        history(&c, &sid, "vm-core-1", "vmmtest-burn", 1)
-            .into_iter()
-            .next()
-    });
-    let (t0, ticks0) = (std::time::Instant::now(), cpu_ticks(burner.pid()));
-    let recs = wait_for(T, "three fresh burner records", || {
-        let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 4);
-        let fresh: Vec<Value> = h
-            .into_iter()
-            .take_while(|r| r["_id"] != first["_id"])
-            .collect();
-        (fresh.len() >= 3).then(|| fresh[..3].to_vec())
-    });
-    let secs = t0.elapsed().as_secs_f64();
-    let ticks = cpu_ticks(burner.pid()) - ticks0;
-    let truth = ticks as f64 / clk_tck() / secs / ncpu() * 100.0;
-    assert!(
-        truth > ideal * 0.5,
-        "the burner barely ran ({truth:.1}% of the VM), cannot judge"
-    );
+    // On a loaded machine the burner may get far less than a core for a while: then measure a
+    // fresh window, up to ATTEMPTS times, until it ran enough to judge.
+    const ATTEMPTS: usize = 6;
+    let mut too_little = Vec::new();
+    let (recs, truth) = loop {
+        let first = wait_for(T, "a burner record", || {
+            history(&c, &sid, "vm-core-1", "vmmtest-burn", 1)
+                .into_iter()
+                .next()
+        });
+        let (t0, ticks0) = (std::time::Instant::now(), cpu_ticks(burner.pid()));
+        let recs = wait_for(T, "three fresh burner records", || {
+            let h = history(&c, &sid, "vm-core-1", "vmmtest-burn", 4);
+            let fresh: Vec<Value> = h
+                .into_iter()
+                .take_while(|r| r["_id"] != first["_id"])
+                .collect();
+            (fresh.len() >= 3).then(|| fresh[..3].to_vec())
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        let ticks = cpu_ticks(burner.pid()) - ticks0;
+        let truth = ticks as f64 / clk_tck() / secs / ncpu() * 100.0;
+        if truth > ideal * 0.5 {
+            break (recs, truth);
+        }
+        too_little.push(truth);
+        assert!(
+            too_little.len() < ATTEMPTS,
+            "the burner barely ran in {ATTEMPTS} windows ({too_little:.1?} % of the VM), cannot judge"
+        );
+    };
     let mut cpus: Vec<f64> = recs
         .iter()
         .map(|r| r["cpu_util"].as_f64().unwrap())
