@@ -74,22 +74,10 @@ pub fn drop_days_before(conn: &Connection, cutoff_ms: i64) -> Result<Vec<String>
 mod tests {
     use super::*;
     use crate::store::testing::{self, TestStore};
-    use crate::store::{AgentTokenRow, Store, StoreLocation, instances, samples};
+    use crate::store::{Store, StoreLocation, samples};
     use vmmon_common::test_support as ts;
     use vmmon_common::vocab::now_ms;
-    use vmmon_common::wire::{Inventory, Sample};
-
-    fn token() -> AgentTokenRow {
-        AgentTokenRow {
-            id: 1,
-            project: "p".into(),
-            region: "r1".into(),
-            party: "x".into(),
-            created_at_ms: 0,
-            revoked_at_ms: None,
-            cdn_edge: false,
-        }
-    }
+    use vmmon_common::wire::Sample;
 
     /// Stores one sample of `vm-a` (with one process) at each of `times`, one batch each.
     async fn insert_at(store: &Store, times: &[i64]) {
@@ -109,15 +97,7 @@ mod tests {
             .collect();
         store
             .write(move |c| {
-                instances::register(
-                    c,
-                    "vm-a",
-                    &token(),
-                    &Inventory::default(),
-                    1,
-                    0,
-                    Default::default(),
-                )?;
+                testing::register(c, "vm-a", "p")?;
                 for b in &batches {
                     samples::insert_samples(c, b)?;
                 }

@@ -429,21 +429,9 @@ pub fn cpu_sparklines(
 mod tests {
     use super::*;
     use crate::store::testing::{self, Backend, TestStore};
-    use crate::store::{AgentTokenRow, instances, samples};
+    use crate::store::{instances, samples};
     use vmmon_common::test_support as ts;
-    use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
-
-    fn token(project: &str) -> AgentTokenRow {
-        AgentTokenRow {
-            id: 1,
-            project: project.into(),
-            region: "r1".into(),
-            party: "x".into(),
-            created_at_ms: 0,
-            revoked_at_ms: None,
-            cdn_edge: false,
-        }
-    }
+    use vmmon_common::wire::{ReportBatch, Sample, VmSample};
 
     /// A store holding `samples` `(instance, project, at_ms, cpu_pct)`, registered and inserted
     /// through the store's own functions.
@@ -456,15 +444,7 @@ mod tests {
         t.store
             .write(move |c| {
                 for (seq, (id, project, at, cpu)) in rows.iter().enumerate() {
-                    instances::register(
-                        c,
-                        id,
-                        &token(project),
-                        &Inventory::default(),
-                        1,
-                        0,
-                        Default::default(),
-                    )?;
+                    testing::register(c, id, project)?;
                     let vm = VmSample {
                         cpu_pct: *cpu,
                         mem_pct: 50.0,
@@ -654,15 +634,7 @@ mod tests {
         let id = instance.to_string();
         t.store
             .write(move |c| {
-                instances::register(
-                    c,
-                    &id,
-                    &token("p"),
-                    &Inventory::default(),
-                    1,
-                    0,
-                    Default::default(),
-                )?;
+                testing::register(c, &id, "p")?;
                 for b in &batches {
                     samples::insert_samples(c, b)?;
                 }
@@ -831,15 +803,7 @@ mod tests {
         let late = ts::batch("vm-a", 2, vec![cpu(61_000, 2.0), cpu(119_999, 9.5)]);
         t.store
             .write(move |c| {
-                instances::register(
-                    c,
-                    "vm-a",
-                    &token("p"),
-                    &Inventory::default(),
-                    1,
-                    0,
-                    Default::default(),
-                )?;
+                testing::register(c, "vm-a", "p")?;
                 assert!(samples::insert_batch(c, &b1, 1)?);
                 assert!(
                     !samples::insert_batch(c, &b1, 2)?,

@@ -1,7 +1,9 @@
 //! Test stores on either backend: a SQLite store in a temp dir, or a fresh database of its own
 //! in the PostgreSQL cluster named by `VMMON_TEST_PG_URL` (`scripts/test.sh` starts one).
 
-use super::{Store, StoreLocation};
+use super::db::Connection;
+use super::{AgentTokenRow, Store, StoreLocation};
+use vmmon_common::wire::Inventory;
 
 /// The backend a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,30 @@ pub async fn fresh_pg_url() -> String {
     let mut url = url::Url::parse(&base).unwrap_or_else(|e| panic!("bad VMMON_TEST_PG_URL: {e}"));
     url.set_path(&name);
     url.to_string()
+}
+
+/// Registers `instance_id` for `project` (as agent token 1, region `r1`, a 1 s interval), what a
+/// store test needs before storing the instance's samples.
+pub fn register(conn: &Connection, instance_id: &str, project: &str) -> super::Result<()> {
+    let token = AgentTokenRow {
+        id: 1,
+        project: project.into(),
+        region: "r1".into(),
+        party: "x".into(),
+        created_at_ms: 0,
+        revoked_at_ms: None,
+        cdn_edge: false,
+    };
+    super::instances::register(
+        conn,
+        instance_id,
+        &token,
+        &Inventory::default(),
+        1,
+        0,
+        Default::default(),
+    )
+    .map(|_| ())
 }
 
 /// Opens an empty store on `backend`.
