@@ -5,6 +5,8 @@
 
 use sha2::{Digest, Sha256};
 
+use vmmon_common::vocab::DAY_MS;
+
 use super::db::{Connection, Param, Value, ValueRef};
 use super::{Result, Store, StoreError};
 
@@ -99,6 +101,10 @@ pub async fn sqlite_to_postgres(from: &std::path::Path, to: &Store) -> Result<Ve
         .await
 }
 
+/// Newest days of samples whose partitions a copy makes (older ones wait in the default
+/// partition until retention).
+const COPY_PARTITION_DAYS: i64 = 62;
+
 fn copy_all(src: &Connection, dst: &Connection) -> Result<Vec<TableCopy>> {
     let Connection::Sqlite(raw) = src else {
         return Err(StoreError::Location("the source must be SQLite".into()));
@@ -125,6 +131,19 @@ fn copy_all(src: &Connection, dst: &Connection) -> Result<Vec<TableCopy>> {
             .position(|p| p == name)
             .unwrap_or(PARENTS_FIRST.len())
     });
+    // The day partitions of the copied samples (the newest days, as the v4 migration does), so
+    // they land in their days instead of the default partition.
+    let days: Vec<i64> = {
+        let mut stmt = raw.prepare(&format!(
+            "SELECT DISTINCT sampled_at_ms - ((sampled_at_ms % {DAY_MS}) + {DAY_MS}) % {DAY_MS} AS d
+             FROM vm_samples ORDER BY d DESC LIMIT {COPY_PARTITION_DAYS}"
+        ))?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for day in days {
+        super::partitions::ensure_day(dst, day)?;
+    }
     let mut out = Vec::new();
     for (table, without_rowid) in tables {
         let existing: i64 = dst.query_row(

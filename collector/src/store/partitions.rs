@@ -226,6 +226,27 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+    async fn pg_store_copy_puts_old_days_in_their_own_partitions() {
+        let src = testing::open(testing::Backend::Sqlite).await;
+        let today = now_ms().div_euclid(DAY_MS) * DAY_MS;
+        let old = today - 40 * DAY_MS;
+        insert_at(&src.store, &[old + 1_000, today + 1_000]).await;
+        let dst = testing::open(testing::Backend::Pg).await;
+        crate::store::copy::sqlite_to_postgres(src.dir.path(), &dst.store)
+            .await
+            .unwrap();
+        for table in PARTITIONED_TABLES {
+            let mut want = vec![
+                (day_name(&dst.store, table, old).await, 1),
+                (day_name(&dst.store, table, today).await, 1),
+            ];
+            want.sort();
+            assert_eq!(placement(&dst.store, table).await, want, "{table}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
     async fn pg_migration_moves_existing_samples_into_partitions_keeping_ids() {
         // A database at schema v3 (before partitioning) holding samples with known ids.
         let url = testing::fresh_pg_url().await;

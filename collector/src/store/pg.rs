@@ -440,7 +440,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // default partition), run at open and by housekeeping for the days around now;
     // `vmmon_drop_day_partitions_before` is retention: whole days go with `DROP TABLE`. Ids keep
     // their values (a sequence replaces the identity: the primary key must hold the partition
-    // key). Existing rows move into partitions of their days (the newest 400 days; older ones
+    // key). Existing rows move into partitions of their days (the newest 62 days, past the default
+    // 30-day retention, few enough locks for one transaction; older ones
     // into the default partition, purged by the chunked delete).
     r#"
     CREATE FUNCTION vmmon_ensure_day_partition(parent TEXT, day_start_ms BIGINT)
@@ -455,7 +456,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
             RETURN FALSE;
         END IF;
         EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS)', part, parent);
-        -- Rows that arrived before the day had its partition wait in the default partition.
+        -- Rows that arrived before the day had its partition wait in the default partition. Hold
+        -- it against inserts from here to the ATTACH, so none of the day's rows lands there
+        -- in between (the ATTACH would then fail).
+        EXECUTE format('LOCK TABLE %I IN EXCLUSIVE MODE', parent || '_default');
         EXECUTE format(
             'WITH moved AS (DELETE FROM %I WHERE sampled_at_ms >= %s AND sampled_at_ms < %s
              RETURNING *) INSERT INTO %I SELECT * FROM moved',
@@ -469,8 +473,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     RETURNS SETOF TEXT LANGUAGE plpgsql AS $fn$
     DECLARE
         part TEXT;
+        old_timeout TEXT := current_setting('lock_timeout');
     BEGIN
         PERFORM pg_advisory_xact_lock(hashtext('vmmon_partitions'));
+        -- DROP TABLE locks the parent exclusively: behind a long read it would queue every
+        -- insert behind itself. Give up after 5 s instead (the next upkeep round tries again).
+        PERFORM set_config('lock_timeout', '5s', true);
         FOR part IN
             SELECT c.relname FROM pg_inherits i
             JOIN pg_class c ON c.oid = i.inhrelid
@@ -483,6 +491,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
             EXECUTE format('DROP TABLE %I', part);
             RETURN NEXT part;
         END LOOP;
+        PERFORM set_config('lock_timeout', old_timeout, true);
     END
     $fn$;
     ALTER TABLE vm_samples RENAME TO vm_samples_old;
@@ -516,8 +525,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX vm_samples_instance_time ON vm_samples(instance_id, sampled_at_ms);
     CREATE INDEX vm_samples_time ON vm_samples(sampled_at_ms);
     SELECT vmmon_ensure_day_partition('vm_samples', d * 86400000)
-    FROM (SELECT DISTINCT sampled_at_ms / 86400000 AS d FROM vm_samples_old
-          ORDER BY d DESC LIMIT 400) AS days;
+    FROM (SELECT DISTINCT (sampled_at_ms - ((sampled_at_ms % 86400000) + 86400000) % 86400000)
+              / 86400000 AS d
+          FROM vm_samples_old ORDER BY d DESC LIMIT 62) AS days;
     INSERT INTO vm_samples (id, instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct, disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count, net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out, cpu_steal_pct, unreadable_procs) SELECT id, instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct, disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count, net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out, cpu_steal_pct, unreadable_procs FROM vm_samples_old;
     SELECT setval('vm_samples_ids', GREATEST((SELECT COALESCE(MAX(id), 0) FROM vm_samples), 1));
     DROP TABLE vm_samples_old;
@@ -549,8 +559,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX process_samples_instance_cmd ON process_samples(instance_id, cmd, sampled_at_ms);
     CREATE INDEX process_samples_time ON process_samples(sampled_at_ms);
     SELECT vmmon_ensure_day_partition('process_samples', d * 86400000)
-    FROM (SELECT DISTINCT sampled_at_ms / 86400000 AS d FROM process_samples_old
-          ORDER BY d DESC LIMIT 400) AS days;
+    FROM (SELECT DISTINCT (sampled_at_ms - ((sampled_at_ms % 86400000) + 86400000) % 86400000)
+              / 86400000 AS d
+          FROM process_samples_old ORDER BY d DESC LIMIT 62) AS days;
     INSERT INTO process_samples (id, instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct, mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable) SELECT id, instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct, mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable FROM process_samples_old;
     SELECT setval('process_samples_ids', GREATEST((SELECT COALESCE(MAX(id), 0) FROM process_samples), 1));
     DROP TABLE process_samples_old;

@@ -355,7 +355,7 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
         };
         n += conn.execute(
             &format!(
-                "DELETE FROM {table} WHERE id IN (
+                "DELETE FROM {table} WHERE sampled_at_ms < ?2 AND id IN (
                      SELECT id FROM {table} WHERE id < ?1 AND sampled_at_ms < ?2 ORDER BY id LIMIT ?3)"
             ),
             params![bound, cutoff_ms, max_rows],

@@ -132,7 +132,7 @@ pub fn step_ms(start_ms: i64, end_ms: i64, points: u32) -> i64 {
     let span = end_ms.saturating_sub(start_ms).max(1);
     let points = i64::from(points.clamp(1, MAX_POINTS));
     // Ceiling division, so span / step never exceeds `points`.
-    ((span + points - 1) / points).max(1)
+    (span.saturating_add(points - 1) / points).max(1)
 }
 
 /// Where a series was read from.
@@ -173,7 +173,7 @@ pub struct VmSeries {
 
 /// `t` rounded down to the start of its minute.
 pub fn minute_floor(t: i64) -> i64 {
-    t.div_euclid(MINUTE_MS) * MINUTE_MS
+    t.div_euclid(MINUTE_MS).saturating_mul(MINUTE_MS)
 }
 
 /// `t` rounded up to a minute boundary.

@@ -170,6 +170,22 @@ async fn series_is_downsampled_scoped_and_checks_its_input() {
         ),
         (
             ADMIN_SID,
+            "/api/series?instance_id=a1&metric=cpu&start=-9223372036854775808&end=-9223372006854775808".into(),
+            StatusCode::BAD_REQUEST,
+            Some(
+                json!({"msg": "end must be a time in epoch milliseconds, got \"-9223372006854775808\"", "code": 400}),
+            ),
+        ),
+        (
+            ADMIN_SID,
+            "/api/series?instance_id=a1&metric=cpu&start=0&end=9007199254740992".into(),
+            StatusCode::BAD_REQUEST,
+            Some(
+                json!({"msg": "end must be a time in epoch milliseconds, got \"9007199254740992\"", "code": 400}),
+            ),
+        ),
+        (
+            ADMIN_SID,
             "/api/series?instance_id=a1&metric=cpu&start=0&end=99999999999999".into(),
             StatusCode::BAD_REQUEST,
             Some(json!({"msg": "the window may span at most 366 days", "code": 400})),

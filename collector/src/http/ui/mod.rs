@@ -217,17 +217,27 @@ fn query_map(raw: Option<&str>) -> std::collections::BTreeMap<String, String> {
 }
 
 /// An epoch-milliseconds parameter.
+/// Largest time a `start`/`end` parameter may give, epoch ms (2^53 − 1).
+const MAX_EPOCH_MS: i64 = (1 << 53) - 1;
+
 fn ms_param(
     q: &std::collections::BTreeMap<String, String>,
     name: &str,
 ) -> Result<Option<i64>, MsgError> {
     match q.get(name) {
         None => Ok(None),
-        Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
-            bad(format!(
-                "{name} must be a time in epoch milliseconds, got {v:?}"
-            ))
-        }),
+        // 0..=2^53: what a JavaScript client can send exactly; keeps window arithmetic far from
+        // i64 overflow.
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|t| (0..=MAX_EPOCH_MS).contains(t))
+            .map(Some)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{name} must be a time in epoch milliseconds, got {v:?}"
+                ))
+            }),
     }
 }
 
