@@ -369,6 +369,9 @@ async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
                 return Ok(());
             }
         };
+        // Until this returns (answer, error, or the session dropping this future), the spool's
+        // bound leaves the batch alone.
+        let _in_flight = InFlight { shared, seq };
         // Sent as written, so the extension keys (vmmon_common::wire::ext) reach the collector.
         let sent: Result<ReportAck, ClientError> = client.request(REPORT_METHOD, params).await;
         match sent {
@@ -406,6 +409,19 @@ async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
     // More may remain: come back after looking at commands.
     shared.new_batch.notify_one();
     Ok(())
+}
+
+/// Marks the end of a batch's send when dropped ([`crate::spool::Spool::end_in_flight`]), on
+/// every way out of the send, a cancelled one included.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    seq: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shared.with_spool(|s| s.end_in_flight(self.seq));
+    }
 }
 
 /// `monitor_report`'s params as the spool made them ([`crate::spool::Outgoing`]): handed to the

@@ -12,7 +12,9 @@
 //!
 //! Full policy: drop oldest. Monitoring data is most useful fresh, so when the spool exceeds its
 //! byte bound the oldest batches are deleted and their samples added to `dropped_samples_total`,
-//! which every batch and heartbeat carries to the collector. Memory use is the index only
+//! which every batch and heartbeat carries to the collector. The batch being sent is not dropped
+//! until its answer (the collector may be storing it: counting it dropped would be wrong), so the
+//! spool may exceed its bound by the batches spooled meanwhile. Memory use is the index only
 //! (a few dozen bytes per batch), whatever the outage length.
 //!
 //! Sending: the newest batch's text stays in memory after it is spooled ([`Spool::next_to_send`]
@@ -164,6 +166,10 @@ pub struct Spool {
     state_dirty: bool,
     /// The newest batch's text, while it is (nearly) next to send.
     fresh: Option<Fresh>,
+    /// The batch [`Self::next_to_send`] handed out and whose answer is still awaited: the bound
+    /// does not drop it, since the collector may be storing it (dropping it would count as
+    /// dropped samples that arrive).
+    in_flight: Option<u64>,
 }
 
 impl Spool {
@@ -255,6 +261,7 @@ impl Spool {
             state,
             state_dirty: false,
             fresh: None,
+            in_flight: None,
         };
         spool.save_state()?;
         spool.enforce_bound(0)?;
@@ -406,26 +413,37 @@ impl Spool {
     /// changed since it was written, is read from disk as by [`Self::oldest_raw`], with the
     /// freshest drop count. The batch stays spooled until [`Self::remove`].
     pub fn next_to_send(&mut self) -> Result<Option<Outgoing>, SpoolError> {
+        // Sends are one at a time: asking for the next one ends the previous one.
+        self.in_flight = None;
         let front = self.index.front().map(|e| e.seq);
         if let Some(fresh) = self.fresh.take_if(|f| {
             Some(f.seq) == front && f.dropped_samples_total == self.state.dropped_samples_total
         }) {
+            self.in_flight = Some(fresh.seq);
             return Ok(Some(Outgoing {
                 seq: fresh.seq,
                 params: fresh.params,
             }));
         }
         match self.oldest_raw()? {
-            Some((seq, batch)) => Ok(Some(Outgoing {
-                seq,
-                params: serde_json::value::to_raw_value(&[&batch])?,
-            })),
+            Some((seq, batch)) => {
+                let params = serde_json::value::to_raw_value(&[&batch])?;
+                self.in_flight = Some(seq);
+                Ok(Some(Outgoing { seq, params }))
+            }
             None => Ok(None),
         }
     }
 
+    /// The answer to batch `seq` (handed out by [`Self::next_to_send`]) came, or will not: it
+    /// may be dropped by the bound again. [`Self::remove`] and [`Self::discard`] do this too.
+    pub fn end_in_flight(&mut self, seq: u64) {
+        self.in_flight.take_if(|s| *s == seq);
+    }
+
     /// Deletes an acknowledged batch.
     pub fn remove(&mut self, seq: u64) -> Result<(), SpoolError> {
+        self.end_in_flight(seq);
         let Some(pos) = self.index.iter().position(|e| e.seq == seq) else {
             return Ok(());
         };
@@ -515,6 +533,11 @@ impl Spool {
             let Some(entry) = self.index.front().copied() else {
                 break;
             };
+            if self.in_flight == Some(entry.seq) {
+                // Being sent: the collector may store it. Over the bound until its answer
+                // (at most the request timeout); the oldest is dropped then, if still needed.
+                break;
+            }
             let path = self.batch_path(entry.seq);
             match fs::remove_file(&path) {
                 Ok(()) => {}

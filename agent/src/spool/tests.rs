@@ -355,3 +355,53 @@ fn only_the_newest_batch_near_the_front_is_kept_in_memory() {
     }
     assert_eq!(sent, vec![2, 3], "seqs {d} and {e}");
 }
+
+#[test]
+fn the_batch_being_sent_is_not_dropped_by_the_bound_until_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = serde_json::to_vec(&ReportBatch {
+        batch_id: Uuid::new_v4(),
+        instance_id: "i".into(),
+        seq: 0,
+        samples: vec![sample(1)],
+        dropped_samples_total: 0,
+        cdn: Vec::new(),
+        cdn_tail: None,
+    })
+    .unwrap()
+    .len() as u64;
+    let at = |spool: &mut Spool| -> Vec<i64> {
+        let mut v = Vec::new();
+        let mut copy = spool.index.clone();
+        while let Some(e) = copy.pop_front() {
+            let raw = fs::read_to_string(spool.batch_path(e.seq)).unwrap();
+            let b: ReportBatch = serde_json::from_str(&raw).unwrap();
+            v.push(b.samples[0].vm.sampled_at_ms);
+        }
+        v
+    };
+    // Room for three batches.
+    let (mut spool, _) = Spool::open(dir.path(), one * 3 + 20).unwrap();
+    for ms in 1..=3 {
+        spool.push("i", vec![sample(ms)]).unwrap();
+    }
+    let out = spool.next_to_send().unwrap().unwrap();
+    // While the oldest is being sent the collector may be storing it: over the bound, kept.
+    spool.push("i", vec![sample(4)]).unwrap();
+    spool.push("i", vec![sample(5)]).unwrap();
+    assert_eq!(at(&mut spool), vec![1, 2, 3, 4, 5]);
+    assert_eq!(spool.dropped_samples_total(), 0);
+    // Acknowledged: removed; the next push drops the oldest to fit, counted.
+    spool.remove(out.seq).unwrap();
+    spool.push("i", vec![sample(6)]).unwrap();
+    assert_eq!(at(&mut spool), vec![4, 5, 6]);
+    assert_eq!(spool.dropped_samples_total(), 2);
+    // A send that failed (or was cancelled) ends too: then the bound applies to it again.
+    let out = spool.next_to_send().unwrap().unwrap();
+    spool.push("i", vec![sample(7)]).unwrap();
+    assert_eq!(at(&mut spool), vec![4, 5, 6, 7]);
+    spool.end_in_flight(out.seq);
+    spool.push("i", vec![sample(8)]).unwrap();
+    assert_eq!(at(&mut spool), vec![6, 7, 8]);
+    assert_eq!(spool.dropped_samples_total(), 4);
+}
