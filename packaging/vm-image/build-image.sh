@@ -43,7 +43,8 @@ install_agent() {
   install -m 0600 /dev/null "$ROOT/etc/vmmon/agent.token"
   printf '%s\n' "$token" >"$ROOT/etc/vmmon/agent.token"
   sed -i "s|^collector = .*|collector = \"ws://10.0.2.2:$port/rpc\"|; s|^interval_secs = .*|interval_secs = 5|" "$ROOT/etc/vmmon/agent.toml"
-  sed -i '/^instance_id = /d' "$ROOT/etc/vmmon/agent.toml"
+  # Idempotent on a reused image root: the lines this adds are removed first.
+  sed -i '/^instance_id = /d; /^allow_plaintext = /d' "$ROOT/etc/vmmon/agent.toml"
   echo 'instance_id = "qemu-demo-vm"' >>"$ROOT/etc/vmmon/agent.toml"
   # 10.0.2.2 is the host's loopback seen through qemu's user-mode network, not a real network.
   echo 'allow_plaintext = true' >>"$ROOT/etc/vmmon/agent.toml"
