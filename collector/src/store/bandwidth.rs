@@ -485,7 +485,15 @@ mod tests {
     async fn send(store: &Store, b: &ReportBatch) -> bool {
         let b = b.clone();
         store
-            .write(move |c| crate::ingest::store_batch(c, &b, T0 + 24 * 3600 * 1000))
+            .write(move |c| {
+                // The store's own steps (dedup, then the rollup), as ingest runs them.
+                let now = T0 + 24 * 3600 * 1000;
+                let new = super::super::samples::remember_batch(c, &b, now)?;
+                if new {
+                    apply_batch(c, &b, now)?;
+                }
+                Ok(new)
+            })
             .await
             .unwrap()
     }

@@ -357,13 +357,21 @@ mod tests {
             3,
         );
         let (c1, c2) = (b1.clone(), b2.clone());
+        // The store's own steps (dedup, then the CDN buckets), as ingest runs them.
+        let store_one = |c: &Connection, b: &ReportBatch, now: i64| -> Result<bool> {
+            let new = super::super::samples::remember_batch(c, b, now)?;
+            if new {
+                apply_batch(c, b, now)?;
+            }
+            Ok(new)
+        };
         let stored = store
             .write(move |c| {
                 Ok([
-                    crate::ingest::store_batch(c, &c1, 1)?,
-                    crate::ingest::store_batch(c, &c2, 2)?,
+                    store_one(c, &c1, 1)?,
+                    store_one(c, &c2, 2)?,
                     // A resend of b1 adds nothing.
-                    crate::ingest::store_batch(c, &c1, 3)?,
+                    store_one(c, &c1, 3)?,
                 ])
             })
             .await

@@ -901,7 +901,7 @@ mod tests {
         assert_eq!(minute_rows(&t, "vm-b").await.len(), 5);
     }
 
-    crate::on_both_backends!(
+    crate::store::testing::on_both_backends!(
         series_gives_min_avg_max_per_step_and_skips_empty_steps,
         many_samples_never_exceed_points,
         sparklines_are_per_instance_scoped_and_fixed_length,

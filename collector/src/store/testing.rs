@@ -25,7 +25,7 @@ pub struct TestStore {
 }
 
 /// A URL for a new, empty database in the test cluster. Panics (the test fails) when
-/// `VMMON_TEST_PG_URL` is unset: PostgreSQL tests are `#[ignore]`d for a plain `cargo test`.
+/// `VMMON_TEST_PG_URL` is unset: a plain `cargo test` skips the PostgreSQL tests (marked ignored).
 pub async fn fresh_pg_url() -> String {
     let Ok(base) = std::env::var("VMMON_TEST_PG_URL") else {
         panic!(
@@ -91,8 +91,6 @@ pub async fn open(backend: Backend) -> TestStore {
 
 /// Runs each named `async fn NAME(backend: Backend)` as two tests: `sqlite::NAME` and
 /// `pg::NAME` (ignored unless `--include-ignored`, as `scripts/test.sh` runs them).
-#[macro_export]
-#[doc(hidden)]
 macro_rules! on_both_backends {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
@@ -114,3 +112,5 @@ macro_rules! on_both_backends {
         }
     };
 }
+// Crate-local (not `#[macro_export]`, which would root it at the crate top, above the store).
+pub(crate) use on_both_backends;

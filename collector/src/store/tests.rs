@@ -645,7 +645,7 @@ async fn rating_scopes_points_and_reprocess_schedules(backend: Backend) {
         .unwrap();
 }
 
-crate::on_both_backends!(
+crate::store::testing::on_both_backends!(
     duplicate_batch_is_stored_once,
     failed_job_rolls_back_only_itself,
     foreign_project_cannot_take_over_an_instance,
