@@ -9,78 +9,19 @@
 //! `VMMON_BENCH_BATCHES` per agent (10), `VMMON_BENCH_PROCS` per sample (100). On a 2-core machine
 //! the database and the collectors share the cores: two collectors cannot scale there.
 
+mod common;
+
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use common::{batch, env, rows_of};
 use futures::SinkExt;
 use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
 use vmmon_collector::store::{Store, StoreLocation};
 use vmmon_collector::{App, CollectorConfig, admin, server};
 use vmmon_common::PROTOCOL_VERSION;
 use vmmon_common::rpc::MonitorApiClient;
-use vmmon_common::wire::{
-    Inventory, ProcessSample, RegisterRequest, ReportBatch, Sample, VmSample,
-};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn batch(instance: &str, seq: u64, at_ms: i64, procs: usize) -> ReportBatch {
-    let processes = (0..procs)
-        .map(|i| ProcessSample {
-            pid: 1000 + i as u32,
-            start_time: 1_700_000_000.0 + i as f64,
-            cmd: format!("proc-{i}"),
-            cpu_pct: (i % 7) as f64 * 0.5,
-            mem_pct: 0.3,
-            disk_read_kib_per_sec: 0.0,
-            disk_write_kib_per_sec: 1.5,
-            net_in_kib_per_sec: 0.0,
-            net_out_kib_per_sec: 0.0,
-            shutdown_time: None,
-            unreadable: Vec::new(),
-        })
-        .collect();
-    ReportBatch {
-        batch_id: uuid::Uuid::new_v4(),
-        instance_id: instance.to_string(),
-        seq,
-        samples: vec![Sample {
-            vm: VmSample {
-                sampled_at_ms: at_ms,
-                elapsed_ms: 30_000,
-                cpu_pct: 12.5,
-                mem_pct: 40.0,
-                disk_read_kib_per_sec: 1.0,
-                disk_write_kib_per_sec: 2.0,
-                net_in_kib_per_sec: 3.0,
-                net_out_kib_per_sec: 4.0,
-                rx_bytes_total: 1_000_000 + seq * 1000,
-                tx_bytes_total: 2_000_000 + seq * 1000,
-                proc_count: procs as u32,
-                net_attribution: None,
-                cpu_steal_pct: None,
-                unreadable_procs: None,
-                uptime_ms: None,
-            },
-            processes: Some(processes),
-        }],
-        dropped_samples_total: 0,
-        cdn: Vec::new(),
-        cdn_tail: Default::default(),
-    }
-}
-
-fn rows_of(b: &ReportBatch) -> usize {
-    b.samples
-        .iter()
-        .map(|s| 1 + s.processes.as_ref().map_or(0, Vec::len))
-        .sum()
-}
+use vmmon_common::wire::{Inventory, RegisterRequest, ReportBatch};
 
 /// A new database in the cluster of `base`; its URL.
 async fn fresh_db(base: &str) -> Result<String> {
