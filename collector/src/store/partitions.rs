@@ -18,9 +18,9 @@ use vmmon_common::vocab::DAY_MS;
 pub const PARTITIONED_TABLES: [&str; 2] = ["vm_samples", "process_samples"];
 
 /// Days before today that [`ensure_days_around`] makes sure of.
-const DAYS_BEHIND: i64 = 1;
+pub(super) const DAYS_BEHIND: i64 = 1;
 /// Days after today that [`ensure_days_around`] makes sure of.
-const DAYS_AHEAD: i64 = 2;
+pub(super) const DAYS_AHEAD: i64 = 2;
 
 /// Makes sure every partitioned table has the partitions of the days around `now_ms` (see the
 /// module doc), moving rows that waited in the default partition into them; returns how many

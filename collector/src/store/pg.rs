@@ -81,7 +81,7 @@ pub async fn migrate(client: &deadpool_postgres::Object) -> Result<()> {
         let today = vmmon_common::vocab::now_ms().div_euclid(vmmon_common::vocab::DAY_MS)
             * vmmon_common::vocab::DAY_MS;
         for table in super::partitions::PARTITIONED_TABLES {
-            for day in -1..=2i64 {
+            for day in -super::partitions::DAYS_BEHIND..=super::partitions::DAYS_AHEAD {
                 let at = today + day * vmmon_common::vocab::DAY_MS;
                 client
                     .execute("SELECT vmmon_ensure_day_partition($1, $2)", &[&table, &at])

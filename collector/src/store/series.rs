@@ -303,7 +303,12 @@ pub fn add_to_minutes(conn: &Connection, batch: &ReportBatch) -> Result<()> {
     if minutes.is_empty() {
         return Ok(());
     }
-    let mut stmt = conn.prepare_cached(&upsert_sql(conn.is_pg()))?;
+    // Built once per backend: this runs for every stored batch.
+    static SQLITE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static PG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let pg = conn.is_pg();
+    let sql = if pg { &PG } else { &SQLITE }.get_or_init(|| upsert_sql(pg));
+    let mut stmt = conn.prepare_cached(sql)?;
     for (minute_ms, m) in minutes {
         let mut values: Vec<&dyn Param> = vec![&batch.instance_id, &minute_ms, &m.samples];
         for i in 0..VmMetric::ALL.len() {
