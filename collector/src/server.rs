@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
+use jsonrpsee::server::ws::is_upgrade_request;
 use jsonrpsee::server::{
     BatchRequestConfig, PingConfig, ServerConfig, StopHandle, TowerServiceBuilder, stop_channel,
 };
@@ -39,6 +40,7 @@ use crate::app::App;
 use crate::auth;
 use crate::http;
 use crate::rpc::budget::{REPORT_BYTES_IN_FLIGHT, ReportBudgetLayer};
+use crate::rpc::receive::{self, RECEIVE_BYTES_IN_FLIGHT, ReceiveBudget};
 use crate::rpc::{AgentAuth, RpcHandler};
 use crate::store;
 
@@ -110,8 +112,9 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
     let ping = PingConfig::new()
         .ping_interval(Duration::from_secs(30))
         .inactive_limit(Duration::from_secs(90));
-    // One budget for report bytes being decoded and stored, shared by every agent connection.
-    let budget = RpcServiceBuilder::new().layer(ReportBudgetLayer::new(REPORT_BYTES_IN_FLIGHT));
+    // One budget for report bytes being decoded and stored, shared by every agent connection
+    // (each connection gets its own layer over it, see `accept_loop`).
+    let budget = ReportBudgetLayer::new(REPORT_BYTES_IN_FLIGHT);
     let config = ServerConfig::builder()
         .enable_ws_ping(ping)
         .set_batch_request_config(BatchRequestConfig::Disabled)
@@ -122,7 +125,7 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
     let builder = jsonrpsee::server::Server::builder()
         .set_config(config)
         .to_service_builder()
-        .set_rpc_middleware(budget.clone())
+        .set_rpc_middleware(RpcServiceBuilder::new().layer(budget.clone()))
         .max_connections(MAX_AGENT_CONNECTIONS);
     // A connection whose token was refused still gets typed JSON-RPC errors (so its agent can
     // log why and back off), but may only send tiny messages and holds few slots: nobody without
@@ -137,16 +140,15 @@ pub async fn start(app: Arc<App>, listener: TcpListener) -> std::io::Result<Runn
     let refused = jsonrpsee::server::Server::builder()
         .set_config(refused_config)
         .to_service_builder()
-        .set_rpc_middleware(budget)
+        .set_rpc_middleware(RpcServiceBuilder::new().layer(budget.clone()))
         .max_connections(REFUSED_MAX_CONNECTIONS);
-    let task = tokio::spawn(accept_loop(
-        app,
-        listener,
-        tls,
-        stop_handle,
+    let services = AgentServices {
         builder,
         refused,
-    ));
+        budget,
+        receive: ReceiveBudget::new(RECEIVE_BYTES_IN_FLIGHT, MAX_RPC_MESSAGE_BYTES),
+    };
+    let task = tokio::spawn(accept_loop(app, listener, tls, stop_handle, services));
     Ok(Running {
         local_addr,
         stop: server_handle,
@@ -160,13 +162,25 @@ type AgentServiceBuilder = TowerServiceBuilder<
     tower::layer::util::Identity,
 >;
 
+/// What agent connections are served with.
+#[derive(Clone)]
+struct AgentServices {
+    /// Connections with a valid token.
+    builder: AgentServiceBuilder,
+    /// Connections whose token was refused.
+    refused: AgentServiceBuilder,
+    /// The decode-and-store budget, layered per connection.
+    budget: ReportBudgetLayer,
+    /// The bound on received messages (see [`crate::rpc::receive`]).
+    receive: ReceiveBudget,
+}
+
 async fn accept_loop(
     app: Arc<App>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     stop_handle: StopHandle,
-    builder: AgentServiceBuilder,
-    refused: AgentServiceBuilder,
+    services: AgentServices,
 ) {
     let api = http::router(app.clone());
     let http_slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
@@ -198,58 +212,98 @@ async fn accept_loop(
         };
         // The slot is released when the connection ends, or when it becomes an agent WebSocket.
         let slot = Arc::new(std::sync::Mutex::new(Some(slot)));
+        let conn = services.receive.connection();
         let app = app.clone();
         let stop = stop_handle.clone();
-        let builder = builder.clone();
-        let refused = refused.clone();
+        let services_ = services.clone();
         let api = api.clone();
         let conn_slot = slot.clone();
+        let svc_conn = conn.clone();
         let svc = tower::service_fn(move |mut req: Request<Incoming>| {
             let api = api.clone();
             let app = app.clone();
             let stop = stop.clone();
-            let builder = builder.clone();
-            let refused = refused.clone();
+            let services = services_.clone();
             let slot = conn_slot.clone();
+            let conn = svc_conn.clone();
             async move {
-                if req.uri().path() == RPC_PATH {
-                    let auth = authenticate(&app, &req).await;
-                    let builder = match auth {
-                        AgentAuth::Token(_) => {
-                            release(&slot);
-                            builder
-                        }
-                        AgentAuth::Refused(_) => refused,
-                    };
-                    let methods = RpcHandler::new(app, auth).into_rpc();
-                    let mut rpc = builder.build(methods, stop);
-                    rpc.call(req).await.map(|r| r.map(Body::new))
-                } else {
+                let first = conn.first_request();
+                if req.uri().path() != RPC_PATH {
+                    if first {
+                        conn.http();
+                    }
                     req.extensions_mut().insert(ConnectInfo(peer));
                     let resp = api.oneshot(req.map(Body::new)).await;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(match resp {
+                    return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(match resp {
                         Ok(r) => r,
                         Err(never) => match never {},
-                    })
+                    });
                 }
+                // The receive budget must know where the WebSocket stream starts: right after
+                // the connection's first request head, which must have no body.
+                if !first || !is_upgrade_request(&req) || has_body(&req) {
+                    conn.http();
+                    return Ok(rpc_not_upgrade());
+                }
+                let auth = authenticate(&app, &req).await;
+                let (builder, max_message) = match auth {
+                    AgentAuth::Token(_) => {
+                        release(&slot);
+                        (services.builder, MAX_RPC_MESSAGE_BYTES)
+                    }
+                    AgentAuth::Refused(_) => (services.refused, REFUSED_MAX_MESSAGE_BYTES),
+                };
+                conn.agent(max_message);
+                let builder = builder.set_rpc_middleware(
+                    RpcServiceBuilder::new().layer(services.budget.for_connection(conn.clone())),
+                );
+                let methods = RpcHandler::new(app, auth).into_rpc();
+                let mut rpc = builder.build(methods, stop);
+                let resp = rpc.call(req).await.map(|r| r.map(Body::new))?;
+                if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                    conn.http();
+                }
+                Ok(resp)
             }
             .boxed()
         });
         let stopped = stop_handle.clone().shutdown();
         let Some(acceptor) = tls.clone() else {
-            tokio::spawn(serve_connection(sock, svc, stopped, slot, header_timeout));
+            let io = services.receive.wrap(sock, conn);
+            tokio::spawn(serve_connection(io, svc, stopped, slot, header_timeout));
             continue;
         };
         tokio::spawn(serve_tls_connection(
             acceptor,
             sock,
             peer,
+            (services.receive.clone(), conn),
             svc,
             stopped,
             slot,
             header_timeout,
         ));
     }
+}
+
+/// Whether a request announces a body (`/rpc` upgrades must not: the WebSocket stream starts
+/// right after the head).
+fn has_body(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        || headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// The answer to a `/rpc` request that is not a WebSocket upgrade opening its connection.
+fn rpc_not_upgrade() -> hyper::Response<Body> {
+    use axum::response::IntoResponse;
+    (
+        hyper::StatusCode::BAD_REQUEST,
+        "/rpc serves agents over WebSocket only: send the upgrade request, without a body, as the first request of a new connection\n",
+    )
+        .into_response()
 }
 
 fn release(slot: &std::sync::Mutex<Option<OwnedSemaphorePermit>>) {
@@ -260,10 +314,12 @@ fn release(slot: &std::sync::Mutex<Option<OwnedSemaphorePermit>>) {
 
 /// Completes the TLS handshake within `header_timeout`, then serves the connection as
 /// [`serve_connection`] does; a failed or slow handshake closes it.
+#[allow(clippy::too_many_arguments)]
 async fn serve_tls_connection<S, B>(
     acceptor: TlsAcceptor,
     sock: tokio::net::TcpStream,
     peer: SocketAddr,
+    (receive, conn): (ReceiveBudget, Arc<receive::Connection>),
     svc: S,
     stopped: impl std::future::Future<Output = ()>,
     slot: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
@@ -277,7 +333,10 @@ async fn serve_tls_connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     match tokio::time::timeout(header_timeout, acceptor.accept(sock)).await {
-        Ok(Ok(stream)) => serve_connection(stream, svc, stopped, slot, header_timeout).await,
+        Ok(Ok(stream)) => {
+            let io = receive.wrap(stream, conn);
+            serve_connection(io, svc, stopped, slot, header_timeout).await
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed.");
             release(&slot);

@@ -16,6 +16,8 @@ use jsonrpsee::core::middleware::{Batch, Notification, RpcServiceT};
 use jsonrpsee::types::Request;
 use tokio::sync::Semaphore;
 
+use super::receive::Connection;
+
 /// Report JSON bytes decoded and stored at once, across all agents: 64 MiB, room for two
 /// reports of the largest legal size (a sample of 100,000 processes, ~23 MB) or hundreds of
 /// ordinary ones (a 1,000-process sample is ~230 KB).
@@ -32,6 +34,7 @@ const REPORT_METHOD: &str = "monitor_report";
 pub struct ReportBudgetLayer {
     permits: Arc<Semaphore>,
     capacity: usize,
+    connection: Option<Arc<Connection>>,
 }
 
 impl ReportBudgetLayer {
@@ -42,6 +45,17 @@ impl ReportBudgetLayer {
         ReportBudgetLayer {
             permits: Arc::new(Semaphore::new(capacity)),
             capacity,
+            connection: None,
+        }
+    }
+
+    /// The same budget for one connection whose received messages are bounded by
+    /// [`super::receive`]: a JSON-RPC notification, which gets no answer on the wire, counts as
+    /// answered when its handling ends.
+    pub fn for_connection(&self, connection: Arc<Connection>) -> ReportBudgetLayer {
+        ReportBudgetLayer {
+            connection: Some(connection),
+            ..self.clone()
         }
     }
 }
@@ -54,6 +68,7 @@ impl<S> tower::Layer<S> for ReportBudgetLayer {
             inner,
             permits: self.permits.clone(),
             capacity: self.capacity,
+            connection: self.connection.clone(),
         }
     }
 }
@@ -66,6 +81,7 @@ pub struct ReportBudget<S> {
     /// All permits: a report larger than the budget takes all of it (it still gets through,
     /// alone).
     capacity: usize,
+    connection: Option<Arc<Connection>>,
 }
 
 impl<S> RpcServiceT for ReportBudget<S>
@@ -109,6 +125,14 @@ where
         &self,
         n: Notification<'a>,
     ) -> impl Future<Output = Self::NotificationResponse> + Send + 'a {
-        self.inner.notification(n)
+        let inner = self.inner.clone();
+        let connection = self.connection.clone();
+        async move {
+            let response = inner.notification(n).await;
+            if let Some(c) = connection {
+                c.answered();
+            }
+            response
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! result travels in the handler, so every method knows which project it may touch.
 
 pub mod budget;
+pub mod receive;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

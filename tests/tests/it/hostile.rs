@@ -174,6 +174,59 @@ fn slow_clients_are_cut_off() {
     assert_eq!(c.healthz(), 200);
 }
 
+/// `/rpc` is served only as a WebSocket upgrade opening its connection (the receive budget must
+/// know where the WebSocket stream starts): a plain POST, an upgrade with a body, and an upgrade
+/// after another request on the same connection are answered 400 and change nothing.
+#[test]
+fn rpc_only_as_the_first_request_of_a_connection() {
+    let c = Collector::start();
+    let token = c.create_token("p-rpc", "r1");
+    let upgrade = format!(
+        "GET /rpc HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n"
+    );
+    let status_of = |requests: &[String]| -> Vec<String> {
+        let mut s = TcpStream::connect(c.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut statuses = Vec::new();
+        for r in requests {
+            s.write_all(r.as_bytes()).unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            statuses.push(text.lines().next().unwrap_or("").to_string());
+        }
+        statuses
+    };
+    let cases: &[(&str, Vec<String>, &str)] = &[
+        ("upgrade first", vec![format!("{upgrade}\r\n")], "101"),
+        (
+            "plain POST",
+            vec!["POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".into()],
+            "400",
+        ),
+        (
+            "upgrade with a body",
+            vec![format!("{upgrade}Content-Length: 4\r\n\r\nabcd")],
+            "400",
+        ),
+    ];
+    for (name, requests, want) in cases {
+        let got = status_of(requests);
+        assert!(got[0].contains(want), "{name}: {got:?}");
+    }
+    let second = status_of(&[
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+        format!("{upgrade}\r\n"),
+    ]);
+    assert!(second[0].contains("200"), "{second:?}");
+    assert!(
+        second[1].contains("400"),
+        "upgrade after another request: {second:?}"
+    );
+}
+
 /// One report of `processes` process records, each with a 100-character command line: about
 /// 300 bytes of JSON per record, so 100,000 records (the most one sample may hold) make a ~30 MB
 /// message, just under the collector's 32 MiB cap.
@@ -196,7 +249,11 @@ fn big_report(instance: &str, processes: u32) -> vmmon_common::wire::ReportBatch
 
 /// 14 agents of one tenant each send a valid ~30 MB report at the same moment (before the fixes,
 /// 14 such reports aborted the collector under a 2 GiB cap). Every report is stored, none is
-/// refused for load (agents wait their turn), and the collector's peak RSS stays under 1 GB.
+/// refused for load (agents wait their turn), and the collector's peak RSS stays within the bound
+/// that does not grow with the number of agents: its start, plus the receive budget (96 MiB of
+/// message bytes, `rpc/receive.rs`), plus about twice the decode budget (64 MiB of JSON decoded at
+/// once, `rpc/budget.rs`), plus the writer's 64 MiB SQLite page cache, with room for the
+/// allocator (before the receive budget: 668 MB, growing by a message per agent).
 #[test]
 fn concurrent_large_reports_keep_memory_bounded() {
     use vmmon_common::rpc::MonitorApiClient;
@@ -255,7 +312,9 @@ fn concurrent_large_reports_keep_memory_bounded() {
         &[],
     )[0];
     assert_eq!(stored, 14 * 100_000, "every process record stored once");
-    assert!(peak < 1_000_000_000, "peak RSS {peak} bytes");
+    const MIB: u64 = 1024 * 1024;
+    let bound = before + 96 * MIB + 2 * 64 * MIB + 64 * MIB + 150 * MIB;
+    assert!(peak < bound, "peak RSS {peak} bytes, bound {bound}");
 }
 
 /// 16 clients with a session each post 10,000-resource quotes (CPU work) as fast as they can
