@@ -1,7 +1,8 @@
 //! Ingest: what happens to an agent's report batch, in order, in one write transaction.
 //!
 //! 1. [`checks`] refuse what can never be stored (and cut oversized `cmd`s) — before the store;
-//! 2. [`store::samples::remember_batch`] remembers the batch id for its instance; an id seen
+//! 2. [`store::samples::start_batch`] remembers the batch id for its instance (and reads the
+//!    instance's time-axis state, owner and last counter reading with it); an id seen
 //!    before stops here (a resend counts once); the samples are placed on the instance's time
 //!    axis ([`crate::timeaxis`]: a stepped or fast guest clock corrected) and
 //!    [`store::samples::insert_samples`] stores the raw VM and process samples;
@@ -133,11 +134,14 @@ pub fn store_batch_noting(
     now_ms: i64,
     anomalies: &mut Vec<timeaxis::ClockAnomaly>,
 ) -> store::Result<bool> {
-    let new = store::samples::remember_batch(conn, batch, now_ms)?;
-    if new {
-        place_on_time_axis(conn, batch, now_ms, anomalies)?;
+    // The dedup and the state the batch continues from, in one statement on PostgreSQL; the
+    // writes after it are queued and sent pipelined (`Connection::execute_later`).
+    let start = store::samples::start_batch(conn, batch, now_ms)?;
+    let new = start.is_some();
+    if let Some(start) = start {
+        place_on_time_axis(conn, batch, now_ms, start.clock, anomalies)?;
         store::samples::insert_samples(conn, batch)?;
-        store::bandwidth::apply_batch(conn, batch, now_ms)?;
+        store::bandwidth::apply_batch_from(conn, batch, now_ms, start.owner, start.last_reading)?;
         store::cdn::apply_batch(conn, batch, now_ms)?;
     }
     let newest = batch
@@ -157,14 +161,15 @@ pub fn store_batch_noting(
 }
 
 /// Moves the batch's sample times onto the instance's time axis ([`crate::timeaxis`]) in
-/// place (no copy of the batch on the ingest path). Each correction is logged.
+/// place (no copy of the batch on the ingest path), continuing from `state` (the instance's
+/// stored state, read with the dedup). Each correction is logged.
 fn place_on_time_axis(
     conn: &crate::store::Connection,
     batch: &mut ReportBatch,
     received_ms: i64,
+    mut state: Option<timeaxis::ClockState>,
     anomalies: &mut Vec<timeaxis::ClockAnomaly>,
 ) -> store::Result<()> {
-    let mut state = store::instances::clock_state(conn, &batch.instance_id)?;
     for sample in &mut batch.samples {
         let raw = sample.vm.sampled_at_ms;
         let link = timeaxis::Monotonic {

@@ -484,6 +484,9 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Rec
             poisoned |= poisons;
             completions.push(done);
         }
+        // A queued PostgreSQL write that failed aborted the transaction, whichever job's
+        // statement reported it: nothing in it may be reported committed.
+        poisoned |= conn.take_deferred_failure();
         if poisoned {
             tracing::warn!("An unguarded write failed; rolling back its whole batch transaction.");
             let _ = conn.execute_batch("ROLLBACK");

@@ -103,6 +103,99 @@ pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Re
     Ok(inserted > 0)
 }
 
+/// What ingest needs to know before storing a new batch, read with its dedup (on PostgreSQL in
+/// the same statement, one round trip).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStart {
+    /// The instance's time-axis state ([`super::instances::clock_state`]).
+    pub clock: Option<crate::timeaxis::ClockState>,
+    /// The instance's project and region; `None` for an unknown instance.
+    pub owner: Option<(String, String)>,
+    /// The instance's last bandwidth counter reading ([`super::bandwidth::last_reading`]).
+    pub last_reading: Option<crate::bandwidth::Reading>,
+}
+
+/// [`remember_batch`] and, for a new batch, the state ingest continues from; `None` for a
+/// resend (stored before). PostgreSQL does both in one statement: the dedup insert as a
+/// data-modifying `WITH`, the state read beside it.
+pub fn start_batch(
+    conn: &Connection,
+    batch: &ReportBatch,
+    now_ms: i64,
+) -> Result<Option<BatchStart>> {
+    if !conn.is_pg() {
+        if !remember_batch(conn, batch, now_ms)? {
+            return Ok(None);
+        }
+        let id = &batch.instance_id;
+        return Ok(Some(BatchStart {
+            clock: super::instances::clock_state(conn, id)?,
+            owner: super::bandwidth::owner(conn, id)?,
+            last_reading: super::bandwidth::last_reading(conn, id)?,
+        }));
+    }
+    type StartRow = (
+        i64,
+        [Option<i64>; 4],
+        Option<(String, String)>,
+        [Option<i64>; 3],
+    );
+    let row: StartRow = conn.query_row(
+        "WITH new AS (
+             INSERT INTO batches (batch_id, instance_id, received_at_ms, seq)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING RETURNING 1)
+         SELECT (SELECT COUNT(*) FROM new), i.clock_last_raw_ms, i.clock_last_placed_ms,
+             i.clock_offset_ms, i.clock_last_uptime_ms, i.project, i.region,
+             c.sampled_at_ms, c.rx_bytes, c.tx_bytes
+         FROM (SELECT 1) AS one
+         LEFT JOIN instances i ON i.instance_id = ?2
+         LEFT JOIN bandwidth_counters c ON c.instance_id = ?2",
+        params![
+            batch.batch_id.to_string(),
+            batch.instance_id,
+            now_ms,
+            i64::try_from(batch.seq).ok()
+        ],
+        |r| {
+            let project: Option<String> = r.get(5)?;
+            let region: Option<String> = r.get(6)?;
+            Ok((
+                r.get(0)?,
+                [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?],
+                project.zip(region),
+                [r.get(7)?, r.get(8)?, r.get(9)?],
+            ))
+        },
+    )?;
+    let (inserted, [raw, placed, offset, uptime], owner, [at, rx, tx]) = row;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    Ok(Some(BatchStart {
+        clock: match (raw, placed, offset) {
+            (Some(last_raw_ms), Some(last_placed_ms), Some(offset_ms)) => {
+                Some(crate::timeaxis::ClockState {
+                    last_raw_ms,
+                    last_placed_ms,
+                    offset_ms,
+                    last_uptime_ms: uptime,
+                })
+            }
+            _ => None,
+        },
+        owner,
+        last_reading: match (at, rx, tx) {
+            // Counters are stored bit-for-bit as i64.
+            (Some(at_ms), Some(rx), Some(tx)) => Some(crate::bandwidth::Reading {
+                at_ms,
+                rx: rx as u64,
+                tx: tx as u64,
+            }),
+            _ => None,
+        },
+    }))
+}
+
 /// Stores the batch's VM and process samples, and adds the VM samples to the per-minute
 /// rollup the charts read ([`super::series::add_to_minutes`]). Call after [`remember_batch`]
 /// said the batch is new, in the same transaction.
@@ -374,11 +467,11 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
     Ok(n)
 }
 
-/// PostgreSQL: each table's rows of the batch in one statement (`UNNEST` of column arrays), one
-/// round trip instead of one per row.
+/// PostgreSQL: each table's rows of the batch in one statement (`UNNEST` of column arrays),
+/// queued and sent pipelined with the batch's other writes ([`Connection::execute_later`]).
 fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> {
     let n = batch.samples.len();
-    let ids: Vec<&str> = vec![batch.instance_id.as_str(); n];
+    let ids: Vec<String> = vec![batch.instance_id.clone(); n];
     let vms: Vec<_> = batch.samples.iter().map(|s| &s.vm).collect();
     let col_i = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> i64| {
         vms.iter().map(|v| f(v)).collect::<Vec<i64>>()
@@ -410,7 +503,7 @@ fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> 
         .iter()
         .map(|v| v.unreadable_procs.map(i64::from))
         .collect();
-    pg.execute_native(
+    pg.execute_native_later(
         "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
              disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
              net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
@@ -419,25 +512,25 @@ fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> 
              $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[],
              $12::int8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
              $17::float8[], $18::int8[])",
-        &[
-            &ids,
-            &at,
-            &elapsed,
-            &cpu,
-            &mem,
-            &dr,
-            &dw,
-            &ni,
-            &no,
-            &rx,
-            &tx,
-            &pc,
-            &ai,
-            &ao,
-            &ui,
-            &uo,
-            &steal,
-            &unreadable,
+        vec![
+            Box::new(ids),
+            Box::new(at),
+            Box::new(elapsed),
+            Box::new(cpu),
+            Box::new(mem),
+            Box::new(dr),
+            Box::new(dw),
+            Box::new(ni),
+            Box::new(no),
+            Box::new(rx),
+            Box::new(tx),
+            Box::new(pc),
+            Box::new(ai),
+            Box::new(ao),
+            Box::new(ui),
+            Box::new(uo),
+            Box::new(steal),
+            Box::new(unreadable),
         ],
     )?;
     let procs: Vec<(i64, &vmmon_common::wire::ProcessSample)> = batch
@@ -453,11 +546,11 @@ fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> 
     if procs.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = vec![batch.instance_id.as_str(); procs.len()];
+    let ids: Vec<String> = vec![batch.instance_id.clone(); procs.len()];
     let at: Vec<i64> = procs.iter().map(|(t, _)| *t).collect();
     let pid: Vec<i64> = procs.iter().map(|(_, p)| i64::from(p.pid)).collect();
     let start: Vec<f64> = procs.iter().map(|(_, p)| p.start_time).collect();
-    let cmd: Vec<&str> = procs.iter().map(|(_, p)| p.cmd.as_str()).collect();
+    let cmd: Vec<String> = procs.iter().map(|(_, p)| p.cmd.clone()).collect();
     let f = |g: &dyn Fn(&vmmon_common::wire::ProcessSample) -> f64| {
         procs.iter().map(|(_, p)| g(p)).collect::<Vec<f64>>()
     };
@@ -472,14 +565,26 @@ fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> 
         .iter()
         .map(|(_, p)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
         .collect();
-    pg.execute_native(
+    pg.execute_native_later(
         "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
              mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
          SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::text[],
              $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
              $12::float8[], $13::int8[])",
-        &[
-            &ids, &at, &pid, &start, &cmd, &cpu, &mem, &dr, &dw, &ni, &no, &shut, &unread,
+        vec![
+            Box::new(ids),
+            Box::new(at),
+            Box::new(pid),
+            Box::new(start),
+            Box::new(cmd),
+            Box::new(cpu),
+            Box::new(mem),
+            Box::new(dr),
+            Box::new(dw),
+            Box::new(ni),
+            Box::new(no),
+            Box::new(shut),
+            Box::new(unread),
         ],
     )?;
     Ok(())
