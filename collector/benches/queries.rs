@@ -242,7 +242,14 @@ fn main() -> Result<()> {
         )))?,
         None => Store::open(dir.path())?,
     };
-    let res = run(&rt, dir.path(), store, pg.as_ref().map(|(_, url)| url.as_str()), rows, calls);
+    let res = run(
+        &rt,
+        dir.path(),
+        store,
+        pg.as_ref().map(|(_, url)| url.as_str()),
+        rows,
+        calls,
+    );
     if let (Some(base), Some((name, _))) = (&pg_base, &pg) {
         rt.block_on(drop_pg_db(base, name))?;
     }
@@ -298,7 +305,11 @@ fn run(
             (n, secs, std::fs::metadata(dir.join(store::DB_FILE))?.len())
         }
     };
-    let backend = if pg_url.is_some() { "PostgreSQL" } else { "SQLite" };
+    let backend = if pg_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     println!(
         "store ({backend}): {n} process rows from {VMS} VMs over {DAYS} days, filled in {fill_secs:.0} s"
     );

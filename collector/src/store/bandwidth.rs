@@ -188,42 +188,82 @@ pub fn apply_batch_from(
     owner: Option<(String, String)>,
     start: Option<Reading>,
 ) -> Result<()> {
-    let Some((project, region)) = owner else {
-        return Ok(());
-    };
-    let mut readings: Vec<Reading> = batch
-        .samples
-        .iter()
-        .map(|s| Reading {
-            at_ms: s.vm.sampled_at_ms,
-            rx: s.vm.rx_bytes_total,
-            tx: s.vm.tx_bytes_total,
-        })
-        .collect();
-    readings.sort_by_key(|r| r.at_ms);
-    let mut last = start;
-    let mut sums: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
-    for cur in readings {
-        match bandwidth::step(last, cur, now_ms) {
-            Step::Ignore => {}
-            Step::Baseline => last = Some(cur),
-            Step::Flow(parts) => {
-                for p in parts {
-                    let e = sums.entry(p.bucket_start_ms).or_default();
-                    e.0 = e.0.saturating_add(p.in_bytes);
-                    e.1 = e.1.saturating_add(p.out_bytes);
+    apply_batches(
+        conn,
+        &[BatchFlow {
+            batch,
+            now_ms,
+            owner,
+            start,
+        }],
+    )
+}
+
+/// One newly stored batch for [`apply_batches`].
+#[derive(Debug, Clone)]
+pub struct BatchFlow<'a> {
+    /// The batch (its samples already on the instance's time axis).
+    pub batch: &'a ReportBatch,
+    /// When the collector received it, epoch ms.
+    pub now_ms: i64,
+    /// Its instance's project and region; `None` for an unknown instance (nothing is rolled up).
+    pub owner: Option<(String, String)>,
+    /// Its instance's stored last counter reading (before any batch of this call).
+    pub start: Option<Reading>,
+}
+
+/// [`apply_batch_from`] for several new batches (in arrival order): a later batch of the same
+/// instance continues from the reading the earlier one left; the bytes of all of them are
+/// summed per bucket before they are added, so each bucket and day row is written once.
+/// (Bucket values only grow, so a day's peak and its time come out as with one add per batch.)
+pub fn apply_batches(conn: &Connection, flows: &[BatchFlow<'_>]) -> Result<()> {
+    // Per instance: (stored reading, reading after this call's batches so far).
+    let mut last: BTreeMap<&str, (Option<Reading>, Option<Reading>)> = BTreeMap::new();
+    let mut sums: BTreeMap<(&str, &str, i64), (u64, u64)> = BTreeMap::new();
+    for f in flows {
+        let Some((project, region)) = &f.owner else {
+            continue;
+        };
+        let entry = last
+            .entry(f.batch.instance_id.as_str())
+            .or_insert((f.start, f.start));
+        let mut readings: Vec<Reading> = f
+            .batch
+            .samples
+            .iter()
+            .map(|s| Reading {
+                at_ms: s.vm.sampled_at_ms,
+                rx: s.vm.rx_bytes_total,
+                tx: s.vm.tx_bytes_total,
+            })
+            .collect();
+        readings.sort_by_key(|r| r.at_ms);
+        for cur in readings {
+            match bandwidth::step(entry.1, cur, f.now_ms) {
+                Step::Ignore => {}
+                Step::Baseline => entry.1 = Some(cur),
+                Step::Flow(parts) => {
+                    for p in parts {
+                        let e = sums
+                            .entry((project.as_str(), region.as_str(), p.bucket_start_ms))
+                            .or_default();
+                        e.0 = e.0.saturating_add(p.in_bytes);
+                        e.1 = e.1.saturating_add(p.out_bytes);
+                    }
+                    entry.1 = Some(cur);
                 }
-                last = Some(cur);
             }
         }
     }
-    for (bucket, (i, o)) in sums {
-        add_bucket_bytes(conn, &project, &region, bucket, to_i64(i), to_i64(o))?;
+    for ((project, region, bucket), (i, o)) in sums {
+        add_bucket_bytes(conn, project, region, bucket, to_i64(i), to_i64(o))?;
     }
-    if let Some(l) = last
-        && last != start
-    {
-        set_last_reading(conn, &batch.instance_id, l)?;
+    for (instance_id, (stored, now)) in last {
+        if let Some(l) = now
+            && now != stored
+        {
+            set_last_reading(conn, instance_id, l)?;
+        }
     }
     Ok(())
 }

@@ -752,6 +752,17 @@ impl PgConn {
         self.run(self.client.execute(&stmt, params))
     }
 
+    /// Runs a query (PostgreSQL text, `$N` placeholders) with native parameters (e.g. arrays),
+    /// after the queued writes; its rows.
+    pub fn query_native(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let stmt = self.rt.block_on(self.client.prepare_cached(sql))?;
+        self.run(self.client.query(&stmt, params))
+    }
+
     /// Whether the server connection has gone.
     pub(super) fn is_closed(&self) -> bool {
         self.client.is_closed()

@@ -116,75 +116,118 @@ pub struct BatchStart {
 }
 
 /// [`remember_batch`] and, for a new batch, the state ingest continues from; `None` for a
-/// resend (stored before). PostgreSQL does both in one statement: the dedup insert as a
-/// data-modifying `WITH`, the state read beside it.
+/// resend (stored before). PostgreSQL does both in one statement ([`start_batches`]): the dedup
+/// insert as a data-modifying `WITH`, the state read beside it.
 pub fn start_batch(
     conn: &Connection,
     batch: &ReportBatch,
     now_ms: i64,
 ) -> Result<Option<BatchStart>> {
-    if !conn.is_pg() {
-        if !remember_batch(conn, batch, now_ms)? {
-            return Ok(None);
-        }
-        let id = &batch.instance_id;
-        return Ok(Some(BatchStart {
-            clock: super::instances::clock_state(conn, id)?,
-            owner: super::bandwidth::owner(conn, id)?,
-            last_reading: super::bandwidth::last_reading(conn, id)?,
-        }));
+    if conn.is_pg() {
+        return Ok(start_batches(conn, &[(batch, now_ms)])?.pop().flatten());
     }
-    type StartRow = (
-        i64,
-        [Option<i64>; 4],
-        Option<(String, String)>,
-        [Option<i64>; 3],
-    );
-    let row: StartRow = conn.query_row(
-        "WITH new AS (
-             INSERT INTO batches (batch_id, instance_id, received_at_ms, seq)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING RETURNING 1)
-         SELECT (SELECT COUNT(*) FROM new), i.clock_last_raw_ms, i.clock_last_placed_ms,
-             i.clock_offset_ms, i.clock_last_uptime_ms, i.project, i.region,
-             c.sampled_at_ms, c.rx_bytes, c.tx_bytes
-         FROM (SELECT 1) AS one
-         LEFT JOIN instances i ON i.instance_id = ?2
-         LEFT JOIN bandwidth_counters c ON c.instance_id = ?2",
-        params![
-            batch.batch_id.to_string(),
-            batch.instance_id,
-            now_ms,
-            i64::try_from(batch.seq).ok()
-        ],
-        |r| {
-            let project: Option<String> = r.get(5)?;
-            let region: Option<String> = r.get(6)?;
-            Ok((
-                r.get(0)?,
-                [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?],
-                project.zip(region),
-                [r.get(7)?, r.get(8)?, r.get(9)?],
-            ))
-        },
-    )?;
-    let (inserted, [raw, placed, offset, uptime], owner, [at, rx, tx]) = row;
-    if inserted == 0 {
+    if !remember_batch(conn, batch, now_ms)? {
         return Ok(None);
     }
+    let id = &batch.instance_id;
     Ok(Some(BatchStart {
-        clock: match (raw, placed, offset) {
+        clock: super::instances::clock_state(conn, id)?,
+        owner: super::bandwidth::owner(conn, id)?,
+        last_reading: super::bandwidth::last_reading(conn, id)?,
+    }))
+}
+
+/// [`start_batch`] for several batches at once (the writer's group, in arrival order): one
+/// statement on PostgreSQL. A batch id repeated within `batches` is new at most once (its first
+/// time). The state is the stored one: a caller storing two batches of one instance carries the
+/// state from the first to the second itself.
+pub fn start_batches(
+    conn: &Connection,
+    batches: &[(&ReportBatch, i64)],
+) -> Result<Vec<Option<BatchStart>>> {
+    let Connection::Pg(pg) = conn else {
+        return batches
+            .iter()
+            .map(|(b, now_ms)| start_batch(conn, b, *now_ms))
+            .collect();
+    };
+    // Only a batch id's first occurrence in the group goes to the database.
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<usize> = (0..batches.len())
+        .filter(|&k| {
+            let b = batches[k].0;
+            seen.insert((b.instance_id.as_str(), b.batch_id))
+        })
+        .collect();
+    let ids: Vec<String> = firsts
+        .iter()
+        .map(|&k| batches[k].0.batch_id.to_string())
+        .collect();
+    let instances: Vec<&str> = firsts
+        .iter()
+        .map(|&k| batches[k].0.instance_id.as_str())
+        .collect();
+    let received: Vec<i64> = firsts.iter().map(|&k| batches[k].1).collect();
+    let seqs: Vec<Option<i64>> = firsts
+        .iter()
+        .map(|&k| i64::try_from(batches[k].0.seq).ok())
+        .collect();
+    let rows = pg.query_native(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])
+                 WITH ORDINALITY AS t(batch_id, instance_id, received_at_ms, seq, n)),
+         new AS (
+             INSERT INTO batches (batch_id, instance_id, received_at_ms, seq)
+             SELECT batch_id, instance_id, received_at_ms, seq FROM input ORDER BY n
+             ON CONFLICT DO NOTHING RETURNING batch_id, instance_id)
+         SELECT new.batch_id IS NOT NULL, i.clock_last_raw_ms, i.clock_last_placed_ms,
+             i.clock_offset_ms, i.clock_last_uptime_ms, i.project, i.region,
+             c.sampled_at_ms, c.rx_bytes, c.tx_bytes
+         FROM input
+         LEFT JOIN new ON new.batch_id = input.batch_id AND new.instance_id = input.instance_id
+         LEFT JOIN instances i ON i.instance_id = input.instance_id
+         LEFT JOIN bandwidth_counters c ON c.instance_id = input.instance_id
+         ORDER BY input.n",
+        &[&ids, &instances, &received, &seqs],
+    )?;
+    if rows.len() != firsts.len() {
+        return Err(super::StoreError::Corrupt(format!(
+            "batch dedup answered {} rows for {} batches",
+            rows.len(),
+            firsts.len()
+        )));
+    }
+    let mut out: Vec<Option<BatchStart>> = vec![None; batches.len()];
+    for (&k, r) in firsts.iter().zip(&rows) {
+        let r = Row::Pg(r);
+        let new: bool = r.get(0)?;
+        if new {
+            out[k] = Some(start_from_row(&r, 1)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A [`BatchStart`] from the columns at `from`: the four clock columns, project, region and
+/// the three counter columns.
+fn start_from_row(r: &Row<'_>, from: usize) -> Result<BatchStart> {
+    let col = |k: usize| -> Result<Option<i64>> { r.get(from + k) };
+    let project: Option<String> = r.get(from + 4)?;
+    let region: Option<String> = r.get(from + 5)?;
+    Ok(BatchStart {
+        clock: match (col(0)?, col(1)?, col(2)?) {
             (Some(last_raw_ms), Some(last_placed_ms), Some(offset_ms)) => {
                 Some(crate::timeaxis::ClockState {
                     last_raw_ms,
                     last_placed_ms,
                     offset_ms,
-                    last_uptime_ms: uptime,
+                    last_uptime_ms: col(3)?,
                 })
             }
             _ => None,
         },
-        owner,
-        last_reading: match (at, rx, tx) {
+        owner: project.zip(region),
+        last_reading: match (col(6)?, col(7)?, col(8)?) {
             // Counters are stored bit-for-bit as i64.
             (Some(at_ms), Some(rx), Some(tx)) => Some(crate::bandwidth::Reading {
                 at_ms,
@@ -193,18 +236,31 @@ pub fn start_batch(
             }),
             _ => None,
         },
-    }))
+    })
+}
+
+/// [`insert_samples`] for several new batches: on PostgreSQL each table's rows of all of them
+/// in one statement.
+pub fn insert_samples_many(conn: &Connection, batches: &[&ReportBatch]) -> Result<()> {
+    match conn {
+        Connection::Pg(pg) => insert_samples_pg(pg, batches)?,
+        Connection::Sqlite(_) => {
+            for b in batches {
+                insert_samples_sqlite(conn, b)?;
+            }
+        }
+    }
+    for b in batches {
+        super::series::add_to_minutes(conn, b)?;
+    }
+    Ok(())
 }
 
 /// Stores the batch's VM and process samples, and adds the VM samples to the per-minute
 /// rollup the charts read ([`super::series::add_to_minutes`]). Call after [`remember_batch`]
 /// said the batch is new, in the same transaction.
 pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
-    match conn {
-        Connection::Pg(pg) => insert_samples_pg(pg, batch)?,
-        Connection::Sqlite(_) => insert_samples_sqlite(conn, batch)?,
-    }
-    super::series::add_to_minutes(conn, batch)
+    insert_samples_many(conn, &[batch])
 }
 
 fn insert_samples_sqlite(conn: &Connection, batch: &ReportBatch) -> Result<()> {
@@ -467,103 +523,92 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
     Ok(n)
 }
 
-/// PostgreSQL: each table's rows of the batch in one statement (`UNNEST` of column arrays),
-/// queued and sent pipelined with the batch's other writes ([`Connection::execute_later`]).
-fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> {
-    let n = batch.samples.len();
-    let ids: Vec<String> = vec![batch.instance_id.clone(); n];
-    let vms: Vec<_> = batch.samples.iter().map(|s| &s.vm).collect();
-    let col_i = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> i64| {
-        vms.iter().map(|v| f(v)).collect::<Vec<i64>>()
-    };
-    let col_f = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> f64| {
-        vms.iter().map(|v| f(v)).collect::<Vec<f64>>()
-    };
-    let col_of = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> Option<f64>| {
-        vms.iter().map(|v| f(v)).collect::<Vec<Option<f64>>>()
-    };
-    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let at = col_i(&|v| v.sampled_at_ms);
-    let elapsed = col_i(&|v| to_i64(v.elapsed_ms));
-    let cpu = col_f(&|v| v.cpu_pct);
-    let mem = col_f(&|v| v.mem_pct);
-    let dr = col_f(&|v| v.disk_read_kib_per_sec);
-    let dw = col_f(&|v| v.disk_write_kib_per_sec);
-    let ni = col_f(&|v| v.net_in_kib_per_sec);
-    let no = col_f(&|v| v.net_out_kib_per_sec);
-    let rx = col_i(&|v| to_i64(v.rx_bytes_total));
-    let tx = col_i(&|v| to_i64(v.tx_bytes_total));
-    let pc = col_i(&|v| i64::from(v.proc_count));
-    let ai = col_of(&|v| v.net_attribution.map(|a| a.attributed_in_kib_per_sec));
-    let ao = col_of(&|v| v.net_attribution.map(|a| a.attributed_out_kib_per_sec));
-    let ui = col_of(&|v| v.net_attribution.map(|a| a.unattributed_in_kib_per_sec));
-    let uo = col_of(&|v| v.net_attribution.map(|a| a.unattributed_out_kib_per_sec));
-    let steal = col_of(&|v| v.cpu_steal_pct);
-    let unreadable: Vec<Option<i64>> = vms
+/// PostgreSQL: each table's rows of the batches in one statement (`UNNEST` of column arrays),
+/// queued and sent pipelined with the other writes ([`Connection::execute_later`]).
+fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result<()> {
+    use vmmon_common::wire::{ProcessSample, VmSample};
+    let vms: Vec<(&str, &VmSample)> = batches
         .iter()
-        .map(|v| v.unreadable_procs.map(i64::from))
+        .flat_map(|b| b.samples.iter().map(|s| (b.instance_id.as_str(), &s.vm)))
         .collect();
-    pg.execute_native_later(
-        "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
-             disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
-             net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
-             cpu_steal_pct, unreadable_procs)
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[],
-             $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[],
-             $12::int8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
-             $17::float8[], $18::int8[])",
-        vec![
-            Box::new(ids),
-            Box::new(at),
-            Box::new(elapsed),
-            Box::new(cpu),
-            Box::new(mem),
-            Box::new(dr),
-            Box::new(dw),
-            Box::new(ni),
-            Box::new(no),
-            Box::new(rx),
-            Box::new(tx),
-            Box::new(pc),
-            Box::new(ai),
-            Box::new(ao),
-            Box::new(ui),
-            Box::new(uo),
-            Box::new(steal),
-            Box::new(unreadable),
-        ],
-    )?;
-    let procs: Vec<(i64, &vmmon_common::wire::ProcessSample)> = batch
-        .samples
+    if !vms.is_empty() {
+        let col_i =
+            |f: &dyn Fn(&VmSample) -> i64| vms.iter().map(|(_, v)| f(v)).collect::<Vec<i64>>();
+        let col_f =
+            |f: &dyn Fn(&VmSample) -> f64| vms.iter().map(|(_, v)| f(v)).collect::<Vec<f64>>();
+        let col_of = |f: &dyn Fn(&VmSample) -> Option<f64>| {
+            vms.iter().map(|(_, v)| f(v)).collect::<Vec<Option<f64>>>()
+        };
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let ids: Vec<String> = vms.iter().map(|(id, _)| id.to_string()).collect();
+        let unreadable: Vec<Option<i64>> = vms
+            .iter()
+            .map(|(_, v)| v.unreadable_procs.map(i64::from))
+            .collect();
+        pg.execute_native_later(
+            "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
+                 disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
+                 net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
+                 cpu_steal_pct, unreadable_procs)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[],
+                 $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[],
+                 $12::int8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
+                 $17::float8[], $18::int8[])",
+            vec![
+                Box::new(ids),
+                Box::new(col_i(&|v| v.sampled_at_ms)),
+                Box::new(col_i(&|v| to_i64(v.elapsed_ms))),
+                Box::new(col_f(&|v| v.cpu_pct)),
+                Box::new(col_f(&|v| v.mem_pct)),
+                Box::new(col_f(&|v| v.disk_read_kib_per_sec)),
+                Box::new(col_f(&|v| v.disk_write_kib_per_sec)),
+                Box::new(col_f(&|v| v.net_in_kib_per_sec)),
+                Box::new(col_f(&|v| v.net_out_kib_per_sec)),
+                Box::new(col_i(&|v| to_i64(v.rx_bytes_total))),
+                Box::new(col_i(&|v| to_i64(v.tx_bytes_total))),
+                Box::new(col_i(&|v| i64::from(v.proc_count))),
+                Box::new(col_of(&|v| {
+                    v.net_attribution.map(|a| a.attributed_in_kib_per_sec)
+                })),
+                Box::new(col_of(&|v| {
+                    v.net_attribution.map(|a| a.attributed_out_kib_per_sec)
+                })),
+                Box::new(col_of(&|v| {
+                    v.net_attribution.map(|a| a.unattributed_in_kib_per_sec)
+                })),
+                Box::new(col_of(&|v| {
+                    v.net_attribution.map(|a| a.unattributed_out_kib_per_sec)
+                })),
+                Box::new(col_of(&|v| v.cpu_steal_pct)),
+                Box::new(unreadable),
+            ],
+        )?;
+    }
+    let procs: Vec<(&str, i64, &ProcessSample)> = batches
         .iter()
-        .flat_map(|s| {
-            s.processes
-                .iter()
-                .flatten()
-                .map(move |p| (s.vm.sampled_at_ms, p))
+        .flat_map(|b| {
+            b.samples.iter().flat_map(move |s| {
+                s.processes
+                    .iter()
+                    .flatten()
+                    .map(move |p| (b.instance_id.as_str(), s.vm.sampled_at_ms, p))
+            })
         })
         .collect();
     if procs.is_empty() {
         return Ok(());
     }
-    let ids: Vec<String> = vec![batch.instance_id.clone(); procs.len()];
-    let at: Vec<i64> = procs.iter().map(|(t, _)| *t).collect();
-    let pid: Vec<i64> = procs.iter().map(|(_, p)| i64::from(p.pid)).collect();
-    let start: Vec<f64> = procs.iter().map(|(_, p)| p.start_time).collect();
-    let cmd: Vec<String> = procs.iter().map(|(_, p)| p.cmd.clone()).collect();
-    let f = |g: &dyn Fn(&vmmon_common::wire::ProcessSample) -> f64| {
-        procs.iter().map(|(_, p)| g(p)).collect::<Vec<f64>>()
+    let f = |g: &dyn Fn(&ProcessSample) -> f64| {
+        procs.iter().map(|(_, _, p)| g(p)).collect::<Vec<f64>>()
     };
-    let (cpu, mem) = (f(&|p| p.cpu_pct), f(&|p| p.mem_pct));
-    let (dr, dw) = (
-        f(&|p| p.disk_read_kib_per_sec),
-        f(&|p| p.disk_write_kib_per_sec),
-    );
-    let (ni, no) = (f(&|p| p.net_in_kib_per_sec), f(&|p| p.net_out_kib_per_sec));
-    let shut: Vec<Option<f64>> = procs.iter().map(|(_, p)| p.shutdown_time).collect();
+    let ids: Vec<String> = procs.iter().map(|(id, _, _)| id.to_string()).collect();
+    let at: Vec<i64> = procs.iter().map(|(_, t, _)| *t).collect();
+    let pid: Vec<i64> = procs.iter().map(|(_, _, p)| i64::from(p.pid)).collect();
+    let cmd: Vec<String> = procs.iter().map(|(_, _, p)| p.cmd.clone()).collect();
+    let shut: Vec<Option<f64>> = procs.iter().map(|(_, _, p)| p.shutdown_time).collect();
     let unread: Vec<i64> = procs
         .iter()
-        .map(|(_, p)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
+        .map(|(_, _, p)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
         .collect();
     pg.execute_native_later(
         "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
@@ -575,14 +620,14 @@ fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> 
             Box::new(ids),
             Box::new(at),
             Box::new(pid),
-            Box::new(start),
+            Box::new(f(&|p| p.start_time)),
             Box::new(cmd),
-            Box::new(cpu),
-            Box::new(mem),
-            Box::new(dr),
-            Box::new(dw),
-            Box::new(ni),
-            Box::new(no),
+            Box::new(f(&|p| p.cpu_pct)),
+            Box::new(f(&|p| p.mem_pct)),
+            Box::new(f(&|p| p.disk_read_kib_per_sec)),
+            Box::new(f(&|p| p.disk_write_kib_per_sec)),
+            Box::new(f(&|p| p.net_in_kib_per_sec)),
+            Box::new(f(&|p| p.net_out_kib_per_sec)),
             Box::new(shut),
             Box::new(unread),
         ],
