@@ -125,11 +125,16 @@ async fn fill_pg(url: &str, rows: usize) -> Result<(usize, f64)> {
         .batch_execute("ANALYZE vm_samples; ANALYZE process_samples;")
         .await?;
     let secs = start.elapsed().as_secs_f64();
+    // The store's queries (`store::samples`), first with the window they try first on
+    // PostgreSQL (the day before the instance was last seen).
+    let window = "AND sampled_at_ms >= (SELECT last_seen_ms FROM instances
+        WHERE instance_id = 'vm-0042') - 86400000";
     for (name, sql) in [
         (
             "611711 newest sample",
-            "SELECT MAX(sampled_at_ms) FROM process_samples WHERE instance_id = 'vm-0042'"
-                .to_string(),
+            format!(
+                "SELECT MAX(sampled_at_ms) FROM process_samples WHERE instance_id = 'vm-0042' {window}"
+            ),
         ),
         (
             "611711 its processes",
@@ -141,15 +146,17 @@ async fn fill_pg(url: &str, rows: usize) -> Result<(usize, f64)> {
         ),
         (
             "611611",
-            "SELECT * FROM vm_samples WHERE instance_id = 'vm-0042'
-             ORDER BY sampled_at_ms DESC, id DESC LIMIT 1"
-                .to_string(),
+            format!(
+                "SELECT * FROM vm_samples WHERE instance_id = 'vm-0042' {window}
+                 ORDER BY sampled_at_ms DESC, id DESC LIMIT 1"
+            ),
         ),
         (
             "611712",
-            "SELECT * FROM process_samples WHERE instance_id = 'vm-0042' AND cmd = 'proc-7'
-             ORDER BY sampled_at_ms DESC, id DESC LIMIT 10"
-                .to_string(),
+            format!(
+                "SELECT * FROM process_samples WHERE instance_id = 'vm-0042' AND cmd = 'proc-7'
+                 {window} ORDER BY sampled_at_ms DESC, id DESC LIMIT 10"
+            ),
         ),
     ] {
         println!("EXPLAIN {name}:");
