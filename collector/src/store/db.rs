@@ -752,6 +752,28 @@ impl PgConn {
         self.run(self.client.execute(&stmt, params))
     }
 
+    /// Copies `n` rows into a table with `sql`, a binary `COPY … FROM STDIN (FORMAT binary)`,
+    /// after the queued writes; `row(k)` gives row `k`'s values, one per column type in `types`
+    /// (exactly the columns' types: binary `COPY` does not convert). The rows copied.
+    pub fn copy_in_binary<'v>(
+        &self,
+        sql: &str,
+        types: &[Type],
+        n: usize,
+        row: impl Fn(usize) -> Vec<&'v (dyn ToSql + Sync)>,
+    ) -> Result<u64> {
+        let stmt = self.rt.block_on(self.client.prepare_cached(sql))?;
+        self.run(async {
+            let sink = self.client.copy_in::<_, bytes::Bytes>(&stmt).await?;
+            let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, types);
+            futures::pin_mut!(writer);
+            for k in 0..n {
+                writer.as_mut().write(&row(k)).await?;
+            }
+            writer.as_mut().finish().await
+        })
+    }
+
     /// Runs a query (PostgreSQL text, `$N` placeholders) with native parameters (e.g. arrays),
     /// after the queued writes; its rows.
     pub fn query_native(

@@ -673,7 +673,9 @@ fn group_batches(now_ms: i64) -> Vec<ReportBatch> {
                         tx_bytes_total: 700 * n as u64,
                         ..vm(now_ms - 900_000 + n * 30_000)
                     },
-                    processes: (id == "i-1").then(|| vec![proc(1), proc(2)]),
+                    // i-1's third batch has enough rows for PostgreSQL's COPY path.
+                    processes: (id == "i-1")
+                        .then(|| (1..=if k == 2 { 700 } else { 2 }).map(proc).collect()),
                 }
             })
             .collect(),
