@@ -681,34 +681,25 @@ fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result
         .map(|(_, _, p)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
         .collect();
     if procs.len() >= COPY_MIN_ROWS {
-        use tokio_postgres::types::{ToSql, Type};
-        let (i8, f8, text) = (Type::INT8, Type::FLOAT8, Type::TEXT);
+        let mut rows = super::db::CopyRows::new();
+        for k in 0..procs.len() {
+            rows.row(13);
+            rows.text(ids[k]);
+            rows.int8(at[k]);
+            rows.int8(pid[k]);
+            rows.float8(Some(start[k]));
+            rows.text(cmd[k]);
+            for col in [&cpu, &mem, &dr, &dw, &ni, &no] {
+                rows.float8(Some(col[k]));
+            }
+            rows.float8(shut[k]);
+            rows.int8(unread[k]);
+        }
         pg.copy_in_binary(
             "COPY process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
                  mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
              FROM STDIN (FORMAT binary)",
-            &[
-                text.clone(),
-                i8.clone(),
-                i8.clone(),
-                f8.clone(),
-                text,
-                f8.clone(),
-                f8.clone(),
-                f8.clone(),
-                f8.clone(),
-                f8.clone(),
-                f8.clone(),
-                f8,
-                i8,
-            ],
-            procs.len(),
-            |k| -> Vec<&(dyn ToSql + Sync)> {
-                vec![
-                    &ids[k], &at[k], &pid[k], &start[k], &cmd[k], &cpu[k], &mem[k], &dr[k], &dw[k],
-                    &ni[k], &no[k], &shut[k], &unread[k],
-                ]
-            },
+            rows,
         )?;
         return Ok(());
     }
