@@ -32,6 +32,8 @@ pg_dir=$(mktemp -d /tmp/vmmon-pg-bench.XXXXXX)
 chmod 755 "$pg_dir"
 if url=$(scripts/pg-cluster.sh start "$pg_dir/cluster"); then
   VMMON_BENCH_PG_URL=$url cargo bench -q -p vmmon-collector --bench ingest_pg 2>/dev/null || true
+  echo "== collector: legacy API queries on a PostgreSQL store vs the bare store query"
+  VMMON_BENCH_PG_URL=$url cargo bench -q -p vmmon-collector --bench queries 2>/dev/null || true
   scripts/pg-cluster.sh stop "$pg_dir/cluster"
 else
   echo "NOTE: PostgreSQL server binaries not installed: skipped (apt-get install postgresql)"

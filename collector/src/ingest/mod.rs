@@ -1,7 +1,8 @@
 //! Ingest: what happens to an agent's report batch, in order, in one write transaction.
 //!
 //! 1. [`checks`] refuse what can never be stored (and cut oversized `cmd`s) — before the store;
-//! 2. [`store::samples::remember_batch`] remembers the batch id for its instance; an id seen
+//! 2. [`store::samples::start_batch`] remembers the batch id for its instance (and reads the
+//!    instance's time-axis state, owner and last counter reading with it); an id seen
 //!    before stops here (a resend counts once); the samples are placed on the instance's time
 //!    axis ([`crate::timeaxis`]: a stepped or fast guest clock corrected) and
 //!    [`store::samples::insert_samples`] stores the raw VM and process samples;
@@ -58,12 +59,13 @@ pub async fn ingest(
             .sum::<usize>(),
     );
     let started = std::time::Instant::now();
+    // The writer stores this batch together with the others waiting for the same transaction
+    // (`store_batches`).
     let (stored, anomalies) = app
         .store
-        .write_unguarded(move |c| {
-            let mut anomalies = Vec::new();
-            let stored = store_batch_noting(c, &mut batch, now_ms(), &mut anomalies)?;
-            Ok((stored, anomalies))
+        .write_grouped(Received {
+            batch,
+            received_ms: now_ms(),
         })
         .await?;
     let t = &app.telemetry;
@@ -113,33 +115,104 @@ async fn keep_bound_domains(
     Ok(())
 }
 
-/// Steps 2–5 for a batch the caller keeps (tests, benches, tools): works on a copy. The ingest
-/// path uses [`store_batch_noting`], which places the samples in the batch itself.
-/// `now_ms` is when the collector received the batch.
-pub fn store_batch(
+/// A checked batch on its way to the store, with when the collector received it (epoch ms).
+pub struct Received {
+    /// The batch (its times are placed on the time axis when it is stored).
+    pub batch: ReportBatch,
+    /// When the collector received it, epoch ms.
+    pub received_ms: i64,
+}
+
+impl store::GroupedWrite for Received {
+    /// Whether the batch was new, and the clock corrections made placing it.
+    type Output = (bool, Vec<timeaxis::ClockAnomaly>);
+
+    fn run_group(
+        conn: &crate::store::Connection,
+        writes: Vec<Received>,
+    ) -> store::Result<Vec<Self::Output>> {
+        let mut writes = writes;
+        store_batches(conn, &mut writes)
+    }
+}
+
+/// Steps 2–5 for the batches the writer found waiting (in arrival order), in set-based steps:
+/// one dedup-and-state statement for all of them, then each table's rows of all of them in one
+/// statement on PostgreSQL. A later batch of an instance continues the time axis and the
+/// bandwidth counter from the earlier one. Per batch: whether it was new and the clock
+/// corrections made placing it.
+pub fn store_batches(
+    conn: &crate::store::Connection,
+    writes: &mut [Received],
+) -> store::Result<Vec<(bool, Vec<timeaxis::ClockAnomaly>)>> {
+    let starts = {
+        let keys: Vec<(&ReportBatch, i64)> =
+            writes.iter().map(|w| (&w.batch, w.received_ms)).collect();
+        store::samples::start_batches(conn, &keys)?
+    };
+    // The time-axis state per instance as this group leaves it (`None` until it has one).
+    let mut clocks: std::collections::BTreeMap<String, Option<timeaxis::ClockState>> =
+        std::collections::BTreeMap::new();
+    let mut out = Vec::with_capacity(writes.len());
+    let mut owners = Vec::with_capacity(writes.len());
+    for (w, start) in writes.iter_mut().zip(starts) {
+        let mut anomalies = Vec::new();
+        let Some(start) = start else {
+            out.push((false, anomalies));
+            owners.push(None);
+            continue;
+        };
+        let state = match clocks.get(&w.batch.instance_id) {
+            Some(carried) => *carried,
+            None => start.clock,
+        };
+        let placed = place_on_time_axis(&mut w.batch, w.received_ms, state, &mut anomalies);
+        clocks.insert(w.batch.instance_id.clone(), placed);
+        out.push((true, anomalies));
+        owners.push(Some((start.owner, start.last_reading)));
+    }
+    let new: Vec<&ReportBatch> = writes
+        .iter()
+        .zip(&out)
+        .filter(|(_, (n, _))| *n)
+        .map(|(w, _)| &w.batch)
+        .collect();
+    store::samples::insert_samples_many(conn, &new)?;
+    let flows: Vec<store::bandwidth::BatchFlow<'_>> = writes
+        .iter()
+        .zip(owners)
+        .filter_map(|(w, o)| {
+            o.map(|(owner, start)| store::bandwidth::BatchFlow {
+                batch: &w.batch,
+                now_ms: w.received_ms,
+                owner,
+                start,
+            })
+        })
+        .collect();
+    store::bandwidth::apply_batches(conn, &flows)?;
+    for (id, state) in &clocks {
+        if let Some(state) = state {
+            store::instances::set_clock_state(conn, id, *state)?;
+        }
+    }
+    for (w, (new, _)) in writes.iter().zip(&out) {
+        if *new {
+            store::cdn::apply_batch(conn, &w.batch, w.received_ms)?;
+        }
+    }
+    for w in writes.iter() {
+        record_seen(conn, &w.batch, w.received_ms)?;
+    }
+    Ok(out)
+}
+
+/// Step 5: marks the batch's instance seen at its newest sample (never after `now_ms`).
+fn record_seen(
     conn: &crate::store::Connection,
     batch: &ReportBatch,
     now_ms: i64,
-) -> store::Result<bool> {
-    store_batch_noting(conn, &mut batch.clone(), now_ms, &mut Vec::new())
-}
-
-/// Steps 2–5 on the writer's connection (inside its transaction): the batch's sample times are
-/// moved onto the instance's time axis in place, and the clock corrections made are added to
-/// `anomalies`. `now_ms` is when the collector received the batch.
-pub fn store_batch_noting(
-    conn: &crate::store::Connection,
-    batch: &mut ReportBatch,
-    now_ms: i64,
-    anomalies: &mut Vec<timeaxis::ClockAnomaly>,
-) -> store::Result<bool> {
-    let new = store::samples::remember_batch(conn, batch, now_ms)?;
-    if new {
-        place_on_time_axis(conn, batch, now_ms, anomalies)?;
-        store::samples::insert_samples(conn, batch)?;
-        store::bandwidth::apply_batch(conn, batch, now_ms)?;
-        store::cdn::apply_batch(conn, batch, now_ms)?;
-    }
+) -> store::Result<()> {
     let newest = batch
         .samples
         .iter()
@@ -152,19 +225,35 @@ pub fn store_batch_noting(
         newest.min(now_ms),
         Some(batch.dropped_samples_total),
         None,
-    )?;
-    Ok(new)
+    )
+}
+
+/// Steps 2–5 for one batch the caller keeps (tests, benches, tools): works on a copy. The
+/// ingest path hands batches to the writer ([`Received`]), which runs [`store_batches`] on all
+/// the batches waiting for one transaction. `now_ms` is when the collector received the batch.
+pub fn store_batch(
+    conn: &crate::store::Connection,
+    batch: &ReportBatch,
+    now_ms: i64,
+) -> store::Result<bool> {
+    let mut one = [Received {
+        batch: batch.clone(),
+        received_ms: now_ms,
+    }];
+    Ok(store_batches(conn, &mut one)?
+        .pop()
+        .is_some_and(|(new, _)| new))
 }
 
 /// Moves the batch's sample times onto the instance's time axis ([`crate::timeaxis`]) in
-/// place (no copy of the batch on the ingest path). Each correction is logged.
+/// place (no copy of the batch on the ingest path), continuing from `state` (the instance's
+/// state before this batch); returns the state after it. Each correction is logged.
 fn place_on_time_axis(
-    conn: &crate::store::Connection,
     batch: &mut ReportBatch,
     received_ms: i64,
+    mut state: Option<timeaxis::ClockState>,
     anomalies: &mut Vec<timeaxis::ClockAnomaly>,
-) -> store::Result<()> {
-    let mut state = store::instances::clock_state(conn, &batch.instance_id)?;
+) -> Option<timeaxis::ClockState> {
     for sample in &mut batch.samples {
         let raw = sample.vm.sampled_at_ms;
         let link = timeaxis::Monotonic {
@@ -187,8 +276,5 @@ fn place_on_time_axis(
         }
         sample.vm.sampled_at_ms = placed;
     }
-    if let Some(state) = state {
-        store::instances::set_clock_state(conn, &batch.instance_id, state)?;
-    }
-    Ok(())
+    state
 }

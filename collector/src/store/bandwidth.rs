@@ -62,15 +62,48 @@ pub fn last_reading(conn: &Connection, instance_id: &str) -> Result<Option<Readi
     .optional()
 }
 
+/// The instance's project and region; `None` for an unknown instance.
+pub fn owner(conn: &Connection, instance_id: &str) -> Result<Option<(String, String)>> {
+    conn.prepare_cached("SELECT project, region FROM instances WHERE instance_id = ?1")?
+        .query_row([instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
 fn set_last_reading(conn: &Connection, instance_id: &str, r: Reading) -> Result<()> {
-    conn.prepare_cached(
+    conn.execute_later(
         "INSERT INTO bandwidth_counters (instance_id, sampled_at_ms, rx_bytes, tx_bytes)
          VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(instance_id) DO UPDATE SET sampled_at_ms = excluded.sampled_at_ms,
              rx_bytes = excluded.rx_bytes, tx_bytes = excluded.tx_bytes",
-    )?
-    .execute(params![instance_id, r.at_ms, r.rx as i64, r.tx as i64])?;
-    Ok(())
+        params![instance_id, r.at_ms, r.rx as i64, r.tx as i64],
+    )
+}
+
+/// The bucket upsert (its new values returned for the day's peak).
+const BUCKET_UPSERT: &str = "INSERT INTO bandwidth_buckets AS b (project, bucket_start_ms, region, in_bytes, out_bytes)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT(project, bucket_start_ms, region) DO UPDATE SET
+         in_bytes = CASE WHEN b.in_bytes > 9223372036854775807 - excluded.in_bytes THEN 9223372036854775807 ELSE b.in_bytes + excluded.in_bytes END,
+         out_bytes = CASE WHEN b.out_bytes > 9223372036854775807 - excluded.out_bytes THEN 9223372036854775807 ELSE b.out_bytes + excluded.out_bytes END
+     RETURNING in_bytes, out_bytes";
+
+/// The day upsert's conflict clause (totals added, the peak moved when beaten).
+fn day_conflict(greatest: &str) -> String {
+    format!(
+        "ON CONFLICT(project, day_start_ms, region) DO UPDATE SET
+             total_in = CASE WHEN d.total_in > 9223372036854775807 - excluded.total_in
+                 THEN 9223372036854775807 ELSE d.total_in + excluded.total_in END,
+             total_out = CASE WHEN d.total_out > 9223372036854775807 - excluded.total_out
+                 THEN 9223372036854775807 ELSE d.total_out + excluded.total_out END,
+             max_in_at_ms = CASE WHEN excluded.max_in > d.max_in
+                     OR (excluded.max_in = d.max_in AND excluded.max_in_at_ms < d.max_in_at_ms)
+                 THEN excluded.max_in_at_ms ELSE d.max_in_at_ms END,
+             max_in = {greatest}(d.max_in, excluded.max_in),
+             max_out_at_ms = CASE WHEN excluded.max_out > d.max_out
+                     OR (excluded.max_out = d.max_out AND excluded.max_out_at_ms < d.max_out_at_ms)
+                 THEN excluded.max_out_at_ms ELSE d.max_out_at_ms END,
+             max_out = {greatest}(d.max_out, excluded.max_out)"
+    )
 }
 
 /// Adds bytes to one bucket (creating it with these bytes) and to its UTC day's totals, moving
@@ -84,41 +117,50 @@ pub fn add_bucket_bytes(
     in_bytes: i64,
     out_bytes: i64,
 ) -> Result<()> {
-    let (new_in, new_out): (i64, i64) = conn
-        .prepare_cached(
-            "INSERT INTO bandwidth_buckets AS b (project, bucket_start_ms, region, in_bytes, out_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(project, bucket_start_ms, region) DO UPDATE SET
-                 in_bytes = CASE WHEN b.in_bytes > 9223372036854775807 - excluded.in_bytes THEN 9223372036854775807 ELSE b.in_bytes + excluded.in_bytes END,
-                     out_bytes = CASE WHEN b.out_bytes > 9223372036854775807 - excluded.out_bytes THEN 9223372036854775807 ELSE b.out_bytes + excluded.out_bytes END
-             RETURNING in_bytes, out_bytes",
-        )?
-        .query_row(
-            params![project, bucket_start_ms, region, in_bytes, out_bytes],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-    let sql = format!(
-        "INSERT INTO bandwidth_days AS d (project, day_start_ms, region, total_in, total_out,
-             max_in, max_in_at_ms, max_out, max_out_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)
-         ON CONFLICT(project, day_start_ms, region) DO UPDATE SET
-             total_in = CASE WHEN d.total_in > 9223372036854775807 - excluded.total_in
-                 THEN 9223372036854775807 ELSE d.total_in + excluded.total_in END,
-             total_out = CASE WHEN d.total_out > 9223372036854775807 - excluded.total_out
-                 THEN 9223372036854775807 ELSE d.total_out + excluded.total_out END,
-             max_in_at_ms = CASE WHEN excluded.max_in > d.max_in
-                     OR (excluded.max_in = d.max_in AND excluded.max_in_at_ms < d.max_in_at_ms)
-                 THEN excluded.max_in_at_ms ELSE d.max_in_at_ms END,
-             max_in = {greatest}(d.max_in, excluded.max_in),
-             max_out_at_ms = CASE WHEN excluded.max_out > d.max_out
-                     OR (excluded.max_out = d.max_out AND excluded.max_out_at_ms < d.max_out_at_ms)
-                 THEN excluded.max_out_at_ms ELSE d.max_out_at_ms END,
-             max_out = {greatest}(d.max_out, excluded.max_out)",
-        greatest = conn.greatest()
-    );
-    conn.prepare_cached(&sql)?.execute(params![
+    let day_start_ms = bandwidth::day_start(bucket_start_ms);
+    if conn.is_pg() {
+        // One statement (the day upsert reads the bucket upsert's new values), queued with the
+        // batch's other writes: no round trip of its own.
+        static PG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = PG.get_or_init(|| {
+            format!(
+                "WITH b AS ({BUCKET_UPSERT})
+                 INSERT INTO bandwidth_days AS d (project, day_start_ms, region, total_in,
+                     total_out, max_in, max_in_at_ms, max_out, max_out_at_ms)
+                 SELECT ?1, ?6, ?3, ?4, ?5, b.in_bytes, ?2, b.out_bytes, ?2 FROM b
+                 {}",
+                day_conflict("GREATEST")
+            )
+        });
+        return conn.execute_later(
+            sql,
+            params![
+                project,
+                bucket_start_ms,
+                region,
+                in_bytes,
+                out_bytes,
+                day_start_ms
+            ],
+        );
+    }
+    let (new_in, new_out): (i64, i64) = conn.prepare_cached(BUCKET_UPSERT)?.query_row(
+        params![project, bucket_start_ms, region, in_bytes, out_bytes],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    static SQLITE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQLITE.get_or_init(|| {
+        format!(
+            "INSERT INTO bandwidth_days AS d (project, day_start_ms, region, total_in, total_out,
+                 max_in, max_in_at_ms, max_out, max_out_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)
+             {}",
+            day_conflict("MAX")
+        )
+    });
+    conn.prepare_cached(sql)?.execute(params![
         project,
-        bandwidth::day_start(bucket_start_ms),
+        day_start_ms,
         region,
         in_bytes,
         out_bytes,
@@ -132,47 +174,96 @@ pub fn add_bucket_bytes(
 /// Rolls a newly stored batch into the buckets of its instance's project and region. Call only
 /// for a batch stored for the first time, in the transaction that stored it.
 pub fn apply_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<()> {
-    let owner: Option<(String, String)> = conn
-        .prepare_cached("SELECT project, region FROM instances WHERE instance_id = ?1")?
-        .query_row([&batch.instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((project, region)) = owner else {
-        return Ok(());
-    };
-    let mut readings: Vec<Reading> = batch
-        .samples
-        .iter()
-        .map(|s| Reading {
-            at_ms: s.vm.sampled_at_ms,
-            rx: s.vm.rx_bytes_total,
-            tx: s.vm.tx_bytes_total,
-        })
-        .collect();
-    readings.sort_by_key(|r| r.at_ms);
+    let owner = owner(conn, &batch.instance_id)?;
     let start = last_reading(conn, &batch.instance_id)?;
-    let mut last = start;
-    let mut sums: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
-    for cur in readings {
-        match bandwidth::step(last, cur, now_ms) {
-            Step::Ignore => {}
-            Step::Baseline => last = Some(cur),
-            Step::Flow(parts) => {
-                for p in parts {
-                    let e = sums.entry(p.bucket_start_ms).or_default();
-                    e.0 = e.0.saturating_add(p.in_bytes);
-                    e.1 = e.1.saturating_add(p.out_bytes);
+    apply_batch_from(conn, batch, now_ms, owner, start)
+}
+
+/// [`apply_batch`] with the instance's owner (project, region) and last counter reading
+/// already read (ingest reads them with the batch's dedup: [`super::samples::start_batch`]).
+pub fn apply_batch_from(
+    conn: &Connection,
+    batch: &ReportBatch,
+    now_ms: i64,
+    owner: Option<(String, String)>,
+    start: Option<Reading>,
+) -> Result<()> {
+    apply_batches(
+        conn,
+        &[BatchFlow {
+            batch,
+            now_ms,
+            owner,
+            start,
+        }],
+    )
+}
+
+/// One newly stored batch for [`apply_batches`].
+#[derive(Debug, Clone)]
+pub struct BatchFlow<'a> {
+    /// The batch (its samples already on the instance's time axis).
+    pub batch: &'a ReportBatch,
+    /// When the collector received it, epoch ms.
+    pub now_ms: i64,
+    /// Its instance's project and region; `None` for an unknown instance (nothing is rolled up).
+    pub owner: Option<(String, String)>,
+    /// Its instance's stored last counter reading (before any batch of this call).
+    pub start: Option<Reading>,
+}
+
+/// [`apply_batch_from`] for several new batches (in arrival order): a later batch of the same
+/// instance continues from the reading the earlier one left; the bytes of all of them are
+/// summed per bucket before they are added, so each bucket and day row is written once.
+/// (Bucket values only grow, so a day's peak and its time come out as with one add per batch.)
+pub fn apply_batches(conn: &Connection, flows: &[BatchFlow<'_>]) -> Result<()> {
+    // Per instance: (stored reading, reading after this call's batches so far).
+    let mut last: BTreeMap<&str, (Option<Reading>, Option<Reading>)> = BTreeMap::new();
+    let mut sums: BTreeMap<(&str, &str, i64), (u64, u64)> = BTreeMap::new();
+    for f in flows {
+        let Some((project, region)) = &f.owner else {
+            continue;
+        };
+        let entry = last
+            .entry(f.batch.instance_id.as_str())
+            .or_insert((f.start, f.start));
+        let mut readings: Vec<Reading> = f
+            .batch
+            .samples
+            .iter()
+            .map(|s| Reading {
+                at_ms: s.vm.sampled_at_ms,
+                rx: s.vm.rx_bytes_total,
+                tx: s.vm.tx_bytes_total,
+            })
+            .collect();
+        readings.sort_by_key(|r| r.at_ms);
+        for cur in readings {
+            match bandwidth::step(entry.1, cur, f.now_ms) {
+                Step::Ignore => {}
+                Step::Baseline => entry.1 = Some(cur),
+                Step::Flow(parts) => {
+                    for p in parts {
+                        let e = sums
+                            .entry((project.as_str(), region.as_str(), p.bucket_start_ms))
+                            .or_default();
+                        e.0 = e.0.saturating_add(p.in_bytes);
+                        e.1 = e.1.saturating_add(p.out_bytes);
+                    }
+                    entry.1 = Some(cur);
                 }
-                last = Some(cur);
             }
         }
     }
-    for (bucket, (i, o)) in sums {
-        add_bucket_bytes(conn, &project, &region, bucket, to_i64(i), to_i64(o))?;
+    for ((project, region, bucket), (i, o)) in sums {
+        add_bucket_bytes(conn, project, region, bucket, to_i64(i), to_i64(o))?;
     }
-    if let Some(l) = last
-        && last != start
-    {
-        set_last_reading(conn, &batch.instance_id, l)?;
+    for (instance_id, (stored, now)) in last {
+        if let Some(l) = now
+            && now != stored
+        {
+            set_last_reading(conn, instance_id, l)?;
+        }
     }
     Ok(())
 }

@@ -461,6 +461,121 @@ impl<T> OptionalExtension<T> for Result<T> {
     }
 }
 
+/// An owned parameter value, for a statement sent later ([`Connection::execute_later`]).
+#[derive(Debug, Clone, PartialEq)]
+enum OwnedValue {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl OwnedValue {
+    fn of(v: &Value<'_>) -> OwnedValue {
+        match *v {
+            Value::Null => OwnedValue::Null,
+            Value::Int(i) => OwnedValue::Int(i),
+            Value::Real(f) => OwnedValue::Real(f),
+            Value::Text(s) => OwnedValue::Text(s.to_string()),
+            Value::Blob(b) => OwnedValue::Blob(b.to_vec()),
+        }
+    }
+
+    fn borrowed(&self) -> Value<'_> {
+        match self {
+            OwnedValue::Null => Value::Null,
+            OwnedValue::Int(i) => Value::Int(*i),
+            OwnedValue::Real(f) => Value::Real(*f),
+            OwnedValue::Text(s) => Value::Text(s),
+            OwnedValue::Blob(b) => Value::Blob(b),
+        }
+    }
+}
+
+impl ToSql for OwnedValue {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
+        self.borrowed().to_sql(ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Value<'_> as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+/// A native parameter owned by a statement sent later (e.g. a column array for `UNNEST`).
+pub type OwnedParam = Box<dyn ToSql + Sync + Send>;
+
+/// A write whose answer nobody reads, waiting to be sent with the next statement.
+struct Deferred {
+    stmt: tokio_postgres::Statement,
+    params: Vec<OwnedParam>,
+}
+
+/// Rows in PostgreSQL's binary `COPY` format, encoded column by column as they are pushed
+/// (the types must be exactly the columns': binary `COPY` does not convert).
+pub struct CopyRows {
+    buf: BytesMut,
+}
+
+impl CopyRows {
+    /// An empty set of rows (the format's header written).
+    pub fn new() -> CopyRows {
+        use bytes::BufMut;
+        let mut buf = BytesMut::with_capacity(1 << 16);
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0); // flags
+        buf.put_i32(0); // header extension length
+        CopyRows { buf }
+    }
+
+    /// Starts a row of `columns` values.
+    pub fn row(&mut self, columns: i16) {
+        use bytes::BufMut;
+        self.buf.put_i16(columns);
+    }
+
+    /// A `text` value.
+    pub fn text(&mut self, v: &str) {
+        use bytes::BufMut;
+        self.buf.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+        self.buf.put_slice(v.as_bytes());
+    }
+
+    /// A `bigint` value.
+    pub fn int8(&mut self, v: i64) {
+        use bytes::BufMut;
+        self.buf.put_i32(8);
+        self.buf.put_i64(v);
+    }
+
+    /// A `double precision` value, or NULL.
+    pub fn float8(&mut self, v: Option<f64>) {
+        use bytes::BufMut;
+        match v {
+            Some(f) => {
+                self.buf.put_i32(8);
+                self.buf.put_f64(f);
+            }
+            None => self.buf.put_i32(-1),
+        }
+    }
+
+    fn finish(mut self) -> bytes::Bytes {
+        use bytes::BufMut;
+        self.buf.put_i16(-1);
+        self.buf.freeze()
+    }
+}
+
+impl Default for CopyRows {
+    fn default() -> Self {
+        CopyRows::new()
+    }
+}
+
 /// A PostgreSQL connection taken from the pool.
 pub struct PgConn {
     pub(super) client: deadpool_postgres::Object,
@@ -473,6 +588,13 @@ pub struct PgConn {
     /// Inside `BEGIN` … `COMMIT`/`ROLLBACK` (a failed prepare there must be undone by a
     /// savepoint, or it aborts the transaction).
     in_tx: std::sync::atomic::AtomicBool,
+    /// Writes queued inside the transaction ([`Connection::execute_later`]): sent, in order,
+    /// pipelined ahead of the next statement that needs an answer (or `COMMIT`), so a batch's
+    /// writes cost no round trip of their own.
+    pending: Mutex<Vec<Deferred>>,
+    /// A queued write failed: the transaction is aborted and must not be reported committed
+    /// (PostgreSQL answers `COMMIT` in an aborted transaction with a rollback, not an error).
+    deferred_failed: std::sync::atomic::AtomicBool,
 }
 
 impl PgConn {
@@ -483,7 +605,84 @@ impl PgConn {
             translated: Mutex::new(HashMap::new()),
             null_text: Mutex::new(std::collections::HashSet::new()),
             in_tx: std::sync::atomic::AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
+            deferred_failed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn in_tx(&self) -> bool {
+        self.in_tx.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Awaits `fut` (a statement whose answer is needed) after sending the queued writes ahead
+    /// of it on the same connection, all in one round trip: tokio-postgres pipelines the
+    /// requests of futures polled together, in the order first polled. A failed queued write
+    /// is the error returned (and marks the transaction failed).
+    fn run<T>(
+        &self,
+        fut: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        let pending = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return Err(StoreError::Commit("deferred write queue poisoned".into())),
+        };
+        if pending.is_empty() {
+            return Ok(self.rt.block_on(fut)?);
+        }
+        let refs: Vec<Vec<&(dyn ToSql + Sync)>> = pending
+            .iter()
+            .map(|d| {
+                d.params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect()
+            })
+            .collect();
+        let writes = futures::future::join_all(
+            pending
+                .iter()
+                .zip(&refs)
+                .map(|(d, r)| self.client.execute(&d.stmt, r)),
+        );
+        let (written, out) = self.rt.block_on(futures::future::join(writes, fut));
+        if let Some(e) = written.into_iter().find_map(std::result::Result::err) {
+            self.deferred_failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(e.into());
+        }
+        Ok(out?)
+    }
+
+    /// Queues `stmt` with `params` inside a transaction; outside one, runs it now.
+    fn defer(&self, stmt: tokio_postgres::Statement, params: Vec<OwnedParam>) -> Result<()> {
+        if !self.in_tx() {
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            self.run(self.client.execute(&stmt, &refs))?;
+            return Ok(());
+        }
+        self.pending
+            .lock()
+            .map_err(|_| StoreError::Commit("deferred write queue poisoned".into()))?
+            .push(Deferred { stmt, params });
+        Ok(())
+    }
+
+    /// Runs `sql` (PostgreSQL text, `$N` placeholders) with owned native parameters (e.g.
+    /// column arrays for an `UNNEST` bulk insert) as a write whose answer is not read: inside
+    /// a transaction it is sent with the next statement that needs an answer (see
+    /// [`Connection::execute_later`]).
+    pub fn execute_native_later(&self, sql: &str, params: Vec<OwnedParam>) -> Result<()> {
+        let stmt = self.rt.block_on(self.client.prepare_cached(sql))?;
+        self.defer(stmt, params)
+    }
+
+    /// True (once) when a queued write failed since the last call: the transaction is aborted.
+    pub(super) fn take_deferred_failure(&self) -> bool {
+        self.deferred_failed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The prepared statement for `sql` with these values: each non-null value's type is given
@@ -589,21 +788,55 @@ impl PgConn {
     fn query(&self, sql: &str, values: &[Value<'_>]) -> Result<Vec<tokio_postgres::Row>> {
         let stmt = self.statement(sql, values)?;
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
-        Ok(self.rt.block_on(self.client.query(&stmt, &refs))?)
+        self.run(self.client.query(&stmt, &refs))
     }
 
     fn execute(&self, sql: &str, values: &[Value<'_>]) -> Result<usize> {
         let stmt = self.statement(sql, values)?;
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
-        let n = self.rt.block_on(self.client.execute(&stmt, &refs))?;
+        let n = self.run(self.client.execute(&stmt, &refs))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn execute_later(&self, sql: &str, values: &[Value<'_>]) -> Result<()> {
+        let stmt = self.statement(sql, values)?;
+        let owned = values
+            .iter()
+            .map(|v| Box::new(OwnedValue::of(v)) as OwnedParam)
+            .collect();
+        self.defer(stmt, owned)
     }
 
     /// Runs `sql` (PostgreSQL text, `$N` placeholders) with native parameters, e.g. arrays for
     /// `UNNEST` bulk inserts; the rows changed.
     pub fn execute_native(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         let stmt = self.rt.block_on(self.client.prepare_cached(sql))?;
-        Ok(self.rt.block_on(self.client.execute(&stmt, params))?)
+        self.run(self.client.execute(&stmt, params))
+    }
+
+    /// Copies rows into a table with `sql`, a binary `COPY … FROM STDIN (FORMAT binary)`, after
+    /// the queued writes; `data` is the rows already encoded ([`CopyRows`]). The data goes to
+    /// the connection in one message, not in 4 KiB pieces each handed from this thread to the
+    /// connection's task. The rows copied.
+    pub fn copy_in_binary(&self, sql: &str, data: CopyRows) -> Result<u64> {
+        let stmt = self.rt.block_on(self.client.prepare_cached(sql))?;
+        self.run(async {
+            let sink = self.client.copy_in::<_, bytes::Bytes>(&stmt).await?;
+            futures::pin_mut!(sink);
+            futures::SinkExt::send(&mut sink, data.finish()).await?;
+            sink.as_mut().finish().await
+        })
+    }
+
+    /// Runs a query (PostgreSQL text, `$N` placeholders) with native parameters (e.g. arrays),
+    /// after the queued writes; its rows.
+    pub fn query_native(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let stmt = self.rt.block_on(self.client.prepare_cached(sql))?;
+        self.run(self.client.query(&stmt, params))
     }
 
     /// Whether the server connection has gone.
@@ -676,14 +909,44 @@ impl Connection {
             Connection::Sqlite(c) => Ok(c.execute_batch(sql)?),
             Connection::Pg(c) => {
                 use std::sync::atomic::Ordering::Relaxed;
-                let res = c.rt.block_on(c.client.batch_execute(sql));
+                if matches!(sql, "BEGIN" | "ROLLBACK") {
+                    // Writes queued in a transaction being rolled back (or left over from
+                    // one) are discarded, not sent.
+                    if let Ok(mut p) = c.pending.lock() {
+                        p.clear();
+                    }
+                    c.deferred_failed.store(false, Relaxed);
+                }
+                let res = c.run(c.client.batch_execute(sql));
                 match sql {
                     "BEGIN" if res.is_ok() => c.in_tx.store(true, Relaxed),
                     "COMMIT" | "ROLLBACK" => c.in_tx.store(false, Relaxed),
                     _ => {}
                 }
-                Ok(res?)
+                res
             }
+        }
+    }
+
+    /// Runs one write whose row count is not needed. On SQLite it runs now; on PostgreSQL,
+    /// inside a transaction, it is queued and sent pipelined ahead of the next statement that
+    /// needs an answer (or `COMMIT`), so a batch's writes share one round trip. A queued write
+    /// that fails makes that later statement fail, and the writer rolls the whole transaction
+    /// back ([`Self::take_deferred_failure`]).
+    pub fn execute_later<P: Params>(&self, sql: &str, params: P) -> Result<()> {
+        match self {
+            Connection::Sqlite(_) => self.execute(sql, params).map(drop),
+            Connection::Pg(c) => c.execute_later(sql, &params.values()?),
+        }
+    }
+
+    /// True (once) when a write queued by [`Self::execute_later`] failed since the last call:
+    /// the transaction is aborted and must be rolled back, not reported committed. Always
+    /// false on SQLite.
+    pub fn take_deferred_failure(&self) -> bool {
+        match self {
+            Connection::Sqlite(_) => false,
+            Connection::Pg(c) => c.take_deferred_failure(),
         }
     }
 

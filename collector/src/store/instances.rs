@@ -285,13 +285,15 @@ pub fn record_seen(
              spooled_batches = COALESCE(?4, spooled_batches)
          WHERE instance_id = ?1"
     };
-    conn.prepare_cached(sql)?.execute(params![
-        instance_id,
-        now_ms,
-        dropped_samples_total.map(|v| v as i64),
-        spooled_batches.map(|v| v as i64)
-    ])?;
-    Ok(())
+    conn.execute_later(
+        sql,
+        params![
+            instance_id,
+            now_ms,
+            dropped_samples_total.map(|v| v as i64),
+            spooled_batches.map(|v| v as i64)
+        ],
+    )
 }
 
 /// Records which agent reports the instance. When it is another agent than before (a clone that
@@ -364,18 +366,17 @@ pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockS
 
 /// Keeps the instance's time-axis state after a batch.
 pub fn set_clock_state(conn: &Connection, instance_id: &str, s: ClockState) -> Result<()> {
-    conn.prepare_cached(
+    conn.execute_later(
         "UPDATE instances SET clock_last_raw_ms = ?2, clock_last_placed_ms = ?3,
              clock_offset_ms = ?4, clock_last_uptime_ms = ?5 WHERE instance_id = ?1",
-    )?
-    .execute(params![
-        instance_id,
-        s.last_raw_ms,
-        s.last_placed_ms,
-        s.offset_ms,
-        s.last_uptime_ms
-    ])?;
-    Ok(())
+        params![
+            instance_id,
+            s.last_raw_ms,
+            s.last_placed_ms,
+            s.offset_ms,
+            s.last_uptime_ms
+        ],
+    )
 }
 
 /// Removes an instance and its raw samples (VM, process, their per-minute chart rollup, dedup

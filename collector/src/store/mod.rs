@@ -102,7 +102,99 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 /// A job runs on the writer connection and returns its completion, plus `true` when it failed
 /// without a savepoint of its own (the whole transaction must then be rolled back).
-type Job = Box<dyn FnOnce(&Connection) -> (Completion, bool) + Send>;
+type SingleJob = Box<dyn FnOnce(&Connection) -> (Completion, bool) + Send>;
+/// Runs the items of one [`GroupedWrite`] kind together: their completions, plus `true` when
+/// the group failed (the whole transaction must then be rolled back).
+type GroupRunner = fn(&Connection, Vec<Box<dyn std::any::Any + Send>>) -> (Vec<Completion>, bool);
+
+/// What the writer runs: one closure, or one item of a [`GroupedWrite`] kind that it runs
+/// together with the items of the same kind queued right after it.
+enum Job {
+    Single(SingleJob),
+    Grouped {
+        kind: std::any::TypeId,
+        run: GroupRunner,
+        item: Box<dyn std::any::Any + Send>,
+    },
+}
+
+/// A write the store's writer may run together with the other writes of its kind queued in the
+/// same transaction: one call for all of them, so that on PostgreSQL their rows go in a few
+/// set-based statements (`UNNEST` of arrays) and one round trip instead of a few each. Like
+/// [`Store::write_unguarded`], it has no savepoint: an error rolls back the whole transaction
+/// and every write in it answers an error (callers retry).
+pub trait GroupedWrite: Sized + Send + 'static {
+    /// What each write answers.
+    type Output: Send + 'static;
+
+    /// Runs `writes` (in arrival order) on the writer connection inside its transaction; one
+    /// output per write, in the same order.
+    fn run_group(conn: &Connection, writes: Vec<Self>) -> Result<Vec<Self::Output>>;
+}
+
+type GroupItem<W> = (W, oneshot::Sender<Result<<W as GroupedWrite>::Output>>);
+
+/// The writer's entry for a [`GroupedWrite`] kind: unpacks the items, runs them, and answers
+/// each after the commit.
+fn run_grouped<W: GroupedWrite>(
+    conn: &Connection,
+    items: Vec<Box<dyn std::any::Any + Send>>,
+) -> (Vec<Completion>, bool) {
+    let mut writes = Vec::with_capacity(items.len());
+    let mut senders = Vec::with_capacity(items.len());
+    for item in items {
+        // The writer groups items by their kind's TypeId, so every item is a GroupItem<W>.
+        if let Ok(b) = item.downcast::<GroupItem<W>>() {
+            let (w, tx) = *b;
+            writes.push(w);
+            senders.push(tx);
+        }
+    }
+    let n = senders.len();
+    let outputs = W::run_group(conn, writes).and_then(|outs| {
+        if outs.len() == n {
+            Ok(outs)
+        } else {
+            Err(StoreError::Commit(format!(
+                "a grouped write answered {} of {n} writes",
+                outs.len()
+            )))
+        }
+    });
+    match outputs {
+        Ok(outs) => {
+            let done = senders
+                .into_iter()
+                .zip(outs)
+                .map(|(tx, out)| {
+                    Box::new(move |commit_err: Option<&str>| {
+                        let _ = tx.send(match commit_err {
+                            Some(e) => Err(StoreError::Commit(e.to_string())),
+                            None => Ok(out),
+                        });
+                    }) as Completion
+                })
+                .collect();
+            (done, false)
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let mut first = Some(e);
+            let done = senders
+                .into_iter()
+                .map(|tx| {
+                    let err = first.take().unwrap_or_else(|| {
+                        StoreError::Commit(format!("a write in the same group failed: {msg}"))
+                    });
+                    Box::new(move |_: Option<&str>| {
+                        let _ = tx.send(Err(err));
+                    }) as Completion
+                })
+                .collect();
+            (done, true)
+        }
+    }
+}
 
 /// Where the store lives: a SQLite database in a data directory (the embedded default) or a
 /// shared PostgreSQL database (`postgres://user:password@host:port/dbname`).
@@ -289,7 +381,7 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |conn| {
+        let job: SingleJob = Box::new(move |conn| {
             let res = if guarded {
                 run_in_savepoint(conn, f)
             } else {
@@ -309,7 +401,24 @@ impl Store {
         });
         self.inner
             .writer
-            .send(job)
+            .send(Job::Single(job))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues `write` for the writer, which runs it together with the writes of its kind
+    /// waiting in the same transaction ([`GroupedWrite`]); resolves after the commit.
+    pub async fn write_grouped<W: GroupedWrite>(&self, write: W) -> Result<W::Output> {
+        let (tx, rx) = oneshot::channel::<Result<W::Output>>();
+        let item: GroupItem<W> = (write, tx);
+        self.inner
+            .writer
+            .send(Job::Grouped {
+                kind: std::any::TypeId::of::<W>(),
+                run: run_grouped::<W>,
+                item: Box::new(item),
+            })
             .await
             .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
@@ -479,11 +588,36 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Rec
             continue;
         }
         let mut poisoned = false;
-        for job in jobs.drain(..) {
-            let (done, poisons) = job(&conn);
-            poisoned |= poisons;
-            completions.push(done);
+        let mut queued = jobs.drain(..).peekable();
+        while let Some(job) = queued.next() {
+            match job {
+                Job::Single(job) => {
+                    let (done, poisons) = job(&conn);
+                    poisoned |= poisons;
+                    completions.push(done);
+                }
+                Job::Grouped { kind, run, item } => {
+                    // The items of this kind queued right after it run with it (arrival order
+                    // is kept: a job of another kind ends the group).
+                    let mut items = vec![item];
+                    while let Some(Job::Grouped { kind: next, .. }) = queued.peek() {
+                        if *next != kind {
+                            break;
+                        }
+                        if let Some(Job::Grouped { item, .. }) = queued.next() {
+                            items.push(item);
+                        }
+                    }
+                    let (done, poisons) = run(&conn, items);
+                    poisoned |= poisons;
+                    completions.extend(done);
+                }
+            }
         }
+        drop(queued);
+        // A queued PostgreSQL write that failed aborted the transaction, whichever job's
+        // statement reported it: nothing in it may be reported committed.
+        poisoned |= conn.take_deferred_failure();
         if poisoned {
             tracing::warn!("An unguarded write failed; rolling back its whole batch transaction.");
             let _ = conn.execute_batch("ROLLBACK");

@@ -103,15 +103,164 @@ pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Re
     Ok(inserted > 0)
 }
 
+/// What ingest needs to know before storing a new batch, read with its dedup (on PostgreSQL in
+/// the same statement, one round trip).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStart {
+    /// The instance's time-axis state ([`super::instances::clock_state`]).
+    pub clock: Option<crate::timeaxis::ClockState>,
+    /// The instance's project and region; `None` for an unknown instance.
+    pub owner: Option<(String, String)>,
+    /// The instance's last bandwidth counter reading ([`super::bandwidth::last_reading`]).
+    pub last_reading: Option<crate::bandwidth::Reading>,
+}
+
+/// [`remember_batch`] and, for a new batch, the state ingest continues from; `None` for a
+/// resend (stored before). PostgreSQL does both in one statement ([`start_batches`]): the dedup
+/// insert as a data-modifying `WITH`, the state read beside it.
+pub fn start_batch(
+    conn: &Connection,
+    batch: &ReportBatch,
+    now_ms: i64,
+) -> Result<Option<BatchStart>> {
+    if conn.is_pg() {
+        return Ok(start_batches(conn, &[(batch, now_ms)])?.pop().flatten());
+    }
+    if !remember_batch(conn, batch, now_ms)? {
+        return Ok(None);
+    }
+    let id = &batch.instance_id;
+    Ok(Some(BatchStart {
+        clock: super::instances::clock_state(conn, id)?,
+        owner: super::bandwidth::owner(conn, id)?,
+        last_reading: super::bandwidth::last_reading(conn, id)?,
+    }))
+}
+
+/// [`start_batch`] for several batches at once (the writer's group, in arrival order): one
+/// statement on PostgreSQL. A batch id repeated within `batches` is new at most once (its first
+/// time). The state is the stored one: a caller storing two batches of one instance carries the
+/// state from the first to the second itself.
+pub fn start_batches(
+    conn: &Connection,
+    batches: &[(&ReportBatch, i64)],
+) -> Result<Vec<Option<BatchStart>>> {
+    let Connection::Pg(pg) = conn else {
+        return batches
+            .iter()
+            .map(|(b, now_ms)| start_batch(conn, b, *now_ms))
+            .collect();
+    };
+    // Only a batch id's first occurrence in the group goes to the database.
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<usize> = (0..batches.len())
+        .filter(|&k| {
+            let b = batches[k].0;
+            seen.insert((b.instance_id.as_str(), b.batch_id))
+        })
+        .collect();
+    let ids: Vec<String> = firsts
+        .iter()
+        .map(|&k| batches[k].0.batch_id.to_string())
+        .collect();
+    let instances: Vec<&str> = firsts
+        .iter()
+        .map(|&k| batches[k].0.instance_id.as_str())
+        .collect();
+    let received: Vec<i64> = firsts.iter().map(|&k| batches[k].1).collect();
+    let seqs: Vec<Option<i64>> = firsts
+        .iter()
+        .map(|&k| i64::try_from(batches[k].0.seq).ok())
+        .collect();
+    let rows = pg.query_native(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])
+                 WITH ORDINALITY AS t(batch_id, instance_id, received_at_ms, seq, n)),
+         new AS (
+             INSERT INTO batches (batch_id, instance_id, received_at_ms, seq)
+             SELECT batch_id, instance_id, received_at_ms, seq FROM input ORDER BY n
+             ON CONFLICT DO NOTHING RETURNING batch_id, instance_id)
+         SELECT new.batch_id IS NOT NULL, i.clock_last_raw_ms, i.clock_last_placed_ms,
+             i.clock_offset_ms, i.clock_last_uptime_ms, i.project, i.region,
+             c.sampled_at_ms, c.rx_bytes, c.tx_bytes
+         FROM input
+         LEFT JOIN new ON new.batch_id = input.batch_id AND new.instance_id = input.instance_id
+         LEFT JOIN instances i ON i.instance_id = input.instance_id
+         LEFT JOIN bandwidth_counters c ON c.instance_id = input.instance_id
+         ORDER BY input.n",
+        &[&ids, &instances, &received, &seqs],
+    )?;
+    if rows.len() != firsts.len() {
+        return Err(super::StoreError::Corrupt(format!(
+            "batch dedup answered {} rows for {} batches",
+            rows.len(),
+            firsts.len()
+        )));
+    }
+    let mut out: Vec<Option<BatchStart>> = vec![None; batches.len()];
+    for (&k, r) in firsts.iter().zip(&rows) {
+        let r = Row::Pg(r);
+        let new: bool = r.get(0)?;
+        if new {
+            out[k] = Some(start_from_row(&r, 1)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A [`BatchStart`] from the columns at `from`: the four clock columns, project, region and
+/// the three counter columns.
+fn start_from_row(r: &Row<'_>, from: usize) -> Result<BatchStart> {
+    let col = |k: usize| -> Result<Option<i64>> { r.get(from + k) };
+    let project: Option<String> = r.get(from + 4)?;
+    let region: Option<String> = r.get(from + 5)?;
+    Ok(BatchStart {
+        clock: match (col(0)?, col(1)?, col(2)?) {
+            (Some(last_raw_ms), Some(last_placed_ms), Some(offset_ms)) => {
+                Some(crate::timeaxis::ClockState {
+                    last_raw_ms,
+                    last_placed_ms,
+                    offset_ms,
+                    last_uptime_ms: col(3)?,
+                })
+            }
+            _ => None,
+        },
+        owner: project.zip(region),
+        last_reading: match (col(6)?, col(7)?, col(8)?) {
+            // Counters are stored bit-for-bit as i64.
+            (Some(at_ms), Some(rx), Some(tx)) => Some(crate::bandwidth::Reading {
+                at_ms,
+                rx: rx as u64,
+                tx: tx as u64,
+            }),
+            _ => None,
+        },
+    })
+}
+
+/// [`insert_samples`] for several new batches: on PostgreSQL each table's rows of all of them
+/// in one statement.
+pub fn insert_samples_many(conn: &Connection, batches: &[&ReportBatch]) -> Result<()> {
+    match conn {
+        Connection::Pg(pg) => insert_samples_pg(pg, batches)?,
+        Connection::Sqlite(_) => {
+            for b in batches {
+                insert_samples_sqlite(conn, b)?;
+            }
+        }
+    }
+    for b in batches {
+        super::series::add_to_minutes(conn, b)?;
+    }
+    Ok(())
+}
+
 /// Stores the batch's VM and process samples, and adds the VM samples to the per-minute
 /// rollup the charts read ([`super::series::add_to_minutes`]). Call after [`remember_batch`]
 /// said the batch is new, in the same transaction.
 pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
-    match conn {
-        Connection::Pg(pg) => insert_samples_pg(pg, batch)?,
-        Connection::Sqlite(_) => insert_samples_sqlite(conn, batch)?,
-    }
-    super::series::add_to_minutes(conn, batch)
+    insert_samples_many(conn, &[batch])
 }
 
 fn insert_samples_sqlite(conn: &Connection, batch: &ReportBatch) -> Result<()> {
@@ -220,15 +369,59 @@ fn proc_from_row(r: &Row<'_>) -> Result<ProcessRow> {
     })
 }
 
+/// How far before an instance's `last_seen_ms` [`newest_first`] looks first, ms (one day).
+const RECENT_WINDOW_MS: i64 = 86_400_000;
+
+/// The condition [`newest_first`] adds to a query on one instance's samples (`?1`).
+fn recent_window() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            " AND sampled_at_ms >= (SELECT last_seen_ms FROM instances WHERE instance_id = ?1)
+                 - {RECENT_WINDOW_MS}"
+        )
+    })
+}
+
+/// Runs a "newest rows of one instance" query. On PostgreSQL an unbounded query reads every
+/// day partition (an index descent in each, ~30 of them); the newest rows are almost always
+/// in the day before the instance was last seen, so the query (`sql(window)`) first runs with
+/// the window [`recent_window`] (execution-time partition pruning leaves a day or two) and falls
+/// back to all days only when that holds fewer than `enough` rows. Rows inside the window are
+/// newer than any row outside it, so the answer is the same either way. SQLite runs the
+/// unbounded query.
+fn newest_first<T>(
+    conn: &Connection,
+    sql: impl Fn(&str) -> String,
+    enough: usize,
+    run: impl Fn(&str) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    if conn.is_pg() {
+        let rows = run(&sql(recent_window()))?;
+        if rows.len() >= enough {
+            return Ok(rows);
+        }
+    }
+    run(&sql(""))
+}
+
 /// The newest `limit` VM samples of an instance, newest first.
 pub fn latest_vm(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec<VmRow>> {
-    let sql = format!(
-        "SELECT {VM_COLUMNS} FROM vm_samples WHERE instance_id = ?1
-         ORDER BY sampled_at_ms DESC, id DESC LIMIT ?2"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![instance_id, limit], vm_from_row)?;
-    rows.collect::<Result<Vec<_>>>()
+    newest_first(
+        conn,
+        |window| {
+            format!(
+                "SELECT {VM_COLUMNS} FROM vm_samples WHERE instance_id = ?1{window}
+                 ORDER BY sampled_at_ms DESC, id DESC LIMIT ?2"
+            )
+        },
+        limit as usize,
+        |sql| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![instance_id, limit], vm_from_row)?;
+            rows.collect::<Result<Vec<_>>>()
+        },
+    )
 }
 
 /// One instance's newest VM sample with the instance's labels, for `/metrics`.
@@ -284,12 +477,18 @@ pub fn latest_processes(
     instance_id: &str,
     limit: u32,
 ) -> Result<Vec<ProcessRow>> {
-    let newest: Option<i64> = conn.query_row(
-        "SELECT MAX(sampled_at_ms) FROM process_samples WHERE instance_id = ?1",
-        [instance_id],
-        |r| r.get(0),
+    let newest: Vec<i64> = newest_first(
+        conn,
+        |window| {
+            format!("SELECT MAX(sampled_at_ms) FROM process_samples WHERE instance_id = ?1{window}")
+        },
+        1,
+        |sql| {
+            let max: Option<i64> = conn.query_row(sql, [instance_id], |r| r.get(0))?;
+            Ok(max.into_iter().collect())
+        },
     )?;
-    let Some(newest) = newest else {
+    let Some(&newest) = newest.first() else {
         return Ok(Vec::new());
     };
     let sql = format!(
@@ -308,13 +507,21 @@ pub fn process_history(
     cmd: &str,
     limit: u32,
 ) -> Result<Vec<ProcessRow>> {
-    let sql = format!(
-        "SELECT {PROC_COLUMNS} FROM process_samples WHERE instance_id = ?1 AND cmd = ?2
-         ORDER BY sampled_at_ms DESC, id DESC LIMIT ?3"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![instance_id, cmd, limit], proc_from_row)?;
-    rows.collect::<Result<Vec<_>>>()
+    newest_first(
+        conn,
+        |window| {
+            format!(
+                "SELECT {PROC_COLUMNS} FROM process_samples WHERE instance_id = ?1 AND cmd = ?2{window}
+                 ORDER BY sampled_at_ms DESC, id DESC LIMIT ?3"
+            )
+        },
+        limit as usize,
+        |sql| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![instance_id, cmd, limit], proc_from_row)?;
+            rows.collect::<Result<Vec<_>>>()
+        },
+    )
 }
 
 /// Count of VM samples of an instance (diagnostics and tests).
@@ -374,112 +581,149 @@ pub fn purge_raw_before(conn: &Connection, cutoff_ms: i64, max_rows: i64) -> Res
     Ok(n)
 }
 
-/// PostgreSQL: each table's rows of the batch in one statement (`UNNEST` of column arrays), one
-/// round trip instead of one per row.
-fn insert_samples_pg(pg: &super::db::PgConn, batch: &ReportBatch) -> Result<()> {
-    let n = batch.samples.len();
-    let ids: Vec<&str> = vec![batch.instance_id.as_str(); n];
-    let vms: Vec<_> = batch.samples.iter().map(|s| &s.vm).collect();
-    let col_i = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> i64| {
-        vms.iter().map(|v| f(v)).collect::<Vec<i64>>()
-    };
-    let col_f = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> f64| {
-        vms.iter().map(|v| f(v)).collect::<Vec<f64>>()
-    };
-    let col_of = |f: &dyn Fn(&vmmon_common::wire::VmSample) -> Option<f64>| {
-        vms.iter().map(|v| f(v)).collect::<Vec<Option<f64>>>()
-    };
-    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let at = col_i(&|v| v.sampled_at_ms);
-    let elapsed = col_i(&|v| to_i64(v.elapsed_ms));
-    let cpu = col_f(&|v| v.cpu_pct);
-    let mem = col_f(&|v| v.mem_pct);
-    let dr = col_f(&|v| v.disk_read_kib_per_sec);
-    let dw = col_f(&|v| v.disk_write_kib_per_sec);
-    let ni = col_f(&|v| v.net_in_kib_per_sec);
-    let no = col_f(&|v| v.net_out_kib_per_sec);
-    let rx = col_i(&|v| to_i64(v.rx_bytes_total));
-    let tx = col_i(&|v| to_i64(v.tx_bytes_total));
-    let pc = col_i(&|v| i64::from(v.proc_count));
-    let ai = col_of(&|v| v.net_attribution.map(|a| a.attributed_in_kib_per_sec));
-    let ao = col_of(&|v| v.net_attribution.map(|a| a.attributed_out_kib_per_sec));
-    let ui = col_of(&|v| v.net_attribution.map(|a| a.unattributed_in_kib_per_sec));
-    let uo = col_of(&|v| v.net_attribution.map(|a| a.unattributed_out_kib_per_sec));
-    let steal = col_of(&|v| v.cpu_steal_pct);
-    let unreadable: Vec<Option<i64>> = vms
+/// Process rows from which [`insert_samples_pg`] copies them with a binary `COPY` (two round
+/// trips, cheaper per row) instead of an `UNNEST` insert queued with the other writes.
+const COPY_MIN_ROWS: usize = 2_000;
+
+/// PostgreSQL: each table's rows of the batches in one statement (`UNNEST` of column arrays),
+/// queued and sent pipelined with the other writes ([`Connection::execute_later`]); a group's
+/// process rows from [`COPY_MIN_ROWS`] on with a binary `COPY` instead.
+fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result<()> {
+    use vmmon_common::wire::{ProcessSample, VmSample};
+    let vms: Vec<(&str, &VmSample)> = batches
         .iter()
-        .map(|v| v.unreadable_procs.map(i64::from))
+        .flat_map(|b| b.samples.iter().map(|s| (b.instance_id.as_str(), &s.vm)))
         .collect();
-    pg.execute_native(
-        "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
-             disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
-             net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
-             cpu_steal_pct, unreadable_procs)
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[],
-             $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[],
-             $12::int8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
-             $17::float8[], $18::int8[])",
-        &[
-            &ids,
-            &at,
-            &elapsed,
-            &cpu,
-            &mem,
-            &dr,
-            &dw,
-            &ni,
-            &no,
-            &rx,
-            &tx,
-            &pc,
-            &ai,
-            &ao,
-            &ui,
-            &uo,
-            &steal,
-            &unreadable,
-        ],
-    )?;
-    let procs: Vec<(i64, &vmmon_common::wire::ProcessSample)> = batch
-        .samples
+    if !vms.is_empty() {
+        let col_i =
+            |f: &dyn Fn(&VmSample) -> i64| vms.iter().map(|(_, v)| f(v)).collect::<Vec<i64>>();
+        let col_f =
+            |f: &dyn Fn(&VmSample) -> f64| vms.iter().map(|(_, v)| f(v)).collect::<Vec<f64>>();
+        let col_of = |f: &dyn Fn(&VmSample) -> Option<f64>| {
+            vms.iter().map(|(_, v)| f(v)).collect::<Vec<Option<f64>>>()
+        };
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let ids: Vec<String> = vms.iter().map(|(id, _)| id.to_string()).collect();
+        let unreadable: Vec<Option<i64>> = vms
+            .iter()
+            .map(|(_, v)| v.unreadable_procs.map(i64::from))
+            .collect();
+        pg.execute_native_later(
+            "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
+                 disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
+                 net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
+                 cpu_steal_pct, unreadable_procs)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[],
+                 $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[],
+                 $12::int8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
+                 $17::float8[], $18::int8[])",
+            vec![
+                Box::new(ids),
+                Box::new(col_i(&|v| v.sampled_at_ms)),
+                Box::new(col_i(&|v| to_i64(v.elapsed_ms))),
+                Box::new(col_f(&|v| v.cpu_pct)),
+                Box::new(col_f(&|v| v.mem_pct)),
+                Box::new(col_f(&|v| v.disk_read_kib_per_sec)),
+                Box::new(col_f(&|v| v.disk_write_kib_per_sec)),
+                Box::new(col_f(&|v| v.net_in_kib_per_sec)),
+                Box::new(col_f(&|v| v.net_out_kib_per_sec)),
+                Box::new(col_i(&|v| to_i64(v.rx_bytes_total))),
+                Box::new(col_i(&|v| to_i64(v.tx_bytes_total))),
+                Box::new(col_i(&|v| i64::from(v.proc_count))),
+                Box::new(col_of(&|v| {
+                    v.net_attribution.map(|a| a.attributed_in_kib_per_sec)
+                })),
+                Box::new(col_of(&|v| {
+                    v.net_attribution.map(|a| a.attributed_out_kib_per_sec)
+                })),
+                Box::new(col_of(&|v| {
+                    v.net_attribution.map(|a| a.unattributed_in_kib_per_sec)
+                })),
+                Box::new(col_of(&|v| {
+                    v.net_attribution.map(|a| a.unattributed_out_kib_per_sec)
+                })),
+                Box::new(col_of(&|v| v.cpu_steal_pct)),
+                Box::new(unreadable),
+            ],
+        )?;
+    }
+    let procs: Vec<(&str, i64, &ProcessSample)> = batches
         .iter()
-        .flat_map(|s| {
-            s.processes
-                .iter()
-                .flatten()
-                .map(move |p| (s.vm.sampled_at_ms, p))
+        .flat_map(|b| {
+            b.samples.iter().flat_map(move |s| {
+                s.processes
+                    .iter()
+                    .flatten()
+                    .map(move |p| (b.instance_id.as_str(), s.vm.sampled_at_ms, p))
+            })
         })
         .collect();
     if procs.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = vec![batch.instance_id.as_str(); procs.len()];
-    let at: Vec<i64> = procs.iter().map(|(t, _)| *t).collect();
-    let pid: Vec<i64> = procs.iter().map(|(_, p)| i64::from(p.pid)).collect();
-    let start: Vec<f64> = procs.iter().map(|(_, p)| p.start_time).collect();
-    let cmd: Vec<&str> = procs.iter().map(|(_, p)| p.cmd.as_str()).collect();
-    let f = |g: &dyn Fn(&vmmon_common::wire::ProcessSample) -> f64| {
-        procs.iter().map(|(_, p)| g(p)).collect::<Vec<f64>>()
+    let f = |g: &dyn Fn(&ProcessSample) -> f64| {
+        procs.iter().map(|(_, _, p)| g(p)).collect::<Vec<f64>>()
     };
+    let ids: Vec<&str> = procs.iter().map(|(id, _, _)| *id).collect();
+    let at: Vec<i64> = procs.iter().map(|(_, t, _)| *t).collect();
+    let pid: Vec<i64> = procs.iter().map(|(_, _, p)| i64::from(p.pid)).collect();
+    let start = f(&|p| p.start_time);
+    let cmd: Vec<&str> = procs.iter().map(|(_, _, p)| p.cmd.as_str()).collect();
     let (cpu, mem) = (f(&|p| p.cpu_pct), f(&|p| p.mem_pct));
     let (dr, dw) = (
         f(&|p| p.disk_read_kib_per_sec),
         f(&|p| p.disk_write_kib_per_sec),
     );
     let (ni, no) = (f(&|p| p.net_in_kib_per_sec), f(&|p| p.net_out_kib_per_sec));
-    let shut: Vec<Option<f64>> = procs.iter().map(|(_, p)| p.shutdown_time).collect();
+    let shut: Vec<Option<f64>> = procs.iter().map(|(_, _, p)| p.shutdown_time).collect();
     let unread: Vec<i64> = procs
         .iter()
-        .map(|(_, p)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
+        .map(|(_, _, p)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
         .collect();
-    pg.execute_native(
+    if procs.len() >= COPY_MIN_ROWS {
+        let mut rows = super::db::CopyRows::new();
+        for k in 0..procs.len() {
+            rows.row(13);
+            rows.text(ids[k]);
+            rows.int8(at[k]);
+            rows.int8(pid[k]);
+            rows.float8(Some(start[k]));
+            rows.text(cmd[k]);
+            for col in [&cpu, &mem, &dr, &dw, &ni, &no] {
+                rows.float8(Some(col[k]));
+            }
+            rows.float8(shut[k]);
+            rows.int8(unread[k]);
+        }
+        pg.copy_in_binary(
+            "COPY process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
+                 mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
+             FROM STDIN (FORMAT binary)",
+            rows,
+        )?;
+        return Ok(());
+    }
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    pg.execute_native_later(
         "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
              mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
          SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::text[],
              $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
              $12::float8[], $13::int8[])",
-        &[
-            &ids, &at, &pid, &start, &cmd, &cpu, &mem, &dr, &dw, &ni, &no, &shut, &unread,
+        vec![
+            Box::new(owned(&ids)),
+            Box::new(at),
+            Box::new(pid),
+            Box::new(start),
+            Box::new(owned(&cmd)),
+            Box::new(cpu),
+            Box::new(mem),
+            Box::new(dr),
+            Box::new(dw),
+            Box::new(ni),
+            Box::new(no),
+            Box::new(shut),
+            Box::new(unread),
         ],
     )?;
     Ok(())

@@ -308,13 +308,12 @@ pub fn add_to_minutes(conn: &Connection, batch: &ReportBatch) -> Result<()> {
     static PG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let pg = conn.is_pg();
     let sql = if pg { &PG } else { &SQLITE }.get_or_init(|| upsert_sql(pg));
-    let mut stmt = conn.prepare_cached(sql)?;
     for (minute_ms, m) in minutes {
         let mut values: Vec<&dyn Param> = vec![&batch.instance_id, &minute_ms, &m.samples];
         for i in 0..VmMetric::ALL.len() {
             values.extend([&m.min[i] as &dyn Param, &m.sum[i], &m.max[i]]);
         }
-        stmt.execute(values.as_slice())?;
+        conn.execute_later(sql, values.as_slice())?;
     }
     Ok(())
 }

@@ -645,7 +645,169 @@ async fn rating_scopes_points_and_reprocess_schedules(backend: Backend) {
         .unwrap();
 }
 
+/// Batches of two instances (counters growing, one with processes) and a resend among them.
+fn group_batches(now_ms: i64) -> Vec<ReportBatch> {
+    let proc = |pid: u32| vmmon_common::wire::ProcessSample {
+        pid,
+        start_time: 1.7e9,
+        cmd: format!("p{pid}"),
+        cpu_pct: 1.0,
+        mem_pct: 2.0,
+        disk_read_kib_per_sec: 0.0,
+        disk_write_kib_per_sec: 0.0,
+        net_in_kib_per_sec: 0.0,
+        net_out_kib_per_sec: 0.0,
+        shutdown_time: None,
+        unreadable: Vec::new(),
+    };
+    let batch = |id: &str, k: i64| ReportBatch {
+        batch_id: uuid::Uuid::new_v4(),
+        instance_id: id.into(),
+        seq: k as u64,
+        samples: (0..3)
+            .map(|s| {
+                let n = k * 3 + s;
+                Sample {
+                    vm: VmSample {
+                        rx_bytes_total: 1_000 * n as u64 * n as u64,
+                        tx_bytes_total: 700 * n as u64,
+                        ..vm(now_ms - 900_000 + n * 30_000)
+                    },
+                    // i-1's third batch has enough rows for PostgreSQL's COPY path.
+                    processes: (id == "i-1")
+                        .then(|| (1..=if k == 2 { 700 } else { 2 }).map(proc).collect()),
+                }
+            })
+            .collect(),
+        dropped_samples_total: k as u64,
+        cdn: Vec::new(),
+        cdn_tail: None,
+    };
+    let mut out = vec![batch("i-1", 0), batch("i-2", 0), batch("i-1", 1)];
+    out.push(out[2].clone()); // a resend in the same group
+    out.extend([batch("i-1", 2), batch("i-2", 1), batch("i-2", 2)]);
+    out
+}
+
+/// Every table ingest writes, as text, for comparing two stores.
+fn ingest_tables(c: &Connection) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (sql, cols) in [
+        (
+            "SELECT instance_id, sampled_at_ms, rx_bytes_total FROM vm_samples ORDER BY 1, 2",
+            3,
+        ),
+        (
+            "SELECT instance_id, sampled_at_ms, pid FROM process_samples ORDER BY 1, 2, 3",
+            3,
+        ),
+        (
+            "SELECT instance_id, minute_ms, samples FROM vm_minutes ORDER BY 1, 2",
+            3,
+        ),
+        (
+            "SELECT project, region, bucket_start_ms, in_bytes, out_bytes FROM bandwidth_buckets
+             ORDER BY 1, 2, 3",
+            5,
+        ),
+        (
+            "SELECT project, region, day_start_ms, total_in, total_out, max_in, max_in_at_ms,
+                 max_out, max_out_at_ms FROM bandwidth_days ORDER BY 1, 2, 3",
+            9,
+        ),
+        (
+            "SELECT instance_id, sampled_at_ms, rx_bytes, tx_bytes FROM bandwidth_counters
+             ORDER BY 1",
+            4,
+        ),
+        (
+            "SELECT instance_id, last_seen_ms, dropped_samples, clock_last_raw_ms,
+                 clock_last_placed_ms, clock_offset_ms FROM instances ORDER BY 1",
+            6,
+        ),
+        ("SELECT instance_id, seq FROM batches ORDER BY 1, 2", 2),
+    ] {
+        c.prepare(sql)?.for_each(params![], |r| {
+            let row: Vec<String> = (0..cols)
+                .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
+                .collect::<Result<_>>()?;
+            out.push(row.join(" "));
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
+async fn grouped_ingest_stores_what_one_by_one_does(backend: Backend) {
+    use crate::ingest::{Received, store_batch, store_batches};
+    let now_ms = 1_790_000_000_000;
+    let batches = group_batches(now_ms);
+    let one = testing::open(backend).await;
+    let grouped = testing::open(backend).await;
+    let queued = testing::open(backend).await;
+    for t in [&one, &grouped, &queued] {
+        t.store
+            .write(|c| {
+                testing::register(c, "i-1", "p1")?;
+                testing::register(c, "i-2", "p1")
+            })
+            .await
+            .unwrap();
+    }
+    // One transaction per batch.
+    let mut new_one = Vec::new();
+    for b in batches.clone() {
+        new_one.push(
+            one.store
+                .write_unguarded(move |c| store_batch(c, &b, now_ms))
+                .await
+                .unwrap(),
+        );
+    }
+    // All in one call.
+    let b = batches.clone();
+    let new_grouped: Vec<bool> = grouped
+        .store
+        .write_unguarded(move |c| {
+            let mut writes: Vec<Received> = b
+                .into_iter()
+                .map(|batch| Received {
+                    batch,
+                    received_ms: now_ms,
+                })
+                .collect();
+            Ok(store_batches(c, &mut writes)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect())
+        })
+        .await
+        .unwrap();
+    // Through the writer's queue (grouped as they wait).
+    let new_queued: Vec<bool> = futures::future::join_all(batches.into_iter().map(|batch| {
+        queued.store.write_grouped(Received {
+            batch,
+            received_ms: now_ms,
+        })
+    }))
+    .await
+    .into_iter()
+    .map(|r| r.unwrap().0)
+    .collect();
+    assert_eq!(new_one, [true, true, true, false, true, true, true]);
+    assert_eq!(new_grouped, new_one);
+    assert_eq!(new_queued, new_one);
+    let want = one.store.read(ingest_tables).await.unwrap();
+    assert!(
+        want.iter().any(|r| r.starts_with("Text(\"p1\")")),
+        "{want:?}"
+    );
+    assert_eq!(grouped.store.read(ingest_tables).await.unwrap(), want);
+    assert_eq!(queued.store.read(ingest_tables).await.unwrap(), want);
+}
+
 crate::store::testing::on_both_backends!(
+    grouped_ingest_stores_what_one_by_one_does,
     duplicate_batch_is_stored_once,
     failed_job_rolls_back_only_itself,
     foreign_project_cannot_take_over_an_instance,
