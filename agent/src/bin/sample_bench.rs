@@ -50,6 +50,11 @@ struct Args {
     /// Open TCP sockets (over loopback) and measure the network attribution's extra cost.
     #[arg(long, default_value_t = 0)]
     sockets: usize,
+    /// Sleep this long (not measured) before every measured pass, as the daemon does between
+    /// ticks: caches (CPU, TLB) are then as cold as the running agent's, not warm from the
+    /// previous pass. 0: back to back.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
 }
 
 /// Kills and reaps the children however `main` ends, panics included. (Ctrl-C reaches them
@@ -290,17 +295,25 @@ fn main() -> Result<()> {
     let (mut agent, mut floor, mut agent_procfs) =
         (Cost::default(), Cost::default(), Cost::default());
     let (mut records, mut procs_present) = (0, 0);
+    let pause = || {
+        if args.pause_ms > 0 {
+            std::thread::sleep(Duration::from_millis(args.pause_ms));
+        }
+    };
     for _ in 0..args.samples {
         if run_floor {
+            pause();
             procs_present = floor.measure(|| floor_pass(&mut buf, &mut path));
         }
         if run_agent {
+            pause();
             let sample = agent
                 .measure(|| sampler.sample(SystemTime::now(), true))
                 .context("sample")?;
             records = sample.processes.as_ref().map_or(0, Vec::len);
             procs_present = sample.vm.proc_count as usize;
             if run_floor {
+                pause();
                 agent_procfs
                     .measure(|| procfs_only.sample(SystemTime::now(), true))
                     .context("sample")?;
