@@ -3,11 +3,12 @@
 # item 5; docs/benchmarks.md §1c). One collector on loopback and N idle processes for the whole
 # run; each round starts A and B together (fresh state directories, 1 s interval, monitoring on,
 # reporting to the collector), and after a warm-up measures both over the same SECS seconds, so
-# the neighbours' noise falls on both alike, while the /proc floor (vmmon-sample-bench --floor,
-# 20 passes every 2 s) is measured meanwhile with the same processes present. Prints one line
-# per round: each daemon's CPU ms/tick (utime + stime of every thread, from /proc/PID/stat; and
-# the same from schedstat, in ns, of the threads alive at the end), B/A, the mean floor
-# ms/sample, each daemon / floor, VmHWM. The machine is shared: B/A within a round is the
+# the neighbours' noise falls on both alike, while the /proc floor is measured meanwhile with the
+# same processes present, two ways, alternately: 20 passes back to back (vmmon-sample-bench
+# --floor, as in §1 and before) and 4 passes 1 s apart (--pause-ms 1000: the daemon's cadence,
+# caches as cold as the daemon's). Prints one line per round: each daemon's CPU ms/tick (utime +
+# stime of every thread, from /proc/PID/stat; and the same from schedstat, in ns, of the threads
+# alive at the end), B/A, both floors (mean ms/pass), each daemon / floor, VmHWM. The machine is shared: B/A within a round is the
 # robust figure; the ratios to the floor move with the neighbours' load.
 #   scripts/agent_cost_ab.sh /tmp/before/vmmon-agent target/release/vmmon-agent
 #   N=1000 SECS=30 ROUNDS=3 WARMUP=5 scripts/agent_cost_ab.sh A B
@@ -76,22 +77,24 @@ round() { # round number: A and B side by side over the same SECS, the floor sam
     perf record -q -F "${PERF_FREQ:-2999}" --call-graph dwarf,32768 -p "$b" -o "$PERF_DIR/perf-B-$r.data" -- sleep "$SECS" 2>/dev/null &
   fi
   end=$((SECONDS + SECS))
+  local paced=()
   while [ "$SECONDS" -lt "$end" ]; do
     floors+=("$("$FLOOR_BIN" --floor --procs 0 --samples 20 | sed -n 's/.*cpu_ms_per_sample=\([0-9.]*\).*/\1/p')")
-    sleep 2
+    paced+=("$("$FLOOR_BIN" --floor --procs 0 --samples 4 --pause-ms 1000 | sed -n 's/.*cpu_ms_per_sample=\([0-9.]*\).*/\1/p')")
   done
   ca1=$(cpu_ticks "$a"); cb1=$(cpu_ticks "$b"); na1=$(cpu_ns "$a"); nb1=$(cpu_ns "$b")
   wait_perf
   local ha hb
   ha=$(awk '/^VmHWM/ {print $2}' "/proc/$a/status"); hb=$(awk '/^VmHWM/ {print $2}' "/proc/$b/status")
   kill "$a" "$b"; wait "$a" "$b" 2>/dev/null || true; agents=()
-  local f
+  local f p
   f=$(printf '%s\n' "${floors[@]}" | awk '{s += $1; n++} END {printf "%.3f", s / n}')
+  p=$(printf '%s\n' "${paced[@]}" | awk '{s += $1; n++} END {printf "%.3f", s / n}')
   awk -v r="$r" -v ta=$((ca1 - ca0)) -v tb=$((cb1 - cb0)) -v na=$((na1 - na0)) -v nb=$((nb1 - nb0)) \
-    -v hz="$hz" -v s="$SECS" -v f="$f" -v nf="${#floors[@]}" -v ha="$ha" -v hb="$hb" 'BEGIN {
+    -v hz="$hz" -v s="$SECS" -v f="$f" -v p="$p" -v ha="$ha" -v hb="$hb" 'BEGIN {
     a = ta * 1000 / hz / s; b = tb * 1000 / hz / s; ea = na / 1e6 / s; eb = nb / 1e6 / s
-    printf "round=%s A_ms_per_tick=%.2f B_ms_per_tick=%.2f B/A=%.3f (schedstat A=%.2f B=%.2f B/A=%.3f) floor_ms=%.2f (%d passes) A/floor=%.3f B/floor=%.3f VmHWM_KiB A=%s B=%s\n",
-      r, a, b, b / a, ea, eb, eb / ea, f, nf, a / f, b / f, ha, hb }'
+    printf "round=%s A_ms_per_tick=%.2f B_ms_per_tick=%.2f B/A=%.3f (schedstat A=%.2f B=%.2f B/A=%.3f) floor_ms=%.2f A/floor=%.3f B/floor=%.3f paced_floor_ms=%.2f A/paced=%.3f B/paced=%.3f VmHWM_KiB A=%s B=%s\n",
+      r, a, b, b / a, ea, eb, eb / ea, f, a / f, b / f, p, a / p, b / p, ha, hb }'
 }
 wait_perf() { [ -n "${PERF_DIR:-}" ] && wait $(jobs -p | tail -n 2) 2>/dev/null; return 0; }
 echo "procs_present=$(ls /proc | grep -c '^[0-9]') secs=$SECS warmup=$WARMUP rounds=$ROUNDS"

@@ -14,10 +14,13 @@
 //!   `next_seq` survives a spool that has emptied (seqs stay contiguous: a gap is a lost sample
 //!   to the delivery audits, a repeat a duplicate). An `agent-state.json` of an older agent is
 //!   read once, when there is no slot file, and removed once the slot file is written.
-//!   If neither slot is valid (both damaged: a torn write damages only one), the file is moved
-//!   aside and counted like any damaged file, and the agent goes on from the spooled batches:
-//!   `next_seq` continues after the newest one (after an empty spool it starts again at 0, which
-//!   the collector stores as new batches, since it dedups by batch id).
+//!   If neither slot is valid (both damaged: a torn write damages only one, so this takes a
+//!   damaged disk or a hand edit), the file is moved aside to `spool/corrupt/` (logged, counted
+//!   in [`OpenReport::moved_aside`]) and the agent goes on, as it did with a damaged
+//!   `agent-state.json`, rather than refusing to start: from an older agent's
+//!   `agent-state.json` if one is left, else from the spooled batches, `next_seq` continuing
+//!   after the newest (after an empty spool it starts again at 0: the collector stores those as
+//!   new batches, since it dedups by batch id, but a seq audit sees the numbers again).
 //!
 //! Full policy: drop oldest. Monitoring data is most useful fresh, so when the spool exceeds its
 //! byte bound the oldest batches are deleted and their samples added to `dropped_samples_total`,
