@@ -117,7 +117,8 @@ impl SlotFile {
         let file_bytes = usize::try_from(len)
             .ok()
             .filter(|&l| {
-                l >= 2 * MIN_SLOT_BYTES && l <= 2 * MAX_SLOT_BYTES && l % (2 * MIN_SLOT_BYTES) == 0
+                (2 * MIN_SLOT_BYTES..=2 * MAX_SLOT_BYTES).contains(&l)
+                    && l % (2 * MIN_SLOT_BYTES) == 0
             })
             .ok_or_else(|| damaged(format!("length {len} is not two slots")))?;
         let mut bytes = Vec::with_capacity(file_bytes);
