@@ -13,7 +13,9 @@
 //!   [`crate::slots`]): a crash mid-write leaves the previous record. It exists so that
 //!   `next_seq` survives a spool that has emptied (seqs stay contiguous: a gap is a lost sample
 //!   to the delivery audits, a repeat a duplicate). An `agent-state.json` of an older agent is
-//!   read once, when there is no slot file, and removed once the slot file is written.
+//!   read once, when there is no slot file, and removed once the slot file is written (so a
+//!   downgrade to such an agent starts as one whose state was lost: `next_seq` from its spool,
+//!   CDN positions asked of the collector, the desired state from the next register).
 //!   If neither slot is valid (both damaged: a torn write damages only one, so this takes a
 //!   damaged disk or a hand edit), the file is moved aside to `spool/corrupt/` (logged, counted
 //!   in [`OpenReport::moved_aside`]) and the agent goes on, as it did with a damaged
