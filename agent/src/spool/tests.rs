@@ -169,6 +169,31 @@ fn damaged_state_file_does_not_stop_the_agent() {
         1,
         "next_seq is recovered from the files"
     );
+    drop(spool);
+    // A real slot file with both slots damaged (a damaged disk; a torn write damages only
+    // one): moved aside for inspection, a new one written, the agent goes on from the batches.
+    let slots = dir.path().join(STATE_SLOTS);
+    let mut image = fs::read(&slots).unwrap();
+    let slot_bytes = image.len() / 2;
+    for k in 0..2 {
+        image[k * slot_bytes + crate::slots::HEADER_BYTES] ^= 0xff;
+    }
+    fs::write(&slots, &image).unwrap();
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.moved_aside, 1);
+    assert_eq!(spool.push("i", vec![sample(3)]).unwrap(), 2);
+    let aside = fs::read_dir(dir.path().join(SPOOL_DIR).join(CORRUPT_DIR))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(STATE_SLOTS)
+        })
+        .count();
+    assert_eq!(aside, 2, "both damaged state files are kept for inspection");
+    assert!(crate::slots::SlotFile::open(&slots).unwrap().is_some());
 }
 
 #[test]
