@@ -6,10 +6,13 @@
 mod host;
 pub mod ifaces;
 pub mod netflow;
+mod pidfiles;
 mod process;
 mod procfs;
 pub mod rates;
 pub mod sockdiag;
+
+pub use self::pidfiles::{MAX_CACHED_FDS, raise_nofile_limit};
 
 use std::fs;
 use std::io;
@@ -136,6 +139,8 @@ pub struct Sampler {
     net_totals: NetTotals,
     /// The MemAvailable-estimate warning was logged.
     warned_mem_estimate: bool,
+    /// Most `/proc/PID` descriptors the process table keeps open between ticks.
+    fd_cap: usize,
 }
 
 impl Sampler {
@@ -175,7 +180,22 @@ impl Sampler {
             sys_net,
             net_totals,
             warned_mem_estimate: false,
+            fd_cap: pidfiles::default_cap(),
         })
+    }
+
+    /// Keeps at most `cap` `/proc/PID` descriptors open between ticks (default: the soft
+    /// `RLIMIT_NOFILE` at creation minus a headroom, at most [`MAX_CACHED_FDS`]); 0 opens,
+    /// reads and closes every file every tick. Applies from the next time process sampling is
+    /// turned on (benchmarks and tests compare).
+    #[doc(hidden)]
+    pub fn set_fd_cap(&mut self, cap: usize) {
+        self.fd_cap = cap;
+    }
+
+    /// `/proc/PID` descriptors kept open now.
+    pub fn fds_kept_open(&self) -> usize {
+        self.procs.as_ref().map_or(0, ProcessTable::fds_held)
     }
 
     /// Turns per-process network attribution on (the default) or off.
@@ -249,7 +269,7 @@ impl Sampler {
         if !with_processes {
             self.procs = None;
         } else if self.procs.is_none() {
-            self.procs = Some(ProcessTable::default());
+            self.procs = Some(ProcessTable::new(self.fd_cap));
         }
         let with_net = with_processes && self.net_enabled;
         if with_net {
@@ -353,6 +373,14 @@ impl Sampler {
     /// Processes in the table now (0 while process sampling is off).
     pub fn process_count_tracked(&self) -> usize {
         self.procs.as_ref().map_or(0, ProcessTable::len)
+    }
+
+    /// Pid → inode of the `stat` file kept open for it, sorted.
+    #[cfg(test)]
+    fn kept_open(&self) -> Vec<(u32, u64)> {
+        self.procs
+            .as_ref()
+            .map_or_else(Vec::new, ProcessTable::kept_open)
     }
 
     /// Identities in the table now, sorted.
