@@ -55,6 +55,11 @@ struct Args {
     /// previous pass. 0: back to back.
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
+    /// Most `/proc/PID` descriptors the samplers keep open between ticks (default: the
+    /// agent's, from `RLIMIT_NOFILE`); 0 opens, reads and closes every file every tick, as the
+    /// floor does.
+    #[arg(long)]
+    fd_cap: Option<usize>,
 }
 
 /// Kills and reaps the children however `main` ends, panics included. (Ctrl-C reaches them
@@ -277,10 +282,16 @@ fn main() -> Result<()> {
         return net_bench(args.sockets, args.samples);
     }
 
+    // As the agent does at start (the descriptor cap follows the soft limit).
+    vmmon_agent::sampler::raise_nofile_limit();
     let mut sampler = Sampler::new(ProcRoots::default()).context("creating the sampler")?;
     // The same sampler without per-process network attribution: what the /proc floor covers.
     let mut procfs_only = Sampler::new(ProcRoots::default()).context("creating the sampler")?;
     procfs_only.set_net_attribution(false);
+    if let Some(cap) = args.fd_cap {
+        sampler.set_fd_cap(cap);
+        procfs_only.set_fd_cap(cap);
+    }
     let mut buf = vec![0u8; 4096];
     let mut path = Vec::with_capacity(64);
     // Prime: the sampler's baseline and table, and warm caches for both.
@@ -326,8 +337,9 @@ fn main() -> Result<()> {
     }
     if run_agent {
         let extra = format!(
-            " records={records} tracked={}",
-            sampler.process_count_tracked()
+            " records={records} tracked={} fds_kept_open={}",
+            sampler.process_count_tracked(),
+            sampler.fds_kept_open()
         );
         agent.print("agent", procs_present, &extra);
     }
