@@ -14,6 +14,12 @@
 //!   included (what crosses the interface), else `tcpi_bytes_acked` (offset 120, Linux ≥ 4.1) on
 //!   older kernels: payload bytes the peer acknowledged.
 //!
+//! The agent's dumps carry a bytecode filter ([`request_without_loopback`]) so the kernel skips
+//! sockets with a loopback end before building their `tcp_info`: the dump's cost grows with
+//! every TCP socket of the host, and on a host with ~1,500 loopback connections (the shared
+//! build machine: test servers, browsers) it was 16.5 % of the daemon's CPU (docs/benchmarks.md
+//! §1c). The kernel still walks its socket hash; only the sockets kept cost a message.
+//!
 //! A `tcp_info` too short for the received counter (Linux < 4.1, e.g. 3.10 as in CentOS 7)
 //! fails the dump with [`io::ErrorKind::Unsupported`]: the kernel cannot count any socket's
 //! bytes, so the per-process network figures are not measured (null), never 0.
