@@ -298,6 +298,9 @@ pub struct SockDiag {
     sock: Socket,
     buf: Vec<u8>,
     seq: u32,
+    /// The kernel refused the loopback filter (`EINVAL` from its bytecode audit): dumps are
+    /// unfiltered from then on, as before the filter existed.
+    filter_refused: bool,
 }
 
 /// The kernel's dump datagrams are at most 32 KiB; twice that leaves no room for truncation.
@@ -319,6 +322,7 @@ impl SockDiag {
             sock,
             buf: vec![0; RECV_BUF],
             seq: 0,
+            filter_refused: false,
         })
     }
 
@@ -327,9 +331,21 @@ impl SockDiag {
         self.dump_filtered(out, false)
     }
 
-    /// [`Self::dump`] without the sockets [`request_without_loopback`] leaves out.
+    /// [`Self::dump`] without the sockets [`request_without_loopback`] leaves out; a kernel
+    /// that refuses the filter gets unfiltered dumps (the loopback sockets are then left out
+    /// after the dump).
     pub fn dump_without_loopback(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
-        self.dump_filtered(out, true)
+        if !self.filter_refused {
+            match self.dump_filtered(out, true) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.filter_refused = true;
+                    tracing::info!(error = %e,
+                        "The kernel refused the sock_diag loopback filter; dumping every socket.");
+                }
+                r => return r,
+            }
+        }
+        self.dump_filtered(out, false)
     }
 
     fn dump_filtered(&mut self, out: &mut Vec<TcpSocket>, no_loopback: bool) -> io::Result<()> {
