@@ -69,10 +69,10 @@ if [ "${1:-}" = "--install" ]; then
   # Upgrade (the same package again runs the upgrade path): the operator's config and the
   # state stay, the service stays enabled.
   echo '# operator edit' >>/etc/vmmon/agent.toml
-  echo state >/var/lib/vmmon/agent-state.json
+  echo state >/var/lib/vmmon/agent-state.slots
   dpkg -i --force-confold "$AGENT" >/dev/null
   grep -q '# operator edit' /etc/vmmon/agent.toml || fail "upgrade replaced the changed config"
-  test -f /var/lib/vmmon/agent-state.json || fail "upgrade lost the state"
+  test -f /var/lib/vmmon/agent-state.slots || fail "upgrade lost the state"
   test -L /etc/systemd/system/multi-user.target.wants/vmmon-agent.service || fail "upgrade disabled the agent"
   dpkg -r vmmon-agent vmmon-collector >/dev/null
   test ! -e /usr/bin/vmmon-agent || fail "remove left the binary"

@@ -80,17 +80,17 @@ if [ "${1:-}" = "--install" ]; then
   # Upgrade (reinstall of the same package runs the upgrade scriptlets: $1 = 2 then 1): the
   # operator's config and the state stay; the service stays enabled.
   echo '# operator edit' >>"$R/etc/vmmon/agent.toml"
-  echo state >"$R/var/lib/vmmon/agent-state.json"
+  echo state >"$R/var/lib/vmmon/agent-state.slots"
   rpm --root "$R" -U --replacepkgs --nodeps "$AGENT_X86"
   grep -q '# operator edit' "$R/etc/vmmon/agent.toml" || fail "upgrade replaced the changed config"
-  test -f "$R/var/lib/vmmon/agent-state.json" || fail "upgrade lost the state"
+  test -f "$R/var/lib/vmmon/agent-state.slots" || fail "upgrade lost the state"
   test -L "$R/etc/systemd/system/multi-user.target.wants/vmmon-agent.service" || fail "upgrade disabled the agent"
   # Erase: disabled, binary gone, changed config kept as .rpmsave, state kept.
   rpm --root "$R" -e vmmon-agent vmmon-collector 2>&1 | (grep -v "^warning: .* saved as .*rpmsave" || true)
   test ! -e "$R/usr/bin/vmmon-agent" || fail "erase left the binary"
   test ! -e "$R/etc/systemd/system/multi-user.target.wants/vmmon-agent.service" || fail "erase left the enablement"
   test -f "$R/etc/vmmon/agent.toml.rpmsave" || fail "erase dropped the changed config"
-  test -f "$R/var/lib/vmmon/agent-state.json" || fail "erase removed the state"
+  test -f "$R/var/lib/vmmon/agent-state.slots" || fail "erase removed the state"
   echo "rpm --root install/upgrade/erase: ok"
 fi
 echo "check-rpms: ok"

@@ -9,10 +9,11 @@ pub mod cdn;
 pub mod cli;
 pub mod config;
 pub mod identity;
-mod net_state;
+pub mod net_state;
 pub mod reporter;
 pub mod sampler;
 pub mod service;
+pub mod slots;
 pub mod spool;
 
 use std::sync::Arc;
@@ -25,9 +26,6 @@ use vmmon_common::wire::DesiredState;
 use config::{AgentConfig, ValidConfig};
 use sampler::{ProcRoots, Sampler};
 use spool::Spool;
-
-/// File in the state directory holding the running network totals ([`sampler::ifaces`]).
-pub const NET_STATE_FILE: &str = "net-totals.json";
 
 /// After start and after monitoring turns on, the first reported tick comes this soon after the
 /// (unreported) priming sample, so rates are available at once instead of one interval later.
@@ -191,8 +189,8 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
     let mut sampler = Sampler::new(ProcRoots::default())?;
     let selector = checked.net_selector;
     sampler.set_net_selector(selector.clone());
-    let net_state_path = config.state_dir.join(NET_STATE_FILE);
-    sampler.restore_net_state(net_state::load(&net_state_path));
+    let (mut net_state_file, saved_net) = net_state::NetStateFile::open(&config.state_dir);
+    sampler.restore_net_state(saved_net);
     let wan = config.wan_ips.clone();
     // Without positions of its own (a lost state dir) the agent waits for the collector's before
     // reading its access logs: reading them from the start would bill their lines again.
@@ -238,7 +236,7 @@ pub async fn run(valid: ValidConfig, shutdown: watch::Receiver<bool>) -> Result<
         },
         &shared,
         &instance_id,
-        &net_state_path,
+        &mut net_state_file,
         Watchdog {
             period: service::watchdog_period(),
             pet: Box::new(service::notify_watchdog),
@@ -294,7 +292,7 @@ async fn sampling_loop(
     cdn_logs: &mut CdnLogs,
     shared: &Shared,
     instance_id: &str,
-    net_state_path: &std::path::Path,
+    net_state_file: &mut net_state::NetStateFile,
     watchdog: Watchdog,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -380,8 +378,8 @@ async fn sampling_loop(
         };
         // The running network totals are persisted before the batch that carries them, so a
         // restart never continues from totals below what was sent.
-        if let Err(e) = blocking(|| net_state::save(net_state_path, sampler.net_state())) {
-            tracing::warn!(path = %net_state_path.display(), error = %e, "Cannot persist the network totals.");
+        if let Err(e) = blocking(|| net_state_file.save(sampler.net_state())) {
+            tracing::warn!(error = %e, "Cannot persist the network totals.");
         }
         let pushed = blocking(|| {
             shared.with_spool(|s| s.push_batch_ext(instance_id, vec![sample], &[ext], deltas, tail))
@@ -584,7 +582,7 @@ mod watchdog_tests {
             sys,
         };
         let counter = pets.clone();
-        let net_state = state.path().join(NET_STATE_FILE);
+        let (mut net_state, _) = net_state::NetStateFile::open(state.path());
         // The agent's own runtime flavour: one thread, blocking /proc reads inline.
         let looping = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -601,7 +599,7 @@ mod watchdog_tests {
                     },
                     &shared,
                     "vm-watchdog",
-                    &net_state,
+                    &mut net_state,
                     Watchdog {
                         period: Some(Duration::from_millis(20)),
                         pet: Box::new(move || {

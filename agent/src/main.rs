@@ -40,6 +40,10 @@ fn main() -> Result<()> {
         return Ok(());
     }
     limit_malloc_arenas();
+    // Room for the sampler to keep two /proc files open per process (the unit sets
+    // LimitNOFILE=; elsewhere the soft limit is often 1,024 under a far higher hard one).
+    let nofile = vmmon_agent::sampler::raise_nofile_limit();
+    tracing::debug!(nofile_soft_limit = ?nofile, "Open-file limit.");
     // One thread: the agent's work is a few milliseconds per tick, and every extra thread costs
     // its stack and, with glibc, its own malloc arena (docs/benchmarks.md, daemon peak RSS).
     let rt = tokio::runtime::Builder::new_current_thread()

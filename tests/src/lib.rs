@@ -767,11 +767,13 @@ impl Agent {
         seqs
     }
 
-    /// The agent's persisted state file as JSON (null before the agent wrote it).
+    /// The agent's persisted state (`agent-state.slots`, read as the agent resumes it) as JSON
+    /// (null before the agent wrote it).
     pub fn state_file(&self) -> Value {
-        std::fs::read_to_string(self.state.path().join("agent-state.json"))
+        vmmon_agent::spool::read_state(self.state.path())
             .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
+            .flatten()
+            .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or(Value::Null)
     }
 

@@ -50,6 +50,16 @@ struct Args {
     /// Open TCP sockets (over loopback) and measure the network attribution's extra cost.
     #[arg(long, default_value_t = 0)]
     sockets: usize,
+    /// Sleep this long (not measured) before every measured pass, as the daemon does between
+    /// ticks: caches (CPU, TLB) are then as cold as the running agent's, not warm from the
+    /// previous pass. 0: back to back.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
+    /// Most `/proc/PID` descriptors the samplers keep open between ticks (default: the
+    /// agent's, from `RLIMIT_NOFILE`); 0 opens, reads and closes every file every tick, as the
+    /// floor does.
+    #[arg(long)]
+    fd_cap: Option<usize>,
 }
 
 /// Kills and reaps the children however `main` ends, panics included. (Ctrl-C reaches them
@@ -272,10 +282,16 @@ fn main() -> Result<()> {
         return net_bench(args.sockets, args.samples);
     }
 
+    // As the agent does at start (the descriptor cap follows the soft limit).
+    vmmon_agent::sampler::raise_nofile_limit();
     let mut sampler = Sampler::new(ProcRoots::default()).context("creating the sampler")?;
     // The same sampler without per-process network attribution: what the /proc floor covers.
     let mut procfs_only = Sampler::new(ProcRoots::default()).context("creating the sampler")?;
     procfs_only.set_net_attribution(false);
+    if let Some(cap) = args.fd_cap {
+        sampler.set_fd_cap(cap);
+        procfs_only.set_fd_cap(cap);
+    }
     let mut buf = vec![0u8; 4096];
     let mut path = Vec::with_capacity(64);
     // Prime: the sampler's baseline and table, and warm caches for both.
@@ -290,17 +306,25 @@ fn main() -> Result<()> {
     let (mut agent, mut floor, mut agent_procfs) =
         (Cost::default(), Cost::default(), Cost::default());
     let (mut records, mut procs_present) = (0, 0);
+    let pause = || {
+        if args.pause_ms > 0 {
+            std::thread::sleep(Duration::from_millis(args.pause_ms));
+        }
+    };
     for _ in 0..args.samples {
         if run_floor {
+            pause();
             procs_present = floor.measure(|| floor_pass(&mut buf, &mut path));
         }
         if run_agent {
+            pause();
             let sample = agent
                 .measure(|| sampler.sample(SystemTime::now(), true))
                 .context("sample")?;
             records = sample.processes.as_ref().map_or(0, Vec::len);
             procs_present = sample.vm.proc_count as usize;
             if run_floor {
+                pause();
                 agent_procfs
                     .measure(|| procfs_only.sample(SystemTime::now(), true))
                     .context("sample")?;
@@ -313,8 +337,9 @@ fn main() -> Result<()> {
     }
     if run_agent {
         let extra = format!(
-            " records={records} tracked={}",
-            sampler.process_count_tracked()
+            " records={records} tracked={} fds_kept_open={}",
+            sampler.process_count_tracked(),
+            sampler.fds_kept_open()
         );
         agent.print("agent", procs_present, &extra);
     }

@@ -42,7 +42,7 @@ fn tail(offset: u64) -> CdnTailState {
 #[test]
 fn spool_resumes_from_the_newest_of_state_and_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let state_file = dir.path().join("agent-state.json");
+    let state_file = dir.path().join(crate::spool::STATE_SLOTS);
     {
         let (mut s, _) = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(s.cdn_checkpoint(), None);

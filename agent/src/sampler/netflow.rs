@@ -46,11 +46,21 @@ use super::sockdiag::{SockDiag, TcpSocket};
 pub trait SocketSource: Send + fmt::Debug {
     /// Every TCP socket now, into `out` (cleared first).
     fn dump(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()>;
+
+    /// [`Self::dump`], where the source can leave out sockets with a loopback end (they are
+    /// left out after the dump anyway); by default the same.
+    fn dump_without_loopback(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
+        self.dump(out)
+    }
 }
 
 impl SocketSource for SockDiag {
     fn dump(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
         SockDiag::dump(self, out)
+    }
+
+    fn dump_without_loopback(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
+        SockDiag::dump_without_loopback(self, out)
     }
 }
 
@@ -90,7 +100,8 @@ struct Followed {
 /// Counters of the work done, for the bench and the tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetStats {
-    /// Sockets in the last dump (loopback included).
+    /// Sockets in the last dump (loopback ones only while loopback is counted: the kernel
+    /// leaves out most of them otherwise).
     pub sockets: usize,
     /// Sockets followed now.
     pub followed: usize,
@@ -243,7 +254,13 @@ impl NetFlow {
         let SourceSlot::Ready(source) = &mut self.source else {
             return;
         };
-        match source.dump(&mut self.socks) {
+        let dumped = if self.count_loopback {
+            source.dump(&mut self.socks)
+        } else {
+            // Loopback sockets are skipped in the kernel, before their `tcp_info` is built.
+            source.dump_without_loopback(&mut self.socks)
+        };
+        match dumped {
             Ok(()) => {
                 self.dumped = true;
                 if self.warned_dump {

@@ -3,11 +3,14 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
+use std::fs::File;
+use std::io;
 use std::time::Duration;
 
 use vmmon_common::wire::{ProcessKey, ProcessSample};
 
 use super::netflow::LiveProcesses;
+use super::pidfiles::{FdBudget, PidFiles};
 use super::procfs::{self, COMM_TRUNCATED_LEN, IoCounters, PidPath, ReadBuf};
 use super::rates;
 
@@ -121,6 +124,9 @@ struct Tracked {
     owed: Owed,
     /// A live thread whose `statm` gives the RSS while the main thread is a zombie.
     live_tid: Option<u32>,
+    /// `stat` and `io` kept open for the next tick (see [`super::pidfiles`]); `None` beyond
+    /// the descriptor cap.
+    files: Option<PidFiles>,
 }
 
 /// Processes seen on the previous tick, keyed by pid; the start time stored with each makes the
@@ -134,7 +140,7 @@ struct Tracked {
 /// samples was never tracked, so all of it is charged to the parent that reaped it (as
 /// netdata's apps.plugin does). No extra file is read for this: `ppid`, `cutime` and `cstime`
 /// come from the `stat` already read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProcessTable {
     entries: HashMap<u32, Tracked>,
     /// False until the first tick completed: that tick has no baseline and reports 0 rates.
@@ -150,9 +156,48 @@ pub struct ProcessTable {
     /// no process's is read again, and every disk figure is null.
     io_absent: bool,
     task_path: Vec<u8>,
+    /// Descriptors of `stat`/`io` kept open between ticks (see [`super::pidfiles`]).
+    fds: FdBudget,
 }
 
 impl ProcessTable {
+    /// An empty table that keeps at most `fd_cap` descriptors open between ticks (0: every
+    /// file is opened, read and closed each tick).
+    pub fn new(fd_cap: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            primed: false,
+            generation: 0,
+            reaped: Vec::new(),
+            unreadable: Vec::new(),
+            warned_unreadable: false,
+            io_absent: false,
+            task_path: Vec::new(),
+            fds: FdBudget::new(fd_cap),
+        }
+    }
+
+    /// Descriptors kept open now (as counted at the end of the last tick).
+    pub fn fds_held(&self) -> usize {
+        self.fds.held()
+    }
+
+    /// Pid → inode of the `stat` file kept open for it (sorted).
+    #[cfg(test)]
+    pub fn kept_open(&self) -> Vec<(u32, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut kept: Vec<(u32, u64)> = self
+            .entries
+            .iter()
+            .filter_map(|(&pid, t)| {
+                let ino = t.files.as_ref()?.stat.metadata().ok()?.ino();
+                Some((pid, ino))
+            })
+            .collect();
+        kept.sort_unstable();
+        kept
+    }
+
     /// Processes tracked now.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -190,33 +235,49 @@ impl ProcessTable {
         ctx: &TickCtx,
         out: &mut Vec<ProcessSample>,
     ) {
-        // stat: copy out what is needed before the buffer is reused for io.
-        let (st, new_comm) = {
-            let Ok(data) = buf.read_single(path.get(pid, b"stat")) else {
-                return;
-            };
-            let Some(st) = procfs::parse_pid_stat(data) else {
-                return;
-            };
-            let known = self
-                .entries
-                .get(&pid)
-                .filter(|t| t.start_ticks == st.start_ticks);
-            let new_comm = match known {
-                Some(t) if *t.comm == *st.comm => None,
-                _ => Some(Box::<[u8]>::from(st.comm)),
-            };
-            (
-                StatFigures {
-                    state: st.state,
-                    ppid: st.ppid,
-                    cpu_ticks: st.cpu_ticks.saturating_add(st.children_cpu_ticks),
-                    num_threads: st.num_threads,
-                    start_ticks: st.start_ticks,
-                    rss_pages: st.rss_pages,
-                },
-                new_comm,
-            )
+        // stat: through the descriptor kept from an earlier tick (pread at 0) when there is
+        // one and it still reads this process; else by path. Copy out what is needed before
+        // the buffer is reused for io.
+        let mut kept: Option<PidFiles> = None;
+        let mut stat_file: Option<File> = None;
+        let mut stat = None;
+        if let Some(t) = self.entries.get_mut(&pid) {
+            if let Some(files) = t.files.take() {
+                let start_ticks = t.start_ticks;
+                if let Some(st) = buf
+                    .reread_single(&files.stat)
+                    .ok()
+                    .and_then(procfs::parse_pid_stat)
+                    .filter(|st| st.start_ticks == start_ticks)
+                {
+                    stat = Some(stat_figures(&st, Some(&*t)));
+                    kept = Some(files);
+                }
+                // Otherwise `files` is dropped (closed) here: the process was reaped (ESRCH),
+                // and the pid is read by path below, like any pid not kept open.
+            }
+        }
+        let (st, new_comm) = match stat {
+            Some(figures) => figures,
+            None => {
+                let stat_path = path.get(pid, b"stat");
+                let data = if self.fds.has_room(2) {
+                    buf.open_single(stat_path).map(|(file, data)| {
+                        stat_file = Some(file);
+                        data
+                    })
+                } else {
+                    buf.read_single(stat_path)
+                };
+                let Some(st) = data.ok().and_then(procfs::parse_pid_stat) else {
+                    return;
+                };
+                let known = self
+                    .entries
+                    .get(&pid)
+                    .filter(|t| t.start_ticks == st.start_ticks);
+                stat_figures(&st, known)
+            }
         };
         let start_ticks = st.start_ticks;
         let known = self
@@ -225,14 +286,32 @@ impl ProcessTable {
             .filter(|t| t.start_ticks == start_ticks);
 
         let mut denied = self.io_absent || known.is_some_and(|t| t.io_denied);
+        let mut io_file: Option<File> = None;
+        let io_kept = kept.as_ref().and_then(|f| f.io.as_ref());
         let io = if denied {
             None
         } else {
-            match buf
-                .read_single(path.get(pid, b"io"))
-                .map(procfs::parse_pid_io)
-            {
+            let read = match (io_kept, stat_file.is_some()) {
+                (Some(file), _) => buf.reread_single(file).and_then(|data| {
+                    if data.is_empty() {
+                        Err(io::Error::from_raw_os_error(libc::ESRCH))
+                    } else {
+                        Ok(procfs::parse_pid_io(data))
+                    }
+                }),
+                (None, true) => buf.open_single(path.get(pid, b"io")).map(|(file, data)| {
+                    io_file = Some(file);
+                    procfs::parse_pid_io(data)
+                }),
+                (None, false) => buf
+                    .read_single(path.get(pid, b"io"))
+                    .map(procfs::parse_pid_io),
+            };
+            match read {
                 Ok(io) => io,
+                // The kept `io` of a process whose kept `stat` just read: it was reaped between
+                // the two reads, as the by-path `stat` re-read below finds.
+                Err(e) if io_kept.is_some() && procfs::is_vanished(&e) => return,
                 Err(e) if procfs::is_vanished(&e) => {
                     if buf.read_single(path.get(pid, b"stat")).is_err() {
                         return; // exited between the two reads
@@ -257,6 +336,22 @@ impl ProcessTable {
                 }
             }
         };
+        // The descriptors to keep: those kept already (without `io` once it is refused), or
+        // those just opened.
+        let files = match (kept, stat_file) {
+            (Some(mut files), _) => {
+                if denied {
+                    files.io = None;
+                }
+                Some(files)
+            }
+            (None, Some(stat)) => {
+                let files = PidFiles { stat, io: io_file };
+                self.fds.took(files.count());
+                Some(files)
+            }
+            (None, None) => None,
+        };
         let new_cmd = new_comm
             .as_deref()
             .map(|comm| resolve_cmd(pid, comm, buf, path));
@@ -278,7 +373,7 @@ impl ProcessTable {
         };
         let generation = self.generation;
         let record = out.len();
-        let fresh = |comm: Box<[u8]>, cmd: String| Tracked {
+        let fresh = |comm: Box<[u8]>, cmd: String, files: Option<PidFiles>| Tracked {
             start_ticks,
             start_time: ctx.btime_secs + start_ticks as f64 / ctx.clk_tck as f64,
             ppid: st.ppid,
@@ -291,6 +386,7 @@ impl ProcessTable {
             delta: TickDelta::default(),
             owed: Owed::default(),
             live_tid,
+            files,
         };
 
         let tracked = match self.entries.entry(pid) {
@@ -319,6 +415,7 @@ impl ProcessTable {
                 t.fresh = false;
                 t.delta = delta;
                 t.live_tid = live_tid;
+                t.files = files;
                 if let (Some(comm), Some(cmd)) = (new_comm, new_cmd) {
                     t.comm = comm;
                     t.cmd = cmd;
@@ -328,7 +425,7 @@ impl ProcessTable {
             MapEntry::Occupied(mut slot) => {
                 // Same pid, other start time: the old process exited and the pid was reused.
                 let comm = new_comm.unwrap_or_default();
-                let old = slot.insert(fresh(comm, new_cmd.unwrap_or_default()));
+                let old = slot.insert(fresh(comm, new_cmd.unwrap_or_default(), files));
                 self.reaped.push((old.ppid, Owed::of(old.counters)));
                 out.push(exit_record(pid, old, ctx.now_secs));
                 let t = slot.into_mut();
@@ -338,7 +435,7 @@ impl ProcessTable {
             }
             MapEntry::Vacant(slot) => {
                 let comm = new_comm.unwrap_or_default();
-                let t = slot.insert(fresh(comm, new_cmd.unwrap_or_default()));
+                let t = slot.insert(fresh(comm, new_cmd.unwrap_or_default(), files));
                 t.fresh = self.primed;
                 t.delta = if self.primed {
                     since_start(ctx, start_ticks, counters, record)
@@ -459,6 +556,13 @@ impl ProcessTable {
             out.push(exit_record(pid, std::mem::take(t), ctx.now_secs));
             false
         });
+        self.fds.recount(
+            self.entries
+                .values()
+                .filter_map(|t| t.files.as_ref())
+                .map(PidFiles::count)
+                .sum(),
+        );
         for &(ppid, owed) in &self.reaped {
             let Some(parent) = self.entries.get_mut(&ppid).filter(|p| p.seen == generation) else {
                 continue;
@@ -475,6 +579,29 @@ impl ProcessTable {
         }
         self.primed = true;
     }
+}
+
+/// The `stat` figures a tick keeps, copied out of the read buffer, and `comm` when it is new
+/// for `known` (the tracked process with the same pid and start time, if any).
+fn stat_figures(
+    st: &procfs::PidStat<'_>,
+    known: Option<&Tracked>,
+) -> (StatFigures, Option<Box<[u8]>>) {
+    let new_comm = match known {
+        Some(t) if *t.comm == *st.comm => None,
+        _ => Some(Box::<[u8]>::from(st.comm)),
+    };
+    (
+        StatFigures {
+            state: st.state,
+            ppid: st.ppid,
+            cpu_ticks: st.cpu_ticks.saturating_add(st.children_cpu_ticks),
+            num_threads: st.num_threads,
+            start_ticks: st.start_ticks,
+            rss_pages: st.rss_pages,
+        },
+        new_comm,
+    )
 }
 
 /// The `stat` figures a tick keeps, copied out of the read buffer.
@@ -540,6 +667,7 @@ impl Default for Tracked {
             delta: TickDelta::default(),
             owed: Owed::default(),
             live_tid: None,
+            files: None,
         }
     }
 }

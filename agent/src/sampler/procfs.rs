@@ -9,6 +9,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -43,8 +44,36 @@ impl ReadBuf {
         self.read(path, true)
     }
 
+    /// [`Self::read_single`] that leaves the file open, for [`Self::reread_single`] on later
+    /// ticks (see `pidfiles`).
+    pub fn open_single(&mut self, path: &Path) -> io::Result<(File, &[u8])> {
+        let mut file = File::open(path)?;
+        let filled = self.fill(|b, _| file.read(b), true)?;
+        Ok((file, &self.buf[..filled]))
+    }
+
+    /// Reads a single-record file kept open from offset 0 (`pread`): the kernel renders it
+    /// anew (`seq_read_iter` restarts at position 0), so this gives what a fresh `open` + `read`
+    /// would, without the path walk, the `struct file` setup and the `close`. A `/proc/PID`
+    /// file of a process that has been reaped fails with `ESRCH`.
+    pub fn reread_single(&mut self, file: &File) -> io::Result<&[u8]> {
+        let filled = self.fill(|b, offset| file.read_at(b, offset), true)?;
+        Ok(&self.buf[..filled])
+    }
+
     fn read(&mut self, path: &Path, short_read_is_eof: bool) -> io::Result<&[u8]> {
         let mut file = File::open(path)?;
+        let filled = self.fill(|b, _| file.read(b), short_read_is_eof)?;
+        Ok(&self.buf[..filled])
+    }
+
+    /// Fills the buffer from `read(space, offset)` (growing it as needed) until end of file;
+    /// returns the length read.
+    fn fill(
+        &mut self,
+        mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+        short_read_is_eof: bool,
+    ) -> io::Result<usize> {
         let mut filled = 0;
         loop {
             if filled == self.buf.len() {
@@ -52,7 +81,7 @@ impl ReadBuf {
                 self.buf.resize(grown, 0);
             }
             let space = self.buf.len() - filled;
-            let n = match file.read(&mut self.buf[filled..]) {
+            let n = match read(&mut self.buf[filled..], filled as u64) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -62,7 +91,7 @@ impl ReadBuf {
                 break;
             }
         }
-        Ok(&self.buf[..filled])
+        Ok(filled)
     }
 }
 

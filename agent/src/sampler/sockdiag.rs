@@ -14,6 +14,12 @@
 //!   included (what crosses the interface), else `tcpi_bytes_acked` (offset 120, Linux ≥ 4.1) on
 //!   older kernels: payload bytes the peer acknowledged.
 //!
+//! The agent's dumps carry a bytecode filter ([`request_without_loopback`]) so the kernel skips
+//! sockets with a loopback end before building their `tcp_info`: the dump's cost grows with
+//! every TCP socket of the host, and on a host with ~1,500 loopback connections (the shared
+//! build machine: test servers, browsers) it was 16.5 % of the daemon's CPU (docs/benchmarks.md
+//! §1c). The kernel still walks its socket hash; only the sockets kept cost a message.
+//!
 //! A `tcp_info` too short for the received counter (Linux < 4.1, e.g. 3.10 as in CentOS 7)
 //! fails the dump with [`io::ErrorKind::Unsupported`]: the kernel cannot count any socket's
 //! bytes, so the per-process network figures are not measured (null), never 0.
@@ -50,6 +56,19 @@ pub const TCP_INFO_TOO_SHORT: &str =
 
 /// A whole request: `nlmsghdr` + `inet_diag_req_v2`.
 pub const REQUEST_LEN: usize = NLMSG_HDRLEN + REQ_V2_LEN;
+
+/// `INET_DIAG_REQ_BYTECODE` (`linux/inet_diag.h`): the request attribute holding a filter.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// Filter operations (`enum` in `linux/inet_diag.h`; kernel `net/ipv4/inet_diag.c`
+/// `inet_diag_bc_run`): an op whose condition holds advances by `yes` bytes, else by `no`; the
+/// socket is dumped when the program ends exactly at its end, and skipped when a jump lands
+/// 4 bytes past it.
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_COND: u8 = 7;
+const INET_DIAG_BC_D_COND: u8 = 8;
+/// `sizeof(struct inet_diag_bc_op)` + `sizeof(struct inet_diag_hostcond)` (before the address).
+const BC_OP_LEN: usize = 4;
+const HOSTCOND_LEN: usize = 8;
 
 /// TCP states dumped: every state in which a full socket can carry data. Left out: `LISTEN`
 /// (never carries data), `TIME_WAIT` and `SYN_RECV`/`NEW_SYN_RECV` (mini sockets without a
@@ -95,6 +114,58 @@ pub fn request(family: u8, seq: u32) -> [u8; REQUEST_LEN] {
     r[q + 2] = 1 << (INET_DIAG_INFO - 1); // idiag_ext: ask for tcp_info
     r[q + 4..q + 8].copy_from_slice(&STATES.to_ne_bytes());
     // inet_diag_sockid left zero: every socket.
+    r
+}
+
+/// [`request`] with a filter that makes the kernel skip sockets with a loopback end
+/// (`127.0.0.0/8`, `::1`, or `::ffff:127.0.0.0/104`: an `AF_INET` condition also matches an
+/// IPv4-mapped IPv6 address) before it builds their `tcp_info`. Those are sockets
+/// [`is_local_traffic`] calls loopback, which the agent does not count: on a host with
+/// thousands of loopback connections (test servers, browsers) this is most of the dump's cost.
+/// Sockets whose two ends share a non-loopback address are still dumped and left out after.
+#[must_use]
+pub fn request_without_loopback(family: u8, seq: u32) -> Vec<u8> {
+    let lo4: (u8, u8, &[u8]) = (libc::AF_INET as u8, 8, &[127, 0, 0, 0]);
+    let lo6: (u8, u8, &[u8]) = (
+        libc::AF_INET6 as u8,
+        128,
+        &std::net::Ipv6Addr::LOCALHOST.octets(),
+    );
+    let conds: &[(u8, u8, &[u8])] = if i32::from(family) == libc::AF_INET {
+        &[lo4]
+    } else {
+        &[lo6, lo4]
+    };
+    let op_len = |addr: &[u8]| BC_OP_LEN + HOSTCOND_LEN + addr.len();
+    let total: usize = 2 * conds.iter().map(|c| op_len(c.2) + BC_OP_LEN).sum::<usize>();
+    let mut bc = Vec::with_capacity(total);
+    for code in [INET_DIAG_BC_S_COND, INET_DIAG_BC_D_COND] {
+        for &(cond_family, prefix_len, addr) in conds {
+            // The condition: holds → on to the jump below (reject); fails → past it.
+            let n = op_len(addr);
+            bc.push(code);
+            bc.push(n as u8);
+            bc.extend_from_slice(&((n + BC_OP_LEN) as u16).to_ne_bytes());
+            bc.push(cond_family);
+            bc.push(prefix_len);
+            bc.extend_from_slice(&[0, 0]);
+            bc.extend_from_slice(&(-1i32).to_ne_bytes()); // any port
+            bc.extend_from_slice(addr);
+            // The jump: always taken (`no`), to 4 bytes past the end: the socket is skipped.
+            let at = bc.len();
+            bc.push(INET_DIAG_BC_JMP);
+            bc.push(BC_OP_LEN as u8);
+            bc.extend_from_slice(&((total - at + BC_OP_LEN) as u16).to_ne_bytes());
+        }
+    }
+    debug_assert_eq!(bc.len(), total);
+    let mut r = request(family, seq).to_vec();
+    let attr_len = RTA_HDRLEN + bc.len();
+    r.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    r.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    r.extend_from_slice(&bc);
+    let len = r.len() as u32;
+    r[0..4].copy_from_slice(&len.to_ne_bytes());
     r
 }
 
@@ -227,6 +298,9 @@ pub struct SockDiag {
     sock: Socket,
     buf: Vec<u8>,
     seq: u32,
+    /// The kernel refused the loopback filter (`EINVAL` from its bytecode audit): dumps are
+    /// unfiltered from then on, as before the filter existed.
+    filter_refused: bool,
 }
 
 /// The kernel's dump datagrams are at most 32 KiB; twice that leaves no room for truncation.
@@ -248,24 +322,59 @@ impl SockDiag {
             sock,
             buf: vec![0; RECV_BUF],
             seq: 0,
+            filter_refused: false,
         })
     }
 
     /// Every TCP socket of this network namespace, IPv4 then IPv6, into `out` (cleared first).
     pub fn dump(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
+        self.dump_filtered(out, false)
+    }
+
+    /// [`Self::dump`] without the sockets [`request_without_loopback`] leaves out; a kernel
+    /// that refuses the filter gets unfiltered dumps (the loopback sockets are then left out
+    /// after the dump).
+    pub fn dump_without_loopback(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
+        if !self.filter_refused {
+            match self.dump_filtered(out, true) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.filter_refused = true;
+                    tracing::info!(error = %e,
+                        "The kernel refused the sock_diag loopback filter; dumping every socket.");
+                }
+                r => return r,
+            }
+        }
+        self.dump_filtered(out, false)
+    }
+
+    fn dump_filtered(&mut self, out: &mut Vec<TcpSocket>, no_loopback: bool) -> io::Result<()> {
         out.clear();
-        self.dump_family(libc::AF_INET as u8, out)?;
-        match self.dump_family(libc::AF_INET6 as u8, out) {
+        self.dump_family(libc::AF_INET as u8, out, no_loopback)?;
+        match self.dump_family(libc::AF_INET6 as u8, out, no_loopback) {
             // A kernel without IPv6 has no handler for the family: no IPv6 sockets.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             r => r,
         }
     }
 
-    fn dump_family(&mut self, family: u8, out: &mut Vec<TcpSocket>) -> io::Result<()> {
+    fn dump_family(
+        &mut self,
+        family: u8,
+        out: &mut Vec<TcpSocket>,
+        no_loopback: bool,
+    ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let req = request(family, self.seq);
-        let sent = self.sock.send(&req)?;
+        let filtered;
+        let plain;
+        let req: &[u8] = if no_loopback {
+            filtered = request_without_loopback(family, self.seq);
+            &filtered
+        } else {
+            plain = request(family, self.seq);
+            &plain
+        };
+        let sent = self.sock.send(req)?;
         if sent != req.len() {
             return Err(malformed("short netlink send"));
         }

@@ -4,6 +4,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use vmmon_common::wire::ext::SampleExt;
 use vmmon_common::wire::{ProcessKey, ProcessSample, Sample};
 
 use super::*;
@@ -527,6 +528,198 @@ fn reused_pid_with_new_start_time_is_a_new_process() {
             start_ticks: 1008 * hz
         }]
     );
+}
+
+impl Fake {
+    /// Reaps `pid`. On procfs a file opened before then fails (`ESRCH`) from then on, even
+    /// once the pid is reused; here the files are emptied before they are removed, so a
+    /// descriptor kept open reads 0 bytes, never the old figures.
+    fn reap_proc(&self, pid: u32) {
+        let dir = self.proc().join(pid.to_string());
+        for file in ["stat", "io"] {
+            if dir.join(file).is_file() {
+                fs::write(dir.join(file), b"").expect("empty");
+            }
+        }
+        self.remove_proc(pid);
+    }
+
+    fn stat_ino(&self, pid: u32) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(self.proc().join(format!("{pid}/stat")))
+            .expect("stat file")
+            .ino()
+    }
+}
+
+#[test]
+fn a_reused_pid_is_read_through_new_descriptors() {
+    let fake = Fake::new();
+    let hz = sampler(&fake).clk_tck;
+    fake.set_proc(&FakeProc::new(100, "first", 10 * hz));
+    fake.set_proc(&FakeProc::new(101, "other", 5));
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("first");
+    let first_ino = fake.stat_ino(100);
+    assert_eq!(s.kept_open(), [(100, first_ino), (101, fake.stat_ino(101))]);
+    assert_eq!(s.fds_kept_open(), 4);
+
+    // The process is reaped and its pid goes to a new process before the next tick.
+    fake.reap_proc(100);
+    fake.set_uptime(1010.0);
+    let mut second = FakeProc::new(100, "second", 1008 * hz);
+    second.utime = hz;
+    fake.set_proc(&second);
+    let second_ino = fake.stat_ino(100);
+    assert_ne!(first_ino, second_ino, "the old file is still open");
+    let sample = s.sample(at(1010), true).expect("second");
+    let gone = exits(&sample);
+    assert_eq!(gone.len(), 1);
+    assert_eq!((gone[0].pid, gone[0].cmd.as_str()), (100, "first"));
+    let now = live(&sample, 100);
+    assert_eq!(now.cmd, "second");
+    assert!(close(now.start_time, (BTIME + 1008) as f64));
+    assert!(close(now.cpu_pct, 25.0), "{}", now.cpu_pct);
+    assert_eq!(
+        s.kept_open(),
+        [(100, second_ino), (101, fake.stat_ino(101))]
+    );
+    assert_eq!(s.fds_kept_open(), 4);
+
+    // A kept file that reads another start time is not taken for the same process either
+    // (procfs cannot do this; a tree of regular files rewritten in place can).
+    fake.set_uptime(1020.0);
+    fake.set_proc(&FakeProc::new(100, "third", 1015 * hz));
+    let sample = s.sample(at(1020), true).expect("third");
+    let gone = exits(&sample);
+    assert_eq!(gone.len(), 1);
+    assert_eq!((gone[0].pid, gone[0].cmd.as_str()), (100, "second"));
+    let now = live(&sample, 100);
+    assert_eq!(now.cmd, "third");
+    assert!(close(now.start_time, (BTIME + 1015) as f64));
+    assert_eq!(
+        s.tracked_processes(),
+        [
+            ProcessKey {
+                pid: 100,
+                start_ticks: 1015 * hz
+            },
+            ProcessKey {
+                pid: 101,
+                start_ticks: 5
+            }
+        ]
+    );
+    assert_eq!(s.kept_open().len(), 2);
+}
+
+#[test]
+fn a_vanished_process_closes_its_descriptors() {
+    let fake = Fake::new();
+    fake.set_proc(&FakeProc::new(100, "stays", 0));
+    fake.set_proc(&FakeProc::new(101, "leaves", 7));
+    let mut denied = FakeProc::new(102, "secret", 9);
+    denied.io = None;
+    fake.set_proc(&denied);
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("first");
+    // `io` refused: only its `stat` is kept.
+    assert_eq!(s.fds_kept_open(), 5);
+    assert_eq!(s.kept_open().len(), 3);
+
+    fake.reap_proc(101);
+    fake.remove_proc(102);
+    fake.set_uptime(1010.0);
+    let sample = s.sample(at(1010), true).expect("second");
+    let mut gone: Vec<u32> = exits(&sample).iter().map(|p| p.pid).collect();
+    gone.sort_unstable();
+    assert_eq!(gone, [101, 102]);
+    assert_eq!(s.kept_open(), [(100, fake.stat_ino(100))]);
+    assert_eq!(s.fds_kept_open(), 2);
+
+    // Turning process sampling off closes them all.
+    fake.set_uptime(1020.0);
+    s.sample(at(1020), false).expect("off");
+    assert_eq!(s.fds_kept_open(), 0);
+    assert!(s.kept_open().is_empty());
+}
+
+/// Over the same ticks (counters moving, a reaped process, a reused pid, a refused `io`, a
+/// new process, an exec), samplers keeping every file open, some of them (the cap reached) or
+/// none give the same samples.
+#[test]
+fn beyond_the_descriptor_cap_open_read_close_gives_the_same_figures() {
+    let fake = Fake::new();
+    let hz = sampler(&fake).clk_tck;
+    let mut procs: Vec<FakeProc> = (0..6)
+        .map(|i| {
+            let mut p = FakeProc::new(100 + i, &format!("p{i}"), u64::from(i) * 3);
+            p.rss_pages = 10 * u64::from(i);
+            p.io = Some((u64::from(i) * 4096, 0));
+            p
+        })
+        .collect();
+    procs[2].io = None;
+    for p in &procs {
+        fake.set_proc(p);
+    }
+    let mut samplers: Vec<Sampler> = [usize::MAX, 3, 0]
+        .into_iter()
+        .map(|cap| {
+            let mut s = sampler(&fake);
+            s.set_fd_cap(cap);
+            s.set_net_attribution(false);
+            s
+        })
+        .collect();
+    let tick = |secs: u64, samplers: &mut Vec<Sampler>, procs: usize| {
+        fake.set_uptime(secs as f64);
+        fake.set_cpu(secs * 10, secs * 10);
+        let out: Vec<(Sample, SampleExt)> = samplers
+            .iter_mut()
+            .map(|s| s.sample_ext(at(secs), true).expect("sample"))
+            .collect();
+        for o in &out[1..] {
+            assert_eq!(*o, out[0], "at {secs} s");
+        }
+        let kept: Vec<usize> = samplers.iter().map(Sampler::fds_kept_open).collect();
+        // All but the refused `io`.
+        assert_eq!(kept[0], 2 * procs - 1, "{kept:?}");
+        assert!(kept[1] > 0 && kept[1] <= 3, "{kept:?}");
+        assert_eq!(kept[2], 0);
+        out.into_iter().next().expect("a sample")
+    };
+    tick(1000, &mut samplers, procs.len());
+    for p in &mut procs {
+        p.utime += 5 * hz;
+        p.io = p.io.map(|(r, w)| (r + 40_960, w + 8192));
+        fake.set_proc(p);
+    }
+    let (second, _) = tick(1010, &mut samplers, procs.len());
+    assert!(close(live(&second, 101).cpu_pct, 25.0));
+
+    fake.reap_proc(103);
+    procs[4].start_ticks = 1015 * hz; // pid 104 reused
+    procs[4].utime = hz;
+    fake.reap_proc(104);
+    fake.set_proc(&procs[4]);
+    procs[5].comm = "python3".into(); // exec
+    procs[5].stime += 2 * hz;
+    fake.set_proc(&procs[5]);
+    let mut born = FakeProc::new(200, "born", 1018 * hz);
+    born.utime = hz;
+    fake.set_proc(&born);
+    procs.retain(|p| p.pid != 103);
+    procs.push(born);
+    let (third, _) = tick(1020, &mut samplers, procs.len());
+    assert_eq!(exits(&third).len(), 2);
+    assert_eq!(live(&third, 105).cmd, "python3");
+
+    for p in &mut procs {
+        p.utime += hz;
+        fake.set_proc(p);
+    }
+    tick(1030, &mut samplers, procs.len());
 }
 
 #[test]

@@ -7,8 +7,22 @@
 //!   or nothing under the final name.
 //! * `spool/corrupt/` — anything unreadable found at open or read time is moved here (kept for
 //!   inspection, never resent) and counted.
-//! * `agent-state.json` — next sequence number, cumulative drop counters, the last desired
-//!   state and the CDN access-log positions, written atomically the same way.
+//! * `agent-state.slots` — next sequence number, cumulative drop counters, the last desired
+//!   state and the CDN access-log positions ([`PersistedState`] as JSON), rewritten after every
+//!   batch in one of two checksummed slots of a preallocated file (`pwrite` + `fdatasync`, see
+//!   [`crate::slots`]): a crash mid-write leaves the previous record. It exists so that
+//!   `next_seq` survives a spool that has emptied (seqs stay contiguous: a gap is a lost sample
+//!   to the delivery audits, a repeat a duplicate). An `agent-state.json` of an older agent is
+//!   read once, when there is no slot file, and removed once the slot file is written (so a
+//!   downgrade to such an agent starts as one whose state was lost: `next_seq` from its spool,
+//!   CDN positions asked of the collector, the desired state from the next register).
+//!   If neither slot is valid (both damaged: a torn write damages only one, so this takes a
+//!   damaged disk or a hand edit), the file is moved aside to `spool/corrupt/` (logged, counted
+//!   in [`OpenReport::moved_aside`]) and the agent goes on, as it did with a damaged
+//!   `agent-state.json`, rather than refusing to start: from an older agent's
+//!   `agent-state.json` if one is left, else from the spooled batches, `next_seq` continuing
+//!   after the newest (after an empty spool it starts again at 0: the collector stores those as
+//!   new batches, since it dedups by batch id, but a seq audit sees the numbers again).
 //!
 //! Full policy: drop oldest. Monitoring data is most useful fresh, so when the spool exceeds its
 //! byte bound the oldest batches are deleted and their samples added to `dropped_samples_total`,
@@ -44,9 +58,14 @@ use uuid::Uuid;
 use vmmon_common::wire::ext::{self, SampleExt};
 use vmmon_common::wire::{CdnBucketDelta, CdnTailState, DesiredState, ReportBatch, Sample};
 
+use crate::slots::{SlotError, SlotFile};
+
 const SPOOL_DIR: &str = "spool";
 const CORRUPT_DIR: &str = "corrupt";
+/// The state file of agents before the slot file ([`STATE_SLOTS`]); read once for the upgrade.
 const STATE_FILE: &str = "agent-state.json";
+/// The state's slot file ([`crate::slots`]).
+pub const STATE_SLOTS: &str = "agent-state.slots";
 const BATCH_EXT: &str = "batch";
 
 /// Spool failures (I/O on the state directory).
@@ -63,6 +82,9 @@ pub enum SpoolError {
     /// A batch could not be encoded.
     #[error("cannot encode batch: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The state's slot file could not be written.
+    #[error(transparent)]
+    State(#[from] SlotError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -157,7 +179,14 @@ pub struct OpenReport {
 pub struct Spool {
     dir: PathBuf,
     corrupt_dir: PathBuf,
+    /// `agent-state.slots`.
     state_path: PathBuf,
+    /// The open slot file; `None` until the first state write creates it.
+    state_file: Option<SlotFile>,
+    /// `agent-state.json` of an older agent, still present: removed after the first write.
+    legacy_state: Option<PathBuf>,
+    /// Reused JSON buffer for the state.
+    state_buf: Vec<u8>,
     max_bytes: u64,
     index: VecDeque<Entry>,
     total_bytes: u64,
@@ -178,21 +207,12 @@ impl Spool {
         let dir = state_dir.join(SPOOL_DIR);
         let corrupt_dir = dir.join(CORRUPT_DIR);
         fs::create_dir_all(&corrupt_dir).map_err(io(&corrupt_dir))?;
-        let state_path = state_dir.join(STATE_FILE);
+        let state_path = state_dir.join(STATE_SLOTS);
+        let legacy_path = state_dir.join(STATE_FILE);
         let mut report = OpenReport::default();
-        let mut state = match fs::read(&state_path) {
-            Ok(bytes) => match serde_json::from_slice::<PersistedState>(&bytes) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(path = %state_path.display(), error = %e, "Agent state file is damaged; moved aside.");
-                    move_aside(&state_path, &corrupt_dir)?;
-                    report.moved_aside += 1;
-                    PersistedState::default()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistedState::default(),
-            Err(e) => return Err(io(&state_path)(e)),
-        };
+        let (mut state, state_file) =
+            load_state(&state_path, &legacy_path, &corrupt_dir, &mut report)?;
+        let legacy_state = legacy_path.exists().then_some(legacy_path);
 
         let mut found: Vec<(u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io(&dir))? {
@@ -255,6 +275,9 @@ impl Spool {
             dir,
             corrupt_dir,
             state_path,
+            state_file,
+            legacy_state,
+            state_buf: Vec::new(),
             max_bytes,
             index,
             total_bytes,
@@ -567,10 +590,96 @@ impl Spool {
     }
 
     fn save_state(&mut self) -> Result<(), SpoolError> {
-        let bytes = serde_json::to_vec(&self.state)?;
-        let res = write_atomically(&self.state_path, &bytes);
+        let res = self.write_state();
         self.state_dirty = res.is_err();
         res
+    }
+
+    /// The state into its slot file, durably (`fdatasync`), creating the file the first time.
+    fn write_state(&mut self) -> Result<(), SpoolError> {
+        self.state_buf.clear();
+        serde_json::to_writer(&mut self.state_buf, &self.state)?;
+        match self.state_file.as_mut() {
+            Some(f) => f.write(&self.state_buf, true)?,
+            None => {
+                self.state_file = Some(SlotFile::create(&self.state_path, &self.state_buf)?);
+            }
+        }
+        if let Some(legacy) = self.legacy_state.take() {
+            // The slot file is durable and read first from now on.
+            match fs::remove_file(&legacy) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %legacy.display(), error = %e, "Cannot remove the old agent state file; it is ignored.");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The persisted state: from the slot file, else (upgrade) from an older agent's
+/// `agent-state.json`, else the default. A damaged file is moved aside and counted; the state
+/// then starts from the default and the spooled batches (see the module header).
+fn load_state(
+    slots_path: &Path,
+    legacy_path: &Path,
+    corrupt_dir: &Path,
+    report: &mut OpenReport,
+) -> Result<(PersistedState, Option<SlotFile>), SpoolError> {
+    let mut corrupt = 0;
+    let found = match SlotFile::open(slots_path) {
+        Ok(Some((file, payload))) => match serde_json::from_slice::<PersistedState>(&payload) {
+            Ok(state) => Some((state, file)),
+            Err(e) => {
+                drop(file);
+                tracing::warn!(path = %slots_path.display(), error = %e, "Agent state record is damaged; moved aside.");
+                move_aside(slots_path, corrupt_dir)?;
+                corrupt += 1;
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(SlotError::Damaged { path, reason }) => {
+            tracing::warn!(path = %path.display(), reason, "Agent state file holds no valid record; moved aside.");
+            move_aside(slots_path, corrupt_dir)?;
+            corrupt += 1;
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (state, file) = match found {
+        Some((state, file)) => (state, Some(file)),
+        None => match fs::read(legacy_path) {
+            Ok(bytes) => match serde_json::from_slice::<PersistedState>(&bytes) {
+                Ok(s) => (s, None),
+                Err(e) => {
+                    tracing::warn!(path = %legacy_path.display(), error = %e, "Agent state file is damaged; moved aside.");
+                    move_aside(legacy_path, corrupt_dir)?;
+                    corrupt += 1;
+                    (PersistedState::default(), None)
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (PersistedState::default(), None),
+            Err(e) => return Err(io(legacy_path)(e)),
+        },
+    };
+    // Counted in the open report only: the counters in the state were lost with it.
+    report.moved_aside += corrupt;
+    Ok((state, file))
+}
+
+/// The agent's persisted state in `state_dir` as the agent would resume it, without moving
+/// anything aside (for tests and tools): `Ok(None)` when there is none.
+pub fn read_state(state_dir: &Path) -> Result<Option<PersistedState>, SpoolError> {
+    if let Some((_, payload)) = SlotFile::open(&state_dir.join(STATE_SLOTS))? {
+        return Ok(Some(serde_json::from_slice(&payload)?));
+    }
+    match fs::read(state_dir.join(STATE_FILE)) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&state_dir.join(STATE_FILE))(e)),
     }
 }
 

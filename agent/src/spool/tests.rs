@@ -160,7 +160,7 @@ fn damaged_state_file_does_not_stop_the_agent() {
         let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
         spool.push("i", vec![sample(1)]).unwrap();
     }
-    fs::write(dir.path().join(STATE_FILE), b"not json").unwrap();
+    fs::write(dir.path().join(STATE_SLOTS), b"not slots").unwrap();
     let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(report.moved_aside, 1);
     assert_eq!(report.batches, 1);
@@ -169,6 +169,31 @@ fn damaged_state_file_does_not_stop_the_agent() {
         1,
         "next_seq is recovered from the files"
     );
+    drop(spool);
+    // A real slot file with both slots damaged (a damaged disk; a torn write damages only
+    // one): moved aside for inspection, a new one written, the agent goes on from the batches.
+    let slots = dir.path().join(STATE_SLOTS);
+    let mut image = fs::read(&slots).unwrap();
+    let slot_bytes = image.len() / 2;
+    for k in 0..2 {
+        image[k * slot_bytes + crate::slots::HEADER_BYTES] ^= 0xff;
+    }
+    fs::write(&slots, &image).unwrap();
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.moved_aside, 1);
+    assert_eq!(spool.push("i", vec![sample(3)]).unwrap(), 2);
+    let aside = fs::read_dir(dir.path().join(SPOOL_DIR).join(CORRUPT_DIR))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(STATE_SLOTS)
+        })
+        .count();
+    assert_eq!(aside, 2, "both damaged state files are kept for inspection");
+    assert!(crate::slots::SlotFile::open(&slots).unwrap().is_some());
 }
 
 #[test]
@@ -404,4 +429,101 @@ fn the_batch_being_sent_is_not_dropped_by_the_bound_until_its_answer() {
     spool.push("i", vec![sample(8)]).unwrap();
     assert_eq!(at(&mut spool), vec![6, 7, 8]);
     assert_eq!(spool.dropped_samples_total(), 4);
+}
+
+/// An older agent's `agent-state.json` is resumed once, then replaced by the slot file; a
+/// damaged one is moved aside as before.
+#[test]
+fn upgrade_from_the_json_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = dir.path().join(STATE_FILE);
+    fs::write(
+        &legacy,
+        br#"{"next_seq":41,"dropped_samples_total":3,"corrupt_files_total":1,
+            "desired":{"monitoring":true,"interval_secs":7}}"#,
+    )
+    .unwrap();
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report, OpenReport::default());
+    assert!(
+        !legacy.exists(),
+        "removed once the slot file holds the state"
+    );
+    assert!(dir.path().join(STATE_SLOTS).exists());
+    assert_eq!(spool.dropped_samples_total(), 3);
+    assert_eq!(spool.corrupt_files_total(), 1);
+    assert_eq!(spool.push("i", vec![sample(1)]).unwrap(), 41);
+    spool.remove(41).unwrap();
+    drop(spool);
+    // A stale JSON left beside the slot file (its removal failed) is ignored.
+    fs::write(&legacy, br#"{"next_seq":5}"#).unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(spool.push("i", vec![sample(2)]).unwrap(), 42);
+    assert_eq!(
+        spool.desired(),
+        Some(DesiredState {
+            monitoring: true,
+            interval_secs: 7
+        })
+    );
+    assert!(!legacy.exists());
+
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(STATE_FILE), b"{\"next_seq\": ").unwrap();
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.moved_aside, 1);
+    assert_eq!(spool.push("i", vec![sample(1)]).unwrap(), 0);
+}
+
+/// The crash cases of the per-tick state write: whatever the crash leaves, a restart neither
+/// reuses a sequence number nor skips one.
+#[test]
+fn no_seq_reuse_or_gap_whatever_state_write_a_crash_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let slots = dir.path().join(STATE_SLOTS);
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    for n in 0..3 {
+        assert_eq!(spool.push("i", vec![sample(n)]).unwrap(), n as u64);
+        spool.remove(n as u64).unwrap();
+    }
+    // Batch 3 spooled, its state write (next_seq 4) torn: the state says 3, the batch is there.
+    let before = fs::read(&slots).unwrap();
+    assert_eq!(spool.push("i", vec![sample(3)]).unwrap(), 3);
+    drop(spool);
+    let after = fs::read(&slots).unwrap();
+    let slot_bytes = before.len() / 2;
+    let changed: Vec<usize> = (0..2)
+        .filter(|&k| {
+            before[k * slot_bytes..(k + 1) * slot_bytes]
+                != after[k * slot_bytes..(k + 1) * slot_bytes]
+        })
+        .collect();
+    assert_eq!(changed.len(), 1, "one slot written per state write");
+    let k = changed[0];
+    for cut in [0, 8, 20, 24, 40] {
+        let mut torn = after.clone();
+        torn[k * slot_bytes + cut..(k + 1) * slot_bytes]
+            .copy_from_slice(&before[k * slot_bytes + cut..(k + 1) * slot_bytes]);
+        fs::write(&slots, &torn).unwrap();
+        let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(report.batches, 1);
+        assert_eq!(spool.push("i", vec![sample(4)]).unwrap(), 4, "cut at {cut}");
+        drop(spool);
+        // Back to the crash image for the next case.
+        fs::write(&slots, &after).unwrap();
+        for f in batch_files(dir.path()) {
+            if f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("00000000000000000004"))
+            {
+                fs::remove_file(f).unwrap();
+            }
+        }
+    }
+    // Batch 3 acknowledged and deleted: the durable state alone carries next_seq.
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    spool.remove(3).unwrap();
+    drop(spool);
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.batches, 0);
+    assert_eq!(spool.push("i", vec![sample(5)]).unwrap(), 4);
 }

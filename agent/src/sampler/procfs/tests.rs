@@ -299,6 +299,28 @@ fn read_buf_reads_whole_files_of_any_size() {
 }
 
 #[test]
+fn a_kept_file_rereads_from_offset_zero_whatever_its_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"first\n").expect("write");
+    let mut buf = ReadBuf::default();
+    let (file, data) = buf.open_single(&path).expect("open");
+    assert_eq!(data, b"first\n");
+    assert_eq!(buf.reread_single(&file).expect("pread"), b"first\n");
+    // Rewritten in place, larger than the buffer: read whole from 0 again.
+    let big: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &big).expect("write");
+    assert_eq!(buf.reread_single(&file).expect("pread"), &big[..]);
+    std::fs::write(&path, b"").expect("write");
+    assert_eq!(buf.reread_single(&file).expect("pread"), b"");
+    assert!(is_vanished(
+        &buf.open_single(&dir.path().join("missing"))
+            .map(|(_, d)| d.len())
+            .expect_err("missing")
+    ));
+}
+
+#[test]
 fn pid_stat_state_parent_children_threads() {
     // 42 (w) Z ppid=7 ... utime 3 stime 4 cutime 50 cstime 60 ... threads 3, rss 0.
     let line = "42 (w) Z 7 42 42 0 -1 4194304 10 0 0 0 3 4 50 60 20 0 3 0 900 0 0 \

@@ -131,6 +131,70 @@ fn request_layout() {
     assert!(r[24..].iter().all(|&b| b == 0), "sockid: every socket");
 }
 
+/// Walks a filter as `inet_diag_bc_run` does, for a socket whose source and destination match
+/// the loopback conditions as given; true: dumped.
+fn run_filter(bc: &[u8], src_lo: bool, dst_lo: bool) -> bool {
+    let mut at = 0usize;
+    while at < bc.len() {
+        let (code, yes, no) = (
+            bc[at],
+            usize::from(bc[at + 1]),
+            usize::from(u16_at(bc, at + 2)),
+        );
+        let holds = match code {
+            7 => src_lo,
+            8 => dst_lo,
+            1 => false, // JMP
+            other => panic!("unexpected op {other}"),
+        };
+        at += if holds { yes } else { no };
+    }
+    at == bc.len()
+}
+
+#[test]
+fn loopback_filter_layout_and_logic() {
+    for (family, conds) in [(AF_INET, 1usize), (AF_INET6, 2)] {
+        let r = request_without_loopback(family, 9);
+        let plain = request(family, 9);
+        assert_eq!(&r[4..REQUEST_LEN], &plain[4..], "same request otherwise");
+        assert_eq!(u32_at(&r, 0) as usize, r.len(), "nlmsg_len");
+        let attr = &r[REQUEST_LEN..];
+        assert_eq!(u16_at(attr, 0) as usize, attr.len(), "rta_len");
+        assert_eq!(u16_at(attr, 2), 1, "INET_DIAG_REQ_BYTECODE");
+        let bc = &attr[4..];
+        // Per condition: S_COND + JMP and D_COND + JMP.
+        let v4_len = 16 + 4;
+        let v6_len = 28 + 4;
+        let want = if conds == 1 {
+            2 * v4_len
+        } else {
+            2 * (v4_len + v6_len)
+        };
+        assert_eq!(bc.len(), want);
+        // The kernel's audit: every `yes` chain step lands on an op, and ends exactly at the
+        // end; every `no` is a multiple of 4 and at most 4 past the end.
+        let mut at = 0;
+        while at < bc.len() {
+            let (yes, no) = (usize::from(bc[at + 1]), usize::from(u16_at(bc, at + 2)));
+            assert!(yes >= 4 && yes % 4 == 0 && no % 4 == 0, "op at {at}");
+            assert!(at + no <= bc.len() + 4, "op at {at}");
+            if bc[at] != 1 {
+                assert_eq!(
+                    i32::from_ne_bytes(bc[at + 8..at + 12].try_into().unwrap()),
+                    -1
+                );
+            }
+            at += yes;
+        }
+        assert_eq!(at, bc.len());
+        assert!(run_filter(bc, false, false), "other traffic is dumped");
+        assert!(!run_filter(bc, true, false));
+        assert!(!run_filter(bc, false, true));
+        assert!(!run_filter(bc, true, true));
+    }
+}
+
 #[test]
 fn parses_sockets_across_datagrams_until_done() {
     let info = tcp_info(232, 5, 1_000, 2_000);
@@ -353,6 +417,59 @@ fn real_kernel_dump_sees_our_connection() {
         .find(|s| s.inode == server_inode)
         .expect("server socket");
     assert_eq!(server_again.cookie, server_sock.cookie);
+}
+
+/// The real kernel accepts the filter (an invalid one fails the dump with `EINVAL`), leaves
+/// out a loopback connection, and keeps a connection to this host's own non-loopback address
+/// (loopback to the agent too, but only after the dump).
+#[test]
+#[ignore = "needs root (NETLINK_SOCK_DIAG); scripts/test.sh runs it"]
+fn real_kernel_filter_leaves_out_loopback_only() {
+    let mut diag = SockDiag::open().expect("NETLINK_SOCK_DIAG: run as root on Linux");
+    let inode_of = |s: &TcpStream| {
+        use std::os::fd::AsRawFd;
+        std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd()))
+            .ok()
+            .and_then(|t| crate::sampler::netflow::socket_inode(t.as_os_str().as_encoded_bytes()))
+            .expect("socket inode")
+    };
+    let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let lo_client = TcpStream::connect(lo.local_addr().expect("addr")).expect("connect");
+    let lo6 = TcpListener::bind("[::1]:0").ok();
+    let lo6_client = lo6
+        .as_ref()
+        .map(|l| TcpStream::connect(l.local_addr().expect("addr")).expect("connect"));
+    // This host's own address, if it has a route anywhere (no packet is sent).
+    let own = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
+        .and_then(|u| u.local_addr())
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    let own_listener = own.and_then(|ip| TcpListener::bind((ip, 0)).ok());
+    let own_client = own_listener
+        .as_ref()
+        .map(|l| TcpStream::connect(l.local_addr().expect("addr")).expect("connect"));
+
+    let mut all = Vec::new();
+    diag.dump(&mut all).expect("dump");
+    let mut filtered = Vec::new();
+    diag.dump_without_loopback(&mut filtered)
+        .expect("the kernel accepts the filter");
+    let has = |v: &[TcpSocket], inode: u32| v.iter().any(|s| s.inode == inode);
+    assert!(has(&all, inode_of(&lo_client)));
+    assert!(!has(&filtered, inode_of(&lo_client)));
+    if let Some(c) = &lo6_client {
+        assert!(has(&all, inode_of(c)));
+        assert!(!has(&filtered, inode_of(c)));
+    }
+    if let Some(c) = &own_client {
+        assert!(
+            has(&filtered, inode_of(c)),
+            "a non-127 connection is dumped"
+        );
+    }
+    assert!(filtered.len() < all.len());
 }
 
 #[test]
