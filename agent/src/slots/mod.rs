@@ -73,6 +73,23 @@ pub enum SlotError {
     },
 }
 
+/// Creates `path` for writing with `mode`, replacing whatever is there. The agent runs as root:
+/// a planted symlink at `path` must not make it write through the link, so the old entry is
+/// removed (a link is removed, not followed) and the file created exclusively (`O_CREAT|O_EXCL`
+/// never follows a link).
+pub(crate) fn create_replacing(path: &Path, mode: u32) -> std::io::Result<File> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SlotError + '_ {
     move |source| SlotError::Io {
         path: path.to_path_buf(),
@@ -207,20 +224,8 @@ impl SlotFile {
         // Both slots preallocated (written, not sparse), so later writes allocate nothing.
         image.resize(2 * slot_bytes, 0);
         let tmp = path.with_extension("tmp");
-        // A planted `….tmp` symlink must not make the agent (root) write through it: remove
-        // whatever is there (a link is removed, not followed) and create the file exclusively.
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&tmp)(e)),
-        }
         {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io(&tmp))?;
+            let mut f = create_replacing(&tmp, 0o600).map_err(io(&tmp))?;
             f.write_all(&image).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
         }

@@ -48,7 +48,7 @@
 mod tests;
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -58,7 +58,7 @@ use uuid::Uuid;
 use vmmon_common::wire::ext::{self, SampleExt};
 use vmmon_common::wire::{CdnBucketDelta, CdnTailState, DesiredState, ReportBatch, Sample};
 
-use crate::slots::{SlotError, SlotFile};
+use crate::slots::{SlotError, SlotFile, create_replacing};
 
 const SPOOL_DIR: &str = "spool";
 const CORRUPT_DIR: &str = "corrupt";
@@ -712,19 +712,8 @@ fn move_aside(path: &Path, corrupt_dir: &Path) -> Result<(), SpoolError> {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     let tmp = path.with_extension("tmp");
     {
-        // The agent runs as root: a planted `…tmp` symlink must not make it write through the
-        // link. Remove whatever is there (a link is removed, not followed) and create the file
-        // exclusively (O_CREAT|O_EXCL never follows a link).
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&tmp)(e)),
-        }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
+        // Mode as `File::create` gives it (0o666 before the umask).
+        let mut f = create_replacing(&tmp, 0o666).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }

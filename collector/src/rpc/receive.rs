@@ -17,7 +17,10 @@
 //!   of its payload is read (a fragmented message takes the message cap), so a connection holds
 //!   either a whole message's permits or none: no two half-received messages can deadlock each
 //!   other. While the budget is spent, agents' bytes wait in their sockets (back-pressure through
-//!   TCP; nothing is refused or dropped).
+//!   TCP; nothing is refused or dropped). A connection kept waiting longer than the WebSocket
+//!   inactivity limit (90 s; its pongs are queued behind its message) is closed by jsonrpsee's
+//!   ping check, and its agent reconnects and resends the batch, which is stored once: this
+//!   takes a flood of maximal reports, not ordinary ones (96 MiB is ~400 ordinary reports).
 //!
 //! So the report JSON in memory is at most this budget, whatever the number of agents. Where the
 //! WebSocket stream starts is known exactly because `/rpc` is only served as the first request on
