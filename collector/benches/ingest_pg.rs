@@ -175,7 +175,7 @@ async fn real_path(
         .read(|c| {
             c.query_row(
                 "SELECT (SELECT COUNT(*) FROM vm_samples) + (SELECT COUNT(*) FROM process_samples)",
-                vmmon_collector::store::params![],
+                vmmon_collector::store::NO_PARAMS,
                 |r| r.get(0),
             )
         })

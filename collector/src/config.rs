@@ -121,7 +121,7 @@ pub struct CollectorConfig {
     /// Busiest processes per VM on `/metrics` (0–50).
     pub metrics_top_processes: u32,
     /// Per-token registration limits (each ≥ 1).
-    pub register_limits: crate::store::instances::RegisterLimits,
+    pub register_limits: RegisterLimits,
     /// `[rating]`, checked.
     pub rating: RatingConfig,
     /// HTTPS/WSS: the certificate files and what was loaded from them (None: plain HTTP/WS).
@@ -294,7 +294,7 @@ impl ConfigFile {
                     public_url,
                     metrics_token: self.metrics_token,
                     metrics_top_processes: self.metrics_top_processes,
-                    register_limits: crate::store::instances::RegisterLimits {
+                    register_limits: RegisterLimits {
                         max_instances_per_token: self.max_instances_per_token,
                         max_new_per_minute: self.max_new_instances_per_token_per_minute,
                     },
@@ -319,6 +319,33 @@ impl CollectorConfig {
         i64::try_from(self.session_idle_secs)
             .unwrap_or(i64::MAX)
             .saturating_mul(1000)
+    }
+}
+
+/// Limits on the instances one agent token may register (default: the config file's defaults,
+/// 10,000 in all and 1,000 new per minute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterLimits {
+    /// Instances one token may have registered in all.
+    pub max_instances_per_token: u32,
+    /// New instances one token may register per minute.
+    pub max_new_per_minute: u32,
+}
+
+impl RegisterLimits {
+    /// No limits (benches and tools that load a store).
+    pub const UNLIMITED: RegisterLimits = RegisterLimits {
+        max_instances_per_token: u32::MAX,
+        max_new_per_minute: u32::MAX,
+    };
+}
+
+impl Default for RegisterLimits {
+    fn default() -> Self {
+        RegisterLimits {
+            max_instances_per_token: 10_000,
+            max_new_per_minute: 1_000,
+        }
     }
 }
 

@@ -122,14 +122,16 @@ impl<T: Param, const N: usize> Params for [T; N] {
     }
 }
 
-/// `params![a, b, …]`: a parameter list of mixed types (like `rusqlite::params!`).
-#[macro_export]
-#[doc(hidden)]
+/// `params![a, b, …]`: a parameter list of mixed types (like `rusqlite::params!`). Crate-local
+/// (a `#[macro_export]` macro would live at the crate root, above the store).
 macro_rules! store_params {
     () => { &[] as &[&dyn $crate::store::db::Param] };
     ($($p:expr),+ $(,)?) => { &[$(&$p as &dyn $crate::store::db::Param),+] as &[&dyn $crate::store::db::Param] };
 }
-pub use crate::store_params as params;
+pub(crate) use store_params as params;
+
+/// No parameters, for callers outside the crate (benches): `params![]` is crate-local.
+pub const NO_PARAMS: &[&dyn Param] = &[];
 
 impl rusqlite::ToSql for Value<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {

@@ -61,32 +61,8 @@ pub enum RegisterOutcome {
     },
 }
 
-/// Limits on the instances one agent token may register (default: the config file's defaults,
-/// 10,000 in all and 1,000 new per minute).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegisterLimits {
-    /// Instances one token may have registered in all.
-    pub max_instances_per_token: u32,
-    /// New instances one token may register per minute.
-    pub max_new_per_minute: u32,
-}
-
-impl RegisterLimits {
-    /// No limits (benches and tools that load a store).
-    pub const UNLIMITED: RegisterLimits = RegisterLimits {
-        max_instances_per_token: u32::MAX,
-        max_new_per_minute: u32::MAX,
-    };
-}
-
-impl Default for RegisterLimits {
-    fn default() -> Self {
-        RegisterLimits {
-            max_instances_per_token: 10_000,
-            max_new_per_minute: 1_000,
-        }
-    }
-}
+/// Registration limits are configuration; the store applies them.
+pub use crate::config::RegisterLimits;
 
 const COLUMNS: &str = "instance_id, project, region, party, hostname, cpu_count, mem_total_bytes,
     disk_total_bytes, lan_ips, wan_ips, agent_version, os, created_at_ms, updated_at_ms,

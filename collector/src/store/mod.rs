@@ -33,7 +33,8 @@ use std::time::Duration;
 use rusqlite::OpenFlags;
 use tokio::sync::{mpsc, oneshot};
 
-pub use db::{Connection, params};
+pub(crate) use db::params;
+pub use db::{Connection, NO_PARAMS};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "vmmon.sqlite3";
