@@ -78,10 +78,9 @@ fn restart_recovery_keeps_batches_ids_and_sequence() {
     assert_eq!(spool.push("i", vec![sample(3)]).unwrap(), 2);
 }
 
-#[test]
-fn size_limit_drops_oldest_and_counts_samples() {
-    let dir = tempfile::tempdir().unwrap();
-    let one = serde_json::to_vec(&ReportBatch {
+/// Bytes of one spooled batch of instance "i" with one sample.
+fn one_batch_bytes() -> u64 {
+    serde_json::to_vec(&ReportBatch {
         batch_id: Uuid::new_v4(),
         instance_id: "i".into(),
         seq: 0,
@@ -91,7 +90,13 @@ fn size_limit_drops_oldest_and_counts_samples() {
         cdn_tail: None,
     })
     .unwrap()
-    .len() as u64;
+    .len() as u64
+}
+
+#[test]
+fn size_limit_drops_oldest_and_counts_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = one_batch_bytes();
     // Room for three batches (plus slack for longer sequence numbers).
     let (mut spool, _) = Spool::open(dir.path(), one * 3 + 20).unwrap();
     for ms in 1..=10 {
@@ -384,17 +389,7 @@ fn only_the_newest_batch_near_the_front_is_kept_in_memory() {
 #[test]
 fn the_batch_being_sent_is_not_dropped_by_the_bound_until_its_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let one = serde_json::to_vec(&ReportBatch {
-        batch_id: Uuid::new_v4(),
-        instance_id: "i".into(),
-        seq: 0,
-        samples: vec![sample(1)],
-        dropped_samples_total: 0,
-        cdn: Vec::new(),
-        cdn_tail: None,
-    })
-    .unwrap()
-    .len() as u64;
+    let one = one_batch_bytes();
     let at = |spool: &mut Spool| -> Vec<i64> {
         let mut v = Vec::new();
         let mut copy = spool.index.clone();
