@@ -9,6 +9,11 @@
 //! 3. actions and jobs: [`admin`], [`auth`], [`control`] (with the connected-agent `hub`),
 //!    [`ingest`], [`jobs`], [`relay`], [`telemetry`] (and [`App`]);
 //! 4. transports: [`http`] (axum) and [`rpc`] (jsonrpsee), joined on one listener by [`server`].
+//!
+//! Modules are `pub(crate)` unless a bench or test needs them, so the crate's docs are read with
+//! `cargo doc --document-private-items` (CI checks them so): public items' docs may link to
+//! crate-private ones.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub(crate) mod app;

@@ -1,7 +1,7 @@
 //! CDN edge traffic: tails nginx-style access logs and sums bytes sent and cache-hit bytes per
 //! domain per 5-minute bucket (by each line's own time), for delivery with the tick's batch.
 //!
-//! * [`format`]: an nginx `log_format` string compiled into a line matcher;
+//! * [`format`](mod@format): an nginx `log_format` string compiled into a line matcher;
 //! * [`tail`]: following files across rotation (rename and truncate) and restarts;
 //! * [`aggregate`]: the per-domain, per-bucket sums.
 //!

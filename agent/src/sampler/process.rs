@@ -130,7 +130,7 @@ struct Tracked {
 }
 
 /// Processes seen on the previous tick, keyed by pid; the start time stored with each makes the
-/// identity a [`ProcessKey`](vmmon_common::wire::ProcessKey).
+/// identity a [`ProcessKey`].
 ///
 /// Reaped children appear once: a process's counters include its reaped children's (see
 /// [`Counters`]). When a tracked child vanishes, its last sampled counters are taken out of its
