@@ -806,8 +806,79 @@ async fn grouped_ingest_stores_what_one_by_one_does(backend: Backend) {
     assert_eq!(queued.store.read(ingest_tables).await.unwrap(), want);
 }
 
+/// `/metrics`' and the dashboard's fleet: every instance of the project (or all), each with its
+/// newest VM sample, including one whose newest sample is far older than its last contact (the
+/// PostgreSQL statement looks at the day before first, then falls back) and one with none.
+async fn fleet_has_every_instance_with_its_newest_sample(backend: Backend) {
+    let t = testing::open(backend).await;
+    let now_ms = 1_790_000_000_000;
+    let sample_batch = |id: &str, at: &[i64]| ReportBatch {
+        batch_id: uuid::Uuid::new_v4(),
+        instance_id: id.into(),
+        seq: 0,
+        samples: at
+            .iter()
+            .map(|ms| Sample {
+                vm: vm(*ms),
+                processes: None,
+            })
+            .collect(),
+        dropped_samples_total: 0,
+        cdn: Vec::new(),
+        cdn_tail: None,
+    };
+    let batches = [
+        sample_batch("i-1", &[now_ms - 60_000, now_ms - 30_000]),
+        sample_batch("i-2", &[now_ms - 30_000]),
+        sample_batch("i-4", &[now_ms - 10_000]),
+    ];
+    t.store
+        .write(move |c| {
+            for (id, project) in [("i-1", "p1"), ("i-2", "p1"), ("i-3", "p1"), ("i-4", "p2")] {
+                testing::register(c, id, project)?;
+            }
+            for b in &batches {
+                samples::insert_batch(c, b, now_ms)?;
+            }
+            // i-2 was heard from three days after its newest sample (heartbeats only).
+            c.execute(
+                "UPDATE instances SET last_seen_ms = ?1 WHERE instance_id = 'i-2'",
+                params![now_ms + 3 * 86_400_000],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let newest = |rows: Vec<samples::FleetRow>| -> Vec<(String, Option<i64>)> {
+        rows.into_iter()
+            .map(|r| (r.project, r.vm.map(|v| v.sampled_at_ms)))
+            .collect()
+    };
+    let all = t.store.read(|c| samples::fleet(c, None)).await.unwrap();
+    assert_eq!(
+        newest(all),
+        [
+            ("p1".to_string(), Some(now_ms - 30_000)),
+            ("p1".to_string(), Some(now_ms - 30_000)),
+            ("p1".to_string(), None),
+            ("p2".to_string(), Some(now_ms - 10_000)),
+        ]
+    );
+    let p2 = t
+        .store
+        .read(|c| samples::fleet(c, Some("p2")))
+        .await
+        .unwrap();
+    assert_eq!(p2.len(), 1);
+    assert_eq!(
+        p2[0].vm.as_ref().map(|v| v.instance_id.as_str()),
+        Some("i-4")
+    );
+}
+
 crate::store::testing::on_both_backends!(
     grouped_ingest_stores_what_one_by_one_does,
+    fleet_has_every_instance_with_its_newest_sample,
     duplicate_batch_is_stored_once,
     failed_job_rolls_back_only_itself,
     foreign_project_cannot_take_over_an_instance,
