@@ -301,6 +301,9 @@ pub struct SockDiag {
     /// The kernel refused the loopback filter (`EINVAL` from its bytecode audit): dumps are
     /// unfiltered from then on, as before the filter existed.
     filter_refused: bool,
+    /// Builds the filtered request: [`request_without_loopback`]; a test puts a request the
+    /// kernel refuses here, to drive the fallback against the real kernel.
+    filtered_request: fn(u8, u32) -> Vec<u8>,
 }
 
 /// The kernel's dump datagrams are at most 32 KiB; twice that leaves no room for truncation.
@@ -323,6 +326,7 @@ impl SockDiag {
             buf: vec![0; RECV_BUF],
             seq: 0,
             filter_refused: false,
+            filtered_request: request_without_loopback,
         })
     }
 
@@ -368,7 +372,7 @@ impl SockDiag {
         let filtered;
         let plain;
         let req: &[u8] = if no_loopback {
-            filtered = request_without_loopback(family, self.seq);
+            filtered = (self.filtered_request)(family, self.seq);
             &filtered
         } else {
             plain = request(family, self.seq);

@@ -472,6 +472,46 @@ fn real_kernel_filter_leaves_out_loopback_only() {
     assert!(filtered.len() < all.len());
 }
 
+/// The real kernel refuses a filter its bytecode audit rejects (`EINVAL`, as an old or
+/// hardened kernel may refuse ours): `dump_without_loopback` then dumps unfiltered, now and on
+/// later calls, instead of failing the tick's network attribution.
+#[test]
+#[ignore = "needs root (NETLINK_SOCK_DIAG); scripts/test.sh runs it"]
+fn real_kernel_refusing_the_filter_falls_back_to_unfiltered_dumps() {
+    // An op code the kernel does not know (inet_diag_bc_audit: EINVAL).
+    fn refused(family: u8, seq: u32) -> Vec<u8> {
+        let mut r = request_without_loopback(family, seq);
+        r[REQUEST_LEN + RTA_HDRLEN] = 0xff;
+        r
+    }
+    let mut diag = SockDiag::open().expect("NETLINK_SOCK_DIAG: run as root on Linux");
+    diag.filtered_request = refused;
+    let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let lo_client = TcpStream::connect(lo.local_addr().expect("addr")).expect("connect");
+    let inode = {
+        use std::os::fd::AsRawFd;
+        std::fs::read_link(format!("/proc/self/fd/{}", lo_client.as_raw_fd()))
+            .ok()
+            .and_then(|t| crate::sampler::netflow::socket_inode(t.as_os_str().as_encoded_bytes()))
+            .expect("socket inode")
+    };
+    let mut out = Vec::new();
+    let direct = diag
+        .dump_filtered(&mut out, true)
+        .expect_err("the kernel refuses");
+    assert_eq!(direct.raw_os_error(), Some(libc::EINVAL), "{direct}");
+    assert!(!diag.filter_refused);
+    for round in 0..2 {
+        diag.dump_without_loopback(&mut out)
+            .unwrap_or_else(|e| panic!("round {round}: the fallback dumps: {e}"));
+        assert!(diag.filter_refused);
+        assert!(
+            out.iter().any(|s| s.inode == inode && s.loopback),
+            "round {round}: unfiltered, the loopback connection is in the dump"
+        );
+    }
+}
+
 #[test]
 fn a_kernel_without_byte_counters_fails_the_dump_as_unsupported() {
     // A 3.10 kernel's 104-byte tcp_info: the whole dump is unmeasurable, not a dump of 0 bytes.
