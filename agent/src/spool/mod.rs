@@ -490,6 +490,7 @@ impl Spool {
         }
         spool.enforce_bound(0)?;
         spool.trim_spares();
+        spool.let_go_of_read_buf();
         Ok((spool, report))
     }
 
@@ -752,9 +753,11 @@ impl Spool {
     /// The oldest batch, read from disk; damaged records are set aside and skipped.
     pub fn oldest(&mut self) -> Result<Option<ReportBatch>, SpoolError> {
         while let Some(entry) = self.index.front().copied() {
-            match self.read_entry(&entry).and_then(|()| {
+            let read = self.read_entry(&entry).and_then(|()| {
                 serde_json::from_slice::<ReportBatch>(&self.read_buf).map_err(|e| e.to_string())
-            }) {
+            });
+            self.let_go_of_read_buf();
+            match read {
                 Ok(mut batch) => {
                     // Send the freshest drop count, not the one frozen at write time.
                     batch.dropped_samples_total = batch
@@ -774,9 +777,11 @@ impl Spool {
     /// [`Self::oldest`].
     pub fn oldest_raw(&mut self) -> Result<Option<(u64, RawBatch)>, SpoolError> {
         while let Some(entry) = self.index.front().copied() {
-            match self.read_entry(&entry).and_then(|()| {
+            let read = self.read_entry(&entry).and_then(|()| {
                 serde_json::from_slice::<RawBatch>(&self.read_buf).map_err(|e| e.to_string())
-            }) {
+            });
+            self.let_go_of_read_buf();
+            match read {
                 Ok(mut batch) => {
                     // Send the freshest drop count, not the one frozen at write time.
                     batch.dropped_samples_total = batch
@@ -788,6 +793,14 @@ impl Spool {
             }
         }
         Ok(None)
+    }
+
+    /// Batches are read back only after an outage or a failed send: the buffer is not kept
+    /// (a batch is ~300 KB with 1,000 processes).
+    fn let_go_of_read_buf(&mut self) {
+        if self.read_buf.capacity() > 64 << 10 {
+            self.read_buf = Vec::new();
+        }
     }
 
     /// The record of `entry` into `read_buf`, checked.
