@@ -457,18 +457,23 @@ impl Spool {
             if let Some(tail) = cdn_tail {
                 tails.push((seq, tail));
             }
-            spool.index.push_back(Entry {
-                seq,
-                bytes: bytes.len() as u64,
-                samples,
-                seg,
-                offset,
-            });
+            // In order: a state write while moving to another segment takes the checkpoint
+            // from the index.
+            let at = spool.index.partition_point(|e| e.seq < seq);
+            spool.index.insert(
+                at,
+                Entry {
+                    seq,
+                    bytes: bytes.len() as u64,
+                    samples,
+                    seg,
+                    offset,
+                },
+            );
             spool.total_bytes += bytes.len() as u64;
             max_seq = max_seq.max(Some(seq));
             done_files.push(path);
         }
-        spool.index.make_contiguous().sort_by_key(|e| e.seq);
         spool.count_missing(&damaged, torn_headers);
         for (seq, tail) in tails {
             if spool.state.cdn_tail.is_none() || seq > spool.state.cdn_tail_seq {
@@ -1193,8 +1198,7 @@ pub fn read_spooled(state_dir: &Path) -> Result<Vec<SpooledBatch>, SpoolError> {
             } = f
             {
                 let mut payload = Vec::new();
-                let h = segment::Header { ..header };
-                if read_payload_at(&file, offset, &h, &mut payload).is_ok()
+                if read_payload_at(&file, offset, &header, &mut payload).is_ok()
                     && let Ok(text) = String::from_utf8(payload)
                 {
                     out.entry(header.seq).or_insert(text);
