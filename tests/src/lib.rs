@@ -740,31 +740,16 @@ impl Agent {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Batches waiting in the spool.
+    /// Batches waiting in the spool (as the agent would resume them).
     pub fn spooled(&self) -> usize {
-        std::fs::read_dir(self.state.path().join("spool"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "batch"))
-                    .count()
-            })
-            .unwrap_or(0)
+        self.spooled_seqs().len()
     }
 
     /// Sequence numbers of the batches waiting in the spool, ascending.
     pub fn spooled_seqs(&self) -> Vec<u64> {
-        let mut seqs: Vec<u64> = std::fs::read_dir(self.state.path().join("spool"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| {
-                        let name = e.file_name().into_string().ok()?;
-                        name.strip_suffix(".batch")?.parse().ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        seqs.sort_unstable();
-        seqs
+        vmmon_agent::spool::read_spooled(self.state.path())
+            .map(|v| v.into_iter().map(|b| b.seq).collect())
+            .unwrap_or_default()
     }
 
     /// The agent's persisted state (`agent-state.slots`, read as the agent resumes it) as JSON

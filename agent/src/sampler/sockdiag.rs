@@ -1,6 +1,6 @@
 //! TCP sockets and their kernel byte counters from `NETLINK_SOCK_DIAG` (`inet_diag`), the
-//! interface `ss` uses: one dump per address family, `INET_DIAG_INFO` (`struct tcp_info`) per
-//! socket.
+//! interface `ss` uses: one dump of both address families ([`request_both_families`]; one dump
+//! per family where the kernel refuses that), `INET_DIAG_INFO` (`struct tcp_info`) per socket.
 //!
 //! Hand-written rather than `netlink-packet-sock-diag`: the three things read here (the socket
 //! cookie, its inode, two `tcp_info` counters) sit at fixed offsets, while that crate refuses a
@@ -18,7 +18,10 @@
 //! sockets with a loopback end before building their `tcp_info`: the dump's cost grows with
 //! every TCP socket of the host, and on a host with ~1,500 loopback connections (the shared
 //! build machine: test servers, browsers) it was 16.5 % of the daemon's CPU (docs/benchmarks.md
-//! §1c). The kernel still walks its socket hash; only the sockets kept cost a message.
+//! §1c). The kernel still walks its socket hash; only the sockets kept cost a message. That walk
+//! visits every bucket of the established hash (sized by RAM at boot: 262,144 on the 24 GB
+//! build VM) even with a dozen sockets, ~20 % of the daemon's CPU there with one dump per family;
+//! the one-walk request halves it.
 //!
 //! A `tcp_info` too short for the received counter (Linux < 4.1, e.g. 3.10 as in CentOS 7)
 //! fails the dump with [`io::ErrorKind::Unsupported`]: the kernel cannot count any socket's
@@ -31,6 +34,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// `SOCK_DIAG_BY_FAMILY` (`linux/sock_diag.h`).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `TCPDIAG_GETSOCK` (`linux/inet_diag.h`): the original request, which dumps both address
+/// families in one walk (`inet_diag_dump_compat` sets `AF_UNSPEC`); its answers carry this type.
+const TCPDIAG_GETSOCK: u16 = 18;
+/// `sizeof(struct inet_diag_req)`, the original request's body.
+const REQ_COMPAT_LEN: usize = 60;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -117,14 +125,9 @@ pub fn request(family: u8, seq: u32) -> [u8; REQUEST_LEN] {
     r
 }
 
-/// [`request`] with a filter that makes the kernel skip sockets with a loopback end
-/// (`127.0.0.0/8`, `::1`, or `::ffff:127.0.0.0/104`: an `AF_INET` condition also matches an
-/// IPv4-mapped IPv6 address) before it builds their `tcp_info`. Those are sockets
-/// [`is_local_traffic`] calls loopback, which the agent does not count: on a host with
-/// thousands of loopback connections (test servers, browsers) this is most of the dump's cost.
-/// Sockets whose two ends share a non-loopback address are still dumped and left out after.
-#[must_use]
-pub fn request_without_loopback(family: u8, seq: u32) -> Vec<u8> {
+/// The loopback filter (see [`request_without_loopback`]) for a dump of `family`; the
+/// `AF_INET6` one (both conditions) also serves a dump of both families.
+fn loopback_bytecode(family: u8) -> Vec<u8> {
     let lo4: (u8, u8, &[u8]) = (libc::AF_INET as u8, 8, &[127, 0, 0, 0]);
     let lo6: (u8, u8, &[u8]) = (
         libc::AF_INET6 as u8,
@@ -159,14 +162,61 @@ pub fn request_without_loopback(family: u8, seq: u32) -> Vec<u8> {
         }
     }
     debug_assert_eq!(bc.len(), total);
-    let mut r = request(family, seq).to_vec();
+    bc
+}
+
+/// Appends `bc` as the request's `INET_DIAG_REQ_BYTECODE` attribute and fixes `nlmsg_len`.
+fn with_bytecode(mut r: Vec<u8>, bc: &[u8]) -> Vec<u8> {
     let attr_len = RTA_HDRLEN + bc.len();
     r.extend_from_slice(&(attr_len as u16).to_ne_bytes());
     r.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-    r.extend_from_slice(&bc);
+    r.extend_from_slice(bc);
     let len = r.len() as u32;
     r[0..4].copy_from_slice(&len.to_ne_bytes());
     r
+}
+
+/// The dump request for **both** address families in one walk of the kernel's socket hash
+/// (`TCPDIAG_GETSOCK` with `struct inet_diag_req`), with the loopback filter when
+/// `no_loopback`. Why: each dump walks every bucket of the established hash, however few
+/// sockets there are (262,144 buckets, 2 MiB of bucket heads, on the project's 24 GB VM), and
+/// the per-family requests walk it twice per tick (docs/benchmarks.md §1c).
+#[must_use]
+pub fn request_both_families(seq: u32, no_loopback: bool) -> Vec<u8> {
+    request_both_families_with(
+        seq,
+        no_loopback.then(|| loopback_bytecode(libc::AF_INET6 as u8)),
+    )
+}
+
+/// [`request_both_families`] with the filter `bytecode` (none: every socket).
+fn request_both_families_with(seq: u32, bytecode: Option<Vec<u8>>) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + REQ_COMPAT_LEN;
+    let mut r = vec![0u8; len];
+    r[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    r[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    r[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    r[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let q = NLMSG_HDRLEN;
+    // idiag_family (ignored: the kernel dumps AF_UNSPEC), idiag_src_len, idiag_dst_len.
+    r[q + 3] = 1 << (INET_DIAG_INFO - 1); // idiag_ext: ask for tcp_info
+    // inet_diag_sockid (48 bytes) left zero: every socket; then idiag_states, idiag_dbs.
+    r[q + 52..q + 56].copy_from_slice(&STATES.to_ne_bytes());
+    match bytecode {
+        Some(bc) => with_bytecode(r, &bc),
+        None => r,
+    }
+}
+
+/// [`request`] with a filter that makes the kernel skip sockets with a loopback end
+/// (`127.0.0.0/8`, `::1`, or `::ffff:127.0.0.0/104`: an `AF_INET` condition also matches an
+/// IPv4-mapped IPv6 address) before it builds their `tcp_info`. Those are sockets
+/// [`is_local_traffic`] calls loopback, which the agent does not count: on a host with
+/// thousands of loopback connections (test servers, browsers) this is most of the dump's cost.
+/// Sockets whose two ends share a non-loopback address are still dumped and left out after.
+#[must_use]
+pub fn request_without_loopback(family: u8, seq: u32) -> Vec<u8> {
+    with_bytecode(request(family, seq).to_vec(), &loopback_bytecode(family))
 }
 
 /// Where a dump stands after one datagram.
@@ -203,7 +253,7 @@ pub fn parse_datagram(data: &[u8], seq: u32, out: &mut Vec<TcpSocket>) -> io::Re
                 }
                 return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
             }
-            SOCK_DIAG_BY_FAMILY => {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 if let Some(s) = parse_diag_msg_checked(payload)? {
                     out.push(s);
                 }
@@ -301,9 +351,12 @@ pub struct SockDiag {
     /// The kernel refused the loopback filter (`EINVAL` from its bytecode audit): dumps are
     /// unfiltered from then on, as before the filter existed.
     filter_refused: bool,
-    /// Builds the filtered request: [`request_without_loopback`]; a test puts a request the
-    /// kernel refuses here, to drive the fallback against the real kernel.
-    filtered_request: fn(u8, u32) -> Vec<u8>,
+    /// The kernel refused the one-walk request ([`request_both_families`]): one dump per
+    /// family from then on.
+    one_walk_refused: bool,
+    /// The loopback filter for a family: [`loopback_bytecode`]; a test puts bytecode the
+    /// kernel refuses here, to drive the fallbacks against the real kernel.
+    loopback_filter: fn(u8) -> Vec<u8>,
 }
 
 /// The kernel's dump datagrams are at most 32 KiB; twice that leaves no room for truncation.
@@ -326,7 +379,8 @@ impl SockDiag {
             buf: vec![0; RECV_BUF],
             seq: 0,
             filter_refused: false,
-            filtered_request: request_without_loopback,
+            one_walk_refused: false,
+            loopback_filter: loopback_bytecode,
         })
     }
 
@@ -343,6 +397,9 @@ impl SockDiag {
             match self.dump_filtered(out, true) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     self.filter_refused = true;
+                    // The one-walk request's EINVAL may have been the filter's too: try it
+                    // again unfiltered (it marks itself refused once more if it is).
+                    self.one_walk_refused = false;
                     tracing::info!(error = %e,
                         "The kernel refused the sock_diag loopback filter; dumping every socket.");
                 }
@@ -354,6 +411,26 @@ impl SockDiag {
 
     fn dump_filtered(&mut self, out: &mut Vec<TcpSocket>, no_loopback: bool) -> io::Result<()> {
         out.clear();
+        if !self.one_walk_refused {
+            self.seq = self.seq.wrapping_add(1);
+            let filter = no_loopback.then(|| (self.loopback_filter)(libc::AF_INET6 as u8));
+            let req = request_both_families_with(self.seq, filter);
+            match self.dump_request(&req, out) {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOENT | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    // Asked per family next; a refused filter shows there (`EINVAL` again).
+                    self.one_walk_refused = true;
+                    out.clear();
+                    tracing::info!(error = %e,
+                        "The kernel refused the one-walk sock_diag request; dumping each address family.");
+                }
+                r => return r,
+            }
+        }
         self.dump_family(libc::AF_INET as u8, out, no_loopback)?;
         match self.dump_family(libc::AF_INET6 as u8, out, no_loopback) {
             // A kernel without IPv6 has no handler for the family: no IPv6 sockets.
@@ -369,15 +446,19 @@ impl SockDiag {
         no_loopback: bool,
     ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let filtered;
-        let plain;
-        let req: &[u8] = if no_loopback {
-            filtered = (self.filtered_request)(family, self.seq);
-            &filtered
+        let req = if no_loopback {
+            with_bytecode(
+                request(family, self.seq).to_vec(),
+                &(self.loopback_filter)(family),
+            )
         } else {
-            plain = request(family, self.seq);
-            &plain
+            request(family, self.seq).to_vec()
         };
+        self.dump_request(&req, out)
+    }
+
+    /// Sends `req` (a dump request numbered `self.seq`) and appends its sockets to `out`.
+    fn dump_request(&mut self, req: &[u8], out: &mut Vec<TcpSocket>) -> io::Result<()> {
         let sent = self.sock.send(req)?;
         if sent != req.len() {
             return Err(malformed("short netlink send"));

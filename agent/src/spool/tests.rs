@@ -15,14 +15,80 @@ fn sample(ms: i64) -> Sample {
     }
 }
 
-fn batch_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir.join(SPOOL_DIR))
+/// Seqs of the batches waiting, as a restarted agent would find them on disk.
+fn on_disk(dir: &Path) -> Vec<u64> {
+    read_spooled(dir).unwrap().iter().map(|b| b.seq).collect()
+}
+
+/// Where batch `seq`'s record is: its segment's path and the record's offset and payload length.
+fn record_of(spool: &Spool, seq: u64) -> (PathBuf, u64, u64) {
+    let e = spool.index.iter().find(|e| e.seq == seq).unwrap();
+    let path = spool.segments[&e.seg].path().to_path_buf();
+    (path, e.offset, e.bytes)
+}
+
+/// Overwrites `bytes` at `offset` of `path` (a damaged disk, a torn write).
+fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == BATCH_EXT))
-        .collect();
-    v.sort();
-    v
+        .write_all_at(bytes, offset)
+        .unwrap();
+}
+
+/// Damages batch `seq`'s payload on disk (its checksum then fails).
+fn spoil(spool: &Spool, seq: u64) {
+    let (path, offset, len) = record_of(spool, seq);
+    poke(
+        &path,
+        offset + segment::HEADER_BYTES as u64 + len / 2,
+        b"\x00\x00",
+    );
+}
+
+/// The text of every batch waiting, read from disk in order.
+fn texts(spool: &mut Spool) -> Vec<String> {
+    let entries: Vec<Entry> = spool.index.iter().copied().collect();
+    entries
+        .iter()
+        .map(|e| {
+            spool.read_entry(e).unwrap();
+            String::from_utf8(spool.read_buf.clone()).unwrap()
+        })
+        .collect()
+}
+
+/// A batch file of the per-file spool of older agents.
+fn legacy_batch(dir: &Path, seq: u64, ms: i64) -> PathBuf {
+    let spool = dir.join(SPOOL_DIR);
+    fs::create_dir_all(&spool).unwrap();
+    let path = spool.join(format!("{seq:020}.batch"));
+    let batch = ReportBatch {
+        batch_id: Uuid::new_v4(),
+        instance_id: "i".into(),
+        seq,
+        samples: vec![sample(ms)],
+        dropped_samples_total: 0,
+        cdn: Vec::new(),
+        cdn_tail: None,
+    };
+    fs::write(&path, serde_json::to_vec(&batch).unwrap()).unwrap();
+    path
+}
+
+fn legacy_files(dir: &Path) -> usize {
+    fs::read_dir(dir.join(SPOOL_DIR))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "batch")
+        })
+        .count()
 }
 
 #[test]
@@ -113,7 +179,12 @@ fn size_limit_drops_oldest_and_counts_samples() {
         first.dropped_samples_total, 7,
         "the drop count travels with the batches"
     );
-    assert_eq!(batch_files(dir.path()).len(), 3);
+    assert_eq!(on_disk(dir.path()).len(), 3);
+    assert_eq!(
+        spool.segment_count(),
+        1,
+        "dropping writes nothing to the segments"
+    );
     drop(spool);
     let (spool, _) = Spool::open(dir.path(), one * 3 + 20).unwrap();
     assert_eq!(
@@ -123,16 +194,14 @@ fn size_limit_drops_oldest_and_counts_samples() {
     );
 }
 
+/// The per-file spool of an older agent with damage in it: as before, damaged files are moved
+/// aside and counted, and the intact batch is kept (now in a segment).
 #[test]
 fn truncated_and_garbage_files_are_moved_aside_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
-        for ms in 1..=3 {
-            spool.push("i", vec![sample(ms)]).unwrap();
-        }
-    }
-    let files = batch_files(dir.path());
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|ms| legacy_batch(dir.path(), ms as u64 - 1, ms))
+        .collect();
     let text = fs::read(&files[0]).unwrap();
     fs::write(&files[0], &text[..text.len() / 2]).unwrap();
     fs::write(&files[1], b"\x00\xffgarbage").unwrap();
@@ -156,6 +225,72 @@ fn truncated_and_garbage_files_are_moved_aside_and_counted() {
     assert_eq!(aside, 3, "damaged files are kept for inspection");
     // Sequence numbers continue after the surviving batch.
     assert_eq!(spool.push("i", vec![sample(4)]).unwrap(), 3);
+}
+
+/// Damaged records in a segment (a payload that fails its checksum, a header that does, JSON
+/// that is not a batch): set aside for inspection, counted once, the others kept in order.
+#[test]
+fn damaged_records_are_set_aside_and_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        for ms in 1..=5 {
+            spool.push("i", vec![sample(ms)]).unwrap();
+        }
+        spoil(&spool, 0);
+        // A damaged header: the scan of the segment cannot go past it.
+        let (path, offset, _) = record_of(&spool, 3);
+        poke(&path, offset + 20, b"\x55");
+        // A valid record (checksums right) that is not a batch.
+        let (path, offset, len) = record_of(&spool, 1);
+        let junk = vec![b' '; len as usize];
+        let header = segment::Header {
+            live: true,
+            nonce: spool.segments[&0].nonce,
+            seq: 1,
+            len: len as u32,
+            samples: 1,
+            payload_crc: crc32fast::hash(&junk),
+        };
+        poke(&path, offset, &header.encode());
+        poke(&path, offset + segment::HEADER_BYTES as u64, &junk);
+    }
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        report.batches, 1,
+        "batch 2 (3 and 4 are behind the torn header)"
+    );
+    assert_eq!(report.moved_aside, 3);
+    assert_eq!(spool.corrupt_files_total(), 3);
+    assert_eq!(
+        spool.dropped_samples_total(),
+        4,
+        "0 and 1 damaged, 3 and 4 hidden by the torn header: the state says they were spooled"
+    );
+    assert_eq!(spool.oldest().unwrap().unwrap().seq, 2);
+    let aside = fs::read_dir(dir.path().join(SPOOL_DIR).join(CORRUPT_DIR))
+        .unwrap()
+        .count();
+    assert_eq!(aside, 3, "their bytes are kept for inspection");
+    // Numbers go on after the state's, and the damage is not found (or counted) again.
+    assert_eq!(spool.push("i", vec![sample(6)]).unwrap(), 5);
+    drop(spool);
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        report,
+        OpenReport {
+            batches: 2,
+            moved_aside: 0
+        }
+    );
+    assert_eq!(spool.dropped_samples_total(), 4);
+    let sent: Vec<i64> = std::iter::from_fn(|| {
+        let out = spool.next_to_send().unwrap()?;
+        spool.remove(out.seq).unwrap();
+        Some(sent_batch(&out).samples[0].vm.sampled_at_ms)
+    })
+    .collect();
+    assert_eq!(sent, vec![3, 6]);
 }
 
 #[test]
@@ -239,10 +374,11 @@ fn extension_keys_are_spooled_and_sent_as_written() {
     assert_eq!(sent["samples"][0]["vm"]["cpu_steal_pct"], 12.5);
     let typed: ReportBatch = serde_json::from_value(sent).unwrap();
     assert_eq!(typed.samples, vec![with_steal]);
-    // A damaged file is moved aside, as by `oldest`.
-    fs::write(&batch_files(dir.path())[0], b"{\"samples\": [").unwrap();
+    // A damaged record is set aside, as by `oldest`.
+    spoil(&spool, seq);
     assert!(spool.oldest_raw().unwrap().is_none());
     assert_eq!(spool.corrupt_files_total(), 1);
+    assert_eq!(spool.dropped_samples_total(), 1);
 }
 
 /// A planted symlink at the spool's temp path is replaced, never written through (the agent
@@ -253,12 +389,8 @@ fn a_planted_temp_symlink_is_not_followed() {
     let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
     let victim = dir.path().join("victim");
     fs::write(&victim, b"precious").unwrap();
-    // The state file's temp name, and a batch file's temp name for the next push.
-    for tmp in [
-        "agent-state.tmp",
-        "spool/00000000000000000000.tmp",
-        "spool/00000000000000000001.tmp",
-    ] {
+    // The state file's temp name, and the names of the first segments.
+    for tmp in ["agent-state.tmp", "spool/0000.seg", "spool/0001.seg"] {
         let p = dir.path().join(tmp);
         let _ = fs::remove_file(&p);
         if let Some(parent) = p.parent() {
@@ -293,10 +425,9 @@ fn the_batch_just_spooled_is_sent_from_memory_exactly_as_written() {
     let seq = spool
         .push_batch_ext("i", vec![sample(7)], &[ext], Vec::new(), None)
         .unwrap();
-    let file = batch_files(dir.path()).remove(0);
-    let written = fs::read_to_string(&file).unwrap();
-    // The file is still the durable copy; spoil it to show the send does not read it back.
-    fs::write(&file, b"{\"samples\": [").unwrap();
+    let written = texts(&mut spool).remove(0);
+    // The record is still the durable copy; spoil it to show the send does not read it back.
+    spoil(&spool, seq);
     let out = spool.next_to_send().unwrap().unwrap();
     assert_eq!(out.seq, seq);
     assert_eq!(
@@ -309,7 +440,7 @@ fn the_batch_just_spooled_is_sent_from_memory_exactly_as_written() {
     // Handed over once: until the ack, a second attempt (after a lost connection) reads the file.
     assert!(
         spool.next_to_send().unwrap().is_none(),
-        "the spoiled file is moved aside"
+        "the spoiled record is set aside"
     );
     assert_eq!(spool.corrupt_files_total(), 1);
 }
@@ -391,14 +522,14 @@ fn the_batch_being_sent_is_not_dropped_by_the_bound_until_its_answer() {
     let dir = tempfile::tempdir().unwrap();
     let one = one_batch_bytes();
     let at = |spool: &mut Spool| -> Vec<i64> {
-        let mut v = Vec::new();
-        let mut copy = spool.index.clone();
-        while let Some(e) = copy.pop_front() {
-            let raw = fs::read_to_string(spool.batch_path(e.seq)).unwrap();
-            let b: ReportBatch = serde_json::from_str(&raw).unwrap();
-            v.push(b.samples[0].vm.sampled_at_ms);
-        }
-        v
+        texts(spool)
+            .iter()
+            .map(|t| {
+                serde_json::from_str::<ReportBatch>(t).unwrap().samples[0]
+                    .vm
+                    .sampled_at_ms
+            })
+            .collect()
     };
     // Room for three batches.
     let (mut spool, _) = Spool::open(dir.path(), one * 3 + 20).unwrap();
@@ -470,8 +601,29 @@ fn upgrade_from_the_json_state_file() {
     assert_eq!(spool.push("i", vec![sample(1)]).unwrap(), 0);
 }
 
-/// The crash cases of the per-tick state write: whatever the crash leaves, a restart neither
-/// reuses a sequence number nor skips one.
+/// Every file of the state directory (the crash image of a test).
+fn image(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v = vec![(
+        dir.join(STATE_SLOTS),
+        fs::read(dir.join(STATE_SLOTS)).unwrap(),
+    )];
+    for e in fs::read_dir(dir.join(SPOOL_DIR)).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            v.push((p.clone(), fs::read(&p).unwrap()));
+        }
+    }
+    v
+}
+
+fn restore(image: &[(PathBuf, Vec<u8>)]) {
+    for (p, bytes) in image {
+        fs::write(p, bytes).unwrap();
+    }
+}
+
+/// The crash cases of the state write: whatever the crash leaves, a restart neither reuses a
+/// sequence number nor skips one.
 #[test]
 fn no_seq_reuse_or_gap_whatever_state_write_a_crash_leaves() {
     let dir = tempfile::tempdir().unwrap();
@@ -485,6 +637,7 @@ fn no_seq_reuse_or_gap_whatever_state_write_a_crash_leaves() {
     let before = fs::read(&slots).unwrap();
     assert_eq!(spool.push("i", vec![sample(3)]).unwrap(), 3);
     drop(spool);
+    let crash = image(dir.path());
     let after = fs::read(&slots).unwrap();
     let slot_bytes = before.len() / 2;
     let changed: Vec<usize> = (0..2)
@@ -502,23 +655,249 @@ fn no_seq_reuse_or_gap_whatever_state_write_a_crash_leaves() {
         fs::write(&slots, &torn).unwrap();
         let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(report.batches, 1);
+        assert_eq!(spool.dropped_samples_total(), 0, "cut at {cut}");
         assert_eq!(spool.push("i", vec![sample(4)]).unwrap(), 4, "cut at {cut}");
         drop(spool);
         // Back to the crash image for the next case.
-        fs::write(&slots, &after).unwrap();
-        for f in batch_files(dir.path()) {
-            if f.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("00000000000000000004"))
-            {
-                fs::remove_file(f).unwrap();
-            }
-        }
+        restore(&crash);
     }
-    // Batch 3 acknowledged and deleted: the durable state alone carries next_seq.
+    // Batch 3 acknowledged: the checkpoint moves past it; nothing waits, numbers go on.
     let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
     spool.remove(3).unwrap();
     drop(spool);
     let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(report.batches, 0);
     assert_eq!(spool.push("i", vec![sample(5)]).unwrap(), 4);
+    drop(spool);
+    // The state lost altogether (both slots damaged): the segment still holds the newest
+    // record, acknowledged or not, so numbers still go on without reuse.
+    fs::write(&slots, b"damaged").unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(spool.push("i", vec![sample(6)]).unwrap(), 5);
+}
+
+/// A crash (or power loss) in the middle of appending the newest record: the torn record is
+/// found by its checksums, set aside, counted once as a dropped batch, and its number given to
+/// the next batch (no gap, no reuse of a number that went out).
+#[test]
+fn a_torn_tail_record_is_discarded_and_counted_once() {
+    for torn_header in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        for ms in 0..3 {
+            spool.push("i", vec![sample(ms)]).unwrap();
+        }
+        spool.remove(0).unwrap();
+        let state_before = fs::read(dir.path().join(STATE_SLOTS)).unwrap();
+        spool.push("i", vec![sample(3)]).unwrap();
+        let (path, offset, len) = record_of(&spool, 3);
+        drop(spool);
+        // The crash: the record's end (or its header) never reached the disk, nor did the state
+        // written after it.
+        if torn_header {
+            poke(&path, offset + 30, &[0u8; 10]);
+        } else {
+            poke(
+                &path,
+                offset + segment::HEADER_BYTES as u64 + len - 5,
+                &[0u8; 5],
+            );
+        }
+        fs::write(dir.path().join(STATE_SLOTS), &state_before).unwrap();
+        let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(report.batches, 2, "torn header: {torn_header}");
+        assert_eq!(report.moved_aside, 1);
+        assert_eq!(spool.dropped_samples_total(), 1);
+        assert_eq!(spool.corrupt_files_total(), 1);
+        assert_eq!(on_disk(dir.path()), vec![1, 2]);
+        assert_eq!(spool.push("i", vec![sample(4)]).unwrap(), 3, "no gap");
+        drop(spool);
+        let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            report,
+            OpenReport {
+                batches: 3,
+                moved_aside: 0
+            },
+            "counted once"
+        );
+        assert_eq!(spool.dropped_samples_total(), 1);
+        let mut sent = Vec::new();
+        while let Some(out) = spool.next_to_send().unwrap() {
+            sent.push(sent_batch(&out).samples[0].vm.sampled_at_ms);
+            spool.remove(out.seq).unwrap();
+        }
+        assert_eq!(sent, vec![1, 2, 4]);
+    }
+}
+
+/// A crash between spooling a batch and its ack sends it again with the same id (the collector
+/// stores it once); after the ack it is not sent again, though its record is still in the
+/// segment; and if the ack's checkpoint was lost (a power loss before it reached the disk), the
+/// batch is sent again, never lost.
+#[test]
+fn crash_between_write_and_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    spool.push("i", vec![sample(1)]).unwrap();
+    let first = sent_batch(&spool.next_to_send().unwrap().unwrap());
+    drop(spool); // crash before the answer
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.batches, 1);
+    let again = spool.next_to_send().unwrap().unwrap();
+    assert_eq!(sent_batch(&again), first, "same batch, same id");
+    let before_ack = fs::read(dir.path().join(STATE_SLOTS)).unwrap();
+    spool.remove(again.seq).unwrap();
+    drop(spool);
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.batches, 0, "acknowledged: not sent again");
+    assert!(spool.next_to_send().unwrap().is_none());
+    drop(spool);
+    // The checkpoint of the ack lost: sent again, same id.
+    fs::write(dir.path().join(STATE_SLOTS), &before_ack).unwrap();
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!((report.batches, spool.dropped_samples_total()), (1, 0));
+    assert_eq!(sent_batch(&spool.next_to_send().unwrap().unwrap()), first);
+}
+
+/// Batches fill a segment, the spool moves on to the next, reuses a segment once all of its
+/// batches are acknowledged, keeps at most a few unused ones after an outage drains, and reads
+/// everything back in order across segments after a restart.
+#[test]
+fn segments_roll_over_and_are_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = one_batch_bytes() + segment::HEADER_BYTES as u64;
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    // An eighth of the bound: a few hundred batches each.
+    assert_eq!(spool.segment_bytes, 128 << 10);
+    let per_segment = spool.segment_bytes / one;
+    // Steady state: every batch acknowledged before the next.
+    let mut seq = 0;
+    for ms in 0..(3 * per_segment as i64) {
+        seq = spool.push("i", vec![sample(ms)]).unwrap();
+        let out = spool.next_to_send().unwrap().unwrap();
+        spool.remove(out.seq).unwrap();
+    }
+    assert_eq!(spool.segment_count(), 2, "one in use, the other reused");
+    // An outage: batches pile up over several segments.
+    let backlog = 3 * per_segment + 7;
+    for ms in 0..backlog as i64 {
+        spool.push("i", vec![sample(1_000_000 + ms)]).unwrap();
+    }
+    let segments_during = spool.segment_count();
+    assert!(segments_during >= 4, "{segments_during}");
+    drop(spool);
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.batches as u64, backlog);
+    assert_eq!(spool.dropped_samples_total(), 0);
+    let mut sent = Vec::new();
+    while let Some(out) = spool.next_to_send().unwrap() {
+        sent.push(sent_batch(&out).samples[0].vm.sampled_at_ms);
+        spool.remove(out.seq).unwrap();
+    }
+    assert_eq!(
+        sent,
+        (0..backlog as i64)
+            .map(|ms| 1_000_000 + ms)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        spool.segment_count() <= 1 + MAX_SPARE_SEGMENTS,
+        "{} segments after draining",
+        spool.segment_count()
+    );
+    let files = fs::read_dir(dir.path().join(SPOOL_DIR))
+        .unwrap()
+        .filter(|e| segment::parse_segment_name(&e.as_ref().unwrap().path()).is_some())
+        .count();
+    assert_eq!(files, spool.segment_count());
+    assert_eq!(spool.push("i", vec![sample(7)]).unwrap(), seq + backlog + 1);
+    // A batch larger than a segment goes into one grown to hold it.
+    let big: Vec<Sample> = (0..400).map(sample).collect();
+    let big_seq = spool.push("i", big).unwrap();
+    drop(spool);
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let mut last = None;
+    while let Some(out) = spool.next_to_send().unwrap() {
+        last = Some((out.seq, sent_batch(&out).samples.len()));
+        spool.remove(out.seq).unwrap();
+    }
+    assert_eq!(last, Some((big_seq, 400)));
+}
+
+/// An older agent's per-file spool is read once: its batches move into a segment (same ids,
+/// same numbers, in order) and the files go; a crash before they were removed does not
+/// duplicate them.
+#[test]
+fn the_per_file_spool_of_an_older_agent_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join(STATE_FILE),
+        br#"{"next_seq":12,"dropped_samples_total":2}"#,
+    )
+    .unwrap();
+    let ids: Vec<Uuid> = [9u64, 10, 11]
+        .iter()
+        .map(|&seq| {
+            let p = legacy_batch(dir.path(), seq, seq as i64);
+            serde_json::from_slice::<ReportBatch>(&fs::read(p).unwrap())
+                .unwrap()
+                .batch_id
+        })
+        .collect();
+    let kept = fs::read(dir.path().join(SPOOL_DIR).join(format!("{:020}.batch", 10))).unwrap();
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        report,
+        OpenReport {
+            batches: 3,
+            moved_aside: 0
+        }
+    );
+    assert_eq!(legacy_files(dir.path()), 0, "removed once in a segment");
+    assert_eq!(spool.dropped_samples_total(), 2);
+    assert_eq!(spool.push("i", vec![sample(12)]).unwrap(), 12);
+    drop(spool);
+    // A leftover file (its removal failed, or a crash came first) is not read twice.
+    fs::write(
+        dir.path().join(SPOOL_DIR).join(format!("{:020}.batch", 10)),
+        &kept,
+    )
+    .unwrap();
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.batches, 4);
+    assert_eq!(legacy_files(dir.path()), 0);
+    let mut sent = Vec::new();
+    while let Some(out) = spool.next_to_send().unwrap() {
+        let b = sent_batch(&out);
+        sent.push((b.seq, b.batch_id));
+        spool.remove(out.seq).unwrap();
+    }
+    assert_eq!(
+        sent.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![9, 10, 11, 12]
+    );
+    assert_eq!(sent[..3].iter().map(|s| s.1).collect::<Vec<_>>(), ids);
+}
+
+/// `read_spooled` (tests and tools) sees what the spool sees, without changing anything.
+#[test]
+fn read_spooled_matches_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(read_spooled(dir.path()).unwrap().is_empty());
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    for ms in 0..4 {
+        spool.push("i", vec![sample(ms)]).unwrap();
+    }
+    spool.remove(0).unwrap();
+    let texts_now = texts(&mut spool);
+    let seen = read_spooled(dir.path()).unwrap();
+    assert_eq!(
+        seen.iter().map(|b| b.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        seen.into_iter().map(|b| b.json).collect::<Vec<_>>(),
+        texts_now
+    );
 }

@@ -3,7 +3,7 @@
 //! bind-mounted in a private mount namespace (the one kernel state a test cannot make).
 //!
 //! The agent here reports to no collector: it is pointed at a closed port with monitoring on in
-//! its persisted state, and the tests read what it spooled (`STATE/spool/*.batch`, the JSON it
+//! its persisted state, and the tests read what it spooled (`vmmon_agent::spool::read_spooled`, the JSON it
 //! would send, wire extensions included). So these tests need only the agent.
 //!
 //! They need root (namespaces, veth, another user's `/proc/PID/io`), `ip` (iproute2) and
@@ -230,19 +230,10 @@ impl GuestAgent {
 
     /// Every spooled sample, oldest first.
     fn samples(&self) -> Vec<Value> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.state.join("spool"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "batch"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files
+        vmmon_agent::spool::read_spooled(&self.state)
+            .unwrap_or_default()
             .iter()
-            .filter_map(|p| std::fs::read(p).ok())
-            .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter_map(|b| serde_json::from_str::<Value>(&b.json).ok())
             .flat_map(|b| b["samples"].as_array().cloned().unwrap_or_default())
             .collect()
     }

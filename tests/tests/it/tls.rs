@@ -34,18 +34,14 @@ fn stored(c: &Collector, batch_id: &str) -> bool {
 
 /// The batch ids waiting in the agent's spool.
 fn spooled_ids(agent: &Agent) -> Vec<String> {
-    let mut ids = Vec::new();
-    for e in std::fs::read_dir(agent.state.path().join("spool")).unwrap() {
-        let path = e.unwrap().path();
-        if path.extension().is_some_and(|x| x == "batch") {
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue; // sent and removed meanwhile
-            };
-            let v: Value = serde_json::from_str(&text).unwrap();
-            ids.push(v["batch_id"].as_str().unwrap().to_string());
-        }
-    }
-    ids
+    vmmon_agent::spool::read_spooled(agent.state.path())
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let v: Value = serde_json::from_str(&b.json).unwrap();
+            v["batch_id"].as_str().unwrap().to_string()
+        })
+        .collect()
 }
 
 /// An agent of `c` as `instance`, sampling every second, with `tls_args`; it retries at least

@@ -473,19 +473,20 @@ fn real_kernel_filter_leaves_out_loopback_only() {
 }
 
 /// The real kernel refuses a filter its bytecode audit rejects (`EINVAL`, as an old or
-/// hardened kernel may refuse ours): `dump_without_loopback` then dumps unfiltered, now and on
-/// later calls, instead of failing the tick's network attribution.
+/// hardened kernel may refuse ours): the one-walk request fails first (taken for the request
+/// type's refusal), then the per-family one; `dump_without_loopback` then dumps unfiltered, in
+/// one walk again, now and on later calls, instead of failing the tick's network attribution.
 #[test]
 #[ignore = "needs root (NETLINK_SOCK_DIAG); scripts/test.sh runs it"]
 fn real_kernel_refusing_the_filter_falls_back_to_unfiltered_dumps() {
     // An op code the kernel does not know (inet_diag_bc_audit: EINVAL).
-    fn refused(family: u8, seq: u32) -> Vec<u8> {
-        let mut r = request_without_loopback(family, seq);
-        r[REQUEST_LEN + RTA_HDRLEN] = 0xff;
-        r
+    fn refused(family: u8) -> Vec<u8> {
+        let mut bc = loopback_bytecode(family);
+        bc[0] = 0xff;
+        bc
     }
     let mut diag = SockDiag::open().expect("NETLINK_SOCK_DIAG: run as root on Linux");
-    diag.filtered_request = refused;
+    diag.loopback_filter = refused;
     let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
     let lo_client = TcpStream::connect(lo.local_addr().expect("addr")).expect("connect");
     let inode = {
@@ -501,10 +502,18 @@ fn real_kernel_refusing_the_filter_falls_back_to_unfiltered_dumps() {
         .expect_err("the kernel refuses");
     assert_eq!(direct.raw_os_error(), Some(libc::EINVAL), "{direct}");
     assert!(!diag.filter_refused);
+    assert!(
+        diag.one_walk_refused,
+        "EINVAL is first taken for the one-walk request's"
+    );
     for round in 0..2 {
         diag.dump_without_loopback(&mut out)
             .unwrap_or_else(|e| panic!("round {round}: the fallback dumps: {e}"));
         assert!(diag.filter_refused);
+        assert!(
+            !diag.one_walk_refused,
+            "round {round}: unfiltered, one walk works"
+        );
         assert!(
             out.iter().any(|s| s.inode == inode && s.loopback),
             "round {round}: unfiltered, the loopback connection is in the dump"
@@ -535,4 +544,106 @@ fn a_kernel_without_byte_counters_fails_the_dump_as_unsupported() {
     d2.extend_from_slice(&ok);
     parse_datagram(&d2, 9, &mut out).expect("parses");
     assert_eq!((out[0].bytes_received, out[0].bytes_sent), (10, 5));
+}
+
+#[test]
+fn one_walk_request_layout() {
+    for no_loopback in [false, true] {
+        let r = request_both_families(5, no_loopback);
+        assert_eq!(u32_at(&r, 0) as usize, r.len(), "nlmsg_len");
+        assert_eq!(u16_at(&r, 4), TCPDIAG_GETSOCK);
+        assert_eq!(u16_at(&r, 6), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(u32_at(&r, 8), 5, "seq");
+        let body = &r[NLMSG_HDRLEN..NLMSG_HDRLEN + REQ_COMPAT_LEN];
+        assert_eq!(body[0], 0, "family: both (the kernel sets AF_UNSPEC)");
+        assert_eq!(body[3], 1 << (INET_DIAG_INFO - 1), "tcp_info asked for");
+        assert!(body[4..52].iter().all(|&b| b == 0), "sockid: every socket");
+        assert_eq!(u32_at(body, 52), STATES);
+        assert_eq!(u32_at(body, 56), 0, "idiag_dbs");
+        let attr = &r[NLMSG_HDRLEN + REQ_COMPAT_LEN..];
+        if no_loopback {
+            // The IPv6 request's filter: both conditions, so it serves both families.
+            assert_eq!(attr, &request_without_loopback(AF_INET6, 5)[REQUEST_LEN..]);
+        } else {
+            assert!(attr.is_empty());
+        }
+    }
+    // Its answers carry the request's type, and parse as the per-family ones.
+    let info = tcp_info(232, 5, 1_000, 2_000);
+    let mut d = nlmsg(
+        TCPDIAG_GETSOCK,
+        3,
+        &Msg::v4(EXT, PEER, 1, 11, &info).payload(),
+    );
+    d.extend(done(3));
+    let mut out = Vec::new();
+    assert_eq!(parse_datagram(&d, 3, &mut out).unwrap(), Progress::Done);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].inode, 11);
+}
+
+/// The real kernel: the one-walk dump (both families, filtered or not) finds the same sockets
+/// as one dump per family.
+#[test]
+#[ignore = "needs root (NETLINK_SOCK_DIAG); scripts/test.sh runs it"]
+fn real_kernel_one_walk_equals_one_dump_per_family() {
+    let mut diag = SockDiag::open().expect("NETLINK_SOCK_DIAG: run as root on Linux");
+    let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let _c4 = TcpStream::connect(lo.local_addr().expect("addr")).expect("connect");
+    let lo6 = TcpListener::bind("[::1]:0").ok();
+    let _c6 = lo6
+        .as_ref()
+        .map(|l| TcpStream::connect(l.local_addr().expect("addr")).expect("connect"));
+    let own = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
+        .and_then(|u| u.local_addr())
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    let own_listener = own.and_then(|ip| TcpListener::bind((ip, 0)).ok());
+    let _own_client = own_listener
+        .as_ref()
+        .map(|l| TcpStream::connect(l.local_addr().expect("addr")).expect("connect"));
+    let cookies = |v: &[TcpSocket]| {
+        let mut c: Vec<u64> = v.iter().map(|s| s.cookie).collect();
+        c.sort_unstable();
+        c
+    };
+    for no_loopback in [false, true] {
+        let mut one = Vec::new();
+        diag.dump_filtered(&mut one, no_loopback)
+            .expect("one-walk dump");
+        assert!(
+            !diag.one_walk_refused,
+            "this kernel takes the one-walk request"
+        );
+        let mut per_family = Vec::new();
+        diag.dump_family(AF_INET, &mut per_family, no_loopback)
+            .expect("IPv4 dump");
+        diag.dump_family(AF_INET6, &mut per_family, no_loopback)
+            .expect("IPv6 dump");
+        // Other sockets (other processes, other tests in this process) may come and go
+        // between the dumps: compare this test's own.
+        let ours: Vec<u32> = [Some(&_c4), _c6.as_ref(), _own_client.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                use std::os::fd::AsRawFd;
+                let t = std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd())).ok()?;
+                crate::sampler::netflow::socket_inode(t.as_os_str().as_encoded_bytes())
+            })
+            .collect();
+        let mine = |v: &[TcpSocket]| {
+            let v: Vec<TcpSocket> = v
+                .iter()
+                .filter(|s| ours.contains(&s.inode))
+                .copied()
+                .collect();
+            cookies(&v)
+        };
+        assert_eq!(mine(&one), mine(&per_family), "no_loopback: {no_loopback}");
+        if !no_loopback {
+            assert_eq!(mine(&one).len(), ours.len(), "our connections are dumped");
+        }
+    }
 }
