@@ -201,9 +201,19 @@ pub fn store_batches(
         })
         .collect();
     store::bandwidth::apply_batches(conn, &flows)?;
+    // Every instance in `clocks` had a new batch, hence its project.
+    let owned: std::collections::HashMap<&str, &str> = writes
+        .iter()
+        .zip(&projects)
+        .filter_map(|(w, p)| Some((w.batch.instance_id.as_str(), p.as_deref()?)))
+        .collect();
     for (id, state) in &clocks {
         if let Some(state) = state {
-            store::instances::set_clock_state(conn, id, *state)?;
+            let key = store::InstanceKey {
+                project: owned.get(id.as_str()).copied().unwrap_or_default(),
+                instance_id: id,
+            };
+            store::instances::set_clock_state(conn, key, *state)?;
         }
     }
     for (w, project) in writes.iter().zip(&projects) {
@@ -211,8 +221,14 @@ pub fn store_batches(
             store::cdn::apply_batch(conn, &w.batch, project, w.received_ms)?;
         }
     }
-    for w in writes.iter() {
-        record_seen(conn, &w.batch, w.received_ms)?;
+    for (w, project) in writes.iter().zip(&projects) {
+        // A resend has no stored project here: the token's is the instance's.
+        record_seen(
+            conn,
+            &w.batch,
+            project.as_deref().unwrap_or(&w.project),
+            w.received_ms,
+        )?;
     }
     Ok(out)
 }
@@ -221,6 +237,7 @@ pub fn store_batches(
 fn record_seen(
     conn: &crate::store::Connection,
     batch: &ReportBatch,
+    project: &str,
     now_ms: i64,
 ) -> store::Result<()> {
     let newest = batch
@@ -229,9 +246,13 @@ fn record_seen(
         .map(|s| s.vm.sampled_at_ms)
         .max()
         .unwrap_or(now_ms);
+    let key = store::InstanceKey {
+        project,
+        instance_id: &batch.instance_id,
+    };
     store::instances::record_seen(
         conn,
-        &batch.instance_id,
+        key,
         newest.min(now_ms),
         Some(batch.dropped_samples_total),
         None,
@@ -247,10 +268,13 @@ pub fn store_batch(
     batch: &ReportBatch,
     now_ms: i64,
 ) -> store::Result<bool> {
+    let project = store::bandwidth::owner(conn, &batch.instance_id)?
+        .map(|(project, _)| project)
+        .unwrap_or_default();
     let mut one = [Received {
         batch: batch.clone(),
         received_ms: now_ms,
-        project: String::new(),
+        project,
     }];
     Ok(store_batches(conn, &mut one)?
         .pop()

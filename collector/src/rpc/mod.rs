@@ -265,7 +265,7 @@ impl MonitorApiServer for RpcHandler {
     }
 
     async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<DesiredState, ErrorObjectOwned> {
-        self.token()?;
+        let project = self.token()?.project.clone();
         self.ensure_registered(&heartbeat.instance_id)?;
         self.ensure_token_live().await?;
         let id = heartbeat.instance_id.clone();
@@ -273,9 +273,14 @@ impl MonitorApiServer for RpcHandler {
             .app
             .store
             .write(move |c| {
+                // The token's project is the instance's (registration refuses another's).
+                let key = store::InstanceKey {
+                    project: &project,
+                    instance_id: &id,
+                };
                 store::instances::record_seen(
                     c,
-                    &id,
+                    key,
                     store::now_ms(),
                     Some(heartbeat.dropped_samples_total),
                     Some(heartbeat.spooled_batches),

@@ -251,7 +251,7 @@ pub fn set_desired(
 /// Records liveness and the agent's delivery counters.
 pub fn record_seen(
     conn: &Connection,
-    instance_id: &str,
+    key: super::InstanceKey<'_>,
     now_ms: i64,
     dropped_samples_total: Option<u64>,
     spooled_batches: Option<u64>,
@@ -261,7 +261,7 @@ pub fn record_seen(
         "UPDATE instances SET last_seen_ms = GREATEST(last_seen_ms, ?2),
              dropped_samples = GREATEST(dropped_samples, COALESCE(CAST(?3 AS BIGINT), 0)),
              spooled_batches = COALESCE(CAST(?4 AS BIGINT), spooled_batches)
-         WHERE instance_id = ?1"
+         WHERE instance_id = ?1 AND project = ?5"
     } else {
         "UPDATE instances SET last_seen_ms = MAX(last_seen_ms, ?2),
              dropped_samples = MAX(dropped_samples, COALESCE(?3, 0)),
@@ -270,12 +270,13 @@ pub fn record_seen(
     };
     conn.execute_later(
         sql,
-        params![
-            instance_id,
+        conn.scoped(params![
+            key.instance_id,
             now_ms,
             dropped_samples_total.map(|v| v as i64),
-            spooled_batches.map(|v| v as i64)
-        ],
+            spooled_batches.map(|v| v as i64),
+            key.project
+        ]),
     )
 }
 
@@ -348,17 +349,25 @@ pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockS
 }
 
 /// Keeps the instance's time-axis state after a batch.
-pub fn set_clock_state(conn: &Connection, instance_id: &str, s: ClockState) -> Result<()> {
+pub fn set_clock_state(
+    conn: &Connection,
+    key: super::InstanceKey<'_>,
+    s: ClockState,
+) -> Result<()> {
     conn.execute_later(
-        "UPDATE instances SET clock_last_raw_ms = ?2, clock_last_placed_ms = ?3,
-             clock_offset_ms = ?4, clock_last_uptime_ms = ?5 WHERE instance_id = ?1",
-        params![
-            instance_id,
+        &format!(
+            "UPDATE instances SET clock_last_raw_ms = ?2, clock_last_placed_ms = ?3,
+                 clock_offset_ms = ?4, clock_last_uptime_ms = ?5 WHERE instance_id = ?1{}",
+            conn.project_filter(6)
+        ),
+        conn.scoped(params![
+            key.instance_id,
             s.last_raw_ms,
             s.last_placed_ms,
             s.offset_ms,
-            s.last_uptime_ms
-        ],
+            s.last_uptime_ms,
+            key.project
+        ]),
     )
 }
 
