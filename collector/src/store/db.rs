@@ -597,6 +597,9 @@ pub struct PgConn {
     /// A queued write failed: the transaction is aborted and must not be reported committed
     /// (PostgreSQL answers `COMMIT` in an aborted transaction with a rollback, not an error).
     deferred_failed: std::sync::atomic::AtomicBool,
+    /// The transaction follows one still committing on another connection
+    /// ([`Self::set_follows_commit`]).
+    follows_commit: std::sync::atomic::AtomicBool,
 }
 
 impl PgConn {
@@ -609,6 +612,7 @@ impl PgConn {
             in_tx: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
             deferred_failed: std::sync::atomic::AtomicBool::new(false),
+            follows_commit: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -637,6 +641,21 @@ impl PgConn {
             };
             (self, res)
         })
+    }
+
+    /// Marks the transaction about to begin as following one whose `COMMIT` is still running
+    /// on the writer's other connection: ingest then first locks its instances' rows, so that
+    /// it reads their state only after that transaction committed (see
+    /// [`super::samples::start_batches`]).
+    pub(super) fn set_follows_commit(&self, on: bool) {
+        self.follows_commit
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// See [`Self::set_follows_commit`].
+    pub fn follows_commit(&self) -> bool {
+        self.follows_commit
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Awaits `fut` (a statement whose answer is needed) after sending the queued writes ahead

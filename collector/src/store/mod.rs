@@ -680,6 +680,9 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Reconne
             jobs.clear();
             continue;
         };
+        if let Connection::Pg(pg) = &conn {
+            pg.set_follows_commit(in_flight.is_some());
+        }
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
         let begin = conn.execute_batch(begin_sql);
         if let Err(e) = begin {
