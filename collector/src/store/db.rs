@@ -597,9 +597,6 @@ pub struct PgConn {
     /// A queued write failed: the transaction is aborted and must not be reported committed
     /// (PostgreSQL answers `COMMIT` in an aborted transaction with a rollback, not an error).
     deferred_failed: std::sync::atomic::AtomicBool,
-    /// The transaction follows one still committing on another connection
-    /// ([`Self::set_follows_commit`]).
-    follows_commit: std::sync::atomic::AtomicBool,
 }
 
 impl PgConn {
@@ -612,50 +609,11 @@ impl PgConn {
             in_tx: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
             deferred_failed: std::sync::atomic::AtomicBool::new(false),
-            follows_commit: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     fn in_tx(&self) -> bool {
         self.in_tx.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Sends the queued writes and `COMMIT` from a task on the runtime and hands the connection
-    /// back with the outcome when the server has answered: the writer prepares its next
-    /// transaction on its other connection meanwhile (`store::writer_loop`). A queued write that
-    /// failed is the outcome's error (the transaction was not committed).
-    pub(super) fn spawn_commit(
-        self: Box<Self>,
-    ) -> tokio::task::JoinHandle<(Box<PgConn>, Result<()>)> {
-        let rt = self.rt.clone();
-        rt.spawn(async move {
-            let res = {
-                let c = &*self;
-                let res = c.run_async(c.client.batch_execute("COMMIT")).await;
-                c.in_tx.store(false, std::sync::atomic::Ordering::Relaxed);
-                if c.take_deferred_failure() && res.is_ok() {
-                    Err(StoreError::Commit("a queued write failed".into()))
-                } else {
-                    res
-                }
-            };
-            (self, res)
-        })
-    }
-
-    /// Marks the transaction about to begin as following one whose `COMMIT` is still running
-    /// on the writer's other connection: ingest then first locks its instances' rows, so that
-    /// it reads their state only after that transaction committed (see
-    /// [`super::samples::start_batches`]).
-    pub(super) fn set_follows_commit(&self, on: bool) {
-        self.follows_commit
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// See [`Self::set_follows_commit`].
-    pub fn follows_commit(&self) -> bool {
-        self.follows_commit
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Awaits `fut` (a statement whose answer is needed) after sending the queued writes ahead
@@ -666,20 +624,12 @@ impl PgConn {
         &self,
         fut: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
-        self.rt.block_on(self.run_async(fut))
-    }
-
-    /// [`Self::run`], awaited.
-    async fn run_async<T>(
-        &self,
-        fut: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-    ) -> Result<T> {
         let pending = match self.pending.lock() {
             Ok(mut p) => std::mem::take(&mut *p),
             Err(_) => return Err(StoreError::Commit("deferred write queue poisoned".into())),
         };
         if pending.is_empty() {
-            return Ok(fut.await?);
+            return Ok(self.rt.block_on(fut)?);
         }
         let refs: Vec<Vec<&(dyn ToSql + Sync)>> = pending
             .iter()
@@ -696,7 +646,7 @@ impl PgConn {
                 .zip(&refs)
                 .map(|(d, r)| self.client.execute(&d.stmt, r)),
         );
-        let (written, out) = futures::future::join(writes, fut).await;
+        let (written, out) = self.rt.block_on(futures::future::join(writes, fut));
         if let Some(e) = written.into_iter().find_map(std::result::Result::err) {
             self.deferred_failed
                 .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -571,100 +571,14 @@ fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
     }
 }
 
-/// A PostgreSQL transaction whose `COMMIT` is running (`PgConn::spawn_commit`), and the
-/// completions that answer its writes once it has.
-struct InFlight {
-    commit: tokio::task::JoinHandle<(Box<db::PgConn>, Result<()>)>,
-    completions: Vec<Completion>,
-}
-
-/// Waits for the transaction in flight, if any, answers its writes, and puts its connection
-/// back among the idle ones.
-fn finish_commit(
-    in_flight: &mut Option<InFlight>,
-    idle: &mut Vec<Connection>,
-    reconnect: &Reconnect,
-) {
-    let (Some(f), Some((_, rt))) = (in_flight.take(), reconnect) else {
-        return;
-    };
-    let err = match rt.block_on(f.commit) {
-        Ok((conn, res)) => {
-            let conn = Connection::Pg(conn);
-            let err = res.err().map(|e| {
-                let msg = e.to_string();
-                tracing::error!(error = %msg, "Store commit failed.");
-                let _ = conn.execute_batch("ROLLBACK");
-                msg
-            });
-            idle.push(conn);
-            err
-        }
-        Err(e) => {
-            // The task ended without its connection: the next transaction takes a new one.
-            let msg = format!("commit task failed: {e}");
-            tracing::error!(error = %msg, "Store commit failed.");
-            Some(msg)
-        }
-    };
-    for done in f.completions {
-        done(err.as_deref());
-    }
-}
-
-/// The connection the next transaction runs on: an idle one (replaced when its server
-/// connection went away: a restart or failover), or a new one from the pool.
-fn next_connection(idle: &mut Vec<Connection>, reconnect: &Reconnect) -> Option<Connection> {
-    let conn = idle.pop();
-    let Some((pool, rt)) = reconnect else {
-        return conn;
-    };
-    if let Some(Connection::Pg(pg)) = &conn
-        && !pg.is_closed()
-    {
-        return conn;
-    }
-    match rt.block_on(pool.get()) {
-        Ok(fresh) => Some(Connection::Pg(Box::new(db::PgConn::new(fresh, rt.clone())))),
-        Err(e) => {
-            tracing::error!(error = %e, "Store writer cannot reconnect.");
-            conn
-        }
-    }
-}
-
-/// The writer: runs the waiting jobs in one transaction and answers each after its commit.
-///
-/// On PostgreSQL it keeps two connections and overlaps: while one transaction's `COMMIT`
-/// (with its queued writes) runs on the server, the next one is prepared and run on the other
-/// connection; its commit waits for the first one's answer, so transactions commit, and
-/// writes are answered, in order. Only grouped writes (ingest) run beside a commit in flight,
-/// and they first lock their instances' rows, which waits for the earlier transaction where
-/// it touched them ([`samples::start_batches`]); any other job waits for the commit first,
-/// so it reads what every earlier write left.
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Reconnect) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Reconnect) {
     let begin_sql = if conn.is_pg() {
         "BEGIN"
     } else {
         "BEGIN IMMEDIATE"
     };
-    let overlap = conn.is_pg() && reconnect.is_some();
-    let mut idle: Vec<Connection> = vec![conn];
-    let mut in_flight: Option<InFlight> = None;
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_TX);
-    loop {
-        let first = match rx.try_recv() {
-            Ok(job) => job,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                // Nothing waits: answer the transaction in flight before sleeping.
-                finish_commit(&mut in_flight, &mut idle, &reconnect);
-                match rx.blocking_recv() {
-                    Some(job) => job,
-                    None => break,
-                }
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-        };
+    while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_JOBS_PER_TX {
             match rx.try_recv() {
@@ -672,18 +586,16 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Reconne
                 Err(_) => break,
             }
         }
-        if jobs.iter().any(|j| matches!(j, Job::Single(_))) {
-            finish_commit(&mut in_flight, &mut idle, &reconnect);
-        }
-        let Some(conn) = next_connection(&mut idle, &reconnect) else {
-            tracing::error!("Store writer has no connection.");
-            jobs.clear();
-            continue;
-        };
-        if let Connection::Pg(pg) = &conn {
-            pg.set_follows_commit(in_flight.is_some());
-        }
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
+        if let (Connection::Pg(pg), Some((pool, rt))) = (&conn, &reconnect)
+            && pg.is_closed()
+        {
+            // The server connection went away (a restart or failover): take a fresh one.
+            match rt.block_on(pool.get()) {
+                Ok(fresh) => conn = Connection::Pg(Box::new(db::PgConn::new(fresh, rt.clone()))),
+                Err(e) => tracing::error!(error = %e, "Store writer cannot reconnect."),
+            }
+        }
         let begin = conn.execute_batch(begin_sql);
         if let Err(e) = begin {
             let msg = e.to_string();
@@ -692,7 +604,6 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Reconne
                 // The job never ran; report the failure without running it.
                 drop(job);
             }
-            idle.push(conn);
             continue;
         }
         let mut poisoned = false;
@@ -732,37 +643,22 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Reconne
             for done in completions {
                 done(Some("a write in the same transaction failed; retry"));
             }
-            idle.push(conn);
             continue;
         }
-        // Transactions commit in order: the one in flight first.
-        finish_commit(&mut in_flight, &mut idle, &reconnect);
-        match conn {
-            Connection::Pg(pg) if overlap => {
-                in_flight = Some(InFlight {
-                    commit: pg.spawn_commit(),
-                    completions,
-                });
+        let commit = conn.execute_batch("COMMIT");
+        let err = match commit {
+            Ok(()) => None,
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "Store commit failed.");
+                let _ = conn.execute_batch("ROLLBACK");
+                Some(msg)
             }
-            conn => {
-                let commit = conn.execute_batch("COMMIT");
-                let err = match commit {
-                    Ok(()) => None,
-                    Err(e) => {
-                        let msg = e.to_string();
-                        tracing::error!(error = %msg, "Store commit failed.");
-                        let _ = conn.execute_batch("ROLLBACK");
-                        Some(msg)
-                    }
-                };
-                for done in completions {
-                    done(err.as_deref());
-                }
-                idle.push(conn);
-            }
+        };
+        for done in completions {
+            done(err.as_deref());
         }
     }
-    finish_commit(&mut in_flight, &mut idle, &reconnect);
     tracing::debug!("Store writer stopped.");
 }
 

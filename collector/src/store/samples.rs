@@ -197,20 +197,6 @@ pub fn start_batches(
         .iter()
         .map(|&k| i64::try_from(batches[k].0.seq).ok())
         .collect();
-    if pg.follows_commit() {
-        // The previous transaction's COMMIT is still running on the writer's other connection
-        // and may hold these instances' rows (each batch updates its instance): wait for it,
-        // so that the statement below (a new snapshot) reads the state it left. Sent ahead of
-        // that statement, in the same round trip.
-        let mut locked: Vec<String> = instances.iter().map(|i| i.to_string()).collect();
-        locked.sort();
-        locked.dedup();
-        pg.execute_native_later(
-            "SELECT 1 FROM instances WHERE instance_id = ANY($1::text[])
-             ORDER BY instance_id FOR NO KEY UPDATE",
-            vec![Box::new(locked)],
-        )?;
-    }
     let rows = pg.query_native(
         "WITH input AS (
              SELECT t.*, COALESCE(i.project, t.token_project) AS project
