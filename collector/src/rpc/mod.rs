@@ -319,10 +319,18 @@ impl MonitorApiServer for RpcHandler {
             .into());
         }
         self.ensure_registered(&instance_id)?;
+        // The token's project is the instance's (registration refuses another's).
+        let project = token.project.clone();
         let positions = self
             .app
             .store
-            .read(move |c| store::cdn::positions(c, &instance_id))
+            .read(move |c| {
+                let key = store::InstanceKey {
+                    project: &project,
+                    instance_id: &instance_id,
+                };
+                store::cdn::positions(c, key)
+            })
             .await
             .map_err(CollectorError::from)?;
         Ok(positions)

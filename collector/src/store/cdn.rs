@@ -219,11 +219,14 @@ pub fn token_users(conn: &Connection, token_id: i64) -> Result<Vec<String>> {
 }
 
 /// The access-log positions after the instance's newest stored batch, if any.
-pub fn positions(conn: &Connection, instance_id: &str) -> Result<Option<CdnTailState>> {
+pub fn positions(conn: &Connection, key: super::InstanceKey<'_>) -> Result<Option<CdnTailState>> {
     let text: Option<String> = conn
         .query_row(
-            "SELECT tail_json FROM cdn_sources WHERE instance_id = ?1",
-            [instance_id],
+            &format!(
+                "SELECT tail_json FROM cdn_sources WHERE instance_id = ?1{}",
+                conn.project_filter(2)
+            ),
+            conn.scoped(params![key.instance_id, key.project]),
             |r| r.get(0),
         )
         .optional()?
