@@ -38,7 +38,11 @@ async fn fresh_db(base: &str) -> Result<String> {
     Ok(url.to_string())
 }
 
-/// The floor: the same rows with `COPY … FROM STDIN` into the migrated schema.
+/// The agents' project (their token's).
+const PROJECT: &str = "bench";
+
+/// The floor: the same rows with `COPY … FROM STDIN` into the migrated schema (with their
+/// project, as the real path stores them).
 async fn copy_floor(url: &str, batches: &[ReportBatch]) -> Result<f64> {
     drop(Store::open_location(&StoreLocation::Postgres(url.to_string())).await?);
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
@@ -50,7 +54,7 @@ async fn copy_floor(url: &str, batches: &[ReportBatch]) -> Result<f64> {
         for s in &b.samples {
             let v = &s.vm;
             vm.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{PROJECT}\n",
                 b.instance_id,
                 v.sampled_at_ms,
                 v.elapsed_ms,
@@ -66,7 +70,7 @@ async fn copy_floor(url: &str, batches: &[ReportBatch]) -> Result<f64> {
             ));
             for p in s.processes.iter().flatten() {
                 pr.push_str(&format!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t\\N\n",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t\\N\t{PROJECT}\n",
                     b.instance_id,
                     v.sampled_at_ms,
                     p.pid,
@@ -85,12 +89,14 @@ async fn copy_floor(url: &str, batches: &[ReportBatch]) -> Result<f64> {
     for (sql, data) in [
         (
             "COPY vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct, disk_read,
-                 disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count) FROM STDIN",
+                 disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count, project)
+             FROM STDIN",
             vm,
         ),
         (
             "COPY process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
-                 mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time) FROM STDIN",
+                 mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, project)
+             FROM STDIN",
             pr,
         ),
     ] {
@@ -125,7 +131,7 @@ async fn real_path(
         apps.push(app);
         running.push(r);
     }
-    let (_, token) = admin::create_token(&apps[0].store, "bench", "r1", "x", false, &[]).await?;
+    let (_, token) = admin::create_token(&apps[0].store, PROJECT, "r1", "x", false, &[]).await?;
     let mut clients = Vec::with_capacity(per_agent.len());
     for i in 0..per_agent.len() {
         let mut h = HeaderMap::new();

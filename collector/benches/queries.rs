@@ -98,15 +98,16 @@ async fn fill_pg(url: &str, rows: usize) -> Result<(usize, f64)> {
             .batch_execute(&format!(
                 "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
                      disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total,
-                     proc_count)
+                     proc_count, project)
                  SELECT 'vm-' || lpad(v::text, 4, '0'), {first_ms} + k * {step_ms}, 30000, 10.0,
-                     40.0, 0, 0, 0, 0, 0, 0, {PROCS}
+                     40.0, 0, 0, 0, 0, 0, 0, {PROCS}, 'bench'
                  FROM generate_series({a}::bigint, {b}::bigint) k, generate_series(0, {vms}) v;
                  INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd,
                      cpu_pct, mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time,
-                     disk_unreadable)
+                     disk_unreadable, project)
                  SELECT 'vm-' || lpad(v::text, 4, '0'), {first_ms} + k * {step_ms}, 1000 + p,
-                     1700000000.0, 'proc-' || p, (p % 9)::float8, 0.5, 0, 0, 0, 0, NULL, 0
+                     1700000000.0, 'proc-' || p, (p % 9)::float8, 0.5, 0, 0, 0, 0, NULL, 0,
+                     'bench'
                  FROM generate_series({a}::bigint, {b}::bigint) k, generate_series(0, {vms}) v,
                      generate_series(0, {procs}) p",
                 vms = VMS - 1,
@@ -126,9 +127,10 @@ async fn fill_pg(url: &str, rows: usize) -> Result<(usize, f64)> {
         .await?;
     let secs = start.elapsed().as_secs_f64();
     // The store's queries (`store::samples`), first with the window they try first on
-    // PostgreSQL (the day before the instance was last seen).
-    let window = "AND sampled_at_ms >= (SELECT last_seen_ms FROM instances
-        WHERE instance_id = 'vm-0042') - 86400000";
+    // PostgreSQL (the day before the instance was last seen), each naming the project (the
+    // tenant filter, `Connection::project_filter`).
+    let window = "AND project = 'bench' AND sampled_at_ms >= (SELECT last_seen_ms FROM instances
+        WHERE instance_id = 'vm-0042' AND project = 'bench') - 86400000";
     for (name, sql) in [
         (
             "611711 newest sample",
@@ -140,7 +142,7 @@ async fn fill_pg(url: &str, rows: usize) -> Result<(usize, f64)> {
             "611711 its processes",
             format!(
                 "SELECT * FROM process_samples WHERE instance_id = 'vm-0042'
-                 AND sampled_at_ms = {} ORDER BY cpu_pct DESC, pid LIMIT 10",
+                 AND sampled_at_ms = {} AND project = 'bench' ORDER BY cpu_pct DESC, pid LIMIT 10",
                 first_ms + (samples_per_vm as i64 - 1) * step_ms
             ),
         ),
@@ -191,6 +193,14 @@ async fn drop_pg_db(base: &str, name: &str) -> Result<()> {
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await?;
     Ok(())
+}
+
+/// The bench instances' key (all of project "bench").
+fn key(instance_id: &str) -> store::InstanceKey<'_> {
+    store::InstanceKey {
+        project: "bench",
+        instance_id,
+    }
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -343,11 +353,11 @@ fn run(
     type Floor = Box<dyn Fn(&store::Connection, &str) -> store::Result<usize> + Send + Sync>;
     let queries: Vec<(&str, String, Floor)> = vec![
         ("611711 (top 10 processes of the newest sample)", r#"{"method":611711,"data":{"instance_id":"ID"},"session_id":"SID","limit":10}"#.into(),
-            Box::new(|c, id| Ok(store::samples::latest_processes(c, id, 10)?.len()))),
+            Box::new(|c, id| Ok(store::samples::latest_processes(c, key(id), 10)?.len()))),
         ("611611 (newest VM record)", r#"{"method":611611,"data":{"instance_id":"ID"},"session_id":"SID","limit":1}"#.into(),
-            Box::new(|c, id| Ok(store::samples::latest_vm(c, id, 1)?.len()))),
+            Box::new(|c, id| Ok(store::samples::latest_vm(c, key(id), 1)?.len()))),
         ("611712 (one process's newest 10 records)", r#"{"method":611712,"data":{"instance_id":"ID"},"session_id":"SID","limit":10,"proc_name":"proc-7"}"#.into(),
-            Box::new(|c, id| Ok(store::samples::process_history(c, id, "proc-7", 10)?.len()))),
+            Box::new(|c, id| Ok(store::samples::process_history(c, key(id), "proc-7", 10)?.len()))),
     ];
     // The floor's connection: a read-only SQLite connection, or a pooled PostgreSQL one (the
     // store's own read path; the query is timed inside it).

@@ -628,23 +628,34 @@ async fn rows_per_instance<R, Q>(
 ) -> Result<Vec<R>, Reply>
 where
     R: Send + 'static,
-    Q: Fn(&crate::store::Connection, &str, u32) -> Result<Vec<R>, store::StoreError>
+    Q: Fn(
+            &crate::store::Connection,
+            store::InstanceKey<'_>,
+            u32,
+        ) -> Result<Vec<R>, store::StoreError>
         + Send
         + 'static,
 {
     let max = app.settings().config.max_limit as usize;
-    let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+    let ids: Vec<(String, String)> = instances
+        .iter()
+        .map(|i| (i.instance_id.clone(), i.project.clone()))
+        .collect();
     let rows = app
         .store
         .read(move |c| {
             let mut out = Vec::new();
-            for id in &ids {
+            for (id, project) in &ids {
                 let room = (max + 1).saturating_sub(out.len());
                 if room == 0 {
                     break;
                 }
                 let n = limit.min(u32::try_from(room).unwrap_or(u32::MAX));
-                out.extend(query(c, id, n)?);
+                let key = store::InstanceKey {
+                    project,
+                    instance_id: id,
+                };
+                out.extend(query(c, key, n)?);
             }
             Ok(out)
         })

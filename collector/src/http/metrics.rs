@@ -190,7 +190,14 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
                     if let Some(vm) = &row.vm {
                         procs.push((
                             vm.instance_id.clone(),
-                            store::samples::latest_processes(c, &vm.instance_id, top)?,
+                            store::samples::latest_processes(
+                                c,
+                                store::InstanceKey {
+                                    project: &row.project,
+                                    instance_id: &vm.instance_id,
+                                },
+                                top,
+                            )?,
                         ));
                     }
                 }

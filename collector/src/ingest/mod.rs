@@ -66,6 +66,7 @@ pub async fn ingest(
         .write_grouped(Received {
             batch,
             received_ms: now_ms(),
+            project: token.project.clone(),
         })
         .await?;
     let t = &app.telemetry;
@@ -121,6 +122,10 @@ pub struct Received {
     pub batch: ReportBatch,
     /// When the collector received it, epoch ms.
     pub received_ms: i64,
+    /// The project of the agent's token. The rows are stored with their instance's project,
+    /// which is this one (registration refuses another project's token); this one is used
+    /// when the instance was removed while its agent was still connected.
+    pub project: String,
 }
 
 impl store::GroupedWrite for Received {
@@ -146,8 +151,10 @@ pub fn store_batches(
     writes: &mut [Received],
 ) -> store::Result<Vec<(bool, Vec<timeaxis::ClockAnomaly>)>> {
     let starts = {
-        let keys: Vec<(&ReportBatch, i64)> =
-            writes.iter().map(|w| (&w.batch, w.received_ms)).collect();
+        let keys: Vec<(&ReportBatch, &str, i64)> = writes
+            .iter()
+            .map(|w| (&w.batch, w.project.as_str(), w.received_ms))
+            .collect();
         store::samples::start_batches(conn, &keys)?
     };
     // The time-axis state per instance as this group leaves it (`None` until it has one).
@@ -155,13 +162,17 @@ pub fn store_batches(
         std::collections::BTreeMap::new();
     let mut out = Vec::with_capacity(writes.len());
     let mut owners = Vec::with_capacity(writes.len());
+    // The project each new batch's rows are stored with (the instance's).
+    let mut projects: Vec<Option<String>> = Vec::with_capacity(writes.len());
     for (w, start) in writes.iter_mut().zip(starts) {
         let mut anomalies = Vec::new();
         let Some(start) = start else {
             out.push((false, anomalies));
             owners.push(None);
+            projects.push(None);
             continue;
         };
+        projects.push(Some(start.project));
         let state = match clocks.get(&w.batch.instance_id) {
             Some(carried) => *carried,
             None => start.clock,
@@ -171,11 +182,10 @@ pub fn store_batches(
         out.push((true, anomalies));
         owners.push(Some((start.owner, start.last_reading)));
     }
-    let new: Vec<&ReportBatch> = writes
+    let new: Vec<(&ReportBatch, &str)> = writes
         .iter()
-        .zip(&out)
-        .filter(|(_, (n, _))| *n)
-        .map(|(w, _)| &w.batch)
+        .zip(&projects)
+        .filter_map(|(w, p)| Some((&w.batch, p.as_deref()?)))
         .collect();
     store::samples::insert_samples_many(conn, &new)?;
     let flows: Vec<store::bandwidth::BatchFlow<'_>> = writes
@@ -191,18 +201,34 @@ pub fn store_batches(
         })
         .collect();
     store::bandwidth::apply_batches(conn, &flows)?;
+    // Every instance in `clocks` had a new batch, hence its project.
+    let owned: std::collections::HashMap<&str, &str> = writes
+        .iter()
+        .zip(&projects)
+        .filter_map(|(w, p)| Some((w.batch.instance_id.as_str(), p.as_deref()?)))
+        .collect();
     for (id, state) in &clocks {
         if let Some(state) = state {
-            store::instances::set_clock_state(conn, id, *state)?;
+            let key = store::InstanceKey {
+                project: owned.get(id.as_str()).copied().unwrap_or_default(),
+                instance_id: id,
+            };
+            store::instances::set_clock_state(conn, key, *state)?;
         }
     }
-    for (w, (new, _)) in writes.iter().zip(&out) {
-        if *new {
-            store::cdn::apply_batch(conn, &w.batch, w.received_ms)?;
+    for (w, project) in writes.iter().zip(&projects) {
+        if let Some(project) = project {
+            store::cdn::apply_batch(conn, &w.batch, project, w.received_ms)?;
         }
     }
-    for w in writes.iter() {
-        record_seen(conn, &w.batch, w.received_ms)?;
+    for (w, project) in writes.iter().zip(&projects) {
+        // A resend has no stored project here: the token's is the instance's.
+        record_seen(
+            conn,
+            &w.batch,
+            project.as_deref().unwrap_or(&w.project),
+            w.received_ms,
+        )?;
     }
     Ok(out)
 }
@@ -211,6 +237,7 @@ pub fn store_batches(
 fn record_seen(
     conn: &crate::store::Connection,
     batch: &ReportBatch,
+    project: &str,
     now_ms: i64,
 ) -> store::Result<()> {
     let newest = batch
@@ -219,9 +246,13 @@ fn record_seen(
         .map(|s| s.vm.sampled_at_ms)
         .max()
         .unwrap_or(now_ms);
+    let key = store::InstanceKey {
+        project,
+        instance_id: &batch.instance_id,
+    };
     store::instances::record_seen(
         conn,
-        &batch.instance_id,
+        key,
         newest.min(now_ms),
         Some(batch.dropped_samples_total),
         None,
@@ -231,14 +262,19 @@ fn record_seen(
 /// Steps 2–5 for one batch the caller keeps (tests, benches, tools): works on a copy. The
 /// ingest path hands batches to the writer ([`Received`]), which runs [`store_batches`] on all
 /// the batches waiting for one transaction. `now_ms` is when the collector received the batch.
+/// The rows get the registered instance's project (`''` for an instance not registered).
 pub fn store_batch(
     conn: &crate::store::Connection,
     batch: &ReportBatch,
     now_ms: i64,
 ) -> store::Result<bool> {
+    let project = store::bandwidth::owner(conn, &batch.instance_id)?
+        .map(|(project, _)| project)
+        .unwrap_or_default();
     let mut one = [Received {
         batch: batch.clone(),
         received_ms: now_ms,
+        project,
     }];
     Ok(store_batches(conn, &mut one)?
         .pop()

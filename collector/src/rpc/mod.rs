@@ -265,7 +265,7 @@ impl MonitorApiServer for RpcHandler {
     }
 
     async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<DesiredState, ErrorObjectOwned> {
-        self.token()?;
+        let project = self.token()?.project.clone();
         self.ensure_registered(&heartbeat.instance_id)?;
         self.ensure_token_live().await?;
         let id = heartbeat.instance_id.clone();
@@ -273,9 +273,14 @@ impl MonitorApiServer for RpcHandler {
             .app
             .store
             .write(move |c| {
+                // The token's project is the instance's (registration refuses another's).
+                let key = store::InstanceKey {
+                    project: &project,
+                    instance_id: &id,
+                };
                 store::instances::record_seen(
                     c,
-                    &id,
+                    key,
                     store::now_ms(),
                     Some(heartbeat.dropped_samples_total),
                     Some(heartbeat.spooled_batches),
@@ -314,10 +319,18 @@ impl MonitorApiServer for RpcHandler {
             .into());
         }
         self.ensure_registered(&instance_id)?;
+        // The token's project is the instance's (registration refuses another's).
+        let project = token.project.clone();
         let positions = self
             .app
             .store
-            .read(move |c| store::cdn::positions(c, &instance_id))
+            .read(move |c| {
+                let key = store::InstanceKey {
+                    project: &project,
+                    instance_id: &instance_id,
+                };
+                store::cdn::positions(c, key)
+            })
             .await
             .map_err(CollectorError::from)?;
         Ok(positions)

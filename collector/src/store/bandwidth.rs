@@ -69,14 +69,26 @@ pub fn owner(conn: &Connection, instance_id: &str) -> Result<Option<(String, Str
         .optional()
 }
 
-fn set_last_reading(conn: &Connection, instance_id: &str, r: Reading) -> Result<()> {
-    conn.execute_later(
+fn set_last_reading(conn: &Connection, key: super::InstanceKey<'_>, r: Reading) -> Result<()> {
+    let sql = if conn.is_pg() {
+        "INSERT INTO bandwidth_counters (instance_id, sampled_at_ms, rx_bytes, tx_bytes, project)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(instance_id, project) DO UPDATE SET sampled_at_ms = excluded.sampled_at_ms,
+             rx_bytes = excluded.rx_bytes, tx_bytes = excluded.tx_bytes"
+    } else {
         "INSERT INTO bandwidth_counters (instance_id, sampled_at_ms, rx_bytes, tx_bytes)
          VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(instance_id) DO UPDATE SET sampled_at_ms = excluded.sampled_at_ms,
-             rx_bytes = excluded.rx_bytes, tx_bytes = excluded.tx_bytes",
-        params![instance_id, r.at_ms, r.rx as i64, r.tx as i64],
-    )
+             rx_bytes = excluded.rx_bytes, tx_bytes = excluded.tx_bytes"
+    };
+    let p = params![
+        key.instance_id,
+        r.at_ms,
+        r.rx as i64,
+        r.tx as i64,
+        key.project
+    ];
+    conn.execute_later(sql, conn.scoped(p))
 }
 
 /// The bucket upsert (its new values returned for the day's peak).
@@ -217,15 +229,16 @@ pub struct BatchFlow<'a> {
 /// summed per bucket before they are added, so each bucket and day row is written once.
 /// (Bucket values only grow, so a day's peak and its time come out as with one add per batch.)
 pub fn apply_batches(conn: &Connection, flows: &[BatchFlow<'_>]) -> Result<()> {
-    // Per instance: (stored reading, reading after this call's batches so far).
-    let mut last: BTreeMap<&str, (Option<Reading>, Option<Reading>)> = BTreeMap::new();
+    // Per (instance, project): (stored reading, reading after this call's batches so far).
+    type Readings = (Option<Reading>, Option<Reading>);
+    let mut last: BTreeMap<(&str, &str), Readings> = BTreeMap::new();
     let mut sums: BTreeMap<(&str, &str, i64), (u64, u64)> = BTreeMap::new();
     for f in flows {
         let Some((project, region)) = &f.owner else {
             continue;
         };
         let entry = last
-            .entry(f.batch.instance_id.as_str())
+            .entry((f.batch.instance_id.as_str(), project.as_str()))
             .or_insert((f.start, f.start));
         let mut readings: Vec<Reading> = f
             .batch
@@ -258,11 +271,15 @@ pub fn apply_batches(conn: &Connection, flows: &[BatchFlow<'_>]) -> Result<()> {
     for ((project, region, bucket), (i, o)) in sums {
         add_bucket_bytes(conn, project, region, bucket, to_i64(i), to_i64(o))?;
     }
-    for (instance_id, (stored, now)) in last {
+    for ((instance_id, project), (stored, now)) in last {
         if let Some(l) = now
             && now != stored
         {
-            set_last_reading(conn, instance_id, l)?;
+            let key = super::InstanceKey {
+                project,
+                instance_id,
+            };
+            set_last_reading(conn, key, l)?;
         }
     }
     Ok(())
@@ -579,7 +596,7 @@ mod tests {
             .write(move |c| {
                 // The store's own steps (dedup, then the rollup), as ingest runs them.
                 let now = T0 + 24 * 3600 * 1000;
-                let new = super::super::samples::remember_batch(c, &b, now)?;
+                let new = super::super::samples::remember_batch(c, &b, "p1", now)?;
                 if new {
                     apply_batch(c, &b, now)?;
                 }

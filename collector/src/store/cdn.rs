@@ -74,7 +74,14 @@ fn to_i64(v: u64) -> i64 {
 
 /// Adds a newly stored batch's CDN deltas to the buckets and records the agent's ingestion
 /// status. Call only for a batch stored for the first time, in the transaction that stored it.
-pub fn apply_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<()> {
+/// `project` is the instance's (a column of `cdn_sources` on PostgreSQL only:
+/// [`super::InstanceKey`]).
+pub fn apply_batch(
+    conn: &Connection,
+    batch: &ReportBatch,
+    project: &str,
+    now_ms: i64,
+) -> Result<()> {
     if !batch.cdn.is_empty() {
         let mut stmt = conn.prepare_cached(
             "INSERT INTO cdn_buckets AS b (domain, bucket_start, bytes, hit_bytes, requests)
@@ -98,21 +105,27 @@ pub fn apply_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Resul
         }
     }
     if let Some(tail) = &batch.cdn_tail {
-        conn.prepare_cached(
+        let (project_col, project_mark, key) = if conn.is_pg() {
+            (", project", ", ?6", "instance_id, project")
+        } else {
+            ("", "", "instance_id")
+        };
+        conn.prepare_cached(&format!(
             "INSERT INTO cdn_sources (instance_id, files, malformed_lines_total, last_report_ms,
-                 tail_json)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(instance_id) DO UPDATE SET files = excluded.files,
+                 tail_json{project_col})
+             VALUES (?1, ?2, ?3, ?4, ?5{project_mark})
+             ON CONFLICT({key}) DO UPDATE SET files = excluded.files,
                  malformed_lines_total = excluded.malformed_lines_total,
-                 last_report_ms = excluded.last_report_ms, tail_json = excluded.tail_json",
-        )?
-        .execute(params![
+                 last_report_ms = excluded.last_report_ms, tail_json = excluded.tail_json"
+        ))?
+        .execute(conn.scoped(params![
             batch.instance_id,
             tail.files.len() as i64,
             to_i64(tail.malformed_lines_total),
             now_ms,
-            serde_json::to_string(tail).ok()
-        ])?;
+            serde_json::to_string(tail).ok(),
+            project
+        ]))?;
     }
     Ok(())
 }
@@ -206,11 +219,14 @@ pub fn token_users(conn: &Connection, token_id: i64) -> Result<Vec<String>> {
 }
 
 /// The access-log positions after the instance's newest stored batch, if any.
-pub fn positions(conn: &Connection, instance_id: &str) -> Result<Option<CdnTailState>> {
+pub fn positions(conn: &Connection, key: super::InstanceKey<'_>) -> Result<Option<CdnTailState>> {
     let text: Option<String> = conn
         .query_row(
-            "SELECT tail_json FROM cdn_sources WHERE instance_id = ?1",
-            [instance_id],
+            &format!(
+                "SELECT tail_json FROM cdn_sources WHERE instance_id = ?1{}",
+                conn.project_filter(2)
+            ),
+            conn.scoped(params![key.instance_id, key.project]),
             |r| r.get(0),
         )
         .optional()?
@@ -359,9 +375,9 @@ mod tests {
         let (c1, c2) = (b1.clone(), b2.clone());
         // The store's own steps (dedup, then the CDN buckets), as ingest runs them.
         let store_one = |c: &Connection, b: &ReportBatch, now: i64| -> Result<bool> {
-            let new = super::super::samples::remember_batch(c, b, now)?;
+            let new = super::super::samples::remember_batch(c, b, "p", now)?;
             if new {
-                apply_batch(c, b, now)?;
+                apply_batch(c, b, "p", now)?;
             }
             Ok(new)
         };

@@ -10,13 +10,15 @@ use vmmon_common::vocab::DAY_MS;
 use super::db::{Connection, Param, Value, ValueRef};
 use super::{Result, Store, StoreError};
 
-/// Tables other tables reference, in an order that satisfies every foreign key.
+/// Tables other tables reference, in an order that satisfies every foreign key; `instances`
+/// before the instance-keyed tables, whose rows take their project from it on PostgreSQL.
 const PARENTS_FIRST: &[&str] = &[
     "users",
     "cdn_users",
     "hashmap_services",
     "hashmap_fields",
     "hashmap_groups",
+    "instances",
 ];
 
 /// One table's figures after the copy.
@@ -105,6 +107,17 @@ pub async fn sqlite_to_postgres(from: &std::path::Path, to: &Store) -> Result<Ve
 /// partition until retention).
 const COPY_PARTITION_DAYS: i64 = 62;
 
+/// Whether the target's `table` has `column`.
+fn has_column(dst: &Connection, table: &str, column: &str) -> Result<bool> {
+    let n: i64 = dst.query_row(
+        "SELECT COUNT(*) FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = ?1 AND column_name = ?2",
+        super::params![table, column],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
 fn copy_all(src: &Connection, dst: &Connection) -> Result<Vec<TableCopy>> {
     let Connection::Sqlite(raw) = src else {
         return Err(StoreError::Location("the source must be SQLite".into()));
@@ -162,8 +175,24 @@ fn copy_all(src: &Connection, dst: &Connection) -> Result<Vec<TableCopy>> {
             names.collect::<rusqlite::Result<_>>()?
         };
         let cols = columns.join(", ");
-        let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-        let insert = format!("INSERT INTO {table} ({cols}) VALUES ({})", marks.join(", "));
+        let mut marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+        // PostgreSQL's instance-keyed tables carry the project (`InstanceKey`), SQLite's do not:
+        // each row takes its instance's (copied before), '' for an instance no longer there.
+        let mut target_cols = cols.clone();
+        if let Some(k) = columns.iter().position(|c| c == "instance_id")
+            && !columns.iter().any(|c| c == "project")
+            && has_column(dst, &table, "project")?
+        {
+            target_cols.push_str(", project");
+            marks.push(format!(
+                "COALESCE((SELECT project FROM instances WHERE instance_id = ?{}), '')",
+                k + 1
+            ));
+        }
+        let insert = format!(
+            "INSERT INTO {table} ({target_cols}) VALUES ({})",
+            marks.join(", ")
+        );
         let order = if without_rowid { "" } else { " ORDER BY rowid" };
         let mut read = raw.prepare(&format!("SELECT {cols} FROM {table}{order}"))?;
         let mut rows = read.query([])?;

@@ -900,6 +900,27 @@ impl Connection {
         matches!(self, Connection::Pg(_))
     }
 
+    /// ` AND project = ?{n}` on PostgreSQL, where every instance-keyed table carries its
+    /// instance's project (the Citus distribution column, `docs/postgres.md`), so a query on one
+    /// instance's rows names its tenant; empty on SQLite, whose tables have no such column.
+    /// Pair it with [`Connection::scoped`]: the project is the statement's last parameter.
+    pub fn project_filter(&self, n: usize) -> String {
+        if self.is_pg() {
+            format!(" AND project = ?{n}")
+        } else {
+            String::new()
+        }
+    }
+
+    /// The parameters of a statement built with [`Connection::project_filter`], whose last one
+    /// is the project: all of them on PostgreSQL, all but the last on SQLite.
+    pub fn scoped<'p>(&self, params: &'p [&'p dyn Param]) -> &'p [&'p dyn Param] {
+        match params.split_last() {
+            Some((_, rest)) if !self.is_pg() => rest,
+            _ => params,
+        }
+    }
+
     /// The two-argument maximum: SQLite's scalar `MAX`, PostgreSQL's `GREATEST`.
     pub fn greatest(&self) -> &'static str {
         if self.is_pg() { "GREATEST" } else { "MAX" }

@@ -156,14 +156,21 @@ pub fn register(
     let changed = existing.as_ref().is_none_or(|row| {
         row.inventory != *inventory || row.region != token.region || row.party != token.party
     });
+    // PostgreSQL's key holds the project (the Citus distribution column); it never changes for
+    // an instance (`ForeignProject` above), so the conflict is the same row either way.
+    let key = if conn.is_pg() {
+        "instance_id, project"
+    } else {
+        "instance_id"
+    };
     conn.execute(
-        "INSERT INTO instances AS t (instance_id, project, region, party, token_id, hostname,
+        &format!("INSERT INTO instances AS t (instance_id, project, region, party, token_id, hostname,
              cpu_count, mem_total_bytes, disk_total_bytes, lan_ips, wan_ips, agent_version,
              os, created_at_ms, updated_at_ms, last_seen_ms, monitoring, interval_secs,
              net_interfaces)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?14, 0, ?15,
              ?17)
-         ON CONFLICT(instance_id) DO UPDATE SET
+         ON CONFLICT({key}) DO UPDATE SET
              region = excluded.region, party = excluded.party, token_id = excluded.token_id,
              hostname = excluded.hostname, cpu_count = excluded.cpu_count,
              mem_total_bytes = excluded.mem_total_bytes,
@@ -173,7 +180,7 @@ pub fn register(
              last_seen_ms = excluded.last_seen_ms,
              updated_at_ms = CASE WHEN ?16 <> 0 THEN excluded.updated_at_ms ELSE t.updated_at_ms END,
              interval_secs = CASE WHEN t.interval_by_admin <> 0 THEN t.interval_secs
-                                  ELSE excluded.interval_secs END",
+                                  ELSE excluded.interval_secs END"),
         params![
             instance_id,
             token.project,
@@ -244,7 +251,7 @@ pub fn set_desired(
 /// Records liveness and the agent's delivery counters.
 pub fn record_seen(
     conn: &Connection,
-    instance_id: &str,
+    key: super::InstanceKey<'_>,
     now_ms: i64,
     dropped_samples_total: Option<u64>,
     spooled_batches: Option<u64>,
@@ -254,7 +261,7 @@ pub fn record_seen(
         "UPDATE instances SET last_seen_ms = GREATEST(last_seen_ms, ?2),
              dropped_samples = GREATEST(dropped_samples, COALESCE(CAST(?3 AS BIGINT), 0)),
              spooled_batches = COALESCE(CAST(?4 AS BIGINT), spooled_batches)
-         WHERE instance_id = ?1"
+         WHERE instance_id = ?1 AND project = ?5"
     } else {
         "UPDATE instances SET last_seen_ms = MAX(last_seen_ms, ?2),
              dropped_samples = MAX(dropped_samples, COALESCE(?3, 0)),
@@ -263,12 +270,13 @@ pub fn record_seen(
     };
     conn.execute_later(
         sql,
-        params![
-            instance_id,
+        conn.scoped(params![
+            key.instance_id,
             now_ms,
             dropped_samples_total.map(|v| v as i64),
-            spooled_batches.map(|v| v as i64)
-        ],
+            spooled_batches.map(|v| v as i64),
+            key.project
+        ]),
     )
 }
 
@@ -341,17 +349,25 @@ pub fn clock_state(conn: &Connection, instance_id: &str) -> Result<Option<ClockS
 }
 
 /// Keeps the instance's time-axis state after a batch.
-pub fn set_clock_state(conn: &Connection, instance_id: &str, s: ClockState) -> Result<()> {
+pub fn set_clock_state(
+    conn: &Connection,
+    key: super::InstanceKey<'_>,
+    s: ClockState,
+) -> Result<()> {
     conn.execute_later(
-        "UPDATE instances SET clock_last_raw_ms = ?2, clock_last_placed_ms = ?3,
-             clock_offset_ms = ?4, clock_last_uptime_ms = ?5 WHERE instance_id = ?1",
-        params![
-            instance_id,
+        &format!(
+            "UPDATE instances SET clock_last_raw_ms = ?2, clock_last_placed_ms = ?3,
+                 clock_offset_ms = ?4, clock_last_uptime_ms = ?5 WHERE instance_id = ?1{}",
+            conn.project_filter(6)
+        ),
+        conn.scoped(params![
+            key.instance_id,
             s.last_raw_ms,
             s.last_placed_ms,
             s.offset_ms,
-            s.last_uptime_ms
-        ],
+            s.last_uptime_ms,
+            key.project
+        ]),
     )
 }
 
@@ -360,28 +376,29 @@ pub fn set_clock_state(conn: &Connection, instance_id: &str, s: ClockState) -> R
 /// rollups already computed stay. Frees the id for a registration by any project: for
 /// decommissioned VMs, and for ids another project registered first. False when unknown.
 pub fn remove(conn: &Connection, instance_id: &str) -> Result<bool> {
-    let existed = conn.execute(
-        "DELETE FROM instances WHERE instance_id = ?1",
-        [instance_id],
-    )? > 0;
-    if existed {
-        conn.execute(
-            "DELETE FROM process_samples WHERE instance_id = ?1",
+    let project: Option<String> = conn
+        .query_row(
+            "DELETE FROM instances WHERE instance_id = ?1 RETURNING project",
             [instance_id],
-        )?;
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(project) = project else {
+        return Ok(false);
+    };
+    // On PostgreSQL each delete names the project (one shard on Citus).
+    let tenant = conn.project_filter(2);
+    for table in [
+        "process_samples",
+        "vm_samples",
+        "vm_minutes",
+        "batches",
+        "bandwidth_counters",
+    ] {
         conn.execute(
-            "DELETE FROM vm_samples WHERE instance_id = ?1",
-            [instance_id],
-        )?;
-        conn.execute(
-            "DELETE FROM vm_minutes WHERE instance_id = ?1",
-            [instance_id],
-        )?;
-        conn.execute("DELETE FROM batches WHERE instance_id = ?1", [instance_id])?;
-        conn.execute(
-            "DELETE FROM bandwidth_counters WHERE instance_id = ?1",
-            [instance_id],
+            &format!("DELETE FROM {table} WHERE instance_id = ?1{tenant}"),
+            conn.scoped(params![instance_id, project]),
         )?;
     }
-    Ok(existed)
+    Ok(true)
 }

@@ -97,6 +97,24 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// An instance and the project (tenant) that owns it. An instance's project never changes
+/// (registration from another project's token is refused, `instances::register`), so the
+/// project is known wherever the instance is: from its `instances` row, or at ingest from the
+/// agent's token.
+///
+/// On PostgreSQL every instance-keyed table carries the project (the Citus distribution
+/// column, `docs/postgres.md`): the store writes it with each row and the queries on one
+/// instance's rows carry `project = ?`, so that on Citus they go to one shard. SQLite's tables
+/// have no such column (one machine has nothing to distribute, and on a 50M-row store every
+/// row would carry the id): the same functions take the key and do not use the project there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceKey<'a> {
+    /// The owning project.
+    pub project: &'a str,
+    /// The instance id.
+    pub instance_id: &'a str,
+}
+
 /// Result alias for store operations.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -666,6 +684,8 @@ pub fn ping(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tenant_tests;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]

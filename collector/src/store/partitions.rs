@@ -99,7 +99,7 @@ mod tests {
             .write(move |c| {
                 testing::register(c, "vm-a", "p")?;
                 for b in &batches {
-                    samples::insert_samples(c, b)?;
+                    samples::insert_samples(c, b, "p")?;
                 }
                 Ok(())
             })
@@ -199,7 +199,7 @@ mod tests {
         );
         let left = t
             .store
-            .read(|c| samples::latest_vm(c, "vm-a", 10))
+            .read(|c| samples::latest_vm(c, testing::key("p", "vm-a"), 10))
             .await
             .unwrap();
         assert_eq!(
@@ -242,6 +242,21 @@ mod tests {
             ];
             want.sort();
             assert_eq!(placement(&dst.store, table).await, want, "{table}");
+        }
+        // PostgreSQL's rows carry their instance's project (SQLite's tables have no such
+        // column): the copy takes it from the copied `instances`.
+        for table in ["vm_samples", "process_samples", "vm_minutes"] {
+            let projects: Vec<String> = dst
+                .store
+                .read(move |c| {
+                    let mut stmt =
+                        c.prepare_cached(&format!("SELECT DISTINCT project FROM {table}"))?;
+                    let rows = stmt.query_map(params![], |r| r.get(0))?;
+                    rows.collect::<Result<Vec<_>>>()
+                })
+                .await
+                .unwrap();
+            assert_eq!(projects, ["p"], "{table}");
         }
     }
 
@@ -323,7 +338,7 @@ mod tests {
         // New rows continue after the kept ids.
         insert_at(&store, &[today + 2_000]).await;
         let newest = store
-            .read(|c| samples::latest_vm(c, "vm-a", 1))
+            .read(|c| samples::latest_vm(c, testing::key("p", "vm-a"), 1))
             .await
             .unwrap();
         assert!(newest[0].id > 9, "{:?}", newest[0].id);

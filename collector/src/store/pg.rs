@@ -566,4 +566,65 @@ pub(super) const MIGRATIONS: &[&str] = &[
     SELECT setval('process_samples_ids', GREATEST((SELECT COALESCE(MAX(id), 0) FROM process_samples), 1));
     DROP TABLE process_samples_old;
     "#,
+    // v5 (issue 17): the project (tenant) id on every instance-keyed table, the distribution
+    // column for Citus (docs/postgres.md, "Mapping onto Citus"): the raw samples, the per-minute
+    // rollup, the dedup ids, the bandwidth counter readings and the CDN sources. Every insert
+    // path fills it (no default once backfilled, so a path that forgets it fails loudly); rows
+    // of an instance that no longer exists keep ''. The column is added with a constant
+    // default (metadata only, no rewrite), the primary keys are dropped before the backfill (so
+    // it updates fewer indexes) and rebuilt after it with the project as their last column (the
+    // legacy queries' index prefixes do not change), and the raw tables are backfilled one
+    // partition per statement. `instances` (which has the column since v1) gets the project in
+    // its primary key too and keeps a unique index on the id alone (ids are unique across
+    // projects; a Citus operator drops it, see docs/postgres.md); `rated_points` likewise
+    // (`tenant_id` is its project).
+    r#"
+    DO $mig$
+    DECLARE
+        t TEXT;
+        k TEXT;
+        part REGCLASS;
+    BEGIN
+        FOREACH t IN ARRAY ARRAY['vm_samples', 'process_samples', 'vm_minutes', 'batches',
+            'bandwidth_counters', 'cdn_sources']
+        LOOP
+            EXECUTE format('ALTER TABLE %I ADD COLUMN project TEXT NOT NULL DEFAULT %L', t, '');
+        END LOOP;
+        FOREACH t IN ARRAY ARRAY['vm_samples', 'process_samples', 'vm_minutes', 'batches',
+            'bandwidth_counters', 'cdn_sources', 'instances', 'rated_points']
+        LOOP
+            SELECT conname INTO k FROM pg_constraint
+            WHERE conrelid = to_regclass(t) AND contype = 'p';
+            EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', t, k);
+        END LOOP;
+        FOR part IN
+            SELECT i.inhrelid::regclass FROM pg_inherits i
+            WHERE i.inhparent IN (to_regclass('vm_samples'), to_regclass('process_samples'))
+            ORDER BY 1
+        LOOP
+            EXECUTE format('UPDATE %s s SET project = i.project FROM instances i
+                            WHERE i.instance_id = s.instance_id', part);
+        END LOOP;
+        FOREACH t IN ARRAY ARRAY['vm_minutes', 'batches', 'bandwidth_counters', 'cdn_sources']
+        LOOP
+            EXECUTE format('UPDATE %I s SET project = i.project FROM instances i
+                            WHERE i.instance_id = s.instance_id', t);
+        END LOOP;
+        FOREACH t IN ARRAY ARRAY['vm_samples', 'process_samples', 'vm_minutes', 'batches',
+            'bandwidth_counters', 'cdn_sources']
+        LOOP
+            EXECUTE format('ALTER TABLE %I ALTER COLUMN project DROP DEFAULT', t);
+        END LOOP;
+    END
+    $mig$;
+    ALTER TABLE vm_samples ADD PRIMARY KEY (id, sampled_at_ms, project);
+    ALTER TABLE process_samples ADD PRIMARY KEY (id, sampled_at_ms, project);
+    ALTER TABLE vm_minutes ADD PRIMARY KEY (instance_id, minute_ms, project);
+    ALTER TABLE batches ADD PRIMARY KEY (instance_id, batch_id, project);
+    ALTER TABLE bandwidth_counters ADD PRIMARY KEY (instance_id, project);
+    ALTER TABLE cdn_sources ADD PRIMARY KEY (instance_id, project);
+    ALTER TABLE instances ADD PRIMARY KEY (instance_id, project);
+    CREATE UNIQUE INDEX instances_id_unique ON instances(instance_id);
+    ALTER TABLE rated_points ADD PRIMARY KEY (id, tenant_id);
+    "#,
 ];

@@ -564,30 +564,36 @@ pub fn period_samples(
             })
         })?
         .collect::<Result<Vec<_>>>()?;
+    // Each instance's samples under its project (one shard on Citus: `InstanceKey`).
+    let (t4, t3) = (conn.project_filter(4), conn.project_filter(3));
     let mut in_period = conn.prepare_cached(&format!(
         "SELECT {SAMPLE_COLUMNS} FROM vm_samples WHERE instance_id = ?1
-         AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3 ORDER BY sampled_at_ms, id"
+         AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3{t4} ORDER BY sampled_at_ms, id"
     ))?;
     let mut tail = conn.prepare_cached(&format!(
         "SELECT {SAMPLE_COLUMNS} FROM vm_samples WHERE instance_id = ?1
-         AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3 ORDER BY sampled_at_ms, id LIMIT 1"
+         AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3{t4} ORDER BY sampled_at_ms, id LIMIT 1"
     ))?;
     let mut before = conn.prepare_cached(&format!(
         "SELECT {SAMPLE_COLUMNS} FROM vm_samples WHERE instance_id = ?1
-         AND sampled_at_ms < ?2 ORDER BY sampled_at_ms DESC, id DESC LIMIT 1"
+         AND sampled_at_ms < ?2{t3} ORDER BY sampled_at_ms DESC, id DESC LIMIT 1"
     ))?;
     let mut out = Vec::new();
     for info in infos {
         let mut rows = in_period
-            .query_map(params![info.instance_id, begin_ms, end_ms], sample_row)?
+            .query_map(
+                conn.scoped(params![info.instance_id, begin_ms, end_ms, info.project]),
+                sample_row,
+            )?
             .collect::<Result<Vec<_>>>()?;
         if let Some(t) = tail
             .query_row(
-                params![
+                conn.scoped(params![
                     info.instance_id,
                     end_ms,
-                    end_ms.saturating_add(max_window_ms)
-                ],
+                    end_ms.saturating_add(max_window_ms),
+                    info.project
+                ]),
                 sample_row,
             )
             .optional()?
@@ -598,7 +604,10 @@ pub fn period_samples(
             continue;
         }
         let prev = before
-            .query_row(params![info.instance_id, begin_ms], sample_row)
+            .query_row(
+                conn.scoped(params![info.instance_id, begin_ms, info.project]),
+                sample_row,
+            )
             .optional()?;
         out.push((info, prev, rows));
     }

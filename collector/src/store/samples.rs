@@ -3,7 +3,7 @@
 use super::db::{Connection, OptionalExtension, Row, params};
 use vmmon_common::wire::ReportBatch;
 
-use super::Result;
+use super::{InstanceKey, Result};
 
 /// A stored VM sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,28 +78,42 @@ pub struct ProcessRow {
 /// stored, false for a duplicate. (Store tests only: ingest runs [`remember_batch`] and
 /// [`insert_samples`] itself, with the time axis between them.)
 #[cfg(test)]
-pub fn insert_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
-    if !remember_batch(conn, batch, now_ms)? {
+pub fn insert_batch(
+    conn: &Connection,
+    batch: &ReportBatch,
+    project: &str,
+    now_ms: i64,
+) -> Result<bool> {
+    if !remember_batch(conn, batch, project, now_ms)? {
         return Ok(false);
     }
-    insert_samples(conn, batch)?;
+    insert_samples(conn, batch, project)?;
     Ok(true)
 }
 
-/// Remembers the batch's id for its instance; false when it was remembered before (a resend).
-pub fn remember_batch(conn: &Connection, batch: &ReportBatch, now_ms: i64) -> Result<bool> {
+/// Remembers the batch's id for its instance (of `project`: the column exists on PostgreSQL
+/// only, [`InstanceKey`]); false when it was remembered before (a resend).
+pub fn remember_batch(
+    conn: &Connection,
+    batch: &ReportBatch,
+    project: &str,
+    now_ms: i64,
+) -> Result<bool> {
     // Cached: runs once per ingested batch.
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO batches (batch_id, instance_id, received_at_ms, seq)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
-            batch.batch_id.to_string(),
-            batch.instance_id,
-            now_ms,
-            i64::try_from(batch.seq).ok()
-        ])?;
+    let sql = if conn.is_pg() {
+        "INSERT INTO batches (batch_id, instance_id, received_at_ms, seq, project)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING"
+    } else {
+        "INSERT INTO batches (batch_id, instance_id, received_at_ms, seq)
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"
+    };
+    let inserted = conn.prepare_cached(sql)?.execute(conn.scoped(params![
+        batch.batch_id.to_string(),
+        batch.instance_id,
+        now_ms,
+        i64::try_from(batch.seq).ok(),
+        project
+    ]))?;
     Ok(inserted > 0)
 }
 
@@ -113,26 +127,36 @@ pub struct BatchStart {
     pub owner: Option<(String, String)>,
     /// The instance's last bandwidth counter reading ([`super::bandwidth::last_reading`]).
     pub last_reading: Option<crate::bandwidth::Reading>,
+    /// The project the batch's rows are stored with: the instance's, or (for an instance no
+    /// longer registered) the one the caller gave, the agent token's.
+    pub project: String,
 }
 
 /// [`remember_batch`] and, for a new batch, the state ingest continues from; `None` for a
 /// resend (stored before). PostgreSQL does both in one statement ([`start_batches`]): the dedup
-/// insert as a data-modifying `WITH`, the state read beside it.
+/// insert as a data-modifying `WITH`, the state read beside it. `project` is the agent token's,
+/// used only when the instance is no longer registered (otherwise the instance's, the same).
 pub fn start_batch(
     conn: &Connection,
     batch: &ReportBatch,
+    project: &str,
     now_ms: i64,
 ) -> Result<Option<BatchStart>> {
     if conn.is_pg() {
-        return Ok(start_batches(conn, &[(batch, now_ms)])?.pop().flatten());
-    }
-    if !remember_batch(conn, batch, now_ms)? {
-        return Ok(None);
+        return Ok(start_batches(conn, &[(batch, project, now_ms)])?
+            .pop()
+            .flatten());
     }
     let id = &batch.instance_id;
+    let owner = super::bandwidth::owner(conn, id)?;
+    let project = owner.as_ref().map_or(project, |(p, _)| p.as_str());
+    if !remember_batch(conn, batch, project, now_ms)? {
+        return Ok(None);
+    }
     Ok(Some(BatchStart {
         clock: super::instances::clock_state(conn, id)?,
-        owner: super::bandwidth::owner(conn, id)?,
+        project: project.to_string(),
+        owner,
         last_reading: super::bandwidth::last_reading(conn, id)?,
     }))
 }
@@ -143,12 +167,12 @@ pub fn start_batch(
 /// state from the first to the second itself.
 pub fn start_batches(
     conn: &Connection,
-    batches: &[(&ReportBatch, i64)],
+    batches: &[(&ReportBatch, &str, i64)],
 ) -> Result<Vec<Option<BatchStart>>> {
     let Connection::Pg(pg) = conn else {
         return batches
             .iter()
-            .map(|(b, now_ms)| start_batch(conn, b, *now_ms))
+            .map(|(b, project, now_ms)| start_batch(conn, b, project, *now_ms))
             .collect();
     };
     // Only a batch id's first occurrence in the group goes to the database.
@@ -167,28 +191,33 @@ pub fn start_batches(
         .iter()
         .map(|&k| batches[k].0.instance_id.as_str())
         .collect();
-    let received: Vec<i64> = firsts.iter().map(|&k| batches[k].1).collect();
+    let received: Vec<i64> = firsts.iter().map(|&k| batches[k].2).collect();
+    let projects: Vec<&str> = firsts.iter().map(|&k| batches[k].1).collect();
     let seqs: Vec<Option<i64>> = firsts
         .iter()
         .map(|&k| i64::try_from(batches[k].0.seq).ok())
         .collect();
     let rows = pg.query_native(
         "WITH input AS (
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])
-                 WITH ORDINALITY AS t(batch_id, instance_id, received_at_ms, seq, n)),
+             SELECT t.*, COALESCE(i.project, t.token_project) AS project
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[])
+                 WITH ORDINALITY AS t(batch_id, instance_id, received_at_ms, seq, token_project, n)
+             LEFT JOIN instances i ON i.instance_id = t.instance_id),
          new AS (
-             INSERT INTO batches (batch_id, instance_id, received_at_ms, seq)
-             SELECT batch_id, instance_id, received_at_ms, seq FROM input ORDER BY n
+             INSERT INTO batches (batch_id, instance_id, received_at_ms, seq, project)
+             SELECT batch_id, instance_id, received_at_ms, seq, project FROM input ORDER BY n
              ON CONFLICT DO NOTHING RETURNING batch_id, instance_id)
          SELECT new.batch_id IS NOT NULL, i.clock_last_raw_ms, i.clock_last_placed_ms,
              i.clock_offset_ms, i.clock_last_uptime_ms, i.project, i.region,
-             c.sampled_at_ms, c.rx_bytes, c.tx_bytes
+             c.sampled_at_ms, c.rx_bytes, c.tx_bytes, input.project
          FROM input
          LEFT JOIN new ON new.batch_id = input.batch_id AND new.instance_id = input.instance_id
-         LEFT JOIN instances i ON i.instance_id = input.instance_id
-         LEFT JOIN bandwidth_counters c ON c.instance_id = input.instance_id
+         LEFT JOIN instances i
+             ON i.instance_id = input.instance_id AND i.project = input.project
+         LEFT JOIN bandwidth_counters c
+             ON c.instance_id = input.instance_id AND c.project = input.project
          ORDER BY input.n",
-        &[&ids, &instances, &received, &seqs],
+        &[&ids, &instances, &received, &seqs, &projects],
     )?;
     if rows.len() != firsts.len() {
         return Err(super::StoreError::Corrupt(format!(
@@ -202,7 +231,9 @@ pub fn start_batches(
         let r = Row::Pg(r);
         let new: bool = r.get(0)?;
         if new {
-            out[k] = Some(start_from_row(&r, 1)?);
+            let mut start = start_from_row(&r, 1)?;
+            start.project = r.get(10)?;
+            out[k] = Some(start);
         }
     }
     Ok(out)
@@ -236,31 +267,33 @@ fn start_from_row(r: &Row<'_>, from: usize) -> Result<BatchStart> {
             }),
             _ => None,
         },
+        project: String::new(),
     })
 }
 
-/// [`insert_samples`] for several new batches: on PostgreSQL each table's rows of all of them
-/// in one statement.
-pub fn insert_samples_many(conn: &Connection, batches: &[&ReportBatch]) -> Result<()> {
+/// [`insert_samples`] for several new batches, each with its instance's project: on
+/// PostgreSQL each table's rows of all of them in one statement.
+pub fn insert_samples_many(conn: &Connection, batches: &[(&ReportBatch, &str)]) -> Result<()> {
     match conn {
         Connection::Pg(pg) => insert_samples_pg(pg, batches)?,
         Connection::Sqlite(_) => {
-            for b in batches {
+            for (b, _) in batches {
                 insert_samples_sqlite(conn, b)?;
             }
         }
     }
-    for b in batches {
-        super::series::add_to_minutes(conn, b)?;
+    for (b, project) in batches {
+        super::series::add_to_minutes(conn, b, project)?;
     }
     Ok(())
 }
 
-/// Stores the batch's VM and process samples, and adds the VM samples to the per-minute
-/// rollup the charts read ([`super::series::add_to_minutes`]). Call after [`remember_batch`]
-/// said the batch is new, in the same transaction.
-pub fn insert_samples(conn: &Connection, batch: &ReportBatch) -> Result<()> {
-    insert_samples_many(conn, &[batch])
+/// Stores the batch's VM and process samples (with `project`, its instance's, on PostgreSQL:
+/// [`InstanceKey`]), and adds the VM samples to the per-minute rollup the charts read
+/// ([`super::series::add_to_minutes`]). Call after [`remember_batch`] said the batch is new, in
+/// the same transaction.
+pub fn insert_samples(conn: &Connection, batch: &ReportBatch, project: &str) -> Result<()> {
+    insert_samples_many(conn, &[(batch, project)])
 }
 
 fn insert_samples_sqlite(conn: &Connection, batch: &ReportBatch) -> Result<()> {
@@ -372,15 +405,13 @@ fn proc_from_row(r: &Row<'_>) -> Result<ProcessRow> {
 /// How far before an instance's `last_seen_ms` [`newest_first`] looks first, ms (one day).
 const RECENT_WINDOW_MS: i64 = 86_400_000;
 
-/// The condition [`newest_first`] adds to a query on one instance's samples (`?1`).
-fn recent_window() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!(
-            " AND sampled_at_ms >= (SELECT last_seen_ms FROM instances WHERE instance_id = ?1)
-                 - {RECENT_WINDOW_MS}"
-        )
-    })
+/// The condition [`newest_first`] adds (on PostgreSQL only) to a query on one instance's
+/// samples (`?1`) of a project (`?{project}`).
+fn recent_window(project: usize) -> String {
+    format!(
+        " AND sampled_at_ms >= (SELECT last_seen_ms FROM instances
+             WHERE instance_id = ?1 AND project = ?{project}) - {RECENT_WINDOW_MS}"
+    )
 }
 
 /// Runs a "newest rows of one instance" query. On PostgreSQL an unbounded query reads every
@@ -389,15 +420,16 @@ fn recent_window() -> &'static str {
 /// the window [`recent_window`] (execution-time partition pruning leaves a day or two) and falls
 /// back to all days only when that holds fewer than `enough` rows. Rows inside the window are
 /// newer than any row outside it, so the answer is the same either way. SQLite runs the
-/// unbounded query.
+/// unbounded query. The project is the query's parameter `project`.
 fn newest_first<T>(
     conn: &Connection,
+    project: usize,
     sql: impl Fn(&str) -> String,
     enough: usize,
     run: impl Fn(&str) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
     if conn.is_pg() {
-        let rows = run(&sql(recent_window()))?;
+        let rows = run(&sql(&recent_window(project)))?;
         if rows.len() >= enough {
             return Ok(rows);
         }
@@ -406,19 +438,22 @@ fn newest_first<T>(
 }
 
 /// The newest `limit` VM samples of an instance, newest first.
-pub fn latest_vm(conn: &Connection, instance_id: &str, limit: u32) -> Result<Vec<VmRow>> {
+pub fn latest_vm(conn: &Connection, key: InstanceKey<'_>, limit: u32) -> Result<Vec<VmRow>> {
+    let tenant = conn.project_filter(3);
     newest_first(
         conn,
+        3,
         |window| {
             format!(
-                "SELECT {VM_COLUMNS} FROM vm_samples WHERE instance_id = ?1{window}
+                "SELECT {VM_COLUMNS} FROM vm_samples WHERE instance_id = ?1{tenant}{window}
                  ORDER BY sampled_at_ms DESC, id DESC LIMIT ?2"
             )
         },
         limit as usize,
         |sql| {
             let mut stmt = conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![instance_id, limit], vm_from_row)?;
+            let p = params![key.instance_id, limit, key.project];
+            let rows = stmt.query_map(conn.scoped(p), vm_from_row)?;
             rows.collect::<Result<Vec<_>>>()
         },
     )
@@ -468,7 +503,11 @@ pub fn fleet(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> 
         .collect::<Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(instances.len());
     for (id, mut row) in instances {
-        row.vm = latest_vm(conn, &id, 1)?.pop();
+        let key = InstanceKey {
+            project: &row.project,
+            instance_id: &id,
+        };
+        row.vm = latest_vm(conn, key, 1)?.pop();
         out.push(row);
     }
     Ok(out)
@@ -486,7 +525,7 @@ fn fleet_pg(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> {
              i.interval_secs
          FROM instances i LEFT JOIN LATERAL (
              SELECT {VM_COLUMNS} FROM vm_samples v
-             WHERE v.instance_id = i.instance_id
+             WHERE v.project = i.project AND v.instance_id = i.instance_id
                AND v.sampled_at_ms >= i.last_seen_ms - {RECENT_WINDOW_MS}
              ORDER BY v.sampled_at_ms DESC, v.id DESC LIMIT 1) s ON true
          WHERE ?1 IS NULL OR i.project = ?1
@@ -514,7 +553,11 @@ fn fleet_pg(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> {
     let mut out = Vec::with_capacity(rows.len());
     for (id, mut row) in rows {
         if row.vm.is_none() {
-            row.vm = latest_vm(conn, &id, 1)?.pop();
+            let key = InstanceKey {
+                project: &row.project,
+                instance_id: &id,
+            };
+            row.vm = latest_vm(conn, key, 1)?.pop();
         }
         out.push(row);
     }
@@ -524,17 +567,23 @@ fn fleet_pg(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> {
 /// The processes of an instance's newest process sample, busiest first, at most `limit`.
 pub fn latest_processes(
     conn: &Connection,
-    instance_id: &str,
+    key: InstanceKey<'_>,
     limit: u32,
 ) -> Result<Vec<ProcessRow>> {
+    let tenant = conn.project_filter(2);
     let newest: Vec<i64> = newest_first(
         conn,
+        2,
         |window| {
-            format!("SELECT MAX(sampled_at_ms) FROM process_samples WHERE instance_id = ?1{window}")
+            format!(
+                "SELECT MAX(sampled_at_ms) FROM process_samples
+                 WHERE instance_id = ?1{tenant}{window}"
+            )
         },
         1,
         |sql| {
-            let max: Option<i64> = conn.query_row(sql, [instance_id], |r| r.get(0))?;
+            let p = params![key.instance_id, key.project];
+            let max: Option<i64> = conn.query_row(sql, conn.scoped(p), |r| r.get(0))?;
             Ok(max.into_iter().collect())
         },
     )?;
@@ -542,33 +591,40 @@ pub fn latest_processes(
         return Ok(Vec::new());
     };
     let sql = format!(
-        "SELECT {PROC_COLUMNS} FROM process_samples WHERE instance_id = ?1 AND sampled_at_ms = ?2
-         ORDER BY cpu_pct DESC, pid LIMIT ?3"
+        "SELECT {PROC_COLUMNS} FROM process_samples
+         WHERE instance_id = ?1 AND sampled_at_ms = ?2{}
+         ORDER BY cpu_pct DESC, pid LIMIT ?3",
+        conn.project_filter(4)
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![instance_id, newest, limit], proc_from_row)?;
+    let p = params![key.instance_id, newest, limit, key.project];
+    let rows = stmt.query_map(conn.scoped(p), proc_from_row)?;
     rows.collect::<Result<Vec<_>>>()
 }
 
 /// The newest `limit` records of processes named `cmd` on an instance, newest first.
 pub fn process_history(
     conn: &Connection,
-    instance_id: &str,
+    key: InstanceKey<'_>,
     cmd: &str,
     limit: u32,
 ) -> Result<Vec<ProcessRow>> {
+    let tenant = conn.project_filter(4);
     newest_first(
         conn,
+        4,
         |window| {
             format!(
-                "SELECT {PROC_COLUMNS} FROM process_samples WHERE instance_id = ?1 AND cmd = ?2{window}
+                "SELECT {PROC_COLUMNS} FROM process_samples
+                 WHERE instance_id = ?1 AND cmd = ?2{tenant}{window}
                  ORDER BY sampled_at_ms DESC, id DESC LIMIT ?3"
             )
         },
         limit as usize,
         |sql| {
             let mut stmt = conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![instance_id, cmd, limit], proc_from_row)?;
+            let p = params![key.instance_id, cmd, limit, key.project];
+            let rows = stmt.query_map(conn.scoped(p), proc_from_row)?;
             rows.collect::<Result<Vec<_>>>()
         },
     )
@@ -638,11 +694,16 @@ const COPY_MIN_ROWS: usize = 2_000;
 /// PostgreSQL: each table's rows of the batches in one statement (`UNNEST` of column arrays),
 /// queued and sent pipelined with the other writes ([`Connection::execute_later`]); a group's
 /// process rows from [`COPY_MIN_ROWS`] on with a binary `COPY` instead.
-fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result<()> {
+fn insert_samples_pg(pg: &super::db::PgConn, batches: &[(&ReportBatch, &str)]) -> Result<()> {
     use vmmon_common::wire::{ProcessSample, VmSample};
     let vms: Vec<(&str, &VmSample)> = batches
         .iter()
-        .flat_map(|b| b.samples.iter().map(|s| (b.instance_id.as_str(), &s.vm)))
+        .flat_map(|(b, _)| b.samples.iter().map(|s| (b.instance_id.as_str(), &s.vm)))
+        .collect();
+    // The project of each VM row (the batches' samples in the same order).
+    let vm_projects: Vec<String> = batches
+        .iter()
+        .flat_map(|(b, project)| b.samples.iter().map(move |_| project.to_string()))
         .collect();
     if !vms.is_empty() {
         let col_i =
@@ -662,11 +723,11 @@ fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result
             "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
                  disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
                  net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
-                 cpu_steal_pct, unreadable_procs)
+                 cpu_steal_pct, unreadable_procs, project)
              SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[],
                  $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[],
                  $12::int8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
-                 $17::float8[], $18::int8[])",
+                 $17::float8[], $18::int8[], $19::text[])",
             vec![
                 Box::new(ids),
                 Box::new(col_i(&|v| v.sampled_at_ms)),
@@ -694,17 +755,18 @@ fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result
                 })),
                 Box::new(col_of(&|v| v.cpu_steal_pct)),
                 Box::new(unreadable),
+                Box::new(vm_projects),
             ],
         )?;
     }
-    let procs: Vec<(&str, i64, &ProcessSample)> = batches
+    let procs: Vec<(&str, i64, &ProcessSample, &str)> = batches
         .iter()
-        .flat_map(|b| {
+        .flat_map(|&(b, project)| {
             b.samples.iter().flat_map(move |s| {
                 s.processes
                     .iter()
                     .flatten()
-                    .map(move |p| (b.instance_id.as_str(), s.vm.sampled_at_ms, p))
+                    .map(move |p| (b.instance_id.as_str(), s.vm.sampled_at_ms, p, project))
             })
         })
         .collect();
@@ -712,28 +774,29 @@ fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result
         return Ok(());
     }
     let f = |g: &dyn Fn(&ProcessSample) -> f64| {
-        procs.iter().map(|(_, _, p)| g(p)).collect::<Vec<f64>>()
+        procs.iter().map(|(_, _, p, _)| g(p)).collect::<Vec<f64>>()
     };
-    let ids: Vec<&str> = procs.iter().map(|(id, _, _)| *id).collect();
-    let at: Vec<i64> = procs.iter().map(|(_, t, _)| *t).collect();
-    let pid: Vec<i64> = procs.iter().map(|(_, _, p)| i64::from(p.pid)).collect();
+    let ids: Vec<&str> = procs.iter().map(|(id, _, _, _)| *id).collect();
+    let at: Vec<i64> = procs.iter().map(|(_, t, _, _)| *t).collect();
+    let projects: Vec<&str> = procs.iter().map(|(_, _, _, project)| *project).collect();
+    let pid: Vec<i64> = procs.iter().map(|(_, _, p, _)| i64::from(p.pid)).collect();
     let start = f(&|p| p.start_time);
-    let cmd: Vec<&str> = procs.iter().map(|(_, _, p)| p.cmd.as_str()).collect();
+    let cmd: Vec<&str> = procs.iter().map(|(_, _, p, _)| p.cmd.as_str()).collect();
     let (cpu, mem) = (f(&|p| p.cpu_pct), f(&|p| p.mem_pct));
     let (dr, dw) = (
         f(&|p| p.disk_read_kib_per_sec),
         f(&|p| p.disk_write_kib_per_sec),
     );
     let (ni, no) = (f(&|p| p.net_in_kib_per_sec), f(&|p| p.net_out_kib_per_sec));
-    let shut: Vec<Option<f64>> = procs.iter().map(|(_, _, p)| p.shutdown_time).collect();
+    let shut: Vec<Option<f64>> = procs.iter().map(|(_, _, p, _)| p.shutdown_time).collect();
     let unread: Vec<i64> = procs
         .iter()
-        .map(|(_, _, p)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
+        .map(|(_, _, p, _)| i64::from(p.unreadable.iter().any(|f| f.starts_with("disk_"))))
         .collect();
     if procs.len() >= COPY_MIN_ROWS {
         let mut rows = super::db::CopyRows::new();
         for k in 0..procs.len() {
-            rows.row(13);
+            rows.row(14);
             rows.text(ids[k]);
             rows.int8(at[k]);
             rows.int8(pid[k]);
@@ -744,10 +807,12 @@ fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result
             }
             rows.float8(shut[k]);
             rows.int8(unread[k]);
+            rows.text(projects[k]);
         }
         pg.copy_in_binary(
             "COPY process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
-                 mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
+                 mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable,
+                 project)
              FROM STDIN (FORMAT binary)",
             rows,
         )?;
@@ -756,10 +821,11 @@ fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result
     let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
     pg.execute_native_later(
         "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
-             mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
+             mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable,
+             project)
          SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::text[],
              $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
-             $12::float8[], $13::int8[])",
+             $12::float8[], $13::int8[], $14::text[])",
         vec![
             Box::new(owned(&ids)),
             Box::new(at),
@@ -774,6 +840,7 @@ fn insert_samples_pg(pg: &super::db::PgConn, batches: &[&ReportBatch]) -> Result
             Box::new(no),
             Box::new(shut),
             Box::new(unread),
+            Box::new(owned(&projects)),
         ],
     )?;
     Ok(())

@@ -191,7 +191,7 @@ pub fn minute_ceil(t: i64) -> i64 {
 /// mean is the sum over the count, not a mean of means).
 pub fn vm_series(
     conn: &Connection,
-    instance_id: &str,
+    key: super::InstanceKey<'_>,
     metric: VmMetric,
     start_ms: i64,
     end_ms: i64,
@@ -203,10 +203,11 @@ pub fn vm_series(
         let sql = format!(
             "SELECT (sampled_at_ms - ?2) / ?4 AS step, MIN({col}), AVG({col}), MAX({col}), COUNT(*)
              FROM vm_samples
-             WHERE instance_id = ?1 AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3
-             GROUP BY step ORDER BY step"
+             WHERE instance_id = ?1 AND sampled_at_ms >= ?2 AND sampled_at_ms < ?3{}
+             GROUP BY step ORDER BY step",
+            conn.project_filter(5)
         );
-        let points = read_steps(conn, &sql, instance_id, start_ms, end_ms, step)?;
+        let points = read_steps(conn, &sql, key, start_ms, end_ms, step)?;
         return Ok(VmSeries {
             start_ms,
             end_ms,
@@ -221,10 +222,11 @@ pub fn vm_series(
         "SELECT (minute_ms - ?2) / ?4 AS step, MIN({col}_min), SUM({col}_sum) / SUM(samples),
              MAX({col}_max), SUM(samples)
          FROM vm_minutes
-         WHERE instance_id = ?1 AND minute_ms >= ?2 AND minute_ms < ?3
-         GROUP BY step ORDER BY step"
+         WHERE instance_id = ?1 AND minute_ms >= ?2 AND minute_ms < ?3{}
+         GROUP BY step ORDER BY step",
+        conn.project_filter(5)
     );
-    let points = read_steps(conn, &sql, instance_id, start, end, step)?;
+    let points = read_steps(conn, &sql, key, start, end, step)?;
     Ok(VmSeries {
         start_ms: start,
         end_ms: end,
@@ -234,18 +236,19 @@ pub fn vm_series(
     })
 }
 
-/// Runs a series query whose parameters are (instance, start, end, step) and whose columns are
-/// (step index, min, avg, max, count).
+/// Runs a series query whose parameters are (instance, start, end, step, project on PostgreSQL)
+/// and whose columns are (step index, min, avg, max, count).
 fn read_steps(
     conn: &Connection,
     sql: &str,
-    instance_id: &str,
+    key: super::InstanceKey<'_>,
     start_ms: i64,
     end_ms: i64,
     step: i64,
 ) -> Result<Vec<SeriesPoint>> {
     let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params![instance_id, start_ms, end_ms, step], |r| {
+    let p = params![key.instance_id, start_ms, end_ms, step, key.project];
+    let rows = stmt.query_map(conn.scoped(p), |r| {
         Ok(SeriesPoint {
             t_ms: start_ms + r.get::<_, i64>(0)? * step,
             min: r.get(1)?,
@@ -291,7 +294,8 @@ impl Minute {
 /// Adds the batch's VM samples to the per-minute rollup `vm_minutes` (one upsert per minute the
 /// batch touches). Call once per stored batch, in its transaction: the dedup before it keeps a
 /// resent batch from being added twice.
-pub fn add_to_minutes(conn: &Connection, batch: &ReportBatch) -> Result<()> {
+/// `project` is the instance's (a column on PostgreSQL only: [`super::InstanceKey`]).
+pub fn add_to_minutes(conn: &Connection, batch: &ReportBatch, project: &str) -> Result<()> {
     let mut minutes: BTreeMap<i64, Minute> = BTreeMap::new();
     for sample in &batch.samples {
         let vm = &sample.vm;
@@ -313,13 +317,15 @@ pub fn add_to_minutes(conn: &Connection, batch: &ReportBatch) -> Result<()> {
         for i in 0..VmMetric::ALL.len() {
             values.extend([&m.min[i] as &dyn Param, &m.sum[i], &m.max[i]]);
         }
-        conn.execute_later(sql, values.as_slice())?;
+        values.push(&project);
+        conn.execute_later(sql, conn.scoped(values.as_slice()))?;
     }
     Ok(())
 }
 
 /// The `vm_minutes` upsert: a new minute is inserted, a known one merged (counts and sums added,
-/// extremes kept). PostgreSQL's two-argument minimum is `LEAST`, SQLite's `MIN`.
+/// extremes kept). PostgreSQL's two-argument minimum is `LEAST`, SQLite's `MIN`; PostgreSQL's
+/// rows carry the project, in the key (its last column).
 fn upsert_sql(pg: bool) -> String {
     let (least, greatest) = if pg {
         ("LEAST", "GREATEST")
@@ -343,10 +349,16 @@ fn upsert_sql(pg: bool) -> String {
             "{c}_max = {greatest}(vm_minutes.{c}_max, excluded.{c}_max)"
         ));
     }
+    let key = if pg {
+        cols.push("project".into());
+        "instance_id, minute_ms, project"
+    } else {
+        "instance_id, minute_ms"
+    };
     let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     format!(
         "INSERT INTO vm_minutes ({}) VALUES ({})
-         ON CONFLICT (instance_id, minute_ms) DO UPDATE SET {}",
+         ON CONFLICT ({key}) DO UPDATE SET {}",
         cols.join(", "),
         marks.join(", "),
         sets.join(", ")
@@ -394,20 +406,25 @@ pub fn cpu_sparklines(
     let step = minute_ceil(step_ms(start, end, points));
     let steps = usize::try_from((end - start + step - 1) / step).unwrap_or(0);
     let mut list = conn.prepare_cached(
-        "SELECT instance_id FROM instances WHERE ?1 IS NULL OR project = ?1 ORDER BY instance_id",
+        "SELECT instance_id, project FROM instances WHERE ?1 IS NULL OR project = ?1
+         ORDER BY instance_id",
     )?;
     let ids = list
-        .query_map(params![project], |r| r.get::<_, String>(0))?
+        .query_map(params![project], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
         .collect::<Result<Vec<_>>>()?;
-    let mut per = conn.prepare_cached(
+    let mut per = conn.prepare_cached(&format!(
         "SELECT (minute_ms - ?2) / ?4 AS step, SUM(cpu_pct_sum) / SUM(samples) FROM vm_minutes
-         WHERE instance_id = ?1 AND minute_ms >= ?2 AND minute_ms < ?3
+         WHERE instance_id = ?1 AND minute_ms >= ?2 AND minute_ms < ?3{}
          GROUP BY step",
-    )?;
+        conn.project_filter(5)
+    ))?;
     let mut lines = Vec::with_capacity(ids.len());
-    for id in ids {
+    for (id, owner) in ids {
         let mut cpu_pct = vec![None; steps];
-        let rows = per.query_map(params![id, start, end, step], |r| {
+        let p = params![id, start, end, step, owner];
+        let rows = per.query_map(conn.scoped(p), |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
         })?;
         for row in rows {
@@ -462,7 +479,7 @@ mod tests {
                             processes: None,
                         }],
                     );
-                    samples::insert_samples(c, &batch)?;
+                    samples::insert_samples(c, &batch, project)?;
                 }
                 Ok(())
             })
@@ -507,7 +524,8 @@ mod tests {
         let t = store_with(backend, &s).await;
         t.store
             .read(|c| {
-                let pts = vm_series(c, "vm-a", VmMetric::Cpu, 0, 30_000, 6)?.points;
+                let pts =
+                    vm_series(c, testing::key("p", "vm-a"), VmMetric::Cpu, 0, 30_000, 6)?.points;
                 // Step 5 s: [0,5) = 0..4, [5,10) = 5..9, [25,30) = 7.
                 assert_eq!(pts.len(), 3);
                 assert_eq!(
@@ -521,15 +539,18 @@ mod tests {
                 );
                 assert_eq!((pts[2].t_ms, pts[2].count, pts[2].max), (25_000, 1, 7.0));
                 // The end is exclusive, the start inclusive.
-                let pts = vm_series(c, "vm-a", VmMetric::Cpu, 1000, 3000, 100)?.points;
+                let pts =
+                    vm_series(c, testing::key("p", "vm-a"), VmMetric::Cpu, 1000, 3000, 100)?.points;
                 assert_eq!(pts.iter().map(|p| p.count).sum::<i64>(), 2);
                 // Another column, another instance, an unknown instance.
-                let pts = vm_series(c, "vm-a", VmMetric::Mem, 0, 30_000, 1)?.points;
+                let pts =
+                    vm_series(c, testing::key("p", "vm-a"), VmMetric::Mem, 0, 30_000, 1)?.points;
                 assert_eq!((pts.len(), pts[0].avg, pts[0].count), (1, 50.0, 11));
-                let pts = vm_series(c, "vm-b", VmMetric::Cpu, 0, 30_000, 1)?.points;
+                let pts =
+                    vm_series(c, testing::key("p", "vm-b"), VmMetric::Cpu, 0, 30_000, 1)?.points;
                 assert_eq!(pts[0].max, 99.0);
                 assert!(
-                    vm_series(c, "nope", VmMetric::Cpu, 0, 30_000, 10)?
+                    vm_series(c, testing::key("p", "nope"), VmMetric::Cpu, 0, 30_000, 10)?
                         .points
                         .is_empty()
                 );
@@ -546,7 +567,15 @@ mod tests {
         t.store
             .read(|c| {
                 for points in [1, 7, 100, 999, 5000, 100_000] {
-                    let pts = vm_series(c, "vm-a", VmMetric::Cpu, 0, 3_000_000, points)?.points;
+                    let pts = vm_series(
+                        c,
+                        testing::key("p", "vm-a"),
+                        VmMetric::Cpu,
+                        0,
+                        3_000_000,
+                        points,
+                    )?
+                    .points;
                     assert!(
                         pts.len() as u32 <= points.min(MAX_POINTS),
                         "{points}: {}",
@@ -640,7 +669,7 @@ mod tests {
             .write(move |c| {
                 testing::register(c, &id, "p")?;
                 for b in &batches {
-                    samples::insert_samples(c, b)?;
+                    samples::insert_samples(c, b, "p")?;
                 }
                 Ok(())
             })
@@ -741,7 +770,7 @@ mod tests {
             for m in VmMetric::ALL {
                 let got = t
                     .store
-                    .read(move |c| vm_series(c, "vm-a", m, start, end, points))
+                    .read(move |c| vm_series(c, testing::key("p", "vm-a"), m, start, end, points))
                     .await
                     .unwrap();
                 let what = format!("{} {start}..{end} points={points}", m.name());
@@ -758,7 +787,16 @@ mod tests {
         // Under a minute per step: the raw samples, the window as asked.
         let got = t
             .store
-            .read(move |c| vm_series(c, "vm-a", VmMetric::Cpu, t0, t0 + 600_000, 100))
+            .read(move |c| {
+                vm_series(
+                    c,
+                    testing::key("p", "vm-a"),
+                    VmMetric::Cpu,
+                    t0,
+                    t0 + 600_000,
+                    100,
+                )
+            })
             .await
             .unwrap();
         assert_eq!(got.resolution, Resolution::Samples);
@@ -808,13 +846,13 @@ mod tests {
         t.store
             .write(move |c| {
                 testing::register(c, "vm-a", "p")?;
-                assert!(samples::insert_batch(c, &b1, 1)?);
+                assert!(samples::insert_batch(c, &b1, "p", 1)?);
                 assert!(
-                    !samples::insert_batch(c, &b1, 2)?,
+                    !samples::insert_batch(c, &b1, "p", 2)?,
                     "a resend is a duplicate"
                 );
-                assert!(samples::insert_batch(c, &late, 3)?);
-                assert!(!samples::insert_batch(c, &late, 4)?);
+                assert!(samples::insert_batch(c, &late, "p", 3)?);
+                assert!(!samples::insert_batch(c, &late, "p", 4)?);
                 Ok(())
             })
             .await
@@ -891,7 +929,7 @@ mod tests {
         for m in VmMetric::ALL {
             let got = t
                 .store
-                .read(move |c| vm_series(c, "vm-a", m, start, end, 5))
+                .read(move |c| vm_series(c, testing::key("p", "vm-a"), m, start, end, 5))
                 .await
                 .unwrap();
             assert_eq!(got.resolution, Resolution::Minutes);

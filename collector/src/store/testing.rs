@@ -48,6 +48,14 @@ pub async fn fresh_pg_url() -> String {
     url.to_string()
 }
 
+/// The key of `instance_id` of `project`.
+pub fn key<'a>(project: &'a str, instance_id: &'a str) -> super::InstanceKey<'a> {
+    super::InstanceKey {
+        project,
+        instance_id,
+    }
+}
+
 /// Registers `instance_id` for `project` (as agent token 1, region `r1`, a 1 s interval), what a
 /// store test needs before storing the instance's samples.
 pub fn register(conn: &Connection, instance_id: &str, project: &str) -> super::Result<()> {

@@ -74,14 +74,14 @@ async fn duplicate_batch_is_stored_once(backend: Backend) {
     let b1 = batch.clone();
     assert!(
         store
-            .write(move |c| samples::insert_batch(c, &b1, 1))
+            .write(move |c| samples::insert_batch(c, &b1, "p1", 1))
             .await
             .unwrap()
     );
     let b2 = batch.clone();
     assert!(
         !store
-            .write(move |c| samples::insert_batch(c, &b2, 2))
+            .write(move |c| samples::insert_batch(c, &b2, "p1", 2))
             .await
             .unwrap()
     );
@@ -110,7 +110,7 @@ async fn duplicate_batch_is_stored_once(backend: Backend) {
     other.instance_id = "i-2".into();
     assert!(
         store
-            .write(move |c| samples::insert_batch(c, &other, 3))
+            .write(move |c| samples::insert_batch(c, &other, "p1", 3))
             .await
             .unwrap(),
         "dedup is per instance"
@@ -235,7 +235,7 @@ async fn retention_deletes_only_old_raw_rows(backend: Backend) {
             cdn_tail: None,
         };
         store
-            .write(move |c| samples::insert_batch(c, &batch, received))
+            .write(move |c| samples::insert_batch(c, &batch, "p1", received))
             .await
             .unwrap();
     }
@@ -253,7 +253,7 @@ async fn retention_deletes_only_old_raw_rows(backend: Backend) {
     }
     assert_eq!(deleted, 4, "two old VM samples and two old batch ids");
     let left = store
-        .read(|c| samples::latest_vm(c, "i-1", 10))
+        .read(|c| samples::latest_vm(c, testing::key("p1", "i-1"), 10))
         .await
         .unwrap();
     assert_eq!(
@@ -774,6 +774,7 @@ async fn grouped_ingest_stores_what_one_by_one_does(backend: Backend) {
                 .map(|batch| Received {
                     batch,
                     received_ms: now_ms,
+                    project: "p1".into(),
                 })
                 .collect();
             Ok(store_batches(c, &mut writes)?
@@ -788,6 +789,7 @@ async fn grouped_ingest_stores_what_one_by_one_does(backend: Backend) {
         queued.store.write_grouped(Received {
             batch,
             received_ms: now_ms,
+            project: "p1".into(),
         })
     }))
     .await
@@ -838,7 +840,8 @@ async fn fleet_has_every_instance_with_its_newest_sample(backend: Backend) {
                 testing::register(c, id, project)?;
             }
             for b in &batches {
-                samples::insert_batch(c, b, now_ms)?;
+                let project = if b.instance_id == "i-4" { "p2" } else { "p1" };
+                samples::insert_batch(c, b, project, now_ms)?;
             }
             // i-2 was heard from three days after its newest sample (heartbeats only).
             c.execute(

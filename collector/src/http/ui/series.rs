@@ -121,7 +121,11 @@ async fn series(app: &App, headers: &HeaderMap, raw: Option<&str>) -> Result<Ser
             {
                 return Ok(None);
             }
-            store::series::vm_series(c, &lookup, metric, start, end, points).map(Some)
+            let key = store::InstanceKey {
+                project: &row.project,
+                instance_id: &row.instance_id,
+            };
+            store::series::vm_series(c, key, metric, start, end, points).map(Some)
         })
         .await
         .map_err(internal)?
