@@ -122,9 +122,10 @@ pub struct Received {
     pub batch: ReportBatch,
     /// When the collector received it, epoch ms.
     pub received_ms: i64,
-    /// The project of the agent's token. The rows are stored with their instance's project,
-    /// which is this one (registration refuses another project's token); this one is used
-    /// when the instance was removed while its agent was still connected.
+    /// The project of the agent's token: the rows are stored with it (registration refuses
+    /// another project's token, so it is the instance's; an instance removed and registered
+    /// by another project while this agent was still connected is not continued from, see
+    /// [`store::samples::BatchStart`]).
     pub project: String,
 }
 

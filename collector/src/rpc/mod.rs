@@ -111,14 +111,42 @@ impl RpcHandler {
         Ok(())
     }
 
-    /// Re-reads the token so a revocation takes effect on a live connection.
+    /// Re-reads the token so a revocation takes effect on a live connection, and the instances
+    /// registered on this connection: one removed (`instance remove`, on any collector sharing
+    /// the store) or now registered by another project is forgotten here, so the agent's next
+    /// call gets `NOT_REGISTERED` and registers again (refused for another project's id)
+    /// instead of storing into an instance that is no longer its own.
     async fn ensure_token_live(&self) -> Result<(), CollectorError> {
-        let id = self.token()?.id;
-        let row = self
+        let token = self.token()?;
+        let id = token.id;
+        let project = token.project.clone();
+        let registered: Vec<String> = self
+            .registered
+            .lock()
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        let (row, gone) = self
             .app
             .store
-            .read(move |c| store::users::agent_token_by_id(c, id))
+            .read(move |c| {
+                let row = store::users::agent_token_by_id(c, id)?;
+                let mut gone = Vec::new();
+                for instance_id in registered {
+                    match store::instances::get(c, &instance_id)? {
+                        Some(i) if i.project == project => {}
+                        _ => gone.push(instance_id),
+                    }
+                }
+                Ok((row, gone))
+            })
             .await?;
+        if !gone.is_empty()
+            && let Ok(mut set) = self.registered.lock()
+        {
+            for instance_id in &gone {
+                set.remove(instance_id);
+            }
+        }
         match row {
             Some(t) if t.revoked_at_ms.is_none() => Ok(()),
             _ => Err(CollectorError::Unauthorized(
@@ -266,8 +294,8 @@ impl MonitorApiServer for RpcHandler {
 
     async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<DesiredState, ErrorObjectOwned> {
         let project = self.token()?.project.clone();
-        self.ensure_registered(&heartbeat.instance_id)?;
         self.ensure_token_live().await?;
+        self.ensure_registered(&heartbeat.instance_id)?;
         let id = heartbeat.instance_id.clone();
         let row = self
             .app
@@ -297,8 +325,8 @@ impl MonitorApiServer for RpcHandler {
 
     async fn report(&self, batch: ReportBatch) -> Result<ReportAck, ErrorObjectOwned> {
         let token = self.token()?;
-        self.ensure_registered(&batch.instance_id)?;
         self.ensure_token_live_recently().await?;
+        self.ensure_registered(&batch.instance_id)?;
         let batch_id = batch.batch_id;
         let stored = ingest::ingest(&self.app, token, batch).await?;
         Ok(ReportAck {

@@ -127,15 +127,17 @@ pub struct BatchStart {
     pub owner: Option<(String, String)>,
     /// The instance's last bandwidth counter reading ([`super::bandwidth::last_reading`]).
     pub last_reading: Option<crate::bandwidth::Reading>,
-    /// The project the batch's rows are stored with: the instance's, or (for an instance no
-    /// longer registered) the one the caller gave, the agent token's.
+    /// The project the batch's rows are stored with: always the agent token's. An instance of
+    /// that id registered by another project (removed, then taken by another project while
+    /// this agent was still connected) is not the batch's: `owner` and the state are then
+    /// `None`, and the rows go to the token's project, never into the other's.
     pub project: String,
 }
 
 /// [`remember_batch`] and, for a new batch, the state ingest continues from; `None` for a
 /// resend (stored before). PostgreSQL does both in one statement ([`start_batches`]): the dedup
-/// insert as a data-modifying `WITH`, the state read beside it. `project` is the agent token's,
-/// used only when the instance is no longer registered (otherwise the instance's, the same).
+/// insert as a data-modifying `WITH`, the state read beside it. `project` is the agent token's:
+/// the rows are stored with it, and the state is read only from an instance of that project.
 pub fn start_batch(
     conn: &Connection,
     batch: &ReportBatch,
@@ -148,16 +150,23 @@ pub fn start_batch(
             .flatten());
     }
     let id = &batch.instance_id;
-    let owner = super::bandwidth::owner(conn, id)?;
-    let project = owner.as_ref().map_or(project, |(p, _)| p.as_str());
+    // Another project's instance of that id is not this batch's (see the `BatchStart` doc).
+    let owner = super::bandwidth::owner(conn, id)?.filter(|(p, _)| p == project);
     if !remember_batch(conn, batch, project, now_ms)? {
         return Ok(None);
     }
+    let (clock, last_reading) = match owner {
+        Some(_) => (
+            super::instances::clock_state(conn, id)?,
+            super::bandwidth::last_reading(conn, id)?,
+        ),
+        None => (None, None),
+    };
     Ok(Some(BatchStart {
-        clock: super::instances::clock_state(conn, id)?,
+        clock,
         project: project.to_string(),
         owner,
-        last_reading: super::bandwidth::last_reading(conn, id)?,
+        last_reading,
     }))
 }
 
@@ -199,10 +208,9 @@ pub fn start_batches(
         .collect();
     let rows = pg.query_native(
         "WITH input AS (
-             SELECT t.*, COALESCE(i.project, t.token_project) AS project
+             SELECT t.*, t.token_project AS project
              FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[])
-                 WITH ORDINALITY AS t(batch_id, instance_id, received_at_ms, seq, token_project, n)
-             LEFT JOIN instances i ON i.instance_id = t.instance_id),
+                 WITH ORDINALITY AS t(batch_id, instance_id, received_at_ms, seq, token_project, n)),
          new AS (
              INSERT INTO batches (batch_id, instance_id, received_at_ms, seq, project)
              SELECT batch_id, instance_id, received_at_ms, seq, project FROM input ORDER BY n

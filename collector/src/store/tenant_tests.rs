@@ -62,18 +62,23 @@ type ReportBatchT = vmmon_common::wire::ReportBatch;
 
 /// Stores `batches` in one group (the writer's path), with the agent token's `project`.
 async fn ingest(store: &Store, project: &str, batches: Vec<ReportBatchT>) {
-    let project = project.to_string();
+    ingest_each(store, batches.into_iter().map(|b| (project, b)).collect()).await;
+}
+
+/// Stores one group of batches, each with its own agent token's project.
+async fn ingest_each(store: &Store, batches: Vec<(&str, ReportBatchT)>) {
     let now = now_ms();
+    let writes: Vec<Received> = batches
+        .into_iter()
+        .map(|(project, batch)| Received {
+            batch,
+            received_ms: now,
+            project: project.to_string(),
+        })
+        .collect();
     store
         .write_unguarded(move |c| {
-            let mut writes: Vec<Received> = batches
-                .into_iter()
-                .map(|batch| Received {
-                    batch,
-                    received_ms: now,
-                    project: project.clone(),
-                })
-                .collect();
+            let mut writes = writes;
             store_batches(c, &mut writes)
         })
         .await
@@ -93,10 +98,12 @@ async fn pg_ingest_fills_the_project_on_both_insert_paths_and_queries_name_it() 
         .unwrap();
     let at = now_ms() - 60_000;
     // A small group: its process rows go in with the `UNNEST` insert (under 2,000 rows).
-    ingest(
+    ingest_each(
         &t.store,
-        "p1",
-        vec![batch("i-1", 1, at, 2, 3), batch("i-2", 1, at, 2, 3)],
+        vec![
+            ("p1", batch("i-1", 1, at, 2, 3)),
+            ("p2", batch("i-2", 1, at, 2, 3)),
+        ],
     )
     .await;
     let small = t
@@ -112,12 +119,11 @@ async fn pg_ingest_fills_the_project_on_both_insert_paths_and_queries_name_it() 
         .unwrap();
     assert_eq!(small, 12);
     // A large group: its process rows go in with the binary `COPY` (2,000 rows and more).
-    ingest(
+    ingest_each(
         &t.store,
-        "p1",
         vec![
-            batch("i-1", 2, at + 10_000, 20, 60),
-            batch("i-2", 2, at + 10_000, 20, 60),
+            ("p1", batch("i-1", 2, at + 10_000, 20, 60)),
+            ("p2", batch("i-2", 2, at + 10_000, 20, 60)),
         ],
     )
     .await;
@@ -125,7 +131,7 @@ async fn pg_ingest_fills_the_project_on_both_insert_paths_and_queries_name_it() 
         assert_eq!(
             owners(&t.store, table).await,
             pairs(&[("i-1", "p1"), ("i-2", "p2")]),
-            "{table}: each row has its instance's project (not the group's first token's)"
+            "{table}: each row has its own batch's project (not the group's first one's)"
         );
     }
     let copied = t
@@ -201,6 +207,53 @@ async fn pg_ingest_fills_the_project_on_both_insert_paths_and_queries_name_it() 
         owners(&t.store, "vm_samples").await,
         pairs(&[("i-1", "p1"), ("i-2", "p2")])
     );
+
+    // Then another project registers the id before the old agent's connection notices (it
+    // re-checks every 10 s): the old agent's next batch stays in its token's project, and the
+    // new owner's state (time axis, bandwidth counter) is not continued from it.
+    let third = crate::store::AgentTokenRow {
+        id: 3,
+        project: "p3".into(),
+        region: "r1".into(),
+        party: "x".into(),
+        created_at_ms: 0,
+        revoked_at_ms: None,
+        cdn_edge: false,
+    };
+    t.store
+        .write(move |c| {
+            instances::register(
+                c,
+                "i-2",
+                &third,
+                &Inventory::default(),
+                1,
+                0,
+                Default::default(),
+            )
+        })
+        .await
+        .unwrap();
+    ingest(&t.store, "p2", vec![batch("i-2", 4, at + 50_000, 1, 1)]).await;
+    for table in ["vm_samples", "batches"] {
+        assert_eq!(
+            owners(&t.store, table).await,
+            pairs(&[("i-1", "p1"), ("i-2", "p2")]),
+            "{table}: nothing of the old agent's goes to the new owner p3"
+        );
+    }
+    let p3_counters = t
+        .store
+        .read(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM bandwidth_counters WHERE project = 'p3'",
+                super::params![],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(p3_counters, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -426,3 +426,81 @@ fn more_than_a_hundred_agents_connect_at_once() {
         150
     );
 }
+
+/// An instance removed while its agent is still connected, then registered by another project:
+/// the old agent's connection forgets it (a heartbeat at once, a report within the token
+/// re-check period), so the old agent gets `NOT_REGISTERED` and, registering again, is refused;
+/// none of its later batches is stored for the new owner.
+#[test]
+fn a_removed_instance_taken_by_another_project_is_no_longer_the_old_agents() {
+    use vmmon_common::rpc::{MonitorApiClient, codes};
+    use vmmon_common::test_support as ts;
+    use vmmon_common::wire::{DesiredState, Heartbeat, Sample};
+    let c = Collector::start();
+    let token_a = c.create_token("proj-a", "r1");
+    let token_b = c.create_token("proj-b", "r1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = c.rpc_url();
+    let now = vmmon_common::vocab::now_ms();
+    let batch = |seq: u64| {
+        let sample = Sample {
+            vm: ts::vm_sample(now - 120_000 + (seq % 100) as i64 * 1_000, 0, 0),
+            processes: None,
+        };
+        ts::batch("vm-moved", seq, vec![sample])
+    };
+    let code = |e: jsonrpsee::core::client::Error| match e {
+        jsonrpsee::core::client::Error::Call(o) => o.code(),
+        other => panic!("not a call error: {other}"),
+    };
+    let old = rt.block_on(agent_client(&url, &token_a));
+    rt.block_on(old.register(register_request("vm-moved", 5)))
+        .unwrap();
+    rt.block_on(old.report(batch(0))).unwrap();
+    wait_stored(&c, "vm-moved", 1);
+
+    c.cli(&["instance", "remove", "--id", "vm-moved"], &[]);
+    let new = rt.block_on(agent_client(&url, &token_b));
+    rt.block_on(new.register(register_request("vm-moved", 5)))
+        .unwrap();
+    // Reports re-check at most every 10 s: the old agent keeps sending until it is refused.
+    let deadline = Instant::now() + T;
+    let mut seq = 1;
+    let refused = loop {
+        match rt.block_on(old.report(batch(seq))) {
+            Ok(_) => seq += 1,
+            Err(e) => break code(e),
+        }
+        assert!(Instant::now() < deadline, "the old agent was never refused");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(refused, codes::NOT_REGISTERED);
+    let heartbeat = Heartbeat {
+        instance_id: "vm-moved".into(),
+        applied: DesiredState {
+            monitoring: false,
+            interval_secs: 5,
+        },
+        spooled_batches: 0,
+        dropped_samples_total: 0,
+    };
+    assert_eq!(
+        code(rt.block_on(old.heartbeat(heartbeat)).unwrap_err()),
+        codes::NOT_REGISTERED
+    );
+    assert_eq!(
+        code(
+            rt.block_on(old.register(register_request("vm-moved", 5)))
+                .unwrap_err()
+        ),
+        codes::FORBIDDEN
+    );
+    // The new owner's batches are stored; the old agent's refused ones are not.
+    rt.block_on(new.report(batch(1_000))).unwrap();
+    let seqs = c.batch_seqs("vm-moved");
+    assert!(seqs.contains(&1_000), "{seqs:?}");
+    assert!(
+        !seqs.contains(&seq),
+        "the refused batch {seq} was stored: {seqs:?}"
+    );
+}
