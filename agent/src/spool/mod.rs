@@ -402,7 +402,8 @@ impl Spool {
             torn_headers,
         } = scan;
         waiting.sort_by_key(|w| w.seq);
-        waiting.dedup_by_key(|w| w.seq);
+        let mut damaged = damaged;
+        spool.set_aside_duplicates(&mut waiting, &mut damaged, &mut report)?;
 
         // An older agent's per-batch files: read once, into the segments.
         let mut migrate: Vec<Migrate> = Vec::new();
@@ -582,6 +583,50 @@ impl Spool {
         Ok(newest)
     }
 
+    /// Two waiting records of one sequence number (`waiting` sorted by it): an append that
+    /// failed, whose record could not be erased ([`Segment::append`]) but reached the disk
+    /// anyway, and the next batch, given the same number, in another segment. Which one was
+    /// written last cannot be told (segment ids and nonces carry no order), and keeping either
+    /// could lose the other's CDN deltas or count the failed one's twice (the next batch
+    /// carries them again). So all of them are set aside as damage, counted once: one batch's
+    /// samples as dropped (the failed one's sample was already reported lost) and each record in
+    /// `corrupt_files_total`. Needs both a failed sync and a failed erase: a failing disk.
+    fn set_aside_duplicates(
+        &mut self,
+        waiting: &mut Vec<Waiting>,
+        damaged: &mut Vec<u64>,
+        report: &mut OpenReport,
+    ) -> Result<(), SpoolError> {
+        let dups: BTreeSet<u64> = waiting
+            .windows(2)
+            .filter(|w| w[0].seq == w[1].seq)
+            .map(|w| w[0].seq)
+            .collect();
+        if dups.is_empty() {
+            return Ok(());
+        }
+        let mut samples: BTreeMap<u64, u64> = BTreeMap::new();
+        for w in waiting.iter().filter(|w| dups.contains(&w.seq)) {
+            tracing::warn!(
+                seq = w.seq,
+                segment = w.seg,
+                offset = w.offset,
+                "Two spool records of one batch number; both set aside and counted as dropped."
+            );
+            if let Some(seg) = self.segments.get(&w.seg) {
+                self.set_aside(seg, w.offset, HEADER_BYTES as u64 + w.bytes, true)?;
+            }
+            report.moved_aside += 1;
+            self.state.corrupt_files_total += 1;
+            let n = samples.entry(w.seq).or_default();
+            *n = (*n).max(w.samples.max(1));
+        }
+        self.state.dropped_samples_total += samples.values().sum::<u64>();
+        waiting.retain(|w| !dups.contains(&w.seq));
+        damaged.extend(dups);
+        Ok(())
+    }
+
     /// Counts as dropped the batches the state says were spooled and still waiting but that no
     /// segment holds any more (hidden behind a torn header, or on a damaged disk), one sample
     /// each; a torn header with none missing (a crash mid-write of the newest record, whose
@@ -719,6 +764,7 @@ impl Spool {
     /// use, after the checkpoint that frees it is made durable), else a new one.
     fn segment_for(&mut self, payload: usize) -> Result<u32, SpoolError> {
         if let Some(seg) = self.current.and_then(|id| self.segments.get(&id))
+            && !seg.sealed
             && (seg.fits(payload) || seg.end == 0)
         {
             return Ok(seg.id);
@@ -1171,6 +1217,8 @@ pub fn read_spooled(state_dir: &Path) -> Result<Vec<SpooledBatch>, SpoolError> {
         Err(e) => return Err(io(&dir)(e)),
     };
     let mut out: BTreeMap<u64, String> = BTreeMap::new();
+    // Numbers found in two intact records: set aside at open (`Spool::set_aside_duplicates`).
+    let mut twice: BTreeSet<u64> = BTreeSet::new();
     let mut legacy: BTreeSet<(u64, PathBuf)> = BTreeSet::new();
     let mut buf = Vec::new();
     for entry in entries {
@@ -1188,26 +1236,27 @@ pub fn read_spooled(state_dir: &Path) -> Result<Vec<SpooledBatch>, SpoolError> {
             Err(e) => return Err(io(&path)(e)),
         };
         let len = file.metadata().map_err(io(&path))?.len();
-        let (_, found, _) = segment::scan_file(&file, len, &mut |h| state.waiting(h.seq), &mut buf)
-            .map_err(io(&path))?;
+        // Headers only: each waiting payload is read and checked once, below.
+        let (_, found, _) =
+            segment::scan_file(&file, len, &mut |_| false, &mut buf).map_err(io(&path))?;
         for f in found {
             if let Found::Record {
                 offset,
                 header,
-                intact: Some(true),
+                intact: None,
             } = f
+                && state.waiting(header.seq)
+                && segment::read_checked(&file, offset, &header, &mut buf).is_ok_and(|ok| ok)
+                && let Ok(text) = String::from_utf8(std::mem::take(&mut buf))
+                && out.insert(header.seq, text).is_some()
             {
-                let mut payload = Vec::new();
-                if read_payload_at(&file, offset, &header, &mut payload).is_ok()
-                    && let Ok(text) = String::from_utf8(payload)
-                {
-                    out.entry(header.seq).or_insert(text);
-                }
+                twice.insert(header.seq);
             }
         }
     }
+    out.retain(|seq, _| !twice.contains(seq));
     for (seq, path) in legacy {
-        if out.contains_key(&seq) {
+        if out.contains_key(&seq) || twice.contains(&seq) {
             continue;
         }
         if let Ok(text) = fs::read_to_string(&path)
@@ -1220,22 +1269,6 @@ pub fn read_spooled(state_dir: &Path) -> Result<Vec<SpooledBatch>, SpoolError> {
         .into_iter()
         .map(|(seq, json)| SpooledBatch { seq, json })
         .collect())
-}
-
-fn read_payload_at(
-    file: &fs::File,
-    offset: u64,
-    h: &segment::Header,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    buf.clear();
-    buf.resize(h.len as usize, 0);
-    file.read_exact_at(buf, offset + HEADER_BYTES as u64)?;
-    if crc32fast::hash(buf) != h.payload_crc {
-        return Err(std::io::Error::other("checksum mismatch"));
-    }
-    Ok(())
 }
 
 fn parse_batch_name(path: &Path) -> Option<u64> {
