@@ -39,7 +39,9 @@
 //!   and is sent (again): the collector stores each batch once.
 //! * `spool/NNNNNNNNNNNNNNNNNNNN.batch` — the one-file-per-batch spool of older agents: read once
 //!   at open (damaged ones moved aside and counted, as before), appended to the segments, and
-//!   removed once the state is written.
+//!   removed once the state is written. One left over (its removal failed) is not appended
+//!   again: it is in a segment already, or the checkpoint says it was acknowledged since; it is
+//!   only removed.
 //!
 //! Crash and torn writes: a record is appended, then made durable, before the push returns. A
 //! record torn by a crash (its header's checksum fails, or its payload's) is found at open,
@@ -415,8 +417,12 @@ impl Spool {
             });
             match read {
                 Ok((batch, bytes)) if batch.seq == seq => {
-                    if waiting.binary_search_by_key(&seq, |w| w.seq).is_ok() {
-                        // Already moved into a segment by a run that stopped before removing it.
+                    if waiting.binary_search_by_key(&seq, |w| w.seq).is_ok()
+                        || spool.state.spool_head.is_some() && !spool.state.waiting(seq)
+                    {
+                        // Already moved into a segment by a run that stopped before removing
+                        // it, or moved and since acknowledged (or dropped): the checkpoint no
+                        // longer counts it (a state of an older agent has no checkpoint).
                         done_files.push(path);
                     } else {
                         let samples = batch.samples.len() as u64;
@@ -1256,7 +1262,11 @@ pub fn read_spooled(state_dir: &Path) -> Result<Vec<SpooledBatch>, SpoolError> {
     }
     out.retain(|seq, _| !twice.contains(seq));
     for (seq, path) in legacy {
-        if out.contains_key(&seq) || twice.contains(&seq) {
+        if out.contains_key(&seq)
+            || twice.contains(&seq)
+            || state.spool_head.is_some() && !state.waiting(seq)
+        {
+            // In a segment already, or acknowledged since (see `Spool::open`).
             continue;
         }
         if let Ok(text) = fs::read_to_string(&path)

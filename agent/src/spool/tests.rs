@@ -882,6 +882,19 @@ fn the_per_file_spool_of_an_older_agent_is_read_once() {
         vec![9, 10, 11, 12]
     );
     assert_eq!(sent[..3].iter().map(|s| s.1).collect::<Vec<_>>(), ids);
+    drop(spool);
+    // Left over again after its batch was acknowledged: removed, not sent again.
+    fs::write(
+        dir.path().join(SPOOL_DIR).join(format!("{:020}.batch", 10)),
+        &kept,
+    )
+    .unwrap();
+    assert_eq!(on_disk(dir.path()), Vec::<u64>::new());
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report, OpenReport::default());
+    assert_eq!(legacy_files(dir.path()), 0);
+    assert!(spool.next_to_send().unwrap().is_none());
+    assert_eq!(spool.push("i", vec![sample(13)]).unwrap(), 13);
 }
 
 /// `read_spooled` (tests and tools) sees what the spool sees, without changing anything.
