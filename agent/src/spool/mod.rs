@@ -514,9 +514,9 @@ impl Spool {
         scan: &mut OpenScan,
         report: &mut OpenReport,
     ) -> Result<Option<u64>, SpoolError> {
-        let state = &self.state;
+        // Headers only: a waiting record's payload is read and checked once, by `Segment::read`.
         let (nonce, found, end) = seg
-            .scan(|h| state.waiting(h.seq), &mut self.read_buf)
+            .scan(|_| false, &mut self.read_buf)
             .map_err(io(seg.path()))?;
         seg.nonce = nonce.unwrap_or_else(segment::new_nonce);
         seg.end = end;
@@ -541,12 +541,12 @@ impl Spool {
             };
             let len = u64::from(header.len);
             let peek = match intact {
-                None => {
+                None if !self.state.waiting(header.seq) => {
                     // Acknowledged or dropped before: not waiting, but its number was used.
                     newest = newest.max(Some(header.seq));
                     continue;
                 }
-                Some(true) => seg
+                None | Some(true) => seg
                     .read(offset, header.seq, &mut self.read_buf)
                     .map_err(|e| e.to_string())
                     .and_then(|()| {
