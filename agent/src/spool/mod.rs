@@ -43,6 +43,15 @@
 //!   again: it is in a segment already, or the checkpoint says it was acknowledged since; it is
 //!   only removed.
 //!
+//! Downgrade: an agent before the segments does not read them; it moves `NNNN.seg` files to
+//! `spool/corrupt/` as strangers, so the batches in them are never sent. Drain the spool (let the
+//! agent deliver) before downgrading (README, "Delivery").
+//!
+//! A failed append (the record written, its sync failed) must not leave a second record of its
+//! sequence number, which the next batch takes: [`Segment::append`] erases it or seals the
+//! segment, and two records of one number found at open are both set aside as damage, counted
+//! ([`Spool::set_aside_duplicates`] says why neither is kept).
+//!
 //! Crash and torn writes: a record is appended, then made durable, before the push returns. A
 //! record torn by a crash (its header's checksum fails, or its payload's) is found at open,
 //! copied to `spool/corrupt/`, marked a tombstone and counted as a dropped batch (its sample was
