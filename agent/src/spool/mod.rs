@@ -18,7 +18,8 @@
 //!   state, the CDN access-log positions and the spool's checkpoint ([`PersistedState`] as
 //!   JSON: `spool_head`, the lowest sequence number still waiting, and `spool_holes`, any above
 //!   it removed out of order), rewritten in one of two checksummed slots of a preallocated file
-//!   (`pwrite`, see [`crate::slots`]): a crash mid-write leaves the previous record. It is made
+//!   (`pwrite`, see [`crate::slots`]): a write torn by a crash leaves the newest synced record
+//!   (or a newer one), never an older one (unsynced writes never overwrite it). It is made
 //!   durable (`fdatasync`) whenever a counter changes (drops, damage), the desired state
 //!   changes, and before a segment is reused or the spool moves to another; after a push or an
 //!   ack it is only written (the page cache survives the agent's crash). After a power loss it
