@@ -51,7 +51,7 @@
 //! A failed append (the record written, its sync failed) must not leave a second record of its
 //! sequence number, which the next batch takes: [`Segment::append`] erases it or seals the
 //! segment, and two records of one number found at open are both set aside as damage, counted
-//! ([`Spool::set_aside_duplicates`] says why neither is kept).
+//! (`Spool::set_aside_duplicates` says why neither is kept).
 //!
 //! Crash and torn writes: a record is appended, then made durable, before the push returns. A
 //! record torn by a crash (its header's checksum fails, or its payload's) is found at open,

@@ -374,7 +374,7 @@ impl Segment {
         self.sync_data()
     }
 
-    /// `fdatasync` (failing as tests ask, see [`Self::fail_syncs`]).
+    /// `fdatasync` (failing as tests ask, see the test-only `fail_syncs`).
     fn sync_data(&self) -> std::io::Result<()> {
         #[cfg(test)]
         if self.fail_syncs.get() > 0 {
