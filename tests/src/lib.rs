@@ -747,9 +747,12 @@ impl Agent {
 
     /// Sequence numbers of the batches waiting in the spool, ascending.
     pub fn spooled_seqs(&self) -> Vec<u64> {
+        // An error must not read as an empty (drained) spool.
         vmmon_agent::spool::read_spooled(self.state.path())
-            .map(|v| v.into_iter().map(|b| b.seq).collect())
-            .unwrap_or_default()
+            .expect("cannot read the agent's spool")
+            .into_iter()
+            .map(|b| b.seq)
+            .collect()
     }
 
     /// The agent's persisted state (`agent-state.slots`, read as the agent resumes it) as JSON

@@ -19,9 +19,13 @@
 //! | 20..24 | CRC-32 (IEEE) of bytes 8..20 and the payload |
 //! | 24.. | payload |
 //!
-//! A write goes to the slot **not** holding the newest record, so a write torn by a crash or a
-//! power loss damages only that slot: its checksum fails and the other slot, the previous
-//! record, is read. At open the valid slot with the highest generation wins. A file with no
+//! A write goes to the slot **not** holding the newest *synced* record (`durable` below), so a
+//! write torn by a crash or a power loss damages only that slot: its checksum fails and the
+//! other slot, the newest synced record (or a newer one), is read. Why not simply "the slot not
+//! holding the newest record": with unsynced writes in between, synced D in slot k, unsynced E in
+//! the other slot, unsynced F back in slot k over D; a power loss that tears F and never flushed
+//! E would leave only the record before D. So unsynced writes after a sync all go to the slot
+//! not holding it (each overwrites the previous unsynced one), and so does the next synced one. At open the valid slot with the highest generation wins. A file with no
 //! valid slot is reported as [`SlotError::Damaged`]; what to do then is the caller's choice
 //! (the spool and the network totals document theirs). A payload larger than a slot makes the
 //! file be written anew with larger slots, atomically (temp file, fsync, rename, directory fsync),
@@ -106,8 +110,9 @@ pub struct SlotFile {
     slot_bytes: usize,
     /// Generation of the newest valid record.
     generation: u64,
-    /// Slot (0 or 1) holding the newest valid record; the next write goes to the other.
-    newest: usize,
+    /// Slot (0 or 1) holding the newest record known to be on stable storage (synced); every
+    /// write goes to the other (module header).
+    durable: usize,
     /// Reused header + payload buffer.
     buf: Vec<u8>,
 }
@@ -156,13 +161,16 @@ impl SlotFile {
         };
         let (newest, (generation, payload)) = best;
         let payload = payload.to_vec();
+        // What was read may be in the page cache only (written unsynced before a crash of the
+        // agent): synced now, it is the newest durable record the next writes must not touch.
+        file.sync_data().map_err(io(path))?;
         Ok(Some((
             SlotFile {
                 path: path.to_path_buf(),
                 file,
                 slot_bytes,
                 generation,
-                newest,
+                durable: newest,
                 buf: Vec::new(),
             },
             payload,
@@ -186,17 +194,19 @@ impl SlotFile {
             return Ok(());
         }
         let generation = self.generation + 1;
-        let slot = 1 - self.newest;
+        let slot = 1 - self.durable;
         encode(&mut self.buf, generation, payload)?;
         let offset = (slot * self.slot_bytes) as u64;
         self.file
             .write_all_at(&self.buf, offset)
             .map_err(io(&self.path))?;
+        // Written (to the page cache): newer than anything else in the file, even if the sync
+        // below fails.
+        self.generation = generation;
         if durable {
             self.file.sync_data().map_err(io(&self.path))?;
+            self.durable = slot;
         }
-        self.generation = generation;
-        self.newest = slot;
         Ok(())
     }
 
@@ -247,7 +257,7 @@ impl SlotFile {
             file,
             slot_bytes,
             generation,
-            newest: 0,
+            durable: 0,
             buf: Vec::new(),
         })
     }

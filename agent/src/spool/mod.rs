@@ -18,7 +18,8 @@
 //!   state, the CDN access-log positions and the spool's checkpoint ([`PersistedState`] as
 //!   JSON: `spool_head`, the lowest sequence number still waiting, and `spool_holes`, any above
 //!   it removed out of order), rewritten in one of two checksummed slots of a preallocated file
-//!   (`pwrite`, see [`crate::slots`]): a crash mid-write leaves the previous record. It is made
+//!   (`pwrite`, see [`crate::slots`]): a write torn by a crash leaves the newest synced record
+//!   (or a newer one), never an older one (unsynced writes never overwrite it). It is made
 //!   durable (`fdatasync`) whenever a counter changes (drops, damage), the desired state
 //!   changes, and before a segment is reused or the spool moves to another; after a push or an
 //!   ack it is only written (the page cache survives the agent's crash). After a power loss it
@@ -39,7 +40,18 @@
 //!   and is sent (again): the collector stores each batch once.
 //! * `spool/NNNNNNNNNNNNNNNNNNNN.batch` — the one-file-per-batch spool of older agents: read once
 //!   at open (damaged ones moved aside and counted, as before), appended to the segments, and
-//!   removed once the state is written.
+//!   removed once the state is written. One left over (its removal failed) is not appended
+//!   again: it is in a segment already, or the checkpoint says it was acknowledged since; it is
+//!   only removed.
+//!
+//! Downgrade: an agent before the segments does not read them; it moves `NNNN.seg` files to
+//! `spool/corrupt/` as strangers, so the batches in them are never sent. Drain the spool (let the
+//! agent deliver) before downgrading (README, "Delivery").
+//!
+//! A failed append (the record written, its sync failed) must not leave a second record of its
+//! sequence number, which the next batch takes: [`Segment::append`] erases it or seals the
+//! segment, and two records of one number found at open are both set aside as damage, counted
+//! (`Spool::set_aside_duplicates` says why neither is kept).
 //!
 //! Crash and torn writes: a record is appended, then made durable, before the push returns. A
 //! record torn by a crash (its header's checksum fails, or its payload's) is found at open,
@@ -402,7 +414,8 @@ impl Spool {
             torn_headers,
         } = scan;
         waiting.sort_by_key(|w| w.seq);
-        waiting.dedup_by_key(|w| w.seq);
+        let mut damaged = damaged;
+        spool.set_aside_duplicates(&mut waiting, &mut damaged, &mut report)?;
 
         // An older agent's per-batch files: read once, into the segments.
         let mut migrate: Vec<Migrate> = Vec::new();
@@ -414,8 +427,12 @@ impl Spool {
             });
             match read {
                 Ok((batch, bytes)) if batch.seq == seq => {
-                    if waiting.binary_search_by_key(&seq, |w| w.seq).is_ok() {
-                        // Already moved into a segment by a run that stopped before removing it.
+                    if waiting.binary_search_by_key(&seq, |w| w.seq).is_ok()
+                        || spool.state.spool_head.is_some() && !spool.state.waiting(seq)
+                    {
+                        // Already moved into a segment by a run that stopped before removing
+                        // it, or moved and since acknowledged (or dropped): the checkpoint no
+                        // longer counts it (a state of an older agent has no checkpoint).
                         done_files.push(path);
                     } else {
                         let samples = batch.samples.len() as u64;
@@ -507,9 +524,9 @@ impl Spool {
         scan: &mut OpenScan,
         report: &mut OpenReport,
     ) -> Result<Option<u64>, SpoolError> {
-        let state = &self.state;
+        // Headers only: a waiting record's payload is read and checked once, by `Segment::read`.
         let (nonce, found, end) = seg
-            .scan(|h| state.waiting(h.seq), &mut self.read_buf)
+            .scan(|_| false, &mut self.read_buf)
             .map_err(io(seg.path()))?;
         seg.nonce = nonce.unwrap_or_else(segment::new_nonce);
         seg.end = end;
@@ -534,12 +551,12 @@ impl Spool {
             };
             let len = u64::from(header.len);
             let peek = match intact {
-                None => {
+                None if !self.state.waiting(header.seq) => {
                     // Acknowledged or dropped before: not waiting, but its number was used.
                     newest = newest.max(Some(header.seq));
                     continue;
                 }
-                Some(true) => seg
+                None | Some(true) => seg
                     .read(offset, header.seq, &mut self.read_buf)
                     .map_err(|e| e.to_string())
                     .and_then(|()| {
@@ -580,6 +597,50 @@ impl Spool {
         }
         self.segments.insert(seg.id, seg);
         Ok(newest)
+    }
+
+    /// Two waiting records of one sequence number (`waiting` sorted by it): an append that
+    /// failed, whose record could not be erased ([`Segment::append`]) but reached the disk
+    /// anyway, and the next batch, given the same number, in another segment. Which one was
+    /// written last cannot be told (segment ids and nonces carry no order), and keeping either
+    /// could lose the other's CDN deltas or count the failed one's twice (the next batch
+    /// carries them again). So all of them are set aside as damage, counted once: one batch's
+    /// samples as dropped (the failed one's sample was already reported lost) and each record in
+    /// `corrupt_files_total`. Needs both a failed sync and a failed erase: a failing disk.
+    fn set_aside_duplicates(
+        &mut self,
+        waiting: &mut Vec<Waiting>,
+        damaged: &mut Vec<u64>,
+        report: &mut OpenReport,
+    ) -> Result<(), SpoolError> {
+        let dups: BTreeSet<u64> = waiting
+            .windows(2)
+            .filter(|w| w[0].seq == w[1].seq)
+            .map(|w| w[0].seq)
+            .collect();
+        if dups.is_empty() {
+            return Ok(());
+        }
+        let mut samples: BTreeMap<u64, u64> = BTreeMap::new();
+        for w in waiting.iter().filter(|w| dups.contains(&w.seq)) {
+            tracing::warn!(
+                seq = w.seq,
+                segment = w.seg,
+                offset = w.offset,
+                "Two spool records of one batch number; both set aside and counted as dropped."
+            );
+            if let Some(seg) = self.segments.get(&w.seg) {
+                self.set_aside(seg, w.offset, HEADER_BYTES as u64 + w.bytes, true)?;
+            }
+            report.moved_aside += 1;
+            self.state.corrupt_files_total += 1;
+            let n = samples.entry(w.seq).or_default();
+            *n = (*n).max(w.samples.max(1));
+        }
+        self.state.dropped_samples_total += samples.values().sum::<u64>();
+        waiting.retain(|w| !dups.contains(&w.seq));
+        damaged.extend(dups);
+        Ok(())
     }
 
     /// Counts as dropped the batches the state says were spooled and still waiting but that no
@@ -719,6 +780,7 @@ impl Spool {
     /// use, after the checkpoint that frees it is made durable), else a new one.
     fn segment_for(&mut self, payload: usize) -> Result<u32, SpoolError> {
         if let Some(seg) = self.current.and_then(|id| self.segments.get(&id))
+            && !seg.sealed
             && (seg.fits(payload) || seg.end == 0)
         {
             return Ok(seg.id);
@@ -1171,6 +1233,8 @@ pub fn read_spooled(state_dir: &Path) -> Result<Vec<SpooledBatch>, SpoolError> {
         Err(e) => return Err(io(&dir)(e)),
     };
     let mut out: BTreeMap<u64, String> = BTreeMap::new();
+    // Numbers found in two intact records: set aside at open (`Spool::set_aside_duplicates`).
+    let mut twice: BTreeSet<u64> = BTreeSet::new();
     let mut legacy: BTreeSet<(u64, PathBuf)> = BTreeSet::new();
     let mut buf = Vec::new();
     for entry in entries {
@@ -1188,26 +1252,31 @@ pub fn read_spooled(state_dir: &Path) -> Result<Vec<SpooledBatch>, SpoolError> {
             Err(e) => return Err(io(&path)(e)),
         };
         let len = file.metadata().map_err(io(&path))?.len();
-        let (_, found, _) = segment::scan_file(&file, len, &mut |h| state.waiting(h.seq), &mut buf)
-            .map_err(io(&path))?;
+        // Headers only: each waiting payload is read and checked once, below.
+        let (_, found, _) =
+            segment::scan_file(&file, len, &mut |_| false, &mut buf).map_err(io(&path))?;
         for f in found {
             if let Found::Record {
                 offset,
                 header,
-                intact: Some(true),
+                intact: None,
             } = f
+                && state.waiting(header.seq)
+                && segment::read_checked(&file, offset, &header, &mut buf).is_ok_and(|ok| ok)
+                && let Ok(text) = String::from_utf8(std::mem::take(&mut buf))
+                && out.insert(header.seq, text).is_some()
             {
-                let mut payload = Vec::new();
-                if read_payload_at(&file, offset, &header, &mut payload).is_ok()
-                    && let Ok(text) = String::from_utf8(payload)
-                {
-                    out.entry(header.seq).or_insert(text);
-                }
+                twice.insert(header.seq);
             }
         }
     }
+    out.retain(|seq, _| !twice.contains(seq));
     for (seq, path) in legacy {
-        if out.contains_key(&seq) {
+        if out.contains_key(&seq)
+            || twice.contains(&seq)
+            || state.spool_head.is_some() && !state.waiting(seq)
+        {
+            // In a segment already, or acknowledged since (see `Spool::open`).
             continue;
         }
         if let Ok(text) = fs::read_to_string(&path)
@@ -1220,22 +1289,6 @@ pub fn read_spooled(state_dir: &Path) -> Result<Vec<SpooledBatch>, SpoolError> {
         .into_iter()
         .map(|(seq, json)| SpooledBatch { seq, json })
         .collect())
-}
-
-fn read_payload_at(
-    file: &fs::File,
-    offset: u64,
-    h: &segment::Header,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    buf.clear();
-    buf.resize(h.len as usize, 0);
-    file.read_exact_at(buf, offset + HEADER_BYTES as u64)?;
-    if crc32fast::hash(buf) != h.payload_crc {
-        return Err(std::io::Error::other("checksum mismatch"));
-    }
-    Ok(())
 }
 
 fn parse_batch_name(path: &Path) -> Option<u64> {

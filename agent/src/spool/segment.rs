@@ -159,6 +159,17 @@ pub struct Segment {
     pub end: u64,
     /// Records of this segment still in the spool.
     pub live: usize,
+    /// An append failed and its record could not be erased for sure: nothing more is appended
+    /// to this use of the segment (it counts as full), so that record, if it reaches the disk,
+    /// stays the last one of its segment and is found as a duplicate at open (see
+    /// [`Self::append`]).
+    pub sealed: bool,
+    /// Tests only: how many of the next `fdatasync`s fail (EIO), to drive failed appends.
+    #[cfg(test)]
+    pub fail_syncs: std::cell::Cell<u32>,
+    /// Tests only: the next erase of a failed record fails (EIO) before writing anything.
+    #[cfg(test)]
+    pub fail_erase: std::cell::Cell<bool>,
 }
 
 /// A fresh random nonce.
@@ -213,6 +224,11 @@ impl Segment {
             capacity,
             end: 0,
             live: 0,
+            sealed: false,
+            #[cfg(test)]
+            fail_syncs: std::cell::Cell::new(0),
+            #[cfg(test)]
+            fail_erase: std::cell::Cell::new(false),
         })
     }
 
@@ -229,6 +245,11 @@ impl Segment {
             capacity,
             end: 0,
             live: 0,
+            sealed: false,
+            #[cfg(test)]
+            fail_syncs: std::cell::Cell::new(0),
+            #[cfg(test)]
+            fail_erase: std::cell::Cell::new(false),
         })
     }
 
@@ -250,9 +271,49 @@ impl Segment {
     }
 
     /// Appends a record of batch `seq` holding `payload` at [`Self::end`] and makes it durable
-    /// (`fdatasync`). Returns its offset. On error the segment's end is unchanged (a partial
-    /// record there is overwritten by the next append, or found torn after a crash).
+    /// (`fdatasync`). Returns its offset. On error the segment's end is unchanged.
+    ///
+    /// A failed append may still leave its record whole in the page cache (the write worked,
+    /// the sync did not), to reach the disk later. The caller gives `seq` to the next batch,
+    /// which may go to another segment: two records of one sequence number. So the failed
+    /// record's header is overwritten with zeros and synced (the next append overwrites the
+    /// rest); if that fails too, the segment is sealed ([`Self::sealed`]: full until reused),
+    /// and the spool treats two records of one number found at open as damage.
     pub fn append(&mut self, seq: u64, samples: u32, payload: &[u8]) -> std::io::Result<u64> {
+        if self.sealed {
+            return Err(std::io::Error::other(
+                "segment sealed after a failed append",
+            ));
+        }
+        let offset = self.end;
+        let res = self.write_record(seq, samples, payload, offset);
+        if res.is_err() {
+            let erased = self.erase(offset);
+            if let Err(e) = erased {
+                tracing::warn!(path = %self.path.display(), offset, error = %e, "Cannot erase a failed spool record; no more records go to this segment.");
+                self.sealed = true;
+            }
+        }
+        res
+    }
+
+    /// Zeros over the header at `offset`, synced.
+    fn erase(&self, offset: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_erase.replace(false) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.file.write_all_at(&[0u8; HEADER_BYTES], offset)?;
+        self.sync_data()
+    }
+
+    fn write_record(
+        &mut self,
+        seq: u64,
+        samples: u32,
+        payload: &[u8],
+        offset: u64,
+    ) -> std::io::Result<u64> {
         let len = u32::try_from(payload.len()).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "batch larger than 4 GiB")
         })?;
@@ -264,11 +325,10 @@ impl Segment {
             samples,
             payload_crc: crc32fast::hash(payload),
         };
-        let offset = self.end;
         self.file.write_all_at(&header.encode(), offset)?;
         self.file
             .write_all_at(payload, offset + HEADER_BYTES as u64)?;
-        self.file.sync_data()?;
+        self.sync_data()?;
         self.end = offset + HEADER_BYTES as u64 + u64::from(len);
         self.capacity = self.capacity.max(self.end);
         Ok(offset)
@@ -289,8 +349,7 @@ impl Segment {
             Slot::TornHeader => return Err(format!("torn header at {offset}")),
             Slot::Empty => return Err(format!("no record at {offset}")),
         };
-        read_payload(&self.file, offset, &header, buf).map_err(|e| e.to_string())?;
-        if crc32fast::hash(buf) != header.payload_crc {
+        if !read_checked(&self.file, offset, &header, buf).map_err(|e| e.to_string())? {
             return Err(format!("checksum mismatch in batch {seq} at {offset}"));
         }
         Ok(())
@@ -312,6 +371,16 @@ impl Segment {
     pub fn tombstone(&self, offset: u64, valid_header: bool) -> std::io::Result<()> {
         let mark: [u8; 4] = if valid_header { TOMBSTONE } else { [0; 4] };
         self.file.write_all_at(&mark, offset)?;
+        self.sync_data()
+    }
+
+    /// `fdatasync` (failing as tests ask, see the test-only `fail_syncs`).
+    fn sync_data(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_syncs.get() > 0 {
+            self.fail_syncs.set(self.fail_syncs.get() - 1);
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
         self.file.sync_data()
     }
 
@@ -321,11 +390,13 @@ impl Segment {
         self.nonce = new_nonce();
         self.end = 0;
         self.live = 0;
+        // A record a failed append may have left has the old nonce: stale now.
+        self.sealed = false;
     }
 
     /// Room for a record of `payload` bytes at the end.
     pub fn fits(&self, payload: usize) -> bool {
-        self.end + (HEADER_BYTES + payload) as u64 <= self.capacity
+        !self.sealed && self.end + (HEADER_BYTES + payload) as u64 <= self.capacity
     }
 }
 
@@ -373,8 +444,7 @@ pub fn scan_file(
                     });
                 } else {
                     let intact = if check(&h) {
-                        read_payload(file, offset, &h, buf)?;
-                        Some(crc32fast::hash(buf) == h.payload_crc)
+                        Some(read_checked(file, offset, &h, buf)?)
                     } else {
                         None
                     };
@@ -404,10 +474,18 @@ fn read_header(file: &File, offset: u64) -> std::io::Result<Slot> {
     Ok(Header::decode(&h))
 }
 
-fn read_payload(file: &File, offset: u64, h: &Header, buf: &mut Vec<u8>) -> std::io::Result<()> {
+/// The payload of the record at `offset` whose header is `h` into `buf`, and whether it matches
+/// its checksum (every reader of a payload goes through here).
+pub fn read_checked(
+    file: &File,
+    offset: u64,
+    h: &Header,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
     buf.clear();
     buf.resize(h.len as usize, 0);
-    file.read_exact_at(buf, offset + HEADER_BYTES as u64)
+    file.read_exact_at(buf, offset + HEADER_BYTES as u64)?;
+    Ok(crc32fast::hash(buf) == h.payload_crc)
 }
 
 fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
@@ -548,6 +626,38 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A failed append (the sync fails: EIO) erases its record's header, so the next append
+    /// overwrites it; when the erase fails too, the segment takes no more records until reused.
+    #[test]
+    fn a_failed_append_is_erased_or_seals_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 4096).unwrap();
+        seg.append(1, 1, b"[1]").unwrap();
+        let end = seg.end;
+        seg.fail_syncs.set(1);
+        assert!(seg.append(2, 1, b"[2,2]").is_err());
+        assert_eq!((seg.end, seg.sealed), (end, false));
+        let (_, found, scan_end) = scan_all(&seg);
+        assert_eq!((found.len(), scan_end), (1, end), "{found:?}");
+        seg.append(2, 1, b"[2]").unwrap();
+        // The sync and the erase fail: the record may reach the disk (it is in the page cache
+        // here), so nothing more goes after it.
+        let end = seg.end;
+        seg.fail_syncs.set(1);
+        seg.fail_erase.set(true);
+        assert!(seg.append(3, 1, b"[3,3]").is_err());
+        assert!(seg.sealed && !seg.fits(1));
+        assert_eq!(seg.end, end);
+        assert_eq!(scan_all(&seg).1.len(), 3);
+        assert!(seg.append(4, 1, b"[4]").is_err(), "sealed");
+        assert_eq!(scan_all(&seg).1.len(), 3);
+        // Reused: the failed record is stale with the old nonce.
+        seg.recycle();
+        assert!(!seg.sealed);
+        seg.append(5, 1, b"[5]").unwrap();
+        assert_eq!(scan_all(&seg).1.len(), 1);
     }
 
     #[test]

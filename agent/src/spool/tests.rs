@@ -633,6 +633,10 @@ fn no_seq_reuse_or_gap_whatever_state_write_a_crash_leaves() {
         assert_eq!(spool.push("i", vec![sample(n)]).unwrap(), n as u64);
         spool.remove(n as u64).unwrap();
     }
+    // The checkpoint synced (as whenever a counter changes or the spool moves on): a torn
+    // unsynced write falls back to it, not to an unsynced record that may never have reached
+    // the disk either (`crate::slots`).
+    spool.save_state(true).unwrap();
     // Batch 3 spooled, its state write (next_seq 4) torn: the state says 3, the batch is there.
     let before = fs::read(&slots).unwrap();
     assert_eq!(spool.push("i", vec![sample(3)]).unwrap(), 3);
@@ -878,6 +882,19 @@ fn the_per_file_spool_of_an_older_agent_is_read_once() {
         vec![9, 10, 11, 12]
     );
     assert_eq!(sent[..3].iter().map(|s| s.1).collect::<Vec<_>>(), ids);
+    drop(spool);
+    // Left over again after its batch was acknowledged: removed, not sent again.
+    fs::write(
+        dir.path().join(SPOOL_DIR).join(format!("{:020}.batch", 10)),
+        &kept,
+    )
+    .unwrap();
+    assert_eq!(on_disk(dir.path()), Vec::<u64>::new());
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report, OpenReport::default());
+    assert_eq!(legacy_files(dir.path()), 0);
+    assert!(spool.next_to_send().unwrap().is_none());
+    assert_eq!(spool.push("i", vec![sample(13)]).unwrap(), 13);
 }
 
 /// `read_spooled` (tests and tools) sees what the spool sees, without changing anything.
@@ -900,4 +917,68 @@ fn read_spooled_matches_the_spool() {
         seen.into_iter().map(|b| b.json).collect::<Vec<_>>(),
         texts_now
     );
+}
+
+/// A push whose record was written but not synced (EIO) fails, and its number goes to the next
+/// batch: the failed record must not come back as a second batch of that number.
+#[test]
+fn a_failed_append_never_leaves_two_batches_of_one_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(spool.push("i", vec![sample(0)]).unwrap(), 0);
+    let first = spool.current.unwrap();
+    // The sync fails, the erase works: the next batch takes the number, in the same place.
+    spool.segments[&first].fail_syncs.set(1);
+    assert!(spool.push("i", vec![sample(1)]).is_err());
+    assert_eq!(spool.push("i", vec![sample(2)]).unwrap(), 1);
+    assert_eq!(spool.current, Some(first));
+    drop(spool);
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        report,
+        OpenReport {
+            batches: 2,
+            moved_aside: 0
+        }
+    );
+    // The sync and the erase fail: the segment is sealed, the next batch (same number) goes to
+    // another one; the failed record reaches the disk (it is in the page cache here).
+    let first = spool.current.unwrap();
+    spool.segments[&first].fail_syncs.set(1);
+    spool.segments[&first].fail_erase.set(true);
+    assert!(spool.push("i", vec![sample(3)]).is_err());
+    assert_eq!(spool.push("i", vec![sample(4)]).unwrap(), 2);
+    assert_ne!(spool.current, Some(first));
+    let dropped = spool.dropped_samples_total();
+    drop(spool);
+    // Which of the two is the right one cannot be told: both are set aside, counted once.
+    assert_eq!(on_disk(dir.path()), vec![0, 1]);
+    let (mut spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        report,
+        OpenReport {
+            batches: 2,
+            moved_aside: 2
+        }
+    );
+    assert_eq!(spool.dropped_samples_total(), dropped + 1);
+    assert_eq!(spool.corrupt_files_total(), 2);
+    let mut sent = Vec::new();
+    while let Some(out) = spool.next_to_send().unwrap() {
+        sent.push(sent_batch(&out).samples[0].vm.sampled_at_ms);
+        spool.remove(out.seq).unwrap();
+    }
+    assert_eq!(sent, vec![0, 2]);
+    assert_eq!(spool.push("i", vec![sample(5)]).unwrap(), 3);
+    drop(spool);
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        report,
+        OpenReport {
+            batches: 1,
+            moved_aside: 0
+        },
+        "counted once"
+    );
+    assert_eq!(spool.dropped_samples_total(), dropped + 1);
 }

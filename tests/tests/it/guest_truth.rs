@@ -230,10 +230,11 @@ impl GuestAgent {
 
     /// Every spooled sample, oldest first.
     fn samples(&self) -> Vec<Value> {
+        // An error must not read as an empty spool (no samples yet).
         vmmon_agent::spool::read_spooled(&self.state)
-            .unwrap_or_default()
+            .expect("cannot read the agent's spool")
             .iter()
-            .filter_map(|b| serde_json::from_str::<Value>(&b.json).ok())
+            .map(|b| serde_json::from_str::<Value>(&b.json).expect("a spooled batch is JSON"))
             .flat_map(|b| b["samples"].as_array().cloned().unwrap_or_default())
             .collect()
     }
