@@ -495,27 +495,38 @@ pub fn fleet(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> 
          FROM instances WHERE ?1 IS NULL OR project = ?1 ORDER BY instance_id",
     )?;
     let instances = list
-        .query_map([project], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                FleetRow {
-                    project: r.get(1)?,
-                    region: r.get(2)?,
-                    dropped_samples: r.get(3)?,
-                    last_seen_ms: r.get(4)?,
-                    interval_secs: r.get(5)?,
-                    vm: None,
-                },
-            ))
-        })?
+        .query_map([project], |r| fleet_row(r, 0, None))?
         .collect::<Result<Vec<_>>>()?;
-    let mut out = Vec::with_capacity(instances.len());
-    for (id, mut row) in instances {
-        let key = InstanceKey {
-            project: &row.project,
-            instance_id: &id,
-        };
-        row.vm = latest_vm(conn, key, 1)?.pop();
+    with_newest_vm(conn, instances)
+}
+
+/// An instance's id and its [`FleetRow`] from the columns `instance_id, project, region,
+/// dropped_samples, last_seen_ms, interval_secs` starting at column `at`.
+fn fleet_row(r: &Row<'_>, at: usize, vm: Option<VmRow>) -> Result<(String, FleetRow)> {
+    Ok((
+        r.get(at)?,
+        FleetRow {
+            project: r.get(at + 1)?,
+            region: r.get(at + 2)?,
+            dropped_samples: r.get(at + 3)?,
+            last_seen_ms: r.get(at + 4)?,
+            interval_secs: r.get(at + 5)?,
+            vm,
+        },
+    ))
+}
+
+/// The rows, each instance without a sample yet given its newest one ([`latest_vm`]).
+fn with_newest_vm(conn: &Connection, rows: Vec<(String, FleetRow)>) -> Result<Vec<FleetRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, mut row) in rows {
+        if row.vm.is_none() {
+            let key = InstanceKey {
+                project: &row.project,
+                instance_id: &id,
+            };
+            row.vm = latest_vm(conn, key, 1)?.pop();
+        }
         out.push(row);
     }
     Ok(out)
@@ -539,37 +550,16 @@ fn fleet_pg(conn: &Connection, project: Option<&str>) -> Result<Vec<FleetRow>> {
          WHERE ?1 IS NULL OR i.project = ?1
          ORDER BY i.instance_id"
     );
-    // The instance's columns follow the sample's.
+    // The instance's columns follow the sample's (`VM_COLUMNS` are plain column names).
     let at = VM_COLUMNS.split(',').count();
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
         .query_map([project], |r| {
             let found: Option<i64> = r.get(0)?;
-            Ok((
-                r.get::<_, String>(at)?,
-                FleetRow {
-                    project: r.get(at + 1)?,
-                    region: r.get(at + 2)?,
-                    dropped_samples: r.get(at + 3)?,
-                    last_seen_ms: r.get(at + 4)?,
-                    interval_secs: r.get(at + 5)?,
-                    vm: found.map(|_| vm_from_row(r)).transpose()?,
-                },
-            ))
+            fleet_row(r, at, found.map(|_| vm_from_row(r)).transpose()?)
         })?
         .collect::<Result<Vec<_>>>()?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (id, mut row) in rows {
-        if row.vm.is_none() {
-            let key = InstanceKey {
-                project: &row.project,
-                instance_id: &id,
-            };
-            row.vm = latest_vm(conn, key, 1)?.pop();
-        }
-        out.push(row);
-    }
-    Ok(out)
+    with_newest_vm(conn, rows)
 }
 
 /// The processes of an instance's newest process sample, busiest first, at most `limit`.
