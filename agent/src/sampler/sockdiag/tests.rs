@@ -5,6 +5,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 
 use super::*;
 
+/// The socket inode of one of this process's sockets (what sock_diag reports as `inode`).
+fn socket_inode_of(s: &impl std::os::fd::AsRawFd) -> Option<u32> {
+    let target = std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd())).ok()?;
+    crate::sampler::netflow::socket_inode(target.as_os_str().as_encoded_bytes())
+}
+
 const AF_INET: u8 = libc::AF_INET as u8;
 const AF_INET6: u8 = libc::AF_INET6 as u8;
 
@@ -385,14 +391,8 @@ fn real_kernel_dump_sees_our_connection() {
     server.read_exact(&mut got).expect("read");
     let _client = writer.join().expect("join");
 
-    let inode_of = |fd: i32| {
-        std::fs::read_link(format!("/proc/self/fd/{fd}"))
-            .ok()
-            .and_then(|t| crate::sampler::netflow::socket_inode(t.as_os_str().as_encoded_bytes()))
-    };
-    use std::os::fd::AsRawFd;
-    let server_inode = inode_of(server.as_raw_fd()).expect("server inode");
-    let client_inode = inode_of(_client.as_raw_fd()).expect("client inode");
+    let server_inode = socket_inode_of(&server).expect("server inode");
+    let client_inode = socket_inode_of(&_client).expect("client inode");
 
     let mut out = Vec::new();
     diag.dump(&mut out).expect("dump");
@@ -426,13 +426,7 @@ fn real_kernel_dump_sees_our_connection() {
 #[ignore = "needs root (NETLINK_SOCK_DIAG); scripts/test.sh runs it"]
 fn real_kernel_filter_leaves_out_loopback_only() {
     let mut diag = SockDiag::open().expect("NETLINK_SOCK_DIAG: run as root on Linux");
-    let inode_of = |s: &TcpStream| {
-        use std::os::fd::AsRawFd;
-        std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd()))
-            .ok()
-            .and_then(|t| crate::sampler::netflow::socket_inode(t.as_os_str().as_encoded_bytes()))
-            .expect("socket inode")
-    };
+    let inode_of = |s: &TcpStream| socket_inode_of(s).expect("socket inode");
     let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
     let lo_client = TcpStream::connect(lo.local_addr().expect("addr")).expect("connect");
     let lo6 = TcpListener::bind("[::1]:0").ok();
@@ -489,13 +483,7 @@ fn real_kernel_refusing_the_filter_falls_back_to_unfiltered_dumps() {
     diag.loopback_filter = refused;
     let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
     let lo_client = TcpStream::connect(lo.local_addr().expect("addr")).expect("connect");
-    let inode = {
-        use std::os::fd::AsRawFd;
-        std::fs::read_link(format!("/proc/self/fd/{}", lo_client.as_raw_fd()))
-            .ok()
-            .and_then(|t| crate::sampler::netflow::socket_inode(t.as_os_str().as_encoded_bytes()))
-            .expect("socket inode")
-    };
+    let inode = socket_inode_of(&lo_client).expect("socket inode");
     let mut out = Vec::new();
     let direct = diag
         .dump_filtered(&mut out, true)
@@ -627,11 +615,7 @@ fn real_kernel_one_walk_equals_one_dump_per_family() {
         let ours: Vec<u32> = [Some(&_c4), _c6.as_ref(), _own_client.as_ref()]
             .into_iter()
             .flatten()
-            .filter_map(|s| {
-                use std::os::fd::AsRawFd;
-                let t = std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd())).ok()?;
-                crate::sampler::netflow::socket_inode(t.as_os_str().as_encoded_bytes())
-            })
+            .filter_map(socket_inode_of)
             .collect();
         let mine = |v: &[TcpSocket]| {
             let v: Vec<TcpSocket> = v
