@@ -61,6 +61,7 @@ pub async fn ingest(
     let started = std::time::Instant::now();
     // The writer stores this batch together with the others waiting for the same transaction
     // (`store_batches`).
+    let instance_id = batch.instance_id.clone();
     let (stored, anomalies) = app
         .store
         .write_grouped(Received {
@@ -68,7 +69,13 @@ pub async fn ingest(
             received_ms: now_ms(),
             project: token.project.clone(),
         })
-        .await?;
+        .await?
+        .map_err(|ForeignInstance| {
+            CollectorError::NotRegistered(format!(
+                "instance {instance_id:?} is now registered by another project: \
+                 this agent's registration of it ended"
+            ))
+        })?;
     let t = &app.telemetry;
     t.store_write.observe(started.elapsed());
     if stored {
@@ -123,15 +130,24 @@ pub struct Received {
     /// When the collector received it, epoch ms.
     pub received_ms: i64,
     /// The project of the agent's token: the rows are stored with it (registration refuses
-    /// another project's token, so it is the instance's; an instance removed and registered
-    /// by another project while this agent was still connected is not continued from, see
-    /// [`store::samples::BatchStart`]).
+    /// another project's token, so it is the instance's; a batch for an instance removed and
+    /// registered by another project while this agent was still connected is refused:
+    /// [`ForeignInstance`]).
     pub project: String,
 }
 
+/// A batch's instance id is registered by another project than the batch's agent token (it was
+/// removed and taken while the agent was still connected): the batch is neither remembered nor
+/// stored, and the agent is told it is no longer registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignInstance;
+
+/// What storing one batch came to: whether it was new and the clock corrections made placing
+/// it, or [`ForeignInstance`].
+pub type Stored = Result<(bool, Vec<timeaxis::ClockAnomaly>), ForeignInstance>;
+
 impl store::GroupedWrite for Received {
-    /// Whether the batch was new, and the clock corrections made placing it.
-    type Output = (bool, Vec<timeaxis::ClockAnomaly>);
+    type Output = Stored;
 
     fn run_group(
         conn: &crate::store::Connection,
@@ -146,11 +162,11 @@ impl store::GroupedWrite for Received {
 /// one dedup-and-state statement for all of them, then each table's rows of all of them in one
 /// statement on PostgreSQL. A later batch of an instance continues the time axis and the
 /// bandwidth counter from the earlier one. Per batch: whether it was new and the clock
-/// corrections made placing it.
+/// corrections made placing it, or [`ForeignInstance`].
 pub fn store_batches(
     conn: &crate::store::Connection,
     writes: &mut [Received],
-) -> store::Result<Vec<(bool, Vec<timeaxis::ClockAnomaly>)>> {
+) -> store::Result<Vec<Stored>> {
     let starts = {
         let keys: Vec<(&ReportBatch, &str, i64)> = writes
             .iter()
@@ -167,11 +183,18 @@ pub fn store_batches(
     let mut projects: Vec<Option<String>> = Vec::with_capacity(writes.len());
     for (w, start) in writes.iter_mut().zip(starts) {
         let mut anomalies = Vec::new();
-        let Some(start) = start else {
-            out.push((false, anomalies));
-            owners.push(None);
-            projects.push(None);
-            continue;
+        let start = match start {
+            store::samples::Start::New(start) => start,
+            other => {
+                out.push(if other == store::samples::Start::Foreign {
+                    Err(ForeignInstance)
+                } else {
+                    Ok((false, anomalies))
+                });
+                owners.push(None);
+                projects.push(None);
+                continue;
+            }
         };
         projects.push(Some(start.project));
         let state = match clocks.get(&w.batch.instance_id) {
@@ -180,7 +203,7 @@ pub fn store_batches(
         };
         let placed = place_on_time_axis(&mut w.batch, w.received_ms, state, &mut anomalies);
         clocks.insert(w.batch.instance_id.clone(), placed);
-        out.push((true, anomalies));
+        out.push(Ok((true, anomalies)));
         owners.push(Some((start.owner, start.last_reading)));
     }
     let new: Vec<(&ReportBatch, &str)> = writes
@@ -279,7 +302,7 @@ pub fn store_batch(
     }];
     Ok(store_batches(conn, &mut one)?
         .pop()
-        .is_some_and(|(new, _)| new))
+        .is_some_and(|stored| matches!(stored, Ok((true, _)))))
 }
 
 /// Moves the batch's sample times onto the instance's time axis ([`crate::timeaxis`]) in

@@ -127,15 +127,24 @@ pub struct BatchStart {
     pub owner: Option<(String, String)>,
     /// The instance's last bandwidth counter reading ([`super::bandwidth::last_reading`]).
     pub last_reading: Option<crate::bandwidth::Reading>,
-    /// The project the batch's rows are stored with: always the agent token's. An instance of
-    /// that id registered by another project (removed, then taken by another project while
-    /// this agent was still connected) is not the batch's: `owner` and the state are then
-    /// `None`, and the rows go to the token's project, never into the other's.
+    /// The project the batch's rows are stored with: always the agent token's (an instance of
+    /// that id registered by another project makes the batch [`Start::Foreign`] instead).
     pub project: String,
 }
 
-/// [`remember_batch`] and, for a new batch, the state ingest continues from; `None` for a
-/// resend (stored before). PostgreSQL does both in one statement ([`start_batches`]): the dedup
+/// How a batch starts ([`start_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// A new batch (its id is now remembered), with the state ingest continues from.
+    New(BatchStart),
+    /// A resend: stored before.
+    Duplicate,
+    /// Its instance id is registered by another project than the batch's token (removed and
+    /// taken while the agent was still connected): not remembered, not to be stored.
+    Foreign,
+}
+
+/// [`remember_batch`] and, for a new batch, the state ingest continues from ([`Start`]). PostgreSQL does both in one statement ([`start_batches`]): the dedup
 /// insert as a data-modifying `WITH`, the state read beside it. `project` is the agent token's:
 /// the rows are stored with it, and the state is read only from an instance of that project.
 pub fn start_batch(
@@ -143,17 +152,19 @@ pub fn start_batch(
     batch: &ReportBatch,
     project: &str,
     now_ms: i64,
-) -> Result<Option<BatchStart>> {
+) -> Result<Start> {
     if conn.is_pg() {
         return Ok(start_batches(conn, &[(batch, project, now_ms)])?
             .pop()
-            .flatten());
+            .unwrap_or(Start::Duplicate));
     }
     let id = &batch.instance_id;
-    // Another project's instance of that id is not this batch's (see the `BatchStart` doc).
-    let owner = super::bandwidth::owner(conn, id)?.filter(|(p, _)| p == project);
+    let owner = super::bandwidth::owner(conn, id)?;
+    if owner.as_ref().is_some_and(|(p, _)| p != project) {
+        return Ok(Start::Foreign);
+    }
     if !remember_batch(conn, batch, project, now_ms)? {
-        return Ok(None);
+        return Ok(Start::Duplicate);
     }
     let (clock, last_reading) = match owner {
         Some(_) => (
@@ -162,7 +173,7 @@ pub fn start_batch(
         ),
         None => (None, None),
     };
-    Ok(Some(BatchStart {
+    Ok(Start::New(BatchStart {
         clock,
         project: project.to_string(),
         owner,
@@ -177,7 +188,7 @@ pub fn start_batch(
 pub fn start_batches(
     conn: &Connection,
     batches: &[(&ReportBatch, &str, i64)],
-) -> Result<Vec<Option<BatchStart>>> {
+) -> Result<Vec<Start>> {
     let Connection::Pg(pg) = conn else {
         return batches
             .iter()
@@ -185,13 +196,16 @@ pub fn start_batches(
             .collect();
     };
     // Only a batch id's first occurrence in the group goes to the database.
-    let mut seen = std::collections::HashSet::new();
-    let firsts: Vec<usize> = (0..batches.len())
-        .filter(|&k| {
+    let mut seen = std::collections::HashMap::new();
+    let first_of: Vec<usize> = (0..batches.len())
+        .map(|k| {
             let b = batches[k].0;
-            seen.insert((b.instance_id.as_str(), b.batch_id))
+            *seen
+                .entry((b.instance_id.as_str(), b.batch_id))
+                .or_insert(k)
         })
         .collect();
+    let firsts: Vec<usize> = (0..batches.len()).filter(|&k| first_of[k] == k).collect();
     let ids: Vec<String> = firsts
         .iter()
         .map(|&k| batches[k].0.batch_id.to_string())
@@ -208,16 +222,19 @@ pub fn start_batches(
         .collect();
     let rows = pg.query_native(
         "WITH input AS (
-             SELECT t.*, t.token_project AS project
+             SELECT t.*, t.token_project AS project,
+                 x.project IS NOT NULL AND x.project <> t.token_project AS foreign_instance
              FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[])
-                 WITH ORDINALITY AS t(batch_id, instance_id, received_at_ms, seq, token_project, n)),
+                 WITH ORDINALITY AS t(batch_id, instance_id, received_at_ms, seq, token_project, n)
+             LEFT JOIN instances x ON x.instance_id = t.instance_id),
          new AS (
              INSERT INTO batches (batch_id, instance_id, received_at_ms, seq, project)
-             SELECT batch_id, instance_id, received_at_ms, seq, project FROM input ORDER BY n
+             SELECT batch_id, instance_id, received_at_ms, seq, project FROM input
+             WHERE NOT foreign_instance ORDER BY n
              ON CONFLICT DO NOTHING RETURNING batch_id, instance_id)
          SELECT new.batch_id IS NOT NULL, i.clock_last_raw_ms, i.clock_last_placed_ms,
              i.clock_offset_ms, i.clock_last_uptime_ms, i.project, i.region,
-             c.sampled_at_ms, c.rx_bytes, c.tx_bytes, input.project
+             c.sampled_at_ms, c.rx_bytes, c.tx_bytes, input.project, input.foreign_instance
          FROM input
          LEFT JOIN new ON new.batch_id = input.batch_id AND new.instance_id = input.instance_id
          LEFT JOIN instances i
@@ -234,14 +251,23 @@ pub fn start_batches(
             firsts.len()
         )));
     }
-    let mut out: Vec<Option<BatchStart>> = vec![None; batches.len()];
+    // A repeat of an id within the group is a duplicate (a foreign one's is foreign, below).
+    let mut out: Vec<Start> = vec![Start::Duplicate; batches.len()];
     for (&k, r) in firsts.iter().zip(&rows) {
         let r = Row::Pg(r);
         let new: bool = r.get(0)?;
-        if new {
+        let foreign: bool = r.get(11)?;
+        if foreign {
+            out[k] = Start::Foreign;
+        } else if new {
             let mut start = start_from_row(&r, 1)?;
             start.project = r.get(10)?;
-            out[k] = Some(start);
+            out[k] = Start::New(start);
+        }
+    }
+    for (k, &first) in first_of.iter().enumerate() {
+        if first != k && out[first] == Start::Foreign {
+            out[k] = Start::Foreign;
         }
     }
     Ok(out)

@@ -4,7 +4,7 @@
 
 use super::testing::{self, key};
 use super::{RegisterOutcome, Store, StoreLocation, instances, samples};
-use crate::ingest::{Received, store_batches};
+use crate::ingest::{ForeignInstance, Received, Stored, store_batches};
 use vmmon_common::test_support as ts;
 use vmmon_common::vocab::{DAY_MS, now_ms};
 use vmmon_common::wire::{CdnTailState, Inventory, Sample};
@@ -61,12 +61,12 @@ fn batch(instance_id: &str, seq: u64, at_ms: i64, samples: usize, procs: u32) ->
 type ReportBatchT = vmmon_common::wire::ReportBatch;
 
 /// Stores `batches` in one group (the writer's path), with the agent token's `project`.
-async fn ingest(store: &Store, project: &str, batches: Vec<ReportBatchT>) {
-    ingest_each(store, batches.into_iter().map(|b| (project, b)).collect()).await;
+async fn ingest(store: &Store, project: &str, batches: Vec<ReportBatchT>) -> Vec<Stored> {
+    ingest_each(store, batches.into_iter().map(|b| (project, b)).collect()).await
 }
 
 /// Stores one group of batches, each with its own agent token's project.
-async fn ingest_each(store: &Store, batches: Vec<(&str, ReportBatchT)>) {
+async fn ingest_each(store: &Store, batches: Vec<(&str, ReportBatchT)>) -> Vec<Stored> {
     let now = now_ms();
     let writes: Vec<Received> = batches
         .into_iter()
@@ -82,7 +82,7 @@ async fn ingest_each(store: &Store, batches: Vec<(&str, ReportBatchT)>) {
             store_batches(c, &mut writes)
         })
         .await
-        .unwrap();
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,9 +208,9 @@ async fn pg_ingest_fills_the_project_on_both_insert_paths_and_queries_name_it() 
         pairs(&[("i-1", "p1"), ("i-2", "p2")])
     );
 
-    // Then another project registers the id before the old agent's connection notices (it
-    // re-checks every 10 s): the old agent's next batch stays in its token's project, and the
-    // new owner's state (time axis, bandwidth counter) is not continued from it.
+    // Then another project registers the id while the old agent is still connected: its next
+    // batch (and a repeat of it in the same group) is refused, neither stored nor remembered,
+    // and nothing of the new owner's (time axis, bandwidth counter) is continued from it.
     let third = crate::store::AgentTokenRow {
         id: 3,
         project: "p3".into(),
@@ -234,7 +234,9 @@ async fn pg_ingest_fills_the_project_on_both_insert_paths_and_queries_name_it() 
         })
         .await
         .unwrap();
-    ingest(&t.store, "p2", vec![batch("i-2", 4, at + 50_000, 1, 1)]).await;
+    let stale = batch("i-2", 4, at + 50_000, 1, 1);
+    let outcome = ingest(&t.store, "p2", vec![stale.clone(), stale]).await;
+    assert_eq!(outcome, [Err(ForeignInstance), Err(ForeignInstance)]);
     for table in ["vm_samples", "batches"] {
         assert_eq!(
             owners(&t.store, table).await,

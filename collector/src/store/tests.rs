@@ -779,7 +779,7 @@ async fn grouped_ingest_stores_what_one_by_one_does(backend: Backend) {
                 .collect();
             Ok(store_batches(c, &mut writes)?
                 .into_iter()
-                .map(|(n, _)| n)
+                .map(|stored| stored.expect("not foreign").0)
                 .collect())
         })
         .await
@@ -794,7 +794,7 @@ async fn grouped_ingest_stores_what_one_by_one_does(backend: Backend) {
     }))
     .await
     .into_iter()
-    .map(|r| r.unwrap().0)
+    .map(|r| r.unwrap().expect("not foreign").0)
     .collect();
     assert_eq!(new_one, [true, true, true, false, true, true, true]);
     assert_eq!(new_grouped, new_one);
@@ -879,8 +879,69 @@ async fn fleet_has_every_instance_with_its_newest_sample(backend: Backend) {
     );
 }
 
+/// A batch whose instance id another project has registered (removed and taken while the old
+/// agent was still connected) is refused on both backends: not remembered (so not a duplicate
+/// later), not stored, and the other project's instance untouched.
+async fn a_batch_for_another_projects_instance_is_refused(backend: Backend) {
+    use crate::ingest::{ForeignInstance, Received, store_batches};
+    let t = testing::open(backend).await;
+    let now_ms = 1_790_000_000_000;
+    t.store
+        .write(|c| testing::register(c, "i-1", "p-new"))
+        .await
+        .unwrap();
+    let stale = ReportBatch {
+        batch_id: uuid::Uuid::new_v4(),
+        instance_id: "i-1".into(),
+        seq: 7,
+        samples: vec![Sample {
+            vm: vm(now_ms - 5_000),
+            processes: None,
+        }],
+        dropped_samples_total: 0,
+        cdn: Vec::new(),
+        cdn_tail: None,
+    };
+    let group = |project: &str| -> Vec<Received> {
+        [stale.clone(), stale.clone()]
+            .into_iter()
+            .map(|batch| Received {
+                batch,
+                received_ms: now_ms,
+                project: project.into(),
+            })
+            .collect()
+    };
+    let mut old = group("p-old");
+    let outcome = t
+        .store
+        .write_unguarded(move |c| store_batches(c, &mut old))
+        .await
+        .unwrap();
+    assert_eq!(outcome, [Err(ForeignInstance), Err(ForeignInstance)]);
+    let counts = |c: &Connection| -> Result<(i64, i64)> {
+        Ok((
+            c.query_row("SELECT COUNT(*) FROM batches", params![], |r| r.get(0))?,
+            c.query_row("SELECT COUNT(*) FROM vm_samples", params![], |r| r.get(0))?,
+        ))
+    };
+    assert_eq!(t.store.read(counts).await.unwrap(), (0, 0));
+    // The owner's own batch of that id is new (the refused one was not remembered).
+    let mut own = group("p-new");
+    own.truncate(1);
+    let outcome = t
+        .store
+        .write_unguarded(move |c| store_batches(c, &mut own))
+        .await
+        .unwrap();
+    assert_eq!(outcome.len(), 1);
+    assert!(matches!(outcome[0], Ok((true, _))), "{outcome:?}");
+    assert_eq!(t.store.read(counts).await.unwrap(), (1, 1));
+}
+
 crate::store::testing::on_both_backends!(
     grouped_ingest_stores_what_one_by_one_does,
+    a_batch_for_another_projects_instance_is_refused,
     fleet_has_every_instance_with_its_newest_sample,
     duplicate_batch_is_stored_once,
     failed_job_rolls_back_only_itself,
