@@ -5,6 +5,36 @@ use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 
 use super::*;
 
+/// Connections this test process holds: loopback IPv4, loopback IPv6 (where the host has it) and
+/// one to this host's own non-loopback address (where it has a route anywhere; no packet is
+/// sent). The listeners are kept so the connections stay established.
+struct TestConnections {
+    _listeners: Vec<TcpListener>,
+    lo: TcpStream,
+    lo6: Option<TcpStream>,
+    own: Option<TcpStream>,
+}
+
+fn test_connections() -> TestConnections {
+    let connect =
+        |l: &TcpListener| TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let lo6 = TcpListener::bind("[::1]:0").ok();
+    let own = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
+        .and_then(|u| u.local_addr())
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .and_then(|ip| TcpListener::bind((ip, 0)).ok());
+    TestConnections {
+        lo: connect(&lo),
+        lo6: lo6.as_ref().map(connect),
+        own: own.as_ref().map(connect),
+        _listeners: [Some(lo), lo6, own].into_iter().flatten().collect(),
+    }
+}
+
 /// The socket inode of one of this process's sockets (what sock_diag reports as `inode`).
 fn socket_inode_of(s: &impl std::os::fd::AsRawFd) -> Option<u32> {
     let target = std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd())).ok()?;
@@ -427,23 +457,8 @@ fn real_kernel_dump_sees_our_connection() {
 fn real_kernel_filter_leaves_out_loopback_only() {
     let mut diag = SockDiag::open().expect("NETLINK_SOCK_DIAG: run as root on Linux");
     let inode_of = |s: &TcpStream| socket_inode_of(s).expect("socket inode");
-    let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let lo_client = TcpStream::connect(lo.local_addr().expect("addr")).expect("connect");
-    let lo6 = TcpListener::bind("[::1]:0").ok();
-    let lo6_client = lo6
-        .as_ref()
-        .map(|l| TcpStream::connect(l.local_addr().expect("addr")).expect("connect"));
-    // This host's own address, if it has a route anywhere (no packet is sent).
-    let own = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
-        .and_then(|u| u.local_addr())
-        .ok()
-        .map(|a| a.ip())
-        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
-    let own_listener = own.and_then(|ip| TcpListener::bind((ip, 0)).ok());
-    let own_client = own_listener
-        .as_ref()
-        .map(|l| TcpStream::connect(l.local_addr().expect("addr")).expect("connect"));
+    let conns = test_connections();
+    let (lo_client, lo6_client, own_client) = (&conns.lo, &conns.lo6, &conns.own);
 
     let mut all = Vec::new();
     diag.dump(&mut all).expect("dump");
@@ -451,8 +466,8 @@ fn real_kernel_filter_leaves_out_loopback_only() {
     diag.dump_without_loopback(&mut filtered)
         .expect("the kernel accepts the filter");
     let has = |v: &[TcpSocket], inode: u32| v.iter().any(|s| s.inode == inode);
-    assert!(has(&all, inode_of(&lo_client)));
-    assert!(!has(&filtered, inode_of(&lo_client)));
+    assert!(has(&all, inode_of(lo_client)));
+    assert!(!has(&filtered, inode_of(lo_client)));
     if let Some(c) = &lo6_client {
         assert!(has(&all, inode_of(c)));
         assert!(!has(&filtered, inode_of(c)));
@@ -576,22 +591,8 @@ fn one_walk_request_layout() {
 #[ignore = "needs root (NETLINK_SOCK_DIAG); scripts/test.sh runs it"]
 fn real_kernel_one_walk_equals_one_dump_per_family() {
     let mut diag = SockDiag::open().expect("NETLINK_SOCK_DIAG: run as root on Linux");
-    let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let _c4 = TcpStream::connect(lo.local_addr().expect("addr")).expect("connect");
-    let lo6 = TcpListener::bind("[::1]:0").ok();
-    let _c6 = lo6
-        .as_ref()
-        .map(|l| TcpStream::connect(l.local_addr().expect("addr")).expect("connect"));
-    let own = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
-        .and_then(|u| u.local_addr())
-        .ok()
-        .map(|a| a.ip())
-        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
-    let own_listener = own.and_then(|ip| TcpListener::bind((ip, 0)).ok());
-    let _own_client = own_listener
-        .as_ref()
-        .map(|l| TcpStream::connect(l.local_addr().expect("addr")).expect("connect"));
+    let conns = test_connections();
+    let (c4, c6, own_client) = (&conns.lo, &conns.lo6, &conns.own);
     let cookies = |v: &[TcpSocket]| {
         let mut c: Vec<u64> = v.iter().map(|s| s.cookie).collect();
         c.sort_unstable();
@@ -612,7 +613,7 @@ fn real_kernel_one_walk_equals_one_dump_per_family() {
             .expect("IPv6 dump");
         // Other sockets (other processes, other tests in this process) may come and go
         // between the dumps: compare this test's own.
-        let ours: Vec<u32> = [Some(&_c4), _c6.as_ref(), _own_client.as_ref()]
+        let ours: Vec<u32> = [Some(c4), c6.as_ref(), own_client.as_ref()]
             .into_iter()
             .flatten()
             .filter_map(socket_inode_of)
