@@ -216,11 +216,16 @@ impl Segment {
             let _ = d.sync_all();
         }
         let file = open_rw(&path)?;
-        Ok(Segment {
+        Ok(Segment::handle(id, path, file, new_nonce(), capacity))
+    }
+
+    /// A segment of `capacity` bytes open as `file`, empty until scanned or appended to.
+    fn handle(id: u32, path: PathBuf, file: File, nonce: u64, capacity: u64) -> Segment {
+        Segment {
             id,
             path,
             file,
-            nonce: new_nonce(),
+            nonce,
             capacity,
             end: 0,
             live: 0,
@@ -229,7 +234,7 @@ impl Segment {
             fail_syncs: std::cell::Cell::new(0),
             #[cfg(test)]
             fail_erase: std::cell::Cell::new(false),
-        })
+        }
     }
 
     /// Opens an existing segment for reading and writing (a symlink is refused). Its nonce and
@@ -237,20 +242,7 @@ impl Segment {
     pub fn open(path: &Path, id: u32) -> std::io::Result<Segment> {
         let file = open_rw(path)?;
         let capacity = file.metadata()?.len();
-        Ok(Segment {
-            id,
-            path: path.to_path_buf(),
-            file,
-            nonce: 0,
-            capacity,
-            end: 0,
-            live: 0,
-            sealed: false,
-            #[cfg(test)]
-            fail_syncs: std::cell::Cell::new(0),
-            #[cfg(test)]
-            fail_erase: std::cell::Cell::new(false),
-        })
+        Ok(Segment::handle(id, path.to_path_buf(), file, 0, capacity))
     }
 
     /// The file's path.
