@@ -264,25 +264,7 @@ mod tests {
     #[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
     async fn pg_migration_moves_existing_samples_into_partitions_keeping_ids() {
         // A database at schema v3 (before partitioning) holding samples with known ids.
-        let url = testing::fresh_pg_url().await;
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(
-                "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
-            )
-            .await
-            .unwrap();
-        for (i, sql) in crate::store::pg::MIGRATIONS[..3].iter().enumerate() {
-            client.batch_execute(sql).await.unwrap();
-            let v = i as i64 + 1;
-            client
-                .execute("INSERT INTO schema_migrations VALUES ($1, 0)", &[&v])
-                .await
-                .unwrap();
-        }
+        let (url, client, task) = testing::pg_at_version(3).await;
         let today = now_ms().div_euclid(DAY_MS) * DAY_MS;
         let old = today - 40 * DAY_MS;
         for (id, at) in [

@@ -149,15 +149,7 @@ async fn pg_ingest_fills_the_project_on_both_insert_paths_and_queries_name_it() 
 
     // An instance's project is fixed: a token of another project cannot register it (so
     // cannot move its rows), and its rows keep their project.
-    let other = crate::store::AgentTokenRow {
-        id: 2,
-        project: "p2".into(),
-        region: "r1".into(),
-        party: "x".into(),
-        created_at_ms: 0,
-        revoked_at_ms: None,
-        cdn_edge: false,
-    };
+    let other = testing::token(2, "p2");
     let out = t
         .store
         .write(move |c| {
@@ -211,15 +203,7 @@ async fn pg_ingest_fills_the_project_on_both_insert_paths_and_queries_name_it() 
     // Then another project registers the id while the old agent is still connected: its next
     // batch (and a repeat of it in the same group) is refused, neither stored nor remembered,
     // and nothing of the new owner's (time axis, bandwidth counter) is continued from it.
-    let third = crate::store::AgentTokenRow {
-        id: 3,
-        project: "p3".into(),
-        region: "r1".into(),
-        party: "x".into(),
-        created_at_ms: 0,
-        revoked_at_ms: None,
-        cdn_edge: false,
-    };
+    let third = testing::token(3, "p3");
     t.store
         .write(move |c| {
             instances::register(
@@ -263,25 +247,7 @@ async fn pg_ingest_fills_the_project_on_both_insert_paths_and_queries_name_it() 
 async fn pg_migration_v5_backfills_the_project_of_existing_rows() {
     // A database at schema v4 (partitioned, no project column) holding rows of two instances
     // of two projects, and of one instance no longer registered.
-    let url = testing::fresh_pg_url().await;
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let task = tokio::spawn(conn);
-    client
-        .batch_execute(
-            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
-        )
-        .await
-        .unwrap();
-    for (i, sql) in super::pg::MIGRATIONS[..4].iter().enumerate() {
-        client.batch_execute(sql).await.unwrap();
-        let v = i as i64 + 1;
-        client
-            .execute("INSERT INTO schema_migrations VALUES ($1, 0)", &[&v])
-            .await
-            .unwrap();
-    }
+    let (url, client, task) = testing::pg_at_version(4).await;
     let today = now_ms().div_euclid(DAY_MS) * DAY_MS;
     let old = today - 3 * DAY_MS;
     client

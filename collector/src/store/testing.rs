@@ -56,18 +56,59 @@ pub fn key<'a>(project: &'a str, instance_id: &'a str) -> super::InstanceKey<'a>
     }
 }
 
-/// Registers `instance_id` for `project` (as agent token 1, region `r1`, a 1 s interval), what a
-/// store test needs before storing the instance's samples.
-pub fn register(conn: &Connection, instance_id: &str, project: &str) -> super::Result<()> {
-    let token = AgentTokenRow {
-        id: 1,
+/// A live agent token `id` of `project` (region `r1`, party `x`, not a CDN edge).
+pub fn token(id: i64, project: &str) -> AgentTokenRow {
+    AgentTokenRow {
+        id,
         project: project.into(),
         region: "r1".into(),
         party: "x".into(),
         created_at_ms: 0,
         revoked_at_ms: None,
         cdn_edge: false,
-    };
+    }
+}
+
+/// A new database in the test cluster at schema `version`: the first `version` PostgreSQL
+/// migrations applied and recorded, as a collector of that version left it. Its URL, a client
+/// on it and the client connection's task (drop the client and await the task before opening
+/// the store, which migrates it the rest of the way).
+pub async fn pg_at_version(
+    version: usize,
+) -> (
+    String,
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let url = fresh_pg_url().await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("schema_migrations: {e}"));
+    for (i, sql) in super::pg::MIGRATIONS[..version].iter().enumerate() {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("migration {}: {e}", i + 1));
+        let v = i as i64 + 1;
+        client
+            .execute("INSERT INTO schema_migrations VALUES ($1, 0)", &[&v])
+            .await
+            .unwrap_or_else(|e| panic!("record migration {v}: {e}"));
+    }
+    (url, client, task)
+}
+
+/// Registers `instance_id` for `project` (as agent token 1, region `r1`, a 1 s interval), what a
+/// store test needs before storing the instance's samples.
+pub fn register(conn: &Connection, instance_id: &str, project: &str) -> super::Result<()> {
+    let token = token(1, project);
     super::instances::register(
         conn,
         instance_id,

@@ -3,15 +3,7 @@ use super::*;
 use vmmon_common::wire::{Inventory, ReportBatch, Sample, VmSample};
 
 fn token() -> AgentTokenRow {
-    AgentTokenRow {
-        id: 1,
-        project: "p1".into(),
-        region: "r1".into(),
-        party: "x".into(),
-        created_at_ms: 0,
-        revoked_at_ms: None,
-        cdn_edge: false,
-    }
+    testing::token(1, "p1")
 }
 
 fn vm(ms: i64) -> VmSample {
