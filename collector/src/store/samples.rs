@@ -220,10 +220,14 @@ pub fn start_batches(
         .iter()
         .map(|&k| i64::try_from(batches[k].0.seq).ok())
         .collect();
+    // One read of each batch's instance: whether another project holds the id, and otherwise
+    // its state (a foreign batch's state columns are that project's, and are not used).
     let rows = pg.query_native(
         "WITH input AS (
              SELECT t.*, t.token_project AS project,
-                 x.project IS NOT NULL AND x.project <> t.token_project AS foreign_instance
+                 x.project IS NOT NULL AND x.project <> t.token_project AS foreign_instance,
+                 x.clock_last_raw_ms, x.clock_last_placed_ms, x.clock_offset_ms,
+                 x.clock_last_uptime_ms, x.project AS owner_project, x.region AS owner_region
              FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[])
                  WITH ORDINALITY AS t(batch_id, instance_id, received_at_ms, seq, token_project, n)
              LEFT JOIN instances x ON x.instance_id = t.instance_id),
@@ -232,13 +236,12 @@ pub fn start_batches(
              SELECT batch_id, instance_id, received_at_ms, seq, project FROM input
              WHERE NOT foreign_instance ORDER BY n
              ON CONFLICT DO NOTHING RETURNING batch_id, instance_id)
-         SELECT new.batch_id IS NOT NULL, i.clock_last_raw_ms, i.clock_last_placed_ms,
-             i.clock_offset_ms, i.clock_last_uptime_ms, i.project, i.region,
-             c.sampled_at_ms, c.rx_bytes, c.tx_bytes, input.project, input.foreign_instance
+         SELECT new.batch_id IS NOT NULL, input.clock_last_raw_ms, input.clock_last_placed_ms,
+             input.clock_offset_ms, input.clock_last_uptime_ms, input.owner_project,
+             input.owner_region, c.sampled_at_ms, c.rx_bytes, c.tx_bytes, input.project,
+             input.foreign_instance
          FROM input
          LEFT JOIN new ON new.batch_id = input.batch_id AND new.instance_id = input.instance_id
-         LEFT JOIN instances i
-             ON i.instance_id = input.instance_id AND i.project = input.project
          LEFT JOIN bandwidth_counters c
              ON c.instance_id = input.instance_id AND c.project = input.project
          ORDER BY input.n",
