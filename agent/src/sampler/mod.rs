@@ -153,6 +153,10 @@ pub struct Sampler {
     warned_mem_estimate: bool,
     /// Most `/proc/PID` descriptors the process table keeps open between ticks.
     fd_cap: usize,
+    /// The pids of the last process tick that were alive (or listed) at its end, in `/proc`
+    /// order, and the fork counter read before they were listed ([`Self::pids_listed`]).
+    listed: Vec<u32>,
+    listed_at_forks: Option<u64>,
 }
 
 impl Sampler {
@@ -193,6 +197,8 @@ impl Sampler {
             net_totals,
             warned_mem_estimate: false,
             fd_cap: pidfiles::default_cap(),
+            listed: Vec::new(),
+            listed_at_forks: None,
         })
     }
 
@@ -265,10 +271,23 @@ impl Sampler {
         // Everything that can fail comes first, so a failed tick changes no state.
         let mut cur = std::mem::take(&mut self.scratch);
         let read = self.read_host(&mut cur).and_then(|()| {
-            fs::read_dir(&self.roots.proc).map_err(|source| SamplerError::Read {
-                path: self.roots.proc.clone(),
-                source,
-            })
+            // No fork since the last process tick listed /proc (the counter was read before
+            // that listing): no pid can have appeared, so that list less the pids found gone
+            // is this tick's, and the directory walk (~11 % of the daemon's CPU with 1,000
+            // processes, nearly all kernel: docs/benchmarks.md §1c) is not repeated.
+            let unchanged = with_processes
+                && self.procs.is_some()
+                && cur.stat.forks_total.is_some()
+                && cur.stat.forks_total == self.listed_at_forks;
+            if unchanged {
+                return Ok(None);
+            }
+            fs::read_dir(&self.roots.proc)
+                .map(Some)
+                .map_err(|source| SamplerError::Read {
+                    path: self.roots.proc.clone(),
+                    source,
+                })
         });
         let dir = match read {
             Ok(dir) => dir,
@@ -317,18 +336,29 @@ impl Sampler {
             table.begin_tick();
         }
         let mut proc_count: u32 = 0;
-        for entry in dir {
-            let Ok(entry) = entry else {
-                continue;
-            };
-            let Some(pid) = procfs::parse_pid(entry.file_name().as_bytes()) else {
-                continue;
-            };
-            proc_count = proc_count.saturating_add(1);
-            if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
-                table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out);
+        let mut listed = std::mem::take(&mut self.listed);
+        if let Some(dir) = dir {
+            listed.clear();
+            for entry in dir {
+                let Ok(entry) = entry else {
+                    continue;
+                };
+                let Some(pid) = procfs::parse_pid(entry.file_name().as_bytes()) else {
+                    continue;
+                };
+                proc_count = proc_count.saturating_add(1);
+                if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
+                    if table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out) {
+                        listed.push(pid);
+                    }
+                }
             }
+            self.listed_at_forks = cur.stat.forks_total.filter(|_| with_processes);
+        } else if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
+            listed.retain(|&pid| table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out));
+            proc_count = u32::try_from(listed.len()).unwrap_or(u32::MAX);
         }
+        self.listed = listed;
         let mut attributed = None;
         if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
             table.end_tick(&ctx, out);

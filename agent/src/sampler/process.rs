@@ -226,7 +226,7 @@ impl ProcessTable {
 
     /// Reads one pid and appends its record (and, when the pid was reused, the previous
     /// holder's final record). A pid that vanishes mid-read is skipped: if it was tracked,
-    /// [`Self::end_tick`] reports its exit.
+    /// [`Self::end_tick`] reports its exit. Returns whether the pid was read (alive).
     pub fn observe(
         &mut self,
         pid: u32,
@@ -234,7 +234,7 @@ impl ProcessTable {
         path: &mut PidPath,
         ctx: &TickCtx,
         out: &mut Vec<ProcessSample>,
-    ) {
+    ) -> bool {
         // stat: through the descriptor kept from an earlier tick (pread at 0) when there is
         // one and it still reads this process; else by path. Copy out what is needed before
         // the buffer is reused for io.
@@ -270,7 +270,7 @@ impl ProcessTable {
                     buf.read_single(stat_path)
                 };
                 let Some(st) = data.ok().and_then(procfs::parse_pid_stat) else {
-                    return;
+                    return false;
                 };
                 let known = self
                     .entries
@@ -311,10 +311,10 @@ impl ProcessTable {
                 Ok(io) => io,
                 // The kept `io` of a process whose kept `stat` just read: it was reaped between
                 // the two reads, as the by-path `stat` re-read below finds.
-                Err(e) if io_kept.is_some() && procfs::is_vanished(&e) => return,
+                Err(e) if io_kept.is_some() && procfs::is_vanished(&e) => return false,
                 Err(e) if procfs::is_vanished(&e) => {
                     if buf.read_single(path.get(pid, b"stat")).is_err() {
-                        return; // exited between the two reads
+                        return false; // exited between the two reads
                     }
                     // No `io` beside a readable `stat`: the kernel has no task I/O accounting.
                     self.io_absent = true;
@@ -468,6 +468,7 @@ impl ProcessTable {
             shutdown_time: None,
             unreadable: Vec::new(),
         });
+        true
     }
 
     /// RSS pages of a process whose main thread is a zombie, from a live thread's `statm`

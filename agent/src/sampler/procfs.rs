@@ -319,6 +319,10 @@ pub struct StatSummary {
     pub online_cpus: u32,
     /// Boot time, Unix epoch seconds.
     pub btime: Option<u64>,
+    /// The `processes` line: forks (and clones, threads included) since boot, system-wide
+    /// (kernel `copy_process` counts `total_forks` under the lock that makes the new pid
+    /// visible in `/proc`). Unchanged between two reads: no pid appeared in between.
+    pub forks_total: Option<u64>,
 }
 
 /// Parses `/proc/stat`; `None` without a well-formed aggregate `cpu ` line.
@@ -327,6 +331,7 @@ pub fn parse_stat(data: &[u8]) -> Option<StatSummary> {
     let mut cpu = None;
     let mut online_cpus = 0u32;
     let mut btime = None;
+    let mut forks_total = None;
     for line in lines(data) {
         if let Some(rest) = line.strip_prefix(b"cpu") {
             if rest.first() == Some(&b' ') {
@@ -336,12 +341,15 @@ pub fn parse_stat(data: &[u8]) -> Option<StatSummary> {
             }
         } else if let Some(rest) = line.strip_prefix(b"btime ") {
             btime = parse_u64(rest.trim_ascii());
+        } else if let Some(rest) = line.strip_prefix(b"processes ") {
+            forks_total = parse_u64(rest.trim_ascii());
         }
     }
     Some(StatSummary {
         cpu: cpu?,
         online_cpus,
         btime,
+        forks_total,
     })
 }
 

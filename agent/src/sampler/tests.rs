@@ -60,9 +60,15 @@ impl FakeProc {
     }
 }
 
-/// A `/proc` + `/sys` tree whose counters the test sets between samples.
+/// A `/proc` + `/sys` tree whose counters the test sets between samples. Like the kernel, it
+/// counts a fork in `/proc/stat` (`processes`) whenever a pid appears or is reused.
 struct Fake {
     dir: tempfile::TempDir,
+    /// The aggregate `(busy, idle)` ticks last set.
+    cpu: std::cell::Cell<(u64, u64)>,
+    forks: std::cell::Cell<u64>,
+    /// Pid → start ticks of the processes in the tree.
+    started: std::cell::RefCell<std::collections::HashMap<u32, u64>>,
 }
 
 impl Fake {
@@ -70,6 +76,9 @@ impl Fake {
     fn new() -> Self {
         let fake = Self {
             dir: tempfile::tempdir().expect("tempdir"),
+            cpu: std::cell::Cell::new((0, 0)),
+            forks: std::cell::Cell::new(9),
+            started: std::cell::RefCell::default(),
         };
         fs::create_dir_all(fake.proc().join("net")).expect("mkdir");
         fs::create_dir_all(fake.proc().join("sys/kernel")).expect("mkdir");
@@ -111,11 +120,23 @@ impl Fake {
 
     /// Aggregate busy and idle ticks (split over user and idle); two online CPUs.
     fn set_cpu(&self, busy: u64, idle: u64) {
+        self.cpu.set((busy, idle));
+        self.write_stat();
+    }
+
+    fn write_stat(&self) {
+        let ((busy, idle), forks) = (self.cpu.get(), self.forks.get());
         let text = format!(
             "cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\ncpu1 0 0 0 0 0 0 0 0 0 0\n\
-             intr 1 2 3\nctxt 4\nbtime {BTIME}\nprocesses 9\n"
+             intr 1 2 3\nctxt 4\nbtime {BTIME}\nprocesses {forks}\n"
         );
         self.write("proc/stat", text.as_bytes());
+    }
+
+    /// A fork the kernel counts (a process, or a thread, was created).
+    fn count_fork(&self) {
+        self.forks.set(self.forks.get() + 1);
+        self.write_stat();
     }
 
     fn set_mem(&self, total_kib: u64, available_kib: u64) {
@@ -159,6 +180,9 @@ impl Fake {
     }
 
     fn set_proc(&self, p: &FakeProc) {
+        if self.started.borrow_mut().insert(p.pid, p.start_ticks) != Some(p.start_ticks) {
+            self.count_fork();
+        }
         let dir = self.proc().join(p.pid.to_string());
         fs::create_dir_all(&dir).expect("mkdir");
         let stat = format!(
@@ -200,7 +224,16 @@ impl Fake {
         fs::write(dir.join("cmdline"), &p.cmdline).expect("write");
     }
 
+    /// The process is reaped: gone from the listing, and (as the kernel answers `ESRCH`) its
+    /// files read empty through descriptors kept open.
     fn remove_proc(&self, pid: u32) {
+        self.started.borrow_mut().remove(&pid);
+        let dir = self.proc().join(pid.to_string());
+        for file in ["stat", "io"] {
+            if dir.join(file).is_file() {
+                fs::write(dir.join(file), b"").expect("empty");
+            }
+        }
         fs::remove_dir_all(self.proc().join(pid.to_string())).expect("rm");
     }
 }
@@ -534,16 +567,6 @@ impl Fake {
     /// Reaps `pid`. On procfs a file opened before then fails (`ESRCH`) from then on, even
     /// once the pid is reused; here the files are emptied before they are removed, so a
     /// descriptor kept open reads 0 bytes, never the old figures.
-    fn reap_proc(&self, pid: u32) {
-        let dir = self.proc().join(pid.to_string());
-        for file in ["stat", "io"] {
-            if dir.join(file).is_file() {
-                fs::write(dir.join(file), b"").expect("empty");
-            }
-        }
-        self.remove_proc(pid);
-    }
-
     fn stat_ino(&self, pid: u32) -> u64 {
         use std::os::unix::fs::MetadataExt;
         fs::metadata(self.proc().join(format!("{pid}/stat")))
@@ -565,7 +588,7 @@ fn a_reused_pid_is_read_through_new_descriptors() {
     assert_eq!(s.fds_kept_open(), 4);
 
     // The process is reaped and its pid goes to a new process before the next tick.
-    fake.reap_proc(100);
+    fake.remove_proc(100);
     fake.set_uptime(1010.0);
     let mut second = FakeProc::new(100, "second", 1008 * hz);
     second.utime = hz;
@@ -627,7 +650,7 @@ fn a_vanished_process_closes_its_descriptors() {
     assert_eq!(s.fds_kept_open(), 5);
     assert_eq!(s.kept_open().len(), 3);
 
-    fake.reap_proc(101);
+    fake.remove_proc(101);
     fake.remove_proc(102);
     fake.set_uptime(1010.0);
     let sample = s.sample(at(1010), true).expect("second");
@@ -698,10 +721,10 @@ fn beyond_the_descriptor_cap_open_read_close_gives_the_same_figures() {
     let (second, _) = tick(1010, &mut samplers, procs.len());
     assert!(close(live(&second, 101).cpu_pct, 25.0));
 
-    fake.reap_proc(103);
+    fake.remove_proc(103);
     procs[4].start_ticks = 1015 * hz; // pid 104 reused
     procs[4].utime = hz;
-    fake.reap_proc(104);
+    fake.remove_proc(104);
     fake.set_proc(&procs[4]);
     procs[5].comm = "python3".into(); // exec
     procs[5].stime += 2 * hz;
@@ -854,12 +877,17 @@ fn unreadable_io_and_vanishing_pids_do_not_fail_the_sample() {
     fs::create_dir_all(fake.proc().join("self")).expect("mkdir");
 
     let mut s = sampler(&fake);
-    s.sample(at(1000), true).expect("first");
+    let first = s.sample(at(1000), true).expect("first");
+    // Listed, so counted; unreadable, so no record.
+    assert_eq!(first.vm.proc_count, 2);
+    assert_eq!(procs(&first).len(), 1, "{:#?}", first.processes);
+    // The kernel has reaped it by the next tick.
+    fs::remove_dir_all(fake.proc().join("555")).expect("rm");
     fake.set_uptime(1010.0);
     denied.utime = s.clk_tck * 10;
     fake.set_proc(&denied);
     let sample = s.sample(at(1010), true).expect("second");
-    assert_eq!(sample.vm.proc_count, 2);
+    assert_eq!(sample.vm.proc_count, 1);
     assert_eq!(procs(&sample).len(), 1, "{:#?}", sample.processes);
     let p = live(&sample, 100);
     assert_eq!(
@@ -918,6 +946,76 @@ fn inventory_from_the_fake_tree() {
     assert!(!inv.os.is_empty());
     let pinned = s.inventory(&["198.51.100.10".to_owned()]).0;
     assert_eq!(pinned.wan_ips, ["198.51.100.10"]);
+}
+
+#[test]
+fn without_a_fork_the_last_listing_less_the_exited_is_the_tick() {
+    let fake = Fake::new();
+    fake.set_proc(&FakeProc::new(100, "stays", 0));
+    fake.set_proc(&FakeProc::new(101, "leaves", 7));
+    let mut s = sampler(&fake);
+    let first = s.sample(at(1000), true).expect("first");
+    assert_eq!(first.vm.proc_count, 2);
+
+    // A pid directory that appears without the fork counter moving (no kernel does this) is
+    // not seen: the tick did not list /proc. A reaped process still gives its final record.
+    fake.set_proc(&FakeProc::new(102, "unforked", 9));
+    fake.forks.set(fake.forks.get() - 1);
+    fake.write_stat();
+    fake.remove_proc(101);
+    fake.set_uptime(1010.0);
+    let second = s.sample(at(1010), true).expect("second");
+    assert_eq!(second.vm.proc_count, 1);
+    assert_eq!(exits(&second).iter().map(|p| p.pid).collect::<Vec<_>>(), [101]);
+    let mut seen: Vec<u32> = procs(&second).iter().map(|p| p.pid).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [100, 101]);
+
+    // The counter moved: /proc is listed again and the new pid found, as a new process.
+    fake.count_fork();
+    fake.set_uptime(1020.0);
+    let third = s.sample(at(1020), true).expect("third");
+    assert_eq!(third.vm.proc_count, 2);
+    assert_eq!(live(&third, 102).cmd, "unforked");
+    assert!(exits(&third).is_empty());
+
+    // Without the `processes` line (a tree or kernel that lacks it), every tick lists /proc.
+    let ((busy, idle), forks) = (fake.cpu.get(), fake.forks.get());
+    fake.write(
+        "proc/stat",
+        format!("cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\nbtime {BTIME}\n").as_bytes(),
+    );
+    s.sample(at(1030), true).expect("fourth");
+    fake.set_proc(&FakeProc::new(103, "uncounted", 11));
+    fake.set_uptime(1040.0);
+    let fifth = s.sample(at(1040), true).expect("fifth");
+    assert_eq!(fifth.vm.proc_count, 3);
+    assert_eq!(live(&fifth, 103).cmd, "uncounted");
+    assert_eq!(forks, fake.forks.get() - 1);
+}
+
+#[test]
+fn real_proc_finds_a_child_started_between_ticks_and_its_exit() {
+    let mut s = Sampler::new(ProcRoots::default()).expect("sampler over /proc");
+    s.sample(SystemTime::now(), true).expect("first");
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let pid = child.id();
+    let with_child = s.sample(SystemTime::now(), true).expect("second");
+    assert_eq!(live(&with_child, pid).cmd, "sleep");
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let after = s.sample(SystemTime::now(), true).expect("third");
+    assert_eq!(
+        exits(&after)
+            .iter()
+            .filter(|p| p.pid == pid)
+            .count(),
+        1
+    );
+    assert!(procs(&after).iter().all(|p| p.pid != pid || p.shutdown_time.is_some()));
 }
 
 #[test]

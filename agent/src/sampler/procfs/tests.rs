@@ -141,14 +141,15 @@ intr 12345 1 2 3\nctxt 99\nbtime 1700000000\nprocesses 5000\n";
     let s = parse_stat(data).expect("parses");
     assert_eq!(s.online_cpus, 2);
     assert_eq!(s.btime, Some(1_700_000_000));
+    assert_eq!(s.forks_total, Some(5000));
     // Guest time (40) is already inside user: not added again.
     assert_eq!(s.cpu.total, 100 + 5 + 50 + 1000 + 20 + 3 + 2 + 1);
     assert_eq!(s.cpu.idle, 1020);
     // Old kernels print only four fields.
     let old = parse_stat(b"cpu  1 2 3 4\n").expect("parses");
     assert_eq!(
-        (old.cpu.total, old.cpu.idle, old.online_cpus, old.btime),
-        (10, 4, 0, None)
+        (old.cpu.total, old.cpu.idle, old.online_cpus, old.btime, old.forks_total),
+        (10, 4, 0, None, None)
     );
     assert_eq!(parse_stat(b"cpu0 1 2 3 4\n"), None);
     assert_eq!(parse_stat(b"cpu  1 2\n"), None);
