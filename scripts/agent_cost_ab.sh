@@ -70,11 +70,13 @@ round() { # round number: A and B side by side over the same SECS, the floor sam
   b=$(start_agent "ab-B-$r" "$B"); agents+=("$b")
   monitor_on "ab-A-$r"; monitor_on "ab-B-$r"
   sleep "$WARMUP"
-  local ca0 cb0 na0 nb0 ca1 cb1 na1 nb1 end floors=()
+  local ca0 cb0 na0 nb0 ca1 cb1 na1 nb1 end floors=() perfs=()
   ca0=$(cpu_ticks "$a"); cb0=$(cpu_ticks "$b"); na0=$(cpu_ns "$a"); nb0=$(cpu_ns "$b")
   if [ -n "${PERF_DIR:-}" ]; then
     perf record -q -F "${PERF_FREQ:-2999}" --call-graph dwarf,32768 -p "$a" -o "$PERF_DIR/perf-A-$r.data" -- sleep "$SECS" 2>/dev/null &
+    perfs+=($!)
     perf record -q -F "${PERF_FREQ:-2999}" --call-graph dwarf,32768 -p "$b" -o "$PERF_DIR/perf-B-$r.data" -- sleep "$SECS" 2>/dev/null &
+    perfs+=($!)
   fi
   end=$((SECONDS + SECS))
   local paced=()
@@ -83,7 +85,8 @@ round() { # round number: A and B side by side over the same SECS, the floor sam
     paced+=("$("$FLOOR_BIN" --floor --procs 0 --samples 4 --pause-ms 1000 | sed -n 's/.*cpu_ms_per_sample=\([0-9.]*\).*/\1/p')")
   done
   ca1=$(cpu_ticks "$a"); cb1=$(cpu_ticks "$b"); na1=$(cpu_ns "$a"); nb1=$(cpu_ns "$b")
-  wait_perf
+  # By pid: `jobs -p` may no longer list a perf that has finished, and would name a sleeper.
+  [ "${#perfs[@]}" -eq 0 ] || wait "${perfs[@]}" 2>/dev/null || true
   local ha hb
   ha=$(awk '/^VmHWM/ {print $2}' "/proc/$a/status"); hb=$(awk '/^VmHWM/ {print $2}' "/proc/$b/status")
   kill "$a" "$b"; wait "$a" "$b" 2>/dev/null || true; agents=()
@@ -96,6 +99,5 @@ round() { # round number: A and B side by side over the same SECS, the floor sam
     printf "round=%s A_ms_per_tick=%.2f B_ms_per_tick=%.2f B/A=%.3f (schedstat A=%.2f B=%.2f B/A=%.3f) floor_ms=%.2f A/floor=%.3f B/floor=%.3f paced_floor_ms=%.2f A/paced=%.3f B/paced=%.3f VmHWM_KiB A=%s B=%s\n",
       r, a, b, b / a, ea, eb, eb / ea, f, a / f, b / f, p, a / p, b / p, ha, hb }'
 }
-wait_perf() { [ -n "${PERF_DIR:-}" ] && wait $(jobs -p | tail -n 2) 2>/dev/null; return 0; }
 echo "procs_present=$(ls /proc | grep -c '^[0-9]') secs=$SECS warmup=$WARMUP rounds=$ROUNDS"
 for r in $(seq "$ROUNDS"); do round "$r"; done

@@ -42,6 +42,7 @@ const REQ_COMPAT_LEN: usize = 60;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
 /// `NLM_F_ROOT | NLM_F_MATCH`.
 const NLM_F_DUMP: u16 = 0x300;
 /// `sizeof(struct nlmsghdr)`.
@@ -90,11 +91,35 @@ pub const STATES: u32 = (1 << 1) // ESTABLISHED
     | (1 << 9) // LAST_ACK
     | (1 << 11); // CLOSING
 
+/// A socket's `inet_diag_sockid` as the kernel reported it (ports, addresses, interface and
+/// cookie, 48 bytes) with its address family: what an exact lookup ([`lookup_request`]) names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockId {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// `struct inet_diag_sockid`, byte for byte.
+    pub id: [u8; SOCKID_LEN],
+}
+
+impl Default for SockId {
+    fn default() -> Self {
+        SockId {
+            family: 0,
+            id: [0; SOCKID_LEN],
+        }
+    }
+}
+
+/// `sizeof(struct inet_diag_sockid)`.
+pub const SOCKID_LEN: usize = 48;
+
 /// One TCP socket as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpSocket {
     /// `idiag_cookie`: unique for the boot, never reused (unlike the inode).
     pub cookie: u64,
+    /// What names it in an exact lookup.
+    pub id: SockId,
     /// `idiag_inode`: the sockfs inode `/proc/PID/fd/N` links to (`socket:[INODE]`); 0 for a
     /// socket no file refers to any more (closed by its process, still flushing).
     pub inode: u32,
@@ -219,6 +244,91 @@ pub fn request_without_loopback(family: u8, seq: u32) -> Vec<u8> {
     with_bytecode(request(family, seq).to_vec(), &loopback_bytecode(family))
 }
 
+/// The exact-lookup request for one known socket (`SOCK_DIAG_BY_FAMILY` without
+/// `NLM_F_DUMP`: the kernel finds it by its addresses and ports in its hash, `O(1)`, and checks
+/// the cookie), acknowledged (`NLM_F_ACK`) so every request's answer ends with an
+/// `NLMSG_ERROR`: errno 0 after the socket's message, `ENOENT` (or `ESTALE`, cookie mismatch)
+/// for a socket that has gone.
+#[must_use]
+pub fn lookup_request(id: &SockId, seq: u32) -> [u8; REQUEST_LEN] {
+    let mut r = request(id.family, seq);
+    r[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    let q = NLMSG_HDRLEN + 8;
+    r[q..q + SOCKID_LEN].copy_from_slice(&id.id);
+    r
+}
+
+/// Parses one datagram of the answers to exact lookups numbered `first_seq..first_seq + count`,
+/// appending the sockets found to `out`; returns how many requests it finished (their
+/// `NLMSG_ERROR`). A socket that has gone finishes its request without a socket; any other
+/// errno is an error (the kernel does not answer lookups: dump instead).
+pub fn parse_lookup_datagram(
+    data: &[u8],
+    first_seq: u32,
+    count: u32,
+    out: &mut Vec<TcpSocket>,
+) -> io::Result<u32> {
+    let mut finished = 0;
+    let mut rest = data;
+    while rest.len() >= NLMSG_HDRLEN {
+        let len = u32_at(rest, 0) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return Err(malformed("netlink message length out of bounds"));
+        }
+        let kind = u16_at(rest, 4);
+        let msg_seq = u32_at(rest, 8);
+        let payload = &rest[NLMSG_HDRLEN..len];
+        rest = &rest[align4(len).min(rest.len())..];
+        if msg_seq.wrapping_sub(first_seq) >= count {
+            continue;
+        }
+        match kind {
+            NLMSG_ERROR => {
+                let errno = payload
+                    .get(..4)
+                    .map_or(0, |b| i32_at(b, 0))
+                    .saturating_neg();
+                if !matches!(errno, 0 | libc::ENOENT | libc::ESTALE) {
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                finished += 1;
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if let Some(s) = parse_diag_msg_checked(payload)? {
+                    out.push(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(finished)
+}
+
+/// `ActiveOpens + PassiveOpens` of the `Tcp:` lines of `/proc/PID/net/snmp`: every TCP socket
+/// that reached `SYN_SENT` or was created established (a handshake completed, Fast Open
+/// included) in the network namespace counts once (kernel `tcp_connect`,
+/// `tcp_create_openreq_child`). Unchanged between two reads: no socket was opened between them
+/// (a socket restored with `TCP_REPAIR` is the one exception: found by the periodic dump).
+#[must_use]
+pub fn parse_tcp_opens(data: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(data).ok()?;
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let mut active = None;
+    let mut passive = None;
+    for (name, value) in names
+        .split_ascii_whitespace()
+        .zip(values.split_ascii_whitespace())
+    {
+        match name {
+            "ActiveOpens" => active = value.parse::<u64>().ok(),
+            "PassiveOpens" => passive = value.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    active?.checked_add(passive?)
+}
+
 /// Where a dump stands after one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -295,8 +405,14 @@ fn parse_diag_msg_checked(payload: &[u8]) -> io::Result<Option<TcpSocket>> {
                     TCP_INFO_TOO_SHORT,
                 ));
             };
+            let mut id = SockId {
+                family,
+                id: [0; SOCKID_LEN],
+            };
+            id.id.copy_from_slice(&payload[4..4 + SOCKID_LEN]);
             return Ok(Some(TcpSocket {
                 cookie,
+                id,
                 inode,
                 loopback: is_local_traffic(family, src, dst),
                 bytes_received,
@@ -357,6 +473,38 @@ pub struct SockDiag {
     /// The loopback filter for a family: [`loopback_bytecode`]; a test puts bytecode the
     /// kernel refuses here, to drive the fallbacks against the real kernel.
     loopback_filter: fn(u8) -> Vec<u8>,
+    /// The sockets of the last answer, looked up one by one next time when no socket has been
+    /// opened since the last walk (see [`Self::dump`]).
+    known: Vec<SockId>,
+    /// The filter (`no_loopback`) and the TCP opens count ([`parse_tcp_opens`], read before
+    /// it) of the last walk; `None` when the count could not be read or the walk failed.
+    walked_at: Option<(bool, u64)>,
+    /// Answers by lookups since the last walk.
+    lookups_since_walk: u32,
+    /// Most known sockets looked up one by one rather than walked (see [`lookup_limit`]).
+    lookup_limit: usize,
+    /// The kernel refused an exact lookup: every answer is a walk from then on.
+    lookups_refused: bool,
+    /// Reused request and `/proc/thread-self/net/snmp` buffers.
+    req: Vec<u8>,
+    snmp: Vec<u8>,
+}
+
+/// A walk at least this often however quiet the namespace: bounds how long a socket the opens
+/// count misses (`TCP_REPAIR`) goes unseen, in answers (ticks).
+const WALK_EVERY: u32 = 60;
+/// Exact lookups per `send` (answers ~360 bytes each: well inside the socket's receive buffer).
+const LOOKUPS_PER_SEND: usize = 64;
+
+/// How many known sockets are cheaper looked up one by one than walked. The walk visits every
+/// bucket of the established hash, which the kernel sizes at boot at one bucket per 128 KiB of
+/// RAM (`tcp_init`: `alloc_large_system_hash(.., 17, ..)`), ~0.6 ms for 262,144 buckets on the
+/// build VM, cache misses mostly; a lookup with its answer costs about what 512 buckets do.
+fn lookup_limit(mem_total_bytes: u64) -> usize {
+    let buckets = mem_total_bytes / (128 * 1024);
+    usize::try_from(buckets / 512)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 4096)
 }
 
 /// The kernel's dump datagrams are at most 32 KiB; twice that leaves no room for truncation.
@@ -381,10 +529,23 @@ impl SockDiag {
             filter_refused: false,
             one_walk_refused: false,
             loopback_filter: loopback_bytecode,
+            known: Vec::new(),
+            walked_at: None,
+            lookups_since_walk: 0,
+            lookup_limit: lookup_limit(mem_total_bytes()),
+            lookups_refused: false,
+            req: Vec::new(),
+            snmp: Vec::new(),
         })
     }
 
     /// Every TCP socket of this network namespace, IPv4 then IPv6, into `out` (cleared first).
+    ///
+    /// Found by a walk of the kernel's socket hash, or, when no TCP socket has been opened in
+    /// the namespace since the last walk (its opens count, [`parse_tcp_opens`], has not moved)
+    /// and there are few, by looking up the last answer's sockets one by one: the same sockets
+    /// less those that have gone, without visiting every bucket (~10 % of the daemon's CPU on
+    /// a quiet 24 GB VM: docs/benchmarks.md §1c). A walk at least every [`WALK_EVERY`] answers.
     pub fn dump(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
         self.dump_filtered(out, false)
     }
@@ -410,6 +571,82 @@ impl SockDiag {
     }
 
     fn dump_filtered(&mut self, out: &mut Vec<TcpSocket>, no_loopback: bool) -> io::Result<()> {
+        // Read before the walk or the lookups: a socket opened after it moves the count.
+        let opens = self.tcp_opens();
+        let quiet = opens.is_some_and(|o| self.walked_at == Some((no_loopback, o)));
+        if quiet
+            && !self.lookups_refused
+            && self.lookups_since_walk < WALK_EVERY
+            && self.known.len() <= self.lookup_limit
+        {
+            match self.look_up_known(out) {
+                Ok(()) => {
+                    self.lookups_since_walk += 1;
+                    self.known.clear();
+                    self.known.extend(out.iter().map(|s| s.id));
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.lookups_refused = e.kind() != io::ErrorKind::Unsupported;
+                    tracing::info!(error = %e,
+                        "sock_diag exact lookups failed; walking the socket hash every tick.");
+                }
+            }
+        }
+        let walked = self.walk(out, no_loopback);
+        self.known.clear();
+        self.lookups_since_walk = 0;
+        self.walked_at = None;
+        if walked.is_ok() {
+            self.known.extend(out.iter().map(|s| s.id));
+            self.walked_at = opens.map(|o| (no_loopback, o));
+        }
+        walked
+    }
+
+    /// The sockets in `self.known` that are still there, with their counters, into `out`.
+    fn look_up_known(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
+        out.clear();
+        for chunk in self.known.chunks(LOOKUPS_PER_SEND) {
+            let first = self.seq.wrapping_add(1);
+            self.req.clear();
+            for id in chunk {
+                self.seq = self.seq.wrapping_add(1);
+                self.req.extend_from_slice(&lookup_request(id, self.seq));
+            }
+            let sent = self.sock.send(&self.req)?;
+            if sent != self.req.len() {
+                return Err(malformed("short netlink send"));
+            }
+            let count = chunk.len() as u32;
+            let mut finished = 0;
+            while finished < count {
+                let n = match (&self.sock).read(&mut self.buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if n == 0 || n == self.buf.len() {
+                    return Err(malformed("netlink answer empty or larger than the buffer"));
+                }
+                finished += parse_lookup_datagram(&self.buf[..n], first, count, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`parse_tcp_opens`] of this thread's network namespace (the socket's: it was made here).
+    fn tcp_opens(&mut self) -> Option<u64> {
+        self.snmp.clear();
+        let mut file = std::fs::File::open("/proc/thread-self/net/snmp")
+            .or_else(|_| std::fs::File::open("/proc/self/net/snmp"))
+            .ok()?;
+        file.read_to_end(&mut self.snmp).ok()?;
+        parse_tcp_opens(&self.snmp)
+    }
+
+    /// One walk of the socket hash (both families at once where the kernel can).
+    fn walk(&mut self, out: &mut Vec<TcpSocket>, no_loopback: bool) -> io::Result<()> {
         out.clear();
         if !self.one_walk_refused {
             self.seq = self.seq.wrapping_add(1);
@@ -482,6 +719,14 @@ impl SockDiag {
             }
         }
     }
+}
+
+/// `MemTotal` of `/proc/meminfo` in bytes (0 when unreadable: the smallest lookup limit).
+fn mem_total_bytes() -> u64 {
+    std::fs::read("/proc/meminfo")
+        .ok()
+        .and_then(|d| super::procfs::parse_meminfo(&d))
+        .map_or(0, |m| m.total_bytes)
 }
 
 fn malformed(what: &'static str) -> io::Error {

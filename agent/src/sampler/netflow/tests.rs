@@ -92,6 +92,7 @@ fn key(pid: u32, start_ticks: u64) -> ProcessKey {
 fn sock(cookie: u64, inode: u32, rx: u64, tx: u64) -> TcpSocket {
     TcpSocket {
         cookie,
+        id: super::super::sockdiag::SockId::default(),
         inode,
         loopback: false,
         bytes_received: rx,

@@ -148,7 +148,13 @@ intr 12345 1 2 3\nctxt 99\nbtime 1700000000\nprocesses 5000\n";
     // Old kernels print only four fields.
     let old = parse_stat(b"cpu  1 2 3 4\n").expect("parses");
     assert_eq!(
-        (old.cpu.total, old.cpu.idle, old.online_cpus, old.btime, old.forks_total),
+        (
+            old.cpu.total,
+            old.cpu.idle,
+            old.online_cpus,
+            old.btime,
+            old.forks_total
+        ),
         (10, 4, 0, None, None)
     );
     assert_eq!(parse_stat(b"cpu0 1 2 3 4\n"), None);

@@ -102,6 +102,21 @@ impl Msg {
         }
     }
 
+    /// The `inet_diag_sockid` the payload carries: ports 40000 → 443, the addresses, interface
+    /// 0, the cookie.
+    fn sock_id(&self) -> SockId {
+        let mut id = [0u8; SOCKID_LEN];
+        id[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        id[2..4].copy_from_slice(&443u16.to_be_bytes());
+        id[4..20].copy_from_slice(&self.src);
+        id[20..36].copy_from_slice(&self.dst);
+        id[40..48].copy_from_slice(&self.cookie.to_ne_bytes());
+        SockId {
+            family: self.family,
+            id,
+        }
+    }
+
     fn payload(&self) -> Vec<u8> {
         let mut p = vec![0u8; DIAG_MSG_LEN];
         p[0] = self.family;
@@ -234,23 +249,16 @@ fn loopback_filter_layout_and_logic() {
 #[test]
 fn parses_sockets_across_datagrams_until_done() {
     let info = tcp_info(232, 5, 1_000, 2_000);
-    let mut d1 = nlmsg(
-        SOCK_DIAG_BY_FAMILY,
-        3,
-        &Msg::v4(EXT, PEER, 0x1_0000_0002, 77, &info).payload(),
+    let m4 = Msg::v4(EXT, PEER, 0x1_0000_0002, 77, &info);
+    let m6 = Msg::v6(
+        "2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST),
+        "2001:db8::2".parse().unwrap_or(Ipv6Addr::LOCALHOST),
+        9,
+        78,
+        &info,
     );
-    d1.extend(nlmsg(
-        SOCK_DIAG_BY_FAMILY,
-        3,
-        &Msg::v6(
-            "2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST),
-            "2001:db8::2".parse().unwrap_or(Ipv6Addr::LOCALHOST),
-            9,
-            78,
-            &info,
-        )
-        .payload(),
-    ));
+    let mut d1 = nlmsg(SOCK_DIAG_BY_FAMILY, 3, &m4.payload());
+    d1.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 3, &m6.payload()));
     let mut out = Vec::new();
     assert_eq!(parse_datagram(&d1, 3, &mut out).ok(), Some(Progress::More));
     assert_eq!(
@@ -262,6 +270,7 @@ fn parses_sockets_across_datagrams_until_done() {
         vec![
             TcpSocket {
                 cookie: 0x1_0000_0002,
+                id: m4.sock_id(),
                 inode: 77,
                 loopback: false,
                 bytes_received: 1_000,
@@ -269,6 +278,7 @@ fn parses_sockets_across_datagrams_until_done() {
             },
             TcpSocket {
                 cookie: 9,
+                id: m6.sock_id(),
                 inode: 78,
                 loopback: false,
                 bytes_received: 1_000,
@@ -631,4 +641,201 @@ fn real_kernel_one_walk_equals_one_dump_per_family() {
             assert_eq!(mine(&one).len(), ours.len(), "our connections are dumped");
         }
     }
+}
+
+#[test]
+fn lookup_request_layout() {
+    let m = Msg::v4(EXT, PEER, 0xAB_0000_0001, 5, &[]);
+    let id = m.sock_id();
+    let r = lookup_request(&id, 42);
+    assert_eq!(u32_at(&r, 0) as usize, REQUEST_LEN);
+    assert_eq!(u16_at(&r, 4), SOCK_DIAG_BY_FAMILY);
+    // No NLM_F_DUMP: one socket, found in the hash; acknowledged.
+    assert_eq!(u16_at(&r, 6), NLM_F_REQUEST | NLM_F_ACK);
+    assert_eq!(u32_at(&r, 8), 42);
+    let q = NLMSG_HDRLEN;
+    assert_eq!((r[q], r[q + 1]), (AF_INET, libc::IPPROTO_TCP as u8));
+    assert_eq!(r[q + 2], 1 << (INET_DIAG_INFO - 1));
+    assert_eq!(&r[q + 8..q + 56], &id.id[..]);
+    assert_eq!(&r[q + 8..q + 10], &40000u16.to_be_bytes());
+    assert_eq!(&r[q + 48..q + 56], &0xAB_0000_0001u64.to_ne_bytes());
+}
+
+/// An `NLMSG_ERROR` answering request `seq` with `errno` (0: an acknowledgement).
+fn ack(seq: u32, errno: i32) -> Vec<u8> {
+    let mut p = (-errno).to_ne_bytes().to_vec();
+    p.extend_from_slice(&[0u8; NLMSG_HDRLEN]); // the request's header, echoed
+    nlmsg(NLMSG_ERROR, seq, &p)
+}
+
+#[test]
+fn lookup_answers_found_gone_and_refused() {
+    let info = tcp_info(232, 5, 1_000, 2_000);
+    let found = Msg::v4(EXT, PEER, 7, 70, &info);
+    // Requests 10, 11, 12: found (message + ack), gone, cookie mismatch (gone too); 9 and 13
+    // are another exchange's.
+    let mut d = nlmsg(SOCK_DIAG_BY_FAMILY, 10, &found.payload());
+    d.extend(ack(9, 0));
+    d.extend(ack(10, 0));
+    d.extend(ack(11, libc::ENOENT));
+    d.extend(ack(12, libc::ESTALE));
+    d.extend(ack(13, 0));
+    let mut out = Vec::new();
+    assert_eq!(parse_lookup_datagram(&d, 10, 3, &mut out).ok(), Some(3));
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].cookie, out[0].inode), (7, 70));
+    assert_eq!(out[0].id, found.sock_id());
+    assert_eq!((out[0].bytes_received, out[0].bytes_sent), (1_000, 2_000));
+    // Any other errno: the kernel does not answer lookups.
+    let refused = parse_lookup_datagram(&ack(10, libc::EOPNOTSUPP), 10, 1, &mut out);
+    assert_eq!(
+        refused.err().and_then(|e| e.raw_os_error()),
+        Some(libc::EOPNOTSUPP)
+    );
+    // Sequence numbers wrap.
+    let mut out = Vec::new();
+    let wrapped = [ack(u32::MAX, libc::ENOENT), ack(0, libc::ENOENT)].concat();
+    assert_eq!(
+        parse_lookup_datagram(&wrapped, u32::MAX, 2, &mut out).ok(),
+        Some(2)
+    );
+    assert!(parse_lookup_datagram(&[16, 0, 0, 0, 2, 0], 1, 1, &mut out).is_ok());
+    assert!(
+        parse_lookup_datagram(
+            &[99, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+            1,
+            1,
+            &mut out
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn tcp_opens_from_snmp() {
+    let snmp = b"Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab\n\
+Tcp: 1 200 120000 -1 206218 205007 920 141336 3\n\
+Udp: InDatagrams NoPorts\nUdp: 5 6\n";
+    assert_eq!(parse_tcp_opens(snmp), Some(206_218 + 205_007));
+    assert_eq!(parse_tcp_opens(b"Tcp: ActiveOpens\nTcp: 5\n"), None);
+    assert_eq!(parse_tcp_opens(b"Tcp: ActiveOpens PassiveOpens\n"), None);
+    assert_eq!(
+        parse_tcp_opens(b"Tcp: ActiveOpens PassiveOpens\nTcp: x 1\n"),
+        None
+    );
+    assert_eq!(parse_tcp_opens(b""), None);
+}
+
+#[test]
+fn lookups_are_bounded_by_what_a_walk_costs() {
+    const GIB: u64 = 1 << 30;
+    // 262,144 buckets on 32 GiB (24 GiB rounds up the same way in the kernel).
+    assert_eq!(lookup_limit(32 * GIB), 512);
+    assert_eq!(lookup_limit(GIB), 16);
+    assert_eq!(lookup_limit(0), 16);
+    assert_eq!(lookup_limit(u64::MAX), 4096);
+}
+
+/// Runs `f` on a thread in a new network namespace of its own (only `lo`, up): no other test
+/// or process opens TCP sockets there, so its opens count moves only with `f`'s connections.
+#[allow(unsafe_code)]
+fn in_own_net_namespace(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) with CLONE_NEWNET changes only this thread's namespace; no
+        // memory is passed.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): run as root");
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("run ip (iproute2)");
+        assert!(up.success(), "ip link set lo up");
+        f();
+    })
+    .join()
+    .expect("test thread");
+}
+
+/// Bytes moved both ways over one established connection.
+fn exchange(a: &mut TcpStream, b: &mut TcpStream, n: usize) {
+    a.write_all(&vec![1u8; n]).expect("write");
+    let mut got = vec![0u8; n];
+    b.read_exact(&mut got).expect("read");
+    b.write_all(&got[..n / 2]).expect("write back");
+    a.read_exact(&mut got[..n / 2]).expect("read back");
+}
+
+/// The real kernel, in a namespace of the test's own: without a new socket the answer comes
+/// from exact lookups, with the walk's sockets and their moved counters; a closed connection
+/// drops out; a new one makes the next answer a walk, which finds it; lookups and a walk agree.
+#[test]
+#[ignore = "needs root (unshare, NETLINK_SOCK_DIAG); scripts/test.sh runs it"]
+fn real_kernel_quiet_namespace_is_answered_by_lookups() {
+    in_own_net_namespace(|| {
+        let mut diag = SockDiag::open().expect("NETLINK_SOCK_DIAG");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut a = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut b, _) = listener.accept().expect("accept");
+        let c = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (d, _) = listener.accept().expect("accept");
+        let inode = |s: &TcpStream| socket_inode_of(s).expect("inode");
+        let by_inode =
+            |v: &[TcpSocket], s: &TcpStream| v.iter().find(|x| x.inode == inode(s)).copied();
+
+        let mut walked = Vec::new();
+        diag.dump(&mut walked).expect("walk");
+        assert_eq!(diag.lookups_since_walk, 0);
+        assert_eq!(walked.len(), 4, "{walked:?}");
+
+        exchange(&mut a, &mut b, 100_000);
+        let mut looked = Vec::new();
+        diag.dump(&mut looked).expect("lookups");
+        assert_eq!(
+            diag.lookups_since_walk, 1,
+            "no socket opened: answered by lookups"
+        );
+        assert_eq!(looked.len(), 4);
+        let (a1, b1) = (
+            by_inode(&looked, &a).expect("a"),
+            by_inode(&looked, &b).expect("b"),
+        );
+        assert_eq!((a1.bytes_sent, a1.bytes_received), (100_000, 50_000));
+        assert_eq!((b1.bytes_received, b1.bytes_sent), (100_000, 50_000));
+        assert_eq!(a1.cookie, by_inode(&walked, &a).expect("a walked").cookie);
+
+        // Closed both ends: one in TIME_WAIT (no counters), the other closed: both gone.
+        drop(c);
+        drop(d);
+        let gone = |v: &[TcpSocket]| v.len() == 2;
+        let mut after = Vec::new();
+        for _ in 0..100 {
+            diag.dump(&mut after).expect("lookups");
+            if gone(&after) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(gone(&after), "{after:?}");
+        assert!(diag.lookups_since_walk >= 2);
+
+        // A new connection moves the opens count: a walk, which finds it.
+        let e = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let mut next = Vec::new();
+        diag.dump(&mut next).expect("walk");
+        assert_eq!(diag.lookups_since_walk, 0);
+        assert!(by_inode(&next, &e).is_some());
+        assert_eq!(next.len(), 4);
+
+        // Lookups and a walk give the same sockets and counters.
+        let mut by_lookup = Vec::new();
+        diag.dump(&mut by_lookup).expect("lookups");
+        assert_eq!(diag.lookups_since_walk, 1);
+        let mut by_walk = Vec::new();
+        diag.walk(&mut by_walk, false).expect("walk");
+        let key = |v: &mut Vec<TcpSocket>| v.sort_unstable_by_key(|s| s.cookie);
+        key(&mut by_lookup);
+        key(&mut by_walk);
+        assert_eq!(by_lookup, by_walk);
+    });
 }
