@@ -21,7 +21,9 @@
 //! §1c). The kernel still walks its socket hash; only the sockets kept cost a message. That walk
 //! visits every bucket of the established hash (sized by RAM at boot: 262,144 on the 24 GB
 //! build VM) even with a dozen sockets, ~20 % of the daemon's CPU there with one dump per family;
-//! the one-walk request halves it.
+//! the one-walk request halves it, and a quiet namespace (no TCP socket opened since the last
+//! walk, by the kernel's own count in `/proc/PID/net/snmp`) needs no walk at all: the last
+//! answer's sockets are looked up one by one ([`SockDiag::dump`]).
 //!
 //! A `tcp_info` too short for the received counter (Linux < 4.1, e.g. 3.10 as in CentOS 7)
 //! fails the dump with [`io::ErrorKind::Unsupported`]: the kernel cannot count any socket's
