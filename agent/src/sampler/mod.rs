@@ -153,11 +153,22 @@ pub struct Sampler {
     warned_mem_estimate: bool,
     /// Most `/proc/PID` descriptors the process table keeps open between ticks.
     fd_cap: usize,
-    /// The pids of the last process tick that were alive (or listed) at its end, in `/proc`
-    /// order, and the fork counter read before they were listed ([`Self::pids_listed`]).
+    /// The pids the last process tick read (alive), in `/proc` order, and the fork counter
+    /// read before `/proc` was last listed (see [`Self::sample_ext`]).
     listed: Vec<u32>,
     listed_at_forks: Option<u64>,
+    /// Every pid of the last listing, sorted (alive or not when read).
+    listing: Vec<u32>,
+    /// Ticks since `/proc` was last listed.
+    ticks_since_listing: u32,
+    /// A listing found a pid the fork counter had not counted (a `/proc/stat` that does not
+    /// count forks: some sandboxes' emulated kernels): every tick lists from then on.
+    forks_uncounted: bool,
 }
+
+/// `/proc` is listed at least this often (ticks) even when the fork counter has not moved, to
+/// check that it counts: a new pid it missed turns the skipping off for good.
+const LIST_EVERY: u32 = 60;
 
 impl Sampler {
     /// A sampler over `root`; fails when `/proc/stat` cannot be read and parsed there.
@@ -199,6 +210,9 @@ impl Sampler {
             fd_cap: pidfiles::default_cap(),
             listed: Vec::new(),
             listed_at_forks: None,
+            listing: Vec::new(),
+            ticks_since_listing: 0,
+            forks_uncounted: false,
         })
     }
 
@@ -277,7 +291,9 @@ impl Sampler {
             // processes, nearly all kernel: docs/benchmarks.md §1c) is not repeated.
             let unchanged = with_processes
                 && self.procs.is_some()
-                && cur.stat.forks_total.is_some()
+                && !self.forks_uncounted
+                && self.ticks_since_listing < LIST_EVERY
+                && cur.stat.forks_total.is_some_and(|f| f > 0)
                 && cur.stat.forks_total == self.listed_at_forks;
             if unchanged {
                 return Ok(None);
@@ -338,6 +354,13 @@ impl Sampler {
         let mut proc_count: u32 = 0;
         let mut listed = std::mem::take(&mut self.listed);
         if let Some(dir) = dir {
+            // A listing while the counter stands still (the periodic check) must find no pid
+            // the last listing did not have.
+            let check = with_processes
+                && !self.forks_uncounted
+                && cur.stat.forks_total.is_some()
+                && cur.stat.forks_total == self.listed_at_forks;
+            let before = std::mem::take(&mut self.listing);
             listed.clear();
             for entry in dir {
                 let Ok(entry) = entry else {
@@ -347,16 +370,32 @@ impl Sampler {
                     continue;
                 };
                 proc_count = proc_count.saturating_add(1);
+                self.listing.push(pid);
                 if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
                     if table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out) {
                         listed.push(pid);
                     }
                 }
             }
+            self.listing.sort_unstable();
             self.listed_at_forks = cur.stat.forks_total.filter(|_| with_processes);
+            self.ticks_since_listing = 0;
+            let missed = || {
+                self.listing
+                    .iter()
+                    .find(|p| before.binary_search(p).is_err())
+            };
+            if let Some(&pid) = check.then(missed).flatten() {
+                self.forks_uncounted = true;
+                tracing::warn!(
+                    pid,
+                    "/proc/stat's fork counter did not count a new process; listing /proc every tick."
+                );
+            }
         } else if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
             listed.retain(|&pid| table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out));
             proc_count = u32::try_from(listed.len()).unwrap_or(u32::MAX);
+            self.ticks_since_listing += 1;
         }
         self.listed = listed;
         let mut attributed = None;

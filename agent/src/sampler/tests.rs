@@ -998,6 +998,58 @@ fn without_a_fork_the_last_listing_less_the_exited_is_the_tick() {
 }
 
 #[test]
+fn a_fork_counter_that_misses_a_process_is_found_out_and_not_trusted_again() {
+    let fake = Fake::new();
+    fake.set_proc(&FakeProc::new(100, "init", 0));
+    let mut s = sampler(&fake);
+    s.sample(at(1000), true).expect("first");
+    // A process the counter does not count (an emulated kernel's /proc/stat).
+    let unforked = |pid: u32| {
+        fake.set_proc(&FakeProc::new(pid, "hidden", u64::from(pid)));
+        fake.forks.set(fake.forks.get() - 1);
+        fake.write_stat();
+    };
+    unforked(101);
+    let mut t = 1000;
+    for _ in 0..LIST_EVERY {
+        t += 10;
+        fake.set_uptime(t as f64);
+        let sample = s.sample(at(t), true).expect("tick");
+        assert!(procs(&sample).iter().all(|p| p.pid != 101));
+    }
+    // The periodic listing finds it, and the counter is not trusted from then on.
+    t += 10;
+    fake.set_uptime(t as f64);
+    let found = s.sample(at(t), true).expect("listing");
+    assert_eq!(live(&found, 101).cmd, "hidden");
+    unforked(102);
+    t += 10;
+    fake.set_uptime(t as f64);
+    assert_eq!(
+        live(&s.sample(at(t), true).expect("next"), 102).cmd,
+        "hidden"
+    );
+
+    // A counter that reads 0 is no counter.
+    let zero = Fake::new();
+    zero.forks.set(0);
+    zero.write_stat();
+    zero.set_proc(&FakeProc::new(100, "init", 0));
+    zero.forks.set(0);
+    zero.write_stat();
+    let mut z = sampler(&zero);
+    z.sample(at(1000), true).expect("first");
+    zero.set_proc(&FakeProc::new(101, "new", 9));
+    zero.forks.set(0);
+    zero.write_stat();
+    zero.set_uptime(1010.0);
+    assert_eq!(
+        live(&z.sample(at(1010), true).expect("second"), 101).cmd,
+        "new"
+    );
+}
+
+#[test]
 fn real_proc_finds_a_child_started_between_ticks_and_its_exit() {
     let mut s = Sampler::new(ProcRoots::default()).expect("sampler over /proc");
     s.sample(SystemTime::now(), true).expect("first");
