@@ -547,7 +547,7 @@ impl SockDiag {
     /// the namespace since the last walk (its opens count, [`parse_tcp_opens`], has not moved)
     /// and there are few, by looking up the last answer's sockets one by one: the same sockets
     /// less those that have gone, without visiting every bucket (~10 % of the daemon's CPU on
-    /// a quiet 24 GB VM: docs/benchmarks.md §1c). A walk at least every [`WALK_EVERY`] answers.
+    /// a quiet 24 GB VM: docs/benchmarks.md §1c). A walk at least every 60 answers (`WALK_EVERY`).
     pub fn dump(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
         self.dump_filtered(out, false)
     }
