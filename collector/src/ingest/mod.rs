@@ -245,7 +245,10 @@ pub fn store_batches(
             store::cdn::apply_batch(conn, &w.batch, project, w.received_ms)?;
         }
     }
-    for (w, project) in writes.iter().zip(&projects) {
+    for ((w, project), stored) in writes.iter().zip(&projects).zip(&out) {
+        if stored.is_err() {
+            continue; // refused: another project's instance is not marked seen by this agent
+        }
         // A resend has no stored project here: the token's is the instance's.
         record_seen(
             conn,

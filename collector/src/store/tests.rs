@@ -890,10 +890,19 @@ async fn a_batch_for_another_projects_instance_is_refused(backend: Backend) {
             vm: vm(now_ms - 5_000),
             processes: None,
         }],
-        dropped_samples_total: 0,
+        dropped_samples_total: 42,
         cdn: Vec::new(),
         cdn_tail: None,
     };
+    // The owner's instance row as registration left it.
+    let seen = |c: &Connection| -> Result<(i64, i64)> {
+        c.query_row(
+            "SELECT last_seen_ms, dropped_samples FROM instances WHERE instance_id = 'i-1'",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    };
+    let registered = t.store.read(seen).await.unwrap();
     let group = |project: &str| -> Vec<Received> {
         [stale.clone(), stale.clone()]
             .into_iter()
@@ -911,6 +920,8 @@ async fn a_batch_for_another_projects_instance_is_refused(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(outcome, [Err(ForeignInstance), Err(ForeignInstance)]);
+    // Nor is the owner's instance marked seen, or its drop count raised, by the other agent.
+    assert_eq!(t.store.read(seen).await.unwrap(), registered);
     let counts = |c: &Connection| -> Result<(i64, i64)> {
         Ok((
             c.query_row("SELECT COUNT(*) FROM batches", params![], |r| r.get(0))?,
