@@ -69,7 +69,10 @@ round() { # round number: A and B side by side over the same SECS, the floor sam
   # Both binaries read from disk alike: a binary just written (a fresh build, `strip`) sits in
   # the page cache in large folios, and a fault then maps the whole folio, so its whole text
   # counts in VmHWM (+1.6 MiB seen, musl) where a copied one counts only the pages it touches.
-  if [ -w /proc/sys/vm/drop_caches ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
+  # DROP_CACHES=0 leaves the cache alone (a machine shared with other work).
+  if [ "${DROP_CACHES:-1}" = 1 ] && [ -w /proc/sys/vm/drop_caches ]; then
+    sync; echo 3 >/proc/sys/vm/drop_caches
+  fi
   a=$(start_agent "ab-A-$r" "$A"); agents+=("$a")
   b=$(start_agent "ab-B-$r" "$B"); agents+=("$b")
   monitor_on "ab-A-$r"; monitor_on "ab-B-$r"

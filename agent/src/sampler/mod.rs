@@ -89,8 +89,10 @@ pub enum SamplerError {
 
 /// Samples the VM and, on request, every process.
 ///
-/// Per tick it reads `/proc/{uptime,stat,meminfo,diskstats,net/dev}`, lists `/proc`, and — only
-/// while processes are requested — `/proc/PID/stat` and `/proc/PID/io` of every pid, plus
+/// Per tick it reads `/proc/{uptime,stat,meminfo,diskstats,net/dev}`, lists `/proc` (while
+/// processes are requested, only when the fork counter moved since the last listing, or a
+/// minute went by), and — only while processes are requested — `/proc/PID/stat` and
+/// `/proc/PID/io` of every pid, plus
 /// `/proc/PID/cmdline` once for a process whose `comm` may have been truncated. All reads go
 /// through one reused buffer; per-process paths are built in place. A process's `stat` and `io`
 /// are opened once and kept open while it lives, up to a descriptor cap (see `pidfiles.rs`);
@@ -112,7 +114,8 @@ pub enum SamplerError {
 ///   a fresh one, so nothing that exited in between is reported.
 ///
 /// Network per process (only while processes are requested; see [`netflow`]): every TCP
-/// socket's kernel byte counters from one `NETLINK_SOCK_DIAG` dump per address family, taken
+/// socket's kernel byte counters from `NETLINK_SOCK_DIAG` (one walk of the socket hash, or
+/// lookups of the known sockets while none was opened: [`sockdiag::SockDiag::dump`]), taken
 /// right after `/proc/net/dev`; deltas per socket cookie; sockets mapped to processes through
 /// `/proc/PID/fd`, read only when a socket needs an owner. Loopback traffic is left out, as in
 /// the VM figures. The VM sample then says how much of its interface traffic was attributed
@@ -153,22 +156,30 @@ pub struct Sampler {
     warned_mem_estimate: bool,
     /// Most `/proc/PID` descriptors the process table keeps open between ticks.
     fd_cap: usize,
-    /// The pids the last process tick read (alive), in `/proc` order, and the fork counter
-    /// read before `/proc` was last listed (see [`Self::sample_ext`]).
+    /// The pids of the last process tick (read, or there but unreadable), in `/proc` order:
+    /// the next tick's when no process can have appeared since (see [`Self::sample_ext`]).
     listed: Vec<u32>,
+    /// The fork counter (`processes` in `/proc/stat`) read before `/proc` was last listed;
+    /// `None` when that listing was incomplete or the counter is unusable.
     listed_at_forks: Option<u64>,
-    /// Every pid of the last listing, sorted (alive or not when read).
+    /// Every pid of the last listing, sorted (to check the counter against the next one).
     listing: Vec<u32>,
-    /// Ticks since `/proc` was last listed.
-    ticks_since_listing: u32,
+    /// `/proc/uptime` at the last listing.
+    listed_at_uptime: Duration,
     /// A listing found a pid the fork counter had not counted (a `/proc/stat` that does not
     /// count forks: some sandboxes' emulated kernels): every tick lists from then on.
     forks_uncounted: bool,
 }
 
-/// `/proc` is listed at least this often (ticks) even when the fork counter has not moved, to
-/// check that it counts: a new pid it missed turns the skipping off for good.
-const LIST_EVERY: u32 = 60;
+/// `/proc` is listed at least this often even when the fork counter has not moved, to check
+/// that it counts: a new pid it missed turns the skipping off for good.
+const LIST_EVERY: Duration = Duration::from_secs(60);
+
+/// The fork counter, unless it reads 0 (no kernel that has run a process does: an emulated
+/// `/proc/stat` that does not count).
+fn usable_forks(forks_total: Option<u64>) -> Option<u64> {
+    forks_total.filter(|&f| f > 0)
+}
 
 impl Sampler {
     /// A sampler over `root`; fails when `/proc/stat` cannot be read and parsed there.
@@ -211,7 +222,7 @@ impl Sampler {
             listed: Vec::new(),
             listed_at_forks: None,
             listing: Vec::new(),
-            ticks_since_listing: 0,
+            listed_at_uptime: Duration::ZERO,
             forks_uncounted: false,
         })
     }
@@ -286,15 +297,15 @@ impl Sampler {
         let mut cur = std::mem::take(&mut self.scratch);
         let read = self.read_host(&mut cur).and_then(|()| {
             // No fork since the last process tick listed /proc (the counter was read before
-            // that listing): no pid can have appeared, so that list less the pids found gone
-            // is this tick's, and the directory walk (~11 % of the daemon's CPU with 1,000
-            // processes, nearly all kernel: docs/benchmarks.md §1c) is not repeated.
+            // that listing): no pid can have appeared, so that tick's pids less those found
+            // gone are this tick's, and the directory walk (~11 % of the daemon's CPU with
+            // 1,000 processes, nearly all kernel: docs/benchmarks.md §1c) is not repeated.
             let unchanged = with_processes
                 && self.procs.is_some()
                 && !self.forks_uncounted
-                && self.ticks_since_listing < LIST_EVERY
-                && cur.stat.forks_total.is_some_and(|f| f > 0)
-                && cur.stat.forks_total == self.listed_at_forks;
+                && cur.uptime.saturating_sub(self.listed_at_uptime) < LIST_EVERY
+                && usable_forks(cur.stat.forks_total).is_some()
+                && usable_forks(cur.stat.forks_total) == self.listed_at_forks;
             if unchanged {
                 return Ok(None);
             }
@@ -353,17 +364,17 @@ impl Sampler {
         }
         let mut proc_count: u32 = 0;
         let mut listed = std::mem::take(&mut self.listed);
+        let forks = usable_forks(cur.stat.forks_total).filter(|_| with_processes);
         if let Some(dir) = dir {
             // A listing while the counter stands still (the periodic check) must find no pid
-            // the last listing did not have.
-            let check = with_processes
-                && !self.forks_uncounted
-                && cur.stat.forks_total.is_some()
-                && cur.stat.forks_total == self.listed_at_forks;
+            // the last complete listing did not have.
+            let check = !self.forks_uncounted && forks.is_some() && forks == self.listed_at_forks;
             let before = std::mem::take(&mut self.listing);
+            let mut complete = true;
             listed.clear();
             for entry in dir {
                 let Ok(entry) = entry else {
+                    complete = false; // the rest of the directory is not listed
                     continue;
                 };
                 let Some(pid) = procfs::parse_pid(entry.file_name().as_bytes()) else {
@@ -372,30 +383,35 @@ impl Sampler {
                 proc_count = proc_count.saturating_add(1);
                 self.listing.push(pid);
                 if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
-                    if table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out) {
+                    if table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out)
+                        != process::Observed::Gone
+                    {
                         listed.push(pid);
                     }
                 }
             }
             self.listing.sort_unstable();
-            self.listed_at_forks = cur.stat.forks_total.filter(|_| with_processes);
-            self.ticks_since_listing = 0;
+            self.listed_at_uptime = cur.uptime;
+            self.listed_at_forks = forks.filter(|_| complete);
             let missed = || {
                 self.listing
                     .iter()
                     .find(|p| before.binary_search(p).is_err())
             };
-            if let Some(&pid) = check.then(missed).flatten() {
+            if let Some(&pid) = (check && complete).then(missed).flatten() {
                 self.forks_uncounted = true;
+                self.listed_at_forks = None;
                 tracing::warn!(
                     pid,
                     "/proc/stat's fork counter did not count a new process; listing /proc every tick."
                 );
             }
         } else if let (Some(table), Some(out)) = (self.procs.as_mut(), records.as_mut()) {
-            listed.retain(|&pid| table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out));
+            listed.retain(|&pid| {
+                table.observe(pid, &mut self.buf, &mut self.pid_path, &ctx, out)
+                    != process::Observed::Gone
+            });
             proc_count = u32::try_from(listed.len()).unwrap_or(u32::MAX);
-            self.ticks_since_listing += 1;
         }
         self.listed = listed;
         let mut attributed = None;

@@ -72,6 +72,12 @@ pub trait LiveProcesses {
     fn for_each_live(&self, f: &mut dyn FnMut(ProcessKey));
 }
 
+/// How long, and how many, sockets missing from an answer are remembered ([`NetFlow`]'s
+/// `gone`): longer than the sock_diag reader goes between walks of the socket hash (a minute),
+/// and a bounded memory (~40 KiB).
+const GONE_FOR: Duration = Duration::from_secs(120);
+const GONE_KEPT: usize = 1024;
+
 /// An unowned socket is looked up again this often (after one immediate retry).
 const UNOWNED_RETRY: Duration = Duration::from_secs(60);
 
@@ -137,6 +143,11 @@ pub struct NetFlow {
     socks: Vec<TcpSocket>,
     dumped: bool,
     followed: HashMap<u64, Followed>,
+    /// Sockets missing from an answer lately: cookie → their last counters and when they went
+    /// missing (uptime). A cookie is never reused, so one that comes back is the same socket
+    /// (an answer that missed it), whose bytes continue from these counters instead of counting
+    /// its whole life again. At most [`GONE_KEPT`], for [`GONE_FOR`].
+    gone: HashMap<u64, (u64, u64, Duration)>,
     /// The previous dump succeeded: an unseen cookie is a socket newer than it.
     primed: bool,
     generation: u64,
@@ -170,6 +181,7 @@ impl NetFlow {
             socks: Vec::new(),
             dumped: false,
             followed: HashMap::new(),
+            gone: HashMap::new(),
             primed: false,
             generation: 0,
             per_process: HashMap::new(),
@@ -223,6 +235,7 @@ impl NetFlow {
     /// source that could not be opened is tried again.
     pub fn reset(&mut self) {
         self.followed.clear();
+        self.gone.clear();
         self.per_process.clear();
         self.fd_denied.clear();
         self.socks.clear();
@@ -307,6 +320,7 @@ impl NetFlow {
         self.per_process.clear();
         if !self.dumped {
             self.followed.clear();
+            self.gone.clear();
             self.primed = false;
             return None;
         }
@@ -326,10 +340,10 @@ impl NetFlow {
                         // Born and closed between two dumps: nobody to count it for.
                         continue;
                     }
-                    let (bytes_received, bytes_sent) = if self.primed {
-                        (0, 0)
-                    } else {
-                        (s.bytes_received, s.bytes_sent)
+                    let (bytes_received, bytes_sent) = match self.gone.remove(&s.cookie) {
+                        Some((rx, tx, _)) => (rx, tx),
+                        None if self.primed => (0, 0),
+                        None => (s.bytes_received, s.bytes_sent),
                     };
                     e.insert(Followed {
                         bytes_received,
@@ -401,7 +415,24 @@ impl NetFlow {
                 }
             }
         }
-        self.followed.retain(|_, f| f.seen == generation);
+        let gone = &mut self.gone;
+        self.followed.retain(|&cookie, f| {
+            if f.seen != generation {
+                gone.insert(cookie, (f.bytes_received, f.bytes_sent, uptime));
+            }
+            f.seen == generation
+        });
+        self.gone
+            .retain(|_, (_, _, at)| uptime.saturating_sub(*at) < GONE_FOR);
+        if self.gone.len() > GONE_KEPT {
+            // Keep the most recent: those are the ones an answer may have missed.
+            let mut by_age: Vec<(Duration, u64)> =
+                self.gone.iter().map(|(&cookie, g)| (g.2, cookie)).collect();
+            by_age.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, cookie) in &by_age[GONE_KEPT..] {
+                self.gone.remove(cookie);
+            }
+        }
         self.primed = true;
         Some(total)
     }

@@ -129,6 +129,18 @@ struct Tracked {
     files: Option<PidFiles>,
 }
 
+/// What [`ProcessTable::observe`] found of one pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Read: its record is in this tick's output.
+    Read,
+    /// Reaped since it was listed (`ENOENT`/`ESRCH`, or an empty `stat`): no such process.
+    Gone,
+    /// There, but not read this tick (`EACCES` under `hidepid`, out of descriptors, a `stat`
+    /// that does not parse): it still counts as a process of the VM.
+    Unreadable,
+}
+
 /// Processes seen on the previous tick, keyed by pid; the start time stored with each makes the
 /// identity a [`ProcessKey`].
 ///
@@ -226,7 +238,7 @@ impl ProcessTable {
 
     /// Reads one pid and appends its record (and, when the pid was reused, the previous
     /// holder's final record). A pid that vanishes mid-read is skipped: if it was tracked,
-    /// [`Self::end_tick`] reports its exit. Returns whether the pid was read (alive).
+    /// [`Self::end_tick`] reports its exit. Returns what was found of the pid.
     pub fn observe(
         &mut self,
         pid: u32,
@@ -234,7 +246,7 @@ impl ProcessTable {
         path: &mut PidPath,
         ctx: &TickCtx,
         out: &mut Vec<ProcessSample>,
-    ) -> bool {
+    ) -> Observed {
         // stat: through the descriptor kept from an earlier tick (pread at 0) when there is
         // one and it still reads this process; else by path. Copy out what is needed before
         // the buffer is reused for io.
@@ -269,8 +281,16 @@ impl ProcessTable {
                 } else {
                     buf.read_single(stat_path)
                 };
-                let Some(st) = data.ok().and_then(procfs::parse_pid_stat) else {
-                    return false;
+                let st = match data {
+                    Ok(data) => match procfs::parse_pid_stat(data) {
+                        Some(st) => st,
+                        // Reaped since the listing: its `stat` reads empty.
+                        None if data.is_empty() => return Observed::Gone,
+                        None => return Observed::Unreadable,
+                    },
+                    Err(e) if procfs::is_vanished(&e) => return Observed::Gone,
+                    // EACCES (hidepid), EMFILE, ...: still there, not read this tick.
+                    Err(_) => return Observed::Unreadable,
                 };
                 let known = self
                     .entries
@@ -311,10 +331,10 @@ impl ProcessTable {
                 Ok(io) => io,
                 // The kept `io` of a process whose kept `stat` just read: it was reaped between
                 // the two reads, as the by-path `stat` re-read below finds.
-                Err(e) if io_kept.is_some() && procfs::is_vanished(&e) => return false,
+                Err(e) if io_kept.is_some() && procfs::is_vanished(&e) => return Observed::Gone,
                 Err(e) if procfs::is_vanished(&e) => {
                     if buf.read_single(path.get(pid, b"stat")).is_err() {
-                        return false; // exited between the two reads
+                        return Observed::Gone; // exited between the two reads
                     }
                     // No `io` beside a readable `stat`: the kernel has no task I/O accounting.
                     self.io_absent = true;
@@ -468,7 +488,7 @@ impl ProcessTable {
             shutdown_time: None,
             unreadable: Vec::new(),
         });
-        true
+        Observed::Read
     }
 
     /// RSS pages of a process whose main thread is a zombie, from a live thread's `statm`

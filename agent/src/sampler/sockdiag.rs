@@ -30,7 +30,7 @@
 //! bytes, so the per-process network figures are not measured (null), never 0.
 
 use std::io::{self, Read};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -251,13 +251,64 @@ pub fn request_without_loopback(family: u8, seq: u32) -> Vec<u8> {
 /// the cookie), acknowledged (`NLM_F_ACK`) so every request's answer ends with an
 /// `NLMSG_ERROR`: errno 0 after the socket's message, `ENOENT` (or `ESTALE`, cookie mismatch)
 /// for a socket that has gone.
+///
+/// An `AF_INET6` socket whose two addresses are IPv4-mapped (a dual-stack server's IPv4
+/// connection) is asked for as `AF_INET`, its addresses in IPv4 form: such a socket sits in the
+/// hash under its IPv4 addresses, and kernels before the fix of `inet_diag_find_one_icsk` for
+/// mapped addresses (Linux 4.8, not backported everywhere) answer the `AF_INET6` request
+/// `ENOENT` for a live socket.
 #[must_use]
 pub fn lookup_request(id: &SockId, seq: u32) -> [u8; REQUEST_LEN] {
-    let mut r = request(id.family, seq);
-    r[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
     let q = NLMSG_HDRLEN + 8;
+    let (src, dst) = (&id.id[4..20], &id.id[20..36]);
+    let mapped = |a: &[u8]| a[..10].iter().all(|&b| b == 0) && a[10..12] == [0xff, 0xff];
+    let as_v4 = i32::from(id.family) == libc::AF_INET6 && mapped(src) && mapped(dst);
+    let mut r = request(
+        if as_v4 {
+            libc::AF_INET as u8
+        } else {
+            id.family
+        },
+        seq,
+    );
+    r[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
     r[q..q + SOCKID_LEN].copy_from_slice(&id.id);
+    if as_v4 {
+        let ids = &mut r[q..q + SOCKID_LEN];
+        for at in [4, 20] {
+            let v4: [u8; 4] = [ids[at + 12], ids[at + 13], ids[at + 14], ids[at + 15]];
+            ids[at..at + 16].fill(0);
+            ids[at..at + 4].copy_from_slice(&v4);
+        }
+    }
     r
+}
+
+/// The messages of one netlink datagram as `(type, sequence number, payload)`; a length out of
+/// bounds ends it with an error.
+fn messages(data: &[u8]) -> impl Iterator<Item = io::Result<(u16, u32, &[u8])>> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32_at(rest, 0) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            rest = &[];
+            return Some(Err(malformed("netlink message length out of bounds")));
+        }
+        let msg = (u16_at(rest, 4), u32_at(rest, 8), &rest[NLMSG_HDRLEN..len]);
+        rest = &rest[align4(len).min(rest.len())..];
+        Some(Ok(msg))
+    })
+}
+
+/// The errno of an `NLMSG_ERROR` payload (0: an acknowledgement).
+fn nlmsg_errno(payload: &[u8]) -> i32 {
+    payload
+        .get(..4)
+        .map_or(0, |b| i32_at(b, 0))
+        .saturating_neg()
 }
 
 /// Parses one datagram of the answers to exact lookups numbered `first_seq..first_seq + count`,
@@ -271,25 +322,14 @@ pub fn parse_lookup_datagram(
     out: &mut Vec<TcpSocket>,
 ) -> io::Result<u32> {
     let mut finished = 0;
-    let mut rest = data;
-    while rest.len() >= NLMSG_HDRLEN {
-        let len = u32_at(rest, 0) as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return Err(malformed("netlink message length out of bounds"));
-        }
-        let kind = u16_at(rest, 4);
-        let msg_seq = u32_at(rest, 8);
-        let payload = &rest[NLMSG_HDRLEN..len];
-        rest = &rest[align4(len).min(rest.len())..];
+    for msg in messages(data) {
+        let (kind, msg_seq, payload) = msg?;
         if msg_seq.wrapping_sub(first_seq) >= count {
             continue;
         }
         match kind {
             NLMSG_ERROR => {
-                let errno = payload
-                    .get(..4)
-                    .map_or(0, |b| i32_at(b, 0))
-                    .saturating_neg();
+                let errno = nlmsg_errno(payload);
                 if !matches!(errno, 0 | libc::ENOENT | libc::ESTALE) {
                     return Err(io::Error::from_raw_os_error(errno));
                 }
@@ -309,8 +349,10 @@ pub fn parse_lookup_datagram(
 /// `ActiveOpens + PassiveOpens` of the `Tcp:` lines of `/proc/PID/net/snmp`: every TCP socket
 /// that reached `SYN_SENT` or was created established (a handshake completed, Fast Open
 /// included) in the network namespace counts once (kernel `tcp_connect`,
-/// `tcp_create_openreq_child`). Unchanged between two reads: no socket was opened between them
-/// (a socket restored with `TCP_REPAIR` is the one exception: found by the periodic dump).
+/// `tcp_create_openreq_child`). A passive socket is counted just before it enters the socket
+/// hash, so a count read during a walk may include one the walk did not find: [`SockDiag`]
+/// trusts a walk only when the count had not moved since the tick before. A socket restored
+/// with `TCP_REPAIR` is not counted at all: found by the walk made at least once a minute.
 #[must_use]
 pub fn parse_tcp_opens(data: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(data).ok()?;
@@ -343,27 +385,19 @@ pub enum Progress {
 /// Parses one datagram of the dump answering request `seq`, appending its sockets to `out`.
 /// Messages of another sequence number (left over from an abandoned dump) are skipped.
 pub fn parse_datagram(data: &[u8], seq: u32, out: &mut Vec<TcpSocket>) -> io::Result<Progress> {
-    let mut rest = data;
-    while rest.len() >= NLMSG_HDRLEN {
-        let len = u32_at(rest, 0) as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return Err(malformed("netlink message length out of bounds"));
-        }
-        let kind = u16_at(rest, 4);
-        let msg_seq = u32_at(rest, 8);
-        let payload = &rest[NLMSG_HDRLEN..len];
-        rest = &rest[align4(len).min(rest.len())..];
+    for msg in messages(data) {
+        let (kind, msg_seq, payload) = msg?;
         if msg_seq != seq {
             continue;
         }
         match kind {
             NLMSG_DONE => return Ok(Progress::Done),
             NLMSG_ERROR => {
-                let errno = payload.get(..4).map_or(0, |b| i32_at(b, 0));
+                let errno = nlmsg_errno(payload);
                 if errno == 0 {
                     continue; // an acknowledgement, not an error
                 }
-                return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
+                return Err(io::Error::from_raw_os_error(errno));
             }
             SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 if let Some(s) = parse_diag_msg_checked(payload)? {
@@ -478,14 +512,23 @@ pub struct SockDiag {
     /// The sockets of the last answer, looked up one by one next time when no socket has been
     /// opened since the last walk (see [`Self::dump`]).
     known: Vec<SockId>,
-    /// The filter (`no_loopback`) and the TCP opens count ([`parse_tcp_opens`], read before
-    /// it) of the last walk; `None` when the count could not be read or the walk failed.
-    walked_at: Option<(bool, u64)>,
+    /// The filter (`no_loopback`), the TCP opens count ([`parse_tcp_opens`]) and the time of
+    /// the last walk that lookups may continue from; `None` after a failed walk, when the count
+    /// could not be read, or when it had moved since the tick before (a socket counted as
+    /// opened may not have been in the hash yet).
+    walked_at: Option<(bool, u64, Instant)>,
+    /// The opens count read by the previous answer.
+    last_opens: Option<u64>,
     /// Answers by lookups since the last walk.
     lookups_since_walk: u32,
+    /// A walk at least this often, however quiet the namespace ([`WALK_EVERY`]).
+    walk_every: Duration,
+    /// Cookies lookups found gone since the last walk: one that walk still finds means lookups
+    /// miss live sockets on this kernel.
+    gone_by_lookup: Vec<u64>,
     /// Most known sockets looked up one by one rather than walked (see [`lookup_limit`]).
     lookup_limit: usize,
-    /// The kernel refused an exact lookup: every answer is a walk from then on.
+    /// Lookups are off: the kernel refused one, or missed a live socket.
     lookups_refused: bool,
     /// Reused request and `/proc/thread-self/net/snmp` buffers.
     req: Vec<u8>,
@@ -493,10 +536,12 @@ pub struct SockDiag {
 }
 
 /// A walk at least this often however quiet the namespace: bounds how long a socket the opens
-/// count misses (`TCP_REPAIR`) goes unseen, in answers (ticks).
-const WALK_EVERY: u32 = 60;
-/// Exact lookups per `send` (answers ~360 bytes each: well inside the socket's receive buffer).
-const LOOKUPS_PER_SEND: usize = 64;
+/// count does not count (`TCP_REPAIR`) goes unseen.
+const WALK_EVERY: Duration = Duration::from_secs(60);
+/// Exact lookups per `send`. Each answer queues ~2 KiB of kernel memory (the socket's message
+/// and the acknowledgement) against the receive buffer before the first `recv`; 16 stay well
+/// inside even a 128 KiB `rmem_default` (64 did not: `ENOBUFS`).
+const LOOKUPS_PER_SEND: usize = 16;
 
 /// How many known sockets are cheaper looked up one by one than walked. The walk visits every
 /// bucket of the established hash, which the kernel sizes at boot at one bucket per 128 KiB of
@@ -533,7 +578,10 @@ impl SockDiag {
             loopback_filter: loopback_bytecode,
             known: Vec::new(),
             walked_at: None,
+            last_opens: None,
             lookups_since_walk: 0,
+            walk_every: WALK_EVERY,
+            gone_by_lookup: Vec::new(),
             lookup_limit: lookup_limit(mem_total_bytes()),
             lookups_refused: false,
             req: Vec::new(),
@@ -547,7 +595,7 @@ impl SockDiag {
     /// the namespace since the last walk (its opens count, [`parse_tcp_opens`], has not moved)
     /// and there are few, by looking up the last answer's sockets one by one: the same sockets
     /// less those that have gone, without visiting every bucket (~10 % of the daemon's CPU on
-    /// a quiet 24 GB VM: docs/benchmarks.md §1c). A walk at least every 60 answers (`WALK_EVERY`).
+    /// a quiet 24 GB VM: docs/benchmarks.md §1c). A walk at least once a minute (`WALK_EVERY`).
     pub fn dump(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
         self.dump_filtered(out, false)
     }
@@ -575,23 +623,43 @@ impl SockDiag {
     fn dump_filtered(&mut self, out: &mut Vec<TcpSocket>, no_loopback: bool) -> io::Result<()> {
         // Read before the walk or the lookups: a socket opened after it moves the count.
         let opens = self.tcp_opens();
-        let quiet = opens.is_some_and(|o| self.walked_at == Some((no_loopback, o)));
-        if quiet
-            && !self.lookups_refused
-            && self.lookups_since_walk < WALK_EVERY
-            && self.known.len() <= self.lookup_limit
-        {
+        let stable = opens.is_some() && opens == self.last_opens;
+        self.last_opens = opens;
+        let quiet = self.walked_at.is_some_and(|(filtered, at_opens, at)| {
+            filtered == no_loopback && Some(at_opens) == opens && at.elapsed() < self.walk_every
+        });
+        if quiet && !self.lookups_refused && self.known.len() <= self.lookup_limit {
             match self.look_up_known(out) {
                 Ok(()) => {
                     self.lookups_since_walk += 1;
+                    let found = &*out;
+                    self.gone_by_lookup.extend(
+                        self.known
+                            .iter()
+                            .map(cookie_of)
+                            .filter(|c| !found.iter().any(|s| s.cookie == *c)),
+                    );
                     self.known.clear();
                     self.known.extend(out.iter().map(|s| s.id));
                     return Ok(());
                 }
                 Err(e) => {
-                    self.lookups_refused = e.kind() != io::ErrorKind::Unsupported;
-                    tracing::info!(error = %e,
-                        "sock_diag exact lookups failed; walking the socket hash every tick.");
+                    // A refusal is for good; anything else (a full receive buffer, a timeout)
+                    // costs this tick a walk.
+                    self.lookups_refused = matches!(
+                        e.raw_os_error(),
+                        Some(
+                            libc::EINVAL
+                                | libc::EOPNOTSUPP
+                                | libc::EPERM
+                                | libc::EACCES
+                                | libc::ENOSYS
+                                | libc::EPROTONOSUPPORT
+                        )
+                    );
+                    tracing::info!(error = %e, refused = self.lookups_refused,
+                        "sock_diag exact lookups failed; walking the socket hash.");
+                    self.drain();
                 }
             }
         }
@@ -600,41 +668,96 @@ impl SockDiag {
         self.lookups_since_walk = 0;
         self.walked_at = None;
         if walked.is_ok() {
+            self.gone_by_lookup.sort_unstable();
+            if out
+                .iter()
+                .any(|s| self.gone_by_lookup.binary_search(&s.cookie).is_ok())
+            {
+                self.lookups_refused = true;
+                tracing::warn!(
+                    "sock_diag lookups missed a live socket on this kernel; walking the socket hash every tick."
+                );
+            }
             self.known.extend(out.iter().map(|s| s.id));
-            self.walked_at = opens.map(|o| (no_loopback, o));
+            if let (true, Some(o)) = (stable, opens) {
+                self.walked_at = Some((no_loopback, o, Instant::now()));
+            }
         }
+        self.gone_by_lookup.clear();
         walked
     }
 
     /// The sockets in `self.known` that are still there, with their counters, into `out`.
     fn look_up_known(&mut self, out: &mut Vec<TcpSocket>) -> io::Result<()> {
         out.clear();
-        for chunk in self.known.chunks(LOOKUPS_PER_SEND) {
-            let first = self.seq.wrapping_add(1);
-            self.req.clear();
-            for id in chunk {
-                self.seq = self.seq.wrapping_add(1);
-                self.req.extend_from_slice(&lookup_request(id, self.seq));
-            }
-            let sent = self.sock.send(&self.req)?;
-            if sent != self.req.len() {
-                return Err(malformed("short netlink send"));
-            }
-            let count = chunk.len() as u32;
-            let mut finished = 0;
-            while finished < count {
-                let n = match (&self.sock).read(&mut self.buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                if n == 0 || n == self.buf.len() {
-                    return Err(malformed("netlink answer empty or larger than the buffer"));
-                }
-                finished += parse_lookup_datagram(&self.buf[..n], first, count, out)?;
+        let known = std::mem::take(&mut self.known);
+        let mut result = Ok(());
+        for chunk in known.chunks(LOOKUPS_PER_SEND) {
+            result = self.look_up(chunk, out);
+            if result.is_err() {
+                break;
             }
         }
+        self.known = known;
+        result
+    }
+
+    /// One `send` of lookups for `ids`, and their answers into `out`.
+    fn look_up(&mut self, ids: &[SockId], out: &mut Vec<TcpSocket>) -> io::Result<()> {
+        let first = self.seq.wrapping_add(1);
+        self.req.clear();
+        for id in ids {
+            self.seq = self.seq.wrapping_add(1);
+            self.req.extend_from_slice(&lookup_request(id, self.seq));
+        }
+        let sent = self.sock.send(&self.req)?;
+        if sent != self.req.len() {
+            return Err(malformed("short netlink send"));
+        }
+        let count = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        let mut finished = 0;
+        while finished < count {
+            let n = self.recv()?;
+            finished += parse_lookup_datagram(&self.buf[..n], first, count, out)?;
+        }
         Ok(())
+    }
+
+    /// One datagram into `self.buf`; its length.
+    fn recv(&mut self) -> io::Result<usize> {
+        loop {
+            let n = match (&self.sock).read(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Err(malformed("netlink socket closed"));
+            }
+            if n == self.buf.len() {
+                // Possibly truncated: grow for the next exchange and give up on this one.
+                self.buf.resize(self.buf.len() * 2, 0);
+                return Err(malformed("netlink datagram larger than the buffer"));
+            }
+            return Ok(n);
+        }
+    }
+
+    /// Discards what an abandoned exchange left queued (answers, a pending `ENOBUFS`), so the
+    /// next request reads only its own answers.
+    fn drain(&mut self) {
+        if self.sock.set_nonblocking(true).is_err() {
+            return;
+        }
+        for _ in 0..1024 {
+            match (&self.sock).read(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                _ => {}
+            }
+        }
+        // Back to blocking reads with their timeout; should this fail, the next read's
+        // `WouldBlock` fails that tick's answer, which is measured as unmeasured, not wrong.
+        let _ = self.sock.set_nonblocking(false);
     }
 
     /// [`parse_tcp_opens`] of this thread's network namespace (the socket's: it was made here).
@@ -703,24 +826,17 @@ impl SockDiag {
             return Err(malformed("short netlink send"));
         }
         loop {
-            let n = match (&self.sock).read(&mut self.buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                return Err(malformed("netlink socket closed mid-dump"));
-            }
-            if n == self.buf.len() {
-                // Possibly truncated: grow for the next dump and give up on this one.
-                self.buf.resize(self.buf.len() * 2, 0);
-                return Err(malformed("netlink datagram larger than the buffer"));
-            }
+            let n = self.recv()?;
             if parse_datagram(&self.buf[..n], self.seq, out)? == Progress::Done {
                 return Ok(());
             }
         }
     }
+}
+
+/// The cookie inside a socket's `inet_diag_sockid`.
+fn cookie_of(id: &SockId) -> u64 {
+    u64::from(u32_at(&id.id, 40)) | (u64::from(u32_at(&id.id, 44)) << 32)
 }
 
 /// `MemTotal` of `/proc/meminfo` in bytes (0 when unreadable: the smallest lookup limit).

@@ -475,3 +475,40 @@ fn reset_forgets_sockets() {
         "a baseline again"
     );
 }
+
+#[test]
+fn a_socket_an_answer_missed_continues_from_its_last_counters() {
+    let mut r = Rig::new();
+    let p = key(100, 50);
+    r.spawn(p);
+    r.tree.hold(100, 7);
+    r.tree.hold(100, 8);
+    r.tick(&[sock(1, 7, 1_000_000, 2_000_000), sock(2, 8, 0, 0)]);
+    r.tick(&[sock(1, 7, 1_000_100, 2_000_000), sock(2, 8, 0, 0)]);
+    assert_eq!(r.bytes(p), (100, 0));
+    // One answer misses socket 1 (still open); the next has it again, 50 bytes on: those 50
+    // count, not its whole million.
+    r.tick(&[sock(2, 8, 0, 0)]);
+    assert_eq!(r.bytes(p), (0, 0));
+    assert_eq!(
+        r.tick(&[sock(1, 7, 1_000_150, 2_000_000), sock(2, 8, 0, 0)]),
+        Some((50, 0))
+    );
+    // Missing for longer than it is remembered (forgotten by then): counted as a socket
+    // first seen, from zero.
+    r.tick(&[sock(2, 8, 0, 0)]);
+    r.uptime += GONE_FOR;
+    r.tick(&[sock(2, 8, 0, 0)]);
+    assert!(r.net.gone.is_empty());
+    assert_eq!(
+        r.tick(&[sock(1, 7, 1_000_200, 2_000_000), sock(2, 8, 0, 0)]),
+        Some((1_000_200, 2_000_000))
+    );
+    // At most GONE_KEPT are remembered, the most recent kept.
+    let many: Vec<TcpSocket> = (10..10 + GONE_KEPT as u64 + 5)
+        .map(|c| sock(c, 8, c, 0))
+        .collect();
+    r.tick(&many);
+    r.tick(&[sock(2, 8, 0, 0)]);
+    assert_eq!(r.net.gone.len(), GONE_KEPT);
+}

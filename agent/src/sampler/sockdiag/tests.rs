@@ -659,6 +659,30 @@ fn lookup_request_layout() {
     assert_eq!(&r[q + 8..q + 56], &id.id[..]);
     assert_eq!(&r[q + 8..q + 10], &40000u16.to_be_bytes());
     assert_eq!(&r[q + 48..q + 56], &0xAB_0000_0001u64.to_ne_bytes());
+
+    // A dual-stack socket's IPv4 connection (AF_INET6, both addresses IPv4-mapped) is asked
+    // for as AF_INET, the addresses in IPv4 form; a true IPv6 one as it is.
+    let mapped = |a: Ipv4Addr| a.to_ipv6_mapped();
+    let m6 = Msg::v6(mapped(EXT), mapped(PEER), 9, 6, &[]);
+    let r = lookup_request(&m6.sock_id(), 43);
+    assert_eq!(r[q], AF_INET);
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&EXT.octets());
+    let mut dst = [0u8; 16];
+    dst[..4].copy_from_slice(&PEER.octets());
+    assert_eq!(&r[q + 12..q + 28], &src);
+    assert_eq!(&r[q + 28..q + 44], &dst);
+    assert_eq!(&r[q + 8..q + 12], &m6.sock_id().id[..4], "ports kept");
+    assert_eq!(&r[q + 48..q + 56], &9u64.to_ne_bytes(), "cookie kept");
+    let v6 = Msg::v6(
+        "2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST),
+        "2001:db8::2".parse().unwrap_or(Ipv6Addr::LOCALHOST),
+        9,
+        6,
+        &[],
+    );
+    let r = lookup_request(&v6.sock_id(), 44);
+    assert_eq!((r[q], &r[q + 8..q + 56]), (AF_INET6, &v6.sock_id().id[..]));
 }
 
 /// An `NLMSG_ERROR` answering request `seq` with `errno` (0: an acknowledgement).
@@ -766,70 +790,105 @@ fn exchange(a: &mut TcpStream, b: &mut TcpStream, n: usize) {
     a.read_exact(&mut got[..n / 2]).expect("read back");
 }
 
-/// The real kernel, in a namespace of the test's own: without a new socket the answer comes
-/// from exact lookups, with the walk's sockets and their moved counters; a closed connection
-/// drops out; a new one makes the next answer a walk, which finds it; lookups and a walk agree.
+/// The real kernel, in a namespace of the test's own: a walk is trusted once the opens count
+/// has stood still since the tick before; then, without a new socket, the answer comes from
+/// exact lookups (several sends' worth, IPv4, IPv6 and IPv4-mapped), with the walk's sockets
+/// and their moved counters; closed connections drop out; a new one makes the next answers
+/// walks, which find it; past a minute a walk comes anyway; lookups and a walk agree.
 #[test]
 #[ignore = "needs root (unshare, NETLINK_SOCK_DIAG); scripts/test.sh runs it"]
 fn real_kernel_quiet_namespace_is_answered_by_lookups() {
     in_own_net_namespace(|| {
         let mut diag = SockDiag::open().expect("NETLINK_SOCK_DIAG");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut a = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (mut b, _) = listener.accept().expect("accept");
-        let c = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (d, _) = listener.accept().expect("accept");
+        let pair = |l: &TcpListener, to: std::net::SocketAddr| {
+            let c = TcpStream::connect(to).expect("connect");
+            let (s, _) = l.accept().expect("accept");
+            (c, s)
+        };
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let v4_at = v4.local_addr().expect("addr");
+        let mut pairs: Vec<(TcpStream, TcpStream)> = (0..10).map(|_| pair(&v4, v4_at)).collect();
+        // IPv6, and a dual-stack listener's IPv4 connection (its accepted socket is AF_INET6
+        // with IPv4-mapped addresses), where the namespace has IPv6.
+        let dual = TcpListener::bind("[::]:0").ok();
+        if let Some(l) = &dual {
+            let port = l.local_addr().expect("addr").port();
+            pairs.push(pair(l, (Ipv6Addr::LOCALHOST, port).into()));
+            pairs.push(pair(l, (Ipv4Addr::LOCALHOST, port).into()));
+        } else {
+            eprintln!("no IPv6 in this namespace: the IPv6 and IPv4-mapped lookups are not run");
+        }
+        let sockets = 2 * pairs.len();
+        assert!(sockets > LOOKUPS_PER_SEND, "several sends' worth");
         let inode = |s: &TcpStream| socket_inode_of(s).expect("inode");
         let by_inode =
             |v: &[TcpSocket], s: &TcpStream| v.iter().find(|x| x.inode == inode(s)).copied();
+        let mut out = Vec::new();
+        let mut answer = |diag: &mut SockDiag| {
+            diag.dump(&mut out).expect("answer");
+            out.clone()
+        };
 
-        let mut walked = Vec::new();
-        diag.dump(&mut walked).expect("walk");
+        // The first walk is not trusted (no earlier count); the second is.
+        let walked = answer(&mut diag);
+        assert_eq!(walked.len(), sockets, "{walked:?}");
+        answer(&mut diag);
         assert_eq!(diag.lookups_since_walk, 0);
-        assert_eq!(walked.len(), 4, "{walked:?}");
 
-        exchange(&mut a, &mut b, 100_000);
-        let mut looked = Vec::new();
-        diag.dump(&mut looked).expect("lookups");
+        for (c, s) in &mut pairs {
+            exchange(c, s, 100_000);
+        }
+        let looked = answer(&mut diag);
         assert_eq!(
             diag.lookups_since_walk, 1,
             "no socket opened: answered by lookups"
         );
-        assert_eq!(looked.len(), 4);
-        let (a1, b1) = (
-            by_inode(&looked, &a).expect("a"),
-            by_inode(&looked, &b).expect("b"),
-        );
-        assert_eq!((a1.bytes_sent, a1.bytes_received), (100_000, 50_000));
-        assert_eq!((b1.bytes_received, b1.bytes_sent), (100_000, 50_000));
-        assert_eq!(a1.cookie, by_inode(&walked, &a).expect("a walked").cookie);
+        assert_eq!(looked.len(), sockets);
+        for (c, s) in &pairs {
+            let (c1, s1) = (
+                by_inode(&looked, c).expect("c"),
+                by_inode(&looked, s).expect("s"),
+            );
+            assert_eq!((c1.bytes_sent, c1.bytes_received), (100_000, 50_000));
+            assert_eq!((s1.bytes_received, s1.bytes_sent), (100_000, 50_000));
+            assert_eq!(c1.cookie, by_inode(&walked, c).expect("walked").cookie);
+        }
+        if dual.is_some() {
+            let mapped = by_inode(&looked, &pairs[pairs.len() - 1].1).expect("mapped socket");
+            assert_eq!(i32::from(mapped.id.family), libc::AF_INET6);
+        }
 
-        // Closed both ends: one in TIME_WAIT (no counters), the other closed: both gone.
-        drop(c);
-        drop(d);
-        let gone = |v: &[TcpSocket]| v.len() == 2;
+        // Closed connections: one end in TIME_WAIT (no counters), the other closed: both gone.
+        let closed = pairs.split_off(8);
+        drop(closed);
+        let left = 2 * pairs.len();
         let mut after = Vec::new();
         for _ in 0..100 {
-            diag.dump(&mut after).expect("lookups");
-            if gone(&after) {
+            after = answer(&mut diag);
+            if after.len() == left {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(gone(&after), "{after:?}");
+        assert_eq!(after.len(), left, "{after:?}");
         assert!(diag.lookups_since_walk >= 2);
 
-        // A new connection moves the opens count: a walk, which finds it.
-        let e = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let mut next = Vec::new();
-        diag.dump(&mut next).expect("walk");
+        // A new connection moves the opens count: walks, which find it, until the count has
+        // stood still for a tick.
+        let e = TcpStream::connect(v4_at).expect("connect");
+        let (_e_server, _) = v4.accept().expect("accept");
+        let next = answer(&mut diag);
         assert_eq!(diag.lookups_since_walk, 0);
         assert!(by_inode(&next, &e).is_some());
-        assert_eq!(next.len(), 4);
+        assert_eq!(next.len(), left + 2);
+        answer(&mut diag);
+        assert_eq!(
+            diag.lookups_since_walk, 0,
+            "the count had moved since the tick before"
+        );
 
         // Lookups and a walk give the same sockets and counters.
-        let mut by_lookup = Vec::new();
-        diag.dump(&mut by_lookup).expect("lookups");
+        let mut by_lookup = answer(&mut diag);
         assert_eq!(diag.lookups_since_walk, 1);
         let mut by_walk = Vec::new();
         diag.walk(&mut by_walk, false).expect("walk");
@@ -837,5 +896,10 @@ fn real_kernel_quiet_namespace_is_answered_by_lookups() {
         key(&mut by_lookup);
         key(&mut by_walk);
         assert_eq!(by_lookup, by_walk);
+
+        // A minute after the last walk, a walk comes however quiet the namespace.
+        diag.walk_every = std::time::Duration::ZERO;
+        answer(&mut diag);
+        assert_eq!(diag.lookups_since_walk, 0);
     });
 }
