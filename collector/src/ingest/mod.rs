@@ -225,65 +225,60 @@ pub fn store_batches(
         })
         .collect();
     store::bandwidth::apply_batches(conn, &flows)?;
-    // Every instance in `clocks` had a new batch, hence its project.
-    let owned: std::collections::HashMap<&str, &str> = writes
-        .iter()
-        .zip(&projects)
-        .filter_map(|(w, p)| Some((w.batch.instance_id.as_str(), p.as_deref()?)))
-        .collect();
-    for (id, state) in &clocks {
-        if let Some(state) = state {
-            let key = store::InstanceKey {
-                project: owned.get(id.as_str()).copied().unwrap_or_default(),
-                instance_id: id,
-            };
-            store::instances::set_clock_state(conn, key, *state)?;
-        }
-    }
     for (w, project) in writes.iter().zip(&projects) {
         if let Some(project) = project {
             store::cdn::apply_batch(conn, &w.batch, project, w.received_ms)?;
         }
     }
+    // Step 5 for every batch not refused (a resend too: it has no stored project here, the
+    // token's is the instance's), with each instance's clock state as this group leaves it
+    // (given once, with its first new batch). A refused batch marks nothing: another project's
+    // instance is not seen by this agent.
+    let mut seen = Vec::with_capacity(writes.len());
+    let mut clocked = std::collections::HashSet::new();
     for ((w, project), stored) in writes.iter().zip(&projects).zip(&out) {
         if stored.is_err() {
-            continue; // refused: another project's instance is not marked seen by this agent
+            continue;
         }
-        // A resend has no stored project here: the token's is the instance's.
-        record_seen(
-            conn,
+        let id = w.batch.instance_id.as_str();
+        let clock = match project {
+            Some(_) if clocked.insert(id) => clocks.get(id).copied().flatten(),
+            _ => None,
+        };
+        seen.push(seen_of(
             &w.batch,
             project.as_deref().unwrap_or(&w.project),
             w.received_ms,
-        )?;
+            clock,
+        ));
     }
+    store::instances::record_ingest(conn, &seen)?;
     Ok(out)
 }
 
-/// Step 5: marks the batch's instance seen at its newest sample (never after `now_ms`).
-fn record_seen(
-    conn: &crate::store::Connection,
-    batch: &ReportBatch,
-    project: &str,
+/// Step 5: what the batch leaves on its instance's row: seen at its newest sample (never after
+/// `now_ms`), its agent's drop count, and `clock`, the instance's time-axis state to store.
+fn seen_of<'a>(
+    batch: &'a ReportBatch,
+    project: &'a str,
     now_ms: i64,
-) -> store::Result<()> {
+    clock: Option<timeaxis::ClockState>,
+) -> store::instances::Seen<'a> {
     let newest = batch
         .samples
         .iter()
         .map(|s| s.vm.sampled_at_ms)
         .max()
         .unwrap_or(now_ms);
-    let key = store::InstanceKey {
-        project,
-        instance_id: &batch.instance_id,
-    };
-    store::instances::record_seen(
-        conn,
-        key,
-        newest.min(now_ms),
-        Some(batch.dropped_samples_total),
-        None,
-    )
+    store::instances::Seen {
+        key: store::InstanceKey {
+            project,
+            instance_id: &batch.instance_id,
+        },
+        seen_ms: newest.min(now_ms),
+        dropped_samples_total: batch.dropped_samples_total,
+        clock,
+    }
 }
 
 /// Steps 2–5 for one batch the caller keeps (tests, benches, tools): works on a copy. The

@@ -280,6 +280,100 @@ pub fn record_seen(
     )
 }
 
+/// What one stored (or resent) batch leaves on its instance's row: [`record_seen`]'s figures,
+/// and the instance's time-axis state after it when the batch was new.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    /// The instance (with its project: [`super::InstanceKey`]).
+    pub key: super::InstanceKey<'a>,
+    /// Newest sample time of the batch (never after its receipt), epoch ms.
+    pub seen_ms: i64,
+    /// The agent's dropped-samples total in the batch.
+    pub dropped_samples_total: u64,
+    /// The time-axis state to store ([`set_clock_state`]).
+    pub clock: Option<ClockState>,
+}
+
+/// [`set_clock_state`] and [`record_seen`] for the batches a writer stores in one
+/// transaction. On PostgreSQL one `UPDATE … FROM UNNEST` for all their instances instead of two
+/// statements per batch (the last seen time and the drop count are maxima, the clock state the
+/// last given per instance: the same row either way); on SQLite the statements themselves.
+pub fn record_ingest(conn: &Connection, seen: &[Seen<'_>]) -> Result<()> {
+    if !conn.is_pg() {
+        for s in seen {
+            if let Some(clock) = s.clock {
+                set_clock_state(conn, s.key, clock)?;
+            }
+        }
+        for s in seen {
+            record_seen(conn, s.key, s.seen_ms, Some(s.dropped_samples_total), None)?;
+        }
+        return Ok(());
+    }
+    // Per instance: (newest seen, largest drop count, last clock state).
+    let mut rows: Vec<(super::InstanceKey<'_>, i64, i64, Option<ClockState>)> = Vec::new();
+    let mut at: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
+    for s in seen {
+        let dropped = i64::try_from(s.dropped_samples_total).unwrap_or(i64::MAX);
+        match at.get(&(s.key.project, s.key.instance_id)) {
+            Some(&i) => {
+                let r = &mut rows[i];
+                r.1 = r.1.max(s.seen_ms);
+                r.2 = r.2.max(dropped);
+                r.3 = s.clock.or(r.3);
+            }
+            None => {
+                at.insert((s.key.project, s.key.instance_id), rows.len());
+                rows.push((s.key, s.seen_ms, dropped, s.clock));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let Connection::Pg(pg) = conn else {
+        return Ok(());
+    };
+    let clock = |f: fn(&ClockState) -> Option<i64>| -> Vec<Option<i64>> {
+        rows.iter().map(|r| r.3.as_ref().and_then(f)).collect()
+    };
+    pg.execute_native_later(
+        "UPDATE instances AS i SET
+             last_seen_ms = GREATEST(i.last_seen_ms, u.seen_ms),
+             dropped_samples = GREATEST(i.dropped_samples, u.dropped),
+             clock_last_raw_ms = CASE WHEN u.clocked THEN u.raw_ms ELSE i.clock_last_raw_ms END,
+             clock_last_placed_ms =
+                 CASE WHEN u.clocked THEN u.placed_ms ELSE i.clock_last_placed_ms END,
+             clock_offset_ms = CASE WHEN u.clocked THEN u.offset_ms ELSE i.clock_offset_ms END,
+             clock_last_uptime_ms =
+                 CASE WHEN u.clocked THEN u.uptime_ms ELSE i.clock_last_uptime_ms END
+         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bool[], $6::int8[],
+                     $7::int8[], $8::int8[], $9::int8[])
+             AS u(project, instance_id, seen_ms, dropped, clocked, raw_ms, placed_ms,
+                  offset_ms, uptime_ms)
+         WHERE i.project = u.project AND i.instance_id = u.instance_id",
+        vec![
+            Box::new(
+                rows.iter()
+                    .map(|r| r.0.project.to_owned())
+                    .collect::<Vec<String>>(),
+            ),
+            Box::new(
+                rows.iter()
+                    .map(|r| r.0.instance_id.to_owned())
+                    .collect::<Vec<String>>(),
+            ),
+            Box::new(rows.iter().map(|r| r.1).collect::<Vec<i64>>()),
+            Box::new(rows.iter().map(|r| r.2).collect::<Vec<i64>>()),
+            Box::new(rows.iter().map(|r| r.3.is_some()).collect::<Vec<bool>>()),
+            Box::new(clock(|c| Some(c.last_raw_ms))),
+            Box::new(clock(|c| Some(c.last_placed_ms))),
+            Box::new(clock(|c| Some(c.offset_ms))),
+            Box::new(clock(|c| c.last_uptime_ms)),
+        ],
+    )
+}
+
 /// Records which agent reports the instance. When it is another agent than before (a clone that
 /// took over, a reinstalled VM), the bandwidth baseline and the time axis restart, so counters
 /// are never differenced across two agents. Returns whether the agent changed.

@@ -319,10 +319,7 @@ pub fn insert_samples_many(conn: &Connection, batches: &[(&ReportBatch, &str)]) 
             }
         }
     }
-    for (b, project) in batches {
-        super::series::add_to_minutes(conn, b, project)?;
-    }
-    Ok(())
+    super::series::add_to_minutes_many(conn, batches)
 }
 
 /// Stores the batch's VM and process samples (with `project`, its instance's, on PostgreSQL:
