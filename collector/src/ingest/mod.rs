@@ -9,7 +9,9 @@
 //! 3. [`store::bandwidth::apply_batch`] adds the interval bytes to the 10-minute and daily
 //!    bandwidth rollups;
 //! 4. [`store::cdn::apply_batch`] adds the CDN deltas and access-log positions;
-//! 5. [`store::instances::record_seen`] marks the instance seen (also for a resend).
+//! 5. [`store::instances::record_ingest`] marks the instance seen with its agent's drop count
+//!    (also for a resend; not for a batch refused as another project's instance) and stores
+//!    its time-axis state.
 //!
 //! Steps 2–5 run in one transaction of the store's writer, so a batch is stored whole or not at
 //! all, and the agent's acknowledgement means "durable".

@@ -273,15 +273,17 @@ pub fn record_seen(
         conn.scoped(params![
             key.instance_id,
             now_ms,
-            dropped_samples_total.map(|v| v as i64),
-            spooled_batches.map(|v| v as i64),
+            // Beyond `i64` (no agent drops that many): ignored, not wrapped negative.
+            dropped_samples_total.and_then(|v| i64::try_from(v).ok()),
+            spooled_batches.and_then(|v| i64::try_from(v).ok()),
             key.project
         ]),
     )
 }
 
 /// What one stored (or resent) batch leaves on its instance's row: [`record_seen`]'s figures,
-/// and the instance's time-axis state after it when the batch was new.
+/// and, with the instance's first new batch of a group, its time-axis state as the group leaves
+/// it.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen<'a> {
     /// The instance (with its project: [`super::InstanceKey`]).
@@ -295,11 +297,12 @@ pub struct Seen<'a> {
 }
 
 /// [`set_clock_state`] and [`record_seen`] for the batches a writer stores in one
-/// transaction. On PostgreSQL one `UPDATE … FROM UNNEST` for all their instances instead of two
-/// statements per batch (the last seen time and the drop count are maxima, the clock state the
-/// last given per instance: the same row either way); on SQLite the statements themselves.
+/// transaction. On PostgreSQL one `UPDATE … FROM UNNEST` for all their instances instead of one
+/// statement per batch and one per instance (the last seen time and the drop count are maxima,
+/// the clock state the last given per instance: the same row either way); on SQLite those
+/// statements. A drop count beyond `i64` is ignored, as [`record_seen`] ignores it.
 pub fn record_ingest(conn: &Connection, seen: &[Seen<'_>]) -> Result<()> {
-    if !conn.is_pg() {
+    let Connection::Pg(pg) = conn else {
         for s in seen {
             if let Some(clock) = s.clock {
                 set_clock_state(conn, s.key, clock)?;
@@ -309,12 +312,12 @@ pub fn record_ingest(conn: &Connection, seen: &[Seen<'_>]) -> Result<()> {
             record_seen(conn, s.key, s.seen_ms, Some(s.dropped_samples_total), None)?;
         }
         return Ok(());
-    }
+    };
     // Per instance: (newest seen, largest drop count, last clock state).
     let mut rows: Vec<(super::InstanceKey<'_>, i64, i64, Option<ClockState>)> = Vec::new();
     let mut at: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
     for s in seen {
-        let dropped = i64::try_from(s.dropped_samples_total).unwrap_or(i64::MAX);
+        let dropped = i64::try_from(s.dropped_samples_total).unwrap_or(0);
         match at.get(&(s.key.project, s.key.instance_id)) {
             Some(&i) => {
                 let r = &mut rows[i];
@@ -331,9 +334,6 @@ pub fn record_ingest(conn: &Connection, seen: &[Seen<'_>]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let Connection::Pg(pg) = conn else {
-        return Ok(());
-    };
     let clock = |f: fn(&ClockState) -> Option<i64>| -> Vec<Option<i64>> {
         rows.iter().map(|r| r.3.as_ref().and_then(f)).collect()
     };

@@ -296,14 +296,7 @@ impl Minute {
 /// resent batch from being added twice.
 /// `project` is the instance's (a column on PostgreSQL only: [`super::InstanceKey`]).
 pub fn add_to_minutes(conn: &Connection, batch: &ReportBatch, project: &str) -> Result<()> {
-    let mut minutes: BTreeMap<i64, Minute> = BTreeMap::new();
-    for sample in &batch.samples {
-        let vm = &sample.vm;
-        minutes
-            .entry(minute_floor(vm.sampled_at_ms))
-            .and_modify(|m| m.add(vm))
-            .or_insert_with(|| Minute::first(vm));
-    }
+    let minutes = minutes_of(batch);
     if minutes.is_empty() {
         return Ok(());
     }
@@ -323,11 +316,25 @@ pub fn add_to_minutes(conn: &Connection, batch: &ReportBatch, project: &str) -> 
     Ok(())
 }
 
+/// The batch's VM samples summed per minute (start, epoch ms).
+fn minutes_of(batch: &ReportBatch) -> BTreeMap<i64, Minute> {
+    let mut minutes: BTreeMap<i64, Minute> = BTreeMap::new();
+    for sample in &batch.samples {
+        let vm = &sample.vm;
+        minutes
+            .entry(minute_floor(vm.sampled_at_ms))
+            .and_modify(|m| m.add(vm))
+            .or_insert_with(|| Minute::first(vm));
+    }
+    minutes
+}
+
 /// [`add_to_minutes`] for the batches a writer stores in one transaction, in their order. On
 /// PostgreSQL one `UNNEST` upsert for all their minutes instead of one statement per batch and
-/// minute (each ~30 parameters); a minute two of the batches share goes into a second statement
-/// (an upsert cannot touch a row twice), so the database adds every batch's figures to the row
-/// one after the other as one upsert per batch does, with the same floating-point results.
+/// minute (each ~30 parameters): the k-th batch to touch a minute goes into the k-th statement
+/// (an upsert cannot touch a row twice), so the database adds each batch's figures to the row
+/// in turn, as one upsert per batch does, with the same floating-point results. On SQLite one
+/// upsert per batch and minute ([`add_to_minutes`]), cheap in-process calls there.
 pub fn add_to_minutes_many(conn: &Connection, batches: &[(&ReportBatch, &str)]) -> Result<()> {
     let Connection::Pg(pg) = conn else {
         for (b, project) in batches {
@@ -340,15 +347,7 @@ pub fn add_to_minutes_many(conn: &Connection, batches: &[(&ReportBatch, &str)]) 
     let mut seen: std::collections::HashMap<(&str, &str, i64), usize> =
         std::collections::HashMap::new();
     for (b, project) in batches {
-        let mut minutes: BTreeMap<i64, Minute> = BTreeMap::new();
-        for sample in &b.samples {
-            let vm = &sample.vm;
-            minutes
-                .entry(minute_floor(vm.sampled_at_ms))
-                .and_modify(|m| m.add(vm))
-                .or_insert_with(|| Minute::first(vm));
-        }
-        for (minute_ms, m) in minutes {
+        for (minute_ms, m) in minutes_of(b) {
             let round = seen
                 .entry((project, b.instance_id.as_str(), minute_ms))
                 .and_modify(|r| *r += 1)

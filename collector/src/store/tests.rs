@@ -800,6 +800,166 @@ async fn grouped_ingest_stores_what_one_by_one_does(backend: Backend) {
     assert_eq!(queued.store.read(ingest_tables).await.unwrap(), want);
 }
 
+/// PostgreSQL's group statements (one `UNNEST` upsert per round of distinct minutes, one
+/// `UPDATE … FROM UNNEST` for the instance rows) leave every column of `vm_minutes` and of the
+/// instance rows exactly as SQLite's per-batch statements do: floating-point sums of batches
+/// sharing a minute (in a group and across groups), a second project, a batch without samples,
+/// an instance whose clock is never set, a group holding only a resend, an agent's uptime, and
+/// a foreign batch beside its owner's in one group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (scripts/test.sh starts a cluster)"]
+async fn pg_group_statements_leave_the_rows_sqlites_per_batch_statements_do() {
+    use crate::ingest::{Received, store_batches};
+    // After the registrations, so the samples, not registration, set `last_seen_ms`.
+    let now_ms = vmmon_common::vocab::now_ms() + 3_600_000;
+    let sample = |ms: i64, k: f64| Sample {
+        vm: VmSample {
+            cpu_pct: 0.1 + k / 3.0,
+            mem_pct: 100.0 / (k + 7.0),
+            disk_read_kib_per_sec: k * 1.1,
+            net_in_kib_per_sec: 1.0 / (k + 3.0),
+            uptime_ms: u64::try_from(ms % 10_000_000).ok(),
+            ..vm(ms)
+        },
+        processes: None,
+    };
+    let batch = |id: &str, seq: u64, at: &[i64], dropped: u64| ReportBatch {
+        batch_id: uuid::Uuid::new_v4(),
+        instance_id: id.into(),
+        seq,
+        samples: at
+            .iter()
+            .enumerate()
+            .map(|(i, &ms)| sample(ms, seq as f64 * 10.0 + i as f64))
+            .collect(),
+        dropped_samples_total: dropped,
+        cdn: Vec::new(),
+        cdn_tail: None,
+    };
+    // A minute's start: the minutes below are filled as written whatever the time of day.
+    let base = (now_ms - 600_000) / 60_000 * 60_000;
+    let earlier = vec![
+        (batch("i-3", 0, &[base], 1), "p1"),
+        (batch("i-1", 0, &[base, base + 20_000], 0), "p1"),
+    ];
+    // Resent with the agent's freshest drop count: the instance row takes it.
+    let mut resend = earlier[0].0.clone();
+    resend.dropped_samples_total = 7;
+    let mut group = vec![
+        (batch("i-1", 1, &[base + 40_000, base + 50_000], 2), "p1"),
+        (batch("i-1", 2, &[base + 55_000, base + 70_000], 1), "p1"),
+        (batch("i-2", 0, &[base + 10_000], 5), "p2"),
+        (batch("i-2", 1, &[], 6), "p2"),
+        (batch("i-4", 0, &[base + 30_000], 9), "p1"), // i-4 is p2's: refused
+        (batch("i-4", 0, &[base + 30_000], 3), "p2"),
+        (batch("i-1", 3, &[base + 59_000], 4), "p1"),
+    ];
+    group[5].0.batch_id = uuid::Uuid::new_v4();
+    let resend_only = vec![(resend, "p1")];
+    let rows = |c: &Connection| -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let minute_cols = "instance_id, minute_ms, samples, cpu_pct_min, cpu_pct_sum, cpu_pct_max,
+            mem_pct_min, mem_pct_sum, mem_pct_max, disk_read_min, disk_read_sum, disk_read_max,
+            disk_write_min, disk_write_sum, disk_write_max, net_in_min, net_in_sum, net_in_max,
+            net_out_min, net_out_sum, net_out_max";
+        for (sql, cols) in [
+            (
+                format!("SELECT {minute_cols} FROM vm_minutes ORDER BY 1, 2"),
+                21,
+            ),
+            (
+                "SELECT instance_id, last_seen_ms, dropped_samples, clock_last_raw_ms,
+                     clock_last_placed_ms, clock_offset_ms, clock_last_uptime_ms, spooled_batches
+                 FROM instances ORDER BY 1"
+                    .to_string(),
+                8,
+            ),
+        ] {
+            c.prepare(&sql)?.for_each(params![], |r| {
+                let row: Vec<String> = (0..cols)
+                    .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
+                    .collect::<Result<_>>()?;
+                out.push(row.join(" "));
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    };
+    let mut results = Vec::new();
+    for backend in [Backend::Sqlite, Backend::Pg] {
+        let t = testing::open(backend).await;
+        t.store
+            .write(|c| {
+                testing::register(c, "i-1", "p1")?;
+                testing::register(c, "i-3", "p1")?;
+                testing::register(c, "i-2", "p2")?;
+                testing::register(c, "i-4", "p2")
+            })
+            .await
+            .unwrap();
+        let mut outcomes = Vec::new();
+        for g in [&earlier, &group, &resend_only] {
+            let g = g.clone();
+            let stored = t
+                .store
+                .write_unguarded(move |c| {
+                    let mut writes: Vec<Received> = g
+                        .into_iter()
+                        .map(|(batch, project)| Received {
+                            batch,
+                            received_ms: now_ms,
+                            project: project.into(),
+                        })
+                        .collect();
+                    store_batches(c, &mut writes)
+                })
+                .await
+                .unwrap();
+            outcomes.push(format!(
+                "{:?}",
+                stored
+                    .iter()
+                    .map(|s| s.as_ref().map(|o| o.0))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        results.push((outcomes, t.store.read(rows).await.unwrap()));
+    }
+    let (sqlite, pg) = (&results[0], &results[1]);
+    assert_eq!(
+        sqlite.0,
+        [
+            "[Ok(true), Ok(true)]",
+            "[Ok(true), Ok(true), Ok(true), Ok(true), Err(ForeignInstance), Ok(true), Ok(true)]",
+            "[Ok(false)]"
+        ]
+    );
+    assert_eq!(pg.0, sqlite.0);
+    // Not trivially equal: i-1's first minute sums six samples of four batches in two groups.
+    assert!(
+        sqlite
+            .1
+            .iter()
+            .any(|r| r.starts_with("Text(\"i-1\")") && r.split(' ').nth(2) == Some("Int(6)")),
+        "{:#?}",
+        sqlite.1
+    );
+    let i3 = sqlite
+        .1
+        .iter()
+        .rev()
+        .find(|r| r.starts_with("Text(\"i-3\")"));
+    assert_eq!(
+        i3.and_then(|r| r.split(' ').nth(2)),
+        Some("Int(7)"),
+        "{i3:?}"
+    );
+    for (a, b) in sqlite.1.iter().zip(&pg.1) {
+        assert_eq!(a, b);
+    }
+    assert_eq!(sqlite.1.len(), pg.1.len());
+}
+
 /// `/metrics`' and the dashboard's fleet: every instance of the project (or all), each with its
 /// newest VM sample, including one whose newest sample is far older than its last contact (the
 /// PostgreSQL statement looks at the day before first, then falls back) and one with none.
