@@ -719,14 +719,21 @@ fn ingest_tables(c: &Connection) -> Result<Vec<String>> {
         ),
         ("SELECT instance_id, seq FROM batches ORDER BY 1, 2", 2),
     ] {
-        c.prepare(sql)?.for_each(params![], |r| {
-            let row: Vec<String> = (0..cols)
-                .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
-                .collect::<Result<_>>()?;
-            out.push(row.join(" "));
-            Ok(())
-        })?;
+        out.extend(rendered_rows(c, sql, cols)?);
     }
+    Ok(out)
+}
+
+/// The rows of `sql` (its first `cols` columns), each rendered as one line of typed values.
+fn rendered_rows(c: &Connection, sql: &str, cols: usize) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    c.prepare(sql)?.for_each(params![], |r| {
+        let row: Vec<String> = (0..cols)
+            .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
+            .collect::<Result<_>>()?;
+        out.push(row.join(" "));
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -857,32 +864,22 @@ async fn pg_group_statements_leave_the_rows_sqlites_per_batch_statements_do() {
     group[5].0.batch_id = uuid::Uuid::new_v4();
     let resend_only = vec![(resend, "p1")];
     let rows = |c: &Connection| -> Result<Vec<String>> {
-        let mut out = Vec::new();
         let minute_cols = "instance_id, minute_ms, samples, cpu_pct_min, cpu_pct_sum, cpu_pct_max,
             mem_pct_min, mem_pct_sum, mem_pct_max, disk_read_min, disk_read_sum, disk_read_max,
             disk_write_min, disk_write_sum, disk_write_max, net_in_min, net_in_sum, net_in_max,
             net_out_min, net_out_sum, net_out_max";
-        for (sql, cols) in [
-            (
-                format!("SELECT {minute_cols} FROM vm_minutes ORDER BY 1, 2"),
-                21,
-            ),
-            (
-                "SELECT instance_id, last_seen_ms, dropped_samples, clock_last_raw_ms,
-                     clock_last_placed_ms, clock_offset_ms, clock_last_uptime_ms, spooled_batches
-                 FROM instances ORDER BY 1"
-                    .to_string(),
-                8,
-            ),
-        ] {
-            c.prepare(&sql)?.for_each(params![], |r| {
-                let row: Vec<String> = (0..cols)
-                    .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
-                    .collect::<Result<_>>()?;
-                out.push(row.join(" "));
-                Ok(())
-            })?;
-        }
+        let mut out = rendered_rows(
+            c,
+            &format!("SELECT {minute_cols} FROM vm_minutes ORDER BY 1, 2"),
+            21,
+        )?;
+        out.extend(rendered_rows(
+            c,
+            "SELECT instance_id, last_seen_ms, dropped_samples, clock_last_raw_ms,
+                 clock_last_placed_ms, clock_offset_ms, clock_last_uptime_ms, spooled_batches
+             FROM instances ORDER BY 1",
+            8,
+        )?);
         Ok(out)
     };
     let mut results = Vec::new();
