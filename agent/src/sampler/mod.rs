@@ -162,8 +162,10 @@ pub struct Sampler {
     /// The fork counter (`processes` in `/proc/stat`) read before `/proc` was last listed;
     /// `None` when that listing was incomplete or the counter is unusable.
     listed_at_forks: Option<u64>,
-    /// Every pid of the last listing, sorted (to check the counter against the next one).
+    /// Every pid of the last listing, sorted (to check the counter against the next one), and
+    /// the one before it (kept for its allocation).
     listing: Vec<u32>,
+    listing_before: Vec<u32>,
     /// `/proc/uptime` at the last listing.
     listed_at_uptime: Duration,
     /// A listing found a pid the fork counter had not counted (a `/proc/stat` that does not
@@ -222,6 +224,7 @@ impl Sampler {
             listed: Vec::new(),
             listed_at_forks: None,
             listing: Vec::new(),
+            listing_before: Vec::new(),
             listed_at_uptime: Duration::ZERO,
             forks_uncounted: false,
         })
@@ -369,7 +372,8 @@ impl Sampler {
             // A listing while the counter stands still (the periodic check) must find no pid
             // the last complete listing did not have.
             let check = !self.forks_uncounted && forks.is_some() && forks == self.listed_at_forks;
-            let before = std::mem::take(&mut self.listing);
+            std::mem::swap(&mut self.listing, &mut self.listing_before);
+            self.listing.clear();
             let mut complete = true;
             listed.clear();
             for entry in dir {
@@ -393,6 +397,7 @@ impl Sampler {
             self.listing.sort_unstable();
             self.listed_at_uptime = cur.uptime;
             self.listed_at_forks = forks.filter(|_| complete);
+            let before = &self.listing_before;
             let missed = || {
                 self.listing
                     .iter()

@@ -530,9 +530,12 @@ pub struct SockDiag {
     lookup_limit: usize,
     /// Lookups are off: the kernel refused one, or missed a live socket.
     lookups_refused: bool,
-    /// Reused request and `/proc/thread-self/net/snmp` buffers.
+    /// Reused request and `/proc/thread-self/net/snmp` buffers, the cookies an answer found
+    /// (sorted), and the snmp file, kept open (re-read at offset 0 each tick).
     req: Vec<u8>,
     snmp: Vec<u8>,
+    found: Vec<u64>,
+    snmp_file: Option<std::fs::File>,
 }
 
 /// A walk at least this often however quiet the namespace: bounds how long a socket the opens
@@ -586,6 +589,8 @@ impl SockDiag {
             lookups_refused: false,
             req: Vec::new(),
             snmp: Vec::new(),
+            found: Vec::new(),
+            snmp_file: None,
         })
     }
 
@@ -632,12 +637,15 @@ impl SockDiag {
             match self.look_up_known(out) {
                 Ok(()) => {
                     self.lookups_since_walk += 1;
-                    let found = &*out;
+                    self.found.clear();
+                    self.found.extend(out.iter().map(|s| s.cookie));
+                    self.found.sort_unstable();
+                    let found = &self.found;
                     self.gone_by_lookup.extend(
                         self.known
                             .iter()
                             .map(cookie_of)
-                            .filter(|c| !found.iter().any(|s| s.cookie == *c)),
+                            .filter(|c| found.binary_search(c).is_err()),
                     );
                     self.known.clear();
                     self.known.extend(out.iter().map(|s| s.id));
@@ -762,11 +770,31 @@ impl SockDiag {
 
     /// [`parse_tcp_opens`] of this thread's network namespace (the socket's: it was made here).
     fn tcp_opens(&mut self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        if self.snmp_file.is_none() {
+            // `thread-self` since Linux 3.17; `self` (the thread group leader's) before.
+            self.snmp_file = std::fs::File::open("/proc/thread-self/net/snmp")
+                .or_else(|_| std::fs::File::open("/proc/self/net/snmp"))
+                .ok();
+        }
+        let file = self.snmp_file.as_ref()?;
         self.snmp.clear();
-        let mut file = std::fs::File::open("/proc/thread-self/net/snmp")
-            .or_else(|_| std::fs::File::open("/proc/self/net/snmp"))
-            .ok()?;
-        file.read_to_end(&mut self.snmp).ok()?;
+        loop {
+            let at = self.snmp.len();
+            self.snmp.resize(at + 4096, 0);
+            match file.read_at(&mut self.snmp[at..], at as u64) {
+                Ok(0) => {
+                    self.snmp.truncate(at);
+                    break;
+                }
+                Ok(n) => self.snmp.truncate(at + n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.snmp.truncate(at),
+                Err(_) => {
+                    self.snmp_file = None; // opened again next time
+                    return None;
+                }
+            }
+        }
         parse_tcp_opens(&self.snmp)
     }
 

@@ -863,7 +863,7 @@ fn real_kernel_quiet_namespace_is_answered_by_lookups() {
         drop(closed);
         let left = 2 * pairs.len();
         let mut after = Vec::new();
-        for _ in 0..100 {
+        for _ in 0..500 {
             after = answer(&mut diag);
             if after.len() == left {
                 break;
