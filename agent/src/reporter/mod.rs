@@ -304,6 +304,9 @@ async fn session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Start by draining whatever the spool holds from before.
     shared.new_batch.notify_one();
+    // Whether this collector reads process records as arrays (the spool's form): unknown until
+    // its first acknowledgement says so, so the session's first batch goes as objects.
+    let mut process_arrays = false;
     loop {
         tokio::select! {
             biased;
@@ -327,7 +330,7 @@ async fn session(
                 return ended(RetryAction::Reconnect, "collector closed the connection", true);
             }
             _ = shared.new_batch.notified() => {
-                if let Err(end) = drain(shared, &client).await {
+                if let Err(end) = drain(shared, &client, &mut process_arrays).await {
                     return end;
                 }
             }
@@ -359,7 +362,13 @@ async fn session(
 }
 
 /// Sends up to [`BATCHES_PER_TURN`] batches oldest first; re-arms itself when more remain.
-async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
+/// `process_arrays`: whether the collector said it reads process records as arrays (updated
+/// from each acknowledgement); while not, records are sent as objects.
+async fn drain(
+    shared: &Shared,
+    client: &WsClient,
+    process_arrays: &mut bool,
+) -> Result<(), SessionEnd> {
     for _ in 0..BATCHES_PER_TURN {
         let (seq, params) = match shared.with_spool(|s| s.next_to_send()) {
             Ok(Some(out)) => (out.seq, ReportParams(out.params)),
@@ -373,9 +382,20 @@ async fn drain(shared: &Shared, client: &WsClient) -> Result<(), SessionEnd> {
         // bound leaves the batch alone.
         let _in_flight = InFlight { shared, seq };
         // Sent as written, so the extension keys (vmmon_common::wire::ext) reach the collector.
+        let params = if *process_arrays {
+            params
+        } else {
+            // A record that does not read as a batch is sent as it is: the collector refuses
+            // it, and it is dropped and counted below like any refused batch.
+            params.with_process_objects().unwrap_or_else(|(params, e)| {
+                tracing::warn!(seq, error = %e, "A spooled batch does not read as a batch.");
+                params
+            })
+        };
         let sent: Result<ReportAck, ClientError> = client.request(REPORT_METHOD, params).await;
         match sent {
             Ok(ack) => {
+                *process_arrays = ack.process_arrays;
                 if ack.duplicate {
                     tracing::debug!(seq, "Collector already had this batch.");
                 }
@@ -429,6 +449,22 @@ impl Drop for InFlight<'_> {
 #[derive(Debug)]
 pub struct ReportParams(pub Box<RawValue>);
 
+impl ReportParams {
+    /// The same batch with every process record as a JSON object, for a collector that has
+    /// not announced [`ReportAck::process_arrays`] (one that predates the array form the spool
+    /// writes, see [`vmmon_common::wire::ProcessSample`]). Costs a parse and a serialisation
+    /// of the batch, so only a session's first batch and batches to such a collector pay it.
+    /// On error the params are handed back unchanged.
+    pub fn with_process_objects(self) -> Result<Self, (Self, serde_json::Error)> {
+        let converted = serde_json::from_str::<(vmmon_common::wire::ReportBatch,)>(self.0.get())
+            .and_then(|(batch,)| serde_json::value::to_raw_value(&[batch]));
+        match converted {
+            Ok(params) => Ok(Self(params)),
+            Err(e) => Err((self, e)),
+        }
+    }
+}
+
 impl ToRpcParams for ReportParams {
     fn to_rpc_params(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
         Ok(Some(self.0))
@@ -451,7 +487,91 @@ pub fn initial_desired(
 
 #[cfg(test)]
 mod tests {
-    use super::Failover;
+    use super::{Failover, ReportParams};
+    use serde_json::{Value, json};
+    use vmmon_common::wire::ext::{ProcessSampleExt, SampleExt, VmSampleExt};
+    use vmmon_common::wire::{ProcessSample, ReportAck, ReportBatch, Sample, VmSample};
+
+    fn process(pid: u32) -> ProcessSample {
+        ProcessSample {
+            pid,
+            start_time: 1_764_600_000.5,
+            cmd: format!("p{pid}"),
+            cpu_pct: 1.5,
+            mem_pct: 0.25,
+            disk_read_kib_per_sec: 2.0,
+            disk_write_kib_per_sec: 3.0,
+            net_in_kib_per_sec: 4.0,
+            net_out_kib_per_sec: 5.0,
+            shutdown_time: (pid == 2).then_some(1_764_600_001.0),
+            unreadable: Vec::new(),
+        }
+    }
+
+    /// The spool writes process records as arrays; a collector that has not said it reads
+    /// them gets the same batch with objects, extension keys included.
+    #[test]
+    fn spooled_array_records_go_as_objects_to_a_collector_that_did_not_announce_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = crate::spool::Spool::open(dir.path(), 1 << 20).unwrap();
+        let sample = Sample {
+            vm: VmSample {
+                sampled_at_ms: 1_764_600_000_000,
+                proc_count: 2,
+                ..VmSample::default()
+            },
+            processes: Some(vec![process(1), process(2)]),
+        };
+        let ext = SampleExt {
+            vm: VmSampleExt {
+                cpu_steal_pct: Some(3.5),
+                unreadable_procs: Some(1),
+            },
+            processes: vec![(
+                1,
+                ProcessSampleExt {
+                    unreadable: vec!["disk_read_kib_per_sec".into()],
+                },
+            )],
+        };
+        spool
+            .push_batch_ext("i-1", vec![sample.clone()], &[ext], Vec::new(), None)
+            .unwrap();
+        let out = spool.next_to_send().unwrap().unwrap();
+        let spooled: Value = serde_json::from_str(out.params.get()).unwrap();
+        assert!(spooled[0]["samples"][0]["processes"][0].is_array());
+
+        let sent = ReportParams(out.params).with_process_objects().unwrap();
+        let sent: Value = serde_json::from_str(sent.0.get()).unwrap();
+        let procs = &sent[0]["samples"][0]["processes"];
+        assert_eq!(procs[0]["pid"], 1);
+        assert_eq!(procs[0]["net_out_kib_per_sec"], 5.0);
+        assert!(procs[0].get("unreadable").is_none());
+        assert_eq!(procs[1]["shutdown_time"], 1_764_600_001.0);
+        assert_eq!(procs[1]["unreadable"], json!(["disk_read_kib_per_sec"]));
+        assert_eq!(sent[0]["samples"][0]["vm"]["cpu_steal_pct"], 3.5);
+        // Both forms are the same batch.
+        let (a,): (ReportBatch,) = serde_json::from_value(spooled).unwrap();
+        let (b,): (ReportBatch,) = serde_json::from_value(sent).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.samples[0].processes.as_ref().unwrap()[0], process(1));
+
+        // What does not read as a batch is handed back as it was.
+        let junk = serde_json::value::RawValue::from_string(r#"[{"seq":1}]"#.into()).unwrap();
+        let (back, _) = ReportParams(junk).with_process_objects().unwrap_err();
+        assert_eq!(back.0.get(), r#"[{"seq":1}]"#);
+    }
+
+    /// A collector that predates the array form answers without the key: objects.
+    #[test]
+    fn an_acknowledgement_without_the_key_means_objects() {
+        let old: ReportAck = serde_json::from_value(json!({
+            "batch_id": "00000000-0000-0000-0000-000000000000",
+            "duplicate": false
+        }))
+        .unwrap();
+        assert!(!old.process_arrays);
+    }
 
     /// Drives the policy through a sequence of session outcomes: (registered?, expected wait,
     /// expected URL index tried next).

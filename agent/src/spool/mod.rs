@@ -256,8 +256,18 @@ pub struct OpenReport {
 pub struct SpooledBatch {
     /// Its sequence number.
     pub seq: u64,
-    /// Its JSON text, as it is sent.
+    /// Its JSON text, as written (process records as arrays, see
+    /// [`vmmon_common::wire::ProcessSample`]; an older agent's records may hold objects).
     pub json: String,
+}
+
+impl SpooledBatch {
+    /// The batch as JSON with every process record as an object, to read by field name.
+    ///
+    /// Errors: the text does not read as a [`ReportBatch`].
+    pub fn with_process_objects(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str::<ReportBatch>(&self.json).and_then(serde_json::to_value)
+    }
 }
 
 /// The spool.

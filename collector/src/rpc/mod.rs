@@ -332,6 +332,8 @@ impl MonitorApiServer for RpcHandler {
         Ok(ReportAck {
             batch_id,
             duplicate: !stored,
+            // `ReportBatch` is read by its derived `Deserialize`, which reads both forms.
+            process_arrays: true,
         })
     }
 

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | `samples[i].vm` | `cpu_steal_pct` | number or absent | [`VmSampleExt::cpu_steal_pct`] |
 //! | `samples[i].vm` | `unreadable_procs` | integer or absent | [`VmSampleExt::unreadable_procs`] |
-//! | `samples[i].processes[j]` | `unreadable` | list of field names | [`ProcessSampleExt::unreadable`] |
+//! | `samples[i].processes[j]` | `unreadable` | list of field names | [`ProcessSampleExt::unreadable`] (the 11th element of a record in the array form) |
 //! | `inventory` (register) | `net_interfaces_counted` | list of names | [`InventoryExt::net_interfaces_counted`] |
 //!
 //! A figure named in `unreadable` is **null**: the agent could not read it (e.g. `/proc/PID/io`
@@ -80,8 +80,10 @@ pub struct InventoryExt {
 }
 
 /// A [`ReportBatch`](super::ReportBatch) serialized with its samples' extension keys, without
-/// building a JSON tree (the batch of a 1,000-process tick is a few hundred KB of JSON, and a
-/// tree of it several MB). Same JSON as [`merge_samples`] on the serialized batch.
+/// building a JSON tree (the batch of a 1,000-process tick is ~70 KB of JSON, and a tree of it
+/// several MB): the agent's spool form. The same batch as [`merge_samples`] on the serialized
+/// batch, with the process records in their array form (see
+/// [`ProcessSample`](super::ProcessSample); a record's `unreadable` is its 11th element).
 pub struct BatchWithExt<'a> {
     /// The batch.
     pub batch: &'a super::ReportBatch,
@@ -162,12 +164,42 @@ impl Serialize for ProcsOut<'_> {
         let mut ext = self.ext.iter().peekable();
         for (i, p) in self.ps.iter().enumerate() {
             while ext.next_if(|(j, _)| *j < i).is_some() {}
-            match ext.next_if(|(j, _)| *j == i) {
-                Some((_, e)) => seq.serialize_element(&Flat { base: p, ext: e })?,
-                None => seq.serialize_element(p)?,
-            }
+            let unreadable = match ext.next_if(|(j, _)| *j == i) {
+                Some((_, e)) => e.unreadable.as_slice(),
+                None => p.unreadable.as_slice(),
+            };
+            seq.serialize_element(&ProcessRow { p, unreadable })?;
         }
         seq.end()
+    }
+}
+
+/// A process record in its array form (see [`ProcessSample`](super::ProcessSample)): the same
+/// fields in declaration order, `unreadable` only when not empty.
+struct ProcessRow<'a> {
+    p: &'a super::ProcessSample,
+    unreadable: &'a [String],
+}
+
+impl Serialize for ProcessRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let p = self.p;
+        let mut t = s.serialize_tuple(10 + usize::from(!self.unreadable.is_empty()))?;
+        t.serialize_element(&p.pid)?;
+        t.serialize_element(&p.start_time)?;
+        t.serialize_element(&p.cmd)?;
+        t.serialize_element(&p.cpu_pct)?;
+        t.serialize_element(&p.mem_pct)?;
+        t.serialize_element(&p.disk_read_kib_per_sec)?;
+        t.serialize_element(&p.disk_write_kib_per_sec)?;
+        t.serialize_element(&p.net_in_kib_per_sec)?;
+        t.serialize_element(&p.net_out_kib_per_sec)?;
+        t.serialize_element(&p.shutdown_time)?;
+        if !self.unreadable.is_empty() {
+            t.serialize_element(self.unreadable)?;
+        }
+        t.end()
     }
 }
 

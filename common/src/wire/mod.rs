@@ -59,4 +59,10 @@ pub struct ReportAck {
     pub batch_id: Uuid,
     /// True when the batch had been stored before and this copy was ignored.
     pub duplicate: bool,
+    /// The collector reads process records written as JSON arrays
+    /// ([`ProcessSample`]'s array form: its fields in declaration order), the agent's spool
+    /// form. Absent (false) from collectors that predate the array form: the agent then sends
+    /// every record as an object.
+    #[serde(default)]
+    pub process_arrays: bool,
 }

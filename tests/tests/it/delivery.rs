@@ -498,3 +498,102 @@ fn a_removed_instance_taken_by_another_project_is_no_longer_the_old_agents() {
         "the refused batch {seq} was stored: {seqs:?}"
     );
 }
+
+/// Process records as arrays (the agent's spool form, sent once the collector's acknowledgement
+/// says it reads them) are stored as the same records sent as objects; a malformed array record
+/// is refused as a malformed object is, and its batch stores nothing.
+#[test]
+fn array_process_records_store_as_objects_do_and_malformed_ones_change_nothing() {
+    use jsonrpsee::core::client::ClientT;
+    use vmmon_common::rpc::MonitorApiClient;
+    use vmmon_common::test_support as ts;
+    use vmmon_common::wire::{ReportAck, Sample, ext::BatchWithExt};
+    let c = Collector::start();
+    let token = c.create_token("p-arr", "r1");
+    let at = vmmon_common::vocab::now_ms() - 60_000;
+    let mut gone = ts::process(2, "nginx", 2.5);
+    gone.shutdown_time = Some(1_764_000_100.25);
+    gone.unreadable = vec!["disk_read_kib_per_sec".into()];
+    let sample = |at_ms| Sample {
+        vm: ts::vm_sample(at_ms, 1, 1),
+        processes: Some(vec![ts::process(1, "init", 0.5), gone.clone()]),
+    };
+    let arrays = |seq, at_ms| {
+        let b = ts::batch("vm-arr-a", seq, vec![sample(at_ms)]);
+        serde_json::to_value(BatchWithExt {
+            batch: &b,
+            exts: &[],
+        })
+        .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = agent_client(&c.rpc_url(), &token).await;
+        for id in ["vm-arr-o", "vm-arr-a"] {
+            client.register(register_request(id, 30)).await.unwrap();
+        }
+        let ack = client
+            .report(ts::batch("vm-arr-o", 0, vec![sample(at)]))
+            .await
+            .unwrap();
+        assert!(ack.process_arrays, "the collector reads arrays");
+        let sent = arrays(0, at);
+        assert!(sent["samples"][0]["processes"][1].is_array(), "{sent}");
+        let ack: ReportAck = client
+            .request("monitor_report", jsonrpsee::rpc_params![sent])
+            .await
+            .unwrap();
+        assert!(!ack.duplicate);
+        for bad in [
+            json!([2, 1.5, "nginx", 2.5]),
+            json!([2, 1.5, "nginx", 2.5, 1.0, 0.0, 0.0, 0.0, 0.0, null, [], "extra"]),
+            json!(["2", 1.5, "nginx", 2.5, 1.0, 0.0, 0.0, 0.0, 0.0, null]),
+            json!([2, 1.5, "nginx", "2.5", 1.0, 0.0, 0.0, 0.0, 0.0, null]),
+            json!([2, 1.5, "nginx", 2.5, 1.0, 0.0, 0.0, 0.0, 0.0, null, "disk"]),
+            json!([]),
+        ] {
+            let mut v = arrays(1, at + 30_000);
+            v["samples"][0]["processes"][1] = bad.clone();
+            let err = client
+                .request::<ReportAck, _>("monitor_report", jsonrpsee::rpc_params![v])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, jsonrpsee::core::client::Error::Call(_)),
+                "{bad}: {err}"
+            );
+        }
+    });
+    let count = |table: &str, id: &str| {
+        c.query_i64(
+            &format!("SELECT COUNT(*) FROM {table} WHERE instance_id = ?1"),
+            &[&id],
+        )[0]
+    };
+    for table in ["process_samples", "vm_samples", "batches"] {
+        assert_eq!(
+            count(table, "vm-arr-a"),
+            count(table, "vm-arr-o"),
+            "{table}: the refused batches stored nothing"
+        );
+    }
+    assert_eq!(count("process_samples", "vm-arr-a"), 2);
+    let sid = c.admin_session();
+    // The newest sample's processes, without what names the row or the instance.
+    let records = |id: &str| {
+        let r = c.legacy(
+            &json!({"method": 611711, "data": {"instance_id": id}, "session_id": sid, "limit": 10}),
+        );
+        let mut data = r["data"].clone();
+        for rec in data.as_array_mut().into_iter().flatten() {
+            if let Some(o) = rec.as_object_mut() {
+                o.remove("_id");
+                o.remove("instance_id");
+            }
+        }
+        data
+    };
+    let (objects, arrays) = (records("vm-arr-o"), records("vm-arr-a"));
+    assert_eq!(objects.as_array().map(Vec::len), Some(2), "{objects}");
+    assert_eq!(arrays, objects);
+}

@@ -3,8 +3,9 @@
 //! bind-mounted in a private mount namespace (the one kernel state a test cannot make).
 //!
 //! The agent here reports to no collector: it is pointed at a closed port with monitoring on in
-//! its persisted state, and the tests read what it spooled (`vmmon_agent::spool::read_spooled`, the JSON it
-//! would send, wire extensions included). So these tests need only the agent.
+//! its persisted state, and the tests read what it spooled (`vmmon_agent::spool::read_spooled`, the
+//! batches it would send, read with their process records as objects, wire extensions included).
+//! So these tests need only the agent.
 //!
 //! They need root (namespaces, veth, another user's `/proc/PID/io`), `ip` (iproute2) and
 //! `unshare` (util-linux). Not root: they fail with a message (CI runs as root).
@@ -234,7 +235,7 @@ impl GuestAgent {
         vmmon_agent::spool::read_spooled(&self.state)
             .expect("cannot read the agent's spool")
             .iter()
-            .map(|b| serde_json::from_str::<Value>(&b.json).expect("a spooled batch is JSON"))
+            .map(|b| b.with_process_objects().expect("a spooled batch reads as a batch"))
             .flat_map(|b| b["samples"].as_array().cloned().unwrap_or_default())
             .collect()
     }

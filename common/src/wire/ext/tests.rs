@@ -47,13 +47,25 @@ fn extension_keys_land_in_their_objects_and_old_structs_still_parse() {
         )],
     };
     merge_samples(&mut v, std::slice::from_ref(&ext));
-    // The streaming form writes the same JSON.
+    // The streaming form writes the same batch, its process records as arrays (the
+    // extension as the 11th element).
     let streamed = serde_json::to_value(BatchWithExt {
         batch: &batch(),
         exts: &[ext],
     })
     .unwrap();
-    assert_eq!(streamed, v);
+    assert_eq!(
+        streamed["samples"][0]["processes"],
+        serde_json::json!([
+            [1, 1.0, "init", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, null],
+            [1, 1.0, "init", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, null, DISK_FIELDS]
+        ])
+    );
+    assert_eq!(streamed["samples"][0]["vm"], v["samples"][0]["vm"]);
+    assert_eq!(
+        serde_json::from_value::<ReportBatch>(streamed).unwrap(),
+        serde_json::from_value::<ReportBatch>(v.clone()).unwrap()
+    );
     assert_eq!(v["samples"][0]["vm"][KEY_CPU_STEAL_PCT], 50.0);
     assert_eq!(v["samples"][0]["vm"][KEY_UNREADABLE_PROCS], 1);
     assert!(
@@ -94,5 +106,61 @@ fn absent_figures_add_no_keys() {
         exts: &[],
     })
     .unwrap();
-    assert_eq!(streamed, before);
+    assert_eq!(
+        serde_json::from_value::<ReportBatch>(streamed).unwrap(),
+        batch()
+    );
+}
+
+/// The array form is the struct's fields in declaration order: every figure lands in its
+/// field, an 11th element is `unreadable`, and what is not a record of this shape is refused
+/// (a wrong length, a wrong type, a trailing element), as a wrong object is.
+#[test]
+fn array_records_read_into_the_same_fields_and_malformed_ones_are_refused() {
+    let p: ProcessSample = serde_json::from_str(
+        r#"[7, 1.5, "nginx", 1.25, 2.5, 3.0, 4.0, 5.0, 6.0, 99.0, ["net_in_kib_per_sec"]]"#,
+    )
+    .unwrap();
+    assert_eq!(
+        p,
+        ProcessSample {
+            pid: 7,
+            start_time: 1.5,
+            cmd: "nginx".into(),
+            cpu_pct: 1.25,
+            mem_pct: 2.5,
+            disk_read_kib_per_sec: 3.0,
+            disk_write_kib_per_sec: 4.0,
+            net_in_kib_per_sec: 5.0,
+            net_out_kib_per_sec: 6.0,
+            shutdown_time: Some(99.0),
+            unreadable: vec!["net_in_kib_per_sec".into()],
+        }
+    );
+    // Written by the streaming form, read back: the same record.
+    let mut b = batch();
+    if let Some(ps) = b.samples[0].processes.as_mut() {
+        ps[0] = p;
+    }
+    let text = serde_json::to_string(&BatchWithExt {
+        batch: &b,
+        exts: &[],
+    })
+    .unwrap();
+    assert_eq!(serde_json::from_str::<ReportBatch>(&text).unwrap(), b);
+    for bad in [
+        r#"[7, 1.5, "nginx", 1.25, 2.5, 3.0, 4.0, 5.0, 6.0]"#,
+        r#"[7, 1.5, "nginx", 1.25, 2.5, 3.0, 4.0, 5.0, 6.0, null, [], 1]"#,
+        r#"["7", 1.5, "nginx", 1.25, 2.5, 3.0, 4.0, 5.0, 6.0, null]"#,
+        r#"[-7, 1.5, "nginx", 1.25, 2.5, 3.0, 4.0, 5.0, 6.0, null]"#,
+        r#"[7, 1.5, 3, 1.25, 2.5, 3.0, 4.0, 5.0, 6.0, null]"#,
+        r#"[7, 1.5, "nginx", "1.25", 2.5, 3.0, 4.0, 5.0, 6.0, null]"#,
+        r#"[7, 1.5, "nginx", 1.25, 2.5, 3.0, 4.0, 5.0, 6.0, null, "x"]"#,
+        r#"[]"#,
+    ] {
+        assert!(
+            serde_json::from_str::<ProcessSample>(bad).is_err(),
+            "{bad} was read"
+        );
+    }
 }
