@@ -167,7 +167,7 @@ async fn real_path(
             let mut rows = 0;
             for b in batches {
                 rows += rows_of(&b);
-                let ack = c.report(b).await?;
+                let ack = common::report_as_agent(&c, &b).await?;
                 anyhow::ensure!(!ack.duplicate, "unexpected duplicate");
             }
             Ok::<usize, anyhow::Error>(rows)

@@ -1,6 +1,11 @@
-//! What the ingest benches share: the batches the simulated agents send (`ingest`, `ingest_pg`).
+//! What the ingest benches share: the batches the simulated agents send and how they send them
+//! (`ingest`, `ingest_pg`).
 
-use vmmon_common::wire::{ProcessSample, ReportBatch, Sample, VmSample};
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::traits::ToRpcParams;
+use serde_json::value::RawValue;
+use vmmon_common::wire::ext::BatchWithExt;
+use vmmon_common::wire::{ProcessSample, ReportAck, ReportBatch, Sample, VmSample};
 
 /// `name` from the environment as a count, or `default`.
 pub fn env(name: &str, default: usize) -> usize {
@@ -63,4 +68,29 @@ pub fn rows_of(b: &ReportBatch) -> usize {
         .iter()
         .map(|s| 1 + s.processes.as_ref().map_or(0, Vec::len))
         .sum()
+}
+
+/// `monitor_report`'s params as the agent sends them: the batch serialised once in its spool
+/// form (process records as arrays, `vmmon_common::wire::ProcessSample`), handed to the client
+/// as they are.
+struct SpooledParams(Box<RawValue>);
+
+impl ToRpcParams for SpooledParams {
+    fn to_rpc_params(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+        Ok(Some(self.0))
+    }
+}
+
+/// Sends `batch` as the agent does: serialised in its spool form (the collector's
+/// acknowledgement announces `process_arrays`, which the bench checks).
+pub async fn report_as_agent(
+    client: &impl ClientT,
+    batch: &ReportBatch,
+) -> anyhow::Result<ReportAck> {
+    let params = serde_json::value::to_raw_value(&[BatchWithExt { batch, exts: &[] }])?;
+    let ack: ReportAck = client
+        .request("monitor_report", SpooledParams(params))
+        .await?;
+    anyhow::ensure!(ack.process_arrays, "the collector does not read array records");
+    Ok(ack)
 }
