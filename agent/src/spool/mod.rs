@@ -83,6 +83,7 @@
 #[cfg(test)]
 mod tests;
 
+mod json_buf;
 pub mod segment;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -96,6 +97,7 @@ use vmmon_common::wire::ext::{self, SampleExt};
 use vmmon_common::wire::{CdnBucketDelta, CdnTailState, DesiredState, ReportBatch, Sample};
 
 use crate::slots::{SlotError, SlotFile};
+use json_buf::JsonBuf;
 use segment::{Found, HEADER_BYTES, Segment};
 
 const SPOOL_DIR: &str = "spool";
@@ -283,6 +285,8 @@ pub struct Spool {
     legacy_state: Option<PathBuf>,
     /// Reused JSON buffer for the state.
     state_buf: Vec<u8>,
+    /// Where each new batch's JSON is written ([`json_buf`]: kept, small pieces copied inline).
+    json_buf: JsonBuf,
     max_bytes: u64,
     /// Size of a new segment.
     segment_bytes: u64,
@@ -369,6 +373,7 @@ impl Spool {
             state_file,
             legacy_state,
             state_buf: Vec::new(),
+            json_buf: JsonBuf::default(),
             max_bytes,
             segment_bytes,
             segments: BTreeMap::new(),
@@ -725,10 +730,20 @@ impl Spool {
             cdn_tail,
         };
         // Serialised once, as the report's params (`[` batch `]`); the record holds the batch.
-        let params = serde_json::value::to_raw_value(&[ext::BatchWithExt {
-            batch: &batch,
-            exts,
-        }])?;
+        self.json_buf.clear();
+        serde_json::to_writer(
+            &mut self.json_buf,
+            &[ext::BatchWithExt {
+                batch: &batch,
+                exts,
+            }],
+        )?;
+        // serde_json writes UTF-8 JSON; both are checked all the same (no `unsafe`), ~0.05 ms.
+        let text = std::str::from_utf8(self.json_buf.as_bytes())
+            .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+        let params = RawValue::from_string(text.to_owned());
+        self.json_buf.trim();
+        let params = params?;
         let bytes = params
             .get()
             .strip_prefix('[')
