@@ -114,8 +114,11 @@ mod tests {
         }
         // As serde_json writes a value.
         j.clear();
-        serde_json::to_writer(&mut j, &serde_json::json!({"a": [1, 2.5, "x\"y"], "b": null}))
-            .unwrap();
+        serde_json::to_writer(
+            &mut j,
+            &serde_json::json!({"a": [1, 2.5, "x\"y"], "b": null}),
+        )
+        .unwrap();
         assert_eq!(j.as_bytes(), br#"{"a":[1,2.5,"x\"y"],"b":null}"#);
     }
 

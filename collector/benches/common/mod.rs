@@ -91,6 +91,9 @@ pub async fn report_as_agent(
     let ack: ReportAck = client
         .request("monitor_report", SpooledParams(params))
         .await?;
-    anyhow::ensure!(ack.process_arrays, "the collector does not read array records");
+    anyhow::ensure!(
+        ack.process_arrays,
+        "the collector does not read array records"
+    );
     Ok(ack)
 }

@@ -546,7 +546,20 @@ fn array_process_records_store_as_objects_do_and_malformed_ones_change_nothing()
         assert!(!ack.duplicate);
         for bad in [
             json!([2, 1.5, "nginx", 2.5]),
-            json!([2, 1.5, "nginx", 2.5, 1.0, 0.0, 0.0, 0.0, 0.0, null, [], "extra"]),
+            json!([
+                2,
+                1.5,
+                "nginx",
+                2.5,
+                1.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                null,
+                [],
+                "extra"
+            ]),
             json!(["2", 1.5, "nginx", 2.5, 1.0, 0.0, 0.0, 0.0, 0.0, null]),
             json!([2, 1.5, "nginx", "2.5", 1.0, 0.0, 0.0, 0.0, 0.0, null]),
             json!([2, 1.5, "nginx", 2.5, 1.0, 0.0, 0.0, 0.0, 0.0, null, "disk"]),

@@ -235,7 +235,10 @@ impl GuestAgent {
         vmmon_agent::spool::read_spooled(&self.state)
             .expect("cannot read the agent's spool")
             .iter()
-            .map(|b| b.with_process_objects().expect("a spooled batch reads as a batch"))
+            .map(|b| {
+                b.with_process_objects()
+                    .expect("a spooled batch reads as a batch")
+            })
             .flat_map(|b| b["samples"].as_array().cloned().unwrap_or_default())
             .collect()
     }

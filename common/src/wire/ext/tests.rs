@@ -58,7 +58,19 @@ fn extension_keys_land_in_their_objects_and_old_structs_still_parse() {
         streamed["samples"][0]["processes"],
         serde_json::json!([
             [1, 1.0, "init", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, null],
-            [1, 1.0, "init", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, null, DISK_FIELDS]
+            [
+                1,
+                1.0,
+                "init",
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                null,
+                DISK_FIELDS
+            ]
         ])
     );
     assert_eq!(streamed["samples"][0]["vm"], v["samples"][0]["vm"]);
