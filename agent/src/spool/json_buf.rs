@@ -9,17 +9,26 @@
 //! (release, same machine, 1,000 processes: serialise, append to a segment, hand out, remove):
 //! 0.39 ms instead of 0.66 ms with musl; with glibc 0.38 against 0.26–0.38 ms (the checked
 //! `RawValue::from_string` costs what glibc's quick `memcpy` saved; the agent ships static).
-//! The buffer is zero-filled once and kept, so writing needs no `unsafe` and a tick allocates
-//! only the batch's exact size; a buffer grown by an unusually large batch is let go.
+//! The buffer is zero-filled as it grows and kept, so writing needs no `unsafe` and a tick
+//! allocates only the batch's exact size; a buffer grown by an unusually large batch is let go.
 
 use std::io;
 
 /// A growable output buffer for `serde_json::to_writer`: `buf[..len]` is what was written.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct JsonBuf {
-    /// Zero-filled beyond `len`; at least 32 bytes beyond it after each write.
+    /// All initialised (zeros when grown, earlier output after a [`Self::clear`]).
     buf: Vec<u8>,
     len: usize,
+}
+
+impl std::fmt::Debug for JsonBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonBuf")
+            .field("len", &self.len)
+            .field("capacity", &self.buf.len())
+            .finish()
+    }
 }
 
 /// Kept across ticks up to this size; a larger buffer is dropped after use.
@@ -43,9 +52,9 @@ impl JsonBuf {
         }
     }
 
-    /// Room for `n` more bytes, and for a fixed-size move of up to 32 bytes.
+    /// Room for `n` more bytes.
     fn reserve(&mut self, n: usize) {
-        let need = self.len + n.max(32);
+        let need = self.len + n;
         if self.buf.len() < need {
             let grown = need.max(self.buf.len() * 2).max(4096);
             self.buf.resize(grown, 0);

@@ -45,8 +45,11 @@
 //!   only removed.
 //!
 //! Downgrade: an agent before the segments does not read them; it moves `NNNN.seg` files to
-//! `spool/corrupt/` as strangers, so the batches in them are never sent. Drain the spool (let the
-//! agent deliver) before downgrading (README, "Delivery").
+//! `spool/corrupt/` as strangers, so the batches in them are never sent. An agent with segments
+//! but before the array form of process records sends the spooled arrays as they are: collectors
+//! whose `ProcessSample` has today's 11 fields (`2eaf36c` on) read them, older ones refuse the
+//! batches, which are then dropped and counted. Drain the spool (let the agent deliver) before
+//! downgrading (README, "Delivery").
 //!
 //! A failed append (the record written, its sync failed) must not leave a second record of its
 //! sequence number, which the next batch takes: [`Segment::append`] erases it or seals the
@@ -264,11 +267,13 @@ pub struct SpooledBatch {
 }
 
 impl SpooledBatch {
-    /// The batch as JSON with every process record as an object, to read by field name.
+    /// The batch as a JSON value with every process record as an object
+    /// ([`ext::batch_with_process_objects`]), to read by field name.
     ///
-    /// Errors: the text does not read as a [`ReportBatch`].
-    pub fn with_process_objects(&self) -> Result<serde_json::Value, serde_json::Error> {
-        serde_json::from_str::<ReportBatch>(&self.json).and_then(serde_json::to_value)
+    /// Errors: the text is not a batch's JSON.
+    pub fn to_object_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        let raw: Box<RawValue> = serde_json::from_str(&self.json)?;
+        serde_json::from_str(ext::batch_with_process_objects(&raw)?.get())
     }
 }
 
@@ -730,6 +735,7 @@ impl Spool {
             cdn_tail,
         };
         // Serialised once, as the report's params (`[` batch `]`); the record holds the batch.
+        self.json_buf.trim();
         self.json_buf.clear();
         serde_json::to_writer(
             &mut self.json_buf,
@@ -741,9 +747,7 @@ impl Spool {
         // serde_json writes UTF-8 JSON; both are checked all the same (no `unsafe`), ~0.05 ms.
         let text = std::str::from_utf8(self.json_buf.as_bytes())
             .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
-        let params = RawValue::from_string(text.to_owned());
-        self.json_buf.trim();
-        let params = params?;
+        let params = RawValue::from_string(text.to_owned())?;
         let bytes = params
             .get()
             .strip_prefix('[')

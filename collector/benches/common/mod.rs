@@ -81,8 +81,8 @@ impl ToRpcParams for SpooledParams {
     }
 }
 
-/// Sends `batch` as the agent does: serialised in its spool form (the collector's
-/// acknowledgement announces `process_arrays`, which the bench checks).
+/// Sends `batch` as the agent sends after its session's first batch: serialised in its spool
+/// form (process records as arrays; the bench checks the acknowledgement announces the fields).
 pub async fn report_as_agent(
     client: &impl ClientT,
     batch: &ReportBatch,
@@ -92,7 +92,7 @@ pub async fn report_as_agent(
         .request("monitor_report", SpooledParams(params))
         .await?;
     anyhow::ensure!(
-        ack.process_arrays,
+        ack.process_fields as usize >= vmmon_common::wire::PROCESS_FIELDS.len(),
         "the collector does not read array records"
     );
     Ok(ack)

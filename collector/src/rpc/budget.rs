@@ -1,10 +1,11 @@
 //! A bound on the agent report bytes being decoded and stored at once, across all connections.
 //!
 //! A report's JSON is read whole by jsonrpsee (at most the per-message cap, 32 MiB), then decoded
-//! into typed records and stored; decoded, a report takes about twice its JSON in memory until it
-//! is committed. Without a bound, N agents sending large reports at the same moment cost N times
-//! that (14 reports of 30 MB: 788 MB peak RSS). This middleware makes each `monitor_report` call
-//! hold its JSON size in permits of [`REPORT_BYTES_IN_FLIGHT`] while it is decoded and stored;
+//! into typed records and stored; decoded, a report takes up to [`DECODED_PER_JSON_BYTE`] times
+//! its JSON in memory until it is committed. Without a bound, N agents sending large reports at
+//! the same moment cost N times that (14 reports of 30 MB: 788 MB peak RSS). This middleware
+//! makes each `monitor_report` call hold that estimate in permits of [`REPORT_BYTES_IN_FLIGHT`]
+//! while it is decoded and stored;
 //! further reports wait for permits (back-pressure: the agent waits for its ack, nothing is
 //! dropped). Other methods pass untouched. Batch requests are disabled on the agent endpoint
 //! (agents never send them), so every report passes through [`ReportBudget::call`].
@@ -18,10 +19,17 @@ use tokio::sync::Semaphore;
 
 use super::receive::Connection;
 
-/// Report JSON bytes decoded and stored at once, across all agents: 64 MiB, room for two
-/// reports of the largest legal size (a sample of 100,000 processes, ~23 MB) or hundreds of
-/// ordinary ones (a 1,000-process sample is ~230 KB).
+/// Decoded report bytes (estimated, [`DECODED_PER_JSON_BYTE`]) held at once while decoded and
+/// stored, across all agents: 64 MiB, room for one report of the largest legal size at a time
+/// (a sample of 100,000 processes: ~6 MB of JSON as arrays, ~23 MB as objects; a larger
+/// estimate is held as the whole budget) or hundreds of ordinary ones (a 1,000-process sample
+/// is ~62 KB of JSON as arrays).
 pub const REPORT_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
+/// Memory a report's JSON takes once decoded, per JSON byte, at most about: a process record in
+/// the array form is ~60 bytes of JSON (26 at the least) and ~150 decoded (`ProcessSample` and
+/// its `cmd`), with up to twice that while the record vector grows; the object form ~2×.
+const DECODED_PER_JSON_BYTE: usize = 4;
 
 /// Permits count KiB (a tokio semaphore holds at most `usize::MAX >> 3` permits).
 const PERMIT_BYTES: usize = 1024;
@@ -102,7 +110,7 @@ where
         async move {
             let _held = if request.method_name() == REPORT_METHOD {
                 let bytes = request.params.as_ref().map_or(0, |p| p.get().len());
-                let want = bytes.div_ceil(PERMIT_BYTES).clamp(1, capacity);
+                let want = permits_for(bytes, capacity);
                 // u32 is what tokio takes; the capacity is far below it.
                 let want = u32::try_from(want).unwrap_or(u32::MAX);
                 // The semaphore is never closed, so this only waits.
@@ -134,5 +142,31 @@ where
             }
             response
         }
+    }
+}
+
+/// Permits a report of `json_bytes` holds: its estimated decoded size in KiB, at least one and at
+/// most the whole budget (`capacity`), so every legal report gets through.
+fn permits_for(json_bytes: usize, capacity: usize) -> usize {
+    json_bytes
+        .saturating_mul(DECODED_PER_JSON_BYTE)
+        .div_ceil(PERMIT_BYTES)
+        .clamp(1, capacity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_holds_its_estimated_decoded_size_within_the_budget() {
+        let capacity = REPORT_BYTES_IN_FLIGHT / PERMIT_BYTES;
+        assert_eq!(permits_for(0, capacity), 1);
+        assert_eq!(permits_for(1, capacity), 1);
+        // A 1,000-process sample as arrays (~62 KB): ~242 KiB decoded.
+        assert_eq!(permits_for(62_000, capacity), 243);
+        // The largest legal object-form report takes the whole budget, and still passes.
+        assert_eq!(permits_for(23_000_000, capacity), capacity);
+        assert_eq!(permits_for(usize::MAX, capacity), capacity);
     }
 }

@@ -333,7 +333,7 @@ impl MonitorApiServer for RpcHandler {
             batch_id,
             duplicate: !stored,
             // `ReportBatch` is read by its derived `Deserialize`, which reads both forms.
-            process_arrays: true,
+            process_fields: vmmon_common::wire::PROCESS_FIELDS.len() as u32,
         })
     }
 

@@ -43,7 +43,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// Agent message bytes received and not yet answered, across all agents: 96 MiB, room for three
-/// messages of the 32 MiB cap or hundreds of ordinary reports (a 1,000-process sample is ~230 KB).
+/// messages of the 32 MiB cap or hundreds of ordinary reports (a 1,000-process sample is ~62 KB
+/// with its process records as arrays, ~215 KB as objects).
 pub const RECEIVE_BYTES_IN_FLIGHT: usize = 96 * 1024 * 1024;
 
 /// Permits count KiB (a tokio semaphore holds at most `usize::MAX >> 3` permits).

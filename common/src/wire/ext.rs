@@ -19,8 +19,10 @@
 //! refused with `EACCES` to an agent without `CAP_SYS_PTRACE`); the number beside it is a
 //! placeholder 0 kept only so that collectors which predate the key still parse the record.
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Key of [`VmSampleExt::cpu_steal_pct`].
 pub const KEY_CPU_STEAL_PCT: &str = "cpu_steal_pct";
@@ -80,7 +82,7 @@ pub struct InventoryExt {
 }
 
 /// A [`ReportBatch`](super::ReportBatch) serialized with its samples' extension keys, without
-/// building a JSON tree (the batch of a 1,000-process tick is ~70 KB of JSON, and a tree of it
+/// building a JSON tree (the batch of a 1,000-process tick is ~62 KB of JSON, and a tree of it
 /// several MB): the agent's spool form. The same batch as [`merge_samples`] on the serialized
 /// batch, with the process records in their array form (see
 /// [`ProcessSample`](super::ProcessSample); a record's `unreadable` is its 11th element).
@@ -164,10 +166,12 @@ impl Serialize for ProcsOut<'_> {
         let mut ext = self.ext.iter().peekable();
         for (i, p) in self.ps.iter().enumerate() {
             while ext.next_if(|(j, _)| *j < i).is_some() {}
-            let unreadable = match ext.next_if(|(j, _)| *j == i) {
-                Some((_, e)) => e.unreadable.as_slice(),
-                None => p.unreadable.as_slice(),
-            };
+            // The extension's list when it has one, else the record's own.
+            let unreadable = ext
+                .next_if(|(j, _)| *j == i)
+                .map(|(_, e)| e.unreadable.as_slice())
+                .filter(|u| !u.is_empty())
+                .unwrap_or(&p.unreadable);
             seq.serialize_element(&ProcessRow { p, unreadable })?;
         }
         seq.end()
@@ -175,7 +179,8 @@ impl Serialize for ProcsOut<'_> {
 }
 
 /// A process record in its array form (see [`ProcessSample`](super::ProcessSample)): the same
-/// fields in declaration order, `unreadable` only when not empty.
+/// fields in declaration order ([`PROCESS_FIELDS`](super::PROCESS_FIELDS)), `unreadable` (the
+/// last) only when not empty.
 struct ProcessRow<'a> {
     p: &'a super::ProcessSample,
     unreadable: &'a [String],
@@ -184,23 +189,79 @@ struct ProcessRow<'a> {
 impl Serialize for ProcessRow<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        let p = self.p;
+        // Every field named, so a field added to the struct does not compile until written here.
+        let super::ProcessSample {
+            pid,
+            start_time,
+            cmd,
+            cpu_pct,
+            mem_pct,
+            disk_read_kib_per_sec,
+            disk_write_kib_per_sec,
+            net_in_kib_per_sec,
+            net_out_kib_per_sec,
+            shutdown_time,
+            unreadable: _,
+        } = self.p;
         let mut t = s.serialize_tuple(10 + usize::from(!self.unreadable.is_empty()))?;
-        t.serialize_element(&p.pid)?;
-        t.serialize_element(&p.start_time)?;
-        t.serialize_element(&p.cmd)?;
-        t.serialize_element(&p.cpu_pct)?;
-        t.serialize_element(&p.mem_pct)?;
-        t.serialize_element(&p.disk_read_kib_per_sec)?;
-        t.serialize_element(&p.disk_write_kib_per_sec)?;
-        t.serialize_element(&p.net_in_kib_per_sec)?;
-        t.serialize_element(&p.net_out_kib_per_sec)?;
-        t.serialize_element(&p.shutdown_time)?;
+        t.serialize_element(pid)?;
+        t.serialize_element(start_time)?;
+        t.serialize_element(cmd)?;
+        t.serialize_element(cpu_pct)?;
+        t.serialize_element(mem_pct)?;
+        t.serialize_element(disk_read_kib_per_sec)?;
+        t.serialize_element(disk_write_kib_per_sec)?;
+        t.serialize_element(net_in_kib_per_sec)?;
+        t.serialize_element(net_out_kib_per_sec)?;
+        t.serialize_element(shutdown_time)?;
         if !self.unreadable.is_empty() {
             t.serialize_element(self.unreadable)?;
         }
         t.end()
     }
+}
+
+/// The batch `batch` (a [`ReportBatch`](super::ReportBatch)'s JSON) with every process record
+/// in the array form turned into an object ([`PROCESS_FIELDS`](super::PROCESS_FIELDS) as keys),
+/// for a collector that does not read arrays. Only the records change: every other key and
+/// every value keeps its text (numbers are not re-read).
+///
+/// Errors: `batch` is not a JSON object with `samples` as a list of objects; a record array
+/// longer than the fields.
+pub fn batch_with_process_objects(batch: &RawValue) -> serde_json::Result<Box<RawValue>> {
+    use serde::ser::Error as _;
+    let mut b: IndexMap<String, Box<RawValue>> = serde_json::from_str(batch.get())?;
+    let Some(samples) = b.get_mut("samples") else {
+        return serde_json::value::to_raw_value(&b);
+    };
+    let mut list: Vec<IndexMap<String, Box<RawValue>>> = serde_json::from_str(samples.get())?;
+    for sample in &mut list {
+        let Some(procs) = sample.get_mut("processes") else {
+            continue;
+        };
+        let Some(records) = serde_json::from_str::<Option<Vec<Box<RawValue>>>>(procs.get())? else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            if !r.get().starts_with('[') {
+                out.push(r);
+                continue;
+            }
+            let fields: Vec<Box<RawValue>> = serde_json::from_str(r.get())?;
+            if fields.len() > super::PROCESS_FIELDS.len() {
+                return Err(serde_json::Error::custom(
+                    "process record longer than its fields",
+                ));
+            }
+            let obj: IndexMap<&str, Box<RawValue>> =
+                super::PROCESS_FIELDS.iter().copied().zip(fields).collect();
+            out.push(serde_json::value::to_raw_value(&obj)?);
+        }
+        *procs = serde_json::value::to_raw_value(&out)?;
+    }
+    *samples = serde_json::value::to_raw_value(&list)?;
+    serde_json::value::to_raw_value(&b)
 }
 
 /// Merges the fields of `ext` (a struct serializing to an object) into the JSON object `target`.

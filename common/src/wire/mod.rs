@@ -12,7 +12,7 @@ pub use cdn::{
 };
 pub use control::{Command, CommandAck, DesiredState, Heartbeat, RegisterRequest};
 pub use host::{Inventory, NetAttribution, VmSample};
-pub use process::{ProcessKey, ProcessSample};
+pub use process::{PROCESS_FIELDS, ProcessKey, ProcessSample};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -59,10 +59,11 @@ pub struct ReportAck {
     pub batch_id: Uuid,
     /// True when the batch had been stored before and this copy was ignored.
     pub duplicate: bool,
-    /// The collector reads process records written as JSON arrays
-    /// ([`ProcessSample`]'s array form: its fields in declaration order), the agent's spool
-    /// form. Absent (false) from collectors that predate the array form: the agent then sends
-    /// every record as an object.
+    /// How many of [`ProcessSample`]'s fields this collector reads in a record's array form
+    /// (the agent's spool form: the fields in declaration order, [`PROCESS_FIELDS`]); a longer
+    /// array is refused. 0 (absent: collectors that predate the array form) means objects only.
+    /// An agent sends arrays only when this covers every field it writes, otherwise objects
+    /// (whose unknown keys a collector ignores).
     #[serde(default)]
-    pub process_arrays: bool,
+    pub process_fields: u32,
 }

@@ -11,15 +11,32 @@ pub struct ProcessKey {
     pub start_ticks: u64,
 }
 
+/// [`ProcessSample`]'s fields in declaration order: the keys of its object form and the
+/// positions of its array form.
+pub const PROCESS_FIELDS: [&str; 11] = [
+    "pid",
+    "start_time",
+    "cmd",
+    "cpu_pct",
+    "mem_pct",
+    "disk_read_kib_per_sec",
+    "disk_write_kib_per_sec",
+    "net_in_kib_per_sec",
+    "net_out_kib_per_sec",
+    "shutdown_time",
+    "unreadable",
+];
+
 /// One process in one tick.
 ///
-/// On the wire a record is a JSON object or, from agents talking to a collector that announced
-/// [`ReportAck::process_arrays`](super::ReportAck::process_arrays), a JSON array of the same
-/// fields in declaration order, `unreadable` last and only when not empty:
+/// On the wire a record is a JSON object or, from agents whose collector announced enough
+/// [`ReportAck::process_fields`](super::ReportAck::process_fields), a JSON array of the same
+/// fields in declaration order ([`PROCESS_FIELDS`]), trailing `unreadable` only when not empty:
 /// `[pid, start_time, cmd, cpu_pct, mem_pct, disk_read_kib_per_sec, disk_write_kib_per_sec,
 /// net_in_kib_per_sec, net_out_kib_per_sec, shutdown_time]` (a third of the bytes: the keys are
 /// most of a record). The derived `Deserialize` reads both. **Fields are only ever appended,
-/// each new one with `#[serde(default)]`**: their order is the array form.
+/// each new one with `#[serde(default)]`, and added to [`PROCESS_FIELDS`]**: their order is
+/// the array form, and a collector refuses arrays longer than the fields it knows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessSample {
     /// Process id.

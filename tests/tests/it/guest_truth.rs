@@ -236,7 +236,7 @@ impl GuestAgent {
             .expect("cannot read the agent's spool")
             .iter()
             .map(|b| {
-                b.with_process_objects()
+                b.to_object_json()
                     .expect("a spooled batch reads as a batch")
             })
             .flat_map(|b| b["samples"].as_array().cloned().unwrap_or_default())
