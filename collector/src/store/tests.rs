@@ -1099,7 +1099,104 @@ async fn a_batch_for_another_projects_instance_is_refused(backend: Backend) {
     assert_eq!(t.store.read(counts).await.unwrap(), (1, 1));
 }
 
+/// Every process record of a sample is stored as sent, however many there are: 37 rows (on
+/// SQLite two full multi-row statements of 16 and five single ones; on PostgreSQL one UNNEST).
+async fn every_process_record_is_stored_as_sent(backend: Backend) {
+    use vmmon_common::wire::ProcessSample;
+    let t = testing::open(backend).await;
+    t.store
+        .write(|c| testing::register(c, "i-1", "p1"))
+        .await
+        .unwrap();
+    let at = 1_790_000_000_000;
+    let sent: Vec<ProcessSample> = (0..37u32)
+        .map(|i| ProcessSample {
+            pid: 100 + i,
+            start_time: 1_700_000_000.25 + f64::from(i),
+            cmd: format!("p-{i}"),
+            cpu_pct: f64::from(37 - i) * 0.5,
+            mem_pct: f64::from(i) * 0.125,
+            disk_read_kib_per_sec: f64::from(i) * 2.0,
+            disk_write_kib_per_sec: f64::from(i) * 3.0,
+            net_in_kib_per_sec: f64::from(i) * 4.0,
+            net_out_kib_per_sec: f64::from(i) * 5.0,
+            shutdown_time: (i % 5 == 0).then_some(1_790_000_000.5),
+            unreadable: if i % 3 == 0 {
+                vec!["disk_read_kib_per_sec".into()]
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    let batch = ReportBatch {
+        batch_id: uuid::Uuid::new_v4(),
+        instance_id: "i-1".into(),
+        seq: 1,
+        samples: vec![Sample {
+            vm: vm(at),
+            processes: Some(sent.clone()),
+        }],
+        dropped_samples_total: 0,
+        cdn: Vec::new(),
+        cdn_tail: None,
+    };
+    assert!(
+        t.store
+            .write(move |c| samples::insert_batch(c, &batch, "p1", 1))
+            .await
+            .unwrap()
+    );
+    let key = InstanceKey {
+        project: "p1",
+        instance_id: "i-1",
+    };
+    let mut stored = t
+        .store
+        .read(move |c| samples::latest_processes(c, key, 100))
+        .await
+        .unwrap();
+    stored.sort_by_key(|r| r.pid);
+    assert_eq!(stored.len(), sent.len());
+    for (r, p) in stored.iter().zip(&sent) {
+        let want = (
+            r.instance_id.as_str(),
+            r.sampled_at_ms,
+            r.pid,
+            r.start_time,
+            r.cmd.as_str(),
+            r.cpu_pct,
+            r.mem_pct,
+            (r.disk_read, r.disk_write, r.net_in, r.net_out),
+            r.shutdown_time,
+            r.disk_unreadable,
+        );
+        assert_eq!(
+            want,
+            (
+                "i-1",
+                at,
+                i64::from(p.pid),
+                p.start_time,
+                p.cmd.as_str(),
+                p.cpu_pct,
+                p.mem_pct,
+                (
+                    p.disk_read_kib_per_sec,
+                    p.disk_write_kib_per_sec,
+                    p.net_in_kib_per_sec,
+                    p.net_out_kib_per_sec
+                ),
+                p.shutdown_time,
+                !p.unreadable.is_empty(),
+            ),
+            "pid {}",
+            p.pid
+        );
+    }
+}
+
 crate::store::testing::on_both_backends!(
+    every_process_record_is_stored_as_sent,
     grouped_ingest_stores_what_one_by_one_does,
     a_batch_for_another_projects_instance_is_refused,
     fleet_has_every_instance_with_its_newest_sample,
