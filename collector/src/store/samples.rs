@@ -379,8 +379,8 @@ fn insert_samples_sqlite(conn: &Connection, batch: &ReportBatch) -> Result<()> {
 
 /// Process rows per multi-row `INSERT` on SQLite: one statement stores this many rows (13
 /// parameters each), so a 100-process sample takes 10 statements (6 of 16 rows, 4 of one)
-/// instead of 100. Per row a
-/// statement costs its reset, its bindings and a step (measured in docs/benchmarks.md §2).
+/// instead of 100. Per row a statement costs its reset, its bindings and a step (measured in
+/// docs/benchmarks.md §2).
 const PROCESS_ROWS_PER_INSERT: usize = 16;
 
 /// `rows` multi-row `INSERT INTO process_samples` text.
