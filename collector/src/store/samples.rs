@@ -1,7 +1,5 @@
 //! VM and process samples: deduplicated batch inserts and the legacy API's queries.
 
-use std::sync::LazyLock;
-
 use super::db::{Connection, OptionalExtension, Row, params};
 use vmmon_common::wire::ReportBatch;
 
@@ -333,21 +331,21 @@ pub fn insert_samples(conn: &Connection, batch: &ReportBatch, project: &str) -> 
 }
 
 fn insert_samples_sqlite(conn: &Connection, batch: &ReportBatch) -> Result<()> {
-    let Connection::Sqlite(c) = conn else {
-        return Err(super::StoreError::Commit(
-            "SQLite insert on another backend".into(),
-        ));
-    };
-    let mut vm_stmt = c.prepare_cached(
+    let mut vm_stmt = conn.prepare_cached(
         "INSERT INTO vm_samples (instance_id, sampled_at_ms, elapsed_ms, cpu_pct, mem_pct,
              disk_read, disk_write, net_in, net_out, rx_bytes_total, tx_bytes_total, proc_count,
             net_attributed_in, net_attributed_out, net_unattributed_in, net_unattributed_out,
             cpu_steal_pct, unreadable_procs)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?;
+    let mut proc_stmt = conn.prepare_cached(
+        "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
+             mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
     for sample in &batch.samples {
         let vm = &sample.vm;
-        vm_stmt.execute(rusqlite::params![
+        vm_stmt.execute(params![
             batch.instance_id,
             vm.sampled_at_ms,
             vm.elapsed_ms as i64,
@@ -367,91 +365,23 @@ fn insert_samples_sqlite(conn: &Connection, batch: &ReportBatch) -> Result<()> {
             vm.cpu_steal_pct,
             vm.unreadable_procs,
         ])?;
-        insert_process_rows_sqlite(
-            c,
-            &batch.instance_id,
-            vm.sampled_at_ms,
-            sample.processes.as_deref().unwrap_or_default(),
-        )?;
-    }
-    Ok(())
-}
-
-/// Process rows per multi-row `INSERT` on SQLite: one statement stores this many rows (13
-/// parameters each), so a 100-process sample takes 10 statements (6 of 16 rows, 4 of one)
-/// instead of 100. Per row a statement costs its reset, its bindings and a step (measured in
-/// docs/benchmarks.md §2).
-const PROCESS_ROWS_PER_INSERT: usize = 16;
-
-/// `rows` multi-row `INSERT INTO process_samples` text.
-fn process_insert_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO process_samples (instance_id, sampled_at_ms, pid, start_time, cmd, cpu_pct,
-             mem_pct, disk_read, disk_write, net_in, net_out, shutdown_time, disk_unreadable)
-         VALUES ",
-    );
-    for r in 0..rows {
-        if r > 0 {
-            sql.push(',');
+        for p in sample.processes.iter().flatten() {
+            proc_stmt.execute(params![
+                batch.instance_id,
+                vm.sampled_at_ms,
+                p.pid,
+                p.start_time,
+                p.cmd,
+                p.cpu_pct,
+                p.mem_pct,
+                p.disk_read_kib_per_sec,
+                p.disk_write_kib_per_sec,
+                p.net_in_kib_per_sec,
+                p.net_out_kib_per_sec,
+                p.shutdown_time,
+                p.unreadable.iter().any(|f| f.starts_with("disk_")),
+            ])?;
         }
-        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?)");
-    }
-    sql
-}
-
-/// Stores one sample's process records: full chunks of [`PROCESS_ROWS_PER_INSERT`] rows, the
-/// rest one statement each (two statement texts, both kept in the statement cache).
-fn insert_process_rows_sqlite(
-    c: &rusqlite::Connection,
-    instance_id: &str,
-    sampled_at_ms: i64,
-    procs: &[vmmon_common::wire::ProcessSample],
-) -> Result<()> {
-    static MANY: LazyLock<String> = LazyLock::new(|| process_insert_sql(PROCESS_ROWS_PER_INSERT));
-    static ONE: LazyLock<String> = LazyLock::new(|| process_insert_sql(1));
-    let disk_unreadable =
-        |p: &vmmon_common::wire::ProcessSample| p.unreadable.iter().any(|f| f.starts_with("disk_"));
-    let mut chunks = procs.chunks_exact(PROCESS_ROWS_PER_INSERT);
-    let mut stmt = c.prepare_cached(&MANY)?;
-    for chunk in &mut chunks {
-        let unreadable: Vec<bool> = chunk.iter().map(disk_unreadable).collect();
-        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(13 * chunk.len());
-        for (p, u) in chunk.iter().zip(&unreadable) {
-            values.extend_from_slice(&[
-                &instance_id as &dyn rusqlite::ToSql,
-                &sampled_at_ms,
-                &p.pid,
-                &p.start_time,
-                &p.cmd,
-                &p.cpu_pct,
-                &p.mem_pct,
-                &p.disk_read_kib_per_sec,
-                &p.disk_write_kib_per_sec,
-                &p.net_in_kib_per_sec,
-                &p.net_out_kib_per_sec,
-                &p.shutdown_time,
-                u,
-            ]);
-        }
-        stmt.execute(values.as_slice())?;
-    }
-    let mut stmt = c.prepare_cached(&ONE)?;
-    for p in chunks.remainder() {
-        stmt.execute(rusqlite::params![
-            instance_id,
-            sampled_at_ms,
-            p.pid,
-            p.start_time,
-            p.cmd,
-            p.cpu_pct,
-            p.mem_pct,
-            p.disk_read_kib_per_sec,
-            p.disk_write_kib_per_sec,
-            p.net_in_kib_per_sec,
-            p.net_out_kib_per_sec,
-            p.shutdown_time,
-            disk_unreadable(p),
-        ])?;
     }
     Ok(())
 }

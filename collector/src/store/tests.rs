@@ -1099,8 +1099,8 @@ async fn a_batch_for_another_projects_instance_is_refused(backend: Backend) {
     assert_eq!(t.store.read(counts).await.unwrap(), (1, 1));
 }
 
-/// Every process record of a sample is stored as sent, however many there are: 37 rows (on
-/// SQLite two full multi-row statements of 16 and five single ones; on PostgreSQL one UNNEST).
+/// Every process record of a sample is stored as sent, field by field: 37 rows with every
+/// figure distinct (on PostgreSQL one UNNEST of them).
 async fn every_process_record_is_stored_as_sent(backend: Backend) {
     use vmmon_common::wire::ProcessSample;
     let t = testing::open(backend).await;
