@@ -54,7 +54,8 @@ const REFUSED_MAX_CONNECTIONS: u32 = 256;
 
 /// Largest JSON-RPC message from an agent. A batch holds one tick's sample; its largest legal
 /// form, [`vmmon_common::wire::MAX_PROCESSES_PER_SAMPLE`] (100,000) process records of about
-/// 230 bytes of JSON each as objects (~62 as arrays), is ~23 MB, so 32 MiB refuses nothing an agent can legitimately send
+/// 215–230 bytes of JSON each as objects (~62 as arrays), is ~23 MB, so 32 MiB refuses nothing
+/// an agent can legitimately send
 /// while halving what one message may make the collector buffer (it was 64 MiB).
 const MAX_RPC_MESSAGE_BYTES: u32 = 32 * 1024 * 1024;
 

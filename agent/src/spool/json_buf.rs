@@ -31,7 +31,7 @@ impl std::fmt::Debug for JsonBuf {
     }
 }
 
-/// Kept across ticks up to this size; a larger buffer is dropped after use.
+/// Kept across ticks up to this size; a larger buffer is dropped before the next batch.
 const KEEP_BYTES: usize = 1 << 20;
 
 impl JsonBuf {
@@ -45,7 +45,8 @@ impl JsonBuf {
         &self.buf[..self.len]
     }
 
-    /// Lets go of the memory if an unusually large batch grew it past [`KEEP_BYTES`].
+    /// Lets go of the memory if an unusually large batch grew it past [`KEEP_BYTES`] (called
+    /// before each batch, so such a buffer stays until the next tick).
     pub fn trim(&mut self) {
         if self.buf.len() > KEEP_BYTES {
             *self = Self::default();

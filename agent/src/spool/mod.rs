@@ -47,9 +47,11 @@
 //! Downgrade: an agent before the segments does not read them; it moves `NNNN.seg` files to
 //! `spool/corrupt/` as strangers, so the batches in them are never sent. An agent with segments
 //! but before the array form of process records sends the spooled arrays as they are: collectors
-//! whose `ProcessSample` has today's 11 fields (`2eaf36c` on) read them, older ones refuse the
-//! batches, which are then dropped and counted. Drain the spool (let the agent deliver) before
-//! downgrading (README, "Delivery").
+//! whose `ProcessSample` has today's 11 fields (`2eaf36c` on) read them; older ones (10 fields)
+//! read 10-element records and refuse a batch holding an 11-element one (a record with
+//! `unreadable`), which is then dropped and counted. Likewise a spool written by a newer agent
+//! with more fields: its batches do not convert to objects and are refused by a collector that
+//! knows fewer. Drain the spool (let the agent deliver) before downgrading (README, "Delivery").
 //!
 //! A failed append (the record written, its sync failed) must not leave a second record of its
 //! sequence number, which the next batch takes: [`Segment::append`] erases it or seals the
@@ -268,12 +270,12 @@ pub struct SpooledBatch {
 
 impl SpooledBatch {
     /// The batch as a JSON value with every process record as an object
-    /// ([`ext::batch_with_process_objects`]), to read by field name.
+    /// ([`ext::WithProcessObjects`]), to read by field name.
     ///
     /// Errors: the text is not a batch's JSON.
     pub fn to_object_json(&self) -> Result<serde_json::Value, serde_json::Error> {
-        let raw: Box<RawValue> = serde_json::from_str(&self.json)?;
-        serde_json::from_str(ext::batch_with_process_objects(&raw)?.get())
+        let raw: &RawValue = serde_json::from_str(&self.json)?;
+        serde_json::from_str(ext::batch_with_process_objects(raw)?.get())
     }
 }
 

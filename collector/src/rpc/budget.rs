@@ -26,9 +26,12 @@ use super::receive::Connection;
 /// is ~62 KB of JSON as arrays).
 pub const REPORT_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
-/// Memory a report's JSON takes once decoded, per JSON byte, at most about: a process record in
-/// the array form is ~60 bytes of JSON (26 at the least) and ~150 decoded (`ProcessSample` and
-/// its `cmd`), with up to twice that while the record vector grows; the object form ~2×.
+/// Memory a report's JSON takes once decoded, per JSON byte, as charged: the typical array form
+/// (a process record ~60 bytes of JSON, ~150 decoded with its `cmd`, more while the record vector
+/// grows). Measured at the 32 MiB message cap: minimal array records (26 bytes) decode to ~4.8×
+/// (such a report, clamped to the whole budget, overshoots it: ~160 MB), object records ~0.7×
+/// (charged above their cost). A report of 16 MiB of JSON or more holds the whole budget, so the
+/// largest ones pass one at a time while the others wait (first come, first served).
 const DECODED_PER_JSON_BYTE: usize = 4;
 
 /// Permits count KiB (a tokio semaphore holds at most `usize::MAX >> 3` permits).

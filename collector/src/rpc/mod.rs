@@ -47,6 +47,14 @@ pub struct RpcHandler {
 /// How stale a report's "token not revoked" check may be.
 const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// [`vmmon_common::wire::ReportAck::process_fields`]: every field of `ProcessSample`, which
+/// `ReportBatch`'s derived `Deserialize` reads in the array form as in the object form.
+const PROCESS_FIELDS_READ: u32 = {
+    let n = vmmon_common::wire::PROCESS_FIELDS.len();
+    assert!(n <= u32::MAX as usize);
+    n as u32
+};
+
 /// How often an open command subscription re-reads its token, so that a revocation reaches a
 /// connected agent within 10 s (README) whatever its reporting interval.
 pub(crate) const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(4);
@@ -332,8 +340,7 @@ impl MonitorApiServer for RpcHandler {
         Ok(ReportAck {
             batch_id,
             duplicate: !stored,
-            // `ReportBatch` is read by its derived `Deserialize`, which reads both forms.
-            process_fields: vmmon_common::wire::PROCESS_FIELDS.len() as u32,
+            process_fields: PROCESS_FIELDS_READ,
         })
     }
 

@@ -19,7 +19,6 @@
 //! refused with `EACCES` to an agent without `CAP_SYS_PTRACE`); the number beside it is a
 //! placeholder 0 kept only so that collectors which predate the key still parse the record.
 
-use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -221,47 +220,149 @@ impl Serialize for ProcessRow<'_> {
     }
 }
 
-/// The batch `batch` (a [`ReportBatch`](super::ReportBatch)'s JSON) with every process record
-/// in the array form turned into an object ([`PROCESS_FIELDS`](super::PROCESS_FIELDS) as keys),
-/// for a collector that does not read arrays. Only the records change: every other key and
-/// every value keeps its text (numbers are not re-read).
+/// A batch's JSON (a [`ReportBatch`](super::ReportBatch)'s, as the spool writes it) that
+/// serialises with every process record of the array form written as an object
+/// ([`PROCESS_FIELDS`](super::PROCESS_FIELDS) as keys), for a collector that does not read
+/// arrays. Streamed: each level is read as borrowed raw values and written out once. Only the
+/// records change: every other key and value keeps its text (numbers are not re-read).
 ///
-/// Errors: `batch` is not a JSON object with `samples` as a list of objects; a record array
-/// longer than the fields.
+/// Serialising fails (a custom error) when the batch is not a JSON object, `samples` is not a
+/// list of objects, a key repeats in the batch or a sample (the collector would refuse that
+/// batch; its keys are not merged here), or a record array is longer than the fields.
+pub struct WithProcessObjects<'a>(pub &'a RawValue);
+
+/// [`WithProcessObjects`] written out.
+///
+/// Errors: as [`WithProcessObjects`].
 pub fn batch_with_process_objects(batch: &RawValue) -> serde_json::Result<Box<RawValue>> {
-    use serde::ser::Error as _;
-    let mut b: IndexMap<String, Box<RawValue>> = serde_json::from_str(batch.get())?;
-    let Some(samples) = b.get_mut("samples") else {
-        return serde_json::value::to_raw_value(&b);
-    };
-    let mut list: Vec<IndexMap<String, Box<RawValue>>> = serde_json::from_str(samples.get())?;
-    for sample in &mut list {
-        let Some(procs) = sample.get_mut("processes") else {
-            continue;
-        };
-        let Some(records) = serde_json::from_str::<Option<Vec<Box<RawValue>>>>(procs.get())? else {
-            continue;
-        };
-        let mut out = Vec::with_capacity(records.len());
-        for r in records {
-            if !r.get().starts_with('[') {
-                out.push(r);
-                continue;
-            }
-            let fields: Vec<Box<RawValue>> = serde_json::from_str(r.get())?;
-            if fields.len() > super::PROCESS_FIELDS.len() {
-                return Err(serde_json::Error::custom(
-                    "process record longer than its fields",
-                ));
-            }
-            let obj: IndexMap<&str, Box<RawValue>> =
-                super::PROCESS_FIELDS.iter().copied().zip(fields).collect();
-            out.push(serde_json::value::to_raw_value(&obj)?);
-        }
-        *procs = serde_json::value::to_raw_value(&out)?;
+    serde_json::value::to_raw_value(&WithProcessObjects(batch))
+}
+
+impl Serialize for WithProcessObjects<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_object(s, self.0, "samples", Samples)
     }
-    *samples = serde_json::value::to_raw_value(&list)?;
-    serde_json::value::to_raw_value(&b)
+}
+
+/// `samples`: each one's `processes` rewritten.
+struct Samples<'a>(&'a RawValue);
+
+impl Serialize for Samples<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let list: Vec<&RawValue> = serde_json::from_str(self.0.get()).map_err(S::Error::custom)?;
+        let mut seq = s.serialize_seq(Some(list.len()))?;
+        for sample in list {
+            seq.serialize_element(&RawSample(sample))?;
+        }
+        seq.end()
+    }
+}
+
+/// One sample: its `processes` (a list, or null) rewritten.
+struct RawSample<'a>(&'a RawValue);
+
+impl Serialize for RawSample<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_object(s, self.0, "processes", Records)
+    }
+}
+
+/// A sample's `processes`: null stays, each record of a list is rewritten.
+struct Records<'a>(&'a RawValue);
+
+impl Serialize for Records<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let Some(list): Option<Vec<&RawValue>> =
+            serde_json::from_str(self.0.get()).map_err(S::Error::custom)?
+        else {
+            return self.0.serialize(s);
+        };
+        let mut seq = s.serialize_seq(Some(list.len()))?;
+        for r in list {
+            seq.serialize_element(&RecordOut(r))?;
+        }
+        seq.end()
+    }
+}
+
+/// One process record: an array becomes an object, anything else is written as it is.
+struct RecordOut<'a>(&'a RawValue);
+
+impl Serialize for RecordOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        if !self.0.get().starts_with('[') {
+            return self.0.serialize(s);
+        }
+        let fields: Vec<&RawValue> =
+            serde_json::from_str(self.0.get()).map_err(S::Error::custom)?;
+        if fields.len() > super::PROCESS_FIELDS.len() {
+            return Err(S::Error::custom("process record longer than its fields"));
+        }
+        let mut m = s.serialize_map(Some(fields.len()))?;
+        for (k, v) in super::PROCESS_FIELDS.iter().zip(fields) {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// Writes the JSON object `raw` with the value of `key` through `inner`, every other entry as
+/// written. Errors: `raw` is not an object, or a key repeats.
+fn write_object<'a, S, T>(
+    s: S,
+    raw: &'a RawValue,
+    key: &str,
+    inner: impl Fn(&'a RawValue) -> T,
+) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    T: Serialize,
+{
+    use serde::ser::{Error, SerializeMap};
+    let Entries(entries) = serde_json::from_str(raw.get()).map_err(S::Error::custom)?;
+    let mut m = s.serialize_map(Some(entries.len()))?;
+    for (k, v) in entries {
+        if k == key {
+            m.serialize_entry(&k, &inner(v))?;
+        } else {
+            m.serialize_entry(&k, v)?;
+        }
+    }
+    m.end()
+}
+
+/// A JSON object's entries in order, values as written; a repeated key is an error.
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Entries<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Entries<'a>, M::Error> {
+                use serde::de::Error;
+                let mut out: Vec<(String, &'a RawValue)> = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(M::Error::custom(format_args!("duplicate key {k:?}")));
+                    }
+                    let v: &'de RawValue = map.next_value()?;
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 /// Merges the fields of `ext` (a struct serializing to an object) into the JSON object `target`.

@@ -251,8 +251,9 @@ fn big_report(instance: &str, processes: u32) -> vmmon_common::wire::ReportBatch
 /// 14 such reports aborted the collector under a 2 GiB cap). Every report is stored, none is
 /// refused for load (agents wait their turn), and the collector's peak RSS stays within the bound
 /// that does not grow with the number of agents: its start, plus the receive budget (96 MiB of
-/// message bytes, `rpc/receive.rs`), plus about twice the decode budget (64 MiB of JSON decoded at
-/// once, `rpc/budget.rs`), plus the writer's 64 MiB SQLite page cache, with room for the
+/// message bytes, `rpc/receive.rs`), plus up to twice the decode budget (64 MiB of reports
+/// estimated at 4× their JSON decoded at once, `rpc/budget.rs`: these pass one at a time), plus
+/// the writer's 64 MiB SQLite page cache, with room for the
 /// allocator (before the receive budget: 668 MB, growing by a message per agent).
 #[test]
 fn concurrent_large_reports_keep_memory_bounded() {

@@ -217,10 +217,15 @@ fn array_records_become_objects_and_everything_else_keeps_its_text() {
         serde_json::from_str::<Value>(objects.get()).unwrap(),
         serde_json::to_value(&b).unwrap()
     );
+    // What the collector would refuse is not turned into something it reads: a repeated key
+    // (its derived `Deserialize` refuses duplicate fields) is an error here, not merged.
     for bad in [
         r#"{"samples":[{"processes":[[1,1.5,"a",0.1,0.2,0.0,0.0,0.0,0.0,null,[],1]]}]}"#,
         r#"{"samples":{}}"#,
         r#"[1]"#,
+        r#"{"samples":[],"samples":[{"processes":null}]}"#,
+        r#"{"samples":[{"processes":null,"processes":[[1,1.5,"a",0.1,0.2,0.0,0.0,0.0,0.0,null]]}]}"#,
+        r#"{"samples":[{"processes":[[1,[2],"a"]],"vm":{}}],"seq":1,"seq":2}"#,
     ] {
         assert!(batch_with_process_objects(&raw(bad)).is_err(), "{bad}");
     }
