@@ -240,48 +240,37 @@ pub fn batch_with_process_objects(batch: &RawValue) -> serde_json::Result<Box<Ra
 
 impl Serialize for WithProcessObjects<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        write_object(s, self.0, "samples", Samples)
+        write_object(s, self.0, "samples", |samples| List(samples, RawSample))
     }
 }
 
-/// `samples`: each one's `processes` rewritten.
-struct Samples<'a>(&'a RawValue);
-
-impl Serialize for Samples<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{Error, SerializeSeq};
-        let list: Vec<&RawValue> = serde_json::from_str(self.0.get()).map_err(S::Error::custom)?;
-        let mut seq = s.serialize_seq(Some(list.len()))?;
-        for sample in list {
-            seq.serialize_element(&RawSample(sample))?;
-        }
-        seq.end()
-    }
-}
-
-/// One sample: its `processes` (a list, or null) rewritten.
+/// One sample: its `processes` (a list, or null) rewritten record by record.
 struct RawSample<'a>(&'a RawValue);
 
 impl Serialize for RawSample<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        write_object(s, self.0, "processes", Records)
+        write_object(s, self.0, "processes", |records| List(records, RecordOut))
     }
 }
 
-/// A sample's `processes`: null stays, each record of a list is rewritten.
-struct Records<'a>(&'a RawValue);
+/// A JSON list (`.0`), each element written through `.1`; null is written as it is.
+struct List<'a, F>(&'a RawValue, F);
 
-impl Serialize for Records<'_> {
+impl<'a, F, T> Serialize for List<'a, F>
+where
+    F: Fn(&'a RawValue) -> T,
+    T: Serialize,
+{
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{Error, SerializeSeq};
-        let Some(list): Option<Vec<&RawValue>> =
+        let Some(list): Option<Vec<&'a RawValue>> =
             serde_json::from_str(self.0.get()).map_err(S::Error::custom)?
         else {
             return self.0.serialize(s);
         };
         let mut seq = s.serialize_seq(Some(list.len()))?;
-        for r in list {
-            seq.serialize_element(&RecordOut(r))?;
+        for item in list {
+            seq.serialize_element(&(self.1)(item))?;
         }
         seq.end()
     }
