@@ -14,7 +14,7 @@ mod common;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use common::{batch, env, rows_of};
+use common::{batch, env, rows_of, spool_all};
 use futures::SinkExt;
 use jsonrpsee::ws_client::{HeaderMap, HeaderValue, WsClientBuilder};
 use vmmon_collector::store::{Store, StoreLocation};
@@ -112,7 +112,7 @@ async fn copy_floor(url: &str, batches: &[ReportBatch]) -> Result<f64> {
 async fn real_path(
     url: &str,
     collectors: usize,
-    per_agent: Vec<Vec<ReportBatch>>,
+    per_agent: Vec<Vec<common::Spooled>>,
 ) -> Result<(f64, usize)> {
     let location = StoreLocation::Postgres(url.to_string());
     let mut apps = Vec::new();
@@ -161,8 +161,8 @@ async fn real_path(
         tasks.push(tokio::spawn(async move {
             let mut rows = 0;
             for b in batches {
-                rows += rows_of(&b);
-                let ack = common::report_as_agent(&c, &b).await?;
+                rows += b.rows;
+                let ack = common::report_as_agent(&c, b).await?;
                 anyhow::ensure!(!ack.duplicate, "unexpected duplicate");
             }
             Ok::<usize, anyhow::Error>(rows)
@@ -225,9 +225,9 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(async {
         let floor_secs = copy_floor(&fresh_db(&base).await?, &all).await?;
-        let fresh = |a: Vec<Vec<ReportBatch>>| a.iter().map(|b| b.iter().map(|x| ReportBatch { batch_id: uuid::Uuid::new_v4(), ..x.clone() }).collect()).collect::<Vec<Vec<_>>>();
-        let (one_secs, one_rows) = real_path(&fresh_db(&base).await?, 1, fresh(per_agent.clone())).await?;
-        let (two_secs, two_rows) = real_path(&fresh_db(&base).await?, 2, fresh(per_agent)).await?;
+        let fresh = |a: &[Vec<ReportBatch>]| spool_all(&a.iter().map(|b| b.iter().map(|x| ReportBatch { batch_id: uuid::Uuid::new_v4(), ..x.clone() }).collect()).collect::<Vec<Vec<_>>>());
+        let (one_secs, one_rows) = real_path(&fresh_db(&base).await?, 1, fresh(&per_agent)?).await?;
+        let (two_secs, two_rows) = real_path(&fresh_db(&base).await?, 2, fresh(&per_agent)?).await?;
         let floor = rows as f64 / floor_secs;
         let one = one_rows as f64 / one_secs;
         let two = two_rows as f64 / two_secs;

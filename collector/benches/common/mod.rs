@@ -70,27 +70,41 @@ pub fn rows_of(b: &ReportBatch) -> usize {
         .sum()
 }
 
-/// `monitor_report`'s params as the agent sends them: the batch serialised once in its spool
-/// form (process records as arrays, `vmmon_common::wire::ProcessSample`), handed to the client
-/// as they are.
-struct SpooledParams(Box<RawValue>);
+/// A batch as an agent holds it in its spool: `monitor_report`'s params serialised once, when it
+/// sampled (process records as arrays, `vmmon_common::wire::ProcessSample`), and the rows it
+/// stores. Simulated agents spool before the timing starts, as agents do before they send.
+pub struct Spooled {
+    params: Box<RawValue>,
+    /// [`rows_of`] the batch.
+    pub rows: usize,
+}
 
-impl ToRpcParams for SpooledParams {
+/// `batch` spooled ([`Spooled`]).
+pub fn spool(batch: &ReportBatch) -> serde_json::Result<Spooled> {
+    Ok(Spooled {
+        params: serde_json::value::to_raw_value(&[BatchWithExt { batch, exts: &[] }])?,
+        rows: rows_of(batch),
+    })
+}
+
+/// Each agent's batches spooled, in order.
+pub fn spool_all(per_agent: &[Vec<ReportBatch>]) -> serde_json::Result<Vec<Vec<Spooled>>> {
+    per_agent
+        .iter()
+        .map(|batches| batches.iter().map(spool).collect())
+        .collect()
+}
+
+impl ToRpcParams for Spooled {
     fn to_rpc_params(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
-        Ok(Some(self.0))
+        Ok(Some(self.params))
     }
 }
 
-/// Sends `batch` as the agent sends after its session's first batch: serialised in its spool
-/// form (process records as arrays; the bench checks the acknowledgement announces the fields).
-pub async fn report_as_agent(
-    client: &impl ClientT,
-    batch: &ReportBatch,
-) -> anyhow::Result<ReportAck> {
-    let params = serde_json::value::to_raw_value(&[BatchWithExt { batch, exts: &[] }])?;
-    let ack: ReportAck = client
-        .request("monitor_report", SpooledParams(params))
-        .await?;
+/// Sends a spooled batch as the agent sends after its session's first batch: its bytes as they
+/// are (the bench checks the acknowledgement announces the array fields).
+pub async fn report_as_agent(client: &impl ClientT, spooled: Spooled) -> anyhow::Result<ReportAck> {
+    let ack: ReportAck = client.request("monitor_report", spooled).await?;
     anyhow::ensure!(
         ack.process_fields as usize >= vmmon_common::wire::PROCESS_FIELDS.len(),
         "the collector does not read array records"

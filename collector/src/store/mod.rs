@@ -9,6 +9,7 @@
 
 pub mod bandwidth;
 pub mod cdn;
+mod checkpoint;
 pub mod copy;
 pub mod db;
 pub mod instances;
@@ -286,8 +287,17 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `data_dir`, migrates it and starts the writer.
+    /// Opens (creating if needed) the database in `data_dir`, migrates it and starts the writer
+    /// and its checkpoint thread ([`checkpoint`]).
     pub fn open(data_dir: &Path) -> Result<Store> {
+        Self::open_with_wal_limits(data_dir, checkpoint::WalLimits::DEFAULT)
+    }
+
+    /// [`Self::open`] with the given checkpoint sizes (tests use small ones).
+    pub(crate) fn open_with_wal_limits(
+        data_dir: &Path,
+        limits: checkpoint::WalLimits,
+    ) -> Result<Store> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Commit(format!("cannot create {}: {e}", data_dir.display()))
         })?;
@@ -295,7 +305,8 @@ impl Store {
         let mut conn = rusqlite::Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
-        let writer = spawn_writer(Connection::Sqlite(conn), None)?;
+        let checkpointer = checkpoint::Checkpointer::start(&path, &conn, limits)?;
+        let writer = spawn_writer(Connection::Sqlite(conn), None, Some(checkpointer))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Sqlite {
@@ -325,6 +336,7 @@ impl Store {
                 let writer = spawn_writer(
                     Connection::Pg(Box::new(db::PgConn::new(first, rt.clone()))),
                     Some((pool.clone(), rt.clone())),
+                    None,
                 )?;
                 Ok(Store {
                     inner: Arc::new(Inner {
@@ -513,11 +525,15 @@ impl Inner {
 
 type Reconnect = Option<(deadpool_postgres::Pool, tokio::runtime::Handle)>;
 
-fn spawn_writer(conn: Connection, reconnect: Reconnect) -> Result<mpsc::Sender<Job>> {
+fn spawn_writer(
+    conn: Connection,
+    reconnect: Reconnect,
+    checkpointer: Option<checkpoint::Checkpointer>,
+) -> Result<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel::<Job>(4096);
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer_loop(conn, rx, reconnect))
+        .spawn(move || writer_loop(conn, rx, reconnect, checkpointer))
         .map_err(|e| StoreError::Commit(format!("cannot start writer thread: {e}")))?;
     Ok(tx)
 }
@@ -534,6 +550,7 @@ fn configure(conn: &rusqlite::Connection) -> Result<()> {
     conn.set_prepared_statement_cache_capacity(128);
     // A bigger page cache keeps the hot index pages of large tables in memory (64 MiB).
     conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "journal_size_limit", checkpoint::WAL_FILE_KEPT_BYTES)?;
     Ok(())
 }
 
@@ -571,7 +588,12 @@ fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Reconnect) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    reconnect: Reconnect,
+    mut checkpointer: Option<checkpoint::Checkpointer>,
+) {
     let begin_sql = if conn.is_pg() {
         "BEGIN"
     } else {
@@ -657,6 +679,11 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, reconnect: Rec
         };
         for done in completions {
             done(err.as_deref());
+        }
+        // After the answers: a checkpoint by the writer delays its next transaction, not these.
+        if let (None, Some(checkpointer), Connection::Sqlite(c)) = (&err, &mut checkpointer, &conn)
+        {
+            checkpointer.after_commit(c);
         }
     }
     tracing::debug!("Store writer stopped.");
