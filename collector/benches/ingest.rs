@@ -24,12 +24,23 @@ use vmmon_common::PROTOCOL_VERSION;
 use vmmon_common::rpc::MonitorApiClient;
 use vmmon_common::wire::{Inventory, RegisterRequest, ReportBatch};
 
+/// Flushes every file's dirty pages to disk (`sync(1)`) before a timed phase, so the phase does
+/// not share the disk with the previous one's writeback: each pays for its own writes only.
+fn settle() -> Result<()> {
+    let status = std::process::Command::new("sync")
+        .status()
+        .context("run sync")?;
+    anyhow::ensure!(status.success(), "sync failed: {status}");
+    Ok(())
+}
+
 /// The floor: the same rows, inserted with prepared statements in large transactions.
 fn raw_insert(dir: &std::path::Path, batches: &[ReportBatch]) -> Result<f64> {
     drop(Store::open(dir)?); // same schema, migrated
     let mut conn = Connection::open(dir.join(store::DB_FILE))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    settle()?;
     let start = Instant::now();
     for chunk in batches.chunks(100) {
         let tx = conn.transaction()?;
@@ -160,6 +171,7 @@ async fn real_path(
         .await?;
         clients.push(c);
     }
+    settle()?;
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(agents);
     for (c, batches) in clients.into_iter().zip(per_agent) {

@@ -92,6 +92,8 @@ impl Checkpointer {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        // As on the writer's connection (`configure`): one durability setting per store.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         // One pending wake is enough: a pass backfills everything committed before it starts.
         let (wake, woken) = sync_channel::<()>(1);
         std::thread::Builder::new()

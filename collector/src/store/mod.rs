@@ -5,7 +5,8 @@
 //! savepoint, so one failure does not undo the others) and answers each caller only after the
 //! commit, so an acknowledgement always means "durable". Reads run on a small pool of separate
 //! read-only connections on the blocking thread pool; WAL lets them proceed while the writer
-//! writes.
+//! writes. On SQLite the WAL is checkpointed from a thread of its own (`checkpoint.rs`), not by
+//! the writer's commits.
 
 pub mod bandwidth;
 pub mod cdn;
@@ -288,7 +289,7 @@ struct Inner {
 
 impl Store {
     /// Opens (creating if needed) the database in `data_dir`, migrates it and starts the writer
-    /// and its checkpoint thread ([`checkpoint`]).
+    /// and its checkpoint thread (`checkpoint.rs`).
     pub fn open(data_dir: &Path) -> Result<Store> {
         Self::open_with_wal_limits(data_dir, checkpoint::WalLimits::DEFAULT)
     }
