@@ -237,6 +237,13 @@ mod tests {
         }
     }
 
+    async fn filler_rows(store: &Store) -> i64 {
+        store
+            .read(|c| c.query_row("SELECT COUNT(*) FROM filler", params![], |r| r.get(0)))
+            .await
+            .unwrap()
+    }
+
     fn wal_bytes(dir: &Path) -> u64 {
         std::fs::metadata(dir.join(format!("{DB_FILE}-wal")))
             .map(|m| m.len())
@@ -274,11 +281,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Everything committed is readable, through the checkpointed file and the log.
-        let n: i64 = store
-            .read(|c| c.query_row("SELECT COUNT(*) FROM filler", params![], |r| r.get(0)))
-            .await
-            .unwrap();
-        assert_eq!(n, 200);
+        assert_eq!(filler_rows(&store).await, 200);
     }
 
     #[tokio::test]
@@ -297,11 +300,7 @@ mod tests {
             wal <= frames_bytes(100 + 40),
             "WAL is {wal} bytes, more than the bound of 100 pages allows"
         );
-        let n: i64 = store
-            .read(|c| c.query_row("SELECT COUNT(*) FROM filler", params![], |r| r.get(0)))
-            .await
-            .unwrap();
-        assert_eq!(n, 1000);
+        assert_eq!(filler_rows(&store).await, 1000);
     }
 
     #[tokio::test]
