@@ -1,9 +1,11 @@
-//! The collector's SQLite store: the only module that holds SQL.
+//! The collector's store, SQLite or PostgreSQL: the only module that holds SQL.
 //!
 //! Design: one writer thread owns the only write connection. Callers hand it closures through a
-//! bounded channel; it runs everything that is waiting in one transaction (each closure in its own
-//! savepoint, so one failure does not undo the others) and answers each caller only after the
-//! commit, so an acknowledgement always means "durable". Reads run on a small pool of separate
+//! bounded channel; it runs everything that is waiting in one transaction (a `write` in its own
+//! savepoint, so its failure does not undo the others; agent batches, `write_unguarded` and
+//! `write_grouped`, without one: their failure rolls back the transaction and every caller in it
+//! retries) and answers each caller only after the commit, so an acknowledgement always means
+//! "durable". Reads run on a small pool of separate
 //! read-only connections on the blocking thread pool; WAL lets them proceed while the writer
 //! writes. On SQLite the WAL is checkpointed from a thread of its own (`checkpoint.rs`), not by
 //! the writer's commits.
